@@ -1,0 +1,52 @@
+# The README's commands. Every target creates and uses .venv by itself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
+
+.PHONY: help venv demo test test-unit test-integration molecule bench lint system-deps
+
+help:
+	@echo "make demo      simulated fleet + fleetctl health (no root, no Docker, no GPU)"
+	@echo "make test      unit and integration tests"
+	@echo "make molecule  every role's Molecule scenario and the fleet-level scenario"
+	@echo "make bench     benchmarks, JSON figures"
+	@echo "make lint      ruff, mypy, ansible-lint (production), yamllint, promtool"
+
+$(VENV)/.stamp: pyproject.toml agents/pyproject.toml
+	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required (python3.11 or newer on PATH)" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e './agents[nvml,tpu]' -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+demo: $(VENV)/.stamp
+	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+# System services the integration tests use (Prometheus, Slurm, Docker): installed with apt when
+# run as root on Debian/Ubuntu, otherwise a one-line message says what is missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+test: $(VENV)/.stamp system-deps
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
+
+test-unit: $(VENV)/.stamp
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+molecule: $(VENV)/.stamp system-deps
+	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/molecule-all.sh
+
+bench: $(VENV)/.stamp
+	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/bench-all.sh
+
+lint: $(VENV)/.stamp
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/yamllint -s .
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-lint --profile production
+	@bash scripts/promtool-check.sh

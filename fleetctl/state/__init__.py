@@ -1,0 +1,1 @@
+"""fleetctl's state store: provision runs, host drain state and its audit log, locks."""
