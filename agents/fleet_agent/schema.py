@@ -190,6 +190,8 @@ class NodeReport:
     drained: bool = False
     sample_duration_s: float | None = None
     schema: str = SCHEMA_VERSION
+    # Why the host is drained (the drained file's content, scheduler `none`); optional.
+    drained_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
@@ -347,6 +349,7 @@ def parse_node_report(doc: Any) -> NodeReport:
         ],
         driver_version=_get(doc, "driver_version", str, w, optional=True),
         drained=_get(doc, "drained", bool, w, optional=True, default=False),
+        drained_reason=_get(doc, "drained_reason", str, w, optional=True),
         sample_duration_s=_get(doc, "sample_duration_s", _NUM, w, optional=True),
     )
 

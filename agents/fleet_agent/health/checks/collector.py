@@ -1,0 +1,24 @@
+"""Collectors that failed on their last run (node-level): no NVML library, driver not loaded.
+
+Without this a host whose driver failed to load would list no chips and look healthy whenever
+expected_chips is unset. Degraded, not unhealthy: the agent cannot see the chips, which is not
+proof of a fault. (A TPU runtime metrics service that is silent because no workload runs is not a
+collector failure; the TPU collector reports it as ok.)
+"""
+
+from __future__ import annotations
+
+from fleet_agent.health.config import HealthConfig
+from fleet_agent.schema import Action, NodeReport, Problem, Severity
+
+NAME = "collector"
+
+
+def check_node(report: NodeReport, cfg: HealthConfig, now: float) -> list[Problem]:
+    return [
+        Problem(NAME, Severity.WARNING,
+                f"collector {c.name} failed: {c.error or 'no reason given'}",
+                Action.MONITOR)
+        for c in sorted(report.collectors, key=lambda c: c.name)
+        if not c.ok
+    ]

@@ -1,0 +1,284 @@
+"""Prometheus exposition of the latest node report: exactly the names in docs/metrics.md.
+
+A custom prometheus_client collector reads one :class:`NodeReport`; each agent has its own
+registry, rendered once per sample (never per scrape). A value that is ``None`` (NotSupported,
+stale) yields no series: a missing series is honest, a made-up zero is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fleet_agent.schema import ChipReport, NodeReport, Status
+
+# The classic text format is what generate_latest writes; say so, whatever the library's default.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+CHIP_LABELS = ["chip", "kind", "model", "uuid"]
+DCGM_LABELS = ["gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"]
+THROTTLE_REASONS = ("hw_slowdown", "hw_thermal", "hw_power_brake", "sw_power_cap", "sw_thermal")
+_MIB = 1024 * 1024
+
+# (name, help, ChipReport attribute, scale) for the plain per-chip gauges.
+_CHIP_GAUGES: list[tuple[str, str, str, float]] = [
+    ("fleet_chip_temperature_celsius", "Chip core temperature.", "temperature_c", 1.0),
+    ("fleet_chip_memory_temperature_celsius", "Chip memory (HBM) temperature.", "memory_temperature_c", 1.0),
+    ("fleet_chip_utilization_ratio", "Chip utilisation 0..1 (GPU util, TPU tensorcore).",
+     "utilization_pct", 0.01),
+    ("fleet_chip_memory_used_bytes", "Device memory used.", "memory_used_bytes", 1.0),
+    ("fleet_chip_memory_total_bytes", "Device memory total.", "memory_total_bytes", 1.0),
+    ("fleet_chip_power_watts", "Power draw.", "power_w", 1.0),
+    ("fleet_chip_power_limit_watts", "Enforced power limit.", "power_limit_w", 1.0),
+    ("fleet_chip_sm_clock_hertz", "SM (core) clock.", "sm_clock_mhz", 1e6),
+    ("fleet_chip_memory_clock_hertz", "Memory clock.", "mem_clock_mhz", 1e6),
+]
+
+# (name, help, GpuDetails attribute) for 0/1 and count gauges of NVIDIA detail.
+_GPU_GAUGES: list[tuple[str, str, str]] = [
+    ("fleet_chip_row_remap_pending", "1 when a row remap is pending (needs a reset).", "row_remap_pending"),
+    ("fleet_chip_row_remap_failure", "1 when row remapping failed.", "row_remap_failure"),
+    ("fleet_chip_retired_pages_pending", "1 when retired pages are pending.", "retired_pages_pending"),
+    ("fleet_chip_pcie_link_generation", "Current PCIe link generation.", "pcie_link_gen"),
+    ("fleet_chip_pcie_link_generation_max", "Maximum PCIe link generation.", "pcie_link_gen_max"),
+    ("fleet_chip_pcie_link_width", "Current PCIe link width.", "pcie_link_width"),
+    ("fleet_chip_pcie_link_width_max", "Maximum PCIe link width.", "pcie_link_width_max"),
+    ("fleet_chip_nvlink_links_up", "NVLink links up.", "nvlink_links_up"),
+    ("fleet_chip_nvlink_links_present", "NVLink links present.", "nvlink_links_total"),
+]
+
+# (DCGM field name, help, source, scale): source "chip.<attr>" or "gpu.<attr>".
+_DCGM: list[tuple[str, str, str, float]] = [
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", "chip.temperature_c", 1.0),
+    ("DCGM_FI_DEV_MEMORY_TEMP", "Memory temperature (in C).", "chip.memory_temperature_c", 1.0),
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "chip.utilization_pct", 1.0),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", "chip.memory_utilization_pct", 1.0),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", "chip.power_w", 1.0),
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "Power management limit (in W).", "chip.power_limit_w", 1.0),
+    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", "chip.sm_clock_mhz", 1.0),
+    ("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", "chip.mem_clock_mhz", 1.0),
+    ("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", "gpu.last_xid", 1.0),
+    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "Total single-bit volatile ECC errors.",
+     "gpu.ecc_volatile_corrected", 1.0),
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total double-bit volatile ECC errors.",
+     "gpu.ecc_volatile_uncorrected", 1.0),
+    ("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "Total single-bit persistent ECC errors.",
+     "gpu.ecc_aggregate_corrected", 1.0),
+    ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "Total double-bit persistent ECC errors.",
+     "gpu.ecc_aggregate_uncorrected", 1.0),
+    ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "Total number of PCIe retries.", "gpu.pcie_replay_count", 1.0),
+    ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors.",
+     "gpu.remapped_rows_correctable", 1.0),
+    ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for uncorrectable errors.",
+     "gpu.remapped_rows_uncorrectable", 1.0),
+    ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed.", "gpu.row_remap_failure", 1.0),
+    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "Whether a row remap is pending.", "gpu.row_remap_pending", 1.0),
+    ("DCGM_FI_DEV_RETIRED_PENDING", "Whether retired pages are pending.", "gpu.retired_pages_pending", 1.0),
+]
+
+
+def _num(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _chip_labels(chip: ChipReport) -> list[str]:
+    return [str(chip.index), chip.kind, chip.model, chip.uuid]
+
+
+def _dcgm_labels(chip: ChipReport, hostname: str) -> list[str]:
+    return [str(chip.index), chip.uuid, chip.pci_bus_id, f"nvidia{chip.index}", chip.model, hostname]
+
+
+class ReportCollector(Collector):
+    """Yields the metric families of ``self.report`` (nothing before the first sample)."""
+
+    def __init__(self) -> None:
+        self.report: NodeReport | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.report
+        if report is None:
+            return
+        for families in (_node_families(report), _chip_families(report), _dcgm_families(report),
+                         _health_families(report)):
+            # A family without samples (no chip supports it) is left out entirely.
+            yield from (fam for fam in families if fam.samples)
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels or [])
+
+
+def _node_families(r: NodeReport) -> Iterator[Metric]:
+    info = _gauge("fleet_agent_info", "fleet-agent build and host; always 1.", ["version", "hostname"])
+    info.add_metric([r.agent_version, r.host], 1)
+    yield info
+    status = _gauge("fleet_node_status", "One-hot node health status.", ["status"])
+    for s in Status:
+        status.add_metric([s.value], 1.0 if r.status is s else 0.0)
+    yield status
+    yield GaugeMetricFamily("fleet_node_drained", "1 when the host is drained.", value=1 if r.drained else 0)
+    if r.chips_expected is not None:
+        yield GaugeMetricFamily("fleet_node_chips_expected", "Chips expected on this host (config).",
+                                value=r.chips_expected)
+    yield GaugeMetricFamily("fleet_node_chips_present", "Chips discovered on this host.", value=len(r.chips))
+    yield GaugeMetricFamily("fleet_sample_timestamp_seconds", "Unix time of the latest completed sample.",
+                            value=r.sampled_at)
+    if r.sample_duration_s is not None:
+        yield GaugeMetricFamily("fleet_sample_duration_seconds", "Duration of the latest sample.",
+                                value=r.sample_duration_s)
+    up = _gauge("fleet_collector_up", "1 when the collector's last run succeeded.", ["collector"])
+    for c in r.collectors:
+        up.add_metric([c.name], 1.0 if c.ok else 0.0)
+    yield up
+    h = r.host_metrics
+    for name, doc, value in (
+        ("fleet_host_cpu_utilization_ratio", "Host CPU utilisation 0..1.",
+         None if h.cpu_pct is None else h.cpu_pct / 100.0),
+        ("fleet_host_memory_used_bytes", "Host memory used.", h.memory_used_bytes),
+        ("fleet_host_memory_total_bytes", "Host memory total.", h.memory_total_bytes),
+        ("fleet_host_load1", "Host 1-minute load average.", h.load1),
+        ("fleet_host_uptime_seconds", "Host uptime.", h.uptime_s),
+    ):
+        v = _num(value)
+        if v is not None:
+            yield GaugeMetricFamily(name, doc, value=v)
+
+
+def _chip_families(r: NodeReport) -> Iterator[Metric]:
+    info = _gauge("fleet_chip_info", "Chip identity; always 1.", [*CHIP_LABELS, "vendor", "pci_bus_id"])
+    status = _gauge("fleet_chip_status", "One-hot chip health status.", [*CHIP_LABELS, "status"])
+    stale = _gauge("fleet_chip_stale", "1 when the chip's reading is stale (a hung or failing call).",
+                   CHIP_LABELS)
+    for chip in r.chips:
+        labels = _chip_labels(chip)
+        info.add_metric([*labels, chip.vendor, chip.pci_bus_id], 1)
+        for s in Status:
+            status.add_metric([*labels, s.value], 1.0 if chip.status is s else 0.0)
+        stale.add_metric(labels, 1.0 if chip.stale else 0.0)
+    yield from (info, status, stale)
+
+    for name, doc, attr, scale in _CHIP_GAUGES:
+        fam = _gauge(name, doc, CHIP_LABELS)
+        for chip in r.chips:
+            v = _num(getattr(chip, attr))
+            if v is not None:
+                fam.add_metric(_chip_labels(chip), v * scale)
+        yield fam
+
+    duty = _gauge("fleet_chip_duty_cycle_ratio", "TPU duty cycle 0..1.", CHIP_LABELS)
+    for chip in r.chips:
+        if chip.tpu is not None and chip.tpu.duty_cycle_pct is not None:
+            duty.add_metric(_chip_labels(chip), chip.tpu.duty_cycle_pct / 100.0)
+    yield duty
+
+    gpus = [c for c in r.chips if c.gpu is not None]
+    ecc = _gauge("fleet_chip_ecc_errors", "ECC error counts as NVML reports them.",
+                 [*CHIP_LABELS, "type", "counter"])
+    rows = _gauge("fleet_chip_remapped_rows", "Remapped rows.", [*CHIP_LABELS, "type"])
+    throttle = _gauge("fleet_chip_throttle_active", "1 while a clock throttle reason is active.",
+                      [*CHIP_LABELS, "reason"])
+    replay = CounterMetricFamily("fleet_chip_pcie_replay", "PCIe replay counter.", labels=CHIP_LABELS)
+    xid_window = _gauge("fleet_chip_xid_errors_window", "XID events of this code inside the agent's window.",
+                        [*CHIP_LABELS, "xid"])
+    xid_total = CounterMetricFamily("fleet_chip_xid_errors", "XID events since the agent started.",
+                                    labels=CHIP_LABELS)
+    simple = [(_gauge(name, doc, CHIP_LABELS), attr) for name, doc, attr in _GPU_GAUGES]
+    for chip in gpus:
+        g = chip.gpu
+        assert g is not None
+        labels = _chip_labels(chip)
+        for typ, counter, value in (
+            ("corrected", "volatile", g.ecc_volatile_corrected),
+            ("uncorrected", "volatile", g.ecc_volatile_uncorrected),
+            ("corrected", "aggregate", g.ecc_aggregate_corrected),
+            ("uncorrected", "aggregate", g.ecc_aggregate_uncorrected),
+        ):
+            if value is not None:
+                ecc.add_metric([*labels, typ, counter], value)
+        for typ, value in (("correctable", g.remapped_rows_correctable),
+                           ("uncorrectable", g.remapped_rows_uncorrectable)):
+            if value is not None:
+                rows.add_metric([*labels, typ], value)
+        if not chip.stale and chip.error is None:
+            active = set(g.throttle_reasons)
+            for reason in THROTTLE_REASONS:
+                throttle.add_metric([*labels, reason], 1.0 if reason in active else 0.0)
+        if g.pcie_replay_count is not None:
+            replay.add_metric(labels, g.pcie_replay_count)
+        for code, count in sorted(g.xid_counts.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+            xid_window.add_metric([*labels, str(code)], count)
+        if chip.error is None:
+            xid_total.add_metric(labels, g.xid_total)
+        for fam, attr in simple:
+            v = _num(getattr(g, attr))
+            if v is not None:
+                fam.add_metric(labels, v)
+    yield from (ecc, rows, throttle, replay, xid_window, xid_total)
+    yield from (fam for fam, _ in simple)
+
+
+def _dcgm_families(r: NodeReport) -> Iterator[Metric]:
+    gpus = [c for c in r.chips if c.kind == "gpu" and c.vendor == "nvidia"]
+    if not gpus:
+        return
+    for name, doc, source, scale in _DCGM:
+        fam = _gauge(name, doc, DCGM_LABELS)
+        where, attr = source.split(".", 1)
+        for chip in gpus:
+            obj = chip if where == "chip" else chip.gpu
+            v = None if obj is None else _num(getattr(obj, attr))
+            if v is not None:
+                fam.add_metric(_dcgm_labels(chip, r.host), v * scale)
+        yield fam
+    used = _gauge("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", DCGM_LABELS)
+    free = _gauge("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", DCGM_LABELS)
+    for chip in gpus:
+        if chip.memory_used_bytes is not None:
+            used.add_metric(_dcgm_labels(chip, r.host), chip.memory_used_bytes / _MIB)
+            if chip.memory_total_bytes is not None:
+                free.add_metric(_dcgm_labels(chip, r.host),
+                                max(0, chip.memory_total_bytes - chip.memory_used_bytes) / _MIB)
+    yield from (used, free)
+
+
+def _health_families(r: NodeReport) -> Iterator[Metric]:
+    fam = _gauge("fleet_health_check_failing", "1 per failing health check on a chip (chip=\"node\" for "
+                 "node-level checks).", [*CHIP_LABELS, "check", "severity"])
+    seen: set[tuple[str, ...]] = set()
+    rows: list[list[str]] = [["node", "", "", "", p.check, p.severity.value] for p in r.problems]
+    for chip in r.chips:
+        rows.extend([*_chip_labels(chip), p.check, p.severity.value] for p in chip.problems)
+    for labels in rows:
+        key = tuple(labels)
+        if key not in seen:  # one series per (chip, check, severity) even if raised twice
+            seen.add(key)
+            fam.add_metric(labels, 1)
+    yield fam
+
+
+class MetricsRenderer:
+    """One agent's registry; :meth:`render` turns a report into exposition bytes."""
+
+    def __init__(self) -> None:
+        self._collector = ReportCollector()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self._collector)
+
+    def render(self, report: NodeReport) -> bytes:
+        self._collector.report = report
+        return generate_latest(self.registry)
+
+
+def render_metrics(report: NodeReport) -> bytes:
+    """Exposition text for one report (a fresh registry: for ``once`` and tests)."""
+    return MetricsRenderer().render(report)

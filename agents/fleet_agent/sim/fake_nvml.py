@@ -1,0 +1,575 @@
+"""A stand-in for the ``pynvml`` module (nvidia-ml-py), driven by a scenario.
+
+:class:`FakeNvml` has the same function names, argument lists, return shapes, constants and
+exception classes (``NVMLError`` with ``.value``; ``NVMLError(15)`` is an ``NVMLError_GpuIsLost``)
+as pynvml, so :class:`fleet_agent.collectors.nvml.NvmlCollector` runs unchanged on top of it.
+Only the functions the collector needs are here. Values are computed from the clock on each call
+(no threads, no per-chip state that ticks): a call costs about a microsecond.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fleet_agent.sim.models import GpuModel
+from fleet_agent.sim.scenario import FaultSpec, Load
+
+# --- errors, shaped like pynvml's -------------------------------------------------------------
+
+NVML_SUCCESS = 0
+_ERRORS: dict[str, tuple[int, str]] = {
+    "UNINITIALIZED": (1, "Uninitialized"),
+    "INVALID_ARGUMENT": (2, "Invalid Argument"),
+    "NOT_SUPPORTED": (3, "Not Supported"),
+    "NO_PERMISSION": (4, "Insufficient Permissions"),
+    "ALREADY_INITIALIZED": (5, "Already Initialized"),
+    "NOT_FOUND": (6, "Not Found"),
+    "INSUFFICIENT_SIZE": (7, "Insufficient Size"),
+    "INSUFFICIENT_POWER": (8, "Insufficient External Power"),
+    "DRIVER_NOT_LOADED": (9, "Driver Not Loaded"),
+    "TIMEOUT": (10, "Timeout"),
+    "IRQ_ISSUE": (11, "Interrupt Request Issue"),
+    "LIBRARY_NOT_FOUND": (12, "NVML Shared Library Not Found"),
+    "FUNCTION_NOT_FOUND": (13, "Function Not Found"),
+    "CORRUPTED_INFOROM": (14, "Corrupted infoROM"),
+    "GPU_IS_LOST": (15, "GPU is lost"),
+    "RESET_REQUIRED": (16, "GPU requires restart"),
+    "OPERATING_SYSTEM": (17, "The operating system has blocked the request."),
+    "LIB_RM_VERSION_MISMATCH": (18, "RM has detected an NVML/RM version mismatch."),
+    "IN_USE": (19, ""),  # pynvml asks the library for these two messages
+    "MEMORY": (20, "Insufficient Memory"),
+    "NO_DATA": (21, ""),
+    "UNKNOWN": (999, "Unknown Error"),
+}
+_MESSAGES = {code: msg for code, msg in _ERRORS.values() if msg}
+# Names a scenario's nvml_error fault may raise: the NVML_ERROR_* suffix in lower case.
+ERROR_NAMES = {name.lower(): code for name, (code, _) in _ERRORS.items()}
+
+
+class NVMLError(Exception):
+    """``NVMLError(code)`` builds the subclass for that code, as pynvml does."""
+
+    value: int
+    _code = 0
+    _by_value: dict[int, type[NVMLError]] = {}
+
+    def __new__(cls, value: int | None = None) -> NVMLError:
+        if cls is NVMLError and value is not None:
+            cls = NVMLError._by_value.get(value, NVMLError)
+        obj = Exception.__new__(cls)
+        obj.value = cls._code if value is None else value
+        return obj
+
+    def __init__(self, value: int | None = None) -> None:
+        super().__init__(self.value)
+
+    def __str__(self) -> str:
+        return _MESSAGES.get(self.value, f"NVML Error with code {self.value}")
+
+
+_ERROR_CLASSES: dict[str, type[NVMLError]] = {}
+for _name, (_code, _msg) in _ERRORS.items():
+    # NVML_ERROR_GPU_IS_LOST -> NVMLError_GpuIsLost, the name pynvml generates
+    _cls_name = "NVMLError_" + "".join(w.capitalize() for w in _name.split("_"))
+    _cls = type(_cls_name, (NVMLError,), {"_code": _code})
+    NVMLError._by_value[_code] = _cls
+    _ERROR_CLASSES[_cls_name] = _cls
+    globals()[_cls_name] = _cls
+    globals()[f"NVML_ERROR_{_name}"] = _code
+
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_UNINITIALIZED = 1
+
+
+def _err(code: int) -> NVMLError:
+    return NVMLError(code)
+
+
+# --- small result objects with pynvml's attribute names ---------------------------------------
+
+class _Memory:
+    __slots__ = ("free", "total", "used")
+
+    def __init__(self, total: int, used: int) -> None:
+        self.total, self.used, self.free = total, used, total - used
+
+
+class _Utilization:
+    __slots__ = ("gpu", "memory")
+
+    def __init__(self, gpu: int, memory: int) -> None:
+        self.gpu, self.memory = gpu, memory
+
+
+class _PciInfo:
+    __slots__ = ("bus", "busId", "busIdLegacy", "device", "domain", "pciDeviceId", "pciSubSystemId")
+
+    def __init__(self, bus: int, device_id: int) -> None:
+        self.domain, self.bus, self.device = 0, bus, 0
+        self.busId = f"00000000:{bus:02X}:00.0"  # pynvml hands back str (it decodes the char array)
+        self.busIdLegacy = f"0000:{bus:02X}:00.0"
+        self.pciDeviceId, self.pciSubSystemId = device_id, 0x16C110DE
+
+
+class _Value:
+    __slots__ = ("dVal", "siVal", "sllVal", "uiVal", "ulVal", "ullVal", "usVal")
+
+    def __init__(self, v: int) -> None:
+        self.dVal = float(v)
+        self.uiVal = self.ulVal = self.ullVal = self.sllVal = self.siVal = self.usVal = v
+
+
+class _FieldValue:
+    __slots__ = ("fieldId", "latencyUsec", "nvmlReturn", "scopeId", "timestamp", "value", "valueType")
+
+    def __init__(self, field_id: int, scope: int, ret: int, value: int) -> None:
+        self.fieldId, self.scopeId, self.timestamp, self.latencyUsec = field_id, scope, 0, 0
+        self.nvmlReturn = ret
+        self.valueType = 1  # NVML_VALUE_TYPE_UNSIGNED_INT
+        self.value = _Value(value)
+
+
+class _EventData:
+    __slots__ = ("computeInstanceId", "device", "eventData", "eventType", "gpuInstanceId")
+
+    def __init__(self, device: FakeGpu, event_type: int, data: int) -> None:
+        self.device, self.eventType, self.eventData = device, event_type, data
+        self.gpuInstanceId = self.computeInstanceId = 0xFFFFFFFF
+
+
+class FakeGpu:
+    """One simulated GPU; also its NVML handle."""
+
+    __slots__ = ("bus", "by_kind", "faulty", "index", "load", "model", "phase", "uuid", "xids")
+
+    def __init__(self, index: int, model: GpuModel, uuid: str, phase: float, load: Load,
+                 faults: Iterable[FaultSpec]) -> None:
+        self.index, self.model, self.uuid, self.phase, self.load = index, model, uuid, phase, load
+        self.bus = model.bus_ids[index % len(model.bus_ids)] + index // len(model.bus_ids)
+        self.by_kind: dict[str, list[FaultSpec]] = {}
+        for f in faults:
+            self.by_kind.setdefault(f.kind, []).append(f)
+        self.faulty = bool(self.by_kind)
+        # XID events this chip raises: (seconds after start, code), in time order.
+        xids: list[tuple[float, int]] = []
+        for f in self.by_kind.get("xid", []):
+            xids += [(f.at + k * f.params["interval_s"], f.params["code"]) for k in range(f.params["count"])]
+        xids += [(f.at, 79) for f in self.by_kind.get("gpu_lost", [])]  # falling off the bus is XID 79
+        self.xids = sorted(xids)
+
+    def active(self, kind: str, t: float) -> FaultSpec | None:
+        for f in self.by_kind.get(kind, ()):
+            if f.at <= t:
+                return f
+        return None
+
+
+class _EventSet:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.devices: list[FakeGpu] = []
+        self.delivered: dict[int, int] = {}  # id(device) -> events handed out
+        self.freed = False
+
+
+# Calls that read identity; they answer even while a chip hangs (NVML caches them at init).
+_IDENTITY = frozenset({"nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo",
+                       "nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetIndex", "nvmlDeviceRegisterEvents",
+                       "nvmlDeviceGetSupportedEventTypes"})
+
+DEVICE_FUNCTIONS = frozenset({
+    "nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo", "nvmlDeviceGetPciInfo_v3",
+    "nvmlDeviceGetIndex", "nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureThreshold",
+    "nvmlDeviceGetFieldValues", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo",
+    "nvmlDeviceGetPowerUsage", "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetClockInfo",
+    "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRemappedRows",
+    "nvmlDeviceGetRetiredPagesPendingStatus", "nvmlDeviceGetCurrentClocksEventReasons",
+    "nvmlDeviceGetCurrentClocksThrottleReasons", "nvmlDeviceGetCurrPcieLinkGeneration",
+    "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
+    "nvmlDeviceGetMaxPcieLinkWidth", "nvmlDeviceGetPcieReplayCounter", "nvmlDeviceGetNvLinkState",
+    "nvmlDeviceGetPersistenceMode", "nvmlDeviceRegisterEvents", "nvmlDeviceGetSupportedEventTypes",
+})
+
+_TAU = 2 * math.pi
+
+
+class FakeNvml:
+    """The pynvml API over simulated GPUs. Thread-safe: calls only read state, except init/events."""
+
+    # constants the collector uses, with pynvml's names and values
+    NVML_SUCCESS = 0
+    NVML_FEATURE_DISABLED = 0
+    NVML_FEATURE_ENABLED = 1
+    NVML_TEMPERATURE_GPU = 0
+    NVML_TEMPERATURE_THRESHOLD_SHUTDOWN = 0
+    NVML_TEMPERATURE_THRESHOLD_SLOWDOWN = 1
+    NVML_TEMPERATURE_THRESHOLD_MEM_MAX = 2
+    NVML_TEMPERATURE_THRESHOLD_GPU_MAX = 3
+    NVML_CLOCK_GRAPHICS = 0
+    NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
+    NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+    NVML_VOLATILE_ECC = 0
+    NVML_AGGREGATE_ECC = 1
+    NVML_NVLINK_MAX_LINKS = 36
+    NVML_FI_DEV_MEMORY_TEMP = 82
+    NVML_FI_DEV_NVLINK_LINK_COUNT = 91
+    NVML_VALUE_TYPE_DOUBLE = 0
+    NVML_VALUE_TYPE_UNSIGNED_INT = 1
+    NVML_VALUE_TYPE_UNSIGNED_LONG = 2
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
+    NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4
+    NVML_VALUE_TYPE_SIGNED_INT = 5
+    NVML_VALUE_TYPE_UNSIGNED_SHORT = 6
+    nvmlEventTypeSingleBitEccError = 0x1
+    nvmlEventTypeDoubleBitEccError = 0x2
+    nvmlEventTypeXidCriticalError = 0x8
+    nvmlEventTypeNone = 0x0
+    nvmlClocksEventReasonGpuIdle = 0x1
+    nvmlClocksEventReasonApplicationsClocksSetting = 0x2
+    nvmlClocksEventReasonSwPowerCap = 0x4
+    nvmlClocksEventReasonHwSlowdown = 0x8
+    nvmlClocksEventReasonSyncBoost = 0x10
+    nvmlClocksEventReasonSwThermalSlowdown = 0x20
+    nvmlClocksEventReasonHwThermalSlowdown = 0x40
+    nvmlClocksEventReasonHwPowerBrakeSlowdown = 0x80
+    nvmlClocksThrottleReasonGpuIdle = 0x1
+    nvmlClocksThrottleReasonSwPowerCap = 0x4
+    nvmlClocksThrottleReasonHwSlowdown = 0x8
+    nvmlClocksThrottleReasonSwThermalSlowdown = 0x20
+    nvmlClocksThrottleReasonHwThermalSlowdown = 0x40
+    nvmlClocksThrottleReasonHwPowerBrakeSlowdown = 0x80
+
+    NVMLError = NVMLError
+
+    def __init__(self, gpus: list[FakeGpu], *, clock: Callable[[], float], start: float,
+                 driver_version: str, library_present: bool = True,
+                 host_faults: Iterable[FaultSpec] = (), release: threading.Event | None = None) -> None:
+        self._gpus = gpus
+        self._clock = clock
+        self._start = start
+        self._driver = driver_version
+        self._library = library_present
+        self._driver_faults = [f for f in host_faults if f.kind == "driver_not_loaded"]
+        self._release = release or threading.Event()
+        self._lock = threading.Lock()
+        self._refcount = 0
+        for name, cls in _ERROR_CLASSES.items():
+            setattr(self, name, cls)
+        for name, (code, _) in _ERRORS.items():
+            setattr(self, f"NVML_ERROR_{name}", code)
+
+    # --- plumbing ---
+
+    def _t(self) -> float:
+        return self._clock() - self._start
+
+    def _dev(self, handle: Any, fn: str) -> FakeGpu:
+        if self._refcount == 0:
+            raise _err(1)
+        if not isinstance(handle, FakeGpu):
+            raise _err(2)
+        if handle.faulty:
+            self._apply_faults(handle, fn)
+        return handle
+
+    def _apply_faults(self, d: FakeGpu, fn: str) -> None:
+        t = self._t()
+        if d.active("gpu_lost", t) or d.active("chip_missing", t):
+            raise _err(15)
+        if fn not in _IDENTITY:
+            for f in d.by_kind.get("hang", ()):
+                seconds = f.params.get("seconds")
+                if f.at <= t and (seconds is None or t < f.at + seconds) and not self._release.is_set():
+                    # Block like a wedged driver call: until released or the hang's time is up.
+                    self._release.wait(None if seconds is None else f.at + seconds - t)
+        ns = d.active("not_supported", t)
+        if ns is not None and fn in ns.params["functions"]:
+            raise _err(3)
+        for f in d.by_kind.get("nvml_error", ()):
+            if f.at <= t and fn in f.params["functions"]:
+                raise _err(ERROR_NAMES[f.params["error"]])
+
+    def _util(self, d: FakeGpu, t: float) -> float:
+        ld = d.load
+        w = ld.base_pct + ld.amplitude_pct * math.sin(_TAU * t / ld.period_s + d.phase)
+        w += 0.2 * ld.amplitude_pct * math.sin(_TAU * t / (ld.period_s * 0.137) + 3 * d.phase)
+        return min(100.0, max(0.0, w))
+
+    def _throttled(self, d: FakeGpu, t: float) -> FaultSpec | None:
+        return d.active("thermal_throttle", t) if d.faulty else None
+
+    def _temp(self, d: FakeGpu, t: float) -> int:
+        th = self._throttled(d, t)
+        if th is not None:
+            return int(th.params.get("temperature_c") or d.model.slowdown_temp_c + 1)
+        m = d.model
+        return round(m.temp_idle_c + (m.temp_load_c - m.temp_idle_c) * self._util(d, t) / 100
+                     + 1.5 * math.sin(_TAU * t / 97.0 + d.phase))
+
+    # --- library ---
+
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        if not self._library:
+            raise _err(12)
+        if any(f.at <= self._t() for f in self._driver_faults):
+            raise _err(9)
+        with self._lock:
+            self._refcount += 1
+
+    def nvmlInit(self) -> None:
+        self.nvmlInitWithFlags(0)
+
+    def nvmlShutdown(self) -> None:
+        with self._lock:
+            if self._refcount == 0:
+                raise _err(1)
+            self._refcount -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        if self._refcount == 0:
+            raise _err(1)
+        return self._driver
+
+    def nvmlSystemGetNVMLVersion(self) -> str:
+        if self._refcount == 0:
+            raise _err(1)
+        return "12." + self._driver
+
+    def _present(self) -> list[FakeGpu]:
+        t = self._t()
+        return [g for g in self._gpus if not (g.faulty and g.active("chip_missing", t))]
+
+    def nvmlDeviceGetCount(self) -> int:
+        if self._refcount == 0:
+            raise _err(1)
+        return len(self._present())
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
+        if self._refcount == 0:
+            raise _err(1)
+        present = self._present()
+        if not 0 <= index < len(present):
+            raise _err(2)
+        d = present[index]
+        if d.faulty and d.active("gpu_lost", self._t()):
+            raise _err(15)
+        return d
+
+    # --- identity ---
+
+    def nvmlDeviceGetIndex(self, handle: Any) -> int:
+        d = self._dev(handle, "nvmlDeviceGetIndex")
+        return self._present().index(d)
+
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        return self._dev(handle, "nvmlDeviceGetName").model.name
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        return self._dev(handle, "nvmlDeviceGetUUID").uuid
+
+    def nvmlDeviceGetPciInfo_v3(self, handle: Any) -> _PciInfo:
+        d = self._dev(handle, "nvmlDeviceGetPciInfo_v3")
+        return _PciInfo(d.bus, d.model.pci_device_id)
+
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> _PciInfo:
+        d = self._dev(handle, "nvmlDeviceGetPciInfo")
+        return _PciInfo(d.bus, d.model.pci_device_id)
+
+    # --- readings ---
+
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
+        d = self._dev(handle, "nvmlDeviceGetTemperature")
+        if sensor != 0:
+            raise _err(2)
+        return self._temp(d, self._t())
+
+    def nvmlDeviceGetTemperatureThreshold(self, handle: Any, threshold: int) -> int:
+        m = self._dev(handle, "nvmlDeviceGetTemperatureThreshold").model
+        values = {0: m.shutdown_temp_c, 1: m.slowdown_temp_c, 3: m.slowdown_temp_c - 2}
+        if m.memory_total_mib > 40000:
+            values[2] = 95  # HBM parts report a memory max operating temperature
+        if threshold not in values:
+            raise _err(3)
+        return values[threshold]
+
+    def nvmlDeviceGetFieldValues(self, handle: Any, fieldIds: list[Any]) -> list[_FieldValue]:
+        d = self._dev(handle, "nvmlDeviceGetFieldValues")
+        out = []
+        for fid in fieldIds:
+            field_id, scope = fid if isinstance(fid, tuple) else (fid, 0)
+            if field_id == 82 and d.model.memory_total_mib > 40000:  # HBM temperature
+                out.append(_FieldValue(field_id, scope, 0, self._temp(d, self._t()) + 7))
+            elif field_id == 91 and d.model.nvlinks:
+                out.append(_FieldValue(field_id, scope, 0, d.model.nvlinks))
+            else:
+                out.append(_FieldValue(field_id, scope, 3, 0))
+        return out
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> _Utilization:
+        d = self._dev(handle, "nvmlDeviceGetUtilizationRates")
+        u = self._util(d, self._t())
+        return _Utilization(round(u), round(u * 0.55))
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> _Memory:
+        d = self._dev(handle, "nvmlDeviceGetMemoryInfo")
+        total = d.model.memory_total_mib * 1024 * 1024
+        frac = d.load.memory_used_pct / 100 * (0.97 + 0.03 * math.sin(_TAU * self._t() / 613.0 + d.phase))
+        return _Memory(total, max(1 << 20, int(total * min(frac, 0.995))))
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
+        d = self._dev(handle, "nvmlDeviceGetPowerUsage")
+        m, t = d.model, self._t()
+        share = self._util(d, t) / 100 * (0.6 if self._throttled(d, t) else 0.92)
+        return int((m.power_idle_w + (m.power_limit_w - m.power_idle_w) * share) * 1000)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int:
+        return int(self._dev(handle, "nvmlDeviceGetEnforcedPowerLimit").model.power_limit_w * 1000)
+
+    def nvmlDeviceGetClockInfo(self, handle: Any, type: int) -> int:  # pynvml's argument name
+        d = self._dev(handle, "nvmlDeviceGetClockInfo")
+        m, t = d.model, self._t()
+        if type == 2:
+            return m.mem_clock_mhz
+        if type not in (0, 1):
+            raise _err(2)
+        if self._util(d, t) < 3:
+            return m.sm_clock_idle_mhz
+        return int(m.sm_clock_max_mhz * (0.62 if self._throttled(d, t) else 1.0)) // 15 * 15
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: Any, errorType: int, counterType: int) -> int:
+        d = self._dev(handle, "nvmlDeviceGetTotalEccErrors")
+        if errorType == 0:  # corrected: a few over the chip's life, none since the driver loaded
+            return int(d.phase * 7) % 4 if counterType == 1 else 0
+        t = self._t()
+        return sum(f.params["count"] for f in d.by_kind.get("ecc_uncorrectable", ()) if f.at <= t)
+
+    def nvmlDeviceGetRemappedRows(self, device: Any) -> tuple[int, int, int, int]:
+        d = self._dev(device, "nvmlDeviceGetRemappedRows")
+        if not d.model.row_remapping:
+            raise _err(3)
+        t = self._t()
+        pending = 1 if d.faulty and d.active("row_remap_pending", t) else 0
+        failure = 1 if d.faulty and d.active("row_remap_failure", t) else 0
+        return (1 if int(d.phase * 7) % 4 == 3 else 0, 1 if (pending or failure) else 0, pending, failure)
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, device: Any) -> int:
+        d = self._dev(device, "nvmlDeviceGetRetiredPagesPendingStatus")
+        fault = d.active("retired_pages_pending", self._t()) if d.faulty else None
+        if not d.model.page_retirement and "retired_pages_pending" not in d.by_kind:
+            raise _err(3)
+        return 1 if fault else 0
+
+    def _reasons(self, d: FakeGpu) -> int:
+        t = self._t()
+        bits = 0x1 if self._util(d, t) < 3 else 0
+        if self._throttled(d, t):
+            bits |= 0x40 | 0x20  # HW and SW thermal slowdown
+        return bits
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        return self._reasons(self._dev(handle, "nvmlDeviceGetCurrentClocksEventReasons"))
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any) -> int:
+        return self._reasons(self._dev(handle, "nvmlDeviceGetCurrentClocksThrottleReasons"))
+
+    def _pcie(self, d: FakeGpu, key: str) -> int | None:
+        f = d.active("pcie_downgrade", self._t()) if d.faulty else None
+        return f.params.get(key) if f is not None else None
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: Any) -> int:
+        d = self._dev(handle, "nvmlDeviceGetCurrPcieLinkGeneration")
+        return self._pcie(d, "gen") or d.model.pcie_gen
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: Any) -> int:
+        return self._dev(handle, "nvmlDeviceGetMaxPcieLinkGeneration").model.pcie_gen
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: Any) -> int:
+        d = self._dev(handle, "nvmlDeviceGetCurrPcieLinkWidth")
+        return self._pcie(d, "width") or d.model.pcie_width
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: Any) -> int:
+        return self._dev(handle, "nvmlDeviceGetMaxPcieLinkWidth").model.pcie_width
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle: Any) -> int:
+        d = self._dev(handle, "nvmlDeviceGetPcieReplayCounter")
+        return 0 if self._pcie(d, "gen") is None and self._pcie(d, "width") is None else 37
+
+    def nvmlDeviceGetNvLinkState(self, device: Any, link: int) -> int:
+        d = self._dev(device, "nvmlDeviceGetNvLinkState")
+        if d.model.nvlinks == 0:
+            raise _err(3)
+        if not 0 <= link < d.model.nvlinks:
+            raise _err(2)
+        f = d.active("nvlink_down", self._t()) if d.faulty else None
+        return 0 if f is not None and link in f.params["links"] else 1
+
+    def nvmlDeviceGetPersistenceMode(self, handle: Any) -> int:
+        self._dev(handle, "nvmlDeviceGetPersistenceMode")
+        return 1
+
+    # --- events (XIDs) ---
+
+    def nvmlEventSetCreate(self) -> _EventSet:
+        if self._refcount == 0:
+            raise _err(1)
+        return _EventSet()
+
+    def nvmlDeviceGetSupportedEventTypes(self, handle: Any) -> int:
+        self._dev(handle, "nvmlDeviceGetSupportedEventTypes")
+        return 0x1 | 0x2 | 0x8
+
+    def nvmlDeviceRegisterEvents(self, handle: Any, eventTypes: int, eventSet: _EventSet) -> None:
+        d = self._dev(handle, "nvmlDeviceRegisterEvents")
+        if eventTypes & ~(0x1 | 0x2 | 0x8):
+            raise _err(3)
+        if eventTypes & 0x8:
+            with eventSet.lock:
+                if d not in eventSet.devices:
+                    # The scenario starts when the simulated agent does: a registration made
+                    # now still receives the events from the scenario's start on.
+                    eventSet.devices.append(d)
+                    eventSet.delivered[id(d)] = 0
+
+    def _next_event(self, es: _EventSet, t: float) -> tuple[_EventData | None, float | None]:
+        """The next due event (delivered now) and the time the next undue one comes due."""
+        soonest: float | None = None
+        with es.lock:
+            for d in es.devices:
+                n = es.delivered.get(id(d), 0)
+                if n < len(d.xids):
+                    at, code = d.xids[n]
+                    if at <= t:
+                        es.delivered[id(d)] = n + 1
+                        return _EventData(d, 0x8, code), None
+                    soonest = at if soonest is None else min(soonest, at)
+        return None, soonest
+
+    def nvmlEventSetWait_v2(self, eventSet: _EventSet, timeoutms: int) -> _EventData:
+        if self._refcount == 0 or eventSet.freed:
+            raise _err(1)
+        deadline = self._clock() + timeoutms / 1000
+        while True:
+            now = self._clock()
+            data, due = self._next_event(eventSet, now - self._start)
+            if data is not None:
+                return data
+            left = deadline - now
+            if left <= 0 or eventSet.freed:
+                raise _err(10)
+            wait = left if due is None else min(left, due + self._start - now)
+            eventSet.wake.wait(max(wait, 0.001))
+
+    def nvmlEventSetWait(self, eventSet: _EventSet, timeoutms: int) -> _EventData:
+        return self.nvmlEventSetWait_v2(eventSet, timeoutms)
+
+    def nvmlEventSetFree(self, eventSet: _EventSet) -> None:
+        eventSet.freed = True
+        eventSet.wake.set()

@@ -1,0 +1,155 @@
+"""``fleetctl health``: the fleet health table (direct fan-out to the agents, or via Prometheus)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fleetctl.report import FleetReport
+
+SOURCES = ("agents", "prometheus")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("health")(health)
+
+
+def health(
+    pattern: Annotated[str, typer.Argument(help="Ansible host pattern (gpu_nodes:&rack1, !h100-0003)")]
+    = "all",
+    inventory: Annotated[str | None, typer.Option(
+        "-i", "--inventory", help="Inventory path (default: $FLEETCTL_INVENTORY, else ansible.cfg)")] = None,
+    chips: Annotated[bool, typer.Option("--chips", help="One row per chip")] = False,
+    unhealthy: Annotated[bool, typer.Option("--unhealthy", help="Only what is wrong")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fleet report as JSON")] = False,
+    watch: Annotated[float | None, typer.Option(
+        "--watch", metavar="SECONDS", help="Redraw every SECONDS until Ctrl-C", min=0.1)] = None,
+    sort: Annotated[str, typer.Option(
+        "--sort", help="status (worst first), name, temp, util or age")] = "status",
+    group_by: Annotated[str | None, typer.Option(
+        "--group-by", metavar="GROUP",
+        help="One table per value: 'group' (first inventory group), an inventory variable, "
+             "or a group-name prefix such as 'rack'")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Per-host timeout, seconds", min=0.01)] = 5.0,
+    deadline: Annotated[float, typer.Option("--deadline", help="Overall deadline, seconds", min=0.01)] = 30.0,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight", min=1)] = 1000,
+    source: Annotated[str, typer.Option("--source", help="agents (direct) or prometheus")] = "agents",
+    prometheus_url: Annotated[str | None, typer.Option(
+        "--prometheus-url", help="Prometheus base URL (default: $FLEETCTL_PROMETHEUS_URL)")] = None,
+) -> None:
+    """Ask every agent for its health and show the fleet, worst first.
+
+    Exit 0 when every host is healthy, 1 when any is degraded, unhealthy, unknown or unreachable,
+    2 on usage or configuration errors.
+    """
+    from fleetctl.errors import EXIT_USAGE, FleetctlError
+    from fleetctl.report import SORT_KEYS
+
+    if sort not in SORT_KEYS:
+        _fail(f"--sort {sort!r}: expected one of {', '.join(SORT_KEYS)}", EXIT_USAGE)
+    if source not in SOURCES:
+        _fail(f"--source {source!r}: expected one of {', '.join(SOURCES)}", EXIT_USAGE)
+    try:
+        collect = _collector(pattern, inventory, source, prometheus_url, timeout, deadline, concurrency)
+        if watch is None:
+            report = collect()
+            _show(report, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
+            raise typer.Exit(report.exit_code)
+        code = _watch(collect, watch, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by,
+                      sort=sort)
+    except FleetctlError as exc:
+        _fail(str(exc), exc.exit_code)
+    raise typer.Exit(code)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"fleetctl health: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _collector(pattern: str, inventory: str | None, source: str, prometheus_url: str | None,
+               timeout: float, deadline: float, concurrency: int) -> Callable[[], FleetReport]:
+    """Load the inventory once; return a function that takes one fresh fleet report."""
+    from fleetctl.errors import UsageError
+    from fleetctl.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    hosts = inv.select(pattern)
+    if source == "prometheus":
+        from fleetctl.promsource import ENV_URL, HttpPrometheus, prometheus_report
+
+        url = prometheus_url or os.environ.get(ENV_URL)
+        if not url:
+            raise UsageError(f"--source prometheus needs --prometheus-url (or ${ENV_URL})")
+        client = HttpPrometheus(url, timeout_s=timeout)
+
+        def from_prometheus() -> FleetReport:
+            return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern)
+
+        return from_prometheus
+
+    from fleetctl.fanout import FanoutOptions, agents_report, raise_fd_limit
+
+    options = FanoutOptions(timeout_s=timeout, deadline_s=deadline,
+                            concurrency=raise_fd_limit(min(concurrency, len(hosts))))
+
+    def from_agents() -> FleetReport:
+        return agents_report(hosts, options, inventory=inv.label, pattern=pattern)
+
+    return from_agents
+
+
+def _show(report: FleetReport, *, as_json: bool, chips: bool, unhealthy: bool, group_by: str | None,
+          sort: str) -> None:
+    if as_json:
+        report.sort(sort)
+        sys.stdout.write(report.to_json() + "\n")
+        sys.stdout.flush()
+        return
+    from rich.console import Console
+
+    from fleetctl.render import render_report
+
+    Console().print(render_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort))
+
+
+def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, chips: bool, unhealthy: bool,
+           group_by: str | None, sort: str) -> int:
+    """Redraw in place until Ctrl-C; the exit code is the last completed round's."""
+    code = 0
+    if as_json:  # one JSON document per line and round
+        try:
+            while True:
+                report = collect()
+                code = report.exit_code
+                _show(report, as_json=True, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
+                time.sleep(every)
+        except KeyboardInterrupt:
+            return code
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from fleetctl.render import render_report
+
+    console = Console()
+    try:
+        with Live(Text("asking the fleet..."), console=console, auto_refresh=False,
+                  redirect_stdout=False, redirect_stderr=False) as live:
+            while True:
+                report = collect()
+                code = report.exit_code
+                stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
+                live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy,
+                                                       group_by=group_by, sort=sort)), refresh=True)
+                time.sleep(every)
+    except KeyboardInterrupt:
+        pass  # Live has restored the cursor; leave the last table on screen
+    return code

@@ -1,0 +1,139 @@
+"""``fleetctl provision``: parse options, call ``fleetctl.provision.run``, render."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from fleetctl.errors import EXIT_USAGE, FleetctlError
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """``--tags a,b --tags c`` -> [a, b, c]."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+@contextmanager
+def _cancel_on_signals(cancel: threading.Event) -> Iterator[None]:
+    """Ctrl-C / SIGTERM set ``cancel``; the runner then kills ansible's process group and the run
+    is recorded as canceled with the results so far."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not cancel.is_set():
+            print("\ncanceling: stopping ansible-playbook...", file=sys.stderr, flush=True)
+        cancel.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("provision")
+    def provision(
+        pattern: Annotated[str, typer.Argument(help="Ansible host pattern to provision.")] = "all",
+        playbook: Annotated[
+            str, typer.Option("--playbook", "-p", help="A playbook name in playbooks/ or a path.")
+        ] = "site",
+        inventory: Annotated[
+            str | None,
+            typer.Option("--inventory", "-i", help="Inventory (default: FLEETCTL_INVENTORY, ansible.cfg)."),
+        ] = None,
+        tags: Annotated[
+            list[str] | None, typer.Option("--tags", "-t", help="Only tasks with these tags.")
+        ] = None,
+        skip_tags: Annotated[list[str] | None, typer.Option("--skip-tags", help="Skip these tags.")] = None,
+        check: Annotated[bool, typer.Option("--check", help="Dry run: report what would change.")] = False,
+        diff: Annotated[bool, typer.Option("--diff", help="Show file changes.")] = False,
+        forks: Annotated[int | None, typer.Option("--forks", "-f", help="Parallel hosts per batch.")] = None,
+        batch: Annotated[
+            str | None, typer.Option("--batch", help="Roll out N hosts (or N%) at a time; stop on failure.")
+        ] = None,
+        extra_vars: Annotated[
+            list[str] | None, typer.Option("--extra-vars", "-e", help="k=v, @file or a JSON object.")
+        ] = None,
+        json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Take over hosts another run holds.")] = False,
+        db_path: Annotated[
+            Path | None, typer.Option("--db", help="State database (default: FLEETCTL_DB).")
+        ] = None,
+        connection: Annotated[
+            str | None, typer.Option("--connection", "-c", help="ssh (default) or paramiko.")
+        ] = None,
+        private_key: Annotated[
+            Path | None, typer.Option("--private-key", help="SSH key file (default: ssh-agent, ~/.ssh).")
+        ] = None,
+        remote_user: Annotated[str | None, typer.Option("--user", "-u", help="Remote SSH user.")] = None,
+        no_host_key_checking: Annotated[
+            bool, typer.Option("--no-host-key-checking", help="Accept unknown SSH host keys (insecure).")
+        ] = False,
+        vault_password_file: Annotated[
+            Path | None,
+            typer.Option("--vault-password-file", help="File (or script) with the vault password."),
+        ] = None,
+        ask_vault_pass: Annotated[
+            bool, typer.Option("--ask-vault-pass", help="Prompt for the vault password.")
+        ] = False,
+    ) -> None:
+        """Run a playbook on the fleet with live per-host progress; every run is recorded."""
+        from rich.console import Console
+
+        from fleetctl import provision as core
+        from fleetctl.inventory import resolve_sources
+        from fleetctl.progress import make_console, make_progress
+        from fleetctl.runner import AnsibleRunner
+
+        err = Console(stderr=True)
+        if vault_password_file and ask_vault_pass:
+            err.print("error: --vault-password-file and --ask-vault-pass exclude each other", markup=False)
+            raise typer.Exit(EXIT_USAGE)
+        cancel = threading.Event()
+        try:
+            vault_password = getpass.getpass("Vault password: ") if ask_vault_pass else None
+            options = core.ProvisionOptions(
+                inventory=resolve_sources(inventory),
+                pattern=pattern,
+                playbook=playbook,
+                tags=_split(tags),
+                skip_tags=_split(skip_tags),
+                check=check,
+                diff=diff,
+                forks=forks,
+                batch=batch,
+                extra_vars=list(extra_vars or []),
+                force=force,
+                connection=connection,
+                private_key=private_key,
+                remote_user=remote_user,
+                host_key_checking=not no_host_key_checking,
+                vault_password_file=vault_password_file,
+                vault_password=vault_password,
+            )
+            observer = None if json_output else make_progress(make_console())
+            with _cancel_on_signals(cancel):
+                try:
+                    result = core.run(
+                        options, AnsibleRunner(), db_path=db_path, observer=observer, cancel=cancel
+                    )
+                finally:
+                    if observer is not None:
+                        observer.close()
+        except FleetctlError as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        if json_output:
+            print(json.dumps(result.to_dict(), indent=2))
+        raise typer.Exit(result.exit_code)

@@ -1,0 +1,492 @@
+"""Drain, undrain and status: the core behind ``fleetctl drain|undrain|status``.
+
+Order of work for a drain, so that a fleetctl killed at any point leaves a true record:
+
+1. ask each host's scheduler for its state (a scheduler that is down aborts here, nothing changed);
+   a drain someone else set is reported and left alone;
+2. in one ``BEGIN IMMEDIATE`` transaction, count the unavailable hosts of the pool and move the
+   requested ones to ``cordoned`` (refused with the numbers past max-unavailable);
+3. tell the scheduler (cordoned → draining; a refusal puts the host back to active, audited);
+4. with ``--wait``, poll until no workload runs (→ drained) or the timeout (→ drain_failed).
+
+A re-run finds hosts in cordoned/draining/drain_failed and carries on from there.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from fleetctl.errors import EXIT_PROBLEMS, FleetctlError, UsageError
+from fleetctl.schedulers.base import (
+    ForeignDrainError,
+    HostLike,
+    NodeState,
+    SchedState,
+    Scheduler,
+    SchedulerConfigError,
+    SchedulerError,
+    states,
+    tag_reason,
+)
+from fleetctl.state import hosts as hstate
+from fleetctl.state.hosts import HostRecord, HostState
+
+SchedulerFor = Callable[[HostLike], Scheduler]
+Echo = Callable[[str], None]
+_SIZE = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
+_POLL_MAX_S = 10.0
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class HealthCheck(Protocol):
+    """``None`` for a host healthy enough to take work again, else the reason it is not."""
+
+    def __call__(self, hosts: Sequence[HostLike]) -> Mapping[str, str | None]: ...
+
+
+@dataclass(frozen=True)
+class Size:
+    """``N`` hosts or ``N%`` of a pool (rounded down, never below 1 so a rollout can progress)."""
+
+    value: int
+    percent: bool = False
+
+    @classmethod
+    def parse(cls, text: str, option: str) -> Size:
+        m = _SIZE.match(text)
+        if not m:
+            raise UsageError(f"{option} {text!r}: expected a number of hosts (N) or a percentage (N%)")
+        value, pct = int(m.group(1)), bool(m.group(2))
+        if pct and not 0 < value <= 100:
+            raise UsageError(f"{option} {text!r}: a percentage must be between 1% and 100%")
+        if not pct and value < 1:
+            raise UsageError(f"{option} {text!r}: must be at least 1")
+        return cls(value, pct)
+
+    def of(self, total: int) -> int:
+        if not self.percent:
+            return self.value
+        return max(1, math.floor(total * self.value / 100))
+
+    def __str__(self) -> str:
+        return f"{self.value}{'%' if self.percent else ''}"
+
+
+def current_user() -> str:
+    """Who runs fleetctl, for reasons and the audit log (the human behind sudo, if any)."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+@dataclass
+class Outcome:
+    host: str
+    ok: bool
+    state: str  # fleetctl state afterwards
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DrainOptions:
+    reason: str
+    actor: str = field(default_factory=current_user)
+    wait: bool = True
+    timeout_s: float = 3600.0
+    dry_run: bool = False
+    force: bool = False  # past max-unavailable (an emergency); never over someone else's drain
+    max_unavailable: Size = field(default_factory=lambda: Size(1))
+    poll_s: float = 2.0
+    owner: str | None = None  # maintain marks its hosts
+    run_id: str | None = None
+
+
+@dataclass
+class DrainPlan:
+    hosts: list[str]  # to cordon or resume
+    skipped: list[Outcome]  # already drained, someone else's drain, in maintenance
+    pool: int
+    limit: int
+    unavailable: list[str]  # in the pool, besides the requested hosts
+    states: dict[str, NodeState]
+    records: dict[str, HostRecord]
+
+    def lines(self) -> list[str]:
+        total = len(set(self.unavailable) | set(self.hosts))
+        out = [f"max-unavailable {self.limit} of {self.pool} hosts; unavailable now {len(self.unavailable)}"
+               f"{' (' + ', '.join(self.unavailable[:10]) + ')' if self.unavailable else ''}; "
+               f"after this drain {total}"]
+        for h in self.hosts:
+            rec, st = self.records[h], self.states[h]
+            action = "resume drain" if rec.state is not HostState.ACTIVE else "drain"
+            out.append(f"  {action} {h}: fleetctl {rec.state}, scheduler {st.state} ({st.detail})")
+        out += [f"  skip {o.host}: {o.message}" for o in self.skipped]
+        return out
+
+
+def scheduler_map(hosts: Sequence[HostLike], scheduler_for: SchedulerFor) -> dict[str, Scheduler]:
+    try:
+        return {h.name: scheduler_for(h) for h in hosts}
+    except SchedulerConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except SchedulerError as exc:  # e.g. an unreadable kubeconfig
+        raise FleetctlError(str(exc), exit_code=EXIT_PROBLEMS) from None
+
+
+def probe(hosts: Sequence[HostLike], scheds: Mapping[str, Scheduler], *,
+          tolerate: bool = False) -> dict[str, NodeState]:
+    """Scheduler state of each host: one bulk query per scheduler where it has one, else in parallel.
+
+    With ``tolerate``, a host whose scheduler cannot be asked is reported ``down`` (it counts as
+    unavailable); without, the first error aborts (a scheduler that is down: nothing is done).
+    """
+    groups: dict[int, tuple[Scheduler, list[HostLike]]] = {}
+    for h in hosts:
+        s = scheds[h.name]
+        groups.setdefault(id(s), (s, []))[1].append(h)
+
+    def one(h: HostLike, s: Scheduler) -> NodeState:
+        try:
+            return s.state(h)
+        except SchedulerError as exc:
+            if not tolerate:
+                raise
+            return NodeState(SchedState.DOWN, None, f"unreachable: {exc}")
+
+    result: dict[str, NodeState] = {}
+    for s, members in groups.values():
+        if hasattr(s, "states"):
+            try:
+                result.update(states(s, members))
+                continue
+            except SchedulerError as exc:
+                if not tolerate:
+                    raise
+                down = NodeState(SchedState.DOWN, None, f"unreachable: {exc}")
+                result.update({h.name: down for h in members})
+                continue
+        with ThreadPoolExecutor(max_workers=min(16, len(members))) as pool:
+            for h, st in zip(members, pool.map(lambda h, s=s: one(h, s), members), strict=True):
+                result[h.name] = st
+    return result
+
+
+def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
+               scheduler_for: SchedulerFor, opts: DrainOptions) -> DrainPlan:
+    if not opts.reason or not opts.reason.strip():
+        raise UsageError("a reason is required: --reason TEXT")
+    scheds = scheduler_map(list({h.name: h for h in [*hosts, *pool]}.values()), scheduler_for)
+    try:
+        current = probe(hosts, scheds)
+    except SchedulerError as exc:
+        raise FleetctlError(f"scheduler unavailable, nothing changed: {exc}") from None
+    records = hstate.get_many(conn, [h.name for h in hosts])
+    todo: list[str] = []
+    skipped: list[Outcome] = []
+    for h in hosts:
+        st, rec = current[h.name], records[h.name]
+        if st.foreign_drain:
+            skipped.append(Outcome(h.name, False, rec.state.value,
+                                   f"already drained by someone else ({st.reason!r}); left as it is"))
+        elif rec.state in (HostState.MAINTAINING, HostState.VERIFYING, HostState.QUARANTINED):
+            skipped.append(Outcome(h.name, True, rec.state.value,
+                                   f"already out of service ({rec.state}, {rec.reason or 'no reason'})"))
+        elif rec.state is HostState.DRAINED and st.state is SchedState.DRAINED:
+            skipped.append(Outcome(h.name, True, rec.state.value, "already drained"))
+        else:
+            todo.append(h.name)
+    others = [p for p in pool if p.name not in set(todo)]
+    pool_states = probe(others, scheds, tolerate=True) if todo else {}
+    pool_records = hstate.get_many(conn, [p.name for p in others])
+    unavailable = sorted(
+        n for n in pool_states
+        if not pool_states[n].available or pool_records[n].state is not HostState.ACTIVE
+    )
+    pool_size = len({p.name for p in pool} | {h.name for h in hosts})
+    return DrainPlan(todo, skipped, pool_size, opts.max_unavailable.of(pool_size), unavailable,
+                     current, records)
+
+
+def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
+          scheduler_for: SchedulerFor, opts: DrainOptions, *, echo: Echo = _quiet,
+          sleep: Callable[[float], None] = time.sleep,
+          clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
+    """Drain ``hosts``; max-unavailable is counted over ``pool`` (the fleet or a group)."""
+    try:
+        reason = tag_reason(opts.actor, opts.reason)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    plan = plan_drain(conn, hosts, pool, scheduler_for, opts)
+    for line in plan.lines():
+        echo(line)
+    if opts.dry_run or not plan.hosts:
+        return plan.skipped
+    by_name = {h.name: h for h in hosts}
+    try:
+        hstate.reserve(conn, plan.hosts, pool=[p.name for p in pool] + plan.hosts, limit=plan.limit,
+                       scheduler_unavailable=plan.unavailable, actor=opts.actor, reason=reason,
+                       force=opts.force, owner=opts.owner, run_id=opts.run_id)
+    except hstate.BudgetExceeded as exc:
+        msg = f"{exc} (--max-unavailable {opts.max_unavailable})"
+        return plan.skipped + [Outcome(h, False, plan.records[h].state.value, msg) for h in plan.hosts]
+
+    outcomes = list(plan.skipped)
+    pending: list[str] = []
+    for name in plan.hosts:
+        host, sched = by_name[name], scheduler_for(by_name[name])
+        before = hstate.get(conn, name)
+        try:
+            sched.drain(host, reason)
+        except SchedulerError as exc:
+            if before.state is HostState.CORDONED:
+                hstate.transition(conn, name, HostState.ACTIVE, actor=opts.actor, expect={HostState.CORDONED},
+                                  note=f"scheduler refused the drain: {exc}")
+            kind = "refused" if isinstance(exc, ForeignDrainError) else "failed"
+            outcomes.append(Outcome(name, False, hstate.get(conn, name).state.value, f"drain {kind}: {exc}"))
+            continue
+        if before.state is not HostState.DRAINING:
+            hstate.transition(conn, name, HostState.DRAINING, actor=opts.actor, reason=reason,
+                              owner=opts.owner, run_id=opts.run_id,
+                              note=None if before.state is HostState.CORDONED
+                              else f"resumed from {before.state}")
+        echo(f"{name}: draining ({sched.kind})")
+        pending.append(name)
+
+    if not opts.wait:
+        outcomes += [Outcome(n, True, HostState.DRAINING.value, "draining (not waiting)") for n in pending]
+        return outcomes
+    outcomes += wait_drained(conn, [by_name[n] for n in pending], scheduler_for, reason, opts,
+                             echo=echo, sleep=sleep, clock=clock)
+    return outcomes
+
+
+def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: SchedulerFor,
+                 reason: str, opts: DrainOptions, *, echo: Echo = _quiet,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
+    """Poll until each host runs nothing (→ drained) or ``opts.timeout_s`` passes (→ drain_failed).
+
+    Each round calls the scheduler's ``drain`` again for hosts still draining: it is idempotent,
+    and for Kubernetes it retries evictions a PodDisruptionBudget refused (backoff: the poll
+    interval doubles up to 10 s).
+    """
+    deadline = clock() + opts.timeout_s
+    waiting = {h.name: h for h in hosts}
+    last: dict[str, str] = {}
+    outcomes: list[Outcome] = []
+    interval = opts.poll_s
+    while waiting:
+        for name, host in list(waiting.items()):
+            sched = scheduler_for(host)
+            try:
+                st = sched.state(host)
+                workloads = sched.running_workloads(host) if st.state is SchedState.DRAINED else []
+                if st.state is SchedState.DRAINED and not workloads:
+                    hstate.transition(conn, name, HostState.DRAINED, actor=opts.actor,
+                                      expect={HostState.DRAINING, HostState.DRAINED}, owner=opts.owner,
+                                      run_id=opts.run_id)
+                    echo(f"{name}: drained")
+                    outcomes.append(Outcome(name, True, HostState.DRAINED.value, "drained"))
+                    del waiting[name]
+                    continue
+                if st.foreign_drain:
+                    raise ForeignDrainError(f"someone else changed the drain ({st.reason!r})")
+                sched.drain(host, reason)
+                running = workloads or sched.running_workloads(host)
+                last[name] = f"scheduler {st.detail or st.state}; running: {', '.join(running[:5]) or 'none'}"
+            except ForeignDrainError as exc:
+                hstate.transition(conn, name, HostState.DRAIN_FAILED, actor=opts.actor, note=str(exc))
+                outcomes.append(Outcome(name, False, HostState.DRAIN_FAILED.value, str(exc)))
+                del waiting[name]
+            except (SchedulerError, hstate.TransitionError) as exc:
+                last[name] = str(exc)  # transient (a restarting controller); retried until the timeout
+        if not waiting:
+            break
+        if clock() >= deadline:
+            for name in waiting:
+                note = f"timed out after {opts.timeout_s:.0f}s: {last.get(name, 'still draining')}"
+                hstate.transition(conn, name, HostState.DRAIN_FAILED, actor=opts.actor,
+                                  expect={HostState.DRAINING}, note=note)
+                echo(f"{name}: drain_failed ({note})")
+                outcomes.append(Outcome(name, False, HostState.DRAIN_FAILED.value, note))
+            break
+        sleep(max(0.0, min(interval, deadline - clock())))
+        interval = min(interval * 2, _POLL_MAX_S)
+    return outcomes
+
+
+# --- undrain ----------------------------------------------------------------------------------
+
+
+def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: SchedulerFor,
+            health: HealthCheck | None, *, actor: str | None = None, force: bool = False,
+            echo: Echo = _quiet, note: str = "undrain") -> list[Outcome]:
+    """Put hosts back into service: only drains fleetctl made, only healthy hosts unless ``force``."""
+    actor = actor or current_user()
+    scheds = scheduler_map(hosts, scheduler_for)
+    try:
+        current = probe(hosts, scheds)
+    except SchedulerError as exc:
+        raise FleetctlError(f"scheduler unavailable, nothing changed: {exc}") from None
+    records = hstate.get_many(conn, [h.name for h in hosts])
+    outcomes: list[Outcome] = []
+    candidates: list[HostLike] = []
+    for h in hosts:
+        st, rec = current[h.name], records[h.name]
+        if st.foreign_drain:
+            outcomes.append(Outcome(h.name, False, rec.state.value,
+                                    f"drained by someone else ({st.reason!r}); not touching it"))
+        elif rec.state is HostState.ACTIVE and st.state not in (SchedState.DRAINING, SchedState.DRAINED):
+            outcomes.append(Outcome(h.name, True, rec.state.value, f"not drained (scheduler: {st.state})"))
+        elif rec.state in (HostState.MAINTAINING, HostState.VERIFYING) and hstate.owner_alive(rec.owner) \
+                and rec.owner != hstate.this_process() and not force:
+            outcomes.append(Outcome(h.name, False, rec.state.value,
+                                    f"in maintenance by {rec.owner} (run {rec.run_id}); --force to override"))
+        elif rec.state is HostState.QUARANTINED and not force:
+            outcomes.append(Outcome(h.name, False, rec.state.value,
+                                    f"quarantined ({rec.reason}); fix it, then undrain with --force"))
+        else:
+            candidates.append(h)
+    verdicts: Mapping[str, str | None] = {}
+    if candidates and health is not None and not force:
+        verdicts = health(candidates)
+    for h in candidates:
+        problem = verdicts.get(h.name)
+        rec = records[h.name]
+        if problem:
+            outcomes.append(Outcome(h.name, False, rec.state.value,
+                                    f"not undrained: {problem} (--force to override)"))
+            continue
+        before = hstate.transition(conn, h.name, HostState.ACTIVE, actor=actor,
+                                   note=note + (" --force" if force else ""))
+        try:
+            scheds[h.name].undrain(h)
+        except SchedulerError as exc:
+            hstate.restore(conn, before, actor=actor, note=f"undrain failed: {exc}")
+            outcomes.append(Outcome(h.name, False, before.state.value, f"undrain failed: {exc}"))
+            continue
+        echo(f"{h.name}: back in service")
+        outcomes.append(Outcome(h.name, True, HostState.ACTIVE.value, "back in service"))
+    order = {h.name: i for i, h in enumerate(hosts)}
+    return sorted(outcomes, key=lambda o: order[o.host])
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+@dataclass
+class HostStatus:
+    host: str
+    scheduler: str
+    scheduler_state: str
+    scheduler_detail: str
+    scheduler_reason: str | None
+    state: str  # fleetctl's
+    reason: str | None
+    actor: str | None
+    since: float | None
+    run_id: str | None
+    workloads: list[str]
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _note(rec: HostRecord, st: NodeState) -> str | None:
+    """Where fleetctl's record and the scheduler disagree: what happened and what to do."""
+    s, sched = rec.state, st.state
+    if st.foreign_drain:
+        return "drained outside fleetctl"
+    if s is HostState.CORDONED and sched is SchedState.ACTIVE:
+        return "interrupted before the scheduler was told: re-run drain, or undrain"
+    if s is HostState.DRAINING and sched is SchedState.DRAINED:
+        return "no workload left: re-run drain to record it"
+    if s in (HostState.DRAINING, HostState.DRAINED, HostState.DRAIN_FAILED) and sched is SchedState.ACTIVE:
+        return "schedulable again outside fleetctl"
+    if s is HostState.ACTIVE and sched in (SchedState.DRAINING, SchedState.DRAINED) and st.ours:
+        return "interrupted undrain: re-run undrain"
+    if s in (HostState.MAINTAINING, HostState.VERIFYING) and not hstate.owner_alive(rec.owner):
+        return f"maintain run {rec.run_id} is gone: re-run maintain to resume"
+    return None
+
+
+def status(conn: sqlite3.Connection, hosts: Sequence[HostLike],
+           scheduler_for: SchedulerFor) -> list[HostStatus]:
+    scheds = scheduler_map(hosts, scheduler_for)
+    current = probe(hosts, scheds, tolerate=True)
+    records = hstate.get_many(conn, [h.name for h in hosts])
+
+    def workloads(h: HostLike) -> list[str]:
+        if current[h.name].state in (SchedState.DOWN, SchedState.UNKNOWN):
+            return []
+        try:
+            return scheds[h.name].running_workloads(h)
+        except SchedulerError as exc:
+            return [f"? ({exc})"]
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
+        running = dict(zip([h.name for h in hosts], pool.map(workloads, hosts), strict=True))
+    result = []
+    for h in hosts:
+        st, rec = current[h.name], records[h.name]
+        result.append(HostStatus(
+            host=h.name, scheduler=scheds[h.name].kind, scheduler_state=st.state.value,
+            scheduler_detail=st.detail, scheduler_reason=st.reason, state=rec.state.value,
+            reason=rec.reason, actor=rec.actor, since=rec.updated_at, run_id=rec.run_id,
+            workloads=running[h.name], note=_note(rec, st),
+        ))
+    return result
+
+
+# --- agent health (undrain, maintain's verify) ------------------------------------------------
+
+
+def judge_report(report: Any) -> str | None:
+    """``None`` when a node report says the host can take work; else why not."""
+    status = str(getattr(report.status, "value", report.status))
+    if status in ("unhealthy", "unknown"):
+        problems = "; ".join(f"{p.check}: {p.message}" for p in report.problems[:3])
+        chip_problems = [f"chip {c.index} {c.status.value}" for c in report.chips
+                         if c.status.value in ("unhealthy", "unknown")]
+        detail = problems or ", ".join(chip_problems[:3]) or "no detail"
+        return f"agent reports {status} ({detail})"
+    if report.chips_expected is not None and len(report.chips) < report.chips_expected:
+        return f"agent sees {len(report.chips)} of {report.chips_expected} expected chips"
+    return None
+
+
+def agent_health(hosts: Sequence[HostLike]) -> dict[str, str | None]:
+    """Ask each host's fleet-agent (``GET /v1/node``) whether it is healthy enough for work."""
+    from fleetctl.fanout import FanoutOptions, fetch_all
+    from fleetctl.inventory import Host
+
+    real = [h for h in hosts if isinstance(h, Host)]
+    missing = [h.name for h in hosts if not isinstance(h, Host)]
+    if missing:  # only inventory hosts know their agent's port and token
+        raise UsageError(f"no agent endpoint known for {', '.join(missing)}")
+
+    def token(h: Host) -> str | None:
+        return h.agent_token.reveal() if h.agent_token is not None else None
+
+    verdicts: dict[str, str | None] = {}
+    for result in fetch_all(real, token, FanoutOptions(timeout_s=5.0, deadline_s=60.0)):
+        if result.report is None:
+            where = result.host.agent_endpoint
+            verdicts[result.host.name] = f"agent at {where} {result.kind}: {result.detail}"
+        else:
+            verdicts[result.host.name] = judge_report(result.report)
+    return verdicts

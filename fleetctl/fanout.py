@@ -1,0 +1,264 @@
+"""Ask many agents for ``GET /v1/node`` at once, and say precisely why a host did not answer.
+
+Plain asyncio streams and h11 (a small sans-IO HTTP/1.1 parser): one short connection per host,
+a fixed pool of workers (bounded concurrency), a per-host timeout that covers connect, request and
+the whole response, and one overall deadline after which whatever is still running is cancelled and
+reported as ``deadline``. Every host gets exactly one :class:`FetchResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import h11
+from fleet_agent.schema import NodeReport, SchemaError, parse_node_report
+
+from fleetctl import __version__
+from fleetctl.inventory import Host
+from fleetctl.report import FleetReport, host_row_failed, host_row_from_node
+
+NODE_PATH = "/v1/node"
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a node report is ~10 KB per 8 chips; anything near this is wrong
+_READ_CHUNK = 64 * 1024
+
+
+class FetchKind(enum.StrEnum):
+    """The outcome of one request; everything but ``ok`` carries a reason."""
+
+    OK = "ok"
+    REFUSED = "refused"  # nothing listens on the port
+    CONNECT_ERROR = "connect_error"  # no route, DNS failure, reset during connect
+    TIMEOUT = "timeout"  # connected (or not) but no byte of a response within the timeout: hung
+    SLOW = "slow"  # a response started but did not finish within the timeout (slow drip)
+    DEADLINE = "deadline"  # still waiting (or never started) when the overall deadline passed
+    UNAUTHORIZED = "unauthorized"  # HTTP 401/403: token missing or wrong
+    HTTP_ERROR = "http_error"  # any other non-200 status
+    GARBAGE = "garbage"  # not HTTP, or the connection closed mid-response
+    TOO_LARGE = "too_large"
+    INVALID_JSON = "invalid_json"
+    SCHEMA_VERSION = "schema_version"  # a report, but of another schema version
+    BAD_SCHEMA = "bad_schema"  # JSON that is not a valid node report
+
+    @property
+    def reachable(self) -> bool:
+        """False when nothing answered (the host is shown as unreachable, not as an error)."""
+        return self not in _UNREACHABLE
+
+
+_UNREACHABLE = frozenset({FetchKind.REFUSED, FetchKind.CONNECT_ERROR, FetchKind.TIMEOUT,
+                          FetchKind.DEADLINE})
+
+
+@dataclass(slots=True)
+class FetchResult:
+    host: Host
+    kind: FetchKind
+    report: NodeReport | None = None
+    detail: str = ""
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FanoutOptions:
+    timeout_s: float = 5.0  # per host: connect + request + whole response
+    deadline_s: float = 30.0  # the whole fan-out
+    concurrency: int = 1000
+    path: str = NODE_PATH
+
+
+class _Failed(Exception):
+    def __init__(self, kind: FetchKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft open-file limit towards ``wanted`` (+ headroom); returns the usable concurrency."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + 64
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - 64))
+
+
+def _request_headers(host: Host, token: str | None) -> list[tuple[str, str]]:
+    headers = [("Host", host.agent_endpoint), ("User-Agent", f"fleetctl/{__version__}"),
+               ("Accept", "application/json"), ("Connection", "close")]
+    if token:
+        headers.append(("Authorization", f"Bearer {token}"))
+    return headers
+
+
+async def fetch_one(host: Host, token: str | None, timeout_s: float, path: str = NODE_PATH) -> FetchResult:
+    """One host, classified. Never raises (except cancellation)."""
+    started = time.monotonic()
+    progress = [0]  # bytes of response received, shared with the timeout handler
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await _exchange(host, token, path, progress)
+        report = _decode(body)
+        return FetchResult(host, FetchKind.OK, report, "", time.monotonic() - started)
+    except _Failed as exc:
+        return FetchResult(host, exc.kind, None, exc.detail, time.monotonic() - started)
+    except TimeoutError:
+        if progress[0]:
+            kind, detail = FetchKind.SLOW, f"response incomplete after {timeout_s:g}s ({progress[0]} bytes)"
+        else:
+            kind, detail = FetchKind.TIMEOUT, f"no response within {timeout_s:g}s"
+        return FetchResult(host, kind, None, detail, time.monotonic() - started)
+
+
+async def _exchange(host: Host, token: str | None, path: str, progress: list[int]) -> bytes:
+    try:
+        reader, writer = await asyncio.open_connection(host.address, host.agent_port)
+    except ConnectionRefusedError:
+        raise _Failed(FetchKind.REFUSED, f"connection refused ({host.agent_endpoint})") from None
+    except OSError as exc:
+        raise _Failed(FetchKind.CONNECT_ERROR, f"cannot connect to {host.agent_endpoint}: "
+                                               f"{exc.strerror or exc}") from None
+    try:
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16 * 1024)
+        request = conn.send(h11.Request(method="GET", target=path, headers=_request_headers(host, token)))
+        writer.write((request or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        status = 0
+        reason = ""
+        chunks: list[bytes] = []
+        size = 0
+        eof = False
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if eof and (status or not progress[0]):
+                    raise _Failed(FetchKind.GARBAGE, "connection closed before a complete response"
+                                  + ("" if progress[0] else " (nothing received)")) from None
+                raise _Failed(FetchKind.GARBAGE, f"not an HTTP response: {exc}") from None
+            if event is h11.NEED_DATA:
+                try:
+                    data = await reader.read(_READ_CHUNK)
+                except OSError as exc:
+                    raise _Failed(FetchKind.GARBAGE, f"connection failed mid-response: "
+                                                     f"{exc.strerror or exc}") from None
+                progress[0] += len(data)
+                eof = not data
+                conn.receive_data(data)  # b"" is EOF
+            elif isinstance(event, h11.Response):
+                status, reason = event.status_code, event.reason.decode("latin-1", "replace")
+                if status in (401, 403):
+                    raise _Failed(FetchKind.UNAUTHORIZED, f"HTTP {status} {reason}: "
+                                  + ("token rejected" if token else "a bearer token is required "
+                                     "(inventory var fleet_agent_token)"))
+                if status != 200:
+                    raise _Failed(FetchKind.HTTP_ERROR, f"HTTP {status} {reason}".strip())
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY_BYTES:
+                    raise _Failed(FetchKind.TOO_LARGE, f"response larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise _Failed(FetchKind.GARBAGE, "connection closed before a complete response")
+    finally:
+        writer.close()
+
+
+def _decode(body: bytes) -> NodeReport:
+    try:
+        doc = json.loads(body)
+    except UnicodeDecodeError:
+        raise _Failed(FetchKind.INVALID_JSON, "invalid JSON: not UTF-8") from None
+    except ValueError as exc:
+        msg = getattr(exc, "msg", str(exc))
+        pos = getattr(exc, "pos", None)
+        raise _Failed(FetchKind.INVALID_JSON, f"invalid JSON: {msg}" + (f" at byte {pos}" if pos is not None
+                                                                         else "")) from None
+    try:
+        return parse_node_report(doc)
+    except SchemaError as exc:
+        kind = FetchKind.SCHEMA_VERSION if str(exc).startswith("schema:") else FetchKind.BAD_SCHEMA
+        raise _Failed(kind, str(exc)) from None
+    except (TypeError, ValueError) as exc:  # a type the schema parser did not expect
+        raise _Failed(FetchKind.BAD_SCHEMA, f"invalid report: {exc}") from None
+
+
+async def fan_out(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
+                  options: FanoutOptions = FanoutOptions()) -> list[FetchResult]:
+    """Fetch every host's report; results in the order of ``hosts``, each host exactly once."""
+    results: list[FetchResult | None] = [None] * len(hosts)
+    started: list[float] = [0.0] * len(hosts)
+    work = iter(range(len(hosts)))
+
+    async def worker() -> None:
+        for i in work:  # a shared iterator: each index goes to exactly one worker
+            started[i] = time.monotonic()
+            results[i] = await fetch_one(hosts[i], tokens(hosts[i]), options.timeout_s, options.path)
+
+    workers = [asyncio.ensure_future(worker())
+               for _ in range(max(1, min(options.concurrency, len(hosts))))]
+    if workers:
+        _done, pending = await asyncio.wait(workers, timeout=max(0.0, options.deadline_s))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        for task in workers:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]  # a bug, not a host failure
+    out: list[FetchResult] = []
+    for i, host in enumerate(hosts):
+        result = results[i]
+        if result is None:
+            waited = time.monotonic() - started[i] if started[i] else 0.0
+            why = (f"no answer before the overall deadline of {options.deadline_s:g}s" if started[i]
+                   else f"not asked: the overall deadline of {options.deadline_s:g}s passed first")
+            result = FetchResult(host, FetchKind.DEADLINE, None, why, waited)
+        out.append(result)
+    return out
+
+
+def fetch_all(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
+              options: FanoutOptions = FanoutOptions()) -> list[FetchResult]:
+    """:func:`fan_out` from synchronous code (its own event loop)."""
+    return asyncio.run(fan_out(hosts, tokens, options))
+
+
+def agent_tokens(hosts: Sequence[Host]) -> dict[str, str | None]:
+    """Every host's bearer token, revealed once up front (vault decryption happens here, not in the
+    event loop; a token that cannot be decrypted is an InventoryError before any request)."""
+    return {h.name: (h.agent_token.reveal() if h.agent_token is not None else None) for h in hosts}
+
+
+def agents_report(hosts: Sequence[Host], options: FanoutOptions = FanoutOptions(), *,
+                  inventory: str = "", pattern: str = "all") -> FleetReport:
+    """Fan out to ``hosts`` and build the fleet report from their answers."""
+    started = time.monotonic()
+    tokens = agent_tokens(hosts)
+    results = fetch_all(hosts, lambda h: tokens[h.name], options)
+    now = time.time()
+    rows = []
+    for r in results:
+        h = r.host
+        if r.report is not None:
+            rows.append(host_row_from_node(h.name, h.address, h.agent_port, h.groups, r.report, now,
+                                           expected_chips=h.expected_chips, host_vars=h.vars))
+        else:
+            rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups,
+                                        reachable=r.kind.reachable, kind=r.kind.value, reason=r.detail,
+                                        expected_chips=h.expected_chips, host_vars=h.vars))
+    return FleetReport(generated_at=now, source="agents", hosts=rows, inventory=inventory, pattern=pattern,
+                       duration_s=time.monotonic() - started)

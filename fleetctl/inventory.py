@@ -1,0 +1,614 @@
+"""The fleet's hosts, read from the Ansible inventory with Ansible's own inventory machinery.
+
+Public API (also used by ``provision``, ``runs`` and ``drain``)::
+
+    inv = load_inventory("inventory/example")      # or None: -i / FLEETCTL_INVENTORY / ansible.cfg
+    for host in inv.select("gpu_nodes:&rack1:!h100-0003"):
+        host.name, host.address, host.agent_port, host.expected_chips, host.groups, host.vars
+        host.agent_token.reveal() if host.agent_token else None   # never print it
+
+Every failure is an :class:`InventoryError` (exit code 2) whose message is one line naming the
+inventory file, and the line when Ansible reports one.
+
+Parsing a 10,000-host inventory through Ansible takes seconds, so the result is cached as JSON in
+``$XDG_CACHE_HOME/fleetctl/`` keyed by the path, modification time and size of every file the
+inventory came from (including ``group_vars/`` and ``host_vars/``). Executable (dynamic) sources
+and inventory plugin configs are never cached. Host patterns that are plain names (``all``, a group,
+a host) are answered from the cache directly; any other pattern (``&``, ``!``, wildcards, regexes,
+subscripts) goes through Ansible's own pattern code over the cached groups.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet_agent.config import DEFAULT_PORT
+
+from fleetctl.errors import UsageError
+
+ENV_INVENTORY = "FLEETCTL_INVENTORY"
+ENV_CACHE_DIR = "FLEETCTL_CACHE_DIR"
+# Bump when the cached document's layout changes.
+CACHE_FORMAT = 1
+
+PORT_VAR = "fleet_agent_port"
+TOKEN_VAR = "fleet_agent_token"  # noqa: S105 - a variable name, not a secret
+EXPECTED_CHIPS_VAR = "fleet_expected_chips"
+
+# Variables Ansible adds to every host (magic variables); not inventory data, and ``groups`` alone
+# would make the cache quadratic in the number of hosts.
+_MAGIC_VARS = frozenset({
+    "ansible_config_file", "ansible_facts", "ansible_playbook_python", "ansible_version",
+    "ansible_check_mode", "ansible_diff_mode", "ansible_forks", "ansible_inventory_sources",
+    "ansible_skip_tags", "ansible_run_tags", "ansible_verbosity", "group_names", "groups",
+    "hostvars", "inventory_dir", "inventory_file", "inventory_hostname", "inventory_hostname_short",
+    "omit", "playbook_dir", "role_names", "environment",
+})
+_SIMPLE_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+_VAULT_KEY = "__ansible_vault__"
+
+
+class InventoryError(UsageError):
+    """The inventory is missing, malformed, or a pattern selects nothing (exit 2)."""
+
+
+class Secret:
+    """A credential from the inventory. ``str()``/``repr()`` never show it; :meth:`reveal` does.
+
+    Vault-encrypted values stay encrypted (also in the cache) until revealed, which decrypts them
+    with the vault password Ansible is configured with (``ANSIBLE_VAULT_PASSWORD_FILE``, ansible.cfg).
+    """
+
+    __slots__ = ("_plain", "_source", "_vaulted")
+
+    def __init__(self, *, plain: str | None = None, vaulted: str | None = None, source: str = "") -> None:
+        self._plain = plain
+        self._vaulted = vaulted
+        self._source = source
+
+    @property
+    def is_vaulted(self) -> bool:
+        return self._vaulted is not None
+
+    def reveal(self) -> str:
+        if self._plain is None:
+            assert self._vaulted is not None
+            self._plain = _vault_decrypt(self._vaulted, self._source)
+        return self._plain
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return (self._plain, self._vaulted) == (other._plain, other._vaulted)
+
+    def __hash__(self) -> int:
+        return hash((self._plain, self._vaulted))
+
+
+@dataclass(frozen=True)
+class Host:
+    """One inventory host, as the fleet tools need it."""
+
+    name: str
+    address: str  # ansible_host, else the name
+    groups: tuple[str, ...]  # Ansible's group_names order, without all/ungrouped
+    vars: Mapping[str, Any] = field(repr=False, compare=False)  # inventory vars, token removed
+    agent_port: int = DEFAULT_PORT
+    agent_token: Secret | None = field(default=None, repr=False)
+    expected_chips: int | None = None
+
+    @property
+    def first_group(self) -> str:
+        return self.groups[0] if self.groups else "ungrouped"
+
+    @property
+    def agent_endpoint(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.agent_port}"
+
+
+@dataclass
+class Inventory:
+    """The parsed inventory; :meth:`select` applies an Ansible host pattern."""
+
+    sources: tuple[str, ...]
+    hosts: dict[str, Host]  # inventory order
+    groups: dict[str, _GroupData]
+    from_cache: bool = False
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.sources)
+
+    def select(self, pattern: str | None = None) -> list[Host]:
+        """The hosts ``pattern`` selects, in inventory order; an error when it selects none.
+
+        Patterns are Ansible's (``all``, ``gpu_nodes:&rack1``, ``!h100-0003``, ``h100-*``,
+        ``~regex``, ``group[0:9]``); a component that matches nothing is an error too, as a typo
+        there would otherwise silently widen or narrow an operation.
+        """
+        pattern = (pattern or "all").strip()
+        if not pattern:
+            pattern = "all"
+        if pattern in ("all", "*"):
+            names = [h for h in self.hosts]
+        elif _SIMPLE_PATTERN.match(pattern):
+            if pattern in self.groups:
+                names = list(self.groups[pattern].all_hosts)
+            elif pattern in self.hosts:
+                names = [pattern]
+            else:
+                raise InventoryError(f"{self.label}: pattern {pattern!r} matches no host or group")
+        else:
+            names = _ansible_select(self, pattern)
+        if not names:
+            raise InventoryError(f"{self.label}: pattern {pattern!r} matches no host")
+        return [self.hosts[n] for n in names]
+
+
+@dataclass(frozen=True)
+class _GroupData:
+    hosts: tuple[str, ...]  # direct members
+    children: tuple[str, ...]
+    all_hosts: tuple[str, ...]  # members including descendants', as Ansible orders them
+
+
+# --- locating the inventory ----------------------------------------------------------------------
+
+
+def resolve_sources(source: str | None = None) -> list[str]:
+    """``source``, else ``$FLEETCTL_INVENTORY``, else ``$ANSIBLE_INVENTORY``, else ansible.cfg's
+    ``[defaults] inventory`` (``$ANSIBLE_CONFIG``, ./ansible.cfg, ~/.ansible.cfg, /etc/ansible/)."""
+    for value in (source, os.environ.get(ENV_INVENTORY), os.environ.get("ANSIBLE_INVENTORY")):
+        if value:
+            return [value]
+    cfg = _ansible_cfg_path()
+    if cfg is not None:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(cfg, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise InventoryError(f"{cfg}: cannot read: {str(exc).splitlines()[0]}") from None
+        value = parser.get("defaults", "inventory", fallback="").strip()
+        if value:
+            base = Path(cfg).parent
+            return [str(base / os.path.expanduser(p.strip())) for p in value.split(",") if p.strip()]
+    raise InventoryError(
+        "no inventory: pass -i/--inventory, set FLEETCTL_INVENTORY, or set inventory in ansible.cfg"
+    )
+
+
+def _ansible_cfg_path() -> str | None:
+    candidates = [os.environ.get("ANSIBLE_CONFIG"), "ansible.cfg",
+                  str(Path.home() / ".ansible.cfg"), "/etc/ansible/ansible.cfg"]
+    for path in candidates:
+        if path and os.path.isfile(path):
+            return os.path.abspath(path)
+    return None
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool = True,
+                   cache_dir: Path | None = None) -> Inventory:
+    """Parse the inventory at ``source`` (a path, or several; None: see :func:`resolve_sources`).
+
+    A cached parse is used when every file it came from is unchanged.
+    """
+    if source is None or isinstance(source, str):
+        sources = resolve_sources(source)
+    else:
+        sources = list(source)
+    sources = [s if _is_host_list(s) else os.path.abspath(os.path.expanduser(s)) for s in sources]
+    for s in sources:
+        if not _is_host_list(s) and not os.path.exists(s):
+            raise InventoryError(f"{s}: inventory not found")
+    cacheable = use_cache and all(_cacheable(s) for s in sources)
+    cache_file = _cache_file(sources, cache_dir) if cacheable else None
+    fingerprint = _fingerprint(sources) if cacheable else ""
+    if cache_file is not None:
+        doc = _read_cache(cache_file, fingerprint)
+        if doc is not None:
+            return _from_doc(sources, doc, from_cache=True)
+    doc = _parse_with_ansible(sources)
+    if cache_file is not None:
+        # Files that changed while Ansible read them would be cached under the old key: re-check.
+        if _fingerprint(sources) == fingerprint:
+            _write_cache(cache_file, fingerprint, doc)
+    return _from_doc(sources, doc, from_cache=False)
+
+
+def _is_host_list(source: str) -> bool:
+    # Ansible's host_list plugin: "a,b," on the command line; never a path.
+    return "," in source and not os.path.exists(source)
+
+
+def _cacheable(source: str) -> bool:
+    if _is_host_list(source):
+        return False
+    for path in _source_files(source):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111 and not _in_vars_dir(path):
+            return False  # an executable inventory script: its output is not a function of mtime
+        if path.endswith((".yml", ".yaml")) and not _in_vars_dir(path) and _is_plugin_config(path):
+            return False
+    return True
+
+
+def _in_vars_dir(path: str) -> bool:
+    parts = Path(path).parts
+    return "group_vars" in parts or "host_vars" in parts
+
+
+def _is_plugin_config(path: str) -> bool:
+    # An inventory plugin config (``plugin: aws_ec2`` ...) describes a dynamic source.
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return any(line.startswith("plugin:") for line in fh)
+    except OSError:
+        return False
+
+
+def _source_files(source: str) -> Iterator[str]:
+    """Every file and directory the inventory ``source`` may be read from, with its vars dirs."""
+    roots = [source]
+    base = source if os.path.isdir(source) else os.path.dirname(source)
+    if not os.path.isdir(source):
+        roots += [os.path.join(base, "group_vars"), os.path.join(base, "host_vars")]
+    for root in roots:
+        if not os.path.exists(root):
+            yield root  # its appearance must change the key
+            continue
+        yield root
+        if os.path.isdir(root):
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                for name in sorted(dirnames):
+                    yield os.path.join(dirpath, name)
+                for name in sorted(filenames):
+                    yield os.path.join(dirpath, name)
+
+
+def _fingerprint(sources: Sequence[str]) -> str:
+    h = hashlib.sha256(f"fleetctl-inventory/{CACHE_FORMAT}".encode())
+    cfg = _ansible_cfg_path()
+    for path in [*([cfg] if cfg else []), *(f for s in sources for f in _source_files(s))]:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}\n".encode())
+        except OSError:
+            h.update(f"{path}\0-\n".encode())
+    for var in ("ANSIBLE_VAULT_PASSWORD_FILE", "ANSIBLE_INVENTORY_ENABLED", "ANSIBLE_VARS_ENABLED"):
+        h.update(f"{var}={os.environ.get(var, '')}\n".encode())
+    return h.hexdigest()
+
+
+def cache_dir_default() -> Path:
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fleetctl"
+
+
+def _cache_file(sources: Sequence[str], cache_dir: Path | None) -> Path:
+    digest = hashlib.sha256("\0".join(sources).encode()).hexdigest()[:24]
+    return (cache_dir or cache_dir_default()) / f"inventory-{digest}.json"
+
+
+def _read_cache(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return None  # absent or damaged: parse again
+    if not isinstance(doc, dict) or doc.get("fingerprint") != fingerprint:
+        return None
+    return doc
+
+
+def _write_cache(path: Path, fingerprint: str, doc: dict[str, Any]) -> None:
+    """Atomic (temp file + rename) and private (0600: it may hold plain-text tokens)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".inventory-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({**doc, "fingerprint": fingerprint}, fh, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a read-only cache dir costs speed, not correctness
+
+
+def _from_doc(sources: Sequence[str], doc: dict[str, Any], *, from_cache: bool) -> Inventory:
+    label = ",".join(sources)
+    hosts: dict[str, Host] = {}
+    for h in doc["hosts"]:
+        token = h.get("token")
+        secret = None
+        if isinstance(token, dict):
+            secret = Secret(vaulted=token.get("vault"), plain=token.get("plain"), source=label)
+        hosts[h["name"]] = Host(
+            name=h["name"], address=h["address"], groups=tuple(h["groups"]), vars=h["vars"],
+            agent_port=h["port"], agent_token=secret, expected_chips=h["expected_chips"],
+        )
+    groups = {
+        name: _GroupData(tuple(g["hosts"]), tuple(g["children"]), tuple(g["all_hosts"]))
+        for name, g in doc["groups"].items()
+    }
+    return Inventory(sources=tuple(sources), hosts=hosts, groups=groups, from_cache=from_cache)
+
+
+# --- Ansible -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _captured_ansible_warnings() -> Iterator[list[tuple[str, BaseException | None]]]:
+    """Collect what Ansible would print as warnings (we turn them into one error line)."""
+    from ansible.utils.display import Display
+
+    display = Display()  # a singleton
+    got: list[tuple[str, BaseException | None]] = []
+
+    def warning(msg: str, *args: Any, **kwargs: Any) -> None:
+        got.append((str(msg), None))
+
+    def error_as_warning(msg: str | None, exception: BaseException, **kwargs: Any) -> None:
+        got.append((str(msg or ""), exception))
+
+    saved = {k: display.__dict__.get(k) for k in ("warning", "error_as_warning")}
+    display.warning = warning  # type: ignore[method-assign]
+    display.error_as_warning = error_as_warning  # type: ignore[method-assign]
+    try:
+        yield got
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                display.__dict__.pop(k, None)
+            else:
+                display.__dict__[k] = v
+
+
+@contextlib.contextmanager
+def _ansible_setting(name: str, value: Any) -> Iterator[None]:
+    """Override one of ansible.constants for the duration (Ansible reads them at call time)."""
+    from ansible import constants as C
+
+    saved = getattr(C, name)
+    setattr(C, name, value)
+    try:
+        yield
+    finally:
+        setattr(C, name, saved)
+
+
+def _failure_message(source: str, got: list[tuple[str, BaseException | None]]) -> str:
+    """The most useful parse failure: one with a line number, else the plugin the file suits."""
+    ext = os.path.splitext(source)[1].lower()
+    prefer = ["yaml", "auto"] if ext in (".yml", ".yaml", ".json") else ["ini", "script", "yaml", "auto"]
+    best: tuple[tuple[int, int], str] | None = None
+    for msg, exc in got:
+        if exc is None:
+            continue
+        plugin_m = re.search(r"with '([^']+)' plugin", msg)
+        plugin = plugin_m.group(1) if plugin_m else ""
+        where, text = source, ""
+        has_line = False
+        chain: BaseException | None = exc
+        while chain is not None:
+            origin = getattr(chain, "obj", None)
+            path, line = getattr(origin, "path", None), getattr(origin, "line_num", None)
+            if path and line:
+                col = getattr(origin, "col_num", None)
+                where, has_line = f"{path}:{line}" + (f":{col}" if col else ""), True
+            if not text:
+                text = _first_line(getattr(chain, "message", None) or str(chain))
+            chain = chain.__cause__
+        rank = (0 if has_line else 1, prefer.index(plugin) if plugin in prefer else len(prefer))
+        if best is None or rank < best[0]:
+            best = (rank, f"{where}: {text}")
+    if best is not None:
+        return best[1]
+    warnings = [m for m, _ in got if m]
+    return f"{source}: " + (_first_line(warnings[-1]) if warnings else "cannot parse the inventory")
+
+
+def _first_line(text: str) -> str:
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return str(text).strip()
+
+
+def _parse_with_ansible(sources: Sequence[str]) -> dict[str, Any]:
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    label = ",".join(sources)
+    loader = DataLoader()
+    # Any source Ansible cannot parse is an error (by default it warns and goes on without it).
+    with _ansible_setting("INVENTORY_ANY_UNPARSED_IS_FAILED", True):
+        with _captured_ansible_warnings() as got:
+            try:
+                manager = InventoryManager(loader=loader, sources=list(sources))
+            except AnsibleError as exc:
+                failed = re.search(r"inventory source (.+)$", _first_line(str(exc)))
+                raise InventoryError(_failure_message(failed.group(1) if failed else label, got)) from None
+            variables = VariableManager(loader=loader, inventory=manager)
+            ansible_hosts = manager.get_hosts("all")
+            hosts = [_host_doc(h, variables, loader, label) for h in ansible_hosts]
+            groups = {
+                name: {
+                    "hosts": [h.name for h in g.hosts],
+                    "children": [c.name for c in g.child_groups],
+                    "all_hosts": [h.name for h in g.get_hosts()],
+                }
+                for name, g in manager.groups.items()
+            }
+    return {"hosts": hosts, "groups": groups}
+
+
+def _host_doc(host: Any, variables: Any, loader: Any, label: str) -> dict[str, Any]:
+    raw = variables.get_vars(host=host, include_hostvars=False)
+    name = str(host.name)
+
+    def templated(key: str) -> Any:
+        value = raw.get(key)
+        if isinstance(value, str) and "{{" in value:
+            from ansible.template import Templar
+
+            try:
+                value = Templar(loader=loader, variables=raw).template(value)
+            except Exception as exc:  # noqa: BLE001 - any template failure is a config error
+                raise InventoryError(f"{label}: host {name}: {key}: {_first_line(str(exc))}") from None
+        return value
+
+    address = templated("ansible_host") or name
+    port = _int_var(templated(PORT_VAR), f"{label}: host {name}: {PORT_VAR}", DEFAULT_PORT, 1, 65535)
+    chips = _int_var(templated(EXPECTED_CHIPS_VAR), f"{label}: host {name}: {EXPECTED_CHIPS_VAR}",
+                     None, 0, 1024)
+    token_raw = raw.get(TOKEN_VAR)
+    token: dict[str, str] | None = None
+    if token_raw is not None:
+        cipher = _ciphertext(token_raw)
+        if cipher is not None:
+            token = {"vault": cipher}
+        else:
+            token_value = templated(TOKEN_VAR)
+            if not isinstance(token_value, str) or not token_value:
+                raise InventoryError(f"{label}: host {name}: {TOKEN_VAR}: expected a non-empty string")
+            token = {"plain": str(token_value)}
+    plain_vars = {str(k): _plain(v) for k, v in raw.items() if k not in _MAGIC_VARS and k != TOKEN_VAR}
+    return {
+        "name": name,
+        "address": str(address),
+        "groups": [g.name for g in host.get_groups() if g.name not in ("all", "ungrouped")],
+        "vars": plain_vars,
+        "port": port,
+        "token": token,
+        "expected_chips": chips,
+    }
+
+
+def _int_var(value: Any, where: str, default: int | None, lo: int, hi: int) -> Any:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise InventoryError(f"{where}: expected an integer, got {value!r}")
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else int(value)
+    except ValueError:
+        raise InventoryError(f"{where}: expected an integer, got {str(value)!r}") from None
+    if not lo <= number <= hi:
+        raise InventoryError(f"{where}: {number} is outside {lo}..{hi}")
+    return number
+
+
+def _ciphertext(value: Any) -> str | None:
+    """The vault envelope of an encrypted value (EncryptedString, AnsibleVaultEncryptedUnicode)."""
+    cipher = getattr(value, "_ciphertext", None)
+    if isinstance(cipher, bytes):
+        cipher = cipher.decode()
+    return cipher if isinstance(cipher, str) else None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of an Ansible value (tagged str/int lose their tags; vault stays sealed)."""
+    cipher = _ciphertext(value)
+    if cipher is not None:
+        return {_VAULT_KEY: cipher}
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+_vault_cache: dict[str, str] = {}
+
+
+def _vault_decrypt(ciphertext: str, source: str) -> str:
+    if ciphertext in _vault_cache:
+        return _vault_cache[ciphertext]
+    from ansible import constants as C
+    from ansible.cli import CLI
+    from ansible.errors import AnsibleError
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.parsing.vault import VaultLib
+
+    loader = DataLoader()
+    # The environment first: ansible.constants were fixed when ansible was first imported.
+    password_file = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE") or C.DEFAULT_VAULT_PASSWORD_FILE
+    password_files = [password_file] if password_file else []
+    try:
+        secrets = CLI.setup_vault_secrets(loader, vault_ids=list(C.DEFAULT_VAULT_IDENTITY_LIST),
+                                          vault_password_files=password_files, ask_vault_pass=False)
+        if not secrets:
+            raise InventoryError(f"{source}: {TOKEN_VAR} is vault-encrypted and no vault password is "
+                                 "configured (ANSIBLE_VAULT_PASSWORD_FILE or ansible.cfg)")
+        plain: str = VaultLib(secrets).decrypt(ciphertext.encode()).decode()
+    except AnsibleError as exc:
+        raise InventoryError(f"{source}: cannot decrypt {TOKEN_VAR}: {_first_line(str(exc))}") from None
+    _vault_cache[ciphertext] = plain
+    return plain
+
+
+def _ansible_select(inventory: Inventory, pattern: str) -> list[str]:
+    """Evaluate ``pattern`` with Ansible's own pattern code over the (cached) group structure."""
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    with _captured_ansible_warnings() as got, _ansible_setting("INVENTORY_UNPARSED_IS_FAILED", False):
+        manager = InventoryManager(loader=DataLoader(), sources=[])  # empty: filled from the cache
+        data = manager._inventory
+        for name in inventory.groups:
+            data.add_group(name)
+        for name, g in inventory.groups.items():
+            for child in g.children:
+                data.add_child(name, child)
+            for host in g.hosts:
+                data.add_host(host, group=name)
+        data.reconcile_inventory()
+        got.clear()
+        try:
+            selected = manager.get_hosts(pattern)
+        except AnsibleError as exc:
+            raise InventoryError(f"{inventory.label}: pattern {pattern!r}: {_first_line(str(exc))}") from None
+    unmatched = [m.rsplit(":", 1)[-1].strip() for m, _ in got if "Could not match supplied host pattern" in m]
+    if unmatched:
+        raise InventoryError(f"{inventory.label}: pattern {', '.join(map(repr, unmatched))} matches no host")
+    return [h.name for h in selected if h.name in inventory.hosts]

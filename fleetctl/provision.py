@@ -1,0 +1,587 @@
+"""The provision core: validate, lock, run the playbook through a ``PlaybookRunner``, record.
+
+``run(options, ...)`` is a typed library call (drain/maintain use it too) that returns a
+``ProvisionResult`` with per-host results; rendering lives in ``fleetctl.progress``.
+
+Everything that can be checked before touching a host is checked first and raises ``UsageError``
+(exit 2): the playbook, tags (``--list-tags``), extra-vars, batch/forks values, the inventory and
+the pattern. Then the hosts are locked (refused, naming the holder, unless ``force``), the run is
+recorded, and ansible-runner runs. Secrets (the vault password, extra-vars) never reach the record,
+the output, ansible-runner's ``env/`` or its ``command`` artifact.
+
+Batches (``--batch N|N%``) are run by fleetctl, one ansible-playbook per batch limited to that
+batch's hosts, rather than through Ansible's ``serial``: ``serial`` is a play keyword, so an extra
+var only works if every play of every playbook reads it, and a wrapper play cannot impose it on
+imported playbooks. Controller-side batches work for any playbook, run every play on a batch before
+the next batch is touched (what a rolling fleet change wants), and stop the rollout after a batch
+with a failed or unreachable host, leaving the rest ``pending``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from fleetctl.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, FleetctlError, UsageError
+from fleetctl.runner import (
+    VAULT_PROMPT,
+    Event,
+    EventTally,
+    HostResult,
+    ListTagsError,
+    PlaybookRequest,
+    PlaybookRunner,
+    worst_first,
+)
+from fleetctl.state import db, locks, runs
+
+EXIT_CANCELED = 130  # the shell's convention for a run ended by SIGINT
+REDACTED = "********"
+HEARTBEAT_INTERVAL_S = 5.0
+_SECRET_KEY = re.compile(r"pass|secret|token|key|credential|vault|auth", re.I)
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BATCH = re.compile(r"^(?P<n>[0-9]+)(?P<pct>%?)$")
+
+HostSelector = Callable[[Sequence[str], str], list[str]]
+
+
+class HostsLocked(FleetctlError):
+    """Another run holds some of the hosts (exit 1: the fleet is busy, the command was fine)."""
+
+
+@dataclass(frozen=True)
+class ProvisionOptions:
+    inventory: Sequence[str]
+    pattern: str = "all"
+    playbook: str = "site"
+    tags: Sequence[str] = ()
+    skip_tags: Sequence[str] = ()
+    check: bool = False
+    diff: bool = False
+    forks: int | None = None
+    batch: str | None = None
+    extra_vars: Sequence[str] = ()
+    force: bool = False
+    connection: str | None = None
+    private_key: Path | None = None
+    remote_user: str | None = None
+    host_key_checking: bool = True
+    vault_password_file: Path | None = None
+    vault_password: str | None = field(default=None, repr=False)  # prompted; never stored
+
+
+@dataclass(frozen=True)
+class ExtraVars:
+    """Parsed ``--extra-vars``: literal pairs/objects (written to a private file) and @files."""
+
+    literal: dict[str, Any]
+    files: list[Path]
+
+    def redacted(self) -> list[str]:
+        shown = [f"{k}={REDACTED if _SECRET_KEY.search(k) else v}" for k, v in self.literal.items()]
+        return shown + [f"@{path}" for path in self.files]
+
+    def secret_values(self) -> list[str]:
+        return [str(v) for k, v in self.literal.items() if _SECRET_KEY.search(k) and str(v)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated provision, ready to lock and run."""
+
+    options: ProvisionOptions
+    playbook: Path
+    hosts: list[str]
+    batches: list[list[str]]
+    extra_vars: ExtraVars
+    cmdline: list[str]
+    envvars: dict[str, str]
+    passwords: dict[str, str] = field(repr=False)
+    cwd: Path
+
+    def recorded_options(self) -> dict[str, Any]:
+        """The options as run records keep them: no secret values."""
+        o = self.options
+        return {
+            "tags": list(o.tags),
+            "skip_tags": list(o.skip_tags),
+            "check": o.check,
+            "diff": o.diff,
+            "forks": o.forks,
+            "batch": o.batch,
+            "extra_vars": self.extra_vars.redacted(),
+            "force": o.force,
+            "connection": o.connection or "ssh",
+            "private_key": str(o.private_key) if o.private_key else None,
+            "remote_user": o.remote_user,
+            "host_key_checking": o.host_key_checking,
+            "vault": "password-file" if o.vault_password_file else ("prompt" if o.vault_password else None),
+            "vault_password_file": str(o.vault_password_file) if o.vault_password_file else None,
+        }
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets():
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def _secrets(self) -> list[str]:
+        values = self.extra_vars.secret_values()
+        if self.options.vault_password:
+            values.append(self.options.vault_password)
+        return sorted(set(values), key=len, reverse=True)
+
+
+@dataclass
+class ProvisionResult:
+    run_id: str
+    status: str  # successful | failed | canceled
+    hosts: list[HostResult]
+    artifacts: Path
+    playbook: Path
+    message: str | None = None
+    exit_code: int = EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "playbook": str(self.playbook),
+            "artifacts": str(self.artifacts),
+            "message": self.message,
+            "summary": dict(runs.summarize(self.hosts)),
+            "hosts": [h.to_dict() for h in worst_first(self.hosts)],
+        }
+
+
+class RunObserver(Protocol):
+    """What a progress display receives. Called from the runner's thread for events."""
+
+    def started(self, run_id: str, hosts: Sequence[str], playbook: str) -> None: ...
+
+    def batch(self, index: int, total: int, hosts: Sequence[str]) -> None: ...
+
+    def event(self, event: Event, tally: EventTally) -> None: ...
+
+    def finished(self, result: ProvisionResult) -> None: ...
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def playbook_dirs(cwd: Path) -> list[Path]:
+    """Where ``--playbook NAME`` is looked up: ./playbooks, then the repository's playbooks/."""
+    repo = Path(__file__).resolve().parent.parent / "playbooks"
+    return list(dict.fromkeys([cwd / "playbooks", repo]))
+
+
+def resolve_playbook(value: str, cwd: Path) -> Path:
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute():
+        candidate = cwd / candidate
+    if candidate.is_file():
+        return candidate.resolve()
+    names = [value] if value.endswith((".yml", ".yaml")) else [f"{value}.yml", f"{value}.yaml"]
+    known: set[str] = set()
+    for folder in playbook_dirs(cwd):
+        for name in names:
+            if "/" not in value and (folder / name).is_file():
+                return (folder / name).resolve()
+        if folder.is_dir():
+            known.update(p.stem for p in folder.glob("*.y*ml"))
+    available = ", ".join(sorted(known)) or "none found"
+    raise UsageError(f"unknown playbook {value!r}: not a file, not in playbooks/ (available: {available})")
+
+
+def parse_extra_vars(items: Sequence[str], cwd: Path) -> ExtraVars:
+    """``k=v`` (several per item, space separated), ``@file`` (YAML/JSON mapping) or a JSON object."""
+    literal: dict[str, Any] = {}
+    files: list[Path] = []
+    for item in items:
+        text = item.strip()
+        if text.startswith("@"):
+            path = Path(text[1:]).expanduser()
+            path = path if path.is_absolute() else cwd / path
+            if not path.is_file():
+                raise UsageError(f"--extra-vars {item!r}: no such file {path}")
+            try:
+                loaded = yaml.safe_load(path.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise UsageError(
+                    f"--extra-vars {item!r}: {path} is not valid YAML/JSON: {_one_line(exc)}"
+                ) from exc
+            except OSError as exc:
+                raise UsageError(f"--extra-vars {item!r}: cannot read {path}: {exc.strerror}") from exc
+            if not isinstance(loaded, dict):
+                # Vault-encrypted files load as a string: Ansible decrypts them, we only check shape.
+                if not (isinstance(loaded, str) and loaded.startswith("$ANSIBLE_VAULT")):
+                    raise UsageError(f"--extra-vars {item!r}: {path} must hold a mapping of variables")
+            files.append(path.resolve())
+        elif text.startswith("{"):
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"--extra-vars {item!r}: malformed JSON object: {exc.msg}") from exc
+            if not isinstance(loaded, dict) or not all(_VAR_NAME.match(str(k)) for k in loaded):
+                raise UsageError(f"--extra-vars {item!r}: expected a JSON object of variable names")
+            literal.update(loaded)
+        else:
+            if not text:
+                raise UsageError("--extra-vars '': expected key=value, @file or a JSON object")
+            for pair in text.split():
+                key, sep, value = pair.partition("=")
+                if not sep or not _VAR_NAME.match(key):
+                    raise UsageError(
+                        f"--extra-vars {item!r}: {pair!r} is not key=value (key a variable name), "
+                        "@file or a JSON object"
+                    )
+                literal[key] = value
+    return ExtraVars(literal, files)
+
+
+def parse_batch(value: str | None, total: int) -> int:
+    """Hosts per batch for ``N`` or ``N%`` (at least one); ``total`` when no batching."""
+    if value is None:
+        return max(total, 1)
+    match = _BATCH.match(value.strip())
+    if not match or int(match["n"]) < 1 or (match["pct"] and int(match["n"]) > 100):
+        raise UsageError(f"--batch {value!r}: expected a number of hosts N >= 1 or a percentage 1%..100%")
+    if match["pct"]:
+        return max(1, math.floor(total * int(match["n"]) / 100))
+    return int(match["n"])
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def default_select_hosts(sources: Sequence[str], pattern: str) -> list[str]:
+    """Hosts matching ``pattern`` in the inventory (helper B's Ansible-backed inventory; its
+    ``InventoryError`` is a ``UsageError``, exit 2)."""
+    from fleetctl.inventory import load_inventory
+
+    return [host.name for host in load_inventory(list(sources)).select(pattern)]
+
+
+def plan(
+    options: ProvisionOptions,
+    runner: PlaybookRunner,
+    *,
+    cwd: Path | None = None,
+    select_hosts: HostSelector = default_select_hosts,
+) -> Plan:
+    """Validate everything that can be checked before a host is touched."""
+    cwd = (cwd or Path.cwd()).resolve()
+    if not options.inventory:
+        raise UsageError("no inventory: pass --inventory/-i (or set ANSIBLE_INVENTORY)")
+    sources: list[str] = []
+    for source in options.inventory:
+        if "," in source and not Path(source).exists():
+            sources.append(source)  # Ansible's "host1,host2," list
+            continue
+        path = Path(source).expanduser()
+        path = path if path.is_absolute() else cwd / path
+        if not path.exists():
+            raise UsageError(f"inventory {source!r}: no such file or directory")
+        sources.append(str(path))
+    options = dataclasses.replace(options, inventory=sources)
+    playbook = resolve_playbook(options.playbook, cwd)
+    extra = parse_extra_vars(options.extra_vars, cwd)
+    if options.forks is not None and options.forks < 1:
+        raise UsageError(f"--forks {options.forks}: must be at least 1")
+    if options.connection not in (None, "ssh", "paramiko"):
+        raise UsageError(f"--connection {options.connection!r}: expected ssh or paramiko")
+    if options.vault_password_file and not options.vault_password_file.expanduser().is_file():
+        raise UsageError(f"--vault-password-file {options.vault_password_file}: no such file")
+    if options.private_key and not options.private_key.expanduser().is_file():
+        raise UsageError(f"--private-key {options.private_key}: no such file")
+    hosts = select_hosts(options.inventory, options.pattern)
+    if not hosts:
+        raise UsageError(f"pattern {options.pattern!r} matches no host in {', '.join(options.inventory)}")
+    size = parse_batch(options.batch, len(hosts))
+    batches = [hosts[i : i + size] for i in range(0, len(hosts), size)]
+
+    cmdline: list[str] = []
+    if options.tags:
+        cmdline += ["--tags", ",".join(options.tags)]
+    if options.skip_tags:
+        cmdline += ["--skip-tags", ",".join(options.skip_tags)]
+    if options.check:
+        cmdline.append("--check")
+    if options.diff:
+        cmdline.append("--diff")
+    if options.connection:
+        cmdline += ["--connection", options.connection]
+    if options.private_key:
+        cmdline += ["--private-key", str(options.private_key.expanduser().resolve())]
+    if options.remote_user:
+        cmdline += ["--user", options.remote_user]
+    for path in extra.files:
+        cmdline += ["--extra-vars", f"@{path}"]
+    passwords: dict[str, str] = {}
+    if options.vault_password_file:
+        cmdline += ["--vault-password-file", str(options.vault_password_file.expanduser().resolve())]
+    elif options.vault_password is not None:
+        cmdline.append("--ask-vault-pass")
+        passwords[VAULT_PROMPT] = options.vault_password
+
+    envvars: dict[str, str] = {}
+    if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
+        # ansible-runner would set False; only the user's explicit flag (or env var) turns it off.
+        envvars["ANSIBLE_HOST_KEY_CHECKING"] = "True" if options.host_key_checking else "False"
+    elif not options.host_key_checking:
+        envvars["ANSIBLE_HOST_KEY_CHECKING"] = "False"
+
+    result = Plan(options, playbook, hosts, batches, extra, cmdline, envvars, passwords, cwd)
+    wanted_tags = {t for t in (*options.tags, *options.skip_tags) if t not in ("all", "tagged", "untagged")}
+    if wanted_tags:
+        check_tags(result, runner, wanted_tags)
+    return result
+
+
+def _without_tag_filters(cmdline: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in cmdline:
+        if skip:
+            skip = False
+        elif arg in ("--tags", "--skip-tags"):
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def check_tags(plan_: Plan, runner: PlaybookRunner, wanted: set[str]) -> None:
+    probe = PlaybookRequest(
+        playbook=plan_.playbook,
+        inventory=list(plan_.options.inventory),
+        private_data_dir=plan_.cwd,
+        ident="list-tags",
+        cwd=plan_.cwd,
+        limit=plan_.options.pattern,
+        # --tags would filter the listing itself; extra-vars may template play names/hosts.
+        cmdline=_without_tag_filters(plan_.cmdline),
+        envvars=plan_.envvars,
+        passwords=plan_.passwords,
+    )
+    try:
+        known = runner.list_tags(probe)
+    except ListTagsError as exc:
+        raise UsageError(f"{plan_.playbook}: {plan_.redact(str(exc))}") from exc
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise UsageError(
+            f"unknown tag(s) {', '.join(unknown)} in {plan_.playbook.name}"
+            f" (known: {', '.join(sorted(known)) or 'none'})"
+        )
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def state_dir(db_path: Path) -> Path:
+    return db_path.parent / "runs"
+
+
+@contextlib.contextmanager
+def _private_vars_file(directory: Path, values: Mapping[str, Any]) -> Iterator[Path | None]:
+    """Literal extra-vars in a 0600 file that exists only while the run does."""
+    if not values:
+        yield None
+        return
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f".extra-vars-{secrets.token_hex(4)}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(values, handle)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the run's locks and record alive and saves the results so far."""
+
+    def __init__(self, db_path: Path, run_id: str, tally: EventTally, stop: threading.Event) -> None:
+        super().__init__(name=f"heartbeat-{run_id}", daemon=True)
+        self.db_path, self.run_id, self.tally, self.stop = db_path, run_id, tally, stop
+
+    def run(self) -> None:
+        conn = _connect(self.db_path)
+        try:
+            while not self.stop.wait(HEARTBEAT_INTERVAL_S):
+                locks.refresh(conn, self.run_id)
+                runs.heartbeat(conn, self.run_id, self.tally.snapshot())
+        finally:
+            conn.close()
+
+
+def _connect(db_path: Path) -> sqlite3.Connection:
+    return db.connect(db_path, schema=(*runs.SCHEMA, *locks.SCHEMA))
+
+
+class _NullObserver:
+    def started(self, run_id: str, hosts: Sequence[str], playbook: str) -> None:
+        pass
+
+    def batch(self, index: int, total: int, hosts: Sequence[str]) -> None:
+        pass
+
+    def event(self, event: Event, tally: EventTally) -> None:
+        pass
+
+    def finished(self, result: ProvisionResult) -> None:
+        pass
+
+
+def run(
+    options: ProvisionOptions,
+    runner: PlaybookRunner,
+    *,
+    db_path: Path | None = None,
+    observer: RunObserver | None = None,
+    cancel: threading.Event | None = None,
+    cwd: Path | None = None,
+    select_hosts: HostSelector = default_select_hosts,
+    run_id: str | None = None,
+) -> ProvisionResult:
+    """Validate, lock, run and record one provision. Raises ``UsageError`` (nothing was run or
+    recorded) or ``HostsLocked``; every other outcome is a ``ProvisionResult``."""
+    observer = observer or _NullObserver()
+    cancel = cancel or threading.Event()
+    db_path = db_path or db.default_path()
+    the_plan = plan(options, runner, cwd=cwd, select_hosts=select_hosts)
+    run_id = run_id or runs.new_run_id()
+    user = getpass.getuser()
+    holder = locks.Holder(
+        id=run_id, purpose=f"provision {the_plan.playbook.name}", user=user,
+        machine=runs.this_machine(), pid=os.getpid(),
+    )
+    conn = _connect(db_path)
+    try:
+        try:
+            overridden = locks.acquire(conn, the_plan.hosts, holder, force=options.force)
+        except locks.LocksHeld as exc:
+            raise HostsLocked(f"refused: {exc}") from exc
+        try:
+            return _run_locked(the_plan, runner, conn, db_path, run_id, user, observer, cancel, overridden)
+        finally:
+            locks.release(conn, run_id)
+    finally:
+        conn.close()
+
+
+def _run_locked(
+    the_plan: Plan,
+    runner: PlaybookRunner,
+    conn: sqlite3.Connection,
+    db_path: Path,
+    run_id: str,
+    user: str,
+    observer: RunObserver,
+    cancel: threading.Event,
+    overridden: Sequence[locks.Lock],
+) -> ProvisionResult:
+    private_dir = state_dir(db_path) / run_id
+    private_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    artifacts = private_dir / "artifacts"
+    options = the_plan.recorded_options()
+    if overridden:
+        options["forced_over"] = sorted({lk.holder.id for lk in overridden})
+    tally = EventTally(the_plan.hosts, redact=the_plan.redact)
+    record = runs.RunRecord(
+        id=run_id, user=user, machine=runs.this_machine(), pid=os.getpid(),
+        started_at=runs.now_iso(), heartbeat_at=runs.now_iso(),
+        inventory=", ".join(the_plan.options.inventory), pattern=the_plan.options.pattern,
+        playbook=str(the_plan.playbook), options=options, artifacts=str(artifacts),
+        hosts=tally.snapshot(),
+    )
+    runs.start(conn, record)
+    observer.started(run_id, the_plan.hosts, the_plan.playbook.name)
+
+    stop = threading.Event()
+    beat = _Heartbeat(db_path, run_id, tally, stop)
+    beat.start()
+
+    def on_event(event: Event) -> None:
+        tally.feed(event)
+        observer.event(event, tally)
+
+    status, message = "successful", None
+    try:
+        with _private_vars_file(private_dir, the_plan.extra_vars.literal) as vars_file:
+            cmdline = list(the_plan.cmdline)
+            if vars_file is not None:
+                cmdline += ["--extra-vars", f"@{vars_file}"]
+            for index, batch in enumerate(the_plan.batches, start=1):
+                if cancel.is_set():
+                    status = "canceled"
+                    break
+                observer.batch(index, len(the_plan.batches), batch)
+                limit = the_plan.options.pattern if len(the_plan.batches) == 1 else ",".join(batch)
+                request = PlaybookRequest(
+                    playbook=the_plan.playbook,
+                    inventory=list(the_plan.options.inventory),
+                    private_data_dir=private_dir,
+                    ident=f"batch-{index}" if len(the_plan.batches) > 1 else "run",
+                    cwd=the_plan.cwd,
+                    limit=limit,
+                    cmdline=cmdline,
+                    envvars=the_plan.envvars,
+                    passwords=the_plan.passwords,
+                    forks=the_plan.options.forks,
+                )
+                plays_before = tally.plays_started
+                outcome = runner.run(request, on_event, cancel.is_set)
+                if outcome.status == "canceled" or cancel.is_set():
+                    status = "canceled"
+                    break
+                if outcome.status != "successful" and tally.plays_started == plays_before:
+                    # ansible-playbook stopped before any play: a configuration error.
+                    message = the_plan.redact(_tail_error(tally) or f"ansible-playbook exited {outcome.rc}")
+                    status = "failed"
+                    break
+                batch_results = [h for h in tally.snapshot() if h.host in set(batch)]
+                if outcome.status != "successful" or any(h.failed or h.unreachable for h in batch_results):
+                    status = "failed"
+                    if index < len(the_plan.batches):
+                        message = f"stopped after batch {index} of {len(the_plan.batches)}: a host failed"
+                    break
+    finally:
+        stop.set()
+        beat.join()
+    hosts = tally.snapshot()
+    if status == "successful" and any(h.failed or h.unreachable for h in hosts):
+        status = "failed"
+    runs.finish(conn, run_id, status, hosts, message=message)
+    exit_code = {"successful": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_PROBLEMS)
+    if message and tally.plays_started == 0 and status == "failed":
+        exit_code = EXIT_USAGE
+    result = ProvisionResult(run_id, status, hosts, artifacts, the_plan.playbook, message, exit_code)
+    observer.finished(result)
+    return result
+
+
+def _tail_error(tally: EventTally) -> str | None:
+    lines = list(tally.tail)
+    for line in lines:
+        if "ERROR" in line:
+            return " ".join(line.split())
+    return " ".join(lines[-1].split()) if lines else None
+

@@ -1,0 +1,75 @@
+"""Scheduler ``none``: for fleets without a scheduler, the drain is a file on the host.
+
+fleet-agent's ``drained_file`` setting names the file; while it exists the agent reports
+``drained: true`` (with the file's content as the reason) in ``/v1/node`` and ``fleet_node_drained 1``,
+so load balancers and alerting can act on it. The file is written atomically (temp file + rename)
+over the host's own connection (SSH, or local for ``ansible_connection=local``).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+
+from fleetctl.schedulers.base import ForeignDrainError, HostLike, NodeState, SchedState, SchedulerError
+from fleetctl.schedulers.transport import CommandRunner, runner_for
+
+DEFAULT_DRAINED_FILE = "/var/lib/fleet-agent/drained"
+DRAINED_FILE_VAR = "fleet_agent_drained_file"
+
+
+class NoneScheduler:
+    kind = "none"
+
+    def __init__(self, runner_factory: Callable[[HostLike], CommandRunner] = runner_for) -> None:
+        self._runner_factory = runner_factory
+
+    @staticmethod
+    def drained_file(host: HostLike) -> str:
+        path = str(host.vars.get(DRAINED_FILE_VAR) or DEFAULT_DRAINED_FILE)
+        if not posixpath.isabs(path):
+            raise SchedulerError(f"{host.name}: {DRAINED_FILE_VAR}={path!r} must be an absolute path")
+        return path
+
+    def state(self, host: HostLike) -> NodeState:
+        path = self.drained_file(host)
+        result = self._runner_factory(host).run(["cat", "--", path])
+        if result.rc == 0:
+            return NodeState(SchedState.DRAINED, result.stdout.strip() or None, f"drained file {path}")
+        if "no such file" in result.stderr.lower():
+            return NodeState(SchedState.ACTIVE, None, "no drained file")
+        raise SchedulerError(f"{host.name}: cannot read {path}: {result.last_error_line()}")
+
+    def drain(self, host: HostLike, reason: str) -> None:
+        current = self.state(host)
+        if current.state is SchedState.DRAINED:
+            if not current.ours:
+                raise ForeignDrainError(f"{host.name}: already drained by someone else "
+                                        f"({current.reason or 'empty drained file'!r}); left as it is")
+            return
+        path = self.drained_file(host)
+        tmp = f"{path}.fleetctl-tmp"
+        runner = self._runner_factory(host)
+        for argv, stdin in (
+            (["mkdir", "-p", "--", posixpath.dirname(path)], None),
+            (["tee", "--", tmp], reason + "\n"),
+            (["mv", "-f", "--", tmp, path], None),
+        ):
+            result = runner.run(argv, stdin=stdin)
+            if result.rc != 0:
+                raise SchedulerError(f"{host.name}: cannot write {path}: {result.last_error_line()}")
+
+    def undrain(self, host: HostLike) -> None:
+        current = self.state(host)
+        if current.state is not SchedState.DRAINED:
+            return
+        if not current.ours:
+            raise ForeignDrainError(f"{host.name}: drained by someone else ({current.reason!r}); "
+                                    "not removing the drained file")
+        path = self.drained_file(host)
+        result = self._runner_factory(host).run(["rm", "-f", "--", path])
+        if result.rc != 0:
+            raise SchedulerError(f"{host.name}: cannot remove {path}: {result.last_error_line()}")
+
+    def running_workloads(self, host: HostLike) -> list[str]:
+        return []  # without a scheduler there is nothing to ask; the drain is immediate

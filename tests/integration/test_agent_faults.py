@@ -1,0 +1,137 @@
+"""The real agent process under faults: a hung NVML call, hostile HTTP clients, bad config."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from fleet_agent.schema import Status, parse_node_report
+
+if TYPE_CHECKING:
+    from conftest import AgentProcess
+
+pytestmark = pytest.mark.integration
+
+FLEET_AGENT = str(Path(sys.executable).with_name("fleet-agent"))
+
+
+def _scenario(tmp_path: Path, faults: str) -> str:
+    p = tmp_path / "scenario.yaml"
+    p.write_text("groups:\n  - {name: gpu, kind: gpu, model: A100-SXM4-80GB, chips: 4, count: 1}\n"
+                 f"faults:\n{faults}")
+    return str(p)
+
+
+def test_hung_chip_is_unknown_and_stale_while_healthz_answers(
+        start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    # Chip 2's NVML calls block from the start for 6 s, then return (a wedged, then recovered driver).
+    scen = _scenario(tmp_path, "  - {kind: hang, group: gpu, hosts: [0], chips: [2], seconds: 6}\n")
+    agent = start_agent({"simulation": {"scenario": scen}, "interval_s": 1, "collector_timeout_s": 0.5})
+    report = parse_node_report(agent.get("/v1/node").json())
+    hung = report.chips[2]
+    assert hung.status is Status.UNKNOWN and hung.stale
+    assert hung.error == "NVML call timed out after 0.5s"
+    assert [c.status for i, c in enumerate(report.chips) if i != 2] == [Status.HEALTHY] * 3
+    assert report.status is Status.UNKNOWN
+    # The server keeps answering while the call hangs (no collector call on the request path).
+    for _ in range(5):
+        assert agent.get("/healthz", timeout=2).status == 200
+    assert 'fleet_chip_stale{chip="2"' in agent.get("/metrics").body.decode()
+    # Once the call returns, the next sample clears it.
+    agent.wait_for(lambda: not parse_node_report(agent.get("/v1/node").json()).chips[2].stale, 20,
+                   "chip 2 to recover")
+    recovered = parse_node_report(agent.get("/v1/node").json())
+    assert recovered.chips[2].status is Status.HEALTHY and recovered.chips[2].error is None
+    assert recovered.status is Status.HEALTHY
+
+
+def test_driver_not_loaded_is_reported_not_fatal(start_agent: Callable[..., AgentProcess],
+                                                tmp_path: Path) -> None:
+    scen = _scenario(tmp_path, "  - {kind: driver_not_loaded, group: gpu, hosts: [0]}\n")
+    agent = start_agent({"simulation": {"scenario": scen}, "interval_s": 1, "collector_timeout_s": 0.5})
+    report = parse_node_report(agent.get("/v1/node").json())
+    # None of the 4 expected GPUs is visible: the chip count rule makes that unhealthy.
+    assert report.chips == [] and report.status is Status.UNHEALTHY
+    assert {p.check for p in report.problems} == {"chip_count", "collector"}
+    nvml = next(c for c in report.collectors if c.name == "nvml")
+    assert not nvml.ok and nvml.error is not None and "Driver Not Loaded" in nvml.error
+    assert 'fleet_collector_up{collector="nvml"} 0.0' in agent.get("/metrics").body.decode()
+
+
+def _raw(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
+
+
+def test_malformed_requests_get_4xx_or_close(start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    scen = _scenario(tmp_path, "  []\n")
+    agent = start_agent({"simulation": {"scenario": scen}, "interval_s": 1, "collector_timeout_s": 0.5,
+                         "request_timeout_s": 2})
+    # Half-open connections held during everything else: they must not block anyone.
+    idle = [socket.create_connection(("127.0.0.1", agent.port), timeout=10) for _ in range(3)]
+    idle[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a partial request, never finished
+    try:
+        assert _raw(agent.port, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert _raw(agent.port, b"GET /healthz\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert _raw(agent.port, b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n").startswith(b"HTTP/1.1 400")
+        big = _raw(agent.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 65536 + b"\r\n\r\n")
+        assert big == b"" or big.startswith(b"HTTP/1.1 431")
+        assert agent.get("/nope").status == 404
+        assert agent.get("/v1/node", method="DELETE").status == 405
+        assert agent.get("/metrics", method="POST").status == 405
+        assert agent.get("/healthz", timeout=2).status == 200
+        # The partial request is dropped once request_timeout_s has passed.
+        idle[0].settimeout(10)
+        assert idle[0].recv(100) == b""
+    finally:
+        for s in idle:
+            s.close()
+    assert agent.alive()
+    assert agent.get("/healthz", timeout=2).status == 200
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("interval_s: 0\n", "config.yaml: interval_s: expected a positive number"),
+    ("listen: 0.0.0.0\n", "config.yaml: listen: unknown key"),
+    ("health: {no_such_threshold: 1}\n", "config.yaml: health.no_such_threshold: unknown key"),
+    ("simulation: {scenario: /nonexistent/s.yaml}\n", "/nonexistent/s.yaml: cannot read"),
+])
+def test_bad_config_exits_2_with_one_line(tmp_path: Path, config: str, message: str) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(config)
+    proc = subprocess.run([FLEET_AGENT, "run", "--config", str(cfg)], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+
+
+def test_port_in_use_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        scen = _scenario(tmp_path, "  []\n")
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"port: {port}\nsimulation: {{scenario: {scen}}}\n")
+        proc = subprocess.run([FLEET_AGENT, "run", "--config", str(cfg)], capture_output=True, text=True,
+                              timeout=30)
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr

@@ -1,0 +1,308 @@
+"""The real NvmlCollector over the simulation's fake pynvml: every field, every fault."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fleet_agent.collectors.base import ChipIdentity, CollectorError
+from fleet_agent.collectors.nvml import NvmlCollector, load_pynvml
+from fleet_agent.sim import builtin_scenario, load_scenario, parse_scenario
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def scenario_doc(faults: list[dict[str, Any]], *, model: str = "H100-SXM5-80GB",
+                 chips: int = 8) -> dict[str, Any]:
+    return {
+        "seed": 5,
+        "groups": [{"name": "g", "count": 1, "kind": "gpu", "model": model, "chips": chips,
+                    "load": {"base_pct": 80, "amplitude_pct": 0, "memory_used_pct": 50}}],
+        "faults": faults,
+    }
+
+
+def collector_for(doc: dict[str, Any], clock: Clock | None = None, **kw: Any) -> tuple[NvmlCollector, Any]:
+    sc = parse_scenario(doc, "test.yaml", clock=clock)
+    host = sc.host(0)
+    kw.setdefault("xid_events", "poll")
+    return NvmlCollector(host.nvml, **kw), host
+
+
+def by_index(chips: list[ChipIdentity]) -> dict[int, ChipIdentity]:
+    return {c.index: c for c in chips}
+
+
+def test_healthy_h100_fields_look_like_nvidia_smi() -> None:
+    col, _ = collector_for(scenario_doc([]))
+    chips = col.discover()
+    assert len(chips) == 8
+    assert {c.model for c in chips} == {"NVIDIA H100 80GB HBM3"}
+    assert len({c.uuid for c in chips}) == 8 and all(c.uuid.startswith("GPU-") for c in chips)
+    assert chips[0].pci_bus_id == "00000000:18:00.0"
+    assert col.driver_version() == "535.183.06"
+
+    rep = col.sample_chip(chips[0])
+    g = rep.gpu
+    assert g is not None
+    assert (rep.kind, rep.vendor, rep.index, rep.error) == ("gpu", "nvidia", 0, None)
+    assert rep.memory_total_bytes == 81559 * 1024 * 1024
+    assert rep.memory_used_bytes is not None and 0 < rep.memory_used_bytes < rep.memory_total_bytes
+    assert rep.power_limit_w == 700.0
+    assert rep.power_w is not None and 72.0 <= rep.power_w <= 700.0
+    assert rep.temperature_c is not None and 25 <= rep.temperature_c <= 80
+    assert rep.memory_temperature_c is not None and rep.memory_temperature_c > rep.temperature_c
+    assert rep.utilization_pct == 80.0 and rep.memory_utilization_pct is not None
+    assert rep.sm_clock_mhz == 1980 and rep.mem_clock_mhz == 2619
+    assert (g.ecc_volatile_corrected, g.ecc_volatile_uncorrected, g.ecc_aggregate_uncorrected) == (0, 0, 0)
+    assert g.ecc_aggregate_corrected is not None
+    assert (g.row_remap_pending, g.row_remap_failure, g.remapped_rows_uncorrectable) == (False, False, 0)
+    assert g.retired_pages_pending is None  # H100 remaps rows; page retirement is NotSupported
+    assert g.throttle_reasons == []
+    assert (g.pcie_link_gen, g.pcie_link_gen_max, g.pcie_link_width, g.pcie_link_width_max) == (5, 5, 16, 16)
+    assert g.pcie_replay_count == 0
+    assert (g.nvlink_links_up, g.nvlink_links_total) == (18, 18)
+    assert g.persistence_mode is True
+    assert (g.slowdown_temp_c, g.shutdown_temp_c) == (87.0, 92.0)
+    assert (g.xid_counts, g.xid_total, g.last_xid) == ({}, 0, None)
+
+
+def test_pcie_card_without_nvlink_or_hbm_leaves_those_fields_none() -> None:
+    col, _ = collector_for(scenario_doc([], model="L4", chips=2))
+    rep = col.sample_chip(col.discover()[1])
+    assert rep.model == "NVIDIA L4" and rep.power_limit_w == 72.0
+    assert rep.memory_temperature_c is None  # GDDR: no memory temperature sensor
+    assert rep.gpu is not None
+    assert (rep.gpu.nvlink_links_up, rep.gpu.nvlink_links_total) == (None, None)
+    assert rep.gpu.pcie_link_gen_max == 4
+
+
+def test_older_chip_reports_retired_pages_but_not_row_remapping() -> None:
+    col, _ = collector_for(scenario_doc([], model="T4", chips=1))
+    g = col.sample_chip(col.discover()[0]).gpu
+    assert g is not None
+    assert g.retired_pages_pending is False
+    assert g.row_remap_pending is None and g.remapped_rows_uncorrectable is None
+
+
+def test_faults_scenario_every_fault_shows_on_its_chip() -> None:
+    sc = load_scenario(builtin_scenario("faults"), clock=Clock())
+    host = sc.host(0)
+    col = NvmlCollector(host.nvml, xid_events="poll")
+    chips = by_index(col.discover())
+    try:
+        # 0: fell off the bus, before the agent ever saw it: listed by index, sampling says lost
+        assert chips[0].model == "unknown" and chips[0].uuid == ""
+        with pytest.raises(CollectorError, match="GPU lost: fell off the bus"):
+            col.sample_chip(chips[0])
+        # 1: XID 48 and two uncorrectable ECC errors
+        g1 = col.sample_chip(chips[1]).gpu
+        assert g1 is not None
+        assert g1.xid_counts == {"48": 1} and g1.last_xid == 48 and g1.xid_total == 1
+        assert g1.ecc_volatile_uncorrected == 2 and g1.ecc_aggregate_uncorrected == 2
+        # 2: row remap pending; 3: row remap failure and retired pages pending
+        g2 = col.sample_chip(chips[2]).gpu
+        g3 = col.sample_chip(chips[3]).gpu
+        assert g2 is not None and g3 is not None
+        assert (g2.row_remap_pending, g2.row_remap_failure) == (True, False)
+        assert (g3.row_remap_pending, g3.row_remap_failure, g3.retired_pages_pending) == (False, True, True)
+        # 4: thermal throttling at 89 C (slowdown is 87), clocks cut; XID 13 once so far
+        r4 = col.sample_chip(chips[4])
+        assert r4.gpu is not None
+        assert r4.temperature_c == 89.0
+        assert set(r4.gpu.throttle_reasons) == {"hw_thermal", "sw_thermal"}
+        assert r4.sm_clock_mhz is not None and r4.sm_clock_mhz < 1980
+        assert r4.gpu.xid_counts == {"13": 1}
+        # 5: PCIe trained at Gen3 x8; temperature call fails Unknown, utilisation Timeout
+        r5 = col.sample_chip(chips[5])
+        assert r5.gpu is not None
+        assert (r5.gpu.pcie_link_gen, r5.gpu.pcie_link_gen_max) == (3, 5)
+        assert (r5.gpu.pcie_link_width, r5.gpu.pcie_link_width_max) == (8, 16)
+        assert r5.gpu.pcie_replay_count and r5.gpu.pcie_replay_count > 0
+        assert r5.temperature_c is None and r5.utilization_pct is None
+        assert r5.power_w is not None and r5.error is None  # the other fields are still read
+        # 6: two NVLinks down; power and field values NotSupported -> None
+        r6 = col.sample_chip(chips[6])
+        assert r6.gpu is not None
+        assert (r6.gpu.nvlink_links_up, r6.gpu.nvlink_links_total) == (16, 18)
+        assert r6.power_w is None and r6.memory_temperature_c is None
+        assert r6.power_limit_w == 700.0
+    finally:
+        host.release_hangs()
+        col.close()
+
+
+def test_xid_from_gpu_lost_is_counted_and_lost_chip_keeps_identity() -> None:
+    clock = Clock()
+    col, _ = collector_for(scenario_doc([{"kind": "gpu_lost", "group": "g", "hosts": [0],
+                                          "chips": [2], "at": 30}]), clock)
+    chips = by_index(col.discover())
+    before = chips[2]
+    assert before.uuid.startswith("GPU-")
+    assert col.sample_chip(before).error is None
+    clock.t += 31
+    after = by_index(col.discover())[2]
+    assert after == before  # the identity seen before it fell off
+    with pytest.raises(CollectorError, match="GPU lost"):
+        col.sample_chip(after)
+    # the event API delivered XID 79 for it (the chip cannot be sampled, so read the tracker)
+    snap = col.xids.snapshot("0000:3a:00")
+    assert snap.counts == {"79": 1} and snap.last == 79
+
+
+def test_unknown_error_on_every_call_marks_the_chip_unusable() -> None:
+    every = ["nvmlDeviceGetTemperature", "nvmlDeviceGetFieldValues", "nvmlDeviceGetUtilizationRates",
+             "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetEnforcedPowerLimit",
+             "nvmlDeviceGetClockInfo", "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRemappedRows",
+             "nvmlDeviceGetRetiredPagesPendingStatus", "nvmlDeviceGetCurrentClocksEventReasons",
+             "nvmlDeviceGetCurrentClocksThrottleReasons", "nvmlDeviceGetCurrPcieLinkGeneration",
+             "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
+             "nvmlDeviceGetMaxPcieLinkWidth", "nvmlDeviceGetPcieReplayCounter",
+             "nvmlDeviceGetNvLinkState", "nvmlDeviceGetPersistenceMode",
+             "nvmlDeviceGetTemperatureThreshold"]
+    col, _ = collector_for(scenario_doc([{"kind": "nvml_error", "group": "g", "hosts": [0], "chips": [1],
+                                          "error": "unknown", "functions": every}]))
+    chips = col.discover()
+    rep = col.sample_chip(chips[1])
+    assert rep.error is not None and "Unknown Error" in rep.error
+    assert rep.temperature_c is None and rep.power_w is None and rep.gpu is not None
+    assert rep.gpu.pcie_link_gen is None
+    assert col.sample_chip(chips[0]).error is None
+
+
+def test_hung_call_blocks_until_released() -> None:
+    col, host = collector_for(scenario_doc([{"kind": "hang", "group": "g", "hosts": [0], "chips": [3]}]))
+    chips = col.discover()  # identity calls answer even on the hung chip
+    assert chips[3].uuid.startswith("GPU-")
+    done = threading.Event()
+    result: list[Any] = []
+
+    def sample() -> None:
+        result.append(col.sample_chip(chips[3]))
+        done.set()
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    assert not done.wait(0.3)  # blocked, as a wedged driver call would be
+    assert col.sample_chip(chips[2]).error is None  # other chips are not held up
+    host.release_hangs()
+    assert done.wait(5)
+    assert result[0].temperature_c is not None
+
+
+def test_hang_for_seconds_ends_by_itself() -> None:
+    clock = Clock()
+    col, _ = collector_for(scenario_doc([{"kind": "hang", "group": "g", "hosts": [0], "chips": [0],
+                                          "seconds": 5, "at": 10}]), clock)
+    chips = col.discover()
+    assert col.sample_chip(chips[0]).temperature_c is not None  # before the hang starts
+    clock.t += 16  # after it ended
+    assert col.sample_chip(chips[0]).temperature_c is not None
+
+
+def test_driver_not_loaded_is_a_collector_error_with_nvmls_message() -> None:
+    col, _ = collector_for({**scenario_doc([]), "faults": [
+        {"kind": "driver_not_loaded", "group": "g", "hosts": [0]}]})
+    with pytest.raises(CollectorError, match="NVML init failed: Driver Not Loaded"):
+        col.discover()
+
+
+def test_tpu_host_has_no_nvml_library() -> None:
+    sc = load_scenario(builtin_scenario("demo"))
+    tpu_host = next(h for h in sc.hosts() if h.kind == "tpu")
+    with pytest.raises(CollectorError, match="NVML Shared Library Not Found"):
+        NvmlCollector(tpu_host.nvml, xid_events="off").discover()
+
+
+def test_chip_missing_shrinks_the_count() -> None:
+    col, _ = collector_for(scenario_doc([{"kind": "chip_missing", "group": "g", "hosts": [0],
+                                          "chips": [7]}]))
+    assert len(col.discover()) == 7
+
+
+def test_real_pynvml_without_a_driver_fails_cleanly() -> None:
+    # nvidia-ml-py is installed here but no libnvidia-ml.so.1 is: the real init path must say so.
+    pynvml = load_pynvml()
+    col = NvmlCollector(pynvml, xid_events="off")
+    with pytest.raises(CollectorError, match="NVML init failed: NVML Shared Library Not Found"):
+        col.discover()
+    col.close()
+
+
+def test_load_pynvml_without_nvidia_ml_py(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
+    with pytest.raises(CollectorError, match="nvidia-ml-py is not installed"):
+        load_pynvml()
+
+
+def test_xid_events_in_a_thread() -> None:
+    doc = scenario_doc([{"kind": "xid", "group": "g", "hosts": [0], "chips": [4], "code": 31}])
+    sc = parse_scenario(doc, "t.yaml")
+    host = sc.host(0)
+    col = NvmlCollector(host.nvml, xid_events="thread", event_wait_ms=50)
+    try:
+        chips = col.discover()
+        deadline = threading.Event()
+        for _ in range(100):
+            g = col.sample_chip(chips[4]).gpu
+            assert g is not None
+            if g.xid_counts:
+                break
+            deadline.wait(0.05)
+        assert g.xid_counts == {"31": 1}
+        g0 = col.sample_chip(chips[0]).gpu
+        assert g0 is not None and g0.xid_counts == {}
+    finally:
+        col.close()
+
+
+def test_kernel_log_and_nvml_report_the_same_xid_once(tmp_path: Path) -> None:
+    log = tmp_path / "kern.log"
+    log.write_text("NVRM: Xid (PCI:0000:3a:00): 48, pid=1234, name=python, DBE (double bit error)\n")
+    doc = scenario_doc([{"kind": "xid", "group": "g", "hosts": [0], "chips": [2], "code": 48}])
+    sc = parse_scenario(doc, "t.yaml")
+    col = NvmlCollector(sc.host(0).nvml, xid_events="poll", kernel_log=str(log))
+    try:
+        chips = col.discover()
+        wait = threading.Event()
+        for _ in range(100):
+            if col.xids.snapshot("0000:3a:00").total:
+                break
+            wait.wait(0.05)
+        wait.wait(0.3)  # let the log reader catch up, if it were to double-count
+        g = col.sample_chip(chips[2]).gpu
+        assert g is not None and g.xid_counts == {"48": 1} and g.xid_total == 1
+    finally:
+        col.close()
+
+
+def test_pci_bus_id_as_bytes_is_decoded() -> None:
+    col, host = collector_for(scenario_doc([], chips=1))
+    nv = host.nvml
+    real = nv.nvmlDeviceGetPciInfo
+
+    def bytes_pci(handle: Any) -> Any:
+        info = real(handle)
+        info.busId = info.busId.encode()  # older pynvml returned the raw char array
+        return info
+
+    nv.nvmlDeviceGetPciInfo = bytes_pci
+    assert col.discover()[0].pci_bus_id == "00000000:18:00.0"
+
+
+def test_scenario_yaml_with_faults_round_trips_through_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario_doc([{"kind": "thermal_throttle", "group": "g",
+                                                  "hosts": [0], "chips": "all"}], chips=2)))
+    col = NvmlCollector(load_scenario(path).host(0).nvml, xid_events="off")
+    assert all(col.sample_chip(c).gpu.throttle_reasons for c in col.discover())  # type: ignore[union-attr]

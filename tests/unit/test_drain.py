@@ -1,0 +1,314 @@
+"""fleetctl.drain against a fake scheduler behind the same interface as the real adapters."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fleet_agent.schema import (
+    Action,
+    ChipReport,
+    HostMetrics,
+    NodeReport,
+    Problem,
+    Severity,
+    Status,
+)
+
+from fleetctl import drain as core
+from fleetctl.errors import FleetctlError, UsageError
+from fleetctl.schedulers.base import ForeignDrainError, HostLike, NodeState, SchedState, SchedulerError
+from fleetctl.state import db
+from fleetctl.state import hosts as hs
+from fleetctl.state.hosts import HostState as S
+
+
+@dataclass(frozen=True)
+class FakeHost:
+    name: str
+    address: str = "127.0.0.1"
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+class FakeScheduler:
+    """Hosts are active/draining/drained/down; ``jobs`` run until ``finish_after`` state polls."""
+
+    kind = "fake"
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeState] = {}
+        self.jobs: dict[str, list[str]] = {}
+        self.finish_after: dict[str, int] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.down = False  # the whole scheduler unreachable
+        self.fail_drain: set[str] = set()
+        self.fail_undrain: set[str] = set()
+
+    def _node(self, host: HostLike) -> NodeState:
+        return self.nodes.setdefault(host.name, NodeState(SchedState.ACTIVE))
+
+    def state(self, host: HostLike) -> NodeState:
+        if self.down:
+            raise SchedulerError("fake controller: connection refused")
+        node = self._node(host)
+        if node.state is SchedState.DRAINING:
+            left = self.finish_after.get(host.name, 0)
+            if left <= 0:
+                self.jobs[host.name] = []
+                node = self.nodes[host.name] = NodeState(SchedState.DRAINED, node.reason, "idle+drain")
+            else:
+                self.finish_after[host.name] = left - 1
+        return node
+
+    def drain(self, host: HostLike, reason: str) -> None:
+        self.calls.append(("drain", host.name))
+        node = self.state(host)
+        if node.foreign_drain:
+            raise ForeignDrainError(f"{host.name}: drained by someone else")
+        if host.name in self.fail_drain:
+            raise SchedulerError(f"{host.name}: update refused")
+        if node.state is SchedState.ACTIVE:
+            busy = bool(self.jobs.get(host.name))
+            self.nodes[host.name] = NodeState(SchedState.DRAINING if busy else SchedState.DRAINED, reason,
+                                              "alloc+drain" if busy else "idle+drain")
+
+    def undrain(self, host: HostLike) -> None:
+        self.calls.append(("undrain", host.name))
+        if host.name in self.fail_undrain:
+            raise SchedulerError(f"{host.name}: resume refused")
+        self.nodes[host.name] = NodeState(SchedState.ACTIVE)
+
+    def running_workloads(self, host: HostLike) -> list[str]:
+        return list(self.jobs.get(host.name, []))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+HOSTS = [FakeHost(f"h{i}") for i in range(5)]
+
+
+@pytest.fixture()
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return db.connect(tmp_path / "state.db", schema=hs.SCHEMA)
+
+
+@pytest.fixture()
+def sched() -> FakeScheduler:
+    return FakeScheduler()
+
+
+def run_drain(conn: sqlite3.Connection, sched: FakeScheduler, hosts: Sequence[FakeHost], clock: Clock | None = None,
+              **kw: Any) -> list[core.Outcome]:
+    clock = clock or Clock()
+    opts = core.DrainOptions(reason=kw.pop("reason", "bad fan"), actor="alice", poll_s=1.0, **kw)
+    return core.drain(conn, hosts, HOSTS, lambda h: sched, opts, sleep=clock.sleep, clock=clock)
+
+
+def test_drain_idle_host_goes_all_the_way_with_a_tagged_reason(conn: sqlite3.Connection,
+                                                               sched: FakeScheduler) -> None:
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert out.ok and out.state == "drained"
+    assert sched.nodes["h0"].reason == "fleetctl:alice: bad fan"
+    assert [e.to_state for e in hs.audit(conn, "h0")] == ["cordoned", "draining", "drained"]
+
+
+def test_drain_waits_for_jobs_with_backoff(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    sched.jobs["h0"] = ["job 42"]
+    sched.finish_after["h0"] = 12
+    clock = Clock()
+    [out] = run_drain(conn, sched, [HOSTS[0]], clock)
+    assert out.ok and out.state == "drained"
+    assert clock.sleeps[:5] == [1.0, 2.0, 4.0, 8.0, 10.0]  # doubling poll interval, capped
+
+
+def test_drain_timeout_leaves_drain_failed_and_cordoned(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    sched.jobs["h0"] = ["job 42"]
+    sched.finish_after["h0"] = 10_000
+    [out] = run_drain(conn, sched, [HOSTS[0]], timeout_s=30)
+    assert not out.ok and out.state == "drain_failed"
+    assert "timed out after 30s" in out.message and "job 42" in out.message
+    assert sched.nodes["h0"].state is SchedState.DRAINING  # still unschedulable
+    assert hs.get(conn, "h0").state is S.DRAIN_FAILED
+
+
+def test_no_wait_leaves_draining(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    sched.jobs["h0"] = ["job 1"]
+    sched.finish_after["h0"] = 5
+    [out] = run_drain(conn, sched, [HOSTS[0]], wait=False)
+    assert out.ok and out.state == "draining"
+    assert hs.get(conn, "h0").state is S.DRAINING
+
+
+def test_foreign_drain_is_reported_and_left_alone(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    sched.nodes["h0"] = NodeState(SchedState.DRAINED, "bob: replacing PSU", "idle+drain")
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert not out.ok and "someone else" in out.message and "replacing PSU" in out.message
+    assert sched.nodes["h0"].reason == "bob: replacing PSU"
+    assert ("drain", "h0") not in sched.calls
+    assert hs.audit(conn, "h0") == []
+
+
+def test_scheduler_down_aborts_with_nothing_written(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    sched.down = True
+    with pytest.raises(FleetctlError, match="scheduler unavailable, nothing changed: fake controller") as err:
+        run_drain(conn, sched, [HOSTS[0]])
+    assert err.value.exit_code == 1
+    assert hs.audit(conn, "h0") == []
+
+
+def test_scheduler_refusal_after_cordon_reverts_to_active(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    sched.fail_drain.add("h0")
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert not out.ok and out.state == "active" and "update refused" in out.message
+    assert [(e.from_state, e.to_state) for e in hs.audit(conn, "h0")] == [("active", "cordoned"),
+                                                                        ("cordoned", "active")]
+
+
+def test_missing_reason_is_a_usage_error(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    with pytest.raises(UsageError, match="reason is required") as err:
+        run_drain(conn, sched, [HOSTS[0]], reason="  ")
+    assert err.value.exit_code == 2
+
+
+def test_budget_refusal_has_the_numbers_and_changes_nothing(conn: sqlite3.Connection,
+                                                            sched: FakeScheduler) -> None:
+    sched.nodes["h4"] = NodeState(SchedState.DOWN, None, "down")  # down hosts count
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert not out.ok
+    assert "max-unavailable is 1 of 5 hosts; 1 already unavailable (h4) + 1 requested = 2" in out.message
+    assert sched.nodes.get("h0", NodeState(SchedState.ACTIVE)).state is SchedState.ACTIVE
+    outs = run_drain(conn, sched, HOSTS[:2], max_unavailable=core.Size(60, percent=True))  # 3 of 5
+    assert all(o.ok for o in outs)
+
+
+def test_rerun_after_kill_resumes_without_recounting(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    # a fleetctl killed while waiting: the record says draining, the jobs have since ended
+    sched.jobs["h0"] = ["job 7"]
+    sched.finish_after["h0"] = 1
+    run_drain(conn, sched, [HOSTS[0]], wait=False)
+    sched.nodes["h3"] = NodeState(SchedState.DOWN, None, "down")  # budget now full
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert out.ok and out.state == "drained"
+    assert hs.audit(conn, "h0")[-1].to_state == "drained"
+
+
+def test_already_drained_is_ok_and_idempotent(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    run_drain(conn, sched, [HOSTS[0]])
+    n = len(hs.audit(conn, "h0"))
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert out.ok and out.message == "already drained"
+    assert len(hs.audit(conn, "h0")) == n
+
+
+def test_dry_run_changes_nothing(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    lines: list[str] = []
+    opts = core.DrainOptions(reason="x", actor="a", dry_run=True)
+    core.drain(conn, [HOSTS[0]], HOSTS, lambda h: sched, opts, echo=lines.append)
+    assert hs.audit(conn, "h0") == [] and sched.calls == []
+    assert any("drain h0" in ln for ln in lines)
+
+
+# --- undrain ----------------------------------------------------------------------------------
+
+
+def healthy(hosts: Sequence[HostLike]) -> dict[str, str | None]:
+    return {h.name: None for h in hosts}
+
+
+def test_undrain_puts_a_healthy_host_back(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    run_drain(conn, sched, [HOSTS[0]])
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy, actor="bob")
+    assert out.ok and out.state == "active"
+    assert sched.nodes["h0"].state is SchedState.ACTIVE
+    assert hs.audit(conn, "h0")[-1].actor == "bob"
+
+
+def test_undrain_refuses_an_unhealthy_host_unless_forced(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    run_drain(conn, sched, [HOSTS[0]])
+
+    def sick(hosts: Sequence[HostLike]) -> dict[str, str | None]:
+        return {h.name: "agent reports unhealthy (xid: XID 79)" for h in hosts}
+
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, sick, actor="bob")
+    assert not out.ok and "XID 79" in out.message and "--force" in out.message
+    assert sched.nodes["h0"].state is SchedState.DRAINED
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, sick, actor="bob", force=True)
+    assert out.ok and sched.nodes["h0"].state is SchedState.ACTIVE
+
+
+def test_undrain_never_touches_a_foreign_drain(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    sched.nodes["h0"] = NodeState(SchedState.DRAINED, "bob: PSU", "idle+drain")
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy, force=True)
+    assert not out.ok and "someone else" in out.message
+    assert ("undrain", "h0") not in sched.calls
+
+
+def test_undrain_of_quarantined_needs_force(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    run_drain(conn, sched, [HOSTS[0]])
+    hs.transition(conn, "h0", S.MAINTAINING, actor="m")
+    hs.transition(conn, "h0", S.QUARANTINED, actor="m", note="verify failed")
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy)
+    assert not out.ok and "quarantined" in out.message
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy, force=True)
+    assert out.ok and hs.get(conn, "h0").state is S.ACTIVE
+
+
+def test_failed_undrain_restores_the_record(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    run_drain(conn, sched, [HOSTS[0]])
+    sched.fail_undrain.add("h0")
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy)
+    assert not out.ok and "resume refused" in out.message
+    assert hs.get(conn, "h0").state is S.DRAINED
+
+
+def test_status_shows_both_sides_and_a_note_when_they_disagree(conn: sqlite3.Connection,
+                                                               sched: FakeScheduler) -> None:
+    sched.jobs["h0"] = ["job 9"]
+    sched.finish_after["h0"] = 1
+    run_drain(conn, sched, [HOSTS[0]], wait=False)
+    rows = {r.host: r for r in core.status(conn, HOSTS[:2], lambda h: sched)}
+    assert rows["h0"].state == "draining" and rows["h0"].scheduler_state == "draining"
+    assert rows["h0"].workloads == ["job 9"] and rows["h0"].actor == "alice"
+    rows = {r.host: r for r in core.status(conn, HOSTS[:2], lambda h: sched)}
+    assert rows["h0"].scheduler_state == "drained"
+    assert rows["h0"].note == "no workload left: re-run drain to record it"
+    assert rows["h1"].state == "active" and rows["h1"].note is None
+
+
+def test_size_parsing() -> None:
+    assert core.Size.parse("3", "--x").of(100) == 3
+    assert core.Size.parse("10%", "--x").of(25) == 2
+    assert core.Size.parse("10%", "--x").of(5) == 1  # never 0
+    for bad in ("0", "-1", "x", "0%", "101%", ""):
+        with pytest.raises(UsageError, match="--x"):
+            core.Size.parse(bad, "--x")
+
+
+def _report(status: Status, chips: int, expected: int | None, problems: list[Problem]) -> NodeReport:
+    chip_list = [ChipReport(index=i, kind="gpu", vendor="nvidia", model="H100", uuid=f"GPU-{i}",
+                            pci_bus_id=f"0000:{i:02x}:00.0", status=status) for i in range(chips)]
+    return NodeReport(host="h", agent_version="1", sampled_at=0.0, interval_s=5.0, status=status,
+                      chips_expected=expected, chips=chip_list, host_metrics=HostMetrics(), problems=problems)
+
+
+def test_judge_report() -> None:
+    assert core.judge_report(_report(Status.HEALTHY, 8, 8, [])) is None
+    assert core.judge_report(_report(Status.DEGRADED, 8, 8, [])) is None
+    xid = Problem("xid", Severity.CRITICAL, "XID 79: fallen off the bus", Action.RESET_CHIP)
+    assert "XID 79" in (core.judge_report(_report(Status.UNHEALTHY, 8, 8, [xid])) or "")
+    assert core.judge_report(_report(Status.HEALTHY, 7, 8, [])) == "agent sees 7 of 8 expected chips"

@@ -1,0 +1,196 @@
+"""The fan-out client against real loopback sockets whose peers misbehave in every way we classify."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from fleet_agent.schema import ChipReport, HostMetrics, NodeReport, Status
+
+from fleetctl.fanout import FanoutOptions, FetchKind, FetchResult, agents_report, fan_out
+from fleetctl.inventory import Host, Secret
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def node_json(host: str = "n1", *, schema: str | None = None) -> bytes:
+    chips = [ChipReport(index=i, kind="gpu", vendor="nvidia", model="NVIDIA H100 80GB HBM3", uuid=f"GPU-{i}",
+                        pci_bus_id=f"0000:0{i}:00.0", status=Status.HEALTHY, temperature_c=40.0 + i,
+                        utilization_pct=50.0) for i in range(2)]
+    doc = NodeReport(host=host, agent_version="0.1.0", sampled_at=time.time(), interval_s=5.0,
+                     status=Status.HEALTHY, chips_expected=2, chips=chips, host_metrics=HostMetrics()).to_dict()
+    if schema is not None:
+        doc["schema"] = schema
+    return json.dumps(doc).encode()
+
+
+def http(body: bytes, status: str = "200 OK", ctype: str = "application/json") -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def replying(payload: bytes) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+    return handle
+
+
+async def hung(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    await asyncio.sleep(30)
+
+
+async def dripping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    for byte in http(node_json()):
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.close()
+
+
+def auth_required(token: str) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        if f"authorization: bearer {token}".encode() in request.lower():
+            writer.write(http(node_json()))
+        else:
+            writer.write(http(b'{"error": "unauthorized"}', "401 Unauthorized"))
+        await writer.drain()
+        writer.close()
+    return handle
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def host(name: str, port: int, token: str | None = None) -> Host:
+    return Host(name=name, address="127.0.0.1", groups=("gpu_nodes",), vars={}, agent_port=port,
+                agent_token=Secret(plain=token) if token else None, expected_chips=None)
+
+
+async def run_against(handlers: dict[str, Handler | None], options: FanoutOptions,
+                      tokens: dict[str, str] | None = None) -> dict[str, FetchResult]:
+    servers = []
+    hosts = []
+    for name, handler in handlers.items():
+        if handler is None:  # nothing listens: refused
+            hosts.append(host(name, free_port()))
+            continue
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        hosts.append(host(name, server.sockets[0].getsockname()[1]))
+    try:
+        results = await fan_out(hosts, lambda h: (tokens or {}).get(h.name), options)
+    finally:
+        for server in servers:
+            server.close()
+    return {r.host.name: r for r in results}
+
+
+FAST = FanoutOptions(timeout_s=0.5, deadline_s=5.0, concurrency=16)
+
+
+def classify(handler: Handler | None, options: FanoutOptions = FAST,
+             tokens: dict[str, str] | None = None) -> FetchResult:
+    return asyncio.run(run_against({"n1": handler}, options, tokens))["n1"]
+
+
+def test_ok_report_is_parsed() -> None:
+    r = classify(replying(http(node_json("n1"))))
+    assert r.kind is FetchKind.OK
+    assert r.report is not None and r.report.host == "n1" and len(r.report.chips) == 2
+
+
+@pytest.mark.parametrize(("handler", "kind", "detail"), [
+    (None, FetchKind.REFUSED, "connection refused"),
+    (hung, FetchKind.TIMEOUT, "no response within 0.5s"),
+    (dripping, FetchKind.SLOW, "response incomplete after 0.5s"),
+    (closing, FetchKind.GARBAGE, "closed"),
+    (replying(b"SSH-2.0-OpenSSH_9.2\r\n"), FetchKind.GARBAGE, "not an HTTP response"),
+    (replying(http(b"<html>oops</html>", ctype="text/html")), FetchKind.INVALID_JSON, "invalid JSON"),
+    (replying(http(b"\xff\xfe\x00")), FetchKind.INVALID_JSON, "invalid JSON"),
+    (replying(http(node_json(schema="fleet.node/v0"))), FetchKind.SCHEMA_VERSION, "fleet.node/v0"),
+    (replying(http(b'{"schema": "fleet.node/v1", "host": "x"}')), FetchKind.BAD_SCHEMA, "missing"),
+    (replying(http(b"[1, 2]")), FetchKind.BAD_SCHEMA, "expected a JSON object"),
+    (replying(http(b"boom", "500 Internal Server Error")), FetchKind.HTTP_ERROR, "HTTP 500"),
+    (auth_required("s3cret"), FetchKind.UNAUTHORIZED, "a bearer token is required"),
+])
+def test_every_fault_is_classified(handler: Handler | None, kind: FetchKind, detail: str) -> None:
+    r = classify(handler)
+    assert r.kind is kind, r.detail
+    assert detail in r.detail
+    assert r.report is None
+
+
+def test_token_is_sent_as_bearer_and_a_wrong_one_is_unauthorized() -> None:
+    assert classify(auth_required("s3cret"), tokens={"n1": "s3cret"}).kind is FetchKind.OK
+    wrong = classify(auth_required("s3cret"), tokens={"n1": "nope"})
+    assert wrong.kind is FetchKind.UNAUTHORIZED and "token rejected" in wrong.detail
+    assert "nope" not in wrong.detail
+
+
+def test_reachability_of_kinds() -> None:
+    assert not FetchKind.TIMEOUT.reachable and not FetchKind.REFUSED.reachable
+    assert not FetchKind.DEADLINE.reachable
+    assert FetchKind.GARBAGE.reachable and FetchKind.UNAUTHORIZED.reachable and FetchKind.SLOW.reachable
+
+
+def test_hostile_hosts_do_not_delay_the_others_and_everyone_is_classified() -> None:
+    handlers: dict[str, Handler | None] = {f"ok{i}": replying(http(node_json(f"ok{i}"))) for i in range(20)}
+    handlers |= {f"hung{i}": hung for i in range(5)}
+    handlers |= {"refused": None, "garbage": replying(b"\x00\x01\x02 not http\r\n\r\n")}
+    started = time.monotonic()
+    results = asyncio.run(run_against(handlers, FanoutOptions(timeout_s=0.5, deadline_s=5, concurrency=64)))
+    elapsed = time.monotonic() - started
+    assert set(results) == set(handlers)
+    assert all(results[f"ok{i}"].kind is FetchKind.OK for i in range(20))
+    assert all(results[f"hung{i}"].kind is FetchKind.TIMEOUT for i in range(5))
+    assert results["refused"].kind is FetchKind.REFUSED
+    assert results["garbage"].kind is FetchKind.GARBAGE
+    assert elapsed < 3.0  # one timeout in parallel, not five in a row (generous for a loaded CI box)
+
+
+def test_overall_deadline_cancels_what_is_left() -> None:
+    # One worker, three hung hosts: the deadline passes during the first; the rest never start.
+    handlers: dict[str, Handler | None] = {"a": hung, "b": hung, "c": hung}
+    results = asyncio.run(run_against(handlers, FanoutOptions(timeout_s=10, deadline_s=0.3, concurrency=1)))
+    assert [results[n].kind for n in "abc"] == [FetchKind.DEADLINE] * 3
+    assert "no answer before the overall deadline" in results["a"].detail
+    assert "not asked" in results["c"].detail
+
+
+def test_agents_report_builds_rows_for_every_host() -> None:
+    async def scenario() -> None:
+        good = await asyncio.start_server(replying(http(node_json("good"))), "127.0.0.1", 0)
+        bad = await asyncio.start_server(replying(b"garbage\r\n\r\n"), "127.0.0.1", 0)
+        hosts = [host("good", good.sockets[0].getsockname()[1]), host("bad", bad.sockets[0].getsockname()[1]),
+                 host("gone", free_port())]
+        loop = asyncio.get_running_loop()
+        # agents_report runs its own event loop: call it from a worker thread.
+        report = await loop.run_in_executor(None, lambda: agents_report(hosts, FAST, pattern="all"))
+        good.close()
+        bad.close()
+        states = {h.name: (h.status.value, h.reason_kind) for h in report.hosts}
+        assert states == {"good": ("healthy", None), "bad": ("error", "garbage"),
+                          "gone": ("unreachable", "refused")}
+        assert report.exit_code == 1
+    asyncio.run(scenario())

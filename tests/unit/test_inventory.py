@@ -1,0 +1,247 @@
+"""Inventory loading through Ansible's own machinery, patterns, the parse cache and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fleet_agent.config import DEFAULT_PORT
+
+from fleetctl.errors import EXIT_USAGE
+from fleetctl.inventory import InventoryError, Secret, load_inventory, resolve_sources
+
+FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
+
+INVENTORY = """\
+all:
+  children:
+    gpu_nodes:
+      hosts:
+        h100-0001: {ansible_host: 10.0.0.1}
+        h100-0002: {ansible_host: 10.0.0.2, fleet_agent_port: 19001}
+        h100-0003: {ansible_host: 10.0.0.3}
+      vars:
+        fleet_expected_chips: 8
+    tpu_nodes:
+      hosts:
+        v5e-0001: {fleet_expected_chips: 4}
+    rack1:
+      hosts:
+        h100-0001:
+        v5e-0001:
+"""
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def inv(tmp_path: Path) -> Path:
+    d = tmp_path / "inv"
+    (d / "group_vars").mkdir(parents=True)
+    (d / "hosts.yml").write_text(INVENTORY)
+    (d / "group_vars" / "tpu_nodes.yml").write_text("fleet_agent_port: 19500\nrack_row: b\n")
+    return d / "hosts.yml"
+
+
+def names(hosts: list) -> list[str]:  # type: ignore[type-arg]
+    return [h.name for h in hosts]
+
+
+def test_hosts_vars_and_defaults(inv: Path, cache: Path) -> None:
+    hosts = load_inventory(str(inv), cache_dir=cache).hosts
+    assert list(hosts) == ["h100-0001", "h100-0002", "h100-0003", "v5e-0001"]
+    h1, h2, v = hosts["h100-0001"], hosts["h100-0002"], hosts["v5e-0001"]
+    assert (h1.address, h1.agent_port, h1.expected_chips) == ("10.0.0.1", DEFAULT_PORT, 8)
+    assert h1.groups == ("gpu_nodes", "rack1")
+    assert h2.agent_port == 19001
+    # group_vars/ next to the file is read (Ansible's vars plugin), name doubles as address
+    assert (v.address, v.agent_port, v.expected_chips, v.vars["rack_row"]) == ("v5e-0001", 19500, 4, "b")
+    assert "groups" not in v.vars and "inventory_hostname" not in v.vars  # magic vars are dropped
+
+
+@pytest.mark.parametrize(("pattern", "expected"), [
+    (None, ["h100-0001", "h100-0002", "h100-0003", "v5e-0001"]),
+    ("gpu_nodes", ["h100-0001", "h100-0002", "h100-0003"]),
+    ("v5e-0001", ["v5e-0001"]),
+    ("gpu_nodes:&rack1", ["h100-0001"]),
+    ("all:!h100-0003", ["h100-0001", "h100-0002", "v5e-0001"]),
+    ("gpu_nodes:!h100-0002", ["h100-0001", "h100-0003"]),
+    ("h100-*", ["h100-0001", "h100-0002", "h100-0003"]),
+    ("~v5e-.*", ["v5e-0001"]),
+    ("gpu_nodes[0:1]", ["h100-0001", "h100-0002"]),
+    ("tpu_nodes,h100-0003", ["v5e-0001", "h100-0003"]),
+])
+def test_patterns_as_ansible_reads_them(inv: Path, cache: Path, pattern: str | None,
+                                        expected: list[str]) -> None:
+    cold = load_inventory(str(inv), cache_dir=cache)
+    warm = load_inventory(str(inv), cache_dir=cache)
+    assert not cold.from_cache and warm.from_cache
+    assert names(cold.select(pattern)) == expected
+    assert names(warm.select(pattern)) == expected
+
+
+@pytest.mark.parametrize("pattern", ["nosuch", "gpu_nodes:&nosuch", "h200-*", "gpu_nodes:&tpu_nodes"])
+def test_a_pattern_that_matches_nothing_is_a_usage_error(inv: Path, cache: Path, pattern: str) -> None:
+    with pytest.raises(InventoryError) as err:
+        load_inventory(str(inv), cache_dir=cache).select(pattern)
+    assert str(inv) in str(err.value) and "matches no host" in str(err.value)
+    assert err.value.exit_code == EXIT_USAGE
+
+
+def test_cache_follows_every_source_file(inv: Path, cache: Path) -> None:
+    assert not load_inventory(str(inv), cache_dir=cache).from_cache
+    assert load_inventory(str(inv), cache_dir=cache).from_cache
+    gv = inv.parent / "group_vars" / "tpu_nodes.yml"
+    gv.write_text("fleet_agent_port: 19600\n")
+    os.utime(gv, ns=(gv.stat().st_mtime_ns + 10**9,) * 2)
+    reloaded = load_inventory(str(inv), cache_dir=cache)
+    assert not reloaded.from_cache and reloaded.hosts["v5e-0001"].agent_port == 19600
+    assert load_inventory(str(inv), cache_dir=cache).from_cache
+    assert not load_inventory(str(inv), cache_dir=cache, use_cache=False).from_cache
+    files = list(cache.iterdir())
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+
+
+def test_damaged_cache_is_ignored(inv: Path, cache: Path) -> None:
+    load_inventory(str(inv), cache_dir=cache)
+    for f in cache.iterdir():
+        f.write_text("{not json")
+    again = load_inventory(str(inv), cache_dir=cache)
+    assert not again.from_cache and len(again.hosts) == 4
+
+
+def test_ini_and_directory_sources(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "a.ini").write_text("[gpu_nodes]\nh1 ansible_host=127.0.0.1 fleet_agent_port=19002\n")
+    (d / "b.yml").write_text("tpu_nodes:\n  hosts:\n    t1:\n")
+    inv = load_inventory(str(d), cache_dir=cache)
+    assert names(inv.select("all")) == ["h1", "t1"]
+    assert inv.hosts["h1"].agent_port == 19002
+    assert load_inventory(str(d), cache_dir=cache).from_cache
+
+
+def test_executable_inventory_is_never_cached(tmp_path: Path, cache: Path) -> None:
+    script = tmp_path / "dyn.py"
+    script.write_text(f"#!{sys.executable}\nimport json\n"
+                      "print(json.dumps({'gpu_nodes': {'hosts': ['d1', 'd2']}, '_meta': {'hostvars': {}}}))\n")
+    script.chmod(0o755)
+    first = load_inventory(str(script), cache_dir=cache)
+    second = load_inventory(str(script), cache_dir=cache)
+    assert names(first.select("gpu_nodes")) == ["d1", "d2"]
+    assert not first.from_cache and not second.from_cache
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_missing_inventory(tmp_path: Path, cache: Path) -> None:
+    with pytest.raises(InventoryError, match=r"nope\.yml: inventory not found"):
+        load_inventory(str(tmp_path / "nope.yml"), cache_dir=cache)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path, cache: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("all:\n  hosts:\n    a: {ansible_host: 1.2.3.4\n    b:\n")
+    with pytest.raises(InventoryError) as err:
+        load_inventory(str(bad), cache_dir=cache)
+    message = str(err.value)
+    assert message.startswith(f"{bad}:4:"), message
+    assert "\n" not in message and "YAML" in message
+
+
+def test_malformed_structure_names_file(tmp_path: Path, cache: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("all:\n  children:\n    g:\n      hosts: 3\n")
+    with pytest.raises(InventoryError, match=r"bad\.yml: Invalid \"hosts\" entry for \"g\" group"):
+        load_inventory(str(bad), cache_dir=cache)
+
+
+def test_bad_port_names_host_and_variable(tmp_path: Path, cache: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("all:\n  hosts:\n    h1: {fleet_agent_port: http}\n")
+    with pytest.raises(InventoryError, match=r"host h1: fleet_agent_port: expected an integer, got 'http'"):
+        load_inventory(str(bad), cache_dir=cache)
+
+
+def test_templated_address_is_rendered(tmp_path: Path, cache: Path) -> None:
+    f = tmp_path / "t.yml"
+    f.write_text("all:\n  vars:\n    domain: lab.example\n  hosts:\n"
+                 "    h1: {ansible_host: '{{ inventory_hostname }}.{{ domain }}'}\n")
+    assert load_inventory(str(f), cache_dir=cache).hosts["h1"].address == "h1.lab.example"
+
+
+def test_plain_token_is_a_secret_and_not_a_var(tmp_path: Path, cache: Path) -> None:
+    f = tmp_path / "t.yml"
+    f.write_text("all:\n  hosts:\n    h1: {fleet_agent_token: hunter2}\n")
+    h = load_inventory(str(f), cache_dir=cache).hosts["h1"]
+    assert isinstance(h.agent_token, Secret) and h.agent_token.reveal() == "hunter2"
+    assert "hunter2" not in repr(h) and "hunter2" not in str(h.agent_token)
+    assert "fleet_agent_token" not in h.vars
+
+
+def test_vault_token_stays_encrypted_in_the_cache(tmp_path: Path, cache: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pw = tmp_path / "vault-pass"
+    pw.write_text("correct horse\n")
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-vault"), "encrypt_string", "--vault-password-file",
+         str(pw), "tok-123", "--name", "fleet_agent_token"], check=True, capture_output=True, text=True).stdout
+    d = tmp_path / "inv"
+    (d / "group_vars").mkdir(parents=True)
+    (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n")
+    (d / "group_vars" / "gpu_nodes.yml").write_text(out)
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(pw))
+    load_inventory(str(d / "hosts.yml"), cache_dir=cache)
+    warm = load_inventory(str(d / "hosts.yml"), cache_dir=cache)
+    assert warm.from_cache
+    token = warm.hosts["h1"].agent_token
+    assert token is not None and token.is_vaulted and token.reveal() == "tok-123"
+    cached = "".join(f.read_text() for f in cache.iterdir())
+    assert "tok-123" not in cached and "$ANSIBLE_VAULT" in cached
+
+
+def test_sources_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg_dir = tmp_path / "proj"
+    cfg_dir.mkdir()
+    (cfg_dir / "ansible.cfg").write_text("[defaults]\ninventory = inventory/lab\n")
+    monkeypatch.setenv("ANSIBLE_CONFIG", str(cfg_dir / "ansible.cfg"))
+    monkeypatch.delenv("FLEETCTL_INVENTORY", raising=False)
+    monkeypatch.delenv("ANSIBLE_INVENTORY", raising=False)
+    assert resolve_sources(None) == [str(cfg_dir / "inventory/lab")]
+    monkeypatch.setenv("FLEETCTL_INVENTORY", "/x/env.yml")
+    assert resolve_sources(None) == ["/x/env.yml"]
+    assert resolve_sources("/x/flag.yml") == ["/x/flag.yml"]
+
+
+def test_no_inventory_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("FLEETCTL_INVENTORY", "ANSIBLE_INVENTORY", "ANSIBLE_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    if Path("/etc/ansible/ansible.cfg").exists():
+        pytest.fail("this test needs a machine without /etc/ansible/ansible.cfg")
+    with pytest.raises(InventoryError, match="no inventory"):
+        resolve_sources(None)
+
+
+def test_cli_inventory_json_masks_secrets(inv: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "FLEETCTL_CACHE_DIR": str(tmp_path / "c")}
+    (inv.parent / "group_vars" / "gpu_nodes.yml").write_text("fleet_agent_token: hunter2\nbmc_password: pw1\n")
+    out = subprocess.run([FLEETCTL, "inventory", "-i", str(inv), "gpu_nodes:&rack1",
+                          "--json", "--vars"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [h["name"] for h in doc] == ["h100-0001"]
+    assert doc[0]["token"] == "set" and doc[0]["vars"]["bmc_password"] == "<hidden>"
+    assert "hunter2" not in out.stdout and "pw1" not in out.stdout
+    bad = subprocess.run([FLEETCTL, "inventory", "-i", str(inv), "nosuch"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "matches no host" in bad.stderr

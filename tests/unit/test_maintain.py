@@ -1,0 +1,172 @@
+"""fleetctl.maintain with a fake scheduler, provisioner and health check (same interfaces as the real ones)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetctl import maintain as mcore
+from fleetctl.drain import Size
+from fleetctl.errors import UsageError
+from fleetctl.schedulers.base import HostLike, NodeState, SchedState
+from fleetctl.state import db
+from fleetctl.state import hosts as hs
+from fleetctl.state.hosts import HostState as S
+
+
+@dataclass(frozen=True)
+class FakeHost:
+    name: str
+    address: str = "127.0.0.1"
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+class FakeScheduler:
+    """Drains complete at once; records every call in ``log`` (shared with the other fakes)."""
+
+    kind = "fake"
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        self.nodes: dict[str, NodeState] = {}
+        self.log = log
+
+    def state(self, host: HostLike) -> NodeState:
+        return self.nodes.get(host.name, NodeState(SchedState.ACTIVE))
+
+    def drain(self, host: HostLike, reason: str) -> None:
+        if self.state(host).state is SchedState.ACTIVE:
+            self.log.append(("drain", host.name))
+            self.nodes[host.name] = NodeState(SchedState.DRAINED, reason, "idle+drain")
+
+    def undrain(self, host: HostLike) -> None:
+        self.log.append(("undrain", host.name))
+        self.nodes[host.name] = NodeState(SchedState.ACTIVE)
+
+    def running_workloads(self, host: HostLike) -> list[str]:
+        return []
+
+
+class FakeProvisioner:
+    def __init__(self, log: list[tuple[str, str]], fail: Mapping[str, str] | None = None) -> None:
+        self.log = log
+        self.fail = dict(fail or {})
+        self.batches: list[list[str]] = []
+
+    def __call__(self, hosts: Sequence[HostLike], playbook: str) -> Mapping[str, str | None]:
+        self.batches.append([h.name for h in hosts])
+        self.log += [("provision", h.name) for h in hosts]
+        return {h.name: self.fail.get(h.name) for h in hosts}
+
+
+class FakeHealth:
+    def __init__(self, sick: Mapping[str, str] | None = None) -> None:
+        self.sick = dict(sick or {})
+        self.asked: list[list[str]] = []
+
+    def __call__(self, hosts: Sequence[HostLike]) -> Mapping[str, str | None]:
+        self.asked.append([h.name for h in hosts])
+        return {h.name: self.sick.get(h.name) for h in hosts}
+
+
+HOSTS = [FakeHost(f"h{i}") for i in range(4)]
+
+
+@pytest.fixture()
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return db.connect(tmp_path / "state.db", schema=hs.SCHEMA)
+
+
+def run(conn: sqlite3.Connection, sched: FakeScheduler, prov: FakeProvisioner, health: FakeHealth,
+        hosts: Sequence[FakeHost] = HOSTS, **kw: Any) -> mcore.MaintainResult:
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    opts = mcore.MaintainOptions(playbook="site.yml", actor="sre", poll_s=1.0, verify_timeout_s=5, **kw)
+    return mcore.maintain(conn, hosts, HOSTS, lambda h: sched, prov, health, opts, sleep=sleep,
+                          clock=lambda: now[0])
+
+
+def test_one_host_failing_verification_is_quarantined_the_rest_come_back(conn: sqlite3.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    sched, prov = FakeScheduler(log), FakeProvisioner(log)
+    health = FakeHealth({"h1": "agent reports unhealthy (XID 79)"})
+    result = run(conn, sched, prov, health, max_unavailable=Size(2), max_failures=1)
+    by = {o.host: o for o in result.outcomes}
+    assert by["h1"].state == "quarantined" and "XID 79" in by["h1"].message
+    assert [by[h].state for h in ("h0", "h2", "h3")] == ["active"] * 3
+    assert sched.nodes["h1"].state is SchedState.DRAINED  # never undrained automatically
+    assert ("undrain", "h1") not in log
+    # one batch at a time: drain → provision → undrain before the next host is touched
+    assert log[:3] == [("drain", "h0"), ("provision", "h0"), ("undrain", "h0")]
+    assert prov.batches == [["h0"], ["h1"], ["h2"], ["h3"]]
+    assert result.stopped is None and not result.ok
+    # verification was retried until its timeout before quarantining
+    assert sum(1 for a in health.asked if a == ["h1"]) > 1
+    audit = [(e.from_state, e.to_state) for e in hs.audit(conn, "h0")]
+    assert audit == [("active", "cordoned"), ("cordoned", "draining"), ("draining", "drained"),
+                     ("drained", "maintaining"), ("maintaining", "verifying"), ("verifying", "active")]
+
+
+def test_failures_past_the_limit_stop_new_batches(conn: sqlite3.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    sched, prov = FakeScheduler(log), FakeProvisioner(log, {"h0": "task 'install driver' failed"})
+    result = run(conn, sched, prov, FakeHealth(), max_unavailable=Size(2), max_failures=0)
+    by = {o.host: o for o in result.outcomes}
+    assert by["h0"].state == "quarantined" and "install driver" in by["h0"].message
+    assert all(by[h].message.startswith("not started") for h in ("h1", "h2", "h3"))
+    assert prov.batches == [["h0"]]
+    assert result.stopped and "--max-failures 0" in result.stopped
+
+
+def test_quarantined_hosts_count_against_max_unavailable(conn: sqlite3.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    sched, prov = FakeScheduler(log), FakeProvisioner(log)
+    result = run(conn, sched, prov, FakeHealth({"h0": "unhealthy"}), max_unavailable=Size(1), max_failures=5)
+    assert result.stopped and "max-unavailable is 1" in result.stopped
+    assert prov.batches == [["h0"]]  # h0 quarantined uses the whole budget: nothing else drained
+    assert ("drain", "h1") not in log
+
+
+def test_batch_larger_than_max_unavailable_is_a_usage_error(conn: sqlite3.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    with pytest.raises(UsageError, match="--batch 2 .* more than --max-unavailable 1"):
+        run(conn, FakeScheduler(log), FakeProvisioner(log), FakeHealth(), batch=Size(2))
+    assert log == []
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(conn: sqlite3.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    lines: list[str] = []
+    opts = mcore.MaintainOptions(playbook="site.yml", batch=Size(50, percent=True), max_unavailable=Size(2),
+                                 dry_run=True)
+    sched = FakeScheduler(log)
+    mcore.maintain(conn, HOSTS, HOSTS, lambda h: sched, FakeProvisioner(log), FakeHealth(), opts,
+                   echo=lines.append)
+    assert log == [] and hs.audit(conn) == []
+    assert "  batch 1: h0, h1" in lines and "  batch 2: h2, h3" in lines
+
+
+def test_resume_after_kill_provisions_hosts_left_maintaining(conn: sqlite3.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    sched = FakeScheduler(log)
+    sched.nodes["h0"] = NodeState(SchedState.DRAINED, "fleetctl:sre: maintain", "idle+drain")
+    for to in (S.CORDONED, S.DRAINING, S.DRAINED):
+        hs.transition(conn, "h0", to, actor="sre")
+    hs.transition(conn, "h0", S.MAINTAINING, actor="sre", owner="gone-machine-never:1", run_id="old")
+    # the owner is "alive" on another machine: the plan skips it
+    plan = mcore.plan_maintain(conn, HOSTS[:1], HOSTS, mcore.MaintainOptions(playbook="p"))
+    assert plan.skipped and "in maintenance by gone-machine-never:1" in plan.skipped[0].message
+    # a dead owner on this machine: resumed
+    dead = f"{hs.this_process().rpartition(':')[0]}:{2**22 + 4242}"
+    hs.transition(conn, "h0", S.MAINTAINING, actor="sre", owner=dead, run_id="old")
+    prov = FakeProvisioner(log)
+    result = run(conn, sched, prov, FakeHealth(), hosts=HOSTS[:1])
+    assert result.ok and prov.batches == [["h0"]]
+    assert ("drain", "h0") not in log and ("undrain", "h0") in log

@@ -1,0 +1,157 @@
+"""fleet_agent.metrics: the names and labels of docs/metrics.md, units, and no series for None."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fleet_agent.metrics import render_metrics
+from fleet_agent.schema import (
+    Action,
+    ChipReport,
+    CollectorState,
+    GpuDetails,
+    HostMetrics,
+    NodeReport,
+    Problem,
+    Severity,
+    Status,
+    TpuDetails,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+MIB = 1024 * 1024
+
+
+def _gpu(index: int = 0, **over: object) -> ChipReport:
+    chip = ChipReport(
+        index=index, kind="gpu", vendor="nvidia", model="NVIDIA H100 80GB HBM3", uuid=f"GPU-{index}",
+        pci_bus_id=f"00000000:{index + 0x18:02X}:00.0", status=Status.DEGRADED, sampled_at=1.0,
+        temperature_c=61.0, memory_temperature_c=70.0, utilization_pct=50.0, memory_utilization_pct=20.0,
+        memory_used_bytes=1024 * MIB, memory_total_bytes=81559 * MIB, power_w=350.5, power_limit_w=700.0,
+        sm_clock_mhz=1980, mem_clock_mhz=2619,
+        gpu=GpuDetails(
+            ecc_volatile_corrected=3, ecc_volatile_uncorrected=0, ecc_aggregate_corrected=10,
+            ecc_aggregate_uncorrected=1, remapped_rows_correctable=2, remapped_rows_uncorrectable=0,
+            row_remap_pending=True, row_remap_failure=False, retired_pages_pending=False,
+            throttle_reasons=["hw_thermal"], pcie_link_gen=4, pcie_link_gen_max=5, pcie_link_width=16,
+            pcie_link_width_max=16, pcie_replay_count=7, nvlink_links_up=17, nvlink_links_total=18,
+            persistence_mode=True, xid_counts={"79": 1, "13": 2}, xid_total=3, last_xid=79,
+        ),
+        problems=[Problem("row_remap", Severity.WARNING, "pending", Action.RESET_CHIP),
+                  Problem("row_remap", Severity.WARNING, "pending again", Action.RESET_CHIP)],
+    )
+    for k, v in over.items():
+        setattr(chip, k, v)
+    return chip
+
+
+def _tpu() -> ChipReport:
+    return ChipReport(index=0, kind="tpu", vendor="google", model="TPU v5e", uuid="tpu-0",
+                      pci_bus_id="0000:00:04.0", status=Status.HEALTHY, utilization_pct=80.0,
+                      memory_used_bytes=5, memory_total_bytes=16,
+                      tpu=TpuDetails(duty_cycle_pct=90.0, tensorcore_utilization_pct=80.0,
+                                     runtime_metrics_available=True))
+
+
+def _report(chips: list[ChipReport]) -> NodeReport:
+    return NodeReport(
+        host="gpu-01", agent_version="0.1.0", sampled_at=1700000000.0, interval_s=5.0,
+        status=Status.DEGRADED, chips_expected=8, chips=chips,
+        host_metrics=HostMetrics(cpu_pct=25.0, memory_used_bytes=1, memory_total_bytes=2, load1=0.3,
+                                 uptime_s=100.0),
+        problems=[Problem("chip_count", Severity.CRITICAL, "7 of 8", Action.REBOOT)],
+        collectors=[CollectorState("nvml", True), CollectorState("host", False, "boom")],
+        drained=True, sample_duration_s=0.01,
+    )
+
+
+def _samples(text: bytes) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = {}
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def _one(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
+    found = [s for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(found) == 1, (name, labels, found)
+    return float(found[0].value)
+
+
+def _documented_names() -> set[str]:
+    text = DOCS.read_text()
+    names = set(re.findall(r"`((?:fleet|DCGM_FI)_[A-Za-z0-9_]+)`", text))
+    return {n for n in names if not n.endswith("_")}
+
+
+def _family_names(text: bytes) -> set[str]:
+    return {fam.name if fam.type != "counter" else fam.name + "_total"
+            for fam in text_string_to_metric_families(text.decode())}
+
+
+def test_every_documented_name_is_exported_and_nothing_else() -> None:
+    text = render_metrics(_report([_gpu(0), _tpu()]))
+    assert _family_names(text) == _documented_names()
+
+
+def test_values_units_and_labels() -> None:
+    s = _samples(render_metrics(_report([_gpu(0), _tpu()])))
+    chip = {"chip": "0", "kind": "gpu", "model": "NVIDIA H100 80GB HBM3", "uuid": "GPU-0"}
+    assert _one(s, "fleet_chip_utilization_ratio", **chip) == 0.5
+    assert _one(s, "fleet_chip_sm_clock_hertz", **chip) == 1980e6
+    assert _one(s, "fleet_chip_status", status="degraded", **chip) == 1
+    assert _one(s, "fleet_chip_status", status="healthy", **chip) == 0
+    assert _one(s, "fleet_chip_ecc_errors", type="uncorrected", counter="aggregate", **chip) == 1
+    assert _one(s, "fleet_chip_throttle_active", reason="hw_thermal", **chip) == 1
+    assert _one(s, "fleet_chip_throttle_active", reason="sw_power_cap", **chip) == 0
+    assert _one(s, "fleet_chip_xid_errors_window", xid="79", **chip) == 1
+    assert _one(s, "fleet_chip_xid_errors_total", **chip) == 3
+    assert _one(s, "fleet_chip_pcie_replay_total", **chip) == 7
+    assert _one(s, "fleet_chip_duty_cycle_ratio", kind="tpu") == 0.9
+    dcgm = {"gpu": "0", "UUID": "GPU-0", "pci_bus_id": "00000000:18:00.0", "device": "nvidia0",
+            "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "gpu-01"}
+    assert _one(s, "DCGM_FI_DEV_FB_USED", **dcgm) == 1024
+    assert _one(s, "DCGM_FI_DEV_FB_FREE", **dcgm) == 81559 - 1024
+    assert _one(s, "DCGM_FI_DEV_GPU_UTIL", **dcgm) == 50
+    assert _one(s, "DCGM_FI_DEV_XID_ERRORS", **dcgm) == 79
+    assert _one(s, "DCGM_FI_DEV_ROW_REMAP_PENDING", **dcgm) == 1
+    assert all(x.labels["gpu"] == "0" for x in s["DCGM_FI_DEV_GPU_TEMP"])  # TPUs are not DCGM
+    assert _one(s, "fleet_node_status", status="degraded") == 1
+    assert _one(s, "fleet_node_drained") == 1
+    assert _one(s, "fleet_node_chips_present") == 2
+    assert _one(s, "fleet_collector_up", collector="host") == 0
+    assert _one(s, "fleet_host_cpu_utilization_ratio") == 0.25
+    assert _one(s, "fleet_agent_info", hostname="gpu-01", version="0.1.0") == 1
+    # Two problems of one check and severity on one chip: one series, not a duplicate.
+    assert _one(s, "fleet_health_check_failing", check="row_remap", severity="warning", **chip) == 1
+    assert _one(s, "fleet_health_check_failing", chip="node", check="chip_count", severity="critical") == 1
+
+
+def test_none_yields_no_series() -> None:
+    chip = _gpu(0, temperature_c=None, power_w=None)
+    assert chip.gpu is not None
+    chip.gpu.ecc_volatile_corrected = None
+    chip.gpu.last_xid = None
+    s = _samples(render_metrics(_report([chip])))
+    assert "fleet_chip_temperature_celsius" not in s
+    assert "DCGM_FI_DEV_GPU_TEMP" not in s and "DCGM_FI_DEV_POWER_USAGE" not in s
+    assert "DCGM_FI_DEV_XID_ERRORS" not in s
+    assert "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL" not in s
+    assert not [x for x in s["fleet_chip_ecc_errors"] if x.labels["type"] == "corrected"
+                and x.labels["counter"] == "volatile"]
+
+
+def test_stale_chip_keeps_identity_and_status_only() -> None:
+    stale = ChipReport(index=1, kind="gpu", vendor="nvidia", model="NVIDIA H100 80GB HBM3", uuid="GPU-1",
+                       pci_bus_id="00000000:2A:00.0", status=Status.UNKNOWN, stale=True,
+                       error="NVML call timed out after 2.0s")
+    s = _samples(render_metrics(_report([_gpu(0), stale])))
+    chip1 = {"chip": "1", "uuid": "GPU-1"}
+    assert _one(s, "fleet_chip_stale", **chip1) == 1
+    assert _one(s, "fleet_chip_status", status="unknown", **chip1) == 1
+    assert not [x for x in s["fleet_chip_temperature_celsius"] if x.labels["chip"] == "1"]
+    assert not [x for x in s["DCGM_FI_DEV_GPU_TEMP"] if x.labels["gpu"] == "1"]

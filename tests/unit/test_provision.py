@@ -1,0 +1,296 @@
+"""The provision core against FakeRunner: validation, locks, recording, secrets, cancel, batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from fleetctl import provision
+from fleetctl.errors import UsageError
+from fleetctl.provision import HostsLocked, ProvisionOptions
+from fleetctl.runner import VAULT_PROMPT, FakeRunner, PlaybookRequest, fake_event
+from fleetctl.state import db, locks, runs
+
+HOSTS = ["n1", "n2", "n3"]
+
+
+def select(sources: Sequence[str], pattern: str) -> list[str]:
+    if pattern == "nothing":
+        return []
+    return [h for h in HOSTS if pattern in ("all", h)]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    (tmp_path / "hosts.ini").write_text("n1\nn2\nn3\n")
+    monkeypatch.delenv("ANSIBLE_HOST_KEY_CHECKING", raising=False)
+    return tmp_path
+
+
+def opts(env: Path, **kw: object) -> ProvisionOptions:
+    return ProvisionOptions(inventory=[str(env / "hosts.ini")], **kw)  # type: ignore[arg-type]
+
+
+def play(*host_events: dict[str, object]) -> list[dict[str, object]]:
+    return [
+        fake_event("playbook_on_play_start", play="Site"),
+        fake_event("playbook_on_task_start", task="install"),
+        *host_events,
+    ]
+
+
+def ok(host: str, changed: bool = False) -> dict[str, object]:
+    return fake_event("runner_on_ok", host, task="install", res={"changed": changed})
+
+
+def failed(host: str, msg: str) -> dict[str, object]:
+    return fake_event("runner_on_failed", host, task="install", res={"msg": msg})
+
+
+def run(env: Path, runner: FakeRunner, **kw: object) -> provision.ProvisionResult:
+    options = kw.pop("options", None) or opts(env, **{k: v for k, v in kw.items() if k != "cancel"})
+    cancel = kw.get("cancel")
+    return provision.run(
+        options,  # type: ignore[arg-type]
+        runner,
+        db_path=env / "state.db",
+        cwd=env,
+        select_hosts=select,
+        cancel=cancel,  # type: ignore[arg-type]
+    )
+
+
+def stored(env: Path, run_id: str) -> runs.RunRecord:
+    conn = runs.connect(env / "state.db")
+    record = runs.get(conn, run_id)
+    assert record is not None
+    return record
+
+
+def test_successful_run_is_recorded_and_unlocks(env: Path) -> None:
+    runner = FakeRunner(play(ok("n1", True), ok("n2"), ok("n3")))
+    result = run(env, runner)
+    assert (result.status, result.exit_code) == ("successful", 0)
+    record = stored(env, result.run_id)
+    assert record.status == "successful"
+    assert record.playbook == str((env / "playbooks" / "site.yml").resolve())
+    assert {h.host: h.state for h in record.hosts} == {"n1": "changed", "n2": "ok", "n3": "ok"}
+    assert record.artifacts == str(env / "runs" / result.run_id / "artifacts")
+    assert locks.held(db.connect(env / "state.db", schema=locks.SCHEMA)) == []
+    (request,) = runner.requests
+    assert request.limit == "all" and request.playbook.name == "site.yml"
+    assert request.envvars["ANSIBLE_HOST_KEY_CHECKING"] == "True"
+
+
+def test_a_failed_host_never_hides_the_others(env: Path) -> None:
+    runner = FakeRunner(play(ok("n1"), failed("n2", "apt: no such package"), ok("n3", True)),
+                        status="failed", rc=2)
+    result = run(env, runner)
+    assert (result.status, result.exit_code) == ("failed", 1)
+    rows = result.to_dict()["hosts"]
+    assert [r["host"] for r in rows] == ["n2", "n3", "n1"]  # worst first
+    assert rows[0]["first_failure"] == "install: apt: no such package"
+    assert result.to_dict()["summary"] == {"failed": 1, "changed": 1, "ok": 1}
+
+
+def test_unreachable_host_exits_1(env: Path) -> None:
+    unreachable = fake_event("runner_on_unreachable", "n3", task="install", res={"msg": "timed out"})
+    result = run(env, FakeRunner(play(ok("n1"), ok("n2"), unreachable), status="failed", rc=4))
+    assert result.exit_code == 1
+    assert {h.host: h.state for h in result.hosts}["n3"] == "unreachable"
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"playbook": "nope"}, "unknown playbook 'nope': not a file, not in playbooks/ (available: site)"),
+        ({"extra_vars": ["novalue"]}, "--extra-vars 'novalue': 'novalue' is not key=value"),
+        ({"extra_vars": ["1x=2"]}, "'1x=2' is not key=value"),
+        ({"extra_vars": ["{not json"]}, "--extra-vars '{not json': malformed JSON object"),
+        ({"extra_vars": ["@missing.yml"]}, "--extra-vars '@missing.yml': no such file"),
+        ({"batch": "0"}, "--batch '0': expected a number of hosts N >= 1"),
+        ({"batch": "150%"}, "--batch '150%'"),
+        ({"forks": 0}, "--forks 0: must be at least 1"),
+        ({"connection": "telnet"}, "--connection 'telnet': expected ssh or paramiko"),
+        ({"pattern": "nothing"}, "pattern 'nothing' matches no host"),
+        ({"vault_password_file": Path("/nonexistent/vault")}, "--vault-password-file /nonexistent/vault"),
+    ],
+)
+def test_bad_input_is_a_usage_error_before_anything_runs(
+    env: Path, kw: dict[str, object], message: str
+) -> None:
+    runner = FakeRunner(play(ok("n1")))
+    with pytest.raises(UsageError) as info:
+        run(env, runner, **kw)
+    assert message in str(info.value)
+    assert info.value.exit_code == 2
+    assert "\n" not in str(info.value)
+    assert runner.requests == []
+    assert runs.list_runs(runs.connect(env / "state.db")) == []
+
+
+def test_missing_inventory_file_is_a_usage_error(env: Path) -> None:
+    with pytest.raises(UsageError, match=r"inventory 'gone\.ini': no such file"):
+        run(env, FakeRunner(), options=ProvisionOptions(inventory=["gone.ini"]))
+
+
+def test_extra_vars_file_must_be_a_mapping(env: Path) -> None:
+    (env / "list.yml").write_text("- a\n- b\n")
+    (env / "bad.yml").write_text("a: [\n")
+    with pytest.raises(UsageError, match="must hold a mapping"):
+        run(env, FakeRunner(), extra_vars=["@list.yml"])
+    with pytest.raises(UsageError, match=r"bad\.yml is not valid YAML/JSON"):
+        run(env, FakeRunner(), extra_vars=["@bad.yml"])
+
+
+def test_unknown_tag_is_refused_naming_the_known_ones(env: Path) -> None:
+    runner = FakeRunner(play(ok("n1")), tags={"agent", "base"})
+    with pytest.raises(UsageError, match=r"unknown tag\(s\) nvidia in site.yml \(known: agent, base\)"):
+        run(env, runner, tags=["agent", "nvidia"])
+    (probe,) = runner.requests  # only the --list-tags probe, never a run
+    assert "--tags" not in probe.cmdline
+
+
+def test_known_tags_pass_to_ansible(env: Path) -> None:
+    runner = FakeRunner(play(ok("n1")), tags={"agent", "base"})
+    run(env, runner, tags=["agent"], skip_tags=["base"], check=True, diff=True, forks=7)
+    request = runner.requests[-1]
+    args = list(request.cmdline)
+    assert args[:6] == ["--tags", "agent", "--skip-tags", "base", "--check", "--diff"]
+    assert request.forks == 7
+
+
+def test_extra_vars_stay_out_of_argv_and_secrets_out_of_records(env: Path) -> None:
+    (env / "more.yml").write_text("region: eu\n")
+    seen: dict[str, object] = {}
+
+    def capture(request: PlaybookRequest) -> list[dict[str, object]]:
+        path = Path(request.cmdline[request.cmdline.index("--extra-vars", 2) + 1][1:])
+        seen["path"] = path
+        seen["content"] = json.loads(path.read_text())
+        seen["mode"] = oct(path.stat().st_mode & 0o777)
+        return play(failed("n1", "login with s3cret failed"), ok("n2"), ok("n3"))
+
+    result = run(env, FakeRunner(events_for=capture, status="failed"),
+                 extra_vars=["db_password=s3cret release=42", "@more.yml"])
+    assert seen["content"] == {"db_password": "s3cret", "release": "42"}
+    assert seen["mode"] == "0o600"
+    assert not Path(str(seen["path"])).exists()  # removed after the run
+    record = stored(env, result.run_id)
+    assert record.options["extra_vars"] == ["db_password=********", "release=42", f"@{env / 'more.yml'}"]
+    dumped = json.dumps(record.to_dict()) + json.dumps(result.to_dict())
+    assert "s3cret" not in dumped
+    assert "login with ******** failed" in dumped
+
+
+def test_prompted_vault_password_goes_to_pexpect_only(env: Path) -> None:
+    runner = FakeRunner(play(failed("n1", "decrypt with hunter22 failed"), ok("n2"), ok("n3")))
+    result = run(env, runner, vault_password="hunter22")
+    request = runner.requests[-1]
+    assert "--ask-vault-pass" in request.cmdline
+    assert dict(request.passwords) == {VAULT_PROMPT: "hunter22"}
+    assert "hunter22" not in " ".join(request.cmdline) + json.dumps(dict(request.envvars))
+    record = stored(env, result.run_id)
+    assert record.options["vault"] == "prompt"
+    assert "hunter22" not in json.dumps(record.to_dict())
+
+
+def test_vault_password_file_is_passed_by_path(env: Path) -> None:
+    (env / "vault.txt").write_text("pw\n")
+    runner = FakeRunner(play(ok("n1")))
+    result = run(env, runner, vault_password_file=env / "vault.txt")
+    args = list(runner.requests[-1].cmdline)
+    assert args[args.index("--vault-password-file") + 1] == str(env / "vault.txt")
+    assert stored(env, result.run_id).options["vault"] == "password-file"
+
+
+def test_host_key_checking_is_only_off_when_asked(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = FakeRunner(play(ok("n1")))
+    run(env, runner, host_key_checking=False, connection="paramiko")
+    request = runner.requests[-1]
+    assert request.envvars["ANSIBLE_HOST_KEY_CHECKING"] == "False"
+    assert list(request.cmdline)[-2:] == ["--connection", "paramiko"]
+    # the user's own environment setting is respected (ansible-runner copies os.environ)
+    monkeypatch.setenv("ANSIBLE_HOST_KEY_CHECKING", "True")
+    run(env, runner)
+    assert "ANSIBLE_HOST_KEY_CHECKING" not in runner.requests[-1].envvars
+
+
+def test_a_held_host_refuses_the_run_naming_the_holder(env: Path) -> None:
+    conn = db.connect(env / "state.db", schema=(*runs.SCHEMA, *locks.SCHEMA))
+    other = locks.Holder("run-other", "provision site.yml", "bob", runs.this_machine(), os.getpid())
+    locks.acquire(conn, ["n2"], other)
+    runner = FakeRunner(play(ok("n1")))
+    with pytest.raises(HostsLocked) as info:
+        run(env, runner)
+    assert info.value.exit_code == 1
+    assert "n2 is held by run-other (provision site.yml) of bob@" in str(info.value)
+    assert runner.requests == []
+    result = run(env, runner, force=True)
+    assert result.status == "successful"
+    assert stored(env, result.run_id).options["forced_over"] == ["run-other"]
+
+
+def test_cancel_records_canceled_with_results_so_far(env: Path) -> None:
+    cancel = threading.Event()
+
+    def ctrl_c_after_two_results(index: int) -> None:
+        if index == 4:
+            cancel.set()
+
+    events = play(ok("n1", True), ok("n2"), ok("n3"), fake_event("playbook_on_task_start", task="two"))
+    runner = FakeRunner(events, on_cancel_poll=ctrl_c_after_two_results)
+    result = run(env, runner, cancel=cancel)
+    assert (result.status, result.exit_code) == ("canceled", provision.EXIT_CANCELED)
+    record = stored(env, result.run_id)
+    assert record.status == "canceled"
+    assert {h.host: h.state for h in record.hosts} == {"n1": "changed", "n2": "ok", "n3": "pending"}
+
+
+def test_config_error_before_any_play_exits_2_with_ansibles_message(env: Path) -> None:
+    runner = FakeRunner([fake_event("verbose", stdout="[ERROR]: couldn't resolve module/action 'nope.x'")],
+                        status="failed", rc=4)
+    result = run(env, runner)
+    assert result.exit_code == 2
+    assert result.message == "[ERROR]: couldn't resolve module/action 'nope.x'"
+    assert stored(env, result.run_id).status == "failed"
+
+
+def test_batches_run_one_after_another_and_stop_after_a_failure(env: Path) -> None:
+    def per_batch(request: PlaybookRequest) -> list[dict[str, object]]:
+        host = str(request.limit)
+        return play(failed(host, "broke") if host == "n2" else ok(host))
+
+    runner = FakeRunner(events_for=per_batch)
+    result = run(env, runner, batch="1")
+    assert [r.limit for r in runner.requests] == ["n1", "n2"]
+    assert {h.host: h.state for h in result.hosts} == {"n1": "ok", "n2": "failed", "n3": "pending"}
+    assert result.message == "stopped after batch 2 of 3: a host failed"
+    assert [r.ident for r in runner.requests] == ["batch-1", "batch-2"]
+
+
+def test_percentage_batches(env: Path) -> None:
+    runner = FakeRunner(events_for=lambda r: play(*(ok(h) for h in str(r.limit).split(","))))
+    result = run(env, runner, batch="67%")
+    assert [r.limit for r in runner.requests] == ["n1,n2", "n3"]
+    assert result.status == "successful"
+
+
+@pytest.mark.parametrize(("value", "total", "size"), [(None, 5, 5), ("2", 5, 2), ("50%", 5, 2), ("1%", 5, 1),
+                                                      ("100%", 5, 5), ("10", 3, 10)])
+def test_parse_batch(value: str | None, total: int, size: int) -> None:
+    assert provision.parse_batch(value, total) == size
+
+
+def test_playbook_by_path_and_by_name_with_extension(env: Path) -> None:
+    (env / "other.yaml").write_text("- hosts: all\n  tasks: []\n")
+    assert provision.resolve_playbook("other.yaml", env) == (env / "other.yaml").resolve()
+    assert provision.resolve_playbook("site.yml", env) == (env / "playbooks" / "site.yml").resolve()
+    assert provision.resolve_playbook("site", env) == (env / "playbooks" / "site.yml").resolve()

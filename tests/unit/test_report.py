@@ -1,0 +1,127 @@
+"""Building host rows from node reports, the controller's own checks, summary, exit code and JSON."""
+
+from __future__ import annotations
+
+import json
+
+from fleet_agent.schema import Action, ChipReport, HostMetrics, NodeReport, Problem, Severity, Status
+
+from fleetctl.report import (
+    REPORT_SCHEMA,
+    FleetReport,
+    HostState,
+    host_row_failed,
+    host_row_from_node,
+)
+
+NOW = 1_800_000_000.0
+
+
+def node(status: Status = Status.HEALTHY, chips: int = 2, *, age: float = 2.0,
+         chip_problem: Problem | None = None, node_problem: Problem | None = None) -> NodeReport:
+    cs = []
+    for i in range(chips):
+        bad = chip_problem is not None and i == 1
+        cs.append(ChipReport(index=i, kind="gpu", vendor="nvidia", model="NVIDIA H100 80GB HBM3", uuid=f"GPU-{i}",
+                             pci_bus_id="", status=Status.UNHEALTHY if bad else Status.HEALTHY,
+                             temperature_c=50.0 + 10 * i, utilization_pct=20.0 + 40 * i,
+                             memory_used_bytes=2**30 * (i + 1), memory_total_bytes=80 * 2**30, power_w=300.0,
+                             problems=[chip_problem] if bad and chip_problem else []))
+    return NodeReport(host="n", agent_version="0.1.0", sampled_at=NOW - age, interval_s=5.0, status=status,
+                      chips_expected=None, chips=cs, host_metrics=HostMetrics(),
+                      problems=[node_problem] if node_problem else [])
+
+
+XID = Problem("xid", Severity.CRITICAL, "XID 79: fell off the bus", Action.REBOOT)
+
+
+def row(n: NodeReport, expected: int | None = None, name: str = "n1"):  # type: ignore[no-untyped-def]
+    return host_row_from_node(name, "127.0.0.1", 19001, ("gpu_nodes",), n, NOW, expected_chips=expected)
+
+
+def test_healthy_host_aggregates() -> None:
+    h = row(node())
+    assert h.status is HostState.HEALTHY and h.reachable
+    assert (h.chips_ok, h.chips_total) == (2, 2)
+    assert h.max_temperature_c == 60.0 and h.mean_utilization_pct == 40.0
+    assert h.memory_used_bytes == 3 * 2**30 and h.memory_total_bytes == 160 * 2**30
+    assert h.age_s == 2.0
+
+
+def test_chip_problems_are_collected_with_their_chip() -> None:
+    h = row(node(Status.UNHEALTHY, chip_problem=XID))
+    assert h.status is HostState.UNHEALTHY and h.chips_ok == 1
+    assert [(p.check, p.chip, p.action) for p in h.problems] == [("xid", 1, "reboot")]
+
+
+def test_inventory_expected_chips_adds_a_controller_problem() -> None:
+    h = row(node(chips=7), expected=8)
+    assert h.status is HostState.UNHEALTHY
+    assert h.chips_total == 8 and h.chips_ok == 7
+    assert [p.check for p in h.problems] == ["chip_count"]
+    assert "7 of 8" in h.problems[0].message
+
+
+def test_agent_chip_count_problem_is_not_duplicated() -> None:
+    agent = Problem("chip_count", Severity.CRITICAL, "7 of 8 expected chips present", Action.REBOOT)
+    h = row(node(Status.UNHEALTHY, chips=7, node_problem=agent), expected=8)
+    assert [p.check for p in h.problems] == ["chip_count"]
+
+
+def test_old_sample_makes_the_host_unknown() -> None:
+    h = row(node(age=120.0))
+    assert h.status is HostState.UNKNOWN
+    assert h.problems[0].check == "sample_age" and "120s old" in h.problems[0].message
+
+
+def test_failed_hosts() -> None:
+    u = host_row_failed("a", "127.0.0.1", 1, (), reachable=False, kind="timeout", reason="no response")
+    e = host_row_failed("b", "127.0.0.1", 1, (), reachable=True, kind="unauthorized", reason="HTTP 401")
+    assert (u.status, e.status) == (HostState.UNREACHABLE, HostState.ERROR)
+    assert not u.reachable and not e.reachable and u.chips_total == 0
+
+
+def fleet() -> FleetReport:
+    hosts = [
+        row(node(), name="ok-1"),
+        row(node(Status.DEGRADED), name="warm-1"),
+        host_row_failed("gone-1", "127.0.0.1", 1, ("gpu_nodes",), reachable=False, kind="refused",
+                        reason="connection refused"),
+        row(node(Status.UNHEALTHY, chip_problem=XID), name="bad-1"),
+    ]
+    return FleetReport(generated_at=NOW, source="agents", hosts=hosts, inventory="inv.yml", duration_s=0.5)
+
+
+def test_worst_first_and_other_sorts() -> None:
+    r = fleet()
+    assert [h.name for h in r.sort().hosts] == ["bad-1", "gone-1", "warm-1", "ok-1"]
+    assert [h.name for h in r.sort("name").hosts] == ["bad-1", "gone-1", "ok-1", "warm-1"]
+    assert [h.name for h in r.sort("temp").hosts][-1] == "gone-1"  # no reading sorts last
+
+
+def test_summary_and_exit_code() -> None:
+    r = fleet()
+    s = r.summary()
+    assert s.hosts == {"healthy": 1, "degraded": 1, "unknown": 0, "error": 0, "unreachable": 1,
+                       "unhealthy": 1}
+    assert s.chips == {"healthy": 5, "degraded": 0, "unknown": 0, "unhealthy": 1}
+    assert r.exit_code == 1
+    assert FleetReport(generated_at=NOW, source="agents", hosts=[row(node())]).exit_code == 0
+
+
+def test_json_document_is_stable() -> None:
+    doc = json.loads(fleet().sort().to_json())
+    assert doc["schema"] == REPORT_SCHEMA
+    assert list(doc) == ["schema", "generated_at", "source", "inventory", "pattern", "duration_s", "exit_code",
+                         "summary", "hosts"]
+    assert doc["summary"]["hosts"]["total"] == 4 and doc["summary"]["chips"]["total"] == 6
+    bad, gone = doc["hosts"][0], doc["hosts"][1]
+    assert list(bad) == ["name", "address", "port", "groups", "status", "reason", "agent_version", "sampled_at",
+                         "age_s", "drained", "chips_expected", "chips_present", "chips_ok", "max_temperature_c",
+                         "mean_utilization_pct", "memory_used_bytes", "memory_total_bytes", "problems", "chips"]
+    assert bad["problems"] == [{"check": "xid", "severity": "critical", "message": "XID 79: fell off the bus",
+                                "action": "reboot", "chip": 1}]
+    assert bad["chips"][1]["status"] == "unhealthy" and bad["chips"][1]["temperature_c"] == 60.0
+    assert gone["status"] == "unreachable"
+    assert gone["reason"] == {"kind": "refused", "message": "connection refused"}
+    assert gone["chips"] == [] and gone["max_temperature_c"] is None

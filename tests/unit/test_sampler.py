@@ -1,0 +1,171 @@
+"""fleet_agent.sampler over a fake collector: deadlines, hung calls not re-issued, recovery,
+failed discover, drained file. Health is judged by the real ``assess``."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fleet_agent.collectors.base import ChipIdentity, CollectorError
+from fleet_agent.health import HealthConfig, assess
+from fleet_agent.sampler import Sampler
+from fleet_agent.schema import ChipReport, HostMetrics, NodeReport, Status
+
+TIMEOUT = 0.3
+
+
+class FakeCollector:
+    """Behind ChipCollector: ``hang`` holds calls for a chip until released, ``fail`` raises."""
+
+    name = "nvml"
+
+    def __init__(self, n: int = 2) -> None:
+        self.chips = [ChipIdentity(i, "gpu", "nvidia", "NVIDIA H100 80GB HBM3", f"GPU-{i}",
+                                   f"0000:{i:02x}:00.0") for i in range(n)]
+        self.calls: dict[int, int] = {}
+        self.hang: dict[int, threading.Event] = {}
+        self.fail: dict[int, str] = {}
+        self.discover_error: str | None = None
+        self.discover_hang: threading.Event | None = None
+        self.lock = threading.Lock()
+
+    def discover(self) -> list[ChipIdentity]:
+        if self.discover_hang is not None:
+            self.discover_hang.wait(10)
+        if self.discover_error:
+            raise CollectorError(self.discover_error)
+        return list(self.chips)
+
+    def sample_chip(self, chip: ChipIdentity) -> ChipReport:
+        with self.lock:
+            self.calls[chip.index] = self.calls.get(chip.index, 0) + 1
+        if chip.index in self.hang:
+            self.hang[chip.index].wait(10)
+        if chip.index in self.fail:
+            raise CollectorError(self.fail[chip.index])
+        return ChipReport(index=chip.index, kind=chip.kind, vendor=chip.vendor, model=chip.model,
+                          uuid=chip.uuid, pci_bus_id=chip.pci_bus_id, temperature_c=40.0,
+                          utilization_pct=10.0)
+
+    def driver_version(self) -> str | None:
+        return "550.54.15"
+
+    def close(self) -> None:
+        pass
+
+
+class FakeHost:
+    def collect(self) -> HostMetrics:
+        return HostMetrics(cpu_pct=12.5, load1=0.5)
+
+
+@pytest.fixture
+def pool() -> Iterator[cf.ThreadPoolExecutor]:
+    ex = cf.ThreadPoolExecutor(max_workers=8)
+    yield ex
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
+def _sampler(collector: FakeCollector, pool: cf.Executor, **kw: object) -> Sampler:
+    def judge(report: NodeReport, now: float) -> NodeReport:
+        return assess(report, HealthConfig(), now)
+
+    return Sampler(hostname="node-1", collectors=[collector], host=FakeHost(), assess=judge,
+                   executor=pool, timeout_s=TIMEOUT, interval_s=1.0, **kw)  # type: ignore[arg-type]
+
+
+def test_healthy_sample(pool: cf.ThreadPoolExecutor) -> None:
+    report = _sampler(FakeCollector(), pool, expected_chips=2).sample_once()
+    assert report.host == "node-1" and report.status is Status.HEALTHY
+    assert [c.index for c in report.chips] == [0, 1]
+    assert all(c.status is Status.HEALTHY and not c.stale and c.sampled_at for c in report.chips)
+    assert report.host_metrics.cpu_pct == 12.5
+    assert {s.name: s.ok for s in report.collectors} == {"nvml": True, "host": True}
+    assert report.driver_version == "550.54.15"
+    assert report.sample_duration_s is not None
+
+
+def test_hung_chip_is_stale_unknown_not_reissued_then_recovers(pool: cf.ThreadPoolExecutor) -> None:
+    fake = FakeCollector()
+    release = threading.Event()
+    fake.hang[1] = release
+    sampler = _sampler(fake, pool)
+
+    first = sampler.sample_once()
+    # sample_once came back while the call is still blocked: the deadline, not the call, ended it.
+    assert not release.is_set()
+    hung = first.chips[1]
+    assert hung.status is Status.UNKNOWN and hung.stale
+    assert hung.error == "NVML call timed out after 0.3s"
+    assert first.chips[0].status is Status.HEALTHY
+    assert first.status is Status.UNKNOWN
+
+    second = sampler.sample_once()
+    assert second.chips[1].stale and second.chips[1].error == "NVML call timed out after 0.3s"
+    assert fake.calls[1] == 1, "a hung call must not be issued again while it runs"
+    assert fake.calls[0] == 2
+    assert sampler.guard.in_flight() == 1
+
+    release.set()
+    del fake.hang[1]
+    for _ in range(50):  # wait for the worker thread to finish the late call
+        if sampler.guard.in_flight() == 0:
+            break
+        threading.Event().wait(0.02)
+    third = sampler.sample_once()
+    assert fake.calls[1] == 2
+    assert not third.chips[1].stale and third.chips[1].status is Status.HEALTHY
+    assert third.status is Status.HEALTHY
+
+
+def test_chip_call_error_is_reported_per_chip(pool: cf.ThreadPoolExecutor) -> None:
+    fake = FakeCollector()
+    fake.fail[0] = "NVML: GPU is lost"
+    report = _sampler(fake, pool).sample_once()
+    lost = report.chips[0]
+    assert lost.error == "NVML: GPU is lost" and not lost.stale
+    assert lost.status is Status.UNHEALTHY  # gpu_lost is critical
+    assert report.chips[1].status is Status.HEALTHY
+
+
+def test_failed_discover_makes_node_unknown_with_the_error(pool: cf.ThreadPoolExecutor) -> None:
+    fake = FakeCollector()
+    fake.discover_error = "NVML: Driver Not Loaded"
+    report = _sampler(fake, pool).sample_once()
+    assert report.chips == []
+    assert report.status is Status.UNKNOWN
+    nvml = next(s for s in report.collectors if s.name == "nvml")
+    assert not nvml.ok and nvml.error == "NVML: Driver Not Loaded"
+
+
+def test_hung_discover_keeps_known_chips_as_stale(pool: cf.ThreadPoolExecutor) -> None:
+    fake = FakeCollector()
+    sampler = _sampler(fake, pool)
+    sampler.sample_once()
+    release = threading.Event()
+    fake.discover_hang = release
+    report = sampler.sample_once()
+    release.set()
+    assert [c.index for c in report.chips] == [0, 1]
+    assert all(c.stale and c.status is Status.UNKNOWN for c in report.chips)
+    assert report.chips[0].sampled_at is not None  # the time of the last good reading
+    assert report.status is Status.UNKNOWN
+
+
+def test_exception_that_is_not_a_collector_error_is_named(pool: cf.ThreadPoolExecutor) -> None:
+    fake = FakeCollector()
+    fake.sample_chip = lambda chip: (_ for _ in ()).throw(KeyError("boom"))  # type: ignore[method-assign]
+    report = _sampler(fake, pool).sample_once()
+    assert report.chips[0].error == "NVML: KeyError: 'boom'"
+
+
+def test_drained_file(tmp_path: Path, pool: cf.ThreadPoolExecutor) -> None:
+    drained = tmp_path / "drained"
+    sampler = _sampler(FakeCollector(), pool, drained_file=str(drained))
+    assert sampler.sample_once().drained is False
+    drained.write_text("maintenance: replacing GPU 3\n")
+    report = sampler.sample_once()
+    assert report.drained is True and report.drained_reason == "maintenance: replacing GPU 3"

@@ -1,0 +1,230 @@
+"""fleet_agent.server: routing, auth, liveness, and HTTP abuse over a real loopback socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from fleet_agent.server import AgentHttp, AgentState, ConnectionLimiter, bound_port, start_server
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _state(clock: Clock | None = None) -> AgentState:
+    state = AgentState(5.0, clock=clock or Clock())
+    state.publish(b'{"schema":"fleet.node/v1"}\n', b"fleet_node_drained 0.0\n")
+    return state
+
+
+def test_routes() -> None:
+    http = AgentHttp(_state())
+    assert http.route(b"GET", b"/healthz", []).status == 200
+    node = http.route(b"GET", b"/v1/node?pretty=1", [])
+    assert node.status == 200 and node.content_type == "application/json"
+    assert node.body.startswith(b'{"schema"')
+    metrics = http.route(b"GET", b"/metrics", [])
+    assert metrics.status == 200 and metrics.content_type.startswith("text/plain; version=0.0.4")
+    assert http.route(b"GET", b"/nope", []).status == 404
+    post = http.route(b"POST", b"/v1/node", [])
+    assert post.status == 405 and ("Allow", "GET, HEAD") in post.headers
+
+
+def test_before_first_sample() -> None:
+    http = AgentHttp(AgentState(5.0, clock=Clock()))
+    assert http.route(b"GET", b"/healthz", []).status == 200  # just started: alive
+    assert http.route(b"GET", b"/v1/node", []).status == 503
+    assert http.route(b"GET", b"/metrics", []).status == 503
+
+
+def test_healthz_turns_503_after_three_missed_intervals() -> None:
+    clock = Clock()
+    state = _state(clock)
+    http = AgentHttp(state)
+    clock.t += 14.9
+    assert http.route(b"GET", b"/healthz", []).status == 200
+    clock.t += 0.2
+    r = http.route(b"GET", b"/healthz", [])
+    assert r.status == 503 and b"no sample for 15s" in r.body
+    state.publish(b"{}", b"")
+    assert http.route(b"GET", b"/healthz", []).status == 200
+
+
+def test_lazy_metrics_render_once_per_sample() -> None:
+    state = AgentState(5.0, clock=Clock())
+    calls = []
+
+    def render() -> bytes:
+        calls.append(1)
+        return b"x 1.0\n"
+
+    state.publish(b"{}", render)
+    http = AgentHttp(state)
+    assert http.route(b"GET", b"/metrics", []).body == b"x 1.0\n"
+    assert http.route(b"GET", b"/metrics", []).body == b"x 1.0\n"
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("headers", [
+    [],
+    [(b"authorization", b"Bearer wrong")],
+    [(b"authorization", b"Basic c2VjcmV0")],
+    [(b"authorization", b"Bearer secre")],
+])
+def test_token_required_and_401_says_only_bearer(headers: list[tuple[bytes, bytes]]) -> None:
+    http = AgentHttp(_state(), token="secret")
+    for path in (b"/v1/node", b"/metrics", b"/unknown"):
+        r = http.route(b"GET", path, headers)
+        assert r.status == 401 and r.body == b"" and r.headers == [("WWW-Authenticate", "Bearer")]
+
+
+def test_right_token_and_open_healthz() -> None:
+    http = AgentHttp(_state(), token="secret")
+    assert http.route(b"GET", b"/v1/node", [(b"authorization", b"Bearer secret")]).status == 200
+    assert http.route(b"GET", b"/metrics", [(b"authorization", b"bearer secret")]).status == 200
+    assert http.route(b"GET", b"/healthz", []).status == 200
+
+
+# --- over a socket ---------------------------------------------------------------------------------
+
+
+class Served:
+    def __init__(self, http: AgentHttp) -> None:
+        self.http = http
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            server = await start_server(self.http, "127.0.0.1", 0)
+            self.port = bound_port(server)
+            self.ready.set()
+            self._stop = asyncio.Event()
+            await self._stop.wait()
+            server.close()
+
+        self.loop.run_until_complete(main())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(5)
+
+    def connect(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return s
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served(AgentHttp(_state(), request_timeout_s=0.5, limiter=ConnectionLimiter(4)))
+    yield s
+    s.stop()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        assert data, f"closed early: {buf!r}"
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head, rest
+
+
+def test_keep_alive_serves_two_requests_on_one_connection(served: Served) -> None:
+    with served.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _read_response(s)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"ok\n"
+        s.sendall(b"HEAD /v1/node HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        assert buf.startswith(b"HTTP/1.1 200") and buf.endswith(b"\r\n\r\n")  # HEAD: no body
+
+
+def test_bad_request_line_gets_400_and_close(served: Served) -> None:
+    with served.connect() as s:
+        s.sendall(b"GARBAGE\r\n\r\n")
+        reply = _read_all(s)
+    assert reply.startswith(b"HTTP/1.1 400")
+
+
+def test_huge_header_gets_431(served: Served) -> None:
+    with served.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n")
+        try:
+            reply = _read_all(s)
+        except ConnectionResetError:
+            reply = b""
+    # 431, or a reset when the server closes with the rest of the header unread.
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+    with served.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(s)[0].startswith(b"HTTP/1.1 200 OK")
+
+
+def test_partial_request_is_dropped_after_the_read_timeout(served: Served) -> None:
+    with served.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert _read_all(s) == b""  # closed by the server, nothing sent
+
+
+def test_request_with_body_is_answered_then_closed(served: Served) -> None:
+    with served.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        reply = _read_all(s)
+    assert reply.startswith(b"HTTP/1.1 200") and b"connection: close" in reply.lower()
+
+
+def test_connections_over_the_cap_are_closed(served: Served) -> None:
+    held = [served.connect() for _ in range(4)]
+    try:
+        # Let the server accept the four before the fifth arrives.
+        for h in held:
+            h.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            _read_response(h)
+        with served.connect() as extra:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                assert _read_all(extra) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for h in held:
+            h.close()
+    # Capacity comes back once they are gone.
+    for _ in range(50):
+        if served.http.limiter.active == 0:
+            break
+        threading.Event().wait(0.02)
+    with served.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(s)[0].startswith(b"HTTP/1.1 200")
