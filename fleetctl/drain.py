@@ -137,6 +137,11 @@ class DrainPlan:
         return out
 
 
+def _names(hosts: Sequence[HostLike]) -> str:
+    names = [h.name for h in hosts]
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def scheduler_map(hosts: Sequence[HostLike], scheduler_for: SchedulerFor) -> dict[str, Scheduler]:
     try:
         return {h.name: scheduler_for(h) for h in hosts}
@@ -192,7 +197,7 @@ def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequen
     try:
         current = probe(hosts, scheds)
     except SchedulerError as exc:
-        raise FleetctlError(f"scheduler unavailable, nothing changed: {exc}") from None
+        raise FleetctlError(f"scheduler unavailable for {_names(hosts)}, nothing changed: {exc}") from None
     records = hstate.get_many(conn, [h.name for h in hosts])
     todo: list[str] = []
     skipped: list[Outcome] = []
@@ -340,7 +345,7 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
     try:
         current = probe(hosts, scheds)
     except SchedulerError as exc:
-        raise FleetctlError(f"scheduler unavailable, nothing changed: {exc}") from None
+        raise FleetctlError(f"scheduler unavailable for {_names(hosts)}, nothing changed: {exc}") from None
     records = hstate.get_many(conn, [h.name for h in hosts])
     outcomes: list[Outcome] = []
     candidates: list[HostLike] = []
@@ -459,10 +464,11 @@ def judge_report(report: Any) -> str | None:
     """``None`` when a node report says the host can take work; else why not."""
     status = str(getattr(report.status, "value", report.status))
     if status in ("unhealthy", "unknown"):
-        problems = "; ".join(f"{p.check}: {p.message}" for p in report.problems[:3])
-        chip_problems = [f"chip {c.index} {c.status.value}" for c in report.chips
-                         if c.status.value in ("unhealthy", "unknown")]
-        detail = problems or ", ".join(chip_problems[:3]) or "no detail"
+        found = [p.message for p in report.problems]
+        found += [f"chip {c.index}: {p.message}" for c in report.chips for p in c.problems]
+        found += [f"chip {c.index} {c.status.value}" for c in report.chips
+                  if c.status.value in ("unhealthy", "unknown") and not c.problems]
+        detail = "; ".join(found[:3]) or "no detail"
         return f"agent reports {status} ({detail})"
     if report.chips_expected is not None and len(report.chips) < report.chips_expected:
         return f"agent sees {len(report.chips)} of {report.chips_expected} expected chips"

@@ -195,7 +195,8 @@ class NodeReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
-        return _plain(asdict(self))
+        plain: dict[str, Any] = _plain(asdict(self))
+        return plain
 
 
 def _plain(value: Any) -> Any:

@@ -47,12 +47,17 @@ else
     echo "build.sh: $rootfs_image exists (FORCE=1 rebuilds)"
 fi
 
-if [[ $force == 1 ]] || ! image_exists "$systemd_image"; then
-    docker build --quiet --build-arg "BASE=$rootfs_image" -t "$systemd_image" \
-        -f "$here/debian12-systemd.Dockerfile" "$here" >/dev/null
+# The Dockerfile's hash rides on the image as a label: editing the Dockerfile rebuilds it.
+dockerfile="$here/debian12-systemd.Dockerfile"
+want_hash="$(sha256sum "$dockerfile" | cut -d' ' -f1)"
+have_hash="$(docker image inspect -f '{{ index .Config.Labels "fleetctl.dockerfile.sha256" }}' \
+    "$systemd_image" 2>/dev/null || true)"
+if [[ $force == 1 || $have_hash != "$want_hash" ]]; then
+    docker build --quiet --build-arg "BASE=$rootfs_image" --label "fleetctl.dockerfile.sha256=$want_hash" \
+        -t "$systemd_image" -f "$dockerfile" "$here" >/dev/null
     echo "build.sh: built $systemd_image"
 else
-    echo "build.sh: $systemd_image exists (FORCE=1 rebuilds)"
+    echo "build.sh: $systemd_image is up to date (FORCE=1 rebuilds)"
 fi
 
 echo "build.sh: done in $((SECONDS - start)) s"

@@ -12,6 +12,8 @@ RUN apt-get update \
         ca-certificates iproute2 procps curl \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \
+    # An old mtime: apt's cache_valid_time must see no fresh cache and update it.
+    && touch -d @0 /var/lib/apt/lists \
     # Units that make no sense (or hang) in a container.
     && systemctl mask getty.target console-getty.service systemd-logind.service \
         systemd-remount-fs.service dev-hugepages.mount sys-fs-fuse-connections.mount \

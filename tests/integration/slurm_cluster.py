@@ -135,7 +135,7 @@ class SlurmCluster:
         self._procs.clear()
 
     def _spawn(self, argv: list[str], user: pwd.struct_passwd | None = None) -> None:
-        log = open(self.base / "log" / f"{argv[0]}-{len(self._procs)}.out", "wb")  # noqa: SIM115
+        log = open(self.base / "log" / f"{argv[0]}-{len(self._procs)}.out", "wb")
         kwargs: dict[str, object] = {}
         if user is not None:
             kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}

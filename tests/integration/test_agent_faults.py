@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
 from fleet_agent.schema import Status, parse_node_report
 
 if TYPE_CHECKING:
@@ -79,7 +78,8 @@ def _raw(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
         return b"".join(chunks)
 
 
-def test_malformed_requests_get_4xx_or_close(start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+def test_malformed_requests_get_4xx_or_close(start_agent: Callable[..., AgentProcess],
+                                             tmp_path: Path) -> None:
     scen = _scenario(tmp_path, "  []\n")
     agent = start_agent({"simulation": {"scenario": scen}, "interval_s": 1, "collector_timeout_s": 0.5,
                          "request_timeout_s": 2})

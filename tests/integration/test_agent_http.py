@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from fleet_agent.schema import Status, parse_node_report
+from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
     from conftest import AgentProcess
@@ -68,7 +67,8 @@ def test_healthz_node_and_metrics(start_agent: Callable[..., AgentProcess], scen
     failing = families["fleet_health_check_failing"].samples
     assert [(s.labels["chip"], s.labels["check"]) for s in failing] == [("5", "row_remap")]
     head = agent.get("/metrics", method="HEAD")
-    assert head.status == 200 and head.body == b"" and int(head.headers["content-length"]) == len(metrics.body)
+    assert head.status == 200 and head.body == b""
+    assert int(head.headers["content-length"]) == len(metrics.body)
 
 
 def test_tpu_host(start_agent: Callable[..., AgentProcess], scenario: str) -> None:

@@ -149,8 +149,8 @@ def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
                     if api.pdb_refusals.get(key, 0) > 0:
                         api.pdb_refusals[key] -= 1
                         api.evictions.append((*key, 429, grace))
-                        return self._status(429, "TooManyRequests",
-                                            "Cannot evict pod as it would violate the pod's disruption budget.")
+                        return self._status(429, "TooManyRequests", "Cannot evict pod as it would "
+                                            "violate the pod's disruption budget.")
                     api.evictions.append((*key, 201, grace))
                     pod = api.pods[key]
                     pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"

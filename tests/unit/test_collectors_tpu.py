@@ -160,3 +160,22 @@ def test_tpu_faults(kind: str, expect_chips: int, available: bool) -> None:
     assert len(chips) == expect_chips
     rep = col.sample_chip(chips[-1])
     assert rep.tpu is not None and rep.tpu.runtime_metrics_available is available
+
+
+def test_tpu_hang_blocks_the_metrics_call_until_released() -> None:
+    import threading
+
+    sc = parse_scenario({"groups": [{"name": "t", "count": 1, "kind": "tpu", "model": "v5e", "chips": 4}],
+                         "faults": [{"kind": "hang", "group": "t", "hosts": [0], "chips": [2]}]})
+    host = sc.host(0)
+    col = host.collector()
+    chips = col.discover()  # presence comes from PCI: it does not hang
+    assert len(chips) == 4
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (col.sample_chip(chips[0]), done.set()), daemon=True)
+    thread.start()
+    assert not done.wait(0.3)
+    host.release_hangs()
+    assert done.wait(5)
+    rep = col.sample_chip(chips[2])
+    assert rep.tpu is not None and rep.tpu.runtime_metrics_available

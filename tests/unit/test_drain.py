@@ -112,8 +112,8 @@ def sched() -> FakeScheduler:
     return FakeScheduler()
 
 
-def run_drain(conn: sqlite3.Connection, sched: FakeScheduler, hosts: Sequence[FakeHost], clock: Clock | None = None,
-              **kw: Any) -> list[core.Outcome]:
+def run_drain(conn: sqlite3.Connection, sched: FakeScheduler, hosts: Sequence[FakeHost],
+              clock: Clock | None = None, **kw: Any) -> list[core.Outcome]:
     clock = clock or Clock()
     opts = core.DrainOptions(reason=kw.pop("reason", "bad fan"), actor="alice", poll_s=1.0, **kw)
     return core.drain(conn, hosts, HOSTS, lambda h: sched, opts, sleep=clock.sleep, clock=clock)
@@ -136,7 +136,8 @@ def test_drain_waits_for_jobs_with_backoff(conn: sqlite3.Connection, sched: Fake
     assert clock.sleeps[:5] == [1.0, 2.0, 4.0, 8.0, 10.0]  # doubling poll interval, capped
 
 
-def test_drain_timeout_leaves_drain_failed_and_cordoned(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+def test_drain_timeout_leaves_drain_failed_and_cordoned(conn: sqlite3.Connection,
+                                                        sched: FakeScheduler) -> None:
     sched.jobs["h0"] = ["job 42"]
     sched.finish_after["h0"] = 10_000
     [out] = run_drain(conn, sched, [HOSTS[0]], timeout_s=30)
@@ -165,13 +166,15 @@ def test_foreign_drain_is_reported_and_left_alone(conn: sqlite3.Connection, sche
 
 def test_scheduler_down_aborts_with_nothing_written(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
     sched.down = True
-    with pytest.raises(FleetctlError, match="scheduler unavailable, nothing changed: fake controller") as err:
+    with pytest.raises(FleetctlError,
+                       match="scheduler unavailable for h0, nothing changed: fake controller") as err:
         run_drain(conn, sched, [HOSTS[0]])
     assert err.value.exit_code == 1
     assert hs.audit(conn, "h0") == []
 
 
-def test_scheduler_refusal_after_cordon_reverts_to_active(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+def test_scheduler_refusal_after_cordon_reverts_to_active(conn: sqlite3.Connection,
+                                                          sched: FakeScheduler) -> None:
     sched.fail_drain.add("h0")
     [out] = run_drain(conn, sched, [HOSTS[0]])
     assert not out.ok and out.state == "active" and "update refused" in out.message
@@ -238,7 +241,8 @@ def test_undrain_puts_a_healthy_host_back(conn: sqlite3.Connection, sched: FakeS
     assert hs.audit(conn, "h0")[-1].actor == "bob"
 
 
-def test_undrain_refuses_an_unhealthy_host_unless_forced(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+def test_undrain_refuses_an_unhealthy_host_unless_forced(conn: sqlite3.Connection,
+                                                         sched: FakeScheduler) -> None:
     run_drain(conn, sched, [HOSTS[0]])
 
     def sick(hosts: Sequence[HostLike]) -> dict[str, str | None]:

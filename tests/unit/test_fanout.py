@@ -18,18 +18,40 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 def node_json(host: str = "n1", *, schema: str | None = None) -> bytes:
-    chips = [ChipReport(index=i, kind="gpu", vendor="nvidia", model="NVIDIA H100 80GB HBM3", uuid=f"GPU-{i}",
-                        pci_bus_id=f"0000:0{i}:00.0", status=Status.HEALTHY, temperature_c=40.0 + i,
-                        utilization_pct=50.0) for i in range(2)]
-    doc = NodeReport(host=host, agent_version="0.1.0", sampled_at=time.time(), interval_s=5.0,
-                     status=Status.HEALTHY, chips_expected=2, chips=chips, host_metrics=HostMetrics()).to_dict()
+    chips = [
+        ChipReport(
+            index=i,
+            kind="gpu",
+            vendor="nvidia",
+            model="NVIDIA H100 80GB HBM3",
+            uuid=f"GPU-{i}",
+            pci_bus_id=f"0000:0{i}:00.0",
+            status=Status.HEALTHY,
+            temperature_c=40.0 + i,
+            utilization_pct=50.0,
+        )
+        for i in range(2)
+    ]
+    doc = NodeReport(
+        host=host,
+        agent_version="0.1.0",
+        sampled_at=time.time(),
+        interval_s=5.0,
+        status=Status.HEALTHY,
+        chips_expected=2,
+        chips=chips,
+        host_metrics=HostMetrics(),
+    ).to_dict()
     if schema is not None:
         doc["schema"] = schema
     return json.dumps(doc).encode()
 
 
 def http(body: bytes, status: str = "200 OK", ctype: str = "application/json") -> bytes:
-    head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -43,6 +65,7 @@ def replying(payload: bytes) -> Handler:
         writer.write(payload)
         await writer.drain()
         writer.close()
+
     return handle
 
 
@@ -73,6 +96,7 @@ def auth_required(token: str) -> Handler:
             writer.write(http(b'{"error": "unauthorized"}', "401 Unauthorized"))
         await writer.drain()
         writer.close()
+
     return handle
 
 
@@ -83,12 +107,20 @@ def free_port() -> int:
 
 
 def host(name: str, port: int, token: str | None = None) -> Host:
-    return Host(name=name, address="127.0.0.1", groups=("gpu_nodes",), vars={}, agent_port=port,
-                agent_token=Secret(plain=token) if token else None, expected_chips=None)
+    return Host(
+        name=name,
+        address="127.0.0.1",
+        groups=("gpu_nodes",),
+        vars={},
+        agent_port=port,
+        agent_token=Secret(plain=token) if token else None,
+        expected_chips=None,
+    )
 
 
-async def run_against(handlers: dict[str, Handler | None], options: FanoutOptions,
-                      tokens: dict[str, str] | None = None) -> dict[str, FetchResult]:
+async def run_against(
+    handlers: dict[str, Handler | None], options: FanoutOptions, tokens: dict[str, str] | None = None
+) -> dict[str, FetchResult]:
     servers = []
     hosts = []
     for name, handler in handlers.items():
@@ -109,8 +141,9 @@ async def run_against(handlers: dict[str, Handler | None], options: FanoutOption
 FAST = FanoutOptions(timeout_s=0.5, deadline_s=5.0, concurrency=16)
 
 
-def classify(handler: Handler | None, options: FanoutOptions = FAST,
-             tokens: dict[str, str] | None = None) -> FetchResult:
+def classify(
+    handler: Handler | None, options: FanoutOptions = FAST, tokens: dict[str, str] | None = None
+) -> FetchResult:
     return asyncio.run(run_against({"n1": handler}, options, tokens))["n1"]
 
 
@@ -120,20 +153,23 @@ def test_ok_report_is_parsed() -> None:
     assert r.report is not None and r.report.host == "n1" and len(r.report.chips) == 2
 
 
-@pytest.mark.parametrize(("handler", "kind", "detail"), [
-    (None, FetchKind.REFUSED, "connection refused"),
-    (hung, FetchKind.TIMEOUT, "no response within 0.5s"),
-    (dripping, FetchKind.SLOW, "response incomplete after 0.5s"),
-    (closing, FetchKind.GARBAGE, "closed"),
-    (replying(b"SSH-2.0-OpenSSH_9.2\r\n"), FetchKind.GARBAGE, "not an HTTP response"),
-    (replying(http(b"<html>oops</html>", ctype="text/html")), FetchKind.INVALID_JSON, "invalid JSON"),
-    (replying(http(b"\xff\xfe\x00")), FetchKind.INVALID_JSON, "invalid JSON"),
-    (replying(http(node_json(schema="fleet.node/v0"))), FetchKind.SCHEMA_VERSION, "fleet.node/v0"),
-    (replying(http(b'{"schema": "fleet.node/v1", "host": "x"}')), FetchKind.BAD_SCHEMA, "missing"),
-    (replying(http(b"[1, 2]")), FetchKind.BAD_SCHEMA, "expected a JSON object"),
-    (replying(http(b"boom", "500 Internal Server Error")), FetchKind.HTTP_ERROR, "HTTP 500"),
-    (auth_required("s3cret"), FetchKind.UNAUTHORIZED, "a bearer token is required"),
-])
+@pytest.mark.parametrize(
+    ("handler", "kind", "detail"),
+    [
+        (None, FetchKind.REFUSED, "connection refused"),
+        (hung, FetchKind.TIMEOUT, "no response within 0.5s"),
+        (dripping, FetchKind.SLOW, "response incomplete after 0.5s"),
+        (closing, FetchKind.GARBAGE, "closed"),
+        (replying(b"SSH-2.0-OpenSSH_9.2\r\n"), FetchKind.GARBAGE, "not an HTTP response"),
+        (replying(http(b"<html>oops</html>", ctype="text/html")), FetchKind.INVALID_JSON, "invalid JSON"),
+        (replying(http(b"\xff\xfe\x00")), FetchKind.INVALID_JSON, "invalid JSON"),
+        (replying(http(node_json(schema="fleet.node/v0"))), FetchKind.SCHEMA_VERSION, "fleet.node/v0"),
+        (replying(http(b'{"schema": "fleet.node/v1", "host": "x"}')), FetchKind.BAD_SCHEMA, "missing"),
+        (replying(http(b"[1, 2]")), FetchKind.BAD_SCHEMA, "expected a JSON object"),
+        (replying(http(b"boom", "500 Internal Server Error")), FetchKind.HTTP_ERROR, "HTTP 500"),
+        (auth_required("s3cret"), FetchKind.UNAUTHORIZED, "a bearer token is required"),
+    ],
+)
 def test_every_fault_is_classified(handler: Handler | None, kind: FetchKind, detail: str) -> None:
     r = classify(handler)
     assert r.kind is kind, r.detail
@@ -182,15 +218,22 @@ def test_agents_report_builds_rows_for_every_host() -> None:
     async def scenario() -> None:
         good = await asyncio.start_server(replying(http(node_json("good"))), "127.0.0.1", 0)
         bad = await asyncio.start_server(replying(b"garbage\r\n\r\n"), "127.0.0.1", 0)
-        hosts = [host("good", good.sockets[0].getsockname()[1]), host("bad", bad.sockets[0].getsockname()[1]),
-                 host("gone", free_port())]
+        hosts = [
+            host("good", good.sockets[0].getsockname()[1]),
+            host("bad", bad.sockets[0].getsockname()[1]),
+            host("gone", free_port()),
+        ]
         loop = asyncio.get_running_loop()
         # agents_report runs its own event loop: call it from a worker thread.
         report = await loop.run_in_executor(None, lambda: agents_report(hosts, FAST, pattern="all"))
         good.close()
         bad.close()
         states = {h.name: (h.status.value, h.reason_kind) for h in report.hosts}
-        assert states == {"good": ("healthy", None), "bad": ("error", "garbage"),
-                          "gone": ("unreachable", "refused")}
+        assert states == {
+            "good": ("healthy", None),
+            "bad": ("error", "garbage"),
+            "gone": ("unreachable", "refused"),
+        }
         assert report.exit_code == 1
+
     asyncio.run(scenario())

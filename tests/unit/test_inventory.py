@@ -67,20 +67,24 @@ def test_hosts_vars_and_defaults(inv: Path, cache: Path) -> None:
     assert "groups" not in v.vars and "inventory_hostname" not in v.vars  # magic vars are dropped
 
 
-@pytest.mark.parametrize(("pattern", "expected"), [
-    (None, ["h100-0001", "h100-0002", "h100-0003", "v5e-0001"]),
-    ("gpu_nodes", ["h100-0001", "h100-0002", "h100-0003"]),
-    ("v5e-0001", ["v5e-0001"]),
-    ("gpu_nodes:&rack1", ["h100-0001"]),
-    ("all:!h100-0003", ["h100-0001", "h100-0002", "v5e-0001"]),
-    ("gpu_nodes:!h100-0002", ["h100-0001", "h100-0003"]),
-    ("h100-*", ["h100-0001", "h100-0002", "h100-0003"]),
-    ("~v5e-.*", ["v5e-0001"]),
-    ("gpu_nodes[0:1]", ["h100-0001", "h100-0002"]),
-    ("tpu_nodes,h100-0003", ["v5e-0001", "h100-0003"]),
-])
-def test_patterns_as_ansible_reads_them(inv: Path, cache: Path, pattern: str | None,
-                                        expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        (None, ["h100-0001", "h100-0002", "h100-0003", "v5e-0001"]),
+        ("gpu_nodes", ["h100-0001", "h100-0002", "h100-0003"]),
+        ("v5e-0001", ["v5e-0001"]),
+        ("gpu_nodes:&rack1", ["h100-0001"]),
+        ("all:!h100-0003", ["h100-0001", "h100-0002", "v5e-0001"]),
+        ("gpu_nodes:!h100-0002", ["h100-0001", "h100-0003"]),
+        ("h100-*", ["h100-0001", "h100-0002", "h100-0003"]),
+        ("~v5e-.*", ["v5e-0001"]),
+        ("gpu_nodes[0:1]", ["h100-0001", "h100-0002"]),
+        ("tpu_nodes,h100-0003", ["v5e-0001", "h100-0003"]),
+    ],
+)
+def test_patterns_as_ansible_reads_them(
+    inv: Path, cache: Path, pattern: str | None, expected: list[str]
+) -> None:
     cold = load_inventory(str(inv), cache_dir=cache)
     warm = load_inventory(str(inv), cache_dir=cache)
     assert not cold.from_cache and warm.from_cache
@@ -131,8 +135,10 @@ def test_ini_and_directory_sources(tmp_path: Path, cache: Path) -> None:
 
 def test_executable_inventory_is_never_cached(tmp_path: Path, cache: Path) -> None:
     script = tmp_path / "dyn.py"
-    script.write_text(f"#!{sys.executable}\nimport json\n"
-                      "print(json.dumps({'gpu_nodes': {'hosts': ['d1', 'd2']}, '_meta': {'hostvars': {}}}))\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport json\n"
+        "print(json.dumps({'gpu_nodes': {'hosts': ['d1', 'd2']}, '_meta': {'hostvars': {}}}))\n"
+    )
     script.chmod(0o755)
     first = load_inventory(str(script), cache_dir=cache)
     second = load_inventory(str(script), cache_dir=cache)
@@ -172,8 +178,10 @@ def test_bad_port_names_host_and_variable(tmp_path: Path, cache: Path) -> None:
 
 def test_templated_address_is_rendered(tmp_path: Path, cache: Path) -> None:
     f = tmp_path / "t.yml"
-    f.write_text("all:\n  vars:\n    domain: lab.example\n  hosts:\n"
-                 "    h1: {ansible_host: '{{ inventory_hostname }}.{{ domain }}'}\n")
+    f.write_text(
+        "all:\n  vars:\n    domain: lab.example\n  hosts:\n"
+        "    h1: {ansible_host: '{{ inventory_hostname }}.{{ domain }}'}\n"
+    )
     assert load_inventory(str(f), cache_dir=cache).hosts["h1"].address == "h1.lab.example"
 
 
@@ -186,13 +194,25 @@ def test_plain_token_is_a_secret_and_not_a_var(tmp_path: Path, cache: Path) -> N
     assert "fleet_agent_token" not in h.vars
 
 
-def test_vault_token_stays_encrypted_in_the_cache(tmp_path: Path, cache: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vault_token_stays_encrypted_in_the_cache(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pw = tmp_path / "vault-pass"
     pw.write_text("correct horse\n")
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-vault"), "encrypt_string", "--vault-password-file",
-         str(pw), "tok-123", "--name", "fleet_agent_token"], check=True, capture_output=True, text=True).stdout
+        [
+            str(Path(sys.executable).parent / "ansible-vault"),
+            "encrypt_string",
+            "--vault-password-file",
+            str(pw),
+            "tok-123",
+            "--name",
+            "fleet_agent_token",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     d = tmp_path / "inv"
     (d / "group_vars").mkdir(parents=True)
     (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n")
@@ -233,15 +253,22 @@ def test_no_inventory_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_cli_inventory_json_masks_secrets(inv: Path, tmp_path: Path) -> None:
     env = {**os.environ, "FLEETCTL_CACHE_DIR": str(tmp_path / "c")}
-    (inv.parent / "group_vars" / "gpu_nodes.yml").write_text("fleet_agent_token: hunter2\nbmc_password: pw1\n")
-    out = subprocess.run([FLEETCTL, "inventory", "-i", str(inv), "gpu_nodes:&rack1",
-                          "--json", "--vars"], capture_output=True, text=True, env=env)
+    (inv.parent / "group_vars" / "gpu_nodes.yml").write_text(
+        "fleet_agent_token: hunter2\nbmc_password: pw1\n"
+    )
+    out = subprocess.run(
+        [FLEETCTL, "inventory", "-i", str(inv), "gpu_nodes:&rack1", "--json", "--vars"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert [h["name"] for h in doc] == ["h100-0001"]
     assert doc[0]["token"] == "set" and doc[0]["vars"]["bmc_password"] == "<hidden>"
     assert "hunter2" not in out.stdout and "pw1" not in out.stdout
-    bad = subprocess.run([FLEETCTL, "inventory", "-i", str(inv), "nosuch"],
-                         capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [FLEETCTL, "inventory", "-i", str(inv), "nosuch"], capture_output=True, text=True, env=env
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "matches no host" in bad.stderr

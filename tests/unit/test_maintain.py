@@ -1,4 +1,4 @@
-"""fleetctl.maintain with a fake scheduler, provisioner and health check (same interfaces as the real ones)."""
+"""fleetctl.maintain with a fake scheduler, provisioner and health check (the real ones' interfaces)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_quarantined_hosts_count_against_max_unavailable(conn: sqlite3.Connectio
 
 def test_batch_larger_than_max_unavailable_is_a_usage_error(conn: sqlite3.Connection) -> None:
     log: list[tuple[str, str]] = []
-    with pytest.raises(UsageError, match="--batch 2 .* more than --max-unavailable 1"):
+    with pytest.raises(UsageError, match=r"--batch 2 .* more than --max-unavailable 1"):
         run(conn, FakeScheduler(log), FakeProvisioner(log), FakeHealth(), batch=Size(2))
     assert log == []
 

@@ -22,12 +22,20 @@ NOW = 1_800_000_000.0
 
 
 def host(name: str, port: int, expected: int | None = 2, groups: tuple[str, ...] = ("gpu_nodes",)) -> Host:
-    return Host(name=name, address="127.0.0.1", groups=groups, vars={}, agent_port=port, expected_chips=expected)
+    return Host(
+        name=name, address="127.0.0.1", groups=groups, vars={}, agent_port=port, expected_chips=expected
+    )
 
 
 def chip_labels(h: str, chip: int, **extra: str) -> dict[str, str]:
-    return {"host": h, "chip": str(chip), "kind": "gpu", "model": "NVIDIA H100 80GB HBM3", "uuid": f"U{chip}",
-            **extra}
+    return {
+        "host": h,
+        "chip": str(chip),
+        "kind": "gpu",
+        "model": "NVIDIA H100 80GB HBM3",
+        "uuid": f"U{chip}",
+        **extra,
+    }
 
 
 class FakePrometheus:
@@ -39,17 +47,28 @@ class FakePrometheus:
     def query(self, promql: str) -> list[Sample]:
         self.queries.append(promql)
         series: dict[str, list[Sample]] = {
-            "up": [({"host": "good"}, 1.0), ({"host": "hot"}, 1.0), ({"host": "down"}, 0.0),
-                   ({"host": "stranger"}, 1.0), ({"job": "prometheus"}, 1.0)],
-            "fleet_node_status == 1": [({"host": "good", "status": "healthy"}, 1.0),
-                                       ({"host": "hot", "status": "unhealthy"}, 1.0),
-                                       ({"host": "stranger", "status": "healthy"}, 1.0)],
+            "up": [
+                ({"host": "good"}, 1.0),
+                ({"host": "hot"}, 1.0),
+                ({"host": "down"}, 0.0),
+                ({"host": "stranger"}, 1.0),
+                ({"job": "prometheus"}, 1.0),
+            ],
+            "fleet_node_status == 1": [
+                ({"host": "good", "status": "healthy"}, 1.0),
+                ({"host": "hot", "status": "unhealthy"}, 1.0),
+                ({"host": "stranger", "status": "healthy"}, 1.0),
+            ],
             "fleet_chip_status == 1": [
-                (chip_labels("good", 0, status="healthy"), 1.0), (chip_labels("good", 1, status="healthy"), 1.0),
-                (chip_labels("hot", 0, status="healthy"), 1.0), (chip_labels("hot", 1, status="unhealthy"), 1.0)],
-            "fleet_health_check_failing == 1": [(chip_labels("hot", 1, check="xid", severity="critical"), 1.0),
-                                                ({"host": "hot", "chip": "node", "check": "collector",
-                                                  "severity": "warning"}, 1.0)],
+                (chip_labels("good", 0, status="healthy"), 1.0),
+                (chip_labels("good", 1, status="healthy"), 1.0),
+                (chip_labels("hot", 0, status="healthy"), 1.0),
+                (chip_labels("hot", 1, status="unhealthy"), 1.0),
+            ],
+            "fleet_health_check_failing == 1": [
+                (chip_labels("hot", 1, check="xid", severity="critical"), 1.0),
+                ({"host": "hot", "chip": "node", "check": "collector", "severity": "warning"}, 1.0),
+            ],
             "fleet_agent_info": [({"host": "good", "version": "0.1.0"}, 1.0)],
             "fleet_sample_timestamp_seconds": [({"host": "good"}, NOW - 4), ({"host": "hot"}, NOW - 2)],
             "fleet_node_chips_expected": [({"host": "good"}, 2.0)],
@@ -74,16 +93,20 @@ def test_report_from_prometheus() -> None:
     assert good.mean_utilization_pct == pytest.approx(60.0) and good.age_s == 4.0
     assert good.memory_used_bytes == 2**30
     assert hot.status is HostState.UNHEALTHY
-    assert [(p.check, p.severity, p.chip) for p in hot.problems] == [("xid", "critical", 1),
-                                                                    ("collector", "warning", None)]
+    assert [(p.check, p.severity, p.chip) for p in hot.problems] == [
+        ("xid", "critical", 1),
+        ("collector", "warning", None),
+    ]
     assert rows["down"].status is HostState.UNREACHABLE and rows["down"].reason_kind == "scrape_failed"
     assert rows["unknown"].status is HostState.UNREACHABLE and rows["unknown"].reason_kind == "not_scraped"
     assert report.source == "prometheus" and report.exit_code == 1
 
 
 def test_parse_vector_errors_name_the_query() -> None:
-    doc = {"status": "success", "data": {"resultType": "vector",
-                                         "result": [{"metric": {"host": "a"}, "value": [1, "0.5"]}]}}
+    doc = {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [{"metric": {"host": "a"}, "value": [1, "0.5"]}]},
+    }
     assert parse_vector(doc, "q") == [({"host": "a"}, 0.5)]
     with pytest.raises(PrometheusError, match="q: parse error"):
         parse_vector({"status": "error", "error": "parse error"}, "q")

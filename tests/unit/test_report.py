@@ -17,19 +17,45 @@ from fleetctl.report import (
 NOW = 1_800_000_000.0
 
 
-def node(status: Status = Status.HEALTHY, chips: int = 2, *, age: float = 2.0,
-         chip_problem: Problem | None = None, node_problem: Problem | None = None) -> NodeReport:
+def node(
+    status: Status = Status.HEALTHY,
+    chips: int = 2,
+    *,
+    age: float = 2.0,
+    chip_problem: Problem | None = None,
+    node_problem: Problem | None = None,
+) -> NodeReport:
     cs = []
     for i in range(chips):
         bad = chip_problem is not None and i == 1
-        cs.append(ChipReport(index=i, kind="gpu", vendor="nvidia", model="NVIDIA H100 80GB HBM3", uuid=f"GPU-{i}",
-                             pci_bus_id="", status=Status.UNHEALTHY if bad else Status.HEALTHY,
-                             temperature_c=50.0 + 10 * i, utilization_pct=20.0 + 40 * i,
-                             memory_used_bytes=2**30 * (i + 1), memory_total_bytes=80 * 2**30, power_w=300.0,
-                             problems=[chip_problem] if bad and chip_problem else []))
-    return NodeReport(host="n", agent_version="0.1.0", sampled_at=NOW - age, interval_s=5.0, status=status,
-                      chips_expected=None, chips=cs, host_metrics=HostMetrics(),
-                      problems=[node_problem] if node_problem else [])
+        cs.append(
+            ChipReport(
+                index=i,
+                kind="gpu",
+                vendor="nvidia",
+                model="NVIDIA H100 80GB HBM3",
+                uuid=f"GPU-{i}",
+                pci_bus_id="",
+                status=Status.UNHEALTHY if bad else Status.HEALTHY,
+                temperature_c=50.0 + 10 * i,
+                utilization_pct=20.0 + 40 * i,
+                memory_used_bytes=2**30 * (i + 1),
+                memory_total_bytes=80 * 2**30,
+                power_w=300.0,
+                problems=[chip_problem] if bad and chip_problem else [],
+            )
+        )
+    return NodeReport(
+        host="n",
+        agent_version="0.1.0",
+        sampled_at=NOW - age,
+        interval_s=5.0,
+        status=status,
+        chips_expected=None,
+        chips=cs,
+        host_metrics=HostMetrics(),
+        problems=[node_problem] if node_problem else [],
+    )
 
 
 XID = Problem("xid", Severity.CRITICAL, "XID 79: fell off the bus", Action.REBOOT)
@@ -85,8 +111,15 @@ def fleet() -> FleetReport:
     hosts = [
         row(node(), name="ok-1"),
         row(node(Status.DEGRADED), name="warm-1"),
-        host_row_failed("gone-1", "127.0.0.1", 1, ("gpu_nodes",), reachable=False, kind="refused",
-                        reason="connection refused"),
+        host_row_failed(
+            "gone-1",
+            "127.0.0.1",
+            1,
+            ("gpu_nodes",),
+            reachable=False,
+            kind="refused",
+            reason="connection refused",
+        ),
         row(node(Status.UNHEALTHY, chip_problem=XID), name="bad-1"),
     ]
     return FleetReport(generated_at=NOW, source="agents", hosts=hosts, inventory="inv.yml", duration_s=0.5)
@@ -102,8 +135,14 @@ def test_worst_first_and_other_sorts() -> None:
 def test_summary_and_exit_code() -> None:
     r = fleet()
     s = r.summary()
-    assert s.hosts == {"healthy": 1, "degraded": 1, "unknown": 0, "error": 0, "unreachable": 1,
-                       "unhealthy": 1}
+    assert s.hosts == {
+        "healthy": 1,
+        "degraded": 1,
+        "unknown": 0,
+        "error": 0,
+        "unreachable": 1,
+        "unhealthy": 1,
+    }
     assert s.chips == {"healthy": 5, "degraded": 0, "unknown": 0, "unhealthy": 1}
     assert r.exit_code == 1
     assert FleetReport(generated_at=NOW, source="agents", hosts=[row(node())]).exit_code == 0
@@ -112,15 +151,49 @@ def test_summary_and_exit_code() -> None:
 def test_json_document_is_stable() -> None:
     doc = json.loads(fleet().sort().to_json())
     assert doc["schema"] == REPORT_SCHEMA
-    assert list(doc) == ["schema", "generated_at", "source", "inventory", "pattern", "duration_s", "exit_code",
-                         "summary", "hosts"]
+    assert list(doc) == [
+        "schema",
+        "generated_at",
+        "source",
+        "inventory",
+        "pattern",
+        "duration_s",
+        "exit_code",
+        "summary",
+        "hosts",
+    ]
     assert doc["summary"]["hosts"]["total"] == 4 and doc["summary"]["chips"]["total"] == 6
     bad, gone = doc["hosts"][0], doc["hosts"][1]
-    assert list(bad) == ["name", "address", "port", "groups", "status", "reason", "agent_version", "sampled_at",
-                         "age_s", "drained", "chips_expected", "chips_present", "chips_ok", "max_temperature_c",
-                         "mean_utilization_pct", "memory_used_bytes", "memory_total_bytes", "problems", "chips"]
-    assert bad["problems"] == [{"check": "xid", "severity": "critical", "message": "XID 79: fell off the bus",
-                                "action": "reboot", "chip": 1}]
+    assert list(bad) == [
+        "name",
+        "address",
+        "port",
+        "groups",
+        "status",
+        "reason",
+        "agent_version",
+        "sampled_at",
+        "age_s",
+        "drained",
+        "chips_expected",
+        "chips_present",
+        "chips_ok",
+        "max_temperature_c",
+        "mean_utilization_pct",
+        "memory_used_bytes",
+        "memory_total_bytes",
+        "problems",
+        "chips",
+    ]
+    assert bad["problems"] == [
+        {
+            "check": "xid",
+            "severity": "critical",
+            "message": "XID 79: fell off the bus",
+            "action": "reboot",
+            "chip": 1,
+        }
+    ]
     assert bad["chips"][1]["status"] == "unhealthy" and bad["chips"][1]["temperature_c"] == 60.0
     assert gone["status"] == "unreachable"
     assert gone["reason"] == {"kind": "refused", "message": "connection refused"}

@@ -14,7 +14,7 @@ from fleet_agent.health import HealthConfig, assess
 from fleet_agent.sampler import Sampler
 from fleet_agent.schema import ChipReport, HostMetrics, NodeReport, Status
 
-TIMEOUT = 0.3
+TIMEOUT = 1.0  # generous: the healthy chips must answer within it on a busy machine
 
 
 class FakeCollector:
@@ -99,12 +99,12 @@ def test_hung_chip_is_stale_unknown_not_reissued_then_recovers(pool: cf.ThreadPo
     assert not release.is_set()
     hung = first.chips[1]
     assert hung.status is Status.UNKNOWN and hung.stale
-    assert hung.error == "NVML call timed out after 0.3s"
+    assert hung.error == "NVML call timed out after 1.0s"
     assert first.chips[0].status is Status.HEALTHY
     assert first.status is Status.UNKNOWN
 
     second = sampler.sample_once()
-    assert second.chips[1].stale and second.chips[1].error == "NVML call timed out after 0.3s"
+    assert second.chips[1].stale and second.chips[1].error == "NVML call timed out after 1.0s"
     assert fake.calls[1] == 1, "a hung call must not be issued again while it runs"
     assert fake.calls[0] == 2
     assert sampler.guard.in_flight() == 1

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from collections.abc import Iterator
 
 import pytest
-from fleet_agent.server import AgentHttp, AgentState, ConnectionLimiter, bound_port, start_server
+from fleet_agent.schema import ChipReport, GpuDetails, HostMetrics, NodeReport, Status
+from fleet_agent.server import (
+    AgentHttp,
+    AgentState,
+    ConnectionLimiter,
+    bound_port,
+    render_json,
+    start_server,
+)
 
 
 class Clock:
@@ -91,6 +100,18 @@ def test_right_token_and_open_healthz() -> None:
     assert http.route(b"GET", b"/v1/node", [(b"authorization", b"Bearer secret")]).status == 200
     assert http.route(b"GET", b"/metrics", [(b"authorization", b"bearer secret")]).status == 200
     assert http.route(b"GET", b"/healthz", []).status == 200
+
+
+def test_render_json_matches_to_dict() -> None:
+    chip = ChipReport(index=0, kind="gpu", vendor="nvidia", model="m", uuid="u", pci_bus_id="p",
+                      status=Status.DEGRADED, temperature_c=50.5,
+                      gpu=GpuDetails(xid_counts={"79": 1}, throttle_reasons=["hw_thermal"]))
+    report = NodeReport(host="h", agent_version="0", sampled_at=1.0, interval_s=5.0, status=Status.DEGRADED,
+                        chips_expected=None, chips=[chip], host_metrics=HostMetrics(load1=0.5))
+    assert json.loads(render_json(report)) == report.to_dict()
+    chip.power_w = float("nan")  # not JSON: null, as to_dict makes it
+    doc = json.loads(render_json(report))
+    assert doc == report.to_dict() and doc["chips"][0]["power_w"] is None
 
 
 # --- over a socket ---------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ class FakeRunner:
     def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0) -> CommandResult:
         self.calls.append(list(argv))
         if self.down:
-            return CommandResult(1, "", "slurm_load_node error: Unable to contact slurm controller (connect failure)")
+            return CommandResult(1, "", "slurm_load_node error: Unable to contact slurm controller "
+                                        "(connect failure)")
         if argv[:3] == ["scontrol", "show", "node"]:
             names = argv[4:] or list(self.nodes)
             if any(n not in self.nodes for n in names):
@@ -86,12 +87,14 @@ class FakeRunner:
             node = argv[2].removeprefix("NodeName=")
             if argv[3] == "State=DRAIN":
                 busy = self.nodes[node][0].startswith("ALLOC")
-                self.nodes[node] = ("ALLOCATED+DRAIN" if busy else "IDLE+DRAIN", argv[4].removeprefix("Reason="))
+                self.nodes[node] = ("ALLOCATED+DRAIN" if busy else "IDLE+DRAIN",
+                                    argv[4].removeprefix("Reason="))
             elif argv[3] == "State=RESUME":
                 self.nodes[node] = ("IDLE", None)
             return CommandResult(0, "", "")
         if argv[0] == "squeue":
-            return CommandResult(0, "17 alice train\n" if self.nodes[argv[3]][0].startswith("ALLOC") else "", "")
+            busy = self.nodes[argv[3]][0].startswith("ALLOC")
+            return CommandResult(0, "17 alice train\n" if busy else "", "")
         raise AssertionError(argv)
 
 
@@ -160,6 +163,7 @@ def test_runner_and_factory_from_inventory_vars() -> None:
     assert s.kind == "slurm" and s.runner.where == "ssh slurm@10.0.0.2"  # type: ignore[attr-defined]
     with pytest.raises(SchedulerConfigError, match="fleet_slurm_controller='nope' is not a host"):
         factory(FakeHost("n2", vars={"fleet_scheduler": "slurm", "fleet_slurm_controller": "nope"}))
-    with pytest.raises(SchedulerConfigError, match="fleet_scheduler='pbs' is not one of slurm, kubernetes, none"):
+    with pytest.raises(SchedulerConfigError,
+                       match="fleet_scheduler='pbs' is not one of slurm, kubernetes, none"):
         factory(FakeHost("n3", vars={"fleet_scheduler": "pbs"}))
     assert factory(FakeHost("n4")).kind == "none"

@@ -28,7 +28,6 @@ THROTTLE_REASONS: tuple[tuple[str, int], ...] = (
 )
 _FI_DEV_MEMORY_TEMP = 82
 _FI_DEV_NVLINK_LINK_COUNT = 91
-_ERR_UNINITIALIZED = 1
 _ERR_INVALID_ARGUMENT = 2
 _ERR_NOT_SUPPORTED = 3
 _ERR_FUNCTION_NOT_FOUND = 13
@@ -92,7 +91,7 @@ class NvmlCollector:
 
     def __init__(self, nvml: Any, *, xid_tracker: XidTracker | None = None,
                  xid_events: XidMode = "thread", kernel_log: str | None = None,
-                 event_wait_ms: int = 500, clock: Callable[[], float] = time.time) -> None:
+                 event_wait_ms: int = 1000, clock: Callable[[], float] = time.time) -> None:
         self.nvml = nvml
         self.xids = xid_tracker or XidTracker()
         self._mode = xid_events
@@ -115,13 +114,13 @@ class NvmlCollector:
     # --- library ---
 
     def _ensure_init(self) -> None:
-        if self._kernel_log is not None and not self._kernel_log_started:
-            self._kernel_log_started = True
-            self._kernel_log.start()  # independent of NVML: XIDs are logged even when NVML fails
         if self._initialised:
             return
         nv = self.nvml
         with self._lock:
+            if self._kernel_log is not None and not self._kernel_log_started:
+                self._kernel_log_started = True
+                self._kernel_log.start()  # independent of NVML: XIDs are logged even when NVML fails
             if self._initialised:
                 return
             try:
@@ -133,8 +132,6 @@ class NvmlCollector:
             except nv.NVMLError:
                 self._driver = None
             self._initialised = True
-            if self._watcher is not None and self._mode == "thread":
-                self._watcher.start()
 
     def driver_version(self) -> str | None:
         return self._driver
@@ -195,8 +192,16 @@ class NvmlCollector:
         return identity
 
     def _poll_xids(self) -> None:
-        if self._watcher is not None and self._mode == "poll":
-            self._watcher.poll(0)
+        w = self._watcher
+        if w is None:
+            return
+        if self._mode == "poll":
+            w.poll(0)
+        elif not w.running:
+            # Thread mode: drain what is already waiting first, so the very first sample (think
+            # `fleet-agent once`) shows it, then leave the waiting to the thread.
+            w.poll(0)
+            w.start()
 
     # --- sampling ---
 
@@ -328,15 +333,16 @@ class _Reads:
 
     def call(self, fn: str, *args: Any, quiet: bool = False) -> Any:
         nv = self.nvml
+        func = getattr(nv, fn, None)
+        if func is None:  # an older pynvml without this function
+            return None
         try:
-            value = getattr(nv, fn)(self.handle, *args)
+            value = func(self.handle, *args)
         except nv.NVMLError as e:
             if e.value == _ERR_GPU_IS_LOST:
                 raise _Lost(str(e)) from None
             if e.value not in (_ERR_NOT_SUPPORTED, _ERR_INVALID_ARGUMENT) and not quiet:
                 self.errors.append(f"{fn}: {e}")
-            return None
-        except AttributeError:  # an older pynvml without this function
             return None
         self.ok += 1
         return value

@@ -84,7 +84,10 @@ class XidTracker:
                         del times[i]
                         return False
             by_source.setdefault(source, deque()).append(t)
-            self._events.setdefault(pci, {}).setdefault(code, deque()).append(t)
+            times = self._events.setdefault(pci, {}).setdefault(code, deque())
+            times.append(t)
+            while times and times[0] < t - self.window_s:
+                times.popleft()  # keep an XID storm on a chip nobody samples from growing without end
             self._total[pci] = self._total.get(pci, 0) + 1
             if pci not in self._last or t >= self._last[pci][0]:
                 self._last[pci] = (t, code)
@@ -226,9 +229,9 @@ class NvmlXidWatcher:
         if es is None:
             return 0
         n = 0
-        while n < limit:
+        for i in range(limit):
             try:
-                data = nv.nvmlEventSetWait_v2(es, timeout_ms if n == 0 else 0)
+                data = nv.nvmlEventSetWait_v2(es, timeout_ms if i == 0 else 0)
             except nv.NVMLError as e:
                 if e.value != nv.NVML_ERROR_TIMEOUT:
                     self.error = f"waiting for XID events: {e}"
@@ -245,6 +248,10 @@ class NvmlXidWatcher:
             if pci is not None and self.tracker.record(pci, int(data.eventData), "nvml"):
                 n += 1
         return n
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def start(self) -> None:
         if self._thread is None:

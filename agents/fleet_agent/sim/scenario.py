@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
 from fleet_agent.sim.models import GPU_MODELS, TPU_MODELS
+
+if TYPE_CHECKING:
+    from fleet_agent.sim.host import HostSim
 
 Clock = Callable[[], float]
 
@@ -402,7 +406,8 @@ class Scenario:
         self.clock = clock
         self.start = clock()  # fault times (``at``) count from here
         self._faults_by_group = {g.name: [f for f in faults if f.group == g.name] for g in groups}
-        self._hosts: dict[int, Any] = {}
+        self._hosts: dict[int, HostSim] = {}
+        self._hosts_lock = threading.Lock()  # sim-fleet asks for hosts from many threads
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -422,11 +427,16 @@ class Scenario:
             i -= n
         raise AssertionError("unreachable")
 
-    def host(self, i: int) -> Any:  # -> HostSim (imported lazily: it imports this module)
+    def host(self, i: int) -> HostSim:
         h = self._hosts.get(i)
-        if h is None:
-            from fleet_agent.sim.host import HostSim
+        if h is not None:
+            return h
+        from fleet_agent.sim.host import HostSim  # here: it imports this module
 
+        with self._hosts_lock:
+            h = self._hosts.get(i)
+            if h is not None:
+                return h
             s = self._slot(i)
             faults = [f for f in self._faults_by_group[s.group.name] if f.applies_to_host(s.index_in_group)]
             h = HostSim(scenario=self, index=i, group=s.group, index_in_group=s.index_in_group,
@@ -434,7 +444,7 @@ class Scenario:
             self._hosts[i] = h
         return h
 
-    def hosts(self) -> list[Any]:
+    def hosts(self) -> list[HostSim]:
         return [self.host(i) for i in range(len(self))]
 
 

@@ -1,0 +1,214 @@
+"""``fleetctl health`` and ``fleetctl inventory`` against a real ``fleet-agent sim-fleet`` over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+FLEETCTL = str(BIN / "fleetctl")
+FLEET_AGENT = str(BIN / "fleet-agent")
+
+# Stable faults only (no hangs, nothing that changes from one sample to the next).
+SCENARIO = """\
+description: fleetctl health integration test
+seed: 7
+groups:
+  - {name: h100, kind: gpu, model: H100-SXM5-80GB, chips: 8, count: 4}
+  - {name: v5e, kind: tpu, model: v5e, chips: 4, count: 2}
+faults:
+  - {kind: thermal_throttle, group: h100, hosts: [1], chips: [5], temperature_c: 90}
+  - {kind: pcie_downgrade, group: h100, hosts: [2], chips: [3], gen: 3, width: 8}
+  - {kind: chip_missing, group: v5e, hosts: [1], chips: [2]}
+"""
+EXPECTED = {
+    "h100-0000": "healthy",
+    "h100-0001": "unhealthy",
+    "h100-0002": "degraded",
+    "h100-0003": "healthy",
+    "v5e-0000": "healthy",
+    "v5e-0001": "unhealthy",
+}
+
+
+def port_block(n: int, lo: int, hi: int) -> int:
+    """The first P in [lo, hi] with P .. P+n-1 free on 127.0.0.1 now."""
+    p = lo
+    while p + n - 1 <= hi:
+        for q in range(p, p + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", q))
+                except OSError:
+                    p = q + 1
+                    break
+        else:
+            return p
+    raise RuntimeError(f"no {n} free ports in {lo}-{hi}")
+
+
+@dataclass
+class SimFleet:
+    proc: subprocess.Popen[bytes]
+    inventory: Path
+    base_port: int
+    log: Path
+
+
+def start_sim_fleet(
+    workdir: Path, scenario: str, hosts: int, *, lo: int, hi: int, args: tuple[str, ...] = ()
+) -> SimFleet:
+    (workdir / "scenario.yaml").write_text(scenario)
+    base = port_block(hosts, lo, hi)
+    inventory, log = workdir / "inventory.yml", workdir / "sim-fleet.log"
+    proc = subprocess.Popen(
+        [
+            FLEET_AGENT,
+            "sim-fleet",
+            "--hosts",
+            str(hosts),
+            "--base-port",
+            str(base),
+            "--scenario",
+            str(workdir / "scenario.yaml"),
+            "--write-inventory",
+            str(inventory),
+            "--interval",
+            "3",
+            *args,
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while "ready:" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"sim-fleet did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return SimFleet(proc, inventory, base, log)
+
+
+def stop(fleet: SimFleet) -> None:
+    if fleet.proc.poll() is None:
+        fleet.proc.send_signal(signal.SIGTERM)
+        try:
+            fleet.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            fleet.proc.kill()
+            fleet.proc.wait(5)
+
+
+def fleetctl(*args: str, cache: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLEETCTL, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache), "COLUMNS": "160"},
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
+    f = start_sim_fleet(tmp_path_factory.mktemp("simfleet"), SCENARIO, 6, lo=19100, hi=19199)
+    yield f
+    stop(f)
+
+
+def statuses(doc: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    return {h["name"]: h["status"] for h in doc["hosts"]}
+
+
+def test_json_report_over_real_agents(fleet: SimFleet, tmp_path: Path) -> None:
+    out = fleetctl("health", "-i", str(fleet.inventory), "--json", cache=tmp_path)
+    assert out.returncode == 1, out.stderr
+    doc = json.loads(out.stdout)
+    assert statuses(doc) == EXPECTED
+    assert [h["name"] for h in doc["hosts"]][:2] == ["h100-0001", "v5e-0001"]  # worst first
+    hot = next(h for h in doc["hosts"] if h["name"] == "h100-0001")
+    assert {(p["check"], p["chip"]) for p in hot["problems"]} >= {("temperature", 5)}
+    assert hot["chips_present"] == 8 and hot["max_temperature_c"] >= 87
+    missing = next(h for h in doc["hosts"] if h["name"] == "v5e-0001")
+    assert (missing["chips_present"], missing["chips_expected"]) == (3, 4)
+    assert doc["summary"]["hosts"] == {
+        "total": 6,
+        "healthy": 3,
+        "degraded": 1,
+        "unknown": 0,
+        "error": 0,
+        "unreachable": 0,
+        "unhealthy": 2,
+    }
+
+
+def test_tables_and_patterns(fleet: SimFleet, tmp_path: Path) -> None:
+    inv = str(fleet.inventory)
+    table = fleetctl("health", "-i", inv, cache=tmp_path)
+    assert table.returncode == 1
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("6 hosts: 3 healthy, 1 degraded, 2 unhealthy; 39 chips:")
+    assert lines[2].split()[:2] == ["h100-0001", "unhealthy"]
+    chips = fleetctl("health", "-i", inv, "--unhealthy", "--chips", cache=tmp_path)
+    assert chips.returncode == 1
+    rows = [line.split() for line in chips.stdout.splitlines()[2:] if line.startswith(("h100", "v5e"))]
+    assert ["h100-0001", "5", "gpu"] == rows[0][:3]
+    assert any(r[:2] == ["v5e-0001", "-"] and "chip_count" in r for r in rows)
+    assert not any(r[0] in ("h100-0000", "h100-0003") for r in rows)
+    healthy = fleetctl("health", "-i", inv, "h100-0000,h100-0003", cache=tmp_path)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    grouped = fleetctl(
+        "health", "-i", inv, "all:!h100-0001", "--group-by", "group", "--sort", "name", cache=tmp_path
+    )
+    assert "group=gpu_nodes " in grouped.stdout and "group=tpu_nodes " in grouped.stdout
+    assert "h100-0001" not in grouped.stdout
+
+
+def test_usage_errors_exit_2_with_one_line(fleet: SimFleet, tmp_path: Path) -> None:
+    for args, needle in [
+        (("health", "-i", str(fleet.inventory), "nosuch"), "matches no host"),
+        (("health", "-i", str(tmp_path / "missing.yml")), "inventory not found"),
+        (("health", "-i", str(fleet.inventory), "--sort", "colour"), "--sort"),
+        (("health", "-i", str(fleet.inventory), "--source", "prometheus"), "--prometheus-url"),
+    ]:
+        out = fleetctl(*args, cache=tmp_path)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_inventory_command_lists_the_fleet(fleet: SimFleet, tmp_path: Path) -> None:
+    out = fleetctl("inventory", "-i", str(fleet.inventory), "tpu_nodes", "--json", cache=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [h["name"] for h in doc] == ["v5e-0000", "v5e-0001"]
+    assert doc[0]["port"] == fleet.base_port + 4 and doc[0]["expected_chips"] == 4
+
+
+def test_token_from_group_vars(tmp_path: Path) -> None:
+    f = start_sim_fleet(tmp_path, SCENARIO, 6, lo=19200, hi=19299, args=("--token", "s3cret-t0ken"))
+    try:
+        without = fleetctl("health", "-i", str(f.inventory), "--json", cache=tmp_path / "c")
+        doc = json.loads(without.stdout)
+        assert {h["status"] for h in doc["hosts"]} == {"error"}
+        assert {h["reason"]["kind"] for h in doc["hosts"]} == {"unauthorized"}
+        (tmp_path / "group_vars").mkdir()
+        (tmp_path / "group_vars" / "all.yml").write_text("fleet_agent_token: s3cret-t0ken\n")
+        with_token = fleetctl("health", "-i", str(f.inventory), "--json", cache=tmp_path / "c")
+        assert statuses(json.loads(with_token.stdout)) == EXPECTED
+        assert "s3cret-t0ken" not in with_token.stdout + with_token.stderr
+    finally:
+        stop(f)

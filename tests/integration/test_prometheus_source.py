@@ -1,0 +1,141 @@
+"""A real Prometheus (Debian's /usr/bin/prometheus) scraping real sim-fleet agents through the file_sd
+targets that ``fleetctl prometheus targets`` writes; ``fleetctl health --source prometheus`` must
+then agree with the direct fan-out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_health_simfleet import EXPECTED, SCENARIO, port_block, start_sim_fleet, stop
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+FLEETCTL = str(BIN / "fleetctl")
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+def query(url: str, promql: str) -> list[dict]:  # type: ignore[type-arg]
+    with urllib.request.urlopen(
+        f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}), timeout=5
+    ) as r:
+        return json.loads(r.read())["data"]["result"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, Path]]:
+    if not Path(PROMETHEUS).exists():
+        pytest.fail(f"{PROMETHEUS} is missing: apt-get install prometheus (make system-deps)")
+    work = tmp_path_factory.mktemp("prom")
+    fleet = start_sim_fleet(work, SCENARIO, 6, lo=19500, hi=19599)
+    dead_port = port_block(1, 19600, 19699)  # nothing listens there: up == 0
+    inv = work / "fleet.yml"
+    inv.write_text(
+        fleet.inventory.read_text() + f"\n# a host whose agent is down\nungrouped:\n  hosts:\n"
+        f"    dead-0000: {{ansible_host: 127.0.0.1, fleet_agent_port: {dead_port}}}\n"
+    )
+    cache = work / "cache"
+    env = {**os.environ, "FLEETCTL_CACHE_DIR": str(cache)}
+    targets = work / "targets.json"
+    out = subprocess.run(
+        [FLEETCTL, "prometheus", "targets", "-i", str(inv), "-o", str(targets)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(targets.read_text())) == 7
+    (work / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: fleet\n"
+        f"    file_sd_configs: [{{files: ['{targets}'], refresh_interval: 1s}}]\n"
+    )
+    port = port_block(1, 19090, 19099)
+    url = f"http://127.0.0.1:{port}"
+    log = work / "prometheus.log"
+    prom = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # every target scraped at least once, reachable ones with a node status
+            assert prom.poll() is None, log.read_text()
+            try:
+                up = query(url, "up")
+                status = query(url, "fleet_node_status == 1")
+                if len(up) == 7 and len(status) == 6:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"Prometheus never scraped the fleet:\n{log.read_text()}"
+            time.sleep(0.5)
+        yield inv, url, cache
+    finally:
+        prom.terminate()
+        prom.wait(20)
+        stop(fleet)
+
+
+def health(*args: str, cache: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
+    out = subprocess.run(
+        [FLEETCTL, "health", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)},
+    )
+    assert out.returncode in (0, 1), out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_file_sd_labels_reach_prometheus(setup: tuple[Path, str, Path]) -> None:
+    _, url, _ = setup
+    up = {s["metric"]["host"]: (s["metric"]["group"], s["value"][1]) for s in query(url, "up")}
+    assert up["dead-0000"] == ("ungrouped", "0")
+    assert up["h100-0001"] == ("gpu_nodes", "1") and up["v5e-0000"] == ("tpu_nodes", "1")
+
+
+def test_prometheus_report_matches_direct_fan_out(setup: tuple[Path, str, Path]) -> None:
+    inv, url, cache = setup
+    direct_rc, direct = health("-i", str(inv), "--timeout", "2", cache=cache)
+    prom_rc, via_prom = health("-i", str(inv), "--source", "prometheus", "--prometheus-url", url, cache=cache)
+    assert via_prom["source"] == "prometheus"
+    statuses = {h["name"]: h["status"] for h in via_prom["hosts"]}
+    assert statuses == {h["name"]: h["status"] for h in direct["hosts"]}
+    assert statuses == {**EXPECTED, "dead-0000": "unreachable"}
+    assert prom_rc == direct_rc == 1
+    chips = {h["name"]: (h["chips_present"], h["chips_ok"]) for h in via_prom["hosts"]}
+    assert chips == {h["name"]: (h["chips_present"], h["chips_ok"]) for h in direct["hosts"]}
+    hot = next(h for h in via_prom["hosts"] if h["name"] == "h100-0001")
+    assert ("temperature", 5) in {(p["check"], p["chip"]) for p in hot["problems"]}
+    assert hot["max_temperature_c"] >= 87
+
+
+def test_pattern_applies_to_prometheus_source(setup: tuple[Path, str, Path]) -> None:
+    inv, url, cache = setup
+    rc, doc = health(
+        "-i", str(inv), "h100-0000,h100-0003", "--source", "prometheus", "--prometheus-url", url, cache=cache
+    )
+    assert rc == 0 and [h["name"] for h in doc["hosts"]] == ["h100-0000", "h100-0003"]

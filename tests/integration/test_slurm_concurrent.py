@@ -1,0 +1,56 @@
+"""20 ``fleetctl drain`` processes at once against a real Slurm never exceed max-unavailable."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from slurm_cluster import NODES, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+
+FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
+
+
+def test_twenty_concurrent_drains_never_exceed_max_unavailable(slurm: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {
+        "vars": {"fleet_scheduler": "slurm", "ansible_connection": "local"},
+        "hosts": {n: {"ansible_host": "127.0.0.1"} for n in NODES},
+    }}))
+    env = {**slurm.env, "FLEETCTL_DB": str(tmp_path / "fleetctl.db"), "FLEETCTL_INVENTORY": str(inventory),
+           "FLEETCTL_CACHE_DIR": str(tmp_path / "cache")}
+    # one status first: parses (and caches) the inventory, creates the database
+    assert subprocess.run([FLEETCTL, "status"], env=env, capture_output=True, timeout=120).returncode == 0
+
+    limit = 2
+    procs = [subprocess.Popen([FLEETCTL, "drain", NODES[i % len(NODES)], "--reason", f"race {i}",
+                               "--max-unavailable", str(limit), "--no-wait", "--json"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(20)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode in (0, 1), err
+        results.append((p.returncode, json.loads(out)["hosts"][0] if out.strip() else None, err))
+
+    drained_in_slurm = [n for n in NODES if slurm.node_state(n) in ("drain", "drng")]
+    assert len(drained_in_slurm) == limit, [slurm.node_state(n) for n in NODES]
+    conn = sqlite3.connect(tmp_path / "fleetctl.db")
+    states = dict(conn.execute("SELECT host, state FROM host_state").fetchall())
+    assert sorted(h for h, s in states.items() if s != "active") == sorted(drained_in_slurm)
+    # every request for a node that got the budget succeeded; every other one was refused with the numbers
+    for code, host, err in results:
+        assert host is not None, err
+        if host["host"] in drained_in_slurm:
+            assert code == 0 and host["ok"], host
+        else:
+            assert code == 1 and f"max-unavailable is {limit} of 3 hosts" in host["message"], host
+    # the audit log shows exactly one cordon per drained node, whoever won the race
+    cordons = conn.execute("SELECT host FROM host_audit WHERE to_state = 'cordoned'").fetchall()
+    assert sorted(h for (h,) in cordons) == sorted(drained_in_slurm)
