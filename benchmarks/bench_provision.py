@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,13 +58,21 @@ def make_local(workdir: Path, hosts: int, tasks: int) -> tuple[Path, Path]:
     return inventory, playbook
 
 
-def timed(argv: list[str], env: dict[str, str], ok_codes: tuple[int, ...]) -> float:
-    start = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str], ok_codes: tuple[int, ...]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process tree). CPU time is the steadier figure on a
+    shared machine; wall time is what an operator waits."""
+    cpu0, start = _children_cpu(), time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _children_cpu() - cpu0
     if proc.returncode not in ok_codes:
-        sys.exit(f"benchmark: {argv[0]} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return elapsed
+        tail = f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        sys.exit(f"benchmark: {argv[0]} exited {proc.returncode}:\n{tail}")
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -72,8 +81,8 @@ def main() -> None:
     parser.add_argument("--inventory", help="an inventory to run against instead (e.g. the SSH lab's)")
     parser.add_argument("--playbook", default="site", help="with --inventory: playbook name or path")
     parser.add_argument("--pattern", default="all")
-    parser.add_argument("--hosts", type=int, default=5, help="--local: number of hosts")
-    parser.add_argument("--tasks", type=int, default=20, help="--local: pairs of tasks per host")
+    parser.add_argument("--hosts", type=int, default=3, help="--local: number of hosts")
+    parser.add_argument("--tasks", type=int, default=8, help="--local: pairs of tasks per host")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument("--forks", type=int, default=10)
@@ -106,12 +115,15 @@ def main() -> None:
         # Warm-up: OS caches, fact cache, fleetctl's inventory cache; not measured.
         timed(plain, env, (0,))
         timed(fleet, env, (0,))
-        plain_s: list[float] = []
-        fleet_s: list[float] = []
-        for _ in range(rounds):
-            plain_s.append(timed(plain, env, (0,)))
-            fleet_s.append(timed(fleet, env, (0,)))
+        plain_runs: list[tuple[float, float]] = []
+        fleet_runs: list[tuple[float, float]] = []
+        for _ in range(rounds):  # alternated, so drift in machine load hits both alike
+            plain_runs.append(timed(plain, env, (0,)))
+            fleet_runs.append(timed(fleet, env, (0,)))
+        plain_s, plain_cpu = [r[0] for r in plain_runs], [r[1] for r in plain_runs]
+        fleet_s, fleet_cpu = [r[0] for r in fleet_runs], [r[1] for r in fleet_runs]
         plain_med, fleet_med = statistics.median(plain_s), statistics.median(fleet_s)
+        plain_cpu_med, fleet_cpu_med = statistics.median(plain_cpu), statistics.median(fleet_cpu)
         print(json.dumps({
             "benchmark": "provision_overhead",
             "mode": mode,
@@ -124,6 +136,10 @@ def main() -> None:
             "fleetctl_provision_median_s": round(fleet_med, 3),
             "overhead_s": round(fleet_med - plain_med, 3),
             "overhead_ratio": round(fleet_med / plain_med, 3),
+            "ansible_playbook_cpu_median_s": round(plain_cpu_med, 3),
+            "fleetctl_provision_cpu_median_s": round(fleet_cpu_med, 3),
+            "cpu_overhead_ratio": round(fleet_cpu_med / plain_cpu_med, 3),
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "target_ratio": 1.05,
             "meets_target": fleet_med / plain_med <= 1.05,
         }, indent=2))

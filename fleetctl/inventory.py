@@ -147,7 +147,7 @@ class Inventory:
         if not pattern:
             pattern = "all"
         if pattern in ("all", "*"):
-            names = [h for h in self.hosts]
+            names = list(self.hosts)
         elif _SIMPLE_PATTERN.match(pattern):
             if pattern in self.groups:
                 names = list(self.groups[pattern].all_hosts)

@@ -418,15 +418,17 @@ def _private_vars_file(directory: Path, values: Mapping[str, Any]) -> Iterator[P
 class _Heartbeat(threading.Thread):
     """Keeps the run's locks and record alive and saves the results so far."""
 
-    def __init__(self, db_path: Path, run_id: str, tally: EventTally, stop: threading.Event) -> None:
+    def __init__(
+        self, db_path: Path, run_id: str, lock_id: str, tally: EventTally, stop: threading.Event
+    ) -> None:
         super().__init__(name=f"heartbeat-{run_id}", daemon=True)
-        self.db_path, self.run_id, self.tally, self.stop = db_path, run_id, tally, stop
+        self.db_path, self.run_id, self.lock_id, self.tally, self.stop = db_path, run_id, lock_id, tally, stop
 
     def run(self) -> None:
         conn = _connect(self.db_path)
         try:
             while not self.stop.wait(HEARTBEAT_INTERVAL_S):
-                locks.refresh(conn, self.run_id)
+                locks.refresh(conn, self.lock_id)
                 runs.heartbeat(conn, self.run_id, self.tally.snapshot())
         finally:
             conn.close()
@@ -460,18 +462,23 @@ def run(
     cwd: Path | None = None,
     select_hosts: HostSelector = default_select_hosts,
     run_id: str | None = None,
+    held_by: str | None = None,
 ) -> ProvisionResult:
     """Validate, lock, run and record one provision. Raises ``UsageError`` (nothing was run or
-    recorded) or ``HostsLocked``; every other outcome is a ``ProvisionResult``."""
+    recorded) or ``HostsLocked``; every other outcome is a ``ProvisionResult``.
+
+    ``held_by``: a caller (e.g. rolling maintenance) that already holds the hosts' locks under this
+    holder id; the run extends those locks instead of taking its own, and leaves them held.
+    """
     observer = observer or _NullObserver()
     cancel = cancel or threading.Event()
     db_path = db_path or db.default_path()
     the_plan = plan(options, runner, cwd=cwd, select_hosts=select_hosts)
     run_id = run_id or runs.new_run_id()
     user = getpass.getuser()
+    purpose = f"provision {the_plan.playbook.name}" + (f" for {held_by}" if held_by else "")
     holder = locks.Holder(
-        id=run_id, purpose=f"provision {the_plan.playbook.name}", user=user,
-        machine=runs.this_machine(), pid=os.getpid(),
+        id=held_by or run_id, purpose=purpose, user=user, machine=runs.this_machine(), pid=os.getpid()
     )
     conn = _connect(db_path)
     try:
@@ -480,9 +487,11 @@ def run(
         except locks.LocksHeld as exc:
             raise HostsLocked(f"refused: {exc}") from exc
         try:
-            return _run_locked(the_plan, runner, conn, db_path, run_id, user, observer, cancel, overridden)
+            return _run_locked(the_plan, runner, conn, db_path, run_id, holder.id, user, observer, cancel,
+                               overridden)
         finally:
-            locks.release(conn, run_id)
+            if held_by is None:
+                locks.release(conn, run_id)
     finally:
         conn.close()
 
@@ -493,6 +502,7 @@ def _run_locked(
     conn: sqlite3.Connection,
     db_path: Path,
     run_id: str,
+    lock_id: str,
     user: str,
     observer: RunObserver,
     cancel: threading.Event,
@@ -516,7 +526,7 @@ def _run_locked(
     observer.started(run_id, the_plan.hosts, the_plan.playbook.name)
 
     stop = threading.Event()
-    beat = _Heartbeat(db_path, run_id, tally, stop)
+    beat = _Heartbeat(db_path, run_id, lock_id, tally, stop)
     beat.start()
 
     def on_event(event: Event) -> None:
@@ -563,6 +573,12 @@ def _run_locked(
                     if index < len(the_plan.batches):
                         message = f"stopped after batch {index} of {len(the_plan.batches)}: a host failed"
                     break
+    except BaseException as exc:
+        # An adapter error or a KeyboardInterrupt with no signal handler installed (library use):
+        # the record still ends, with the results so far, instead of waiting to look interrupted.
+        ended = "canceled" if isinstance(exc, KeyboardInterrupt) else "failed"
+        runs.finish(conn, run_id, ended, tally.snapshot(), message=the_plan.redact(_one_line(exc))[:500])
+        raise
     finally:
         stop.set()
         beat.join()

@@ -155,12 +155,12 @@ def chips_table(hosts: Iterable[HostRow], *, unhealthy_only: bool = False, title
             table.add_row(h.name, "-", "-", "-", "-", "-", "-", "-", status_text(h.status.value),
                           problems_short(node_problems) or ("drained" if h.drained else ""))
         for c in h.chips:
-            if unhealthy_only and c.status == "healthy":
+            if unhealthy_only and c.status.value == "healthy":
                 continue
             table.add_row(
                 h.name, str(c.index), c.kind, short_model(c.model), fmt_temp(c.temperature_c),
                 fmt_pct(c.utilization_pct), fmt_memory(c.memory_used_bytes, c.memory_total_bytes, short=True),
-                fmt_power(c.power_w), status_text(c.status),
+                fmt_power(c.power_w), status_text(c.status.value),
                 ", ".join(dict.fromkeys(p.check for p in c.problems)) or ("error" if c.error else ""),
             )
     return table

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet_agent.schema import NodeReport, Problem
+from fleet_agent.schema import ChipReport, NodeReport, Problem, Status
 
 from fleetctl.errors import EXIT_OK, EXIT_PROBLEMS
 
@@ -51,7 +51,6 @@ _STATE_RANK = {
 }
 HOST_STATES: tuple[HostState, ...] = tuple(sorted(HostState, key=lambda s: s.rank))
 CHIP_STATES: tuple[str, ...] = ("healthy", "degraded", "unknown", "unhealthy")
-_CHIP_RANK = {s: i for i, s in enumerate(CHIP_STATES)}
 
 
 @dataclass(frozen=True)
@@ -65,28 +64,6 @@ class ProblemRow:
     def short(self) -> str:
         where = "" if self.chip is None else f"#{self.chip} "
         return f"{where}{self.check}"
-
-
-@dataclass
-class ChipRow:
-    index: int
-    kind: str
-    model: str
-    status: str  # healthy | degraded | unknown | unhealthy
-    vendor: str = ""
-    uuid: str = ""
-    stale: bool = False
-    error: str | None = None
-    temperature_c: float | None = None
-    utilization_pct: float | None = None
-    memory_used_bytes: int | None = None
-    memory_total_bytes: int | None = None
-    power_w: float | None = None
-    problems: list[ProblemRow] = field(default_factory=list)
-
-    @property
-    def rank(self) -> int:
-        return _CHIP_RANK.get(self.status, 2)
 
 
 @dataclass
@@ -105,7 +82,8 @@ class HostRow:
     age_s: float | None = None
     drained: bool = False
     chips_expected: int | None = None
-    chips: list[ChipRow] = field(default_factory=list)
+    # The agent's chip reports as parsed (not copied: 80,000 chips must stay cheap).
+    chips: list[ChipReport] = field(default_factory=list)
     problems: list[ProblemRow] = field(default_factory=list)  # node-level and chip problems
     vars: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -119,7 +97,7 @@ class HostRow:
 
     @property
     def chips_ok(self) -> int:
-        return sum(1 for c in self.chips if c.status == "healthy")
+        return sum(1 for c in self.chips if c.status is Status.HEALTHY)
 
     @property
     def max_temperature_c(self) -> float | None:
@@ -238,7 +216,7 @@ def summarize(hosts: Iterable[HostRow]) -> Summary:
     for h in hosts:
         host_counts[h.status.value] += 1
         for c in h.chips:
-            chip_counts[c.status if c.status in chip_counts else "unknown"] += 1
+            chip_counts[c.status.value] += 1
     return Summary(hosts=host_counts, chips=chip_counts)
 
 
@@ -276,10 +254,11 @@ def _host_dict(h: HostRow) -> dict[str, Any]:
         "chips": [
             {
                 "index": c.index, "kind": c.kind, "vendor": c.vendor, "model": c.model, "uuid": c.uuid,
-                "status": c.status, "stale": c.stale, "error": c.error,
+                "status": c.status.value, "stale": c.stale, "error": c.error,
                 "temperature_c": _num(c.temperature_c), "utilization_pct": _num(c.utilization_pct),
                 "memory_used_bytes": c.memory_used_bytes, "memory_total_bytes": c.memory_total_bytes,
-                "power_w": _num(c.power_w), "problems": [_problem_dict(p) for p in c.problems],
+                "power_w": _num(c.power_w),
+                "problems": [_problem_dict(_problem_row(p, c.index)) for p in c.problems],
             }
             for c in h.chips
         ],
@@ -310,18 +289,9 @@ def host_row_from_node(name: str, address: str, port: int, groups: tuple[str, ..
     agent found (when the agent does not check it itself), and the age of the sample (an agent whose
     sampling loop is stuck keeps serving an old sample).
     """
-    chips = [
-        ChipRow(
-            index=c.index, kind=c.kind, vendor=c.vendor, model=c.model, uuid=c.uuid,
-            status=c.status.value, stale=c.stale, error=c.error, temperature_c=c.temperature_c,
-            utilization_pct=c.utilization_pct, memory_used_bytes=c.memory_used_bytes,
-            memory_total_bytes=c.memory_total_bytes, power_w=c.power_w,
-            problems=[_problem_row(p, c.index) for p in c.problems],
-        )
-        for c in node.chips
-    ]
+    chips = node.chips
     problems = [_problem_row(p, None) for p in node.problems]
-    problems += [p for c in chips for p in c.problems]
+    problems += [_problem_row(p, c.index) for c in chips if c.problems for p in c.problems]
     status = HostState(node.status.value)
     expected = expected_chips if expected_chips is not None else node.chips_expected
     if (expected is not None and len(chips) != expected

@@ -13,9 +13,8 @@ die() { echo "molecule-all: $*" >&2; exit 2; }
 command -v molecule >/dev/null || die "molecule is not on PATH (run through 'make molecule')"
 command -v docker >/dev/null || die "docker is not installed (apt-get install -y docker.io)"
 docker info >/dev/null 2>&1 || die "docker daemon is not reachable (is dockerd running?)"
-if ! docker image inspect fleetctl/debian12-systemd:latest >/dev/null 2>&1; then
-    bash tests/images/build.sh || die "building the test image failed"
-fi
+# Builds the image when missing or when its Dockerfile changed; a no-op otherwise.
+bash tests/images/build.sh || die "building the test image failed"
 
 scenarios=()
 if [[ -n ${ROLES:-} ]]; then

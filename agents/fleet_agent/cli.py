@@ -7,6 +7,7 @@ imported inside the commands, so ``fleet-agent --help`` starts fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -68,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `fleet-agent once | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _load(path: str | None) -> AgentConfig:
@@ -143,6 +148,14 @@ def render_table(report: NodeReport) -> str:
         + ("  DRAINED" + (f" ({report.drained_reason})" if report.drained_reason else "")
            if report.drained else ""),
     ]
+    h = report.host_metrics
+    host_bits = [f"cpu {h.cpu_pct:.0f}%" if h.cpu_pct is not None else "",
+                 f"mem {h.memory_used_bytes / h.memory_total_bytes:.0%}"
+                 if h.memory_used_bytes is not None and h.memory_total_bytes else "",
+                 f"load {h.load1:.2f}" if h.load1 is not None else "",
+                 f"up {h.uptime_s / 86400:.1f}d" if h.uptime_s is not None else ""]
+    if any(host_bits):
+        lines.append("host " + "  ".join(b for b in host_bits if b))
     rows = [("CHIP", "KIND", "MODEL", "STATUS", "TEMP", "UTIL", "MEM", "POWER", "PROBLEMS")]
     for c in report.chips:
         mem = "-"

@@ -246,13 +246,13 @@ class Scheduler:
         self.host_pool = host_pool
         self.concurrency = concurrency
         self.first_round = asyncio.Event()
-        self.rounds_done = 0
         self._busy: set[int] = set()
         self._pending_first = len(self.runtimes)
 
     async def _one(self, i: int, sem: asyncio.Semaphore, due: list[tuple[float, int]]) -> None:
         loop = asyncio.get_running_loop()
         rt = self.runtimes[i]
+        started = loop.time()
         try:
             report, body, metrics = await loop.run_in_executor(self.host_pool, rt.sample_and_render)
         except Exception as exc:  # noqa: BLE001 - a bug in one sample must not stop the loop
@@ -263,7 +263,8 @@ class Scheduler:
         finally:
             sem.release()
             self._busy.discard(i)
-            heapq.heappush(due, (loop.time() + self.interval_s, i))
+            # Keep the cadence (start to start), unless the sample overran its interval.
+            heapq.heappush(due, (max(started + self.interval_s, loop.time()), i))
             if self._pending_first > 0:
                 self._pending_first -= 1
                 if self._pending_first == 0:
@@ -324,8 +325,8 @@ async def _serve_until_stopped(runtimes: list[AgentRuntime], cfg: AgentConfig, i
             try:
                 rt.server = await start_server(rt.http, cfg.listen_address, port)
             except OSError as exc:
-                raise ConfigError(f"cannot listen on {cfg.listen_address}:{port}: "
-                                  f"{exc.strerror or exc}") from None
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ConfigError(f"cannot listen on {cfg.listen_address}:{port}: {reason}") from None
             rt.port = bound_port(rt.server)
             servers.append(rt.server)
         scheduler = Scheduler(runtimes, interval, host_pool, concurrency)
@@ -397,8 +398,10 @@ def resolve_scenario(name_or_path: str) -> Path:
 
     try:
         return builtin_scenario(name_or_path)
-    except ScenarioError as exc:
-        raise ConfigError(f"--scenario: {exc}") from None
+    except ScenarioError:
+        shipped = sorted(p.stem for p in builtin_scenario("demo").parent.glob("*.yaml"))
+        raise ConfigError(f"--scenario: {name_or_path}: no such file, nor a shipped scenario "
+                          f"({', '.join(shipped)})") from None
 
 
 def _shutdown_pools(*pools: cf.Executor) -> None:

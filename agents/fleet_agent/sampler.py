@@ -91,9 +91,10 @@ class CallGuard:
             if self._in_flight.get(key) is future:
                 del self._in_flight[key]
 
-    def in_flight(self) -> int:
+    def in_flight(self) -> set[Hashable]:
+        """Keys whose call is still running (a hung call stays here until it returns)."""
         with self._lock:
-            return len(self._in_flight)
+            return set(self._in_flight)
 
     def wait(self, future: cf.Future[Any] | None, deadline: float) -> _Outcome:
         """The outcome of a started call, waiting at most until ``deadline`` (monotonic)."""
@@ -214,8 +215,10 @@ class Sampler:
         # (collector, identity, future-or-None, error-if-known-stale)
         pending: list[tuple[ChipCollector, ChipIdentity, cf.Future[Any] | None]] = []
         stale: list[tuple[ChipCollector, ChipIdentity, str]] = []
+        done_at: dict[str, float] = {}  # when each collector's last answer (or deadline) came
         for c in self.collectors:
             outcome = self.guard.wait(discover[c.name], deadline)
+            done_at[c.name] = time.monotonic()
             if isinstance(outcome.error, _TimedOut):
                 msg = self._timeout_message(c.name)
                 states.append(CollectorState(name=c.name, ok=False, error=msg))
@@ -236,6 +239,7 @@ class Sampler:
         failed_chip_calls: dict[str, str] = {}
         for c, ident, future in pending:
             outcome = self.guard.wait(future, chip_deadline)
+            done_at[c.name] = time.monotonic()
             if isinstance(outcome.error, _TimedOut):
                 chips.append(self._stale_chip(c.name, ident, self._timeout_message(c.name)))
                 failed_chip_calls.setdefault(c.name, self._timeout_message(c.name))
@@ -246,14 +250,16 @@ class Sampler:
         chips.extend(self._stale_chip(c.name, ident, msg) for c, ident, msg in stale)
         chips.sort(key=lambda ch: (ch.kind, ch.index))
         for st in states:
+            st.duration_s = round(done_at[st.name] - t0, 6)
             if st.ok and st.name in failed_chip_calls:
                 st.error = failed_chip_calls[st.name]
         host_metrics = HostMetrics()
         if host_future is not None:
             h = self.guard.wait(host_future, deadline)
-            states.append(CollectorState(name="host", ok=h.ok, error=(
-                None if h.ok else self._timeout_message("host") if isinstance(h.error, _TimedOut)
-                else describe_error("host", h.error or RuntimeError()))))
+            states.append(CollectorState(name="host", ok=h.ok, duration_s=round(time.monotonic() - t0, 6),
+                                         error=(None if h.ok else self._timeout_message("host")
+                                                if isinstance(h.error, _TimedOut)
+                                                else describe_error("host", h.error or RuntimeError()))))
             if h.ok:
                 host_metrics = h.value
         self._update_driver()

@@ -176,7 +176,7 @@ class AgentHttp:
             response = self.route(request.method, request.target, list(request.headers))
             if _has_body(request):
                 # We never read request bodies; say so and close rather than parse one.
-                response.headers.append(("Connection", "close"))
+                response = dataclasses.replace(response, headers=[*response.headers, ("Connection", "close")])
             await self._send(conn, writer, response, head=request.method == b"HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return

@@ -41,6 +41,19 @@ def _cancel_on_signals(cancel: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _read_vault_password() -> str:
+    """Prompt on the terminal; from a pipe (CI, ``pass show x | fleetctl ...``) read one line."""
+    from fleetctl.errors import UsageError
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Vault password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise UsageError("--ask-vault-pass: no vault password given")
+    return password
+
+
 def register(app: typer.Typer) -> None:
     @app.command("provision")
     def provision(
@@ -98,11 +111,12 @@ def register(app: typer.Typer) -> None:
 
         err = Console(stderr=True)
         if vault_password_file and ask_vault_pass:
-            err.print("error: --vault-password-file and --ask-vault-pass exclude each other", markup=False)
+            err.print("fleetctl provision: --vault-password-file and --ask-vault-pass exclude each other",
+                      markup=False)
             raise typer.Exit(EXIT_USAGE)
         cancel = threading.Event()
         try:
-            vault_password = getpass.getpass("Vault password: ") if ask_vault_pass else None
+            vault_password = _read_vault_password() if ask_vault_pass else None
             options = core.ProvisionOptions(
                 inventory=resolve_sources(inventory),
                 pattern=pattern,
@@ -132,7 +146,7 @@ def register(app: typer.Typer) -> None:
                     if observer is not None:
                         observer.close()
         except FleetctlError as exc:
-            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            err.print(f"fleetctl provision: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         if json_output:
             print(json.dumps(result.to_dict(), indent=2))

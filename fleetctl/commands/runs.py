@@ -32,7 +32,9 @@ def list_command(
     from fleetctl.state import runs
 
     if status is not None and status not in runs.STATUSES:
-        Console(stderr=True).print(f"error: --status {status!r}: expected one of {', '.join(runs.STATUSES)}")
+        Console(stderr=True).print(
+            f"fleetctl runs: --status {status!r}: expected one of {', '.join(runs.STATUSES)}", markup=False
+        )
         raise typer.Exit(EXIT_USAGE)
     conn = runs.connect(db_path)
     try:
@@ -72,7 +74,9 @@ def show_command(
     finally:
         conn.close()
     if record is None:
-        Console(stderr=True).print(f"error: no run {run_id!r} (or the prefix is ambiguous)", markup=False)
+        Console(stderr=True).print(
+            f"fleetctl runs: no run {run_id!r} (or the prefix is ambiguous)", markup=False
+        )
         raise typer.Exit(EXIT_USAGE)
     if json_output:
         print(json.dumps(record.to_dict(), indent=2))

@@ -19,7 +19,15 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 _DONE_PHASES = {"Succeeded", "Failed"}
 
 
-def _api_error(exc: Exception, what: str) -> SchedulerError:
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What the client raises when the API answers with an error or cannot be reached."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    return (ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
+def _api_error(exc: BaseException, what: str) -> SchedulerError:
     status = getattr(exc, "status", None)
     reason = getattr(exc, "reason", None) or str(exc).splitlines()[0][:200]
     if status:
@@ -74,14 +82,14 @@ class KubernetesScheduler:
                 raise SchedulerError(f"{host.name}: Kubernetes has no node named "
                                      f"{self.node_name(host)!r}") from None
             raise _api_error(exc, f"read node {self.node_name(host)}") from None
-        except Exception as exc:  # noqa: BLE001 - urllib3 connection errors
+        except _client_errors() as exc:
             raise _api_error(exc, f"read node {self.node_name(host)}") from None
 
     def _pods(self, host: HostLike) -> list[Any]:
         try:
             selector = f"spec.nodeName={self.node_name(host)}"
             pods = self.core.list_pod_for_all_namespaces(field_selector=selector)
-        except Exception as exc:  # noqa: BLE001
+        except _client_errors() as exc:
             raise _api_error(exc, f"list pods on {self.node_name(host)}") from None
         return [p for p in pods.items if is_evictable(p)]
 
@@ -112,7 +120,7 @@ class KubernetesScheduler:
             body = {"spec": {"unschedulable": True}, "metadata": {"annotations": {REASON_ANNOTATION: reason}}}
             try:
                 self.core.patch_node(name, body)
-            except Exception as exc:  # noqa: BLE001
+            except _client_errors() as exc:
                 raise _api_error(exc, f"cordon {name}") from None
         for pod in self._pods(host):
             if pod.metadata.deletion_timestamp is not None:
@@ -127,7 +135,7 @@ class KubernetesScheduler:
                 if exc.status in (404, 429):
                     continue  # gone already / a PodDisruptionBudget says not now: retried next call
                 raise _api_error(exc, f"evict {pod.metadata.namespace}/{pod.metadata.name}") from None
-            except Exception as exc:  # noqa: BLE001
+            except _client_errors() as exc:
                 raise _api_error(exc, f"evict {pod.metadata.namespace}/{pod.metadata.name}") from None
 
     def undrain(self, host: HostLike) -> None:
@@ -140,7 +148,7 @@ class KubernetesScheduler:
         body = {"spec": {"unschedulable": None}, "metadata": {"annotations": {REASON_ANNOTATION: None}}}
         try:
             self.core.patch_node(self.node_name(host), body)
-        except Exception as exc:  # noqa: BLE001
+        except _client_errors() as exc:
             raise _api_error(exc, f"uncordon {self.node_name(host)}") from None
 
     def running_workloads(self, host: HostLike) -> list[str]:

@@ -29,13 +29,13 @@ def _scenario(tmp_path: Path, faults: str) -> str:
 
 def test_hung_chip_is_unknown_and_stale_while_healthz_answers(
         start_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
-    # Chip 2's NVML calls block from the start for 6 s, then return (a wedged, then recovered driver).
-    scen = _scenario(tmp_path, "  - {kind: hang, group: gpu, hosts: [0], chips: [2], seconds: 6}\n")
-    agent = start_agent({"simulation": {"scenario": scen}, "interval_s": 1, "collector_timeout_s": 0.5})
+    # Chip 2's NVML calls block from the start for 8 s, then return (a wedged, then recovered driver).
+    scen = _scenario(tmp_path, "  - {kind: hang, group: gpu, hosts: [0], chips: [2], seconds: 8}\n")
+    agent = start_agent({"simulation": {"scenario": scen}, "interval_s": 2, "collector_timeout_s": 1})
     report = parse_node_report(agent.get("/v1/node").json())
     hung = report.chips[2]
     assert hung.status is Status.UNKNOWN and hung.stale
-    assert hung.error == "NVML call timed out after 0.5s"
+    assert hung.error == "NVML call timed out after 1.0s"
     assert [c.status for i, c in enumerate(report.chips) if i != 2] == [Status.HEALTHY] * 3
     assert report.status is Status.UNKNOWN
     # The server keeps answering while the call hangs (no collector call on the request path).

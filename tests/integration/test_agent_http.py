@@ -38,8 +38,9 @@ def scenario(tmp_path: Path) -> str:
 
 
 def _sim(scenario: str, host_index: int = 0, **cfg: object) -> dict[str, object]:
-    return {"simulation": {"scenario": scenario, "host_index": host_index}, "interval_s": 1,
-            "collector_timeout_s": 0.5, **cfg}
+    # A generous deadline: on a busy test machine healthy chips must still answer within it.
+    return {"simulation": {"scenario": scenario, "host_index": host_index}, "interval_s": 3,
+            "collector_timeout_s": 1.5, **cfg}
 
 
 def test_healthz_node_and_metrics(start_agent: Callable[..., AgentProcess], scenario: str) -> None:

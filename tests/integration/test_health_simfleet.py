@@ -212,3 +212,19 @@ def test_token_from_group_vars(tmp_path: Path) -> None:
         assert "s3cret-t0ken" not in with_token.stdout + with_token.stderr
     finally:
         stop(f)
+
+
+def test_inventory_json_masks_secrets(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("gpu_nodes:\n  hosts:\n    h100-0001:\n    h100-0002:\nrack1:\n  hosts:\n    h100-0001:\n")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "gpu_nodes.yml").write_text("fleet_agent_token: hunter2\nbmc_password: pw1\n")
+    out = fleetctl("inventory", "-i", str(inv), "gpu_nodes:&rack1", "--json", "--vars", cache=tmp_path / "c")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [h["name"] for h in doc] == ["h100-0001"]
+    assert doc[0]["token"] == "set" and doc[0]["vars"]["bmc_password"] == "<hidden>"
+    assert "hunter2" not in out.stdout and "pw1" not in out.stdout
+    bad = fleetctl("inventory", "-i", str(inv), "nosuch", cache=tmp_path / "c")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "matches no host" in bad.stderr

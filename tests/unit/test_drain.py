@@ -210,6 +210,29 @@ def test_rerun_after_kill_resumes_without_recounting(conn: sqlite3.Connection, s
     assert hs.audit(conn, "h0")[-1].to_state == "drained"
 
 
+def test_kill_after_the_cordon_record_but_before_the_scheduler_call(conn: sqlite3.Connection,
+                                                                    sched: FakeScheduler) -> None:
+    hs.transition(conn, "h0", S.CORDONED, actor="alice", reason="fleetctl:alice: bad fan")
+    [row] = core.status(conn, [HOSTS[0]], lambda h: sched)
+    assert row.state == "cordoned" and row.scheduler_state == "active"
+    assert row.note == "interrupted before the scheduler was told: re-run drain, or undrain"
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert out.ok and out.state == "drained" and sched.nodes["h0"].state is SchedState.DRAINED
+    # undrain of a host whose record is only cordoned works too (nothing was done yet)
+    hs.transition(conn, "h1", S.CORDONED, actor="alice")
+    [out] = core.undrain(conn, [HOSTS[1]], lambda h: sched, healthy)
+    assert out.ok and hs.get(conn, "h1").state is S.ACTIVE
+
+
+def test_kill_during_undrain_then_rerun(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    run_drain(conn, sched, [HOSTS[0]])
+    hs.transition(conn, "h0", S.ACTIVE, actor="bob", note="undrain")  # recorded, then killed
+    [row] = core.status(conn, [HOSTS[0]], lambda h: sched)
+    assert row.note == "interrupted undrain: re-run undrain"
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy)
+    assert out.ok and sched.nodes["h0"].state is SchedState.ACTIVE
+
+
 def test_already_drained_is_ok_and_idempotent(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
     run_drain(conn, sched, [HOSTS[0]])
     n = len(hs.audit(conn, "h0"))
@@ -316,3 +339,40 @@ def test_judge_report() -> None:
     xid = Problem("xid", Severity.CRITICAL, "XID 79: fallen off the bus", Action.RESET_CHIP)
     assert "XID 79" in (core.judge_report(_report(Status.UNHEALTHY, 8, 8, [xid])) or "")
     assert core.judge_report(_report(Status.HEALTHY, 7, 8, [])) == "agent sees 7 of 8 expected chips"
+
+
+# --- scheduler none: the drained file, through the real local runner ---------------------------
+
+
+def test_none_scheduler_writes_and_removes_the_drained_file(tmp_path: Path) -> None:
+    from fleetctl.schedulers.none import NoneScheduler
+
+    path = tmp_path / "agent" / "drained"
+    host = FakeHost("h", vars={"ansible_connection": "local", "fleet_agent_drained_file": str(path)})
+    s = NoneScheduler()
+    assert s.state(host).state is SchedState.ACTIVE
+    s.drain(host, "fleetctl:al: disk")
+    assert path.read_text() == "fleetctl:al: disk\n"
+    assert not list(path.parent.glob("*tmp*"))  # written through a temp file, renamed
+    st = s.state(host)
+    assert st.state is SchedState.DRAINED and st.reason == "fleetctl:al: disk" and st.ours
+    s.undrain(host)
+    assert not path.exists()
+    path.write_text("drained by hand\n")
+    with pytest.raises(ForeignDrainError, match="drained by hand"):
+        s.drain(host, "fleetctl:al: disk")
+    with pytest.raises(ForeignDrainError):
+        s.undrain(host)
+    assert path.read_text() == "drained by hand\n"
+
+
+def test_none_scheduler_rejects_a_relative_path_and_reports_unreadable_files(tmp_path: Path) -> None:
+    from fleetctl.schedulers.none import NoneScheduler
+
+    with pytest.raises(SchedulerError, match="must be an absolute path"):
+        NoneScheduler().state(FakeHost("h", vars={"ansible_connection": "local",
+                                                  "fleet_agent_drained_file": "drained"}))
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(SchedulerError, match=r"h: cannot read .*dir: .*Is a directory"):
+        NoneScheduler().state(FakeHost("h", vars={"ansible_connection": "local",
+                                                  "fleet_agent_drained_file": str(tmp_path / "dir")}))

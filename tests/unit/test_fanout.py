@@ -237,3 +237,9 @@ def test_agents_report_builds_rows_for_every_host() -> None:
         assert report.exit_code == 1
 
     asyncio.run(scenario())
+
+
+def test_a_token_that_would_break_the_request_is_refused_without_echoing_it() -> None:
+    r = classify(replying(http(node_json())), tokens={"n1": "abc\r\nX-Injected: 1"})
+    assert r.kind is FetchKind.CONNECT_ERROR
+    assert "characters HTTP does not allow" in r.detail and "Injected" not in r.detail

@@ -294,3 +294,27 @@ def test_playbook_by_path_and_by_name_with_extension(env: Path) -> None:
     assert provision.resolve_playbook("other.yaml", env) == (env / "other.yaml").resolve()
     assert provision.resolve_playbook("site.yml", env) == (env / "playbooks" / "site.yml").resolve()
     assert provision.resolve_playbook("site", env) == (env / "playbooks" / "site.yml").resolve()
+
+
+def test_an_adapter_error_still_ends_the_record_and_frees_the_hosts(env: Path) -> None:
+    class Broken(FakeRunner):
+        def run(self, request: PlaybookRequest, on_event: object, should_cancel: object) -> object:  # type: ignore[override]
+            raise RuntimeError("pexpect exploded")
+
+    with pytest.raises(RuntimeError):
+        run(env, Broken())
+    (record,) = runs.list_runs(runs.connect(env / "state.db"))
+    assert (record.status, record.message) == ("failed", "pexpect exploded")
+    assert locks.held(db.connect(env / "state.db", schema=locks.SCHEMA)) == []
+
+
+def test_a_caller_holding_the_locks_can_run_provision_inside_them(env: Path) -> None:
+    conn = db.connect(env / "state.db", schema=(*runs.SCHEMA, *locks.SCHEMA))
+    mine = locks.Holder("maintain-7", "maintain", "alice", runs.this_machine(), os.getpid())
+    locks.acquire(conn, HOSTS, mine)
+    with pytest.raises(HostsLocked, match="held by maintain-7"):
+        run(env, FakeRunner(play(ok("n1"))))
+    result = provision.run(opts(env), FakeRunner(play(ok("n1"))), db_path=env / "state.db", cwd=env,
+                           select_hosts=select, held_by="maintain-7")
+    assert result.status == "successful"
+    assert {lk.holder.id for lk in locks.held(conn)} == {"maintain-7"}  # still held by the caller

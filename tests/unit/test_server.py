@@ -249,3 +249,16 @@ def test_connections_over_the_cap_are_closed(served: Served) -> None:
     with served.connect() as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _read_response(s)[0].startswith(b"HTTP/1.1 200")
+
+
+def test_401_to_a_request_with_a_body_leaves_later_401s_alone() -> None:
+    s = Served(AgentHttp(_state(), token="secret", request_timeout_s=0.5))
+    try:
+        for _ in range(2):
+            with s.connect() as c:
+                c.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+                reply = _read_all(c)
+            assert reply.startswith(b"HTTP/1.1 401") and reply.lower().count(b"connection: close") == 1
+        assert s.http.route(b"GET", b"/v1/node", []).headers == [("WWW-Authenticate", "Bearer")]
+    finally:
+        s.stop()

@@ -1,0 +1,283 @@
+"""Benchmark ``fleetctl health --json`` over simulated fleets; prints one JSON document.
+
+For each fleet size (1,000 and 10,000 hosts x 8 chips; ``fleet-agent sim-fleet`` in its own
+process) it measures the whole command (interpreter start to exit), median of ``--runs``, with a warm
+inventory cache and with a cold one, and a sequential HTTP loop over the same agents in the same run
+as the baseline (``ratio`` = sequential / fleetctl). A hostile variant replaces 10 % of the hosts by
+agents that hang, 5 % by ones that answer garbage and 5 % by closed ports: the fan-out must end
+within the per-host timeout + 0.5 s with every host classified. ``fleetctl --help`` start-up last.
+
+Targets (issue 4): 1,000 hosts <= 0.8 s, 10,000 hosts <= 8 s (warm), ``--help`` <= 0.3 s.
+
+    python benchmarks/bench_health.py            # full: 1,000 and 10,000 hosts, 5 runs each
+    python benchmarks/bench_health.py --quick    # 1,000 hosts, 3 runs
+    python benchmarks/bench_health.py serve-hostile BASE N_HUNG N_GARBAGE   # (internal)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+FLEETCTL = str(BIN / "fleetctl")
+FLEET_AGENT = str(BIN / "fleet-agent")
+BASE_PORT = 20000  # sim-fleet and hostile responders use 20000..31000
+HELP_TARGET_S = 0.3
+TARGETS_S = {1000: 0.8, 10000: 8.0}
+
+
+def log(msg: str) -> None:
+    print(f"[bench_health] {msg}", file=sys.stderr, flush=True)
+
+
+# --- hostile responders (their own process) ------------------------------------------------------------
+
+
+async def _serve_hostile(base: int, hung: int, garbage: int) -> None:
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(4096)
+            await asyncio.sleep(3600)
+        finally:
+            writer.close()
+
+    async def junk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(4096)
+            writer.write(b"\x15\x03\x03\x00\x02\x02\x50 this is not HTTP\r\n\r\n")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    servers = []
+    for i in range(hung):
+        servers.append(await asyncio.start_server(hang, "127.0.0.1", base + i, backlog=64))
+    for i in range(garbage):
+        servers.append(await asyncio.start_server(junk, "127.0.0.1", base + hung + i, backlog=64))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+# --- processes -----------------------------------------------------------------------------------------
+
+
+def raise_nofile() -> None:
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start_fleet(workdir: Path, hosts: int, base: int) -> tuple[subprocess.Popen[bytes], Path]:
+    inv = workdir / f"fleet-{hosts}.yml"
+    logf = workdir / f"fleet-{hosts}.log"
+    proc = subprocess.Popen(
+        [FLEET_AGENT, "sim-fleet", "--hosts", str(hosts), "--base-port", str(base), "--scenario", "healthy",
+         "--write-inventory", str(inv)],
+        stdout=logf.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=raise_nofile,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 600
+    while "ready:" not in logf.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise SystemExit(f"sim-fleet did not start:\n{logf.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.2)
+    return proc, inv
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def run_fleetctl(args: list[str], cache: Path) -> tuple[float, dict[str, Any] | None, int]:
+    """Wall time of the whole command, its JSON report (if any) and exit code."""
+    started = time.perf_counter()
+    out = subprocess.run([FLEETCTL, *args], capture_output=True, text=True,
+                         env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
+    wall = time.perf_counter() - started
+    if out.returncode not in (0, 1):
+        raise SystemExit(f"fleetctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
+    doc = json.loads(out.stdout) if out.stdout.startswith("{") else None
+    return wall, doc, out.returncode
+
+
+def sequential_per_host(inventory_hosts: list[tuple[str, int]], sample: int) -> float:
+    """The naive baseline: one blocking HTTP request after another (http.client + json)."""
+    hosts = inventory_hosts[:sample]
+    started = time.perf_counter()
+    for address, port in hosts:
+        conn = http.client.HTTPConnection(address, port, timeout=5)
+        try:
+            conn.request("GET", "/v1/node")
+            json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+    return (time.perf_counter() - started) / len(hosts)
+
+
+def hosts_of(inventory: Path) -> list[tuple[str, int]]:
+    import yaml
+
+    doc = yaml.safe_load(inventory.read_text())
+    return [(v["ansible_host"], int(v["fleet_agent_port"])) for v in doc["all"]["hosts"].values()]
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+# --- the measurements ----------------------------------------------------------------------------------
+
+
+def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str, Any]:
+    log(f"{hosts} hosts: starting sim-fleet")
+    proc, inv = start_fleet(workdir, hosts, BASE_PORT)
+    try:
+        args = ["health", "-i", str(inv), "--json"]
+        warm_cache = workdir / f"cache-warm-{hosts}"
+        _, doc, _ = run_fleetctl(args, warm_cache)  # fills the cache
+        assert doc is not None and doc["summary"]["hosts"]["total"] == hosts
+        healthy = doc["summary"]["hosts"]["healthy"]
+        warm, fanout = [], []
+        for i in range(runs):
+            wall, doc, _ = run_fleetctl(args, warm_cache)
+            assert doc is not None
+            warm.append(wall)
+            fanout.append(doc["duration_s"])
+            log(f"{hosts} hosts warm run {i + 1}: {wall:.2f}s (fan-out {doc['duration_s']:.2f}s)")
+        cold = []
+        for i in range(cold_runs):
+            cache = Path(tempfile.mkdtemp(dir=workdir, prefix="cache-cold-"))
+            wall, _, _ = run_fleetctl(args, cache)
+            cold.append(wall)
+            shutil.rmtree(cache)
+            log(f"{hosts} hosts cold run {i + 1}: {wall:.2f}s")
+        sample = min(hosts, 300)
+        per_host = sequential_per_host(hosts_of(inv), sample)
+        seq_total = per_host * hosts
+        log(f"{hosts} hosts sequential: {per_host * 1000:.2f} ms/host")
+        target = TARGETS_S.get(hosts)
+        return {
+            "hosts": hosts, "chips_per_host": 8, "runs": runs, "cold_runs": cold_runs,
+            "healthy_hosts_seen": healthy,
+            "warm_cache_s": median(warm), "cold_cache_s": median(cold), "fanout_s": median(fanout),
+            "warm_runs_s": [round(w, 3) for w in warm], "cold_runs_s": [round(c, 3) for c in cold],
+            "target_s": target, "meets_target": None if target is None else median(warm) <= target,
+            "sequential_baseline": {"per_host_ms": round(per_host * 1000, 3), "sampled_hosts": sample,
+                                    "estimated_total_s": round(seq_total, 3),
+                                    "ratio_vs_fleetctl_warm": round(seq_total / median(warm), 2)},
+        }
+    finally:
+        stop(proc)
+
+
+def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int | None) -> dict[str, Any]:
+    n_hung, n_garbage, n_refused = hosts // 10, hosts // 20, hosts // 20
+    n_ok = hosts - n_hung - n_garbage - n_refused
+    log(f"hostile {hosts}: {n_ok} ok, {n_hung} hung, {n_garbage} garbage, {n_refused} refusing")
+    proc, inv = start_fleet(workdir, n_ok, BASE_PORT)
+    hostile_base = BASE_PORT + n_ok
+    server = subprocess.Popen([sys.executable, __file__, "serve-hostile", str(hostile_base), str(n_hung),
+                               str(n_garbage)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              preexec_fn=raise_nofile)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
+        expected: dict[str, str] = {}
+        lines = [inv.read_text().rstrip("\n"), "hostile:", "  hosts:"]
+        for i in range(n_hung + n_garbage + n_refused):
+            name = f"hostile-{i:05d}"
+            kind = "timeout" if i < n_hung else "garbage" if i < n_hung + n_garbage else "refused"
+            expected[name] = kind
+            # refusing hosts: ports right after the responders, where nothing listens
+            lines.append(f"    {name}: {{ansible_host: 127.0.0.1, fleet_agent_port: {hostile_base + i}}}")
+        mixed = workdir / f"hostile-{hosts}.yml"
+        mixed.write_text("\n".join(lines) + "\n")
+        args = ["health", "-i", str(mixed), "--json", "--timeout", str(timeout_s), "--deadline",
+                str(timeout_s * 4)]
+        if concurrency:
+            args += ["--concurrency", str(concurrency)]
+        cache = workdir / f"cache-hostile-{hosts}"
+        run_fleetctl(args, cache)  # warm the inventory cache
+        wall, doc, _ = run_fleetctl(args, cache)
+        assert doc is not None
+        got = {h["name"]: (h["reason"] or {}).get("kind") for h in doc["hosts"]}
+        misclassified = sum(1 for name, kind in expected.items() if got.get(name) != kind)
+        ok_hosts = sum(1 for h in doc["hosts"] if h["status"] == "healthy")
+        return {
+            "hosts": hosts, "ok": n_ok, "hung": n_hung, "garbage": n_garbage, "refusing": n_refused,
+            "timeout_s": timeout_s, "concurrency": concurrency or "default",
+            "fanout_s": doc["duration_s"], "whole_command_s": round(wall, 3),
+            "within_timeout_plus_0_5s": doc["duration_s"] <= timeout_s + 0.5,
+            "classified": len(doc["hosts"]) == hosts, "hostile_misclassified": misclassified,
+            "healthy_seen": ok_hosts,
+        }
+    finally:
+        server.kill()
+        server.wait()
+        stop(proc)
+
+
+def bench_help(runs: int) -> dict[str, Any]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([FLEETCTL, "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - started)
+    return {"median_s": median(times), "runs_s": [round(t, 3) for t in times], "target_s": HELP_TARGET_S,
+            "meets_target": median(times) <= HELP_TARGET_S}
+
+
+def main() -> int:
+    if len(sys.argv) >= 2 and sys.argv[1] == "serve-hostile":
+        asyncio.run(_serve_hostile(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1,000 hosts, 3 runs")
+    p.add_argument("--sizes", help="comma-separated fleet sizes (default 1000,10000)")
+    p.add_argument("--runs", type=int, help="runs per measurement (default 5, --quick 3)")
+    p.add_argument("--cold-runs", type=int, help="cold-cache runs (default: --runs; Ansible parses each)")
+    p.add_argument("--hostile-timeout", type=float, default=2.0)
+    args = p.parse_args()
+    default_sizes = [1000] if args.quick else [1000, 10000]
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else default_sizes
+    runs = args.runs or (3 if args.quick else 5)
+    raise_nofile()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
+        work = Path(tmp)
+        result: dict[str, Any] = {
+            "benchmark": "fleetctl health", "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0],
+            "sizes": [bench_size(work, n, runs, args.cold_runs or runs) for n in sizes],
+            "hostile": bench_hostile(work, max(sizes), args.hostile_timeout, None),
+            "help_startup": bench_help(max(runs, 5)),
+            "ansible_adhoc_baseline": None,
+            "ansible_adhoc_note": "needs the SSH lab (not part of this benchmark yet)",
+            "load_avg_at_end": os.getloadavg()[0], "elapsed_s": round(time.time() - started, 1),
+        }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
