@@ -380,8 +380,8 @@ def _captured_ansible_warnings() -> Iterator[list[tuple[str, BaseException | Non
         got.append((str(msg or ""), exception))
 
     saved = {k: display.__dict__.get(k) for k in ("warning", "error_as_warning")}
-    display.warning = warning  # type: ignore[method-assign]
-    display.error_as_warning = error_as_warning  # type: ignore[method-assign]
+    display.warning = warning
+    display.error_as_warning = error_as_warning
     try:
         yield got
     finally:

@@ -71,6 +71,15 @@ def summary_line(result: ProvisionResult) -> Text:
     return text
 
 
+def diff_text(event: Event, tally: EventTally) -> Text | None:
+    """Ansible's own rendering of a ``--diff`` (the ``runner_on_file_diff`` event's stdout)."""
+    if event.get("event") != "runner_on_file_diff":
+        return None
+    # pexpect reads through a pty: CRLF line ends, ANSI colours
+    stdout = str(event.get("stdout") or "").replace("\r\n", "\n").strip("\n")
+    return Text.from_ansi(tally.redact(stdout)) if stdout else None
+
+
 def print_summary(console: Console, result: ProvisionResult) -> None:
     console.print(summary_table(result.hosts))
     console.print(summary_line(result))
@@ -98,6 +107,10 @@ class PlainProgress:
             self._say(f"batch {index}/{total}: {', '.join(hosts)}")
 
     def event(self, event: Event, tally: EventTally) -> None:
+        diff = diff_text(event, tally)
+        if diff is not None:
+            with self._lock:
+                self.console.print(diff, highlight=False, soft_wrap=True)
         name = event.get("event")
         data: dict[str, Any] = event.get("event_data") or {}
         if name == "playbook_on_play_start":
@@ -148,6 +161,9 @@ class LiveProgress:
 
     def event(self, event: Event, tally: EventTally) -> None:
         self.tally = tally
+        diff = diff_text(event, tally)
+        if diff is not None:
+            self.live.console.print(diff, highlight=False, soft_wrap=True)  # printed above the live view
 
     def render(self) -> RenderableType:
         if self.tally is None or self.task_id is None:

@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _once(args: argparse.Namespace) -> int:
-    from fleet_agent.fleet import build_runtime, load_host_sim, resolve_scenario
+    from fleet_agent.fleet import build_runtime, close_within, load_host_sim, resolve_scenario
     from fleet_agent.sampler import DaemonThreadPool
 
     cfg = _load(args.config)
@@ -99,9 +99,12 @@ def _once(args: argparse.Namespace) -> int:
         host_sim = None
         if cfg.simulation is not None:
             host_sim = load_host_sim(cfg.simulation.scenario, cfg.simulation.host_index, cfg.source)
-        rt = build_runtime(cfg, executor=pool, host_sim=host_sim)
+        # One sample: drain XID events inline rather than start an event thread.
+        rt = build_runtime(cfg, executor=pool, host_sim=host_sim, xid_events="poll")
         report = rt.sampler.sample_once()
-        rt.sampler.close()
+        if host_sim is not None:
+            host_sim.release_hangs()
+        close_within([rt], 1.0)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     if args.json:

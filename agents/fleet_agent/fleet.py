@@ -32,6 +32,7 @@ from fleet_agent.server import AgentHttp, AgentState, ConnectionLimiter, bound_p
 # it returns, and the sampler keeps at most one call in flight per chip, so this caps the threads
 # a pathological fleet can pile up; threads are only created when needed.
 CALL_POOL_MAX = 1024
+CLOSE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -345,7 +346,24 @@ async def _serve_until_stopped(runtimes: list[AgentRuntime], cfg: AgentConfig, i
         for rt in runtimes:
             if rt.host_sim is not None:
                 rt.host_sim.release_hangs()  # let simulated hung calls return: threads can exit
+        close_within(runtimes, CLOSE_TIMEOUT_S)
+
+
+def close_within(runtimes: Sequence[AgentRuntime], timeout_s: float) -> None:
+    """Close every sampler's collectors, but give up after ``timeout_s``: nvmlShutdown can block
+    behind a call hung in the driver, and a stopping agent must still stop."""
+    import threading
+
+    def close_all() -> None:
+        for rt in runtimes:
             rt.sampler.close()
+
+    closer = threading.Thread(target=close_all, name="close", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    if closer.is_alive():
+        print("fleet-agent: collectors did not close in time (a call hung in the driver?); exiting anyway",
+              file=sys.stderr)
 
 
 def run_agent(cfg: AgentConfig) -> int:

@@ -160,25 +160,46 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
 
     def start(config: dict[str, Any] | None = None, *, wait: bool = True, token: str | None = None,
               ready_timeout: float = 30.0) -> AgentProcess:
-        cfg = dict(config or {})
-        cfg.setdefault("port", free_port())
-        cfg.setdefault("listen_address", "127.0.0.1")
-        workdir = tmp_path / f"agent{len(started)}"
-        workdir.mkdir()
-        cfg_path = workdir / "config.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg))
-        proc, out, err = _spawn(["run", "--config", str(cfg_path)], workdir, "agent")
-        agent = AgentProcess(proc, int(cfg["port"]), workdir, out, err, cfg_path)
-        started.append(agent)
-        if wait:
-            token = token or cfg.get("token")
-            wait_until(lambda: agent.get("/v1/node", token=token, timeout=1).status == 200,
-                       ready_timeout, f"agent on port {agent.port}", agent)
-        return agent
+        fixed_port = config is not None and "port" in config
+        for attempt in range(3):
+            cfg = dict(config or {})
+            cfg.setdefault("port", free_port())
+            cfg.setdefault("listen_address", "127.0.0.1")
+            workdir = tmp_path / f"agent{len(started)}"
+            workdir.mkdir()
+            cfg_path = workdir / "config.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg))
+            proc, out, err = _spawn(["run", "--config", str(cfg_path)], workdir, "agent")
+            agent = AgentProcess(proc, int(cfg["port"]), workdir, out, err, cfg_path)
+            started.append(agent)
+            if not wait:
+                return agent
+            auth = token or cfg.get("token")
+            try:
+                wait_until(_serves_node(agent, auth), ready_timeout, f"agent on port {agent.port}", agent)
+            except AssertionError:
+                if not fixed_port and _port_taken(agent) and attempt < 2:
+                    continue  # the free port was taken between our check and the agent's bind
+                raise
+            return agent
+        raise AssertionError("unreachable")
 
     yield start
     for a in started:
         a.stop()
+
+
+def _serves_node(agent: AgentProcess, token: str | None) -> Callable[[], bool]:
+    return lambda: agent.get("/v1/node", token=token, timeout=1).status == 200
+
+
+def _printed_ready(fleet: AgentProcess) -> Callable[[], bool]:
+    return lambda: "ready:" in fleet.stdout()
+
+
+def _port_taken(agent: AgentProcess) -> bool:
+    """The process exited because its port was taken meanwhile (worth a retry on another)."""
+    return agent.proc.poll() == 2 and "cannot listen" in agent.stderr()
 
 
 @pytest.fixture
@@ -191,20 +212,28 @@ def start_sim_fleet(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
 
     def start(hosts: int = 3, *, scenario: str = "demo", args: list[str] | None = None,
               inventory: bool = True, ready_timeout: float = 60.0) -> AgentProcess:
-        base = free_port_block(hosts)
-        workdir = tmp_path / f"fleet{len(started)}"
-        workdir.mkdir()
-        argv = ["sim-fleet", "--hosts", str(hosts), "--base-port", str(base), "--scenario", scenario,
-                *(args or [])]
-        inv = workdir / "inventory.yml"
-        if inventory:
-            argv += ["--write-inventory", str(inv)]
-        proc, out, err = _spawn(argv, workdir, "sim-fleet")
-        fleet = AgentProcess(proc, base, workdir, out, err, hosts=hosts,
-                             extra={"inventory": inv if inventory else None})
-        started.append(fleet)
-        wait_until(lambda: "ready:" in fleet.stdout(), ready_timeout, "sim-fleet ready", fleet)
-        return fleet
+        for attempt in range(3):
+            base = free_port_block(hosts)
+            workdir = tmp_path / f"fleet{len(started)}-{attempt}"
+            workdir.mkdir()
+            argv = ["sim-fleet", "--hosts", str(hosts), "--base-port", str(base), "--scenario", scenario,
+                    *(args or [])]
+            inv = workdir / "inventory.yml"
+            if inventory:
+                argv += ["--write-inventory", str(inv)]
+            proc, out, err = _spawn(argv, workdir, "sim-fleet")
+            fleet = AgentProcess(proc, base, workdir, out, err, hosts=hosts,
+                                 extra={"inventory": inv if inventory else None})
+            started.append(fleet)
+            try:
+                wait_until(_printed_ready(fleet), ready_timeout, "sim-fleet ready", fleet)
+            except AssertionError:
+                # Another process took one of the ports between our check and the bind: retry.
+                if _port_taken(fleet) and attempt < 2:
+                    continue
+                raise
+            return fleet
+        raise AssertionError("unreachable")
 
     yield start
     for f in started:

@@ -116,3 +116,19 @@ def test_live_view_shows_play_task_hosts_done_and_host_states() -> None:
 def test_make_progress_is_plain_when_not_a_terminal() -> None:
     assert isinstance(make_progress(console()), PlainProgress)
     assert isinstance(make_progress(Console(file=StringIO(), force_terminal=True)), LiveProgress)
+
+
+def test_diffs_are_printed_as_ansible_rendered_them_with_secrets_redacted() -> None:
+    c = console()
+    view = PlainProgress(c)
+    tally = EventTally(["n1"], redact=lambda s: s.replace("pw123", "***"))
+    rendered = "\x1b[0;31m--- before: /etc/x\x1b[0m\r\n+++ after: /etc/x\r\n-old\r\n+token=pw123\r\n"
+    diff = fake_event("runner_on_file_diff", "n1", task="template", stdout=rendered,
+                      diff=[{"before": "old", "after": "token=pw123"}])
+    changed = fake_event("runner_on_ok", "n1", task="template", stdout="changed: [n1]", res={"changed": True})
+    for event in (diff, changed):
+        tally.feed(event)
+        view.event(event, tally)
+    assert text(c).splitlines() == [
+        "--- before: /etc/x", "+++ after: /etc/x", "-old", "+token=***", "  n1: changed",
+    ]

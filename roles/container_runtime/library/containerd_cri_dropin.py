@@ -90,6 +90,7 @@ except ImportError:  # Python < 3.11
 CRI_PLUGIN_BY_VERSION = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 IMPORTS_LINE = re.compile(r"(?ms)^imports\s*=\s*\[.*?\]")
+VERSION_LINE = re.compile(r"(?m)^version\s*=.*$")
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -157,10 +158,13 @@ def with_import(text: str, parsed: dict[str, Any], dropin: str) -> str:
     if dropin in imports:
         return text
     line = "imports = " + toml_value([*imports, dropin])
-    match = IMPORTS_LINE.search(text)
+    # Top-level keys come before the first table header; an `imports` key inside a table is not ours.
+    first_table = re.search(r"(?m)^\s*\[", text)
+    top_level_end = first_table.start() if first_table else len(text)
+    match = IMPORTS_LINE.search(text, 0, top_level_end)
     if match:
         return text[: match.start()] + line + text[match.end():]
-    version = re.search(r"(?m)^version\s*=.*$", text)
+    version = VERSION_LINE.search(text, 0, top_level_end)
     if version:
         return text[: version.end()] + "\n" + line + text[version.end():]
     return line + "\n" + text
