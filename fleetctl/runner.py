@@ -33,6 +33,11 @@ CancelCheck = Callable[[], bool]
 # ansible-playbook's prompt for --ask-vault-pass; answered through pexpect, never written to disk.
 VAULT_PROMPT = r"^Vault password[^:\n]*:\s*$"
 
+# paramiko asks on ansible-playbook's terminal (here: pexpect's pty) whether to trust an unknown
+# host key, and takes an empty answer as yes. fleetctl always answers no: keys are trusted through
+# known_hosts, or checking is turned off explicitly (--no-host-key-checking), never by a prompt.
+HOST_KEY_PROMPT = r"Are you sure you want to continue connecting \(yes/no\)\?"
+
 # Worst first: the order of the final table and of a host's overall state.
 HOST_STATES = ("failed", "unreachable", "pending", "changed", "ok")
 
@@ -136,7 +141,7 @@ class AnsibleRunner:
             forks=request.forks,
             cmdline=shlex.join(request.cmdline) if request.cmdline else None,
             envvars=envvars,
-            passwords=dict(request.passwords),
+            passwords={HOST_KEY_PROMPT: "no", **request.passwords},
             settings={"pexpect_timeout": self.poll_interval},
             # Not "jsonfile": ansible-runner would then point Ansible's fact cache into the
             # artifacts dir, overriding ansible.cfg's (facts gathered on every run).

@@ -45,6 +45,9 @@ class NoneScheduler:
 
         One SSH connection per host is too slow for counting a fleet of thousands; the agents
         read the same file and answer in one fan-out. An agent that does not answer counts as down.
+        The few hosts an agent reports drained are confirmed on the host itself: an agent's
+        report is up to one sampling interval old, and a file fleetctl removed a moment ago must
+        not count.
         """
         from fleetctl.inventory import Host
 
@@ -61,8 +64,7 @@ class NoneScheduler:
             if r.report is None:
                 result[r.host.name] = NodeState(SchedState.DOWN, None, f"agent {r.kind}: {r.detail}")
             elif r.report.drained:
-                reason = getattr(r.report, "drained_reason", None)
-                result[r.host.name] = NodeState(SchedState.DRAINED, reason, "agent reports drained")
+                result[r.host.name] = self._state_or_down(r.host)
             else:
                 result[r.host.name] = NodeState(SchedState.ACTIVE, None, "agent reports not drained")
         return result

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port_block, wait_until
+from conftest import PORT_HI, PORT_LO, free_port_block, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,8 @@ def ssh_lab(tmp_path: Path, start_agent: Callable[..., Any]) -> Iterator[dict[st
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab / "host_key")], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab / "id")], check=True)
     shutil.copy(lab / "id.pub", lab / "authorized_keys")
-    base = free_port_block(len(HOSTS))
+    # a random start: other test sessions on this machine take the first free ports of the range
+    base = free_port_block(len(HOSTS), lo=PORT_LO + secrets.randbelow(PORT_HI - PORT_LO - 20))
     host_pub = (lab / "host_key.pub").read_text().split()
     (lab / "known_hosts").write_text("".join(f"[127.0.0.1]:{base + i} {host_pub[0]} {host_pub[1]}\n"
                                              for i in range(len(HOSTS))))

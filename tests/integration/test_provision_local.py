@@ -258,3 +258,31 @@ def test_a_concurrent_run_touching_a_held_host_is_refused(tmp_path: Path) -> Non
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
     assert first.returncode == 130
+
+
+def test_a_killed_fleetctl_leaves_an_interrupted_run_and_no_blocking_lock(tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path, {"a": LOCAL})
+    seconds = "96.53"
+    proc = subprocess.Popen(
+        [*FLEETCTL, "provision", "-i", str(inventory), "-p", str(TINY), "-e", f"sleep_seconds={seconds}"],
+        cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: len(_sleepers(seconds)) == 1)
+        runs_list = lambda: json.loads(fleetctl(tmp_path, "runs", "list", "--json").stdout)  # noqa: E731
+        # the heartbeat (every 5 s) saves the results so far: the marker task's change
+        _wait_for(lambda: [h["changed"] for h in runs_list()[0]["hosts"]] == [1], timeout=30)
+        assert runs_list()[0]["status"] == "running"
+        tree = _descendants(proc.pid)
+        proc.kill()  # SIGKILL: no handler runs, nothing is finished
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        for child in tree:  # what SIGKILL left behind: ours to clean up
+            if child.is_running():
+                child.kill()
+    run_id = stdout.splitlines()[0].split()[1].rstrip(":")
+    record = show(tmp_path, run_id)
+    assert record["status"] == "interrupted"
+    assert record["hosts"][0]["changed"] == 1  # type: ignore[index]
+    again = fleetctl(tmp_path, "provision", "-i", str(inventory), "-p", str(TINY), "--tags", "marker")
+    assert again.returncode == 0, again.stdout + again.stderr  # the dead run's lock does not block

@@ -61,9 +61,10 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
     known = "".join(f"[127.0.0.1]:{base + i} {kind} {key}\n" for i in range(len(HOSTS)))
     (keys / "known_hosts").write_text(known)
     (keys / "stranger_known_hosts").write_text("")
-    home_ssh = tmp_path / "home" / ".ssh"  # paramiko reads ~/.ssh/known_hosts
+    # paramiko ignores ssh options and reads ~/.ssh/known_hosts: only p2 is known there
+    home_ssh = tmp_path / "home" / ".ssh"
     home_ssh.mkdir(parents=True)
-    (home_ssh / "known_hosts").write_text(known)
+    (home_ssh / "known_hosts").write_text(known.splitlines(keepends=True)[1])
     containers: list[str] = []
     try:
         hosts: dict[str, dict[str, Any]] = {}
@@ -73,8 +74,9 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
             _docker("run", "-d", "--rm", "--name", cname, "--network", "host",
                     "-v", f"{keys}:/keys:ro", "-v", f"{tmp_path / name}:/srv/marker", IMAGE,
                     "sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -p \"$0\" "
-                    "-o ListenAddress=127.0.0.1 -h /keys/host_key -o AuthorizedKeysFile=/keys/authorized_keys "
-                    "-o StrictModes=no -o PasswordAuthentication=no", str(base + i))
+                    "-o ListenAddress=127.0.0.1 -h /keys/host_key "
+                    "-o AuthorizedKeysFile=/keys/authorized_keys -o StrictModes=no "
+                    "-o PasswordAuthentication=no", str(base + i))
             containers.append(cname)
             hosts[name] = {
                 "ansible_host": "127.0.0.1", "ansible_port": base + i, "ansible_user": "root",
@@ -109,13 +111,9 @@ def hosts_of(proc: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]
 
 
 def test_provision_over_ssh_keeps_host_key_checking_on(lab: dict[str, Any]) -> None:
-    done = fleetctl(lab, "provision", "lab", "-p", str(TINY), "--json", "-e", "marker_text=over-ssh")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert {h: r["state"] for h, r in hosts_of(done).items()} == {"p1": "changed", "p2": "changed"}
-    for name in HOSTS:
-        assert (lab["tmp"] / name / f"{name}.txt").read_text() == f"{name} over-ssh\n"
-
-    # an unknown host key is refused (ansible-runner alone would have accepted it)
+    # First, before any connection to p1's port exists: Ansible's ssh ControlPersist would let a
+    # later connection to the same user@host:port reuse an already verified master.
+    # An unknown host key is refused (ansible-runner alone would have accepted it)...
     refused = fleetctl(lab, "provision", "strangers", "-p", str(TINY), "--json")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     stranger = hosts_of(refused)["stranger"]
@@ -131,6 +129,12 @@ def test_provision_over_ssh_keeps_host_key_checking_on(lab: dict[str, Any]) -> N
     record = json.loads(fleetctl(lab, "runs", "show", json.loads(allowed.stdout)["run_id"], "--json").stdout)
     assert record["options"]["host_key_checking"] is False
 
+    done = fleetctl(lab, "provision", "lab", "-p", str(TINY), "--json", "-e", "marker_text=over-ssh")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {h: r["state"] for h, r in hosts_of(done).items()} == {"p1": "changed", "p2": "changed"}
+    for name in HOSTS:
+        assert (lab["tmp"] / name / f"{name}.txt").read_text() == f"{name} over-ssh\n"
+
 
 def test_paramiko_connection_checks_host_keys_too(lab: dict[str, Any]) -> None:
     done = fleetctl(lab, "provision", "p2", "-p", str(TINY), "--json", "--connection", "paramiko",
@@ -139,5 +143,8 @@ def test_paramiko_connection_checks_host_keys_too(lab: dict[str, Any]) -> None:
     assert (lab["tmp"] / "p2" / "p2.txt").read_text() == "p2 paramiko\n"
     refused = fleetctl(lab, "provision", "strangers", "-p", str(TINY), "--json", "--connection", "paramiko")
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert hosts_of(refused)["stranger"]["state"] in ("unreachable", "failed")
+    stranger = hosts_of(refused)["stranger"]
+    assert stranger["state"] in ("unreachable", "failed")
+    # paramiko asked whether to trust the key; fleetctl answered no (an empty answer means yes)
+    assert "host connection rejected by user" in stranger["first_failure"]
     assert not (lab["tmp"] / "p1" / "stranger.txt").exists()

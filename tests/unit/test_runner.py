@@ -120,3 +120,18 @@ playbook: site.yml
 """
     assert parse_list_tags(output) == {"base", "packages", "agent", "nvidia"}
     assert parse_list_tags("  play #1 (all): x\tTAGS: []\n      TASK TAGS: []\n") == set()
+
+
+def test_prompt_patterns_match_what_ansible_prints() -> None:
+    import re
+
+    from fleetctl.runner import HOST_KEY_PROMPT, VAULT_PROMPT
+
+    paramiko = (
+        "\nparamiko: The authenticity of host '127.0.0.1' can't be established.\n"
+        "The ssh-ed25519 key fingerprint is b'ab12'.\n"
+        "Are you sure you want to continue connecting (yes/no)?\n"
+    )
+    assert re.compile(HOST_KEY_PROMPT, re.M).search(paramiko)
+    assert re.compile(VAULT_PROMPT, re.M).search("Vault password: ")
+    assert not re.compile(VAULT_PROMPT, re.M).search("TASK [set vault password: x] ***")
