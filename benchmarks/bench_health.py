@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,12 @@ def hosts_of(inventory: Path) -> list[tuple[str, int]]:
     return [(v["ansible_host"], int(v["fleet_agent_port"])) for v in doc["all"]["hosts"].values()]
 
 
+def why(host: dict[str, Any]) -> str:
+    """A short reason for a host that is not healthy: the fetch failure, else its checks."""
+    reason = (host["reason"] or {}).get("kind")
+    return str(reason or ",".join(sorted({p["check"] for p in host["problems"]})) or host["status"])
+
+
 def median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
@@ -159,6 +166,7 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
         _, doc, _ = run_fleetctl(args, warm_cache)  # fills the cache
         assert doc is not None and doc["summary"]["hosts"]["total"] == hosts
         healthy = doc["summary"]["hosts"]["healthy"]
+        not_healthy = dict(Counter(why(h) for h in doc["hosts"] if h["status"] != "healthy").most_common(5))
         warm, fanout = [], []
         for i in range(runs):
             wall, doc, _ = run_fleetctl(args, warm_cache)
@@ -180,7 +188,7 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
         target = TARGETS_S.get(hosts)
         return {
             "hosts": hosts, "chips_per_host": 8, "runs": runs, "cold_runs": cold_runs,
-            "healthy_hosts_seen": healthy,
+            "healthy_hosts_seen": healthy, "not_healthy_because": not_healthy,
             "warm_cache_s": median(warm), "cold_cache_s": median(cold), "fanout_s": median(fanout),
             "warm_runs_s": [round(w, 3) for w in warm], "cold_runs_s": [round(c, 3) for c in cold],
             "target_s": target, "meets_target": None if target is None else median(warm) <= target,
@@ -203,18 +211,23 @@ def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int 
                               preexec_fn=raise_nofile)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
+        import random
+
+        import yaml
+
+        fleet_hosts = yaml.safe_load(inv.read_text())["all"]["hosts"]
+        entries = [f"    {name}: {{ansible_host: 127.0.0.1, fleet_agent_port: {v['fleet_agent_port']}}}"
+                   for name, v in fleet_hosts.items()]
         expected: dict[str, str] = {}
-        lines = [inv.read_text().rstrip("\n"), "hostile:", "  hosts:"]
         for i in range(n_hung + n_garbage + n_refused):
             name = f"hostile-{i:05d}"
-            kind = "timeout" if i < n_hung else "garbage" if i < n_hung + n_garbage else "refused"
-            expected[name] = kind
+            expected[name] = "timeout" if i < n_hung else "garbage" if i < n_hung + n_garbage else "refused"
             # refusing hosts: ports right after the responders, where nothing listens
-            lines.append(f"    {name}: {{ansible_host: 127.0.0.1, fleet_agent_port: {hostile_base + i}}}")
+            entries.append(f"    {name}: {{ansible_host: 127.0.0.1, fleet_agent_port: {hostile_base + i}}}")
+        random.Random(4).shuffle(entries)  # hostile hosts spread through the fleet, as in life
         mixed = workdir / f"hostile-{hosts}.yml"
-        mixed.write_text("\n".join(lines) + "\n")
-        args = ["health", "-i", str(mixed), "--json", "--timeout", str(timeout_s), "--deadline",
-                str(timeout_s * 4)]
+        mixed.write_text("all:\n  hosts:\n" + "\n".join(entries) + "\n")
+        args = ["health", "-i", str(mixed), "--json", "--timeout", str(timeout_s)]
         if concurrency:
             args += ["--concurrency", str(concurrency)]
         cache = workdir / f"cache-hostile-{hosts}"
@@ -222,7 +235,9 @@ def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int 
         wall, doc, _ = run_fleetctl(args, cache)
         assert doc is not None
         got = {h["name"]: (h["reason"] or {}).get("kind") for h in doc["hosts"]}
-        misclassified = sum(1 for name, kind in expected.items() if got.get(name) != kind)
+        wrong = Counter(f"{kind}->{got.get(name)}" for name, kind in expected.items()
+                        if got.get(name) != kind)
+        misclassified = sum(wrong.values())
         ok_hosts = sum(1 for h in doc["hosts"] if h["status"] == "healthy")
         return {
             "hosts": hosts, "ok": n_ok, "hung": n_hung, "garbage": n_garbage, "refusing": n_refused,
@@ -230,6 +245,8 @@ def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int 
             "fanout_s": doc["duration_s"], "whole_command_s": round(wall, 3),
             "within_timeout_plus_0_5s": doc["duration_s"] <= timeout_s + 0.5,
             "classified": len(doc["hosts"]) == hosts, "hostile_misclassified": misclassified,
+            "misclassified_as": dict(wrong.most_common(5)),
+            "statuses": doc["summary"]["hosts"],
             "healthy_seen": ok_hosts,
         }
     finally:

@@ -43,7 +43,7 @@ def connect(path: Path | None = None, *, schema: Iterable[str] = ()) -> sqlite3.
     return conn
 
 
-class transaction:  # noqa: N801 - used as a context manager, reads like a statement
+class transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error).
 
     IMMEDIATE takes the write lock up front, so a read-check-write sequence (e.g. counting

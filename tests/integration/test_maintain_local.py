@@ -1,9 +1,10 @@
 """``fleetctl maintain`` end to end: real ansible-runner, real fleet-agent processes, scheduler ``none``.
 
 The hosts use ``ansible_connection=local`` (test_maintain_ssh.py runs the same over real SSH),
-which keeps four hosts cheap enough to cover both failure kinds in one run. Each host has its own real agent (simulated chips) whose ``drained_file`` is the file
-fleetctl writes, so the agents' ``/v1/node`` shows the drain. m2's chips report XID 79 (unhealthy):
-it must fail verification; m3's playbook run fails: it must not be verified at all.
+which keeps four hosts cheap enough to cover both failure kinds in one run. Each host has its own
+real agent (simulated chips) whose ``drained_file`` is the file fleetctl writes, so the agents'
+``/v1/node`` shows the drain. m2's chips report XID 79 (unhealthy): it must fail verification;
+m3's playbook run fails: it must not be verified at all.
 """
 
 from __future__ import annotations
