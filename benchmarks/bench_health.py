@@ -111,16 +111,30 @@ def stop(proc: subprocess.Popen[Any]) -> None:
             proc.wait(10)
 
 
-def run_fleetctl(args: list[str], cache: Path) -> tuple[float, dict[str, Any] | None, int]:
-    """Wall time of the whole command, its JSON report (if any) and exit code."""
-    started = time.perf_counter()
-    out = subprocess.run([FLEETCTL, *args], capture_output=True, text=True,
-                         env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
-    wall = time.perf_counter() - started
-    if out.returncode not in (0, 1):
-        raise SystemExit(f"fleetctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
-    doc = json.loads(out.stdout) if out.stdout.startswith("{") else None
-    return wall, doc, out.returncode
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Run:
+    """One whole ``fleetctl`` command: wall time, its own CPU time, the fleet's CPU time meanwhile."""
+
+    def __init__(self, args: list[str], cache: Path, fleet_pid: int | None = None) -> None:
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        fleet_before = cpu_of(fleet_pid) if fleet_pid else 0.0
+        started = time.perf_counter()
+        out = subprocess.run([FLEETCTL, *args], capture_output=True, text=True,
+                             env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
+        self.wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        self.fleet_cpu = (cpu_of(fleet_pid) - fleet_before) if fleet_pid else 0.0
+        if out.returncode not in (0, 1):
+            raise SystemExit(f"fleetctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
+        self.doc: dict[str, Any] | None = json.loads(out.stdout) if out.stdout.startswith("{") else None
 
 
 def sequential_per_host(inventory_hosts: list[tuple[str, int]], sample: int) -> float:
@@ -163,24 +177,26 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
     try:
         args = ["health", "-i", str(inv), "--json"]
         warm_cache = workdir / f"cache-warm-{hosts}"
-        _, doc, _ = run_fleetctl(args, warm_cache)  # fills the cache
+        doc = Run(args, warm_cache).doc  # fills the cache
         assert doc is not None and doc["summary"]["hosts"]["total"] == hosts
         healthy = doc["summary"]["hosts"]["healthy"]
         not_healthy = dict(Counter(why(h) for h in doc["hosts"] if h["status"] != "healthy").most_common(5))
-        warm, fanout = [], []
+        warm, fanout, cpu, fleet_cpu = [], [], [], []
         for i in range(runs):
-            wall, doc, _ = run_fleetctl(args, warm_cache)
-            assert doc is not None
-            warm.append(wall)
-            fanout.append(doc["duration_s"])
-            log(f"{hosts} hosts warm run {i + 1}: {wall:.2f}s (fan-out {doc['duration_s']:.2f}s)")
+            r = Run(args, warm_cache, proc.pid)
+            assert r.doc is not None
+            warm.append(r.wall)
+            fanout.append(r.doc["duration_s"])
+            cpu.append(r.cpu)
+            fleet_cpu.append(r.fleet_cpu)
+            log(f"{hosts} hosts warm run {i + 1}: {r.wall:.2f}s (fan-out {r.doc['duration_s']:.2f}s, "
+                f"fleetctl CPU {r.cpu:.2f}s, sim-fleet CPU {r.fleet_cpu:.2f}s)")
         cold = []
         for i in range(cold_runs):
             cache = Path(tempfile.mkdtemp(dir=workdir, prefix="cache-cold-"))
-            wall, _, _ = run_fleetctl(args, cache)
-            cold.append(wall)
+            cold.append(Run(args, cache).wall)
             shutil.rmtree(cache)
-            log(f"{hosts} hosts cold run {i + 1}: {wall:.2f}s")
+            log(f"{hosts} hosts cold run {i + 1}: {cold[-1]:.2f}s")
         sample = min(hosts, 300)
         per_host = sequential_per_host(hosts_of(inv), sample)
         seq_total = per_host * hosts
@@ -190,6 +206,10 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
             "hosts": hosts, "chips_per_host": 8, "runs": runs, "cold_runs": cold_runs,
             "healthy_hosts_seen": healthy, "not_healthy_because": not_healthy,
             "warm_cache_s": median(warm), "cold_cache_s": median(cold), "fanout_s": median(fanout),
+            # CPU seconds, independent of what else the machine runs: on a dedicated 2-core machine
+            # (fleetctl on one core, sim-fleet on the other) the wall time is about the larger one.
+            "fleetctl_cpu_s": median(cpu), "sim_fleet_cpu_s": median(fleet_cpu),
+            "dedicated_2_core_estimate_s": round(max(median(cpu), median(fleet_cpu)), 3),
             "warm_runs_s": [round(w, 3) for w in warm], "cold_runs_s": [round(c, 3) for c in cold],
             "target_s": target, "meets_target": None if target is None else median(warm) <= target,
             "sequential_baseline": {"per_host_ms": round(per_host * 1000, 3), "sampled_hosts": sample,
@@ -231,8 +251,9 @@ def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int 
         if concurrency:
             args += ["--concurrency", str(concurrency)]
         cache = workdir / f"cache-hostile-{hosts}"
-        run_fleetctl(args, cache)  # warm the inventory cache
-        wall, doc, _ = run_fleetctl(args, cache)
+        Run(args, cache)  # warm the inventory cache
+        r = Run(args, cache, proc.pid)
+        wall, doc = r.wall, r.doc
         assert doc is not None
         got = {h["name"]: (h["reason"] or {}).get("kind") for h in doc["hosts"]}
         wrong = Counter(f"{kind}->{got.get(name)}" for name, kind in expected.items()
@@ -243,6 +264,7 @@ def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int 
             "hosts": hosts, "ok": n_ok, "hung": n_hung, "garbage": n_garbage, "refusing": n_refused,
             "timeout_s": timeout_s, "concurrency": concurrency or "default",
             "fanout_s": doc["duration_s"], "whole_command_s": round(wall, 3),
+            "fleetctl_cpu_s": round(r.cpu, 3),
             "within_timeout_plus_0_5s": doc["duration_s"] <= timeout_s + 0.5,
             "classified": len(doc["hosts"]) == hosts, "hostile_misclassified": misclassified,
             "misclassified_as": dict(wrong.most_common(5)),

@@ -189,7 +189,7 @@ class FleetReport:
         }
 
     def to_json(self, *, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, check_circular=False)
 
 
 SORT_KEYS = ("status", "name", "temp", "util", "age")

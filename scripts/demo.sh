@@ -63,7 +63,7 @@ grep '^ready:' "$workdir/fleet.log"
 
 export FLEETCTL_CACHE_DIR="$workdir/cache"
 # Piped output (CI logs, the README) gets a fixed width; a terminal keeps its own.
-[[ -t 1 ]] || export COLUMNS="${COLUMNS:-120}"
+[[ -t 1 ]] || export COLUMNS="${COLUMNS:-132}"
 
 run() {
     printf '\n$ %s\n' "$*" | sed "s|$workdir/||g"

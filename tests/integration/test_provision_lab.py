@@ -37,6 +37,10 @@ def _lab_module() -> ModuleType:
 @pytest.fixture(scope="module")
 def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     lab = _lab_module()
+    containers = [host.container for host in lab.lab_hosts()]
+    running = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", *containers],
+                             capture_output=True, text=True, check=False).stdout.split()
+    already_up = running == ["true"] * len(containers)  # someone else's lab: leave it as found
     lab.up()
     state = tmp_path_factory.mktemp("provision-lab")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "FLEETCTL_"))}
@@ -49,7 +53,8 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     try:
         yield env
     finally:
-        lab.down()
+        if not already_up:
+            lab.down()
 
 
 def fleetctl(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

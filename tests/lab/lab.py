@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ INVENTORY = REPO / "inventory" / "lab"
 STATE_DIR = REPO / ".cache" / "lab"
 KEY = STATE_DIR / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
+# The agent's dependencies as wheels: the lab installs offline (fleet_agent_wheelhouse), as an
+# air-gapped fleet would; the containers need no route to PyPI.
+WHEELHOUSE = STATE_DIR / "wheelhouse"
 IMAGE = "fleetctl/debian12-systemd:latest"
 SSH_USER = "fleetops"
 CONTAINER_PREFIX = "fleetctl-lab-"
@@ -196,9 +200,24 @@ def _write_known_hosts(hosts: list[LabHost]) -> None:
 
 def _check_ssh(host: LabHost) -> None:
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=yes", "-i", str(KEY), "-p", str(host.ssh_port),
+            "-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=yes",
+            "-i", str(KEY), "-p", str(host.ssh_port),
             f"{SSH_USER}@127.0.0.1", "sudo", "-n", "true"]
     _run(argv, timeout=60)
+
+
+def ensure_wheelhouse() -> None:
+    """Download the agent's dependencies (from agents/pyproject.toml) as wheels, once."""
+    if WHEELHOUSE.is_dir() and any(WHEELHOUSE.glob("*.whl")):
+        return
+    with (REPO / "agents" / "pyproject.toml").open("rb") as f:
+        requirements = tomllib.load(f)["project"]["dependencies"]
+    tmp = WHEELHOUSE.with_name("wheelhouse.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # The controller and the image both run CPython 3.11 on x86_64 Linux: the same wheels fit.
+    _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+          "--only-binary=:all:", "--dest", str(tmp), *requirements], timeout=600)
+    tmp.replace(WHEELHOUSE)
 
 
 def ensure_image() -> None:
@@ -210,6 +229,7 @@ def up(hosts: list[LabHost] | None = None) -> Path:
     hosts = hosts or lab_hosts()
     ensure_image()
     pubkey = _ensure_key()
+    ensure_wheelhouse()
     for host in hosts:
         _start_container(host)
     for host in hosts:

@@ -83,6 +83,8 @@ def test_successful_run_is_recorded_and_unlocks(env: Path) -> None:
     assert record.playbook == str((env / "playbooks" / "site.yml").resolve())
     assert {h.host: h.state for h in record.hosts} == {"n1": "changed", "n2": "ok", "n3": "ok"}
     assert record.artifacts == str(env / "runs" / result.run_id / "artifacts")
+    for private in (env / "runs", env / "runs" / result.run_id):  # artifacts hold the environment
+        assert private.stat().st_mode & 0o777 == 0o700
     assert locks.held(db.connect(env / "state.db", schema=locks.SCHEMA)) == []
     (request,) = runner.requests
     assert request.limit == "all" and request.playbook.name == "site.yml"
@@ -110,7 +112,7 @@ def test_unreachable_host_exits_1(env: Path) -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"playbook": "nope"}, "unknown playbook 'nope': not a file, not in playbooks/ (available: site)"),
+        ({"playbook": "nope"}, "unknown playbook 'nope': not a file, not in playbooks/ (available: site"),
         ({"extra_vars": ["novalue"]}, "--extra-vars 'novalue': 'novalue' is not key=value"),
         ({"extra_vars": ["1x=2"]}, "'1x=2' is not key=value"),
         ({"extra_vars": ["{not json"]}, "--extra-vars '{not json': malformed JSON object"),
