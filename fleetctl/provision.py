@@ -511,7 +511,7 @@ def _run_locked(
     # ansible-runner's artifacts hold the whole environment of the run: private to the user.
     state_dir(db_path).mkdir(parents=True, exist_ok=True, mode=0o700)
     private_dir = state_dir(db_path) / run_id
-    private_dir.mkdir(mode=0o700)
+    private_dir.mkdir(mode=0o700, exist_ok=True)
     artifacts = private_dir / "artifacts"
     options = the_plan.recorded_options()
     if overridden:
