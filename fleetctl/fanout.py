@@ -1,16 +1,16 @@
 """Ask many agents for ``GET /v1/node`` at once, and say precisely why a host did not answer.
 
-Plain asyncio streams and h11 (a small sans-IO HTTP/1.1 parser): one short connection per host,
-a fixed pool of workers (bounded concurrency), a per-host timeout that covers connect, request and
-the whole response, and one overall deadline after which whatever is still running is cancelled and
-reported as ``deadline``. Every host gets exactly one :class:`FetchResult`.
+One short connection per host, each an asyncio Protocol with a strict minimal HTTP/1.1 response
+parser (one object per connection, no stream reader/writer pair); a fixed pool of workers (bounded
+concurrency), a per-host timeout (one timer) that covers connect, request and the whole response,
+and one overall deadline after which whatever is still running is cancelled and reported as
+``deadline``. Every host gets exactly one :class:`FetchResult`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import json
 import re
 import resource
@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import h11
 from fleet_agent.schema import NodeReport, SchemaError, parse_node_report
 
 from fleetctl import __version__
@@ -27,8 +26,6 @@ from fleetctl.report import FleetReport, host_row_failed, host_row_from_node
 
 NODE_PATH = "/v1/node"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a node report is ~10 KB per 8 chips; anything near this is wrong
-_READ_CHUNK = 64 * 1024
-_END = h11.EndOfMessage()
 
 
 class FetchKind(enum.StrEnum):
@@ -71,7 +68,7 @@ class FetchResult:
 class FanoutOptions:
     timeout_s: float = 5.0  # per host: connect + request + whole response
     deadline_s: float = 30.0  # the whole fan-out
-    concurrency: int = 1000
+    concurrency: int = 2048  # enough that hung hosts wait out their timeouts together, not in rounds
     path: str = NODE_PATH
 
 
@@ -117,85 +114,162 @@ def _request_bytes(host: Host, token: str | None, path: str) -> bytes:
             f"Accept: application/json\r\n{auth}Connection: close\r\n\r\n").encode("ascii")
 
 
-@functools.lru_cache(maxsize=8)
-def _request_event(path: str) -> h11.Request:
-    # What h11 needs to know was sent (a GET without a body) so it parses the response that follows.
-    return h11.Request(method="GET", target=path, headers=[("Host", "fleet"), ("Connection", "close")])
-
-
 async def fetch_one(host: Host, token: str | None, timeout_s: float, path: str = NODE_PATH) -> FetchResult:
     """One host, classified. Never raises (except cancellation)."""
-    started = time.monotonic()
-    progress = [0]  # bytes of response received, shared with the timeout handler
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    proto: _ResponseReader | None = None
     try:
+        request = _request_bytes(host, token, path)
+        # One timer for connect + request + whole response (not one wait_for per step).
         async with asyncio.timeout(timeout_s):
-            body = await _exchange(host, token, path, progress)
+            done: asyncio.Future[bytes] = loop.create_future()
+            reader = proto = _ResponseReader(request, done, token is not None)
+            try:
+                await loop.create_connection(lambda: reader, host.address, host.agent_port)
+            except ConnectionRefusedError:
+                raise _Failed(FetchKind.REFUSED, f"connection refused ({host.agent_endpoint})") from None
+            except OSError as exc:
+                raise _Failed(FetchKind.CONNECT_ERROR, f"cannot connect to {host.agent_endpoint}: "
+                                                       f"{exc.strerror or exc}") from None
+            body = await done
         report = _decode(body)
-        return FetchResult(host, FetchKind.OK, report, "", time.monotonic() - started)
+        return FetchResult(host, FetchKind.OK, report, "", loop.time() - started)
     except _Failed as exc:
-        return FetchResult(host, exc.kind, None, exc.detail, time.monotonic() - started)
+        return FetchResult(host, exc.kind, None, exc.detail, loop.time() - started)
     except TimeoutError:
-        if progress[0]:
-            kind, detail = FetchKind.SLOW, f"response incomplete after {timeout_s:g}s ({progress[0]} bytes)"
+        received = proto.received if proto is not None else 0
+        if received:
+            kind, detail = FetchKind.SLOW, f"response incomplete after {timeout_s:g}s ({received} bytes)"
         else:
             kind, detail = FetchKind.TIMEOUT, f"no response within {timeout_s:g}s"
-        return FetchResult(host, kind, None, detail, time.monotonic() - started)
-
-
-async def _exchange(host: Host, token: str | None, path: str, progress: list[int]) -> bytes:
-    try:
-        reader, writer = await asyncio.open_connection(host.address, host.agent_port)
-    except ConnectionRefusedError:
-        raise _Failed(FetchKind.REFUSED, f"connection refused ({host.agent_endpoint})") from None
-    except OSError as exc:
-        raise _Failed(FetchKind.CONNECT_ERROR, f"cannot connect to {host.agent_endpoint}: "
-                                               f"{exc.strerror or exc}") from None
-    try:
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16 * 1024)
-        conn.send(_request_event(path))
-        conn.send(_END)
-        writer.write(_request_bytes(host, token, path))
-        status = 0
-        reason = ""
-        chunks: list[bytes] = []
-        size = 0
-        eof = False
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                if eof and (status or not progress[0]):
-                    raise _Failed(FetchKind.GARBAGE, "connection closed before a complete response"
-                                  + ("" if progress[0] else " (nothing received)")) from None
-                raise _Failed(FetchKind.GARBAGE, f"not an HTTP response: {exc}") from None
-            if event is h11.NEED_DATA:
-                try:
-                    data = await reader.read(_READ_CHUNK)
-                except OSError as exc:
-                    raise _Failed(FetchKind.GARBAGE, f"connection failed mid-response: "
-                                                     f"{exc.strerror or exc}") from None
-                progress[0] += len(data)
-                eof = not data
-                conn.receive_data(data)  # b"" is EOF
-            elif isinstance(event, h11.Response):
-                status, reason = event.status_code, event.reason.decode("latin-1", "replace")
-                if status in (401, 403):
-                    raise _Failed(FetchKind.UNAUTHORIZED, f"HTTP {status} {reason}: "
-                                  + ("token rejected" if token else "a bearer token is required "
-                                     "(inventory var fleet_agent_token)"))
-                if status != 200:
-                    raise _Failed(FetchKind.HTTP_ERROR, f"HTTP {status} {reason}".strip())
-            elif isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > MAX_BODY_BYTES:
-                    raise _Failed(FetchKind.TOO_LARGE, f"response larger than {MAX_BODY_BYTES} bytes")
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise _Failed(FetchKind.GARBAGE, "connection closed before a complete response")
+        return FetchResult(host, kind, None, detail, loop.time() - started)
     finally:
-        writer.close()
+        if proto is not None:
+            proto.close()
+
+
+_MAX_HEAD_BYTES = 16 * 1024
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: ([\t !-~\x80-\xff]*))?")
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t -~\x80-\xff]*?)[ \t]*")
+_HTTP_PREFIX = b"HTTP/"
+
+
+class _ResponseReader(asyncio.Protocol):
+    """One connection: send the request, then read one HTTP/1.1 response with a strict, minimal
+    parser (status line, headers, a Content-Length body, or a body up to EOF when there is none).
+    The body, or a :class:`_Failed` saying what was wrong, lands in ``done``."""
+
+    def __init__(self, request: bytes, done: asyncio.Future[bytes], sent_token: bool) -> None:
+        self.request = request
+        self.done = done
+        self.sent_token = sent_token
+        self.transport: asyncio.Transport | None = None
+        self.received = 0
+        self.buf = bytearray()
+        self.status = 0  # once the head of the final (non-1xx) response is parsed
+        self.length: int | None = None  # Content-Length; None: the body runs to EOF
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()  # nothing more to say; no lingering close
+
+    def _finish(self, body: bytes | None = None, failure: _Failed | None = None) -> None:
+        if not self.done.done():
+            if failure is not None:
+                self.done.set_exception(failure)
+            else:
+                self.done.set_result(body or b"")
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self.received += len(data)
+        self.buf += data
+        try:
+            if not self.status:
+                self._parse_head()
+            if self.status and self.length is not None and len(self.buf) >= self.length:
+                self._finish(bytes(self.buf[:self.length]))
+            elif len(self.buf) > MAX_BODY_BYTES:
+                raise _Failed(FetchKind.TOO_LARGE, f"response larger than {MAX_BODY_BYTES} bytes")
+        except _Failed as exc:
+            self._finish(failure=exc)
+
+    def _parse_head(self) -> None:
+        buf = self.buf
+        while not self.status:
+            if not buf[:5] == _HTTP_PREFIX[:len(buf)]:
+                raise _Failed(FetchKind.GARBAGE, "not an HTTP response: no HTTP status line")
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _MAX_HEAD_BYTES:
+                    raise _Failed(FetchKind.GARBAGE, "not an HTTP response: header block too large")
+                first = buf.find(b"\r\n")
+                if first >= 0 and not _STATUS_LINE.fullmatch(buf, 0, first):
+                    raise _Failed(FetchKind.GARBAGE, "not an HTTP response: malformed status line")
+                return
+            lines = bytes(buf[:end]).split(b"\r\n")
+            del buf[:end + 4]
+            status_line = _STATUS_LINE.fullmatch(lines[0])
+            if status_line is None:
+                raise _Failed(FetchKind.GARBAGE, "not an HTTP response: malformed status line")
+            status = int(status_line.group(1))
+            length: int | None = None
+            chunked = False
+            for line in lines[1:]:
+                header = _HEADER_LINE.fullmatch(line)
+                if header is None:
+                    raise _Failed(FetchKind.GARBAGE, "not an HTTP response: malformed header line")
+                name = header.group(1).lower()
+                if name == b"content-length":
+                    value = header.group(2)
+                    if not value.isdigit() or (length is not None and length != int(value)):
+                        raise _Failed(FetchKind.GARBAGE, "not an HTTP response: bad Content-Length")
+                    length = int(value)
+                elif name == b"transfer-encoding":
+                    chunked = True
+            if status < 200:
+                continue  # an informational response (100 Continue): the real one follows
+            reason = (status_line.group(2) or b"").decode("latin-1")
+            if status in (401, 403):
+                raise _Failed(FetchKind.UNAUTHORIZED, f"HTTP {status} {reason}: "
+                              + ("token rejected" if self.sent_token else "a bearer token is required "
+                                 "(inventory var fleet_agent_token)"))
+            if status != 200:
+                raise _Failed(FetchKind.HTTP_ERROR, f"HTTP {status} {reason}".strip())
+            if chunked:  # agents answer with Content-Length; a chunked body is not one of theirs
+                raise _Failed(FetchKind.GARBAGE, "not an HTTP response from an agent: chunked body")
+            if length is not None and length > MAX_BODY_BYTES:
+                raise _Failed(FetchKind.TOO_LARGE, f"response larger than {MAX_BODY_BYTES} bytes")
+            self.status, self.length = status, length
+
+    def eof_received(self) -> bool | None:
+        self._closed(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed(exc)
+
+    def _closed(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if self.status and self.length is None and exc is None:
+            self._finish(bytes(self.buf))  # no Content-Length: the body ended with the connection
+        elif exc is not None:
+            self._finish(failure=_Failed(FetchKind.GARBAGE, f"connection failed mid-response: "
+                                                            f"{getattr(exc, 'strerror', None) or exc}"))
+        elif self.received and not self.status:
+            self._finish(failure=_Failed(FetchKind.GARBAGE, "not an HTTP response: the connection "
+                                                            "closed inside the header block"))
+        else:
+            self._finish(failure=_Failed(FetchKind.GARBAGE, "connection closed before a complete response"
+                                         + ("" if self.received else " (nothing received)")))
 
 
 def _decode(body: bytes) -> NodeReport:

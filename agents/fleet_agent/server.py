@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -246,8 +247,118 @@ def _fields(obj: object) -> object:
 
 async def start_server(http: AgentHttp, host: str, port: int) -> asyncio.Server:
     """Listen on ``host:port`` (port 0: any free port) and serve ``http``."""
-    return await asyncio.start_server(http.serve, host=host, port=port, backlog=128,
-                                      limit=MAX_HEADER_BYTES * 2, reuse_address=True)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: _Connection(http, loop), host=host, port=port, backlog=128,
+                                    reuse_address=True)
+
+
+# The one request shape `fleetctl` sends: a single GET/HEAD without a body that asks to close the
+# connection. Answered straight from the protocol with pre-rendered bytes (sim-fleet serves
+# thousands a second); anything else goes to the h11 stream handler, which has the final word.
+_FAST_REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[!-~]*) HTTP/1\.1")
+_FAST_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([!-~](?:[ \t!-~]*[!-~])?)?[ \t]*")
+
+
+def fast_request(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    """(method, target, headers as h11 gives them) when ``head`` (up to and without the blank line)
+    is a request the fast path may answer; None for anything else."""
+    lines = head.split(b"\r\n")
+    first = _FAST_REQUEST_LINE.fullmatch(lines[0])
+    if first is None:
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    hosts = 0
+    close = False
+    for line in lines[1:]:
+        m = _FAST_HEADER.fullmatch(line)
+        if m is None:
+            return None
+        name, value = m.group(1).lower(), m.group(2) or b""
+        if name in (b"content-length", b"transfer-encoding"):
+            return None
+        if name == b"host":
+            hosts += 1
+        elif name == b"connection":
+            close = close or any(t.strip().lower() == b"close" for t in value.split(b","))
+        headers.append((name, value))
+    if hosts != 1 or not close:
+        return None
+    return first.group(1), first.group(2), headers
+
+
+def response_bytes(response: Response, *, head: bool) -> bytes:
+    """What :meth:`AgentHttp._send` makes h11 write for ``response`` on a closing connection."""
+    lines = [b"HTTP/1.1 %d %s" % (response.status, _REASONS.get(response.status, b"")),
+             b"Content-Length: %d" % len(response.body)]
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in response.headers]
+    if response.content_type:
+        lines.append(b"Content-Type: " + response.content_type.encode("latin-1"))
+    lines += [b"Cache-Control: no-store", b"Connection: close", b"", b""]
+    data = b"\r\n".join(lines)
+    return data if head else data + response.body
+
+
+class _Connection(asyncio.Protocol):
+    """One accepted connection: the fast path for fleetctl's request, else the stream handler."""
+
+    def __init__(self, http: AgentHttp, loop: asyncio.AbstractEventLoop) -> None:
+        self.http = http
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.limited = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if not self.http.limiter.acquire():
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.limited = True
+        self.timer = self.loop.call_later(self.http.request_timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        # The whole request in one read (what a small request over loopback or a LAN is), or h11.
+        end = data.find(b"\r\n\r\n")
+        request = fast_request(data[:end]) if end >= 0 and end + 4 == len(data) else None
+        if request is None:
+            self._hand_over(data)
+            return
+        method, target, headers = request
+        response = self.http.route(method, target, headers)
+        self.transport.pause_reading()  # one request per connection on this path
+        self.transport.write(response_bytes(response, head=method == b"HEAD"))
+        self.transport.close()
+        # A client that does not read its answer must not hold the connection forever.
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(self.http.request_timeout_s, self._expire)
+
+    def _hand_over(self, buf: bytes) -> None:
+        """Give the connection, and what it sent so far, to the h11 stream handler."""
+        assert self.transport is not None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.limited:
+            self.http.limiter.release()  # serve() takes its own slot
+            self.limited = False
+        reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES * 2, loop=self.loop)
+        stream = asyncio.StreamReaderProtocol(reader, self.http.serve, loop=self.loop)
+        self.transport.set_protocol(stream)
+        stream.connection_made(self.transport)
+        stream.data_received(buf)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.limited:
+            self.http.limiter.release()
+            self.limited = False
 
 
 def bound_port(server: asyncio.Server) -> int:

@@ -39,7 +39,7 @@ def health(
              "or a group-name prefix such as 'rack'")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Per-host timeout, seconds", min=0.01)] = 5.0,
     deadline: Annotated[float, typer.Option("--deadline", help="Overall deadline, seconds", min=0.01)] = 30.0,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight", min=1)] = 1000,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight", min=1)] = 2048,
     source: Annotated[str, typer.Option("--source", help="agents (direct) or prometheus")] = "agents",
     prometheus_url: Annotated[str | None, typer.Option(
         "--prometheus-url", help="Prometheus base URL (default: $FLEETCTL_PROMETHEUS_URL)")] = None,

@@ -248,21 +248,23 @@ def down(hosts: list[LabHost] | None = None) -> None:
     shutil.rmtree(STATE_DIR, ignore_errors=True)
 
 
-def playbook_env() -> dict[str, str]:
-    """A clean environment for ansible-playbook: the repository's ansible.cfg and nothing that a
-    caller (Molecule sets ANSIBLE_CONFIG, ANSIBLE_ROLES_PATH, ...) would leak in."""
+def playbook_env(config: Path | None = None) -> dict[str, str]:
+    """A clean environment for ansible-playbook: the repository's ansible.cfg (or ``config``) and
+    nothing that a caller (Molecule sets ANSIBLE_CONFIG, ANSIBLE_ROLES_PATH, ...) would leak in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
-    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    env["ANSIBLE_CONFIG"] = str(config or REPO / "ansible.cfg")
     env["ANSIBLE_FORCE_COLOR"] = "0"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def run_playbook(playbook: str, extra: Sequence[str] = ()) -> int:
+def run_playbook(playbook: str, extra: Sequence[str] = (), *, config: Path | None = None,
+                 quiet: bool = False) -> int:
     """ansible-playbook -i inventory/lab PLAYBOOK over SSH, from the repository root."""
     exe = Path(sys.executable).with_name("ansible-playbook")
     argv = [str(exe if exe.exists() else "ansible-playbook"), "-i", str(INVENTORY), playbook, *extra]
-    return subprocess.run(argv, cwd=REPO, env=playbook_env(), check=False).returncode
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.run(argv, cwd=REPO, env=playbook_env(config), check=False, stdout=out).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
