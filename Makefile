@@ -33,7 +33,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 test: $(VENV)/.stamp system-deps
-	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration roles/container_runtime/tests
 
 test-unit: $(VENV)/.stamp
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests/unit

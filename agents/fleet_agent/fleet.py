@@ -241,8 +241,13 @@ class Scheduler:
     """Samples every runtime every ``interval_s``, at most ``concurrency`` at a time."""
 
     def __init__(self, runtimes: Sequence[AgentRuntime], interval_s: float, host_pool: cf.Executor,
-                 concurrency: int) -> None:
+                 concurrency: int, busy: Callable[[], bool] | None = None) -> None:
         self.runtimes = list(runtimes)
+        # While ``busy()`` (requests being served), a due sample waits, by at most half an interval:
+        # samplers hold the GIL, and a fleet-wide fan-out should not queue behind them. Reports stay
+        # well inside the staleness and liveness limits (3 intervals).
+        self.busy = busy
+        self.max_defer_s = interval_s / 2
         self.interval_s = interval_s
         self.host_pool = host_pool
         self.concurrency = concurrency
@@ -289,6 +294,10 @@ class Scheduler:
             if delay > 0:
                 await asyncio.sleep(min(delay, 1.0))
                 continue
+            if (self.busy is not None and self._pending_first <= 0 and -delay < self.max_defer_s
+                    and self.busy()):
+                await asyncio.sleep(0.05)
+                continue
             heapq.heappop(due)
             if i in self._busy:
                 continue
@@ -330,7 +339,9 @@ async def _serve_until_stopped(runtimes: list[AgentRuntime], cfg: AgentConfig, i
                 raise ConfigError(f"cannot listen on {cfg.listen_address}:{port}: {reason}") from None
             rt.port = bound_port(rt.server)
             servers.append(rt.server)
-        scheduler = Scheduler(runtimes, interval, host_pool, concurrency)
+        limiter = runtimes[0].http.limiter if len(runtimes) > 1 else None  # sim-fleet shares one
+        scheduler = Scheduler(runtimes, interval, host_pool, concurrency,
+                              busy=(lambda: limiter.active > 0) if limiter is not None else None)
         sched_task = asyncio.create_task(scheduler.run())
         first = asyncio.create_task(scheduler.first_round.wait())
         stopped = asyncio.create_task(stop.wait())

@@ -39,7 +39,8 @@ def health(
              "or a group-name prefix such as 'rack'")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Per-host timeout, seconds", min=0.01)] = 5.0,
     deadline: Annotated[float, typer.Option("--deadline", help="Overall deadline, seconds", min=0.01)] = 30.0,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight", min=1)] = 2048,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", help="Requests being answered at once (hung hosts wait aside)", min=1)] = 512,
     source: Annotated[str, typer.Option("--source", help="agents (direct) or prometheus")] = "agents",
     prometheus_url: Annotated[str | None, typer.Option(
         "--prometheus-url", help="Prometheus base URL (default: $FLEETCTL_PROMETHEUS_URL)")] = None,
@@ -97,8 +98,10 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
 
     from fleetctl.fanout import FanoutOptions, agents_report, raise_fd_limit
 
-    options = FanoutOptions(timeout_s=timeout, deadline_s=deadline,
-                            concurrency=raise_fd_limit(min(concurrency, len(hosts))))
+    # Hung hosts wait aside without a concurrency slot, but each holds a socket: up to every host.
+    max_open = raise_fd_limit(min(max(concurrency, len(hosts)), 16384))
+    options = FanoutOptions(timeout_s=timeout, deadline_s=deadline, concurrency=min(concurrency, max_open),
+                            max_open=max_open)
 
     def from_agents() -> FleetReport:
         return agents_report(hosts, options, inventory=inv.label, pattern=pattern)
