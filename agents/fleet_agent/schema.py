@@ -281,6 +281,39 @@ def _field_kinds(cls: type[Any]) -> tuple[tuple[str, int], ...]:
 
 
 _FIELD_KINDS: dict[type[Any], tuple[tuple[str, int], ...]] = {}
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+_BOOL_TYPES = frozenset({bool, type(None)})
+# Per class: (number fields, bool fields, other fields); see _fill_fast.
+_FIELD_GROUPS: dict[type[Any], tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, type], ...]]] = {}
+
+
+def _fill_fast(cls: type[Any], doc: dict[str, Any]) -> Any:
+    """:func:`_fill` for the usual document, where every number field holds exactly an int, a
+    float or null and every bool field a bool or null: checked with C-level map/set calls rather
+    than a Python loop per field. None when the document needs the field-by-field check."""
+    groups = _FIELD_GROUPS.get(cls)
+    if groups is None:
+        kinds = _field_kinds(cls)
+        groups = _FIELD_GROUPS[cls] = (tuple(n for n, k in kinds if k == _NUMBER),
+                                       tuple(n for n, k in kinds if k == _BOOL),
+                                       tuple((n, dict if k == _DICT else list) for n, k in kinds
+                                             if k in (_DICT, _LIST)))
+    numbers, bools, containers = groups
+    number_values = list(map(doc.get, numbers))
+    bool_values = list(map(doc.get, bools))
+    if not (_NUMBER_TYPES.issuperset(map(type, number_values))
+            and _BOOL_TYPES.issuperset(map(type, bool_values))):
+        return None
+    kwargs = {n: v for n, v in zip(numbers, number_values, strict=True) if v is not None}
+    kwargs.update((n, v) for n, v in zip(bools, bool_values, strict=True) if v is not None)
+    for name, container in containers:
+        value = doc.get(name)
+        if value is None:
+            continue
+        if value.__class__ is not container or value:
+            return None  # not empty: the careful path checks the items
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 def _fill(cls: type[Any], doc: Any, where: str) -> Any:
@@ -290,6 +323,9 @@ def _fill(cls: type[Any], doc: Any, where: str) -> Any:
     kinds = _FIELD_KINDS.get(cls)
     if kinds is None:
         kinds = _FIELD_KINDS[cls] = _field_kinds(cls)
+    fast = _fill_fast(cls, doc)
+    if fast is not None:
+        return fast
     kwargs: dict[str, Any] = {}
     for name, kind in kinds:
         value = doc.get(name)

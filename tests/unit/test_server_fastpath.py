@@ -4,6 +4,7 @@ it fully understands (everything else goes to h11)."""
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import h11
 import pytest
@@ -37,7 +38,7 @@ def _via_h11(http: AgentHttp, request: bytes) -> bytes:
     assert isinstance(conn.next_event(), h11.EndOfMessage)
     writer = _Writer()
     response = http.route(event.method, event.target, list(event.headers))
-    asyncio.run(http._send(conn, writer, response, head=event.method == b"HEAD"))
+    asyncio.run(http._send(conn, cast(asyncio.StreamWriter, writer), response, head=event.method == b"HEAD"))
     return writer.data
 
 

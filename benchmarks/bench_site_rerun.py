@@ -4,7 +4,7 @@ Both runs go over real SSH with host keys checked; the "defaults" config sets on
 needs to work (roles_path, host_key_checking), everything else is Ansible's default. The lab is
 converged first so both timed runs change nothing. Prints one JSON object:
 {"hosts": 3, "tuned_s": ..., "defaults_s": ..., "ratio": defaults_s / tuned_s}.
-Run: .venv/bin/python benchmarks/site_rerun.py [--keep-lab]
+Run: .venv/bin/python benchmarks/bench_site_rerun.py [--keep-lab]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _timed(lab, config: Path | None) -> float:  # type: ignore[no-untyped-def]
     rc = lab.run_playbook("playbooks/site.yml", config=config, quiet=True)
     took = time.perf_counter() - start
     if rc != 0:
-        raise SystemExit(f"site_rerun: site.yml failed (exit {rc}) with config {config or 'tuned'}")
+        raise SystemExit(f"bench_site_rerun: site.yml failed (exit {rc}) with config {config or 'tuned'}")
     return took
 
 
@@ -46,14 +46,14 @@ def main() -> int:
     hosts = lab.up()
     try:
         if lab.run_playbook("playbooks/site.yml", quiet=True) != 0:
-            raise SystemExit("site_rerun: converging the lab failed")
+            raise SystemExit("bench_site_rerun: converging the lab failed")
         with tempfile.TemporaryDirectory() as tmp:
             defaults_cfg = Path(tmp) / "ansible.cfg"
             defaults_cfg.write_text(f"[defaults]\nroles_path = {REPO / 'roles'}\nhost_key_checking = true\n",
                                     encoding="utf-8")
             defaults_s = _timed(lab, defaults_cfg)
             tuned_s = _timed(lab, None)
-        print(json.dumps({"benchmark": "site_rerun", "hosts": len(lab.lab_hosts()),
+        print(json.dumps({"benchmark": "bench_site_rerun", "hosts": len(lab.lab_hosts()),
                           "inventory": str(hosts), "tuned_s": round(tuned_s, 2),
                           "defaults_s": round(defaults_s, 2), "ratio": round(defaults_s / tuned_s, 2)}))
     finally:
