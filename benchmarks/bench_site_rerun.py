@@ -41,6 +41,8 @@ def _timed(lab, config: Path | None) -> float:  # type: ignore[no-untyped-def]
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keep-lab", action="store_true", help="leave the lab running afterwards")
+    # Accepted so `BENCH_ARGS=--quick make bench` works for every benchmark; one round is all this does.
+    p.add_argument("--quick", action="store_true", help="no effect: the benchmark is one round already")
     args = p.parse_args()
     lab = _lab()
     hosts = lab.up()
