@@ -384,8 +384,15 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
             outcomes.append(Outcome(h.name, False, rec.state.value,
                                     f"not undrained: {problem} (--force to override)"))
             continue
-        before = hstate.transition(conn, h.name, HostState.ACTIVE, actor=actor,
-                                   note=note + (" --force" if force else ""))
+        try:
+            # The agent check above can take up to a minute: a maintain run (or another undrain)
+            # that moved the host meanwhile wins, and this host is reported, not re-activated.
+            before = hstate.transition(conn, h.name, HostState.ACTIVE, actor=actor, expect={rec.state},
+                                       note=note + (" --force" if force else ""))
+        except hstate.TransitionError as exc:
+            now = hstate.get(conn, h.name).state.value
+            outcomes.append(Outcome(h.name, False, now, f"not undrained: changed meanwhile ({exc})"))
+            continue
         try:
             scheds[h.name].undrain(h)
         except SchedulerError as exc:

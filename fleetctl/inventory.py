@@ -39,8 +39,8 @@ from fleetctl.errors import UsageError
 
 ENV_INVENTORY = "FLEETCTL_INVENTORY"
 ENV_CACHE_DIR = "FLEETCTL_CACHE_DIR"
-# Bump when the cached document's layout changes.
-CACHE_FORMAT = 1
+# Bump when the cached document's layout changes (2: connection/scheduler vars are rendered).
+CACHE_FORMAT = 2
 
 PORT_VAR = "fleet_agent_port"
 TOKEN_VAR = "fleet_agent_token"  # noqa: S105 - a variable name, not a secret
@@ -55,6 +55,16 @@ _MAGIC_VARS = frozenset({
     "hostvars", "inventory_dir", "inventory_file", "inventory_hostname", "inventory_hostname_short",
     "omit", "playbook_dir", "role_names", "environment",
 })
+# Variables fleetctl itself acts on outside Ansible (scheduler commands over SSH, kubeconfig,
+# drained-file path): rendered at load time as Ansible would, so ``{{ inventory_dir }}`` in a key
+# path never reaches ssh literally.
+RENDERED_VARS = (
+    "ansible_host", "ansible_user", "ansible_port", "ansible_ssh_port", "ansible_ssh_private_key_file",
+    "ansible_ssh_common_args", "ansible_ssh_extra_args", "ansible_become", "ansible_connection",
+    "fleet_scheduler", "fleet_kubeconfig", "fleet_kubernetes_context", "fleet_kubernetes_node_name",
+    "fleet_kubernetes_grace_period_s", "fleet_agent_drained_file",
+)
+RENDERED_PREFIXES = ("fleet_slurm_",)
 _SIMPLE_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 _VAULT_KEY = "__ansible_vault__"
 
@@ -503,7 +513,8 @@ def _host_doc(host: Any, variables: Any, loader: Any, label: str) -> dict[str, A
             if not isinstance(token_value, str) or not token_value:
                 raise InventoryError(f"{label}: host {name}: {TOKEN_VAR}: expected a non-empty string")
             token = {"plain": str(token_value)}
-    plain_vars = {str(k): _plain(v) for k, v in raw.items() if k not in _MAGIC_VARS and k != TOKEN_VAR}
+    plain_vars = {str(k): _plain(templated(k) if _rendered(str(k)) and _ciphertext(v) is None else v)
+                  for k, v in raw.items() if k not in _MAGIC_VARS and k != TOKEN_VAR}
     return {
         "name": name,
         "address": str(address),
@@ -513,6 +524,10 @@ def _host_doc(host: Any, variables: Any, loader: Any, label: str) -> dict[str, A
         "token": token,
         "expected_chips": chips,
     }
+
+
+def _rendered(key: str) -> bool:
+    return key in RENDERED_VARS or key.startswith(RENDERED_PREFIXES)
 
 
 def _int_var(value: Any, where: str, default: int | None, lo: int, hi: int) -> Any:

@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,11 +93,36 @@ class ExtraVars:
     files: list[Path]
 
     def redacted(self) -> list[str]:
-        shown = [f"{k}={REDACTED if _SECRET_KEY.search(k) else v}" for k, v in self.literal.items()]
+        shown = [f"{k}={_shown(v)}" for k, v in _redact_tree(self.literal).items()]
         return shown + [f"@{path}" for path in self.files]
 
     def secret_values(self) -> list[str]:
-        return [str(v) for k, v in self.literal.items() if _SECRET_KEY.search(k) and str(v)]
+        return sorted(_secret_leaves(self.literal, secret=False))
+
+
+def _redact_tree(value: Any) -> Any:
+    """A copy of ``value`` with the value under every secret-looking key, at any depth, masked."""
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) else _redact_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_tree(v) for v in value]
+    return value
+
+
+def _secret_leaves(value: Any, *, secret: bool) -> set[str]:
+    """Every non-empty scalar under a secret-looking key, at any depth (for masking output)."""
+    if isinstance(value, dict):
+        found: set[str] = set()
+        for k, v in value.items():
+            found |= _secret_leaves(v, secret=secret or bool(_SECRET_KEY.search(str(k))))
+        return found
+    if isinstance(value, list):
+        return {s for v in value for s in _secret_leaves(v, secret=secret)}
+    return {str(value)} if secret and value is not None and str(value) else set()
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
 
 
 @dataclass(frozen=True)
@@ -128,7 +154,8 @@ class Plan:
             "connection": o.connection or "ssh",
             "private_key": str(o.private_key) if o.private_key else None,
             "remote_user": o.remote_user,
-            "host_key_checking": o.host_key_checking,
+            # what ansible-playbook was given, not just the flag
+            "host_key_checking": self.envvars.get("ANSIBLE_HOST_KEY_CHECKING") == "True",
             "vault": "password-file" if o.vault_password_file else ("prompt" if o.vault_password else None),
             "vault_password_file": str(o.vault_password_file) if o.vault_password_file else None,
         }
@@ -339,12 +366,10 @@ def plan(
         cmdline.append("--ask-vault-pass")
         passwords[VAULT_PROMPT] = options.vault_password
 
-    envvars: dict[str, str] = {}
-    if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
-        # ansible-runner would set False; only the user's explicit flag (or env var) turns it off.
-        envvars["ANSIBLE_HOST_KEY_CHECKING"] = "True" if options.host_key_checking else "False"
-    elif not options.host_key_checking:
-        envvars["ANSIBLE_HOST_KEY_CHECKING"] = "False"
+    # Always set from the flag: ansible-runner would default to False and an inherited
+    # ANSIBLE_HOST_KEY_CHECKING=False would turn checking off unseen (and unrecorded). Only
+    # --no-host-key-checking turns it off.
+    envvars = {"ANSIBLE_HOST_KEY_CHECKING": "True" if options.host_key_checking else "False"}
 
     result = Plan(options, playbook, hosts, batches, extra, cmdline, envvars, passwords, cwd)
     wanted_tags = {t for t in (*options.tags, *options.skip_tags) if t not in ("all", "tagged", "untagged")}
@@ -415,6 +440,22 @@ def _private_vars_file(directory: Path, values: Mapping[str, Any]) -> Iterator[P
         path.unlink(missing_ok=True)
 
 
+def remove_stale_vars_files(conn: sqlite3.Connection, directory: Path) -> list[Path]:
+    """Delete the private extra-vars files that killed runs (SIGKILL, power loss) left behind.
+
+    Only files of runs whose record has ended (after reaping the dead ones) go; a live run's file,
+    or one no record here accounts for, is left alone. Returns what was removed.
+    """
+    runs.reap(conn)
+    removed: list[Path] = []
+    for path in sorted(directory.glob("*/.extra-vars-*.json")):
+        if runs.status_of(conn, path.parent.name) in runs.FINAL_STATUSES:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent cleanup got there first
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 class _Heartbeat(threading.Thread):
     """Keeps the run's locks and record alive and saves the results so far."""
 
@@ -425,13 +466,33 @@ class _Heartbeat(threading.Thread):
         self.db_path, self.run_id, self.lock_id, self.tally, self.stop = db_path, run_id, lock_id, tally, stop
 
     def run(self) -> None:
-        conn = _connect(self.db_path)
+        # A dead heartbeat would get a live run reaped as interrupted and its locks expired, so
+        # store errors (e.g. "database is locked") are reported and retried on the next beat.
+        conn: sqlite3.Connection | None = None
+        failing = lost_locks = False
         try:
             while not self.stop.wait(HEARTBEAT_INTERVAL_S):
-                locks.refresh(conn, self.lock_id)
-                runs.heartbeat(conn, self.run_id, self.tally.snapshot())
+                try:
+                    conn = conn or _connect(self.db_path)
+                    held = locks.refresh(conn, self.lock_id)
+                    runs.heartbeat(conn, self.run_id, self.tally.snapshot())
+                except sqlite3.Error as exc:
+                    if not failing:  # one line per failure streak, not one per beat
+                        _warn(f"run {self.run_id}: heartbeat failed, retrying: {_one_line(exc)}")
+                    failing = True
+                    continue
+                failing = False
+                if held == 0 and not lost_locks:
+                    lost_locks = True
+                    _warn(f"run {self.run_id}: its host locks were taken over (--force by another run);"
+                          " this run goes on but no longer holds the hosts")
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
+
+
+def _warn(line: str) -> None:
+    print(f"fleetctl: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:
@@ -482,6 +543,7 @@ def run(
     )
     conn = _connect(db_path)
     try:
+        remove_stale_vars_files(conn, state_dir(db_path))
         try:
             overridden = locks.acquire(conn, the_plan.hosts, holder, force=options.force)
         except locks.LocksHeld as exc:

@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--write-inventory", metavar="FILE", help="write an Ansible YAML inventory of the fleet")
     sim.add_argument("--interval", type=float, metavar="S",
                      help="sampling interval (default: 5 s, longer for large fleets)")
-    sim.add_argument("--token", metavar="T", help="require this bearer token on /v1/node and /metrics")
+    sim.add_argument("--token", metavar="T",
+                     help="require this bearer token on /v1/node and /metrics (visible in ps: prefer "
+                          "token_file in --config); --write-inventory then carries it, mode 0600")
     sim.add_argument("--config", metavar="FILE", help="YAML config for thresholds, timeouts, health")
     return p
 

@@ -464,7 +464,7 @@ def run_sim_fleet(cfg: AgentConfig, *, scenario: str, hosts: int, base_port: int
 
     def ready(rts: list[AgentRuntime]) -> None:
         if inventory is not None:
-            write_inventory(inventory, rts)
+            write_inventory(inventory, rts, token=cfg.token)
         print(f"ready: {hosts} agents on {cfg.listen_address}:{base_port}-{base_port + hosts - 1}",
               flush=True)
 
@@ -501,8 +501,12 @@ def _connection_budget(hosts: int) -> int:
 # --- inventory -----------------------------------------------------------------------------------
 
 
-def inventory_doc(runtimes: Sequence[AgentRuntime]) -> dict[str, Any]:
-    """An Ansible YAML inventory of the simulated hosts (host vars once, under ``all.hosts``)."""
+def inventory_doc(runtimes: Sequence[AgentRuntime], *, token: str | None = None) -> dict[str, Any]:
+    """An Ansible YAML inventory of the simulated hosts (host vars once, under ``all.hosts``).
+
+    With ``token`` the fleet's bearer token goes in ``all.vars.fleet_agent_token`` so that
+    ``fleetctl health`` on this inventory authenticates (the file is then written 0600).
+    """
     hosts: dict[str, Any] = {}
     groups: dict[str, dict[str, None]] = {}
     for rt in runtimes:
@@ -516,6 +520,8 @@ def inventory_doc(runtimes: Sequence[AgentRuntime]) -> dict[str, Any]:
         for g in names:
             groups.setdefault(_group_name(g), {})[rt.name] = None
     doc: dict[str, Any] = {"all": {"hosts": hosts}}
+    if token:
+        doc["all"]["vars"] = {"fleet_agent_token": token}
     if groups:
         doc["all"]["children"] = {g: {"hosts": members} for g, members in sorted(groups.items())}
     return doc
@@ -526,14 +532,15 @@ def _group_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
 
 
-def write_inventory(path: str, runtimes: Sequence[AgentRuntime]) -> None:
+def write_inventory(path: str, runtimes: Sequence[AgentRuntime], *, token: str | None = None) -> None:
     import yaml
 
-    text = "# written by fleet-agent sim-fleet\n" + yaml.safe_dump(inventory_doc(runtimes), sort_keys=False)
-    atomic_write(path, text)
+    doc = inventory_doc(runtimes, token=token)
+    text = "# written by fleet-agent sim-fleet\n" + yaml.safe_dump(doc, sort_keys=False)
+    atomic_write(path, text, mode=0o600 if token else 0o644)
 
 
-def atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str, *, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half of it."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.", suffix=".tmp")
@@ -542,7 +549,7 @@ def atomic_write(path: str, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -217,6 +217,12 @@ def reap(conn: sqlite3.Connection) -> list[str]:
     return dead
 
 
+def status_of(conn: sqlite3.Connection, run_id: str) -> str | None:
+    """The stored status of the run with exactly this id (no prefix match, no reaping)."""
+    row = conn.execute("SELECT status FROM provision_runs WHERE id = ?", (run_id,)).fetchone()
+    return None if row is None else str(row["status"])
+
+
 def _hosts(conn: sqlite3.Connection, run_id: str) -> list[HostResult]:
     rows = conn.execute(
         "SELECT result FROM provision_run_hosts WHERE run_id = ? ORDER BY host", (run_id,)

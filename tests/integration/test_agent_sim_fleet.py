@@ -52,6 +52,9 @@ def test_sim_fleet_hosts_ports_and_inventory(start_sim_fleet: Callable[..., Agen
     assert set(children["tpu_nodes"]["hosts"]) == {"tpu-v5e-0000"}
     assert set(children["dgx"]["hosts"]) == set(children["gpu_nodes"]["hosts"])
     assert set(children["tpu_v5e"]["hosts"]) == {"tpu-v5e-0000"}
+    # The token travels with the inventory, so `fleetctl health -i` on it authenticates.
+    assert inv["all"]["vars"] == {"fleet_agent_token": "tok"}
+    assert Path(fleet.extra["inventory"]).stat().st_mode & 0o777 == 0o600
 
     for i, (name, hv) in enumerate(hosts.items()):
         assert fleet.get("/v1/node", host=i).status == 401

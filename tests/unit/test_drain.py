@@ -295,6 +295,22 @@ def test_undrain_of_quarantined_needs_force(conn: sqlite3.Connection, sched: Fak
     assert out.ok and hs.get(conn, "h0").state is S.ACTIVE
 
 
+def test_undrain_loses_to_maintenance_that_started_during_the_health_check(conn: sqlite3.Connection,
+                                                                         sched: FakeScheduler) -> None:
+    run_drain(conn, sched, [HOSTS[0]])
+
+    def slow_check(hosts: Sequence[HostLike]) -> dict[str, str | None]:
+        # While the agents are asked, a maintain run takes the host.
+        hs.transition(conn, "h0", S.MAINTAINING, actor="maint", owner="other:1", run_id="r1")
+        return {h.name: None for h in hosts}
+
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, slow_check, actor="bob")
+    assert not out.ok and out.state == "maintaining" and "changed meanwhile" in out.message
+    assert hs.get(conn, "h0").state is S.MAINTAINING
+    assert ("undrain", "h0") not in sched.calls
+    assert sched.nodes["h0"].state is SchedState.DRAINED
+
+
 def test_failed_undrain_restores_the_record(conn: sqlite3.Connection, sched: FakeScheduler) -> None:
     run_drain(conn, sched, [HOSTS[0]])
     sched.fail_undrain.add("h0")

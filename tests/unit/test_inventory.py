@@ -184,6 +184,39 @@ def test_templated_address_is_rendered(tmp_path: Path, cache: Path) -> None:
     assert load_inventory(str(f), cache_dir=cache).hosts["h1"].address == "h1.lab.example"
 
 
+def test_connection_and_scheduler_vars_are_rendered_also_from_the_cache(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "inv"
+    (d / "group_vars").mkdir(parents=True)
+    (d / "hosts.yml").write_text("all:\n  hosts:\n    h1:\n")
+    (d / "group_vars" / "all.yml").write_text(
+        "ansible_ssh_private_key_file: '{{ inventory_dir }}/id_ed25519'\n"
+        "ansible_ssh_common_args: '-o UserKnownHostsFile={{ inventory_dir }}/known_hosts'\n"
+        "ansible_user: '{{ ops_user }}'\n"
+        "ops_user: fleetops\n"
+        "fleet_slurm_controller: '{{ ctl }}'\n"
+        "ctl: h1\n"
+        "fleet_agent_drained_file: '{{ inventory_dir }}/drained'\n"
+        "unrelated: '{{ inventory_dir }}'\n"
+    )
+    for from_cache in (False, True):
+        inventory = load_inventory(str(d / "hosts.yml"), cache_dir=cache)
+        assert inventory.from_cache is from_cache
+        v = inventory.hosts["h1"].vars
+        assert v["ansible_ssh_private_key_file"] == f"{d}/id_ed25519"
+        assert v["ansible_ssh_common_args"] == f"-o UserKnownHostsFile={d}/known_hosts"
+        assert v["ansible_user"] == "fleetops"
+        assert v["fleet_slurm_controller"] == "h1"
+        assert v["fleet_agent_drained_file"] == f"{d}/drained"
+        assert v["unrelated"] == "{{ inventory_dir }}"  # not fleetctl's to render
+
+
+def test_a_connection_var_that_cannot_render_names_host_and_variable(tmp_path: Path, cache: Path) -> None:
+    f = tmp_path / "t.yml"
+    f.write_text("all:\n  hosts:\n    h1: {ansible_user: '{{ nowhere }}'}\n")
+    with pytest.raises(InventoryError, match=r"host h1: ansible_user"):
+        load_inventory(str(f), cache_dir=cache)
+
+
 def test_plain_token_is_a_secret_and_not_a_var(tmp_path: Path, cache: Path) -> None:
     f = tmp_path / "t.yml"
     f.write_text("all:\n  hosts:\n    h1: {fleet_agent_token: hunter2}\n")

@@ -266,3 +266,14 @@ def test_inventory_groups_and_atomic_write(tmp_path: Path) -> None:
     write_inventory(str(target), runtimes)
     assert yaml.safe_load(target.read_text()) == doc
     assert [p.name for p in tmp_path.iterdir()] == ["inv.yml"]  # no temporary file left behind
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert "vars" not in doc["all"]
+
+
+def test_inventory_carries_the_token_and_is_private(tmp_path: Path) -> None:
+    stats: dict[str, int] = {}
+    runtimes = [_runtime("dgx-0000", stats, group="dgx", kind="gpu", port=18001)]
+    target = tmp_path / "inv.yml"
+    write_inventory(str(target), runtimes, token="s3cret")
+    assert yaml.safe_load(target.read_text())["all"]["vars"] == {"fleet_agent_token": "s3cret"}
+    assert target.stat().st_mode & 0o777 == 0o600
