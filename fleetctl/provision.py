@@ -450,9 +450,11 @@ def remove_stale_vars_files(conn: sqlite3.Connection, directory: Path) -> list[P
     removed: list[Path] = []
     for path in sorted(directory.glob("*/.extra-vars-*.json")):
         if runs.status_of(conn, path.parent.name) in runs.FINAL_STATUSES:
-            with contextlib.suppress(FileNotFoundError):  # a concurrent cleanup got there first
+            try:
                 path.unlink()
-                removed.append(path)
+            except OSError:  # gone already (a concurrent cleanup); never worth failing a run over
+                continue
+            removed.append(path)
     return removed
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 from fleetctl import provision
 from fleetctl.errors import UsageError
 from fleetctl.provision import HostsLocked, ProvisionOptions
-from fleetctl.runner import VAULT_PROMPT, FakeRunner, PlaybookRequest, fake_event
+from fleetctl.runner import VAULT_PROMPT, EventTally, FakeRunner, PlaybookRequest, fake_event
 from fleetctl.state import db, locks, runs
 
 HOSTS = ["n1", "n2", "n3"]
@@ -215,14 +218,110 @@ def test_vault_password_file_is_passed_by_path(env: Path) -> None:
 
 def test_host_key_checking_is_only_off_when_asked(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = FakeRunner(play(ok("n1")))
-    run(env, runner, host_key_checking=False, connection="paramiko")
+    result = run(env, runner, host_key_checking=False, connection="paramiko")
     request = runner.requests[-1]
     assert request.envvars["ANSIBLE_HOST_KEY_CHECKING"] == "False"
     assert list(request.cmdline)[-2:] == ["--connection", "paramiko"]
-    # the user's own environment setting is respected (ansible-runner copies os.environ)
-    monkeypatch.setenv("ANSIBLE_HOST_KEY_CHECKING", "True")
-    run(env, runner)
-    assert "ANSIBLE_HOST_KEY_CHECKING" not in runner.requests[-1].envvars
+    assert stored(env, result.run_id).options["host_key_checking"] is False
+
+
+def test_an_inherited_host_key_checking_false_does_not_turn_checking_off(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ansible-runner copies os.environ; the run's envvars must override it, or the record lies.
+    monkeypatch.setenv("ANSIBLE_HOST_KEY_CHECKING", "False")
+    runner = FakeRunner(play(ok("n1")))
+    result = run(env, runner)
+    assert runner.requests[-1].envvars["ANSIBLE_HOST_KEY_CHECKING"] == "True"
+    assert stored(env, result.run_id).options["host_key_checking"] is True
+
+
+def test_nested_secret_extra_vars_stay_out_of_records(env: Path) -> None:
+    nested = {"agent": {"token": "s3cret", "port": 9400, "peers": [{"api_key": "k3y-v4lue"}]},
+              "credentials": {"user": "u-name", "pw": "pw-value"}}
+    runner = FakeRunner(events_for=lambda r: play(failed("n1", "s3cret k3y-v4lue pw-value rejected"),
+                                                   ok("n2"), ok("n3")))
+    result = run(env, runner, extra_vars=[json.dumps(nested)])
+    record = stored(env, result.run_id)
+    assert record.options["extra_vars"] == [
+        'agent={"peers": [{"api_key": "********"}], "port": 9400, "token": "********"}',
+        "credentials=********",
+    ]
+    dumped = json.dumps(record.to_dict()) + json.dumps(result.to_dict())
+    for secret in ("s3cret", "k3y-v4lue", "pw-value", "u-name"):
+        assert secret not in dumped
+    assert "******** ******** ******** rejected" in dumped
+
+
+def test_stale_extra_vars_files_of_ended_runs_are_removed(env: Path) -> None:
+    conn = db.connect(env / "state.db", schema=(*runs.SCHEMA, *locks.SCHEMA))
+    dead_pid = _exited_pid()
+
+    def leftover(run_id: str, pid: int) -> Path:
+        runs.start(conn, runs.RunRecord(
+            id=run_id, user="alice", machine=runs.this_machine(), pid=pid, started_at=runs.now_iso(),
+            heartbeat_at=runs.now_iso(), inventory="hosts.ini", pattern="all", playbook="site.yml",
+            options={},
+        ))
+        (env / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+        path = env / "runs" / run_id / ".extra-vars-0000.json"
+        path.write_text('{"db_password": "s3cret"}')
+        return path
+
+    killed = leftover("run-killed", dead_pid)  # still "running" in the store, process gone
+    alive = leftover("run-alive", os.getpid())
+    (env / "runs" / "no-record").mkdir()
+    unknown = env / "runs" / "no-record" / ".extra-vars-1111.json"
+    unknown.write_text("{}")
+    result = run(env, FakeRunner(play(ok("n1"))), pattern="n1")
+    assert result.status == "successful"
+    assert not killed.exists()
+    assert alive.exists() and unknown.exists()
+    assert runs.status_of(conn, "run-killed") == "interrupted"
+
+
+def _exited_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_heartbeat_survives_store_errors_and_warns_once(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = db.connect(env / "state.db", schema=(*runs.SCHEMA, *locks.SCHEMA))
+    me = locks.Holder("run-1", "provision site.yml", "alice", runs.this_machine(), os.getpid())
+    locks.acquire(conn, ["n1"], me)
+    real_refresh = locks.refresh
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def flaky_refresh(c: object, holder_id: str) -> int:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        if len(calls) == 3:
+            return real_refresh(c, holder_id)  # type: ignore[arg-type]
+        if len(calls) >= 5:
+            stop.set()
+        return 0  # taken over by a --force run
+
+    monkeypatch.setattr(provision, "HEARTBEAT_INTERVAL_S", 0.01)
+    monkeypatch.setattr(locks, "refresh", flaky_refresh)
+    beats: list[str] = []
+    monkeypatch.setattr(runs, "heartbeat", lambda c, run_id, hosts: beats.append(run_id))
+    tally = EventTally(["n1"])
+    beat = provision._Heartbeat(env / "state.db", "run-1", "run-1", tally, stop)
+    beat.start()
+    beat.join(timeout=10)
+    assert not beat.is_alive()
+    assert len(calls) >= 5 and len(beats) == len(calls) - 2  # kept beating after the errors
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "fleetctl: warning: run run-1: heartbeat failed, retrying: database is locked",
+        "fleetctl: warning: run run-1: its host locks were taken over (--force by another run);"
+        " this run goes on but no longer holds the hosts",
+    ]
 
 
 def test_a_held_host_refuses_the_run_naming_the_holder(env: Path) -> None:
