@@ -38,6 +38,7 @@ from fleetctl.schedulers.base import (
     tag_reason,
 )
 from fleetctl.state import hosts as hstate
+from fleetctl.state import locks
 from fleetctl.state.hosts import HostRecord, HostState
 
 SchedulerFor = Callable[[HostLike], Scheduler]
@@ -112,6 +113,7 @@ class DrainOptions:
     poll_s: float = 2.0
     owner: str | None = None  # maintain marks its hosts
     run_id: str | None = None
+    lock_holder: str | None = None  # the caller's own host locks (maintain) do not block it
 
 
 @dataclass
@@ -208,11 +210,15 @@ def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequen
     except SchedulerError as exc:
         raise FleetctlError(f"scheduler unavailable for {_names(hosts)}, nothing changed: {exc}") from None
     records = hstate.get_many(conn, [h.name for h in hosts])
+    locked = {} if opts.force else _locked_by_others(conn, [h.name for h in hosts], opts.lock_holder)
     todo: list[str] = []
     skipped: list[Outcome] = []
     for h in hosts:
         st, rec = current[h.name], records[h.name]
-        if st.foreign_drain:
+        if h.name in locked:
+            skipped.append(Outcome(h.name, False, rec.state.value,
+                                   f"refused: {locked[h.name].describe()}; --force to drain anyway"))
+        elif st.foreign_drain:
             skipped.append(Outcome(h.name, False, rec.state.value,
                                    f"already drained by someone else ({st.reason!r}); left as it is"))
         elif rec.state in (HostState.MAINTAINING, HostState.VERIFYING, HostState.QUARANTINED):
@@ -232,6 +238,15 @@ def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequen
     pool_size = len({p.name for p in pool} | {h.name for h in hosts})
     return DrainPlan(todo, skipped, pool_size, opts.max_unavailable.of(pool_size), unavailable,
                      current, records)
+
+
+def _locked_by_others(conn: sqlite3.Connection, names: Sequence[str],
+                      own: str | None) -> dict[str, locks.Lock]:
+    """Live host locks (a provision or maintain run at work) on ``names`` not held by ``own``."""
+    for statement in locks.SCHEMA:  # shared with provision; idempotent DDL
+        conn.execute(statement)
+    wanted = set(names)
+    return {lk.host: lk for lk in locks.held(conn) if lk.host in wanted and lk.holder.id != own}
 
 
 def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],

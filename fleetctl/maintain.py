@@ -7,17 +7,24 @@ Max-unavailable is enforced by the drain step (one transaction across concurrent
 so quarantined hosts keep counting against it: a rollout that has broken hosts slows down
 instead of taking more of the fleet out.
 
+Each batch's hosts are locked (``fleetctl.state.locks``, holder ``maintain:<run id>``) from before
+the drain until after the undrain, so a concurrent ``fleetctl provision`` or ``drain`` of the same
+hosts is refused; the provision step runs under those locks.
+
 Resuming after a kill: hosts left ``maintaining`` by a fleetctl that is gone are provisioned again
 (playbooks are idempotent), hosts left ``verifying`` are verified again, drained ones carry on.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,13 +33,23 @@ from fleetctl.drain import DrainOptions, Echo, HealthCheck, Outcome, SchedulerFo
 from fleetctl.errors import FleetctlError, UsageError
 from fleetctl.schedulers.base import HostLike
 from fleetctl.state import hosts as hstate
+from fleetctl.state import locks
 from fleetctl.state.hosts import HostState
+from fleetctl.state.runs import this_machine
 
 
 class Provisioner(Protocol):
-    """Run ``playbook`` on ``hosts``; per host ``None`` when it succeeded, else why it failed."""
+    """Run ``playbook`` on ``hosts``; per host ``None`` when it succeeded, else why it failed.
 
-    def __call__(self, hosts: Sequence[HostLike], playbook: str) -> Mapping[str, str | None]: ...
+    ``held_by``: the lock holder id under which the caller already holds the hosts' locks.
+    """
+
+    def __call__(self, hosts: Sequence[HostLike], playbook: str, *,
+                 held_by: str) -> Mapping[str, str | None]: ...
+
+
+def lock_holder_id(run_id: str) -> str:
+    return f"maintain:{run_id}"
 
 
 @dataclass
@@ -117,6 +134,8 @@ def maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence
              sleep: Callable[[float], None] = time.sleep,
              clock: Callable[[], float] = time.monotonic) -> MaintainResult:
     plan = plan_maintain(conn, hosts, pool, opts)
+    for statement in locks.SCHEMA:  # shared with provision; idempotent DDL
+        conn.execute(statement)
     for line in plan.lines(opts):
         echo(line)
     run_id = f"m-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
@@ -138,8 +157,21 @@ def maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence
             continue
         echo(f"batch {index}/{len(plan.batches)}: {', '.join(batch)}")
         batch_hosts = [by_name[n] for n in batch]
-        results = _run_batch(conn, batch_hosts, pool, scheduler_for, provisioner, verifier, opts,
-                             reason=reason, owner=owner, run_id=run_id, echo=echo, sleep=sleep, clock=clock)
+        holder = locks.Holder(lock_holder_id(run_id), f"maintain {Path(opts.playbook).name}",
+                              getpass.getuser(), this_machine(), os.getpid())
+        try:
+            # Long enough for the drain wait; provision's heartbeat and the verify step extend it.
+            ttl = timedelta(seconds=opts.drain_timeout_s) + locks.DEFAULT_TTL
+            locks.acquire(conn, batch, holder, ttl=ttl)
+        except locks.LocksHeld as exc:
+            results = [Outcome(n, False, hstate.get(conn, n).state.value, f"refused: {exc}") for n in batch]
+        else:
+            try:
+                results = _run_batch(conn, batch_hosts, pool, scheduler_for, provisioner, verifier, opts,
+                                     reason=reason, owner=owner, run_id=run_id, echo=echo, sleep=sleep,
+                                     clock=clock)
+            finally:
+                locks.release(conn, holder.id, batch)
         for o in results:
             outcomes[o.host] = o
         failures += sum(1 for o in results if not o.ok)
@@ -164,7 +196,7 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
     if to_drain:
         dopts = DrainOptions(reason=reason, actor=actor, wait=True, timeout_s=opts.drain_timeout_s,
                              max_unavailable=opts.max_unavailable, poll_s=opts.poll_s, owner=owner,
-                             run_id=run_id)
+                             run_id=run_id, lock_holder=lock_holder_id(run_id))
         for o in drain_core.drain(conn, to_drain, pool, scheduler_for, dopts, echo=echo, sleep=sleep,
                                   clock=clock):
             if not o.ok:
@@ -187,9 +219,11 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
     if provision:
         echo(f"provisioning {', '.join(h.name for h in provision)} with {opts.playbook}")
         try:
-            results = provisioner(provision, opts.playbook)
+            results = provisioner(provision, opts.playbook, held_by=lock_holder_id(run_id))
         except FleetctlError as exc:
             results = {h.name: f"provision did not run: {exc}" for h in provision}
+        locks.refresh(conn, lock_holder_id(run_id),
+                      ttl=timedelta(seconds=opts.verify_timeout_s) + locks.DEFAULT_TTL)
         for h in provision:
             problem = results.get(h.name, "no result from the provision run")
             if problem:
@@ -244,7 +278,7 @@ def ansible_provisioner(inventory: Sequence[str], db_path: Path | None, *,
                         cwd: Path | None = None) -> Provisioner:
     """The real provisioner: ``fleetctl.provision.run`` (ansible-runner), limited to the batch."""
 
-    def run(hosts: Sequence[HostLike], playbook: str) -> Mapping[str, str | None]:
+    def run(hosts: Sequence[HostLike], playbook: str, *, held_by: str) -> Mapping[str, str | None]:
         from fleetctl.provision import ProvisionOptions
         from fleetctl.provision import run as provision_run
         from fleetctl.runner import AnsibleRunner
@@ -252,7 +286,7 @@ def ansible_provisioner(inventory: Sequence[str], db_path: Path | None, *,
         names = [h.name for h in hosts]
         result = provision_run(ProvisionOptions(inventory=list(inventory), pattern=",".join(names),
                                                 playbook=playbook),
-                               AnsibleRunner(), db_path=db_path, cwd=cwd)
+                               AnsibleRunner(), db_path=db_path, cwd=cwd, held_by=held_by)
         by_host = {r.host: r for r in result.hosts}
         verdicts: dict[str, str | None] = {}
         for name in names:

@@ -44,6 +44,9 @@ class _Ctx:
     """What every command loads: the inventory, the state database, the scheduler factory."""
 
     def __init__(self, command: str, inventory: str | None, db_path: Path | None) -> None:
+        import sqlite3
+
+        from fleetctl.errors import UsageError
         from fleetctl.inventory import load_inventory
         from fleetctl.schedulers import SchedulerFactory
         from fleetctl.state import db
@@ -52,7 +55,10 @@ class _Ctx:
         self.command = command
         self.inventory: Inventory = load_inventory(inventory)
         self.db_path = db_path or db.default_path()
-        self.conn: sqlite3.Connection = db.connect(self.db_path, schema=hstate.SCHEMA)
+        try:
+            self.conn: sqlite3.Connection = db.connect(self.db_path, schema=hstate.SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise UsageError(f"state database {self.db_path}: {exc}") from None
         self.schedulers: SchedulerFactory = SchedulerFactory(self.inventory.hosts.get)
 
     def select(self, pattern: str) -> list[Host]:
@@ -69,14 +75,28 @@ class _Ctx:
 
 
 def _run(command: str, body: Any) -> None:
-    """Run ``body``; a FleetctlError becomes its one-line message and exit code."""
-    from fleetctl.errors import FleetctlError
+    """Run ``body``; a FleetctlError becomes its one-line message and exit code.
+
+    A host whose state changed under us (another fleetctl) is a refusal (exit 1); a database that
+    cannot be read or written is a configuration problem (exit 2). Neither shows a traceback.
+    """
+    import sqlite3
+
+    from fleetctl.errors import EXIT_PROBLEMS, EXIT_USAGE, FleetctlError
+    from fleetctl.state.hosts import TransitionError
 
     try:
         code = body()
     except FleetctlError as exc:
         typer.echo(f"fleetctl {command}: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    except TransitionError as exc:
+        typer.echo(f"fleetctl {command}: state conflict: {exc}", err=True)
+        raise typer.Exit(EXIT_PROBLEMS) from None
+    except sqlite3.Error as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        typer.echo(f"fleetctl {command}: state database: {detail}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
     raise typer.Exit(code)
 
 
@@ -117,8 +137,9 @@ def drain(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait before drain_failed",
                                            min=0)] = 3600.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Drain even past max-unavailable (an emergency); "
-                                        "never overrides a drain someone else set")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Drain even past max-unavailable or a live "
+                                        "provision/maintain host lock (an emergency); never overrides a "
+                                        "drain someone else set")] = False,
     max_unavailable: MaxUnavailableOpt = "1",
     scope: ScopeOpt = None,
     inventory: InventoryOpt = None,

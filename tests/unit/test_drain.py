@@ -392,3 +392,68 @@ def test_none_scheduler_rejects_a_relative_path_and_reports_unreadable_files(tmp
     with pytest.raises(SchedulerError, match=r"h: cannot read .*dir: .*Is a directory"):
         NoneScheduler().state(FakeHost("h", vars={"ansible_connection": "local",
                                                   "fleet_agent_drained_file": str(tmp_path / "dir")}))
+
+
+# --- the command wrapper: one line and an exit code, never a traceback --------------------------
+
+
+def test_unreadable_state_database_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fleetctl.cli import app
+
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    h1: {fleet_scheduler: none}\n")
+    monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path / "cache"))
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    for args in (["drain", "h1", "-r", "x"], ["undrain", "h1"], ["status", "h1"]):
+        result = CliRunner().invoke(app, [*args, "-i", str(inv), "--db", str(not_a_dir / "state.db")])
+        assert result.exit_code == 2, result.output
+        assert isinstance(result.exception, SystemExit)  # not an escaped sqlite3/OS error
+        assert f"state database {not_a_dir / 'state.db'}" in result.output
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("error", "code", "text"), [
+    (hs.TransitionError("h1: expected state drained, found maintaining"), 1, "state conflict: h1:"),
+    (sqlite3.OperationalError("disk I/O error"), 2, "state database: disk I/O error"),
+])
+def test_state_errors_from_the_core_become_one_line(error: Exception, code: int, text: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from fleetctl.commands.drain import _run
+
+    def body() -> int:
+        raise error
+
+    with pytest.raises(typer.Exit) as exited:
+        _run("undrain", body)
+    assert exited.value.exit_code == code
+    err = capsys.readouterr().err
+    assert err.startswith(f"fleetctl undrain: {text}"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_drain_refuses_a_host_under_a_live_provision_lock_unless_forced(conn: sqlite3.Connection,
+                                                                        sched: FakeScheduler) -> None:
+    import os
+
+    from fleetctl.state import locks
+    from fleetctl.state.runs import this_machine
+
+    for statement in locks.SCHEMA:
+        conn.execute(statement)
+    holder = locks.Holder("r-20260101-abc", "provision site.yml", "carol", this_machine(), os.getpid())
+    locks.acquire(conn, ["h0"], holder)
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert not out.ok and "r-20260101-abc" in out.message and "carol" in out.message
+    assert "--force" in out.message
+    assert ("drain", "h0") not in sched.calls and hs.get(conn, "h0").state is S.ACTIVE
+    # The lock's own holder (maintain draining its batch) is not refused; nor is --force.
+    [out] = run_drain(conn, sched, [HOSTS[0]], lock_holder="r-20260101-abc")
+    assert out.ok and out.state == "drained"
+    locks.acquire(conn, ["h1"], holder)
+    [out] = run_drain(conn, sched, [HOSTS[1]], force=True, max_unavailable=core.Size(2))
+    assert out.ok and out.state == "drained"

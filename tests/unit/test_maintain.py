@@ -14,9 +14,10 @@ from fleetctl import maintain as mcore
 from fleetctl.drain import Size
 from fleetctl.errors import UsageError
 from fleetctl.schedulers.base import HostLike, NodeState, SchedState
-from fleetctl.state import db
+from fleetctl.state import db, locks
 from fleetctl.state import hosts as hs
 from fleetctl.state.hosts import HostState as S
+from fleetctl.state.runs import this_machine
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,23 @@ class FakeScheduler:
 
 
 class FakeProvisioner:
-    def __init__(self, log: list[tuple[str, str]], fail: Mapping[str, str] | None = None) -> None:
+    """Records each batch and, given the state database, who held its hosts' locks at the time."""
+
+    def __init__(self, log: list[tuple[str, str]], fail: Mapping[str, str] | None = None,
+                 conn: sqlite3.Connection | None = None) -> None:
         self.log = log
         self.fail = dict(fail or {})
         self.batches: list[list[str]] = []
+        self.conn = conn
+        self.held_by: list[str] = []
+        self.lock_holders: list[dict[str, str]] = []
 
-    def __call__(self, hosts: Sequence[HostLike], playbook: str) -> Mapping[str, str | None]:
+    def __call__(self, hosts: Sequence[HostLike], playbook: str, *,
+                 held_by: str) -> Mapping[str, str | None]:
         self.batches.append([h.name for h in hosts])
+        self.held_by.append(held_by)
+        if self.conn is not None:
+            self.lock_holders.append({lk.host: lk.holder.id for lk in locks.held(self.conn)})
         self.log += [("provision", h.name) for h in hosts]
         return {h.name: self.fail.get(h.name) for h in hosts}
 
@@ -170,3 +181,31 @@ def test_resume_after_kill_provisions_hosts_left_maintaining(conn: sqlite3.Conne
     result = run(conn, sched, prov, FakeHealth(), hosts=HOSTS[:1])
     assert result.ok and prov.batches == [["h0"]]
     assert ("drain", "h0") not in log and ("undrain", "h0") in log
+
+
+def test_each_batch_is_locked_for_the_run_and_provisioned_under_that_lock(conn: sqlite3.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    prov = FakeProvisioner(log, conn=conn)
+    result = run(conn, FakeScheduler(log), prov, FakeHealth(), batch=Size(2), max_unavailable=Size(2))
+    assert result.ok
+    holder = f"maintain:{result.run_id}"
+    assert prov.held_by == [holder, holder]
+    assert prov.lock_holders == [{"h0": holder, "h1": holder}, {"h2": holder, "h3": holder}]
+    assert locks.held(conn, include_stale=True) == []  # released after the undrain
+
+
+def test_a_host_under_a_live_provision_lock_is_refused_and_untouched(conn: sqlite3.Connection) -> None:
+    import os
+
+    for statement in locks.SCHEMA:
+        conn.execute(statement)
+    other = locks.Holder("r-provision-1", "provision site.yml", "carol", this_machine(), os.getpid())
+    locks.acquire(conn, ["h1"], other)
+    log: list[tuple[str, str]] = []
+    prov = FakeProvisioner(log, conn=conn)
+    result = run(conn, FakeScheduler(log), prov, FakeHealth(), max_failures=4)
+    by = {o.host: o for o in result.outcomes}
+    assert not by["h1"].ok and "r-provision-1" in by["h1"].message and by["h1"].state == "active"
+    assert ("drain", "h1") not in log and ("provision", "h1") not in log
+    assert all(by[h].ok for h in ("h0", "h2", "h3"))
+    assert [lk.holder.id for lk in locks.held(conn)] == ["r-provision-1"]  # theirs is left alone
