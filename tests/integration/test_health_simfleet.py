@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -201,6 +202,10 @@ def test_inventory_command_lists_the_fleet(fleet: SimFleet, tmp_path: Path) -> N
 def test_token_from_group_vars(tmp_path: Path) -> None:
     f = start_sim_fleet(tmp_path, SCENARIO, 6, lo=19200, hi=19299, args=("--token", "s3cret-t0ken"))
     try:
+        # sim-fleet's inventory carries the token; take it out to see the agents refuse.
+        inv = yaml.safe_load(f.inventory.read_text())
+        assert inv["all"].pop("vars") == {"fleet_agent_token": "s3cret-t0ken"}
+        f.inventory.write_text(yaml.safe_dump(inv))
         without = fleetctl("health", "-i", str(f.inventory), "--json", cache=tmp_path / "c")
         doc = json.loads(without.stdout)
         assert {h["status"] for h in doc["hosts"]} == {"error"}
