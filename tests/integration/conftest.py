@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -238,3 +239,29 @@ def start_sim_fleet(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for f in started:
         f.stop()
+
+
+# --- sshd containers (the SSH tests of provision and maintain) ----------------------------------
+
+TEST_IMAGE = "fleetctl/debian12-systemd:latest"
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
+
+
+def require_test_image(image: str = TEST_IMAGE) -> None:
+    """Fail (never skip) when Docker or the locally built test image is missing."""
+    if shutil.which("docker") is None or docker("info", check=False).returncode != 0:
+        pytest.fail("the SSH lab needs a running Docker daemon (scripts/system-deps.sh)", pytrace=False)
+    if docker("image", "inspect", image, check=False).returncode != 0:
+        pytest.fail(f"image {image} is missing: run tests/images/build.sh", pytrace=False)
+
+
+def ssh_answers(port: int) -> bool:
+    """True once an SSH server sends its banner on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False

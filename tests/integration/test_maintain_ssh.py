@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PORT_HI, PORT_LO, free_port_block, wait_until
+from conftest import PORT_HI, PORT_LO, docker, free_port_block, require_test_image, ssh_answers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,24 +46,9 @@ faults:
 """
 
 
-def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
-
-
-def _ssh_up(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            return s.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
 @pytest.fixture()
 def ssh_lab(tmp_path: Path, start_agent: Callable[..., Any]) -> Iterator[dict[str, Any]]:
-    if shutil.which("docker") is None or _docker("info", check=False).returncode != 0:
-        pytest.fail("the SSH lab needs a running Docker daemon (scripts/system-deps.sh)", pytrace=False)
-    if _docker("image", "inspect", IMAGE, check=False).returncode != 0:
-        pytest.fail(f"image {IMAGE} is missing: run tests/images/build.sh", pytrace=False)
+    require_test_image(IMAGE)
     lab = tmp_path / "lab"
     lab.mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab / "host_key")], check=True)
@@ -85,7 +69,7 @@ def ssh_lab(tmp_path: Path, start_agent: Callable[..., Any]) -> Iterator[dict[st
             state = tmp_path / name
             state.mkdir()
             cname = f"fleetctl-drain-ssh-{name}-{secrets.token_hex(3)}"
-            _docker("run", "-d", "--rm", "--name", cname, "--network", "host",
+            docker("run", "-d", "--rm", "--name", cname, "--network", "host",
                     "-v", f"{lab}:/lab:ro", "-v", f"{state}:/var/lib/fleet-agent", IMAGE,
                     "sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -p \"$0\" "
                     "-o ListenAddress=127.0.0.1 -h /lab/host_key -o AuthorizedKeysFile=/lab/authorized_keys "
@@ -102,7 +86,7 @@ def ssh_lab(tmp_path: Path, start_agent: Callable[..., Any]) -> Iterator[dict[st
                 "fleet_agent_port": agent.port, "fleet_expected_chips": 2, "agent": agent,
             }
         for i in range(len(HOSTS)):
-            wait_until(lambda i=i: _ssh_up(base + i), 30, f"sshd on port {base + i}")
+            wait_until(lambda i=i: ssh_answers(base + i), 30, f"sshd on port {base + i}")
         inv_hosts = {n: {k: v for k, v in h.items() if k != "agent"} for n, h in hosts.items()}
         # the same container as s1, under a name whose host key is not in known_hosts
         inv_hosts["s1-unknown-key"] = {**inv_hosts["s1"], "ansible_ssh_common_args":
@@ -121,7 +105,7 @@ def ssh_lab(tmp_path: Path, start_agent: Callable[..., Any]) -> Iterator[dict[st
         yield {"tmp": tmp_path, "env": env, "hosts": hosts}
     finally:
         for cname in containers:
-            _docker("rm", "-f", cname, check=False)
+            docker("rm", "-f", cname, check=False)
 
 
 def fleetctl(lab: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:

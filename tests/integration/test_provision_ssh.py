@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port_block, wait_until
+from conftest import docker, free_port_block, require_test_image, ssh_answers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,24 +32,9 @@ TINY = Path(__file__).parent / "provision_local" / "tiny.yml"
 HOSTS = ("p1", "p2")
 
 
-def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
-
-
-def _ssh_banner(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            return s.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
 @pytest.fixture()
 def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    if shutil.which("docker") is None or _docker("info", check=False).returncode != 0:
-        pytest.fail("the SSH lab needs a running Docker daemon (scripts/system-deps.sh)", pytrace=False)
-    if _docker("image", "inspect", IMAGE, check=False).returncode != 0:
-        pytest.fail(f"image {IMAGE} is missing: run tests/images/build.sh", pytrace=False)
+    require_test_image(IMAGE)
     keys = tmp_path / "keys"
     keys.mkdir()
     for name in ("host_key", "id"):
@@ -71,7 +55,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
         for i, name in enumerate(HOSTS):
             (tmp_path / name).mkdir()
             cname = f"fleetctl-provision-ssh-{name}-{secrets.token_hex(3)}"
-            _docker("run", "-d", "--rm", "--name", cname, "--network", "host",
+            docker("run", "-d", "--rm", "--name", cname, "--network", "host",
                     "-v", f"{keys}:/keys:ro", "-v", f"{tmp_path / name}:/srv/marker", IMAGE,
                     "sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -p \"$0\" "
                     "-o ListenAddress=127.0.0.1 -h /keys/host_key "
@@ -84,7 +68,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={keys / 'known_hosts'}",
             }
         for i in range(len(HOSTS)):
-            wait_until(lambda i=i: _ssh_banner(base + i), 30, f"sshd on port {base + i}")
+            wait_until(lambda i=i: ssh_answers(base + i), 30, f"sshd on port {base + i}")
         stranger = {**hosts["p1"], "ansible_ssh_common_args":
                     f"-o UserKnownHostsFile={keys / 'stranger_known_hosts'}"}
         inventory = tmp_path / "inventory.yml"
@@ -98,7 +82,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
         yield {"tmp": tmp_path, "env": env, "keys": keys}
     finally:
         for cname in containers:
-            _docker("rm", "-f", cname, check=False)
+            docker("rm", "-f", cname, check=False)
 
 
 def fleetctl(lab: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
