@@ -27,7 +27,7 @@ _MIB = 1024 * 1024
 _CHIP_GAUGES: list[tuple[str, str, str, float]] = [
     ("fleet_chip_temperature_celsius", "Chip core temperature.", "temperature_c", 1.0),
     ("fleet_chip_memory_temperature_celsius", "Chip memory (HBM) temperature.", "memory_temperature_c", 1.0),
-    ("fleet_chip_utilization_ratio", "Chip utilisation 0..1 (GPU util, TPU tensorcore).",
+    ("fleet_chip_utilization_ratio", "Chip busy share 0..1 (GPU utilisation, TPU duty cycle).",
      "utilization_pct", 0.01),
     ("fleet_chip_memory_used_bytes", "Device memory used.", "memory_used_bytes", 1.0),
     ("fleet_chip_memory_total_bytes", "Device memory total.", "memory_total_bytes", 1.0),

@@ -29,14 +29,9 @@ def inventory(
     = False,
 ) -> None:
     """List the inventory's hosts: address, agent port, groups, expected chips."""
-    from fleetctl.errors import FleetctlError
-    from fleetctl.inventory import load_inventory
+    from fleetctl.commands import select_hosts
 
-    try:
-        hosts = load_inventory(inventory_path).select(pattern)
-    except FleetctlError as exc:
-        typer.echo(f"fleetctl inventory: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+    hosts = select_hosts("inventory", inventory_path, pattern)
     if as_json:
         sys.stdout.write(json.dumps([host_dict(h, with_vars=show_vars) for h in hosts], indent=2) + "\n")
         return

@@ -28,15 +28,10 @@ def targets(
         "-o", "--output", help="Write to FILE atomically (Prometheus re-reads it); default stdout")] = None,
 ) -> None:
     """Write file_sd JSON: one target per agent, labelled host=<inventory name>, group=<first group>."""
-    from fleetctl.errors import FleetctlError
-    from fleetctl.inventory import load_inventory
+    from fleetctl.commands import select_hosts
     from fleetctl.promsource import file_sd_targets
 
-    try:
-        hosts = load_inventory(inventory).select(pattern)
-    except FleetctlError as exc:
-        typer.echo(f"fleetctl prometheus targets: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+    hosts = select_hosts("prometheus targets", inventory, pattern)
     text = json.dumps(file_sd_targets(hosts), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
