@@ -25,10 +25,10 @@ all:
         h100-0002: {ansible_host: 10.0.0.2, fleet_agent_port: 19001}
         h100-0003: {ansible_host: 10.0.0.3}
       vars:
-        fleet_expected_chips: 8
+        fleet_agent_expected_chips: 8
     tpu_nodes:
       hosts:
-        v5e-0001: {fleet_expected_chips: 4}
+        v5e-0001: {fleet_agent_expected_chips: 4}
     rack1:
       hosts:
         h100-0001:
@@ -224,6 +224,25 @@ def test_plain_token_is_a_secret_and_not_a_var(tmp_path: Path, cache: Path) -> N
     assert isinstance(h.agent_token, Secret) and h.agent_token.reveal() == "hunter2"
     assert "hunter2" not in repr(h) and "hunter2" not in str(h.agent_token)
     assert "fleet_agent_token" not in h.vars
+
+
+def test_empty_token_means_none_and_a_non_string_token_is_an_error(tmp_path: Path, cache: Path) -> None:
+    # As in the fleet_agent role: an empty token serves without one (the example inventory's
+    # default when no vault is loaded), so fleetctl sends no Authorization header.
+    f = tmp_path / "t.yml"
+    f.write_text("all:\n  hosts:\n    h1: {fleet_agent_token: \"{{ vault_tok | default('') }}\"}\n")
+    assert load_inventory(str(f), cache_dir=cache).hosts["h1"].agent_token is None
+    g = tmp_path / "u.yml"
+    g.write_text("all:\n  hosts:\n    h2: {fleet_agent_token: [1, 2]}\n")
+    with pytest.raises(InventoryError, match=r"u.yml: host h2: fleet_agent_token: expected a string"):
+        load_inventory(str(g), cache_dir=cache)
+
+
+def test_example_inventory_loads(cache: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    inv = load_inventory(str(repo / "inventory" / "example"), cache_dir=cache)
+    assert len(inv.hosts) > 0
+    assert all(h.agent_token is None for h in inv.hosts.values())
 
 
 def test_vault_token_stays_encrypted_in_the_cache(
