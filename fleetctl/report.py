@@ -285,7 +285,7 @@ def host_row_from_node(name: str, address: str, port: int, groups: tuple[str, ..
                        host_vars: Mapping[str, Any] | None = None) -> HostRow:
     """A reachable host: the agent's own judgement, plus what only the controller can see.
 
-    The controller adds two checks: the inventory's ``fleet_expected_chips`` against the chips the
+    The controller adds two checks: the inventory's ``fleet_agent_expected_chips`` against the chips the
     agent found (when the agent does not check it itself), and the age of the sample (an agent whose
     sampling loop is stuck keeps serving an old sample).
     """

@@ -512,7 +512,7 @@ def inventory_doc(runtimes: Sequence[AgentRuntime], *, token: str | None = None)
     for rt in runtimes:
         hv: dict[str, Any] = {"ansible_host": "127.0.0.1", "fleet_agent_port": rt.port}
         if rt.sampler.expected_chips is not None:
-            hv["fleet_expected_chips"] = rt.sampler.expected_chips
+            hv["fleet_agent_expected_chips"] = rt.sampler.expected_chips
         hosts[rt.name] = hv
         names = [rt.group] if rt.group else []
         if rt.kind in ("gpu", "tpu"):

@@ -46,7 +46,7 @@ def test_sim_fleet_hosts_ports_and_inventory(start_sim_fleet: Callable[..., Agen
     assert list(hosts) == ["dgx-0000", "dgx-0001", "dgx-0002", "tpu-v5e-0000"]
     assert {h["ansible_host"] for h in hosts.values()} == {"127.0.0.1"}
     assert [h["fleet_agent_port"] for h in hosts.values()] == [base, base + 1, base + 2, base + 3]
-    assert [h["fleet_expected_chips"] for h in hosts.values()] == [8, 8, 8, 4]
+    assert [h["fleet_agent_expected_chips"] for h in hosts.values()] == [8, 8, 8, 4]
     children = inv["all"]["children"]
     assert set(children["gpu_nodes"]["hosts"]) == {"dgx-0000", "dgx-0001", "dgx-0002"}
     assert set(children["tpu_nodes"]["hosts"]) == {"tpu-v5e-0000"}
@@ -59,7 +59,7 @@ def test_sim_fleet_hosts_ports_and_inventory(start_sim_fleet: Callable[..., Agen
     for i, (name, hv) in enumerate(hosts.items()):
         assert fleet.get("/v1/node", host=i).status == 401
         report = parse_node_report(fleet.get("/v1/node", host=i, token="tok").json())
-        assert report.host == name and len(report.chips) == hv["fleet_expected_chips"]
+        assert report.host == name and len(report.chips) == hv["fleet_agent_expected_chips"]
         # Each host has its own chips: UUIDs differ across hosts.
         assert fleet.get("/healthz", host=i).status == 200
     uuids = [c.uuid for i in range(4)

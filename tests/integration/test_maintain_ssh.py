@@ -83,7 +83,7 @@ def ssh_lab(tmp_path: Path, start_agent: Callable[..., Any]) -> Iterator[dict[st
                 "ansible_ssh_private_key_file": str(lab / "id"),
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab / 'known_hosts'} "
                                            "-o StrictHostKeyChecking=yes",
-                "fleet_agent_port": agent.port, "fleet_expected_chips": 2, "agent": agent,
+                "fleet_agent_port": agent.port, "fleet_agent_expected_chips": 2, "agent": agent,
             }
         for i in range(len(HOSTS)):
             wait_until(lambda i=i: ssh_answers(base + i), 30, f"sshd on port {base + i}")

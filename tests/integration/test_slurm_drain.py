@@ -45,7 +45,7 @@ class Fleet:
         self.cluster = cluster
         self.inventory = tmp / "inventory.yml"
         hosts = {n: {"ansible_host": "127.0.0.1", "fleet_agent_port": agent_base_port + i,
-                     "fleet_expected_chips": 2} for i, n in enumerate(NODES)}
+                     "fleet_agent_expected_chips": 2} for i, n in enumerate(NODES)}
         self.inventory.write_text(yaml.safe_dump({"all": {
             "vars": {"fleet_scheduler": "slurm", "ansible_connection": "local"},
             "children": {"slurm_nodes": {"hosts": hosts}},

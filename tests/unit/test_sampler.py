@@ -259,7 +259,7 @@ def test_inventory_groups_and_atomic_write(tmp_path: Path) -> None:
                 _runtime("v5e-0000", stats, group="tpu-v5e", kind="tpu", port=18002)]
     doc = inventory_doc(runtimes)
     assert doc["all"]["hosts"]["dgx-0000"] == {"ansible_host": "127.0.0.1", "fleet_agent_port": 18001,
-                                               "fleet_expected_chips": 8}
+                                               "fleet_agent_expected_chips": 8}
     assert set(doc["all"]["children"]) == {"dgx", "gpu_nodes", "tpu_v5e", "tpu_nodes"}
     target = tmp_path / "inv.yml"
     target.write_text("old\n")
