@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs `molecule test` for every role with a molecule/default scenario, then the fleet-level
-# scenario (tests/molecule/fleet). Runs them all, prints each one's duration, and fails at the
-# end listing the scenarios that failed. ROLES="base fleet_agent" limits the roles run;
-# FLEET=0 skips the fleet scenario.
+# Runs `molecule test` for every scenario of every role (roles/<role>/molecule/<scenario>), then
+# the fleet-level scenario (tests/molecule/fleet). Runs them all, prints each one's duration, and
+# fails at the end listing the scenarios that failed. ROLES="base fleet_agent" limits the roles
+# run; FLEET=0 skips the fleet scenario.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,31 +16,37 @@ docker info >/dev/null 2>&1 || die "docker daemon is not reachable (is dockerd r
 # Builds the image when missing or when its Dockerfile changed; a no-op otherwise.
 bash tests/images/build.sh || die "building the test image failed"
 
+# Each entry is "<project dir>:<scenario>"; molecule runs from the project dir.
 scenarios=()
-if [[ -n ${ROLES:-} ]]; then
-    for role in $ROLES; do
-        [[ -d roles/$role/molecule/default ]] || die "roles/$role has no molecule/default scenario"
-        scenarios+=("roles/$role")
+add_role() {
+    local role=$1 found=0 file dir
+    for file in roles/"$role"/molecule/*/molecule.yml; do
+        [[ -f $file ]] || continue
+        dir=${file%/molecule.yml}
+        scenarios+=("roles/$role:${dir##*/}")
+        found=1
     done
+    [[ $found == 1 ]] || die "roles/$role has no Molecule scenario"
+}
+if [[ -n ${ROLES:-} ]]; then
+    for role in $ROLES; do add_role "$role"; done
 else
-    for dir in roles/*/molecule/default; do
-        [[ -d $dir ]] && scenarios+=("${dir%/molecule/default}")
+    for dir in roles/*/; do
+        role=${dir%/}; role=${role#roles/}
+        [[ -d roles/$role/molecule ]] && add_role "$role"
     done
 fi
-[[ ${FLEET:-1} == 1 ]] && scenarios+=("tests/molecule/fleet")
+[[ ${FLEET:-1} == 1 ]] && scenarios+=("tests:fleet")
 
 failed=()
 summary=()
-for project in "${scenarios[@]}"; do
+for entry in "${scenarios[@]}"; do
+    # The fleet scenario lives outside a role: Molecule finds it under molecule/fleet of the
+    # tests/ project directory.
+    project="${entry%%:*}/molecule/${entry##*:}"
     echo "==> molecule test: $project"
     start=$SECONDS
-    if [[ $project == tests/molecule/fleet ]]; then
-        # The fleet scenario lives outside a role: Molecule finds it under molecule/fleet of
-        # the tests/ project directory.
-        (cd tests && molecule test -s fleet)
-    else
-        (cd "$project" && molecule test)
-    fi
+    (cd "${entry%%:*}" && molecule test -s "${entry##*:}")
     rc=$?
     took=$((SECONDS - start))
     if [[ $rc == 0 ]]; then
