@@ -5,9 +5,9 @@ that wrongly accepted its input still could not change this machine. The bad val
 from each role's meta/argument_specs.yml (an unknown choice for every option with choices, an
 unconvertible value for every bool/int/float/dict option), so a new option is covered when it is
 added. Through playbooks/site.yml: bad variables on one host fail that host at validation while
-the other hosts carry on to the last play; and a driver version outside
-its branch stops the role at its first check, before a task changes anything. (Ansible ends the
-whole run when every host of one play has failed, so the site test keeps one GPU host healthy.)
+the other hosts carry on to the last play, even when every GPU host failed (Ansible ends the whole
+run when every host of a play has failed: site.yml's plays target ``all`` for that reason); and a
+driver version outside its branch stops the role at its first check, before a task changes anything.
 """
 
 from __future__ import annotations
@@ -116,15 +116,20 @@ def test_role_refuses_bad_variables_at_validation(tmp_path: Path, role: str) -> 
     assert report["stats"]["node1"]["changed"] == 0 and report["stats"]["node1"]["failures"] == 1
 
 
-def test_site_stops_a_host_with_bad_variables_and_carries_on_with_the_others(tmp_path: Path) -> None:
+@pytest.mark.parametrize("other_gpu_host", [True, False], ids=["one-gpu-host-fails", "every-gpu-host-fails"])
+def test_site_stops_a_host_with_bad_variables_and_carries_on_with_the_others(
+    tmp_path: Path, other_gpu_host: bool
+) -> None:
     # gpu1 has an unknown branch and a word for a number; the other hosts have their hardware roles
-    # switched off (site_*_enabled), so nothing but validation would touch this machine.
+    # switched off (site_*_enabled), so nothing but validation would touch this machine. Without
+    # gpu2, every host of the GPU play fails: the TPU host must still go on to the later plays.
     off = {"site_nvidia_driver_enabled": False, "site_cuda_toolkit_enabled": False,
            "site_container_runtime_enabled": False, "site_tpu_runtime_enabled": False}
+    gpu_hosts = {"gpu1": local_host(nvidia_driver_branch="999", nvidia_driver_reboot_timeout="soon")}
+    if other_gpu_host:
+        gpu_hosts["gpu2"] = local_host(**off)
     inventory = {"all": {"children": {
-        "gpu_nodes": {"hosts": {
-            "gpu1": local_host(nvidia_driver_branch="999", nvidia_driver_reboot_timeout="soon"),
-            "gpu2": local_host(**off)}},
+        "gpu_nodes": {"hosts": gpu_hosts},
         "tpu_nodes": {"hosts": {"tpu1": local_host(**off)}},
     }}}
     # Tags keep base and fleet_agent from working on this machine; validation runs whatever the tags.
@@ -140,7 +145,7 @@ def test_site_stops_a_host_with_bad_variables_and_carries_on_with_the_others(tmp
     assert "nvidia_driver_reboot_timeout" in failure["msg"]
     assert report["stats"]["gpu1"] == {**report["stats"]["gpu1"], "changed": 0, "failures": 1}
     # The others went on to the last plays (the node agent's validation) and did not fail.
-    for host in ("gpu2", "tpu1"):
+    for host in ("gpu2", "tpu1") if other_gpu_host else ("tpu1",):
         names = [name for name, _ in tasks_run(report, host)]
         assert f"fleet_agent : {VALIDATION_TASK}" in names, names
         assert report["stats"][host]["failures"] == 0 and report["stats"][host]["changed"] == 0
