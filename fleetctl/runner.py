@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleetctl.orphan_guard import OrphanGuard
+
 Event = Mapping[str, Any]
 EventCallback = Callable[[Event], None]
 CancelCheck = Callable[[], bool]
@@ -119,7 +121,8 @@ class AnsibleRunner:
             on_event(event)
             return True  # keep writing job_events/ into the artifacts directory
 
-        envvars = {"PATH": _runner_path(), **request.envvars}
+        guard = OrphanGuard(self.termination_grace)
+        envvars = {"PATH": _runner_path(), **request.envvars, **guard.envvars}
         stopped = False
 
         def cancel_check() -> bool:
@@ -131,28 +134,30 @@ class AnsibleRunner:
                 stop_ansible_processes(self.termination_grace)
             return True  # ansible-runner then SIGKILLs the process group and reports "canceled"
 
-        thread, runner = ansible_runner.run_async(
-            private_data_dir=str(request.private_data_dir),
-            project_dir=str(request.cwd),
-            ident=request.ident,
-            playbook=str(request.playbook),
-            inventory=list(request.inventory),
-            limit=request.limit,
-            forks=request.forks,
-            cmdline=shlex.join(request.cmdline) if request.cmdline else None,
-            envvars=envvars,
-            passwords={HOST_KEY_PROMPT: "no", **request.passwords},
-            settings={"pexpect_timeout": self.poll_interval},
-            # Not "jsonfile": ansible-runner would then point Ansible's fact cache into the
-            # artifacts dir, overriding ansible.cfg's (facts gathered on every run).
-            fact_cache_type="ansible.cfg",
-            # Keep passwords/envvars out of private_data_dir/env/ (they would be written there).
-            suppress_env_files=True,
-            quiet=True,
-            event_handler=handle,
-            cancel_callback=cancel_check,
-        )
-        thread.join()
+        # If this process dies before the run ends, the guard stops every process of the run.
+        with guard:
+            thread, runner = ansible_runner.run_async(
+                private_data_dir=str(request.private_data_dir),
+                project_dir=str(request.cwd),
+                ident=request.ident,
+                playbook=str(request.playbook),
+                inventory=list(request.inventory),
+                limit=request.limit,
+                forks=request.forks,
+                cmdline=shlex.join(request.cmdline) if request.cmdline else None,
+                envvars=envvars,
+                passwords={HOST_KEY_PROMPT: "no", **request.passwords},
+                settings={"pexpect_timeout": self.poll_interval},
+                # Not "jsonfile": ansible-runner would then point Ansible's fact cache into the
+                # artifacts dir, overriding ansible.cfg's (facts gathered on every run).
+                fact_cache_type="ansible.cfg",
+                # Keep passwords/envvars out of private_data_dir/env/ (they would be written there).
+                suppress_env_files=True,
+                quiet=True,
+                event_handler=handle,
+                cancel_callback=cancel_check,
+            )
+            thread.join()
         return RunOutcome(status=str(runner.status), rc=runner.rc, artifacts_dir=request.artifacts_dir)
 
     def list_tags(self, request: PlaybookRequest) -> set[str]:

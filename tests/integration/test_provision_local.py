@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -260,29 +261,54 @@ def test_a_concurrent_run_touching_a_held_host_is_refused(tmp_path: Path) -> Non
     assert first.returncode == 130
 
 
-def test_a_killed_fleetctl_leaves_an_interrupted_run_and_no_blocking_lock(tmp_path: Path) -> None:
-    inventory = write_inventory(tmp_path, {"a": LOCAL})
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    live = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                live.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return live
+
+
+def test_a_killed_fleetctl_takes_its_ansible_processes_with_it_and_leaves_an_interrupted_run(
+    tmp_path: Path,
+) -> None:
+    inventory = write_inventory(tmp_path, {"a": LOCAL, "b": LOCAL})
     seconds = "96.53"
     proc = subprocess.Popen(
         [*FLEETCTL, "provision", "-i", str(inventory), "-p", str(TINY), "-e", f"sleep_seconds={seconds}"],
         cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    tree: list[psutil.Process] = []
     try:
-        _wait_for(lambda: len(_sleepers(seconds)) == 1)
-        runs_list = lambda: json.loads(fleetctl(tmp_path, "runs", "list", "--json").stdout)  # noqa: E731
+        _wait_for(lambda: len(_sleepers(seconds)) == 2)
+
+        def runs_list() -> list[dict[str, Any]]:
+            listed: list[dict[str, Any]] = json.loads(fleetctl(tmp_path, "runs", "list", "--json").stdout)
+            return listed
+
         # the heartbeat (every 5 s) saves the results so far: the marker task's change
-        _wait_for(lambda: [h["changed"] for h in runs_list()[0]["hosts"]] == [1], timeout=30)
+        _wait_for(lambda: [h["changed"] for h in runs_list()[0]["hosts"]] == [1, 1], timeout=30)
         assert runs_list()[0]["status"] == "running"
         tree = _descendants(proc.pid)
-        proc.kill()  # SIGKILL: no handler runs, nothing is finished
+        playbooks = [c for c in tree if "ansible-playbook" in " ".join(c.cmdline())]
+        sleepers = _sleepers(seconds)
+        assert playbooks and all(s in tree for s in sleepers)  # the tree really is fleetctl's
+        # the run's processes are out of fleetctl's session (pexpect's, then the workers' setsid):
+        # nothing that hits fleetctl's process group or terminal reaches them
+        assert {os.getsid(p.pid) for p in tree} - {os.getsid(proc.pid)}
+        proc.kill()  # SIGKILL: no handler of fleetctl runs
         stdout, _ = proc.communicate(timeout=30)
+        # everything it started (ansible-playbook, workers, the sleeps, the guard) ends promptly
+        _wait_for(lambda: not _alive(tree) and not _sleepers(seconds), timeout=10)
     finally:
-        for child in tree:  # what SIGKILL left behind: ours to clean up
-            if child.is_running():
-                child.kill()
+        for child in _alive(tree):  # only if the assertion above failed: don't leak
+            child.kill()
     run_id = stdout.splitlines()[0].split()[1].rstrip(":")
     record = show(tmp_path, run_id)
     assert record["status"] == "interrupted"
-    assert record["hosts"][0]["changed"] == 1  # type: ignore[index]
+    assert [h["changed"] for h in record["hosts"]] == [1, 1]  # type: ignore[attr-defined]
     again = fleetctl(tmp_path, "provision", "-i", str(inventory), "-p", str(TINY), "--tags", "marker")
     assert again.returncode == 0, again.stdout + again.stderr  # the dead run's lock does not block

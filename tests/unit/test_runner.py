@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+
+from fleetctl.orphan_guard import MARK
 from fleetctl.runner import (
+    AnsibleRunner,
     EventTally,
     HostResult,
+    PlaybookRequest,
     failure_message,
     fake_event,
     parse_list_tags,
@@ -135,3 +147,47 @@ def test_prompt_patterns_match_what_ansible_prints() -> None:
     assert re.compile(HOST_KEY_PROMPT, re.M).search(paramiko)
     assert re.compile(VAULT_PROMPT, re.M).search("Vault password: ")
     assert not re.compile(VAULT_PROMPT, re.M).search("TASK [set vault password: x] ***")
+
+
+class _FakeAnsibleRunnerModule:
+    """Stands in for the ``ansible_runner`` module: records what ``run_async`` was given and
+    checks, while "running", that the orphan guard watching the run is alive."""
+
+    def __init__(self) -> None:
+        self.kwargs: dict[str, Any] = {}
+        self.guards_seen: list[psutil.Process] = []
+
+    def run_async(self, **kwargs: Any) -> tuple[threading.Thread, SimpleNamespace]:
+        self.kwargs = kwargs
+        token = kwargs["envvars"][MARK]
+        self.guards_seen = [
+            p for p in psutil.Process().children() if token in " ".join(p.cmdline())
+        ]
+        kwargs["event_handler"](fake_event("playbook_on_play_start", play="P"))
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        return thread, SimpleNamespace(status="successful", rc=0)
+
+
+def test_the_real_adapter_runs_every_playbook_under_an_orphan_guard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = _FakeAnsibleRunnerModule()
+    monkeypatch.setitem(sys.modules, "ansible_runner", fake)
+    request = PlaybookRequest(playbook=tmp_path / "site.yml", inventory=["hosts.ini"],
+                              private_data_dir=tmp_path / "pdd", ident="run", cwd=tmp_path,
+                              envvars={"ANSIBLE_HOST_KEY_CHECKING": "True"})
+    events: list[object] = []
+    outcome = AnsibleRunner().run(request, events.append, lambda: False)
+
+    assert (outcome.status, outcome.rc) == ("successful", 0)
+    assert len(events) == 1
+    envvars = fake.kwargs["envvars"]
+    assert envvars["ANSIBLE_HOST_KEY_CHECKING"] == "True" and len(envvars[MARK]) == 16
+    # one watchdog was alive during the run, and a clean end let it go without stopping anything
+    (guard,) = fake.guards_seen
+    assert not guard.is_running() or guard.status() == psutil.STATUS_ZOMBIE
+    second = _FakeAnsibleRunnerModule()
+    monkeypatch.setitem(sys.modules, "ansible_runner", second)
+    AnsibleRunner().run(request, events.append, lambda: False)
+    assert second.kwargs["envvars"][MARK] != envvars[MARK]  # a fresh token per run
