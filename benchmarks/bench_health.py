@@ -3,14 +3,24 @@
 For each fleet size (1,000 and 10,000 hosts x 8 chips; ``fleet-agent sim-fleet`` in its own
 process) it measures the whole command (interpreter start to exit), median of ``--runs``, with a warm
 inventory cache and with a cold one, and a sequential HTTP loop over the same agents in the same run
-as the baseline (``ratio`` = sequential / fleetctl). A hostile variant replaces 10 % of the hosts by
-agents that hang, 5 % by ones that answer garbage and 5 % by closed ports: the fan-out must end
-within the per-host timeout + 0.5 s with every host classified. ``fleetctl --help`` start-up last.
+as the baseline (``ratio`` = sequential / fleetctl). A hostile variant at every size replaces 10 % of
+the hosts by agents that hang, 5 % by ones that answer garbage and 5 % by closed ports: the fan-out
+must end within the per-host timeout + 0.5 s with every host classified (``within_timeout_plus_0_5s``);
+``vs_healthy_same_size`` says what the faults add to the fault-free run of the same size, which is
+the fair check where the CPU work for the answering hosts alone exceeds the timeout.
 
-Targets (issue 4): 1,000 hosts <= 0.8 s, 10,000 hosts <= 8 s (warm), ``--help`` <= 0.3 s.
+The Ansible baseline runs on the SSH lab (tests/lab/lab.py; docker): ``ansible lab -m
+ansible.builtin.uri`` over SSH, each host fetching its own agent's report, against ``fleetctl health``
+on the same hosts, per-host cost and ratio. It converges playbooks/site.yml first only when the lab
+agents do not answer. Without docker it fails unless ``--no-ssh-lab`` is given (then the JSON says
+it was skipped). ``fleetctl --help`` start-up last.
 
-    python benchmarks/bench_health.py            # full: 1,000 and 10,000 hosts, 5 runs each
-    python benchmarks/bench_health.py --quick    # 1,000 hosts, 3 runs
+Targets (issue 4): 1,000 hosts <= 0.8 s, 10,000 hosts <= 8 s (judged warm and cold), ``--help`` <= 0.3 s.
+
+    python benchmarks/bench_health.py                 # full: 1,000 and 10,000 hosts, 5 runs each, SSH lab
+    python benchmarks/bench_health.py --quick         # 1,000 hosts, 3 runs, SSH lab
+    python benchmarks/bench_health.py --no-ssh-lab    # without docker: the lab part reported as skipped
+    python benchmarks/bench_health.py --ssh-lab-only  # only the Ansible-over-SSH comparison
     python benchmarks/bench_health.py serve-hostile BASE N_HUNG N_GARBAGE   # (internal)
 """
 
@@ -212,6 +222,7 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
             "dedicated_2_core_estimate_s": round(max(median(cpu), median(fleet_cpu)), 3),
             "warm_runs_s": [round(w, 3) for w in warm], "cold_runs_s": [round(c, 3) for c in cold],
             "target_s": target, "meets_target": None if target is None else median(warm) <= target,
+            "meets_target_cold": None if target is None else median(cold) <= target,
             "sequential_baseline": {"per_host_ms": round(per_host * 1000, 3), "sampled_hosts": sample,
                                     "estimated_total_s": round(seq_total, 3),
                                     "ratio_vs_fleetctl_warm": round(seq_total / median(warm), 2)},
@@ -220,7 +231,10 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
         stop(proc)
 
 
-def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int | None) -> dict[str, Any]:
+def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int | None, runs: int,
+                  healthy: dict[str, Any] | None) -> dict[str, Any]:
+    """``hosts`` hosts of which 10 % hang, 5 % answer garbage, 5 % refuse; compared with ``healthy``
+    (the fault-free figures at the same size, from :func:`bench_size`)."""
     n_hung, n_garbage, n_refused = hosts // 10, hosts // 20, hosts // 20
     n_ok = hosts - n_hung - n_garbage - n_refused
     log(f"hostile {hosts}: {n_ok} ok, {n_hung} hung, {n_garbage} garbage, {n_refused} refusing")
@@ -252,29 +266,185 @@ def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int 
             args += ["--concurrency", str(concurrency)]
         cache = workdir / f"cache-hostile-{hosts}"
         Run(args, cache)  # warm the inventory cache
-        r = Run(args, cache, proc.pid)
-        wall, doc = r.wall, r.doc
-        assert doc is not None
-        got = {h["name"]: (h["reason"] or {}).get("kind") for h in doc["hosts"]}
-        wrong = Counter(f"{kind}->{got.get(name)}" for name, kind in expected.items()
-                        if got.get(name) != kind)
-        misclassified = sum(wrong.values())
-        ok_hosts = sum(1 for h in doc["hosts"] if h["status"] == "healthy")
-        return {
+        walls, fanouts, cpus, misclassified = [], [], [], []
+        wrong: Counter[str] = Counter()
+        classified = True
+        doc: dict[str, Any] = {}
+        for i in range(runs):
+            r = Run(args, cache, proc.pid)
+            assert r.doc is not None
+            doc = r.doc
+            got = {h["name"]: (h["reason"] or {}).get("kind") for h in doc["hosts"]}
+            run_wrong = Counter(f"{kind}->{got.get(name)}" for name, kind in expected.items()
+                                if got.get(name) != kind)
+            wrong += run_wrong
+            misclassified.append(sum(run_wrong.values()))
+            classified = classified and len(doc["hosts"]) == hosts
+            walls.append(r.wall)
+            fanouts.append(doc["duration_s"])
+            cpus.append(r.cpu)
+            log(f"hostile {hosts} run {i + 1}: {r.wall:.2f}s (fan-out {doc['duration_s']:.2f}s, "
+                f"fleetctl CPU {r.cpu:.2f}s, {misclassified[-1]} hostile hosts misclassified)")
+        limit = timeout_s + 0.5
+        result: dict[str, Any] = {
             "hosts": hosts, "ok": n_ok, "hung": n_hung, "garbage": n_garbage, "refusing": n_refused,
-            "timeout_s": timeout_s, "concurrency": concurrency or "default",
-            "fanout_s": doc["duration_s"], "whole_command_s": round(wall, 3),
-            "fleetctl_cpu_s": round(r.cpu, 3),
-            "within_timeout_plus_0_5s": doc["duration_s"] <= timeout_s + 0.5,
-            "classified": len(doc["hosts"]) == hosts, "hostile_misclassified": misclassified,
+            "timeout_s": timeout_s, "concurrency": concurrency or "default", "runs": runs,
+            "fanout_s": median(fanouts), "whole_command_s": median(walls),
+            "fleetctl_cpu_s": median(cpus),
+            "fanout_runs_s": [round(f, 3) for f in fanouts],
+            # The absolute check of issue 4: the whole fan-out within the per-host timeout + 0.5 s.
+            "within_timeout_plus_0_5s": median(fanouts) <= limit,
+            "classified": classified, "hostile_misclassified": max(misclassified),
             "misclassified_as": dict(wrong.most_common(5)),
             "statuses": doc["summary"]["hosts"],
-            "healthy_seen": ok_hosts,
+            "healthy_seen": sum(1 for h in doc["hosts"] if h["status"] == "healthy"),
         }
+        if healthy is not None:
+            # Where the CPU work for the answering hosts alone exceeds the timeout (10,000 hosts on
+            # 2 shared cores), the absolute check cannot hold; what the faults add on top of the
+            # fault-free run at the same size is the part the hostile hosts are to blame for.
+            added = median(fanouts) - healthy["fanout_s"]
+            result["vs_healthy_same_size"] = {
+                "healthy_fanout_s": healthy["fanout_s"], "healthy_whole_command_s": healthy["warm_cache_s"],
+                "added_by_faults_s": round(added, 3),
+                "added_whole_command_s": round(median(walls) - healthy["warm_cache_s"], 3),
+                "added_within_timeout_plus_0_5s": added <= limit,
+            }
+        return result
     finally:
         server.kill()
         server.wait()
         stop(proc)
+
+
+# --- the Ansible-over-SSH baseline on the SSH lab ------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+ADHOC_URI_ARGS = json.dumps({  # templated on each host: the token never appears in argv
+    "url": "http://127.0.0.1:{{ fleet_agent_port }}/v1/node",
+    "headers": {"Authorization": "Bearer {{ fleet_agent_token }}"},
+})
+
+
+def docker_problem() -> str | None:
+    """Why the SSH lab cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "docker is not installed"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return "the docker daemon does not answer (docker info failed)"
+    return None
+
+
+def _agents_answer(ports: list[int]) -> bool:
+    for port in ports:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status != 200:
+                return False
+        except OSError:
+            return False
+        finally:
+            conn.close()
+    return True
+
+
+def _adhoc_run(lab: Any, inventory: Path, pattern: str, names: list[str], tree: Path) -> float:
+    """One ``ansible PATTERN -m ansible.builtin.uri`` over SSH; checks every host brought a report."""
+    shutil.rmtree(tree, ignore_errors=True)
+    env = {**lab.playbook_env(), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+           "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.tree", "ANSIBLE_CALLBACK_TREE_DIR": str(tree),
+           "ANSIBLE_DEPRECATION_WARNINGS": "0"}
+    argv = [str(BIN / "ansible"), pattern, "-i", str(inventory), "-m", "ansible.builtin.uri",
+            "-a", ADHOC_URI_ARGS]
+    started = time.perf_counter()
+    out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if out.returncode != 0:
+        raise SystemExit(f"bench_health: ansible {pattern} -m uri failed ({out.returncode}): "
+                         f"{(out.stdout + out.stderr).strip()[-300:]}")
+    for name in names:
+        try:
+            result = json.loads((tree / name).read_text())
+        except (OSError, ValueError):
+            raise SystemExit(f"bench_health: ansible brought no result for {name}") from None
+        if result.get("status") != 200 or (result.get("json") or {}).get("schema") != "fleet.node/v1":
+            raise SystemExit(f"bench_health: ansible -m uri on {name}: no node report "
+                             f"(status {result.get('status')}: {str(result.get('msg'))[:120]})")
+    return wall
+
+
+def _fleetctl_lab_run(inventory: Path, pattern: str, names: list[str], cache: Path) -> float:
+    r = Run(["health", pattern, "-i", str(inventory), "--json"], cache)
+    assert r.doc is not None
+    got = {h["name"]: h for h in r.doc["hosts"]}
+    for name in names:
+        if name not in got or got[name]["reason"] is not None:
+            raise SystemExit(f"bench_health: fleetctl health brought no report for {name}: "
+                             f"{(got.get(name) or {}).get('reason')}")
+    return r.wall
+
+
+def bench_ssh_lab(workdir: Path, runs: int) -> dict[str, Any]:
+    """Ansible ad-hoc over SSH (``-m ansible.builtin.uri`` run on each lab host against its own
+    agent: what people do today, one SSH session and one Python module run per host) against
+    ``fleetctl health`` (one HTTP request per host), same lab hosts, same run."""
+    sys.path.insert(0, str(REPO / "tests" / "lab"))
+    import lab  # tests/lab/lab.py
+
+    log("SSH lab: up (or reuse)")
+    inventory = lab.up()
+    hosts = lab.lab_hosts()
+    names = [h.name for h in hosts]
+    converged = False
+    if not _agents_answer([h.agent_port for h in hosts]):
+        log("SSH lab: the agents do not answer; converging playbooks/site.yml (a few minutes)")
+        rc = lab.run_playbook("playbooks/site.yml", quiet=True)
+        if rc != 0:
+            raise SystemExit(f"bench_health: site.yml on the SSH lab failed ({rc}); "
+                             "run `python tests/lab/lab.py playbook playbooks/site.yml` to see why")
+        deadline = time.monotonic() + 120
+        while not _agents_answer([h.agent_port for h in hosts]):
+            if time.monotonic() > deadline:
+                raise SystemExit("bench_health: the lab agents do not answer after site.yml")
+            time.sleep(1)
+        converged = True
+    subsets = {"one_host": (names[0], names[:1]), "all_hosts": ("lab", names)}
+    cache = workdir / "cache-lab"
+    figures: dict[str, dict[str, Any]] = {}
+    for key, (pattern, members) in subsets.items():
+        _adhoc_run(lab, inventory, pattern, members, workdir / "tree")  # warm: facts, SSH masters
+        _fleetctl_lab_run(inventory, pattern, members, cache)  # warm the inventory cache
+        adhoc = [_adhoc_run(lab, inventory, pattern, members, workdir / "tree") for _ in range(runs)]
+        fctl = [_fleetctl_lab_run(inventory, pattern, members, cache) for _ in range(runs)]
+        figures[key] = {"hosts": len(members), "ansible_adhoc_s": median(adhoc),
+                        "fleetctl_health_s": median(fctl),
+                        "ansible_runs_s": [round(t, 3) for t in adhoc],
+                        "fleetctl_runs_s": [round(t, 3) for t in fctl]}
+        log(f"SSH lab {key}: ansible -m uri {median(adhoc):.2f}s, fleetctl health {median(fctl):.2f}s")
+    n = len(names)
+    one, every = figures["one_host"], figures["all_hosts"]
+
+    def per_host(key: str) -> dict[str, Any]:
+        total = every[key] / n
+        # What one more host costs, start-up excluded (the lab is small: the total is mostly start-up).
+        marginal = (every[key] - one[key]) / (n - 1) if n > 1 else None
+        return {"per_host_s": round(total, 3),
+                "marginal_per_host_s": None if marginal is None else round(marginal, 3)}
+
+    ansible, fleetctl = per_host("ansible_adhoc_s"), per_host("fleetctl_health_s")
+    a_marginal, f_marginal = ansible["marginal_per_host_s"], fleetctl["marginal_per_host_s"]
+    marginal_ratio = (round(a_marginal / f_marginal, 1) if a_marginal is not None and f_marginal is not None
+                      and a_marginal > 0 and f_marginal > 0 else None)
+    return {
+        "skipped": False, "lab_hosts": n, "runs": runs, "converged_site_yml_first": converged,
+        "ansible_command": f"ansible lab -i inventory/lab -m ansible.builtin.uri -a '{ADHOC_URI_ARGS}'",
+        "one_host": one, "all_hosts": every,
+        "ansible_adhoc": ansible, "fleetctl_health": fleetctl,
+        "ratio_per_host_ansible_vs_fleetctl": round(every["ansible_adhoc_s"] / every["fleetctl_health_s"], 1),
+        # Noisy with 3 hosts (a difference of two medians); None when it came out <= 0.
+        "ratio_marginal_per_host_ansible_vs_fleetctl": marginal_ratio,
+    }
 
 
 def bench_help(runs: int) -> dict[str, Any]:
@@ -297,10 +467,23 @@ def main() -> int:
     p.add_argument("--runs", type=int, help="runs per measurement (default 5, --quick 3)")
     p.add_argument("--cold-runs", type=int, help="cold-cache runs (default: --runs; Ansible parses each)")
     p.add_argument("--hostile-timeout", type=float, default=2.0)
+    p.add_argument("--hostile-runs", type=int, help="hostile runs per size (default 3, --quick 1)")
+    p.add_argument("--no-ssh-lab", action="store_true",
+                   help="skip the Ansible-over-SSH baseline (it needs docker; reported as skipped)")
+    p.add_argument("--ssh-lab-only", action="store_true", help="only the Ansible-over-SSH baseline")
     args = p.parse_args()
+    if args.no_ssh_lab and args.ssh_lab_only:
+        p.error("--no-ssh-lab and --ssh-lab-only exclude each other")
+    if not args.no_ssh_lab and (problem := docker_problem()) is not None:
+        print(f"bench_health: the Ansible-over-SSH baseline needs the SSH lab: {problem} "
+              "(pass --no-ssh-lab to skip it)", file=sys.stderr)
+        return 2
     default_sizes = [1000] if args.quick else [1000, 10000]
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else default_sizes
+    if args.ssh_lab_only:
+        sizes = []
     runs = args.runs or (3 if args.quick else 5)
+    hostile_runs = args.hostile_runs or (1 if args.quick else 3)
     raise_nofile()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
@@ -308,12 +491,17 @@ def main() -> int:
         result: dict[str, Any] = {
             "benchmark": "fleetctl health", "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0],
             "sizes": [bench_size(work, n, runs, args.cold_runs or runs) for n in sizes],
-            "hostile": bench_hostile(work, max(sizes), args.hostile_timeout, None),
-            "help_startup": bench_help(max(runs, 5)),
-            "ansible_adhoc_baseline": None,
-            "ansible_adhoc_note": "needs the SSH lab (not part of this benchmark yet)",
-            "load_avg_at_end": os.getloadavg()[0], "elapsed_s": round(time.time() - started, 1),
         }
+        healthy = {s["hosts"]: s for s in result["sizes"]}
+        result["hostile_by_size"] = [bench_hostile(work, n, args.hostile_timeout, None, hostile_runs,
+                                                   healthy.get(n)) for n in sizes]
+        # "hostile" (the largest size) as before this benchmark ran at every size.
+        result["hostile"] = result["hostile_by_size"][-1] if sizes else None
+        result["help_startup"] = bench_help(max(runs, 5)) if sizes else None
+        result["ansible_adhoc_baseline"] = ({"skipped": True, "why": "--no-ssh-lab"} if args.no_ssh_lab
+                                            else bench_ssh_lab(work, runs))
+        result["load_avg_at_end"] = os.getloadavg()[0]
+        result["elapsed_s"] = round(time.time() - started, 1)
     print(json.dumps(result, indent=2))
     return 0
 

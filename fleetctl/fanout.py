@@ -10,6 +10,7 @@ and one overall deadline after which whatever is still running is cancelled and 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import errno
 import functools
@@ -58,6 +59,8 @@ class FetchKind(enum.StrEnum):
 
 _UNREACHABLE = frozenset({FetchKind.REFUSED, FetchKind.CONNECT_ERROR, FetchKind.TIMEOUT,
                           FetchKind.DEADLINE})
+# Outcomes that say nothing about how long an agent takes to answer (see ParkClock).
+_NO_ANSWER = _UNREACHABLE | {FetchKind.SLOW}
 
 
 @dataclass(slots=True)
@@ -80,8 +83,36 @@ class FanoutOptions:
 
 def park_after(timeout_s: float) -> float:
     """How long a request may hold a concurrency slot before it waits aside: far longer than an
-    agent takes to answer (milliseconds), far shorter than any sensible timeout."""
-    return min(0.25, timeout_s / 4)
+    agent takes to answer (milliseconds), far shorter than any sensible timeout. Short, because
+    every hung host holds a slot this long (1,000 hung hosts x 0.1 s = 100 slot-seconds); where
+    answers are slower than this, :class:`ParkClock` waits longer."""
+    return min(0.1, timeout_s / 4)
+
+
+class ParkClock:
+    """How long a request holds its concurrency slot before it waits aside.
+
+    Normally :func:`park_after`. But when answers themselves slow down (the agents, or a shared
+    server simulating them, are overloaded), stepping aside would only pile more requests onto
+    them until every one times out; so the wait grows with the typical answer time (4x its moving
+    average), up to half the timeout. Only answers count: hung hosts never lower the bar.
+    """
+
+    ALPHA = 0.1  # weight of the newest answer in the moving average
+
+    def __init__(self, timeout_s: float) -> None:
+        self.floor = park_after(timeout_s)
+        self.cap = max(self.floor, timeout_s / 2)
+        self.typical: float | None = None
+
+    def answered(self, elapsed_s: float) -> None:
+        if self.typical is None:
+            self.typical = elapsed_s
+        else:
+            self.typical += self.ALPHA * (elapsed_s - self.typical)
+
+    def wait_s(self) -> float:
+        return min(self.cap, max(self.floor, 4 * (self.typical or 0.0)))
 
 
 class _Failed(Exception):
@@ -128,6 +159,20 @@ def _request_bytes(host: Host, token: str | None, path: str) -> bytes:
 
 async def fetch_one(host: Host, token: str | None, timeout_s: float, path: str = NODE_PATH) -> FetchResult:
     """One host, classified. Never raises (except cancellation)."""
+    got = await _fetch_body(host, token, timeout_s, path)
+    return got if isinstance(got, FetchResult) else _decoded(host, got)
+
+
+@dataclass(slots=True)
+class _Answer:
+    """A complete 200 response, not yet decoded (see :func:`fan_out` for why decoding waits)."""
+
+    body: bytes
+    elapsed_s: float
+
+
+async def _fetch_body(host: Host, token: str | None, timeout_s: float, path: str) -> FetchResult | _Answer:
+    """The network half of :func:`fetch_one`: the body of a 200 response, or why there is none."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     proto: _ResponseReader | None = None
@@ -151,8 +196,7 @@ async def fetch_one(host: Host, token: str | None, timeout_s: float, path: str =
                 except OSError as exc:
                     raise _connect_failure(host, exc) from None
             body = await done
-        report = _decode(body)
-        return FetchResult(host, FetchKind.OK, report, "", loop.time() - started)
+        return _Answer(body, loop.time() - started)
     except _Failed as exc:
         return FetchResult(host, exc.kind, None, exc.detail, loop.time() - started)
     except TimeoutError:
@@ -167,6 +211,13 @@ async def fetch_one(host: Host, token: str | None, timeout_s: float, path: str =
             proto.close()
         if raw is not None:
             raw.abort()  # also when the timeout struck before the connection was made
+
+
+def _decoded(host: Host, answer: _Answer) -> FetchResult:
+    try:
+        return FetchResult(host, FetchKind.OK, _decode(answer.body), "", answer.elapsed_s)
+    except _Failed as exc:
+        return FetchResult(host, exc.kind, None, exc.detail, answer.elapsed_s)
 
 
 def _connect_failure(host: Host, exc: OSError) -> _Failed:
@@ -434,31 +485,64 @@ def _decode(body: bytes) -> NodeReport:
         raise _Failed(FetchKind.BAD_SCHEMA, f"invalid report: {exc}") from None
 
 
+# How long the decoder holds the event loop at a time once every request is out: responses still
+# in flight wait at most this long to be read (far below any per-host timeout).
+_DECODE_SLICE_S = 0.002
+
+
 async def fan_out(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
                   options: FanoutOptions = FanoutOptions()) -> list[FetchResult]:
     """Fetch every host's report; results in the order of ``hosts``, each host exactly once.
 
     ``concurrency`` bounds the requests being answered; a request with no answer after
-    :func:`park_after` (a hung host, most likely) gives its slot to the next host and goes on
+    :class:`ParkClock`'s wait (a hung host, most likely) gives its slot to the next host and goes on
     waiting for its own timeout, so hung hosts wait out their timeouts together instead of in
     rounds, while answering hosts never queue behind more than ``concurrency`` others (a queue
     inside fleetctl would eat into their timeouts). ``max_open`` bounds the sockets open at once.
+
+    Decoding a report (JSON and schema) costs more CPU than fetching it, so bodies wait until every
+    request is out: a hung host late in the list then starts its timeout early instead of after the
+    CPU work for all hosts before it, and the fan-out ends at about max(timeout, CPU work) rather
+    than their sum. Bodies received before the deadline are decoded even when it has passed.
     """
     loop = asyncio.get_running_loop()
     results: list[FetchResult | None] = [None] * len(hosts)
     started: list[float] = [0.0] * len(hosts)
     work = iter(range(len(hosts)))
-    park_s = park_after(options.timeout_s)
+    park = ParkClock(options.timeout_s)
     open_slots = asyncio.Semaphore(max(1, options.max_open))
     fetches: set[asyncio.Task[None]] = set()
+    answers: collections.deque[tuple[int, _Answer]] = collections.deque()
+    all_sent: asyncio.Future[None] = loop.create_future()
 
     def free(slot: asyncio.Future[None]) -> None:
         if not slot.done():
             slot.set_result(None)
 
+    def park_unless_answers_slowed(slot: asyncio.Future[None], since: float,
+                                   timer: list[asyncio.TimerHandle]) -> None:
+        # The wait is read again when it ends: answers seen meanwhile may have lengthened it.
+        left = since + park.wait_s() - loop.time()
+        if left > 0.001 and not slot.done():
+            timer[0] = loop.call_later(left, park_unless_answers_slowed, slot, since, timer)
+        else:
+            free(slot)
+
+    def decode(until: float) -> None:
+        while answers and loop.time() < until:
+            i, answer = answers.popleft()
+            results[i] = _decoded(hosts[i], answer)
+
     async def fetch(i: int, slot: asyncio.Future[None]) -> None:
         try:
-            results[i] = await fetch_one(hosts[i], tokens(hosts[i]), options.timeout_s, options.path)
+            got = await _fetch_body(hosts[i], tokens(hosts[i]), options.timeout_s, options.path)
+            if isinstance(got, _Answer):
+                answers.append((i, got))
+                park.answered(got.elapsed_s)
+            else:
+                results[i] = got
+                if got.kind not in _NO_ANSWER:
+                    park.answered(got.elapsed_s)
         finally:
             open_slots.release()
             free(slot)
@@ -470,31 +554,34 @@ async def fan_out(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
             slot: asyncio.Future[None] = loop.create_future()
             task = loop.create_task(fetch(i, slot))
             fetches.add(task)
-            timer = loop.call_later(park_s, free, slot)
+            since = loop.time()
+            timer: list[asyncio.TimerHandle] = []
+            timer.append(loop.call_later(park.wait_s(), park_unless_answers_slowed, slot, since, timer))
             try:
                 await slot
             finally:
-                timer.cancel()
+                timer[0].cancel()
+        free(all_sent)
+
+    async def decoder() -> None:
+        await all_sent
+        while True:  # in short slices: responses still in flight are read between them
+            decode(loop.time() + _DECODE_SLICE_S)
+            await asyncio.sleep(0 if answers else _DECODE_SLICE_S)
 
     workers = [asyncio.ensure_future(worker())
                for _ in range(max(1, min(options.concurrency, len(hosts))))]
-    if workers:
-        deadline = loop.time() + max(0.0, options.deadline_s)
-        _done, pending = await asyncio.wait(workers, timeout=max(0.0, options.deadline_s))
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-        left = [t for t in fetches if not t.done()]
-        if left:  # parked requests still waiting for their timeouts
-            _done, late = await asyncio.wait(left, timeout=max(0.0, deadline - loop.time()))
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
-        for task in [*workers, *fetches]:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]  # a bug, not a host failure
+    decoding = asyncio.ensure_future(decoder())
+    try:
+        if workers:
+            await _network(loop, workers, fetches, options.deadline_s)
+    finally:
+        decoding.cancel()
+        await asyncio.wait([decoding])
+    decode(float("inf"))
+    for task in [*workers, *fetches, decoding]:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]  # a bug, not a host failure
     out: list[FetchResult] = []
     for i, host in enumerate(hosts):
         result = results[i]
@@ -505,6 +592,24 @@ async def fan_out(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
             result = FetchResult(host, FetchKind.DEADLINE, None, why, waited)
         out.append(result)
     return out
+
+
+async def _network(loop: asyncio.AbstractEventLoop, workers: Sequence[asyncio.Future[None]],
+                   fetches: set[asyncio.Task[None]], deadline_s: float) -> None:
+    """Wait for the workers, then for the requests parked aside, all within the overall deadline."""
+    deadline = loop.time() + max(0.0, deadline_s)
+    _done, pending = await asyncio.wait(workers, timeout=max(0.0, deadline_s))
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    left = [t for t in fetches if not t.done()]
+    if left:  # parked requests still waiting for their timeouts
+        _answered, late = await asyncio.wait(left, timeout=max(0.0, deadline - loop.time()))
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
 
 def fetch_all(hosts: Sequence[Host], tokens: Callable[[Host], str | None],

@@ -179,6 +179,54 @@ def test_overall_deadline_cuts_the_fan_out_short(inventory: Path, tmp_path: Path
     assert all(h["status"] == "unreachable" for h in doc["hosts"] if h["reason"]["kind"] == "deadline")
 
 
+LARGE_SCENARIO = """\
+description: a larger fleet among hostile hosts
+seed: 11
+groups:
+  - {name: h100, kind: gpu, model: H100-SXM5-80GB, chips: 8, count: 300}
+"""
+
+
+@pytest.mark.integration
+def test_hung_hosts_spread_through_a_larger_fleet_are_all_classified(inventory: Path, tmp_path: Path) -> None:
+    # 300 real agents with 30 hung, 15 garbage and 15 refusing hosts among them, 16 requests at
+    # once: hung hosts step aside, reports wait to be decoded until every request is out; nothing
+    # of that may cost a host its classification.
+    import random
+
+    import yaml
+
+    hostile = yaml.safe_load((inventory / "hostile.yml").read_text())["hostile"]["hosts"]
+    ports = {name: v["fleet_agent_port"] for name, v in hostile.items()}
+    fleet = start_sim_fleet(tmp_path, LARGE_SCENARIO, 300, lo=32000, hi=32999)
+    try:
+        agents = yaml.safe_load(fleet.inventory.read_text())["all"]["hosts"]
+        expected = {name: "healthy-or-not" for name in agents}
+        entries = [f"    {name}: {{ansible_host: 127.0.0.1, fleet_agent_port: {v['fleet_agent_port']}}}"
+                   for name, v in agents.items()]
+        for kind, count in (("hung", 30), ("garbage", 15), ("refused", 15)):
+            for i in range(count):
+                expected[f"{kind}-{i}"] = "refused" if kind == "refused" else BEHAVIOURS[kind][1]
+                entries.append(f"    {kind}-{i}: {{ansible_host: 127.0.0.1, "
+                               f"fleet_agent_port: {ports[kind]}}}")
+        random.Random(7).shuffle(entries)
+        mixed = tmp_path / "mixed.yml"
+        mixed.write_text("all:\n  hosts:\n" + "\n".join(entries) + "\n")
+        out = subprocess.run(
+            [FLEETCTL, "health", "-i", str(mixed), "--json", "--timeout", "2", "--concurrency", "16"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "FLEETCTL_CACHE_DIR": str(tmp_path)},
+        )
+    finally:
+        stop(fleet)
+    assert out.returncode == 1, out.stderr
+    got = {h["name"]: (h["reason"] or {}).get("kind") for h in json.loads(out.stdout)["hosts"]}
+    assert set(got) == set(expected)
+    wrong = {name: got[name] for name, kind in expected.items()
+             if got[name] != (None if kind == "healthy-or-not" else kind)}
+    assert wrong == {}
+
+
 @pytest.mark.integration
 def test_watch_redraws_and_ctrl_c_leaves_the_terminal_clean(inventory: Path, tmp_path: Path) -> None:
     pid, fd = pty.fork()

@@ -11,7 +11,16 @@ from collections.abc import Awaitable, Callable
 import pytest
 from fleet_agent.schema import ChipReport, HostMetrics, NodeReport, Status
 
-from fleetctl.fanout import FanoutOptions, FetchKind, FetchResult, agents_report, fan_out
+from fleetctl import fanout
+from fleetctl.fanout import (
+    FanoutOptions,
+    FetchKind,
+    FetchResult,
+    ParkClock,
+    agents_report,
+    fan_out,
+    park_after,
+)
 from fleetctl.inventory import Host, Secret
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -206,9 +215,10 @@ def test_hostile_hosts_do_not_delay_the_others_and_everyone_is_classified() -> N
 
 
 def test_overall_deadline_cancels_what_is_left() -> None:
-    # One worker, three hung hosts: the deadline passes during the first; the rest never start.
+    # One worker, three hung hosts, each waiting aside after 0.1 s: the deadline passes while the
+    # second holds the worker; the third never starts.
     handlers: dict[str, Handler | None] = {"a": hung, "b": hung, "c": hung}
-    results = asyncio.run(run_against(handlers, FanoutOptions(timeout_s=10, deadline_s=0.3, concurrency=1)))
+    results = asyncio.run(run_against(handlers, FanoutOptions(timeout_s=10, deadline_s=0.15, concurrency=1)))
     assert [results[n].kind for n in "abc"] == [FetchKind.DEADLINE] * 3
     assert "no answer before the overall deadline" in results["a"].detail
     assert "not asked" in results["c"].detail
@@ -243,3 +253,81 @@ def test_a_token_that_would_break_the_request_is_refused_without_echoing_it() ->
     r = classify(replying(http(node_json())), tokens={"n1": "abc\r\nX-Injected: 1"})
     assert r.kind is FetchKind.CONNECT_ERROR
     assert "characters HTTP does not allow" in r.detail and "Injected" not in r.detail
+
+
+def test_park_clock_waits_longer_only_when_answers_slow_down() -> None:
+    clock = ParkClock(timeout_s=2.0)
+    assert clock.wait_s() == park_after(2.0) == 0.1  # nothing answered yet (or only hung hosts)
+    for _ in range(50):
+        clock.answered(0.003)  # agents answering in milliseconds: hung hosts step aside early
+    assert clock.wait_s() == 0.1
+    for _ in range(50):
+        clock.answered(0.2)  # an overloaded peer: stepping aside would only pile more onto it
+    assert 0.7 < clock.wait_s() <= 0.8
+    for _ in range(50):
+        clock.answered(5.0)
+    assert clock.wait_s() == 1.0  # never more than half the timeout
+
+
+def test_an_overloaded_peer_is_not_flooded_into_timeouts() -> None:
+    # One server answering one request at a time, 30 ms each: 20 requests in flight wait 0.6 s,
+    # 120 hosts take 3.6 s in all. A client that parked every request not answered within 0.1 s
+    # would soon have all 120 queued at once and the last ones would time out; answers slowing
+    # down must hold the requests in their slots instead.
+    lock = asyncio.Lock()
+    payload = http(node_json("busy"))
+
+    async def serial(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        async with lock:
+            await asyncio.sleep(0.03)
+            writer.write(payload)
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> list[FetchResult]:
+        server = await asyncio.start_server(serial, "127.0.0.1", 0, backlog=128)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await fan_out([host(f"n{i}", port) for i in range(120)], lambda h: None,
+                                 FanoutOptions(timeout_s=1.5, deadline_s=30, concurrency=20))
+        finally:
+            server.close()
+
+    kinds = [r.kind for r in asyncio.run(scenario())]
+    assert kinds == [FetchKind.OK] * 120, {k: kinds.count(k) for k in set(kinds)}
+
+
+def test_every_request_is_out_before_reports_are_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decoding costs more CPU than fetching: a hung host at the end of a large fleet must start its
+    # timeout before the CPU work for all the hosts ahead of it, not after.
+    events: list[str] = []
+    real_decode, real_request = fanout._decode, fanout._request_bytes
+
+    def decode(body: bytes) -> NodeReport:
+        events.append("decode")
+        return real_decode(body)
+
+    def request(h: Host, token: str | None, path: str) -> bytes:
+        events.append(f"ask {h.name}")
+        return real_request(h, token, path)
+
+    monkeypatch.setattr(fanout, "_decode", decode)
+    monkeypatch.setattr(fanout, "_request_bytes", request)
+    handlers: dict[str, Handler | None] = {f"ok{i}": replying(http(node_json(f"ok{i}"))) for i in range(40)}
+    handlers["last"] = hung
+    results = asyncio.run(run_against(handlers, FanoutOptions(timeout_s=0.5, deadline_s=5, concurrency=8)))
+    assert all(results[f"ok{i}"].kind is FetchKind.OK for i in range(40))
+    assert results["last"].kind is FetchKind.TIMEOUT
+    assert events.index("ask last") < events.index("decode")
+    assert events.count("decode") == 40
+
+
+def test_answers_received_before_the_deadline_are_decoded_after_it() -> None:
+    # The deadline passes while a hung host holds the only worker; the answers already in are
+    # reports, not "deadline".
+    handlers: dict[str, Handler | None] = {f"ok{i}": replying(http(node_json(f"ok{i}"))) for i in range(3)}
+    handlers |= {"hung": hung, "never": hung}
+    results = asyncio.run(run_against(handlers, FanoutOptions(timeout_s=10, deadline_s=0.6, concurrency=1)))
+    assert [results[f"ok{i}"].kind for i in range(3)] == [FetchKind.OK] * 3
+    assert results["hung"].kind is FetchKind.DEADLINE and results["never"].kind is FetchKind.DEADLINE
