@@ -53,8 +53,8 @@ def lab(tmp_path: Path, start_agent: Callable[..., Any]) -> dict[str, Any]:
         agent = start_agent({"simulation": {"scenario": str(scenario), "host_index": i}, "hostname": name,
                              "interval_s": 2, "collector_timeout_s": 1, "drained_file": str(drained)})
         agents[name] = agent
-        hosts[name] = {"ansible_host": "127.0.0.1", "fleet_agent_port": agent.port, "fleet_agent_expected_chips": 2,
-                       "fleet_agent_drained_file": str(drained)}
+        hosts[name] = {"ansible_host": "127.0.0.1", "fleet_agent_port": agent.port,
+                       "fleet_agent_expected_chips": 2, "fleet_agent_drained_file": str(drained)}
     hosts["m3"]["fail_here"] = True
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {

@@ -16,6 +16,7 @@ pytest and the fleet-level Molecule scenario (tests/molecule/fleet) call the sam
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import socket
@@ -246,6 +247,38 @@ def down(hosts: list[LabHost] | None = None) -> None:
         if _container_state(host) is not None:
             _run(["docker", "rm", "-f", host.container])
     shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def close_ssh_masters(hosts: list[LabHost] | None = None, control_dir: Path | None = None) -> int:
+    """Stop the SSH control masters Ansible keeps open to the lab (ControlPersist), so the next
+    run connects afresh; returns how many were stopped. Only the lab's own sockets are touched:
+    Ansible names them by a hash of host, port and user (the ssh plugin's default ControlPath)."""
+    control_dir = control_dir or Path.home() / ".ansible" / "cp"  # Ansible's control_path_dir default
+    stopped = 0
+    for host in hosts or lab_hosts():
+        name = f"127.0.0.1-{host.ssh_port}-{SSH_USER}".encode()
+        socket_path = control_dir / hashlib.sha1(name, usedforsecurity=False).hexdigest()[:10]
+        if not socket_path.exists():
+            continue
+        proc = _run(["ssh", "-O", "exit", "-o", f"ControlPath={socket_path}", "-p", str(host.ssh_port),
+                     f"{SSH_USER}@127.0.0.1"], check=False, timeout=30)
+        stopped += proc.returncode == 0
+    return stopped
+
+
+def host_cpu_seconds(host: LabHost) -> float | None:
+    """CPU time the host's container has used so far (its cgroup's counter, read on this machine),
+    or None where neither cgroup v1's cpuacct nor cgroup v2's cpu.stat is found for it."""
+    cid = _run(["docker", "inspect", "-f", "{{.Id}}", host.container]).stdout.strip()
+    v1 = Path("/sys/fs/cgroup/cpuacct/docker", cid, "cpuacct.usage")
+    if v1.is_file():
+        return int(v1.read_text(encoding="utf-8")) / 1e9
+    for v2 in (Path("/sys/fs/cgroup/system.slice", f"docker-{cid}.scope", "cpu.stat"),
+               Path("/sys/fs/cgroup/docker", cid, "cpu.stat")):
+        if v2.is_file():
+            fields = dict(line.split() for line in v2.read_text(encoding="utf-8").splitlines())
+            return int(fields["usage_usec"]) / 1e6
+    return None
 
 
 def playbook_env(config: Path | None = None) -> dict[str, str]:
