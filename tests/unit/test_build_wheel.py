@@ -1,0 +1,96 @@
+"""The controller-side wheel cache of the fleet_agent role (roles/fleet_agent/files/build_wheel.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "roles" / "fleet_agent" / "files" / "build_wheel.py"
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_wheel", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bw = _module()
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A minimal but real package, so pip really builds a fleet_agent wheel."""
+    src = tmp_path / "agents"
+    (src / "fleet_agent").mkdir(parents=True)
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "fleet-agent"\nversion = "0.0.1"\n'
+        '[tool.setuptools]\npackages = ["fleet_agent"]\n')
+    (src / "fleet_agent" / "__init__.py").write_text("VERSION = 1\n")
+    return src
+
+
+def build(source: Path, cache: Path) -> dict[str, object]:
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(source), str(cache)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc: dict[str, object] = json.loads(proc.stdout)
+    return doc
+
+
+def test_key_follows_content_and_ignores_build_outputs(source: Path) -> None:
+    key = bw.source_key(source)
+    (source / "build" / "lib").mkdir(parents=True)
+    (source / "build" / "lib" / "x.py").write_text("stale\n")
+    (source / "fleet_agent" / "__pycache__").mkdir()
+    (source / "fleet_agent" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")
+    (source / "fleet_agent.egg-info").mkdir()
+    assert bw.source_key(source) == key
+    (source / "fleet_agent" / "__init__.py").write_text("VERSION = 2\n")
+    assert bw.source_key(source) != key
+
+
+def test_same_source_reuses_the_wheel_and_a_change_builds_anew(source: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = build(source, cache)
+    assert first["built"] is True and Path(str(first["wheel"])).is_file()
+    again = build(source, cache)
+    assert again == {**first, "built": False}
+    (source / "fleet_agent" / "__init__.py").write_text("VERSION = 2\n")
+    changed = build(source, cache)
+    assert changed["built"] is True and changed["key"] != first["key"]
+    # No temporary build folders are left behind.
+    assert sorted(p.name for p in cache.iterdir()) == sorted([str(first["key"]), str(changed["key"])])
+
+
+def test_a_rebuild_of_the_same_source_gives_the_same_bytes(source: Path, tmp_path: Path) -> None:
+    one = Path(str(build(source, tmp_path / "a")["wheel"])).read_bytes()
+    shutil.rmtree(source / "build", ignore_errors=True)
+    two = Path(str(build(source, tmp_path / "b")["wheel"])).read_bytes()
+    assert one == two
+
+
+def test_a_failed_build_leaves_no_cache_entry(source: Path, tmp_path: Path) -> None:
+    (source / "pyproject.toml").write_text("[project\nbroken")
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(source), str(cache)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "pip wheel" in proc.stderr
+    assert list(cache.iterdir()) == []
+
+
+def test_a_source_without_pyproject_is_a_one_line_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "c")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "fleet_agent_source_dir" in proc.stderr
