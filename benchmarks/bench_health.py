@@ -42,6 +42,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sshlab import load_lab
+
 BIN = Path(sys.executable).parent
 FLEETCTL = str(BIN / "fleetctl")
 FLEET_AGENT = str(BIN / "fleet-agent")
@@ -389,8 +391,7 @@ def bench_ssh_lab(workdir: Path, runs: int) -> dict[str, Any]:
     """Ansible ad-hoc over SSH (``-m ansible.builtin.uri`` run on each lab host against its own
     agent: what people do today, one SSH session and one Python module run per host) against
     ``fleetctl health`` (one HTTP request per host), same lab hosts, same run."""
-    sys.path.insert(0, str(REPO / "tests" / "lab"))
-    import lab  # tests/lab/lab.py
+    lab = load_lab()
 
     log("SSH lab: up (or reuse)")
     inventory = lab.up()

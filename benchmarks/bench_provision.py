@@ -27,7 +27,6 @@ ansible.cfg; host key checking is on for both (fleetctl's default).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -39,6 +38,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+
+from sshlab import load_lab
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -80,15 +81,6 @@ def docker_works() -> bool:
         return proc.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-def load_lab() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleetctl_lab", REPO / "tests" / "lab" / "lab.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _children_cpu() -> float:

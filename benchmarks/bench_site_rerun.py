@@ -16,7 +16,6 @@ Run: .venv/bin/python benchmarks/bench_site_rerun.py [--rounds N | --quick] [--k
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -29,18 +28,11 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+from sshlab import load_lab
+
 REPO = Path(__file__).resolve().parents[1]
 PLAYBOOK = "playbooks/site.yml"
 _RECAP = re.compile(r"^\S+\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
-
-
-def _lab() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleetctl_lab", REPO / "tests" / "lab" / "lab.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _children_cpu() -> float:
@@ -92,7 +84,7 @@ def main() -> int:
     rounds = 1 if args.quick else args.rounds
     if rounds < 1:
         p.error("--rounds must be 1 or more")
-    lab = _lab()
+    lab = load_lab()
     inventory = lab.up()
     try:
         if lab.run_playbook(PLAYBOOK, quiet=True) != 0:
