@@ -106,10 +106,14 @@ class ParkClock:
         self.typical: float | None = None
 
     def answered(self, elapsed_s: float) -> None:
+        # A sample counts at most as the current wait: one slow host among fast ones must not make
+        # every hung host hold its slot for long; a sustained slowdown still raises the wait
+        # (by at most 1.3x per answer).
+        sample = min(elapsed_s, self.wait_s())
         if self.typical is None:
-            self.typical = elapsed_s
+            self.typical = sample
         else:
-            self.typical += self.ALPHA * (elapsed_s - self.typical)
+            self.typical += self.ALPHA * (sample - self.typical)
 
     def wait_s(self) -> float:
         return min(self.cap, max(self.floor, 4 * (self.typical or 0.0)))

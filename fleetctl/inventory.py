@@ -566,6 +566,9 @@ def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) 
                 raise InventoryError(f"{label}: host {name}: {key}: {_first_line(str(exc))}") from None
         return value
 
+    if "fleet_expected_chips" in raw:
+        # Renamed to the fleet_agent role's own variable; silently ignoring it would drop the check.
+        raise InventoryError(f"{label}: host {name}: fleet_expected_chips was renamed {EXPECTED_CHIPS_VAR}")
     address = templated("ansible_host") or name
     port = _int_var(templated(PORT_VAR), f"{label}: host {name}: {PORT_VAR}", DEFAULT_PORT, 1, 65535)
     chips = _int_var(templated(EXPECTED_CHIPS_VAR), f"{label}: host {name}: {EXPECTED_CHIPS_VAR}",

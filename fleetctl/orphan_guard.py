@@ -32,6 +32,7 @@ from typing import IO, Any
 
 MARK = "FLEETCTL_GUARD"
 DONE = b"done\n"
+ROUNDS = 3  # scans for marked processes while stopping them (Ansible may fork meanwhile)
 
 
 class OrphanGuard:
@@ -73,7 +74,9 @@ class OrphanGuard:
                 proc.stdin.write(DONE)
             proc.stdin.close()
         try:
-            proc.wait(timeout=self.grace + 10)
+            # stop_marked may take ROUNDS x (grace + 2 s) when Ansible forks while being stopped:
+            # leaving earlier would free the run's locks while its processes still run.
+            proc.wait(timeout=ROUNDS * (self.grace + 2) + 10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -91,7 +94,7 @@ def marked_processes(token: str) -> list[Any]:
     return found
 
 
-def stop_marked(token: str, grace: float, rounds: int = 3) -> int:
+def stop_marked(token: str, grace: float, rounds: int = ROUNDS) -> int:
     """SIGTERM every marked process, SIGKILL what is left after ``grace`` seconds; rescan, since
     Ansible may fork while being stopped. Returns how many processes were signalled."""
     import psutil

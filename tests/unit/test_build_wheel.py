@@ -94,3 +94,24 @@ def test_a_source_without_pyproject_is_a_one_line_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "fleet_agent_source_dir" in proc.stderr
+
+
+def test_prune_removes_only_old_cache_entries(source: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "shared"
+    (cache / "precious").mkdir(parents=True)
+    olds = [cache / (f"{i:x}" * 64)[:64] for i in range(bw.KEEP + 2)]
+    for old in olds:
+        old.mkdir()
+    build(source, cache)
+    assert (cache / "precious").is_dir()  # not named like a key: never touched
+    assert sum(p.is_dir() for p in olds) == bw.KEEP - 1  # the new entry plus the newest others
+
+
+def test_a_broken_entry_for_the_key_is_replaced(source: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    entry = cache / bw.source_key(source)
+    entry.mkdir(parents=True)
+    (entry / "stray.txt").write_text("not a wheel\n")
+    doc = build(source, cache)
+    assert doc["built"] is True and Path(str(doc["wheel"])).parent == entry
+    assert not (entry / "stray.txt").exists()

@@ -269,6 +269,14 @@ def test_park_clock_waits_longer_only_when_answers_slow_down() -> None:
     assert clock.wait_s() == 1.0  # never more than half the timeout
 
 
+def test_one_slow_answer_among_fast_ones_barely_moves_the_park_clock() -> None:
+    clock = ParkClock(timeout_s=5.0)
+    for _ in range(50):
+        clock.answered(0.005)
+    clock.answered(4.5)  # one slow agent: hung hosts must not hold their slots 18x longer for it
+    assert clock.wait_s() <= 0.11
+
+
 def test_an_overloaded_peer_is_not_flooded_into_timeouts() -> None:
     # One server answering one request at a time, 30 ms each: 20 requests in flight wait 0.6 s,
     # 120 hosts take 3.6 s in all. A client that parked every request not answered within 0.1 s

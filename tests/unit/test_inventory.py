@@ -238,6 +238,14 @@ def test_empty_token_means_none_and_a_non_string_token_is_an_error(tmp_path: Pat
         load_inventory(str(g), cache_dir=cache)
 
 
+def test_the_old_expected_chips_name_is_an_error_naming_the_new_one(tmp_path: Path, cache: Path) -> None:
+    f = tmp_path / "old.yml"
+    f.write_text("all:\n  hosts:\n    h1: {fleet_expected_chips: 8}\n")
+    with pytest.raises(InventoryError, match=r"old.yml: host h1: fleet_expected_chips was renamed "
+                                             r"fleet_agent_expected_chips"):
+        load_inventory(str(f), cache_dir=cache)
+
+
 def test_example_inventory_loads(cache: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     inv = load_inventory(str(repo / "inventory" / "example"), cache_dir=cache)

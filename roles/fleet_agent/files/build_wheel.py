@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,8 @@ SKIP_SUFFIXES = (".pyc", ".pyo")
 KEEP = 5
 # A fixed timestamp for the files inside the wheel: the same source gives the same bytes.
 SOURCE_DATE_EPOCH = "315532800"
+# Cache entries are named by their key; nothing else in the cache directory is ever removed.
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 def source_key(source: Path) -> str:
@@ -65,8 +68,11 @@ def _build(source: Path, cache: Path, entry: Path) -> Path:
         try:
             tmp.rename(entry)  # atomic: the entry appears complete or not at all
         except OSError:
-            if _cached_wheel(entry) is None:  # not a concurrent build of the same source
-                raise
+            if _cached_wheel(entry) is None:
+                # Not a concurrent build of the same source but a broken entry (no single
+                # wheel): replace it rather than fail on it forever.
+                shutil.rmtree(entry, ignore_errors=True)
+                tmp.rename(entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     wheel = _cached_wheel(entry)
@@ -75,7 +81,7 @@ def _build(source: Path, cache: Path, entry: Path) -> Path:
 
 
 def _prune(cache: Path, keep: Path) -> None:
-    entries = sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
+    entries = sorted((p for p in cache.iterdir() if p.is_dir() and ENTRY_NAME.fullmatch(p.name)),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[KEEP:]:
         if old != keep:
@@ -97,8 +103,13 @@ def main(argv: list[str]) -> int:
     wheel = _cached_wheel(entry)
     built = wheel is None
     if wheel is None:
-        wheel = _build(source, cache, entry)
-        _prune(cache, entry)
+        try:
+            wheel = _build(source, cache, entry)
+            _prune(cache, entry)
+        except OSError as exc:
+            print(f"build_wheel.py: {cache}: {exc.strerror or exc} (fleet_agent_wheel_cache_dir)",
+                  file=sys.stderr)
+            return 1
     else:
         os.utime(entry)  # most recently used: kept by the next prune
     print(json.dumps({"wheel": str(wheel), "key": key, "built": built}))
