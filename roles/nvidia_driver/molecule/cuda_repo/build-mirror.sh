@@ -2,7 +2,8 @@
 # Builds a stand-in for NVIDIA's CUDA apt repository (debian12/x86_64 is a flat repository,
 # suite "/") under /srv/mirror, for the cuda_repo Molecule scenario:
 #   signed/    Packages, Release, InRelease, Release.gpg signed by a throwaway key; key.asc and
-#              key.fpr (that key), other-key.asc and other-key.fpr (a key that signed nothing)
+#              key.fpr (that key), other-key.asc and other-key.fpr (a key that signed nothing),
+#              two-keys.asc (both keys in one file)
 #   unsigned/  the same packages with no signature at all
 # The packages carry the names and versions of NVIDIA's repository and no payload but a marker
 # file (and the systemd units the roles enable). 535.230.02-1 sits beside the pinned
@@ -83,6 +84,8 @@ gpg --batch --yes --local-user "$good" --clearsign --output "$root/signed/InRele
 gpg --batch --yes --local-user "$good" --armor --detach-sign --output "$root/signed/Release.gpg" "$root/signed/Release"
 gpg --armor --export "$good" >"$root/signed/key.asc"
 gpg --armor --export "$other" >"$root/signed/other-key.asc"
+# The right key with another one after it: Signed-By would trust both.
+cat "$root/signed/key.asc" "$root/signed/other-key.asc" >"$root/signed/two-keys.asc"
 echo "$good" >"$root/signed/key.fpr"
 echo "$other" >"$root/signed/other-key.fpr"
 rm -rf "$work"
