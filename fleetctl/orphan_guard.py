@@ -12,6 +12,9 @@ workers, modules, ``ssh``). A clean end writes ``done``; end of file without it 
 died, by any means, and the watchdog stops every process carrying the token: SIGTERM first, so
 Ansible can stop its workers, SIGKILL after a grace period.
 
+The watchdog answers ``ready`` once it runs (psutil imported); a watchdog that cannot start stops
+the run before ansible-playbook starts (:class:`GuardError`) rather than leaving it unguarded.
+
 Why not ``PR_SET_PDEATHSIG``: it is Linux-only, fires when the *thread* that forked exits
 (ansible-runner forks from its own thread), reaches only ansible-playbook (not the ``setsid()``
 workers) and cannot escalate to SIGKILL once its sender is gone. A pipe closes on every platform
@@ -24,15 +27,24 @@ import argparse
 import contextlib
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
 from types import TracebackType
 from typing import IO, Any
 
+from fleetctl.errors import FleetctlError
+
 MARK = "FLEETCTL_GUARD"
 DONE = b"done\n"
+READY = b"ready\n"
+READY_TIMEOUT_S = 10.0
 ROUNDS = 3  # scans for marked processes while stopping them (Ansible may fork meanwhile)
+
+
+class GuardError(FleetctlError):
+    """The watchdog could not be started: the run does not start either."""
 
 
 class OrphanGuard:
@@ -50,16 +62,45 @@ class OrphanGuard:
     def __enter__(self) -> OrphanGuard:
         env = {k: v for k, v in os.environ.items() if k != MARK}
         self._proc = subprocess.Popen(
-            # -P: the current directory is not put first on sys.path (nothing there may stand in
-            # for fleetctl); PYTHONPATH still applies, as it did to this process.
-            [sys.executable, "-P", "-m", "fleetctl.orphan_guard", self.token, "--grace", str(self.grace)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            self.command(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env,
             # Its own session: a Ctrl-C or a closed terminal must not take the watchdog down
             # together with the fleetctl it watches.
             start_new_session=True,
         )
+        try:
+            self._await_ready(self._proc)
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+            raise
         return self
+
+    def command(self) -> list[str]:
+        # -P: the current directory is not put first on sys.path (nothing there may stand in for
+        # fleetctl); PYTHONPATH still applies, as it did to this process.
+        return [sys.executable, "-P", "-m", "fleetctl.orphan_guard", self.token, "--grace", str(self.grace)]
+
+    def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait for the watchdog's READY line: a watchdog that cannot start (a broken install, a
+        missing psutil) must stop the run before it starts, not leave it unguarded silently."""
+        assert proc.stdout is not None and proc.stderr is not None
+        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT_S)
+        line = proc.stdout.readline() if ready else b""
+        if line == READY:
+            proc.stdout.close()  # the watchdog has pointed its stdout and stderr at /dev/null
+            proc.stderr.close()
+            return
+        if not ready:
+            raise GuardError(f"the run's watchdog (python -m fleetctl.orphan_guard) did not start within "
+                             f"{READY_TIMEOUT_S:.0f} s: not starting ansible-playbook unguarded")
+        proc.wait(timeout=READY_TIMEOUT_S)
+        lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
+        why = lines[-1] if lines else f"exit {proc.returncode}"
+        raise GuardError(f"the run's watchdog (python -m fleetctl.orphan_guard) failed to start: {why}; "
+                         "not starting ansible-playbook unguarded")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -131,7 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    import psutil  # noqa: F401 - stopping processes needs it: fail now, while the parent listens
+
+    _report_ready()
     return watch(sys.stdin.buffer, args.token, args.grace)
+
+
+def _report_ready() -> None:
+    """Tell the parent we are running, then let go of the pipes it reads (it closes them)."""
+    sys.stdout.buffer.write(READY)
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

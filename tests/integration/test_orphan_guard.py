@@ -10,7 +10,8 @@ import time
 import psutil
 import pytest
 
-from fleetctl.orphan_guard import MARK
+from fleetctl import orphan_guard
+from fleetctl.orphan_guard import MARK, GuardError, OrphanGuard
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +74,42 @@ def test_a_clean_exit_leaves_marked_processes_alone() -> None:
         assert not _gone(marked, timeout=2)  # the guard saw "done" and stopped nothing
     finally:
         marked.kill()
+
+
+class _BrokenGuard(OrphanGuard):
+    """A watchdog command that dies at start, as with a broken install."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "import sys; sys.exit('ModuleNotFoundError: No module named psutil')"]
+
+
+class _SilentGuard(OrphanGuard):
+    """A watchdog that starts but never says ready."""
+
+    def command(self) -> list[str]:
+        return ["sleep", "30"]
+
+
+def test_a_watchdog_that_cannot_start_stops_the_run_with_its_reason() -> None:
+    with pytest.raises(GuardError, match=r"failed to start: ModuleNotFoundError: No module named psutil"):
+        with _BrokenGuard(grace=0.5):
+            pytest.fail("the guarded block ran without a watchdog")
+
+
+def test_a_watchdog_that_never_answers_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(orphan_guard, "READY_TIMEOUT_S", 0.5)
+    guard = _SilentGuard(grace=0.5)
+    started = time.monotonic()
+    with pytest.raises(GuardError, match=r"did not start within"):
+        with guard:
+            pytest.fail("the guarded block ran without a watchdog")
+    assert time.monotonic() - started < 5
+    assert guard._proc is None  # the silent one was killed and reaped, not left behind
+
+
+def test_the_real_watchdog_answers_ready_and_leaves_on_done() -> None:
+    guard = OrphanGuard(grace=0.5)
+    with guard:
+        proc = guard._proc
+        assert proc is not None and proc.poll() is None
+    assert proc.returncode == 0  # "done" written: it exited cleanly without stopping anything
