@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fleet_agent.schema import NodeReport, SchemaError, parse_node_report
 
 from fleetctl import __version__
-from fleetctl.inventory import Host
+from fleetctl.inventory import Host, gc_paused
 from fleetctl.report import FleetReport, host_row_failed, host_row_from_node
 
 NODE_PATH = "/v1/node"
@@ -633,17 +633,18 @@ def agents_report(hosts: Sequence[Host], options: FanoutOptions = FanoutOptions(
     """Fan out to ``hosts`` and build the fleet report from their answers."""
     started = time.monotonic()
     tokens = agent_tokens(hosts)
-    results = fetch_all(hosts, lambda h: tokens[h.name], options)
-    now = time.time()
-    rows = []
-    for r in results:
-        h = r.host
-        if r.report is not None:
-            rows.append(host_row_from_node(h.name, h.address, h.agent_port, h.groups, r.report, now,
-                                           expected_chips=h.expected_chips, host_vars=h.vars))
-        else:
-            rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups,
-                                        reachable=r.kind.reachable, kind=r.kind.value, reason=r.detail,
-                                        expected_chips=h.expected_chips, host_vars=h.vars))
+    with gc_paused():  # the reports and rows all stay alive: collection passes would free nothing
+        results = fetch_all(hosts, lambda h: tokens[h.name], options)
+        now = time.time()
+        rows = []
+        for r in results:
+            h = r.host
+            if r.report is not None:
+                rows.append(host_row_from_node(h.name, h.address, h.agent_port, h.groups, r.report, now,
+                                               expected_chips=h.expected_chips, host_vars=h.vars))
+            else:
+                rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups,
+                                            reachable=r.kind.reachable, kind=r.kind.value, reason=r.detail,
+                                            expected_chips=h.expected_chips, host_vars=h.vars))
     return FleetReport(generated_at=now, source="agents", hosts=rows, inventory=inventory, pattern=pattern,
                        duration_s=time.monotonic() - started)
