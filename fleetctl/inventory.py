@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -246,7 +247,7 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
         if doc is not None:
             return _from_doc(sources, doc, from_cache=True)
     with gc_paused():
-        doc = _parse_with_ansible(sources)
+        doc = _parse_with_ansible(sources, (cache_dir or cache_dir_default()) if use_cache else None)
     if cache_file is not None:
         # Files that changed while Ansible read them would be cached under the old key: re-check.
         if _fingerprint(sources) == fingerprint:
@@ -259,16 +260,35 @@ def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while Ansible builds the inventory, or a fan-out its rows.
 
     Both allocate millions of objects that all stay alive, so each collection pass finds nothing
-    to free yet walks an ever larger heap: 40% of a 10,000-host parse. Reference counting still
-    frees everything as usual; cycles wait for the next collection after the block.
+    to free yet walks an ever larger heap: 40% of a 10,000-host parse. On the way out everything
+    is frozen (``gc.freeze``): the first collections after the block would otherwise walk it all
+    once more, 50 ms of a cold 1,000-host ``fleetctl health``. Reference counting still frees
+    everything as usual; cyclic garbage made in the block waits for :func:`release_frozen`, which
+    long-running commands (``health --watch``) call while idle.
     """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+def release_frozen() -> None:
+    """Hand what :func:`gc_paused` froze back to the collector, and collect (when idle).
+
+    Ctrl-C waits until the collection is over: raised inside an object's finalizer, where it
+    would land during a collection, Python prints it as "ignored" and carries on.
+    """
+    held = {signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        gc.unfreeze()
+        gc.collect()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _is_host_list(source: str) -> bool:
@@ -369,7 +389,8 @@ def _write_cache(path: Path, fingerprint: str, doc: dict[str, Any]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".inventory-", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({**doc, "fingerprint": fingerprint}, fh, separators=(",", ":"))
+                # dumps, not dump: json.dump encodes in pure Python, dumps in C (~4x faster).
+                fh.write(json.dumps({**doc, "fingerprint": fingerprint}, separators=(",", ":")))
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -512,23 +533,27 @@ def _parse_once_loader_class() -> type[Any]:
     return ParseOnceLoader
 
 
-def _init_plugin_loader() -> None:
+def _init_plugin_loader(cache_dir: Path | None = None) -> None:
     """What Ansible's CLIs do first: without it, plugins named by collection (``plugin:
     ansible.builtin.constructed``, ``amazon.aws.aws_ec2``) are "unknown" to the inventory."""
     from ansible.plugins.loader import init_plugin_loader
     from ansible.utils.collection_loader import AnsibleCollectionConfig
 
+    from fleetctl import ansible_routing
+
     if AnsibleCollectionConfig.collection_finder is None:
         init_plugin_loader()
+    if cache_dir is not None:
+        ansible_routing.install(cache_dir)
 
 
-def _parse_with_ansible(sources: Sequence[str]) -> dict[str, Any]:
+def _parse_with_ansible(sources: Sequence[str], cache_dir: Path | None = None) -> dict[str, Any]:
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.vars.manager import VariableManager
 
     _ParseOnceLoader = _parse_once_loader_class()
-    _init_plugin_loader()
+    _init_plugin_loader(cache_dir)
 
     label = ",".join(sources)
     loader = _ParseOnceLoader()

@@ -126,6 +126,8 @@ def _show(report: FleetReport, *, as_json: bool, chips: bool, unhealthy: bool, g
 def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, chips: bool, unhealthy: bool,
            group_by: str | None, sort: str) -> int:
     """Redraw in place until Ctrl-C; the exit code is the last completed round's."""
+    from fleetctl.inventory import release_frozen
+
     code = 0
     if as_json:  # one JSON document per line and round
         try:
@@ -133,6 +135,7 @@ def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, c
                 report = collect()
                 code = report.exit_code
                 _show(report, as_json=True, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
+                release_frozen()  # last round's cyclic garbage, while we wait anyway
                 time.sleep(every)
         except KeyboardInterrupt:
             return code
@@ -152,6 +155,7 @@ def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, c
                 stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
                 live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy,
                                                        group_by=group_by, sort=sort)), refresh=True)
+                release_frozen()
                 time.sleep(every)
     except KeyboardInterrupt:
         pass  # Live has restored the cursor; leave the last table on screen
