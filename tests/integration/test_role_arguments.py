@@ -72,7 +72,8 @@ def run_playbook(tmp_path: Path, playbook: Path, inventory: dict[str, Any],
 
 
 def tasks_run(report: dict[str, Any], host: str) -> list[tuple[str, dict[str, Any]]]:
-    """(task name, result) of every task that ran on ``host``, in order, skipped ones left out.
+    """(task name, result) of every task that ran on ``host``, in order, skipped ones and role
+    includes (site.yml's hardware plays) left out.
 
     A role's validation task is named "<role> : VALIDATION_TASK" (the spec's description cut off).
     """
@@ -80,7 +81,7 @@ def tasks_run(report: dict[str, Any], host: str) -> list[tuple[str, dict[str, An
     for play in report["plays"]:
         for task in play["tasks"]:
             result = task["hosts"].get(host)
-            if result is None or result.get("skipped"):
+            if result is None or result.get("skipped") or result.get("action", "").endswith("include_role"):
                 continue
             name = task["task"]["name"]
             role, _, bare = name.rpartition(" : ")
@@ -162,3 +163,23 @@ def test_driver_version_outside_its_branch_stops_before_any_change(tmp_path: Pat
     assert ran[-1][0] == "nvidia_driver : Check the combination of variables before changing anything", ran
     assert "nvidia_driver_version (550.54.15) must belong to nvidia_driver_branch (535)" in ran[-1][1]["msg"]
     assert not any(r.get("changed") for _, r in ran), ran
+
+
+def test_site_validates_a_hardware_role_whatever_the_tags_select(tmp_path: Path) -> None:
+    # --tags selecting no role's tasks: only what is tagged `always` runs, which in site.yml is
+    # each role's argument validation (the hardware roles' includes carry `always` for that).
+    off = {"site_nvidia_driver_enabled": False, "site_cuda_toolkit_enabled": False,
+           "site_container_runtime_enabled": False, "site_tpu_runtime_enabled": False}
+    inventory = {"all": {"children": {
+        "gpu_nodes": {"hosts": {"gpu1": local_host(nvidia_driver_branch="999")}},
+        "tpu_nodes": {"hosts": {"tpu1": local_host(**off)}},
+    }}}
+    result, report = run_playbook(tmp_path, REPO / "playbooks" / "site.yml", inventory,
+                                  "--tags", "selects-nothing")
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr
+    ran = [name for name, _ in tasks_run(report, "gpu1") if name != "Gathering Facts"]
+    assert ran == [f"base : {VALIDATION_TASK}", f"nvidia_driver : {VALIDATION_TASK}"], ran
+    assert report["stats"]["gpu1"]["failures"] == 1
+    ran = [name for name, _ in tasks_run(report, "tpu1") if name != "Gathering Facts"]
+    assert ran == [f"base : {VALIDATION_TASK}", f"fleet_agent : {VALIDATION_TASK}"], ran
+    assert report["stats"]["tpu1"]["failures"] == 0
