@@ -202,11 +202,23 @@ class SlurmCluster:
         pytest.fail(f"job {job} never started on {node}", pytrace=False)
 
     def reset_nodes(self) -> None:
-        """Cancel all jobs and resume every node, so each test starts from idle."""
+        """Cancel all jobs and resume every node, so each test starts from idle and responding."""
         self.run(["scancel", "--full", "-u", "root"], check=False)
         for node in NODES:
             self.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
         self._wait_for(self._all_idle, "nodes idle after reset", timeout=60)
+        if not self._all_responding():
+            # A slurmd that missed slurmctld's ping (a loaded 2-core machine) stays "not
+            # responding" until the next ping, up to 40 s away, and fleetctl rightly counts such a
+            # node as unavailable: it would eat a test's max-unavailable budget. Every slurmd
+            # registers again on reconfigure.
+            self.run(["scontrol", "reconfigure"], check=False)
+            self._wait_for(self._all_responding, "every slurmd responding after reset", timeout=60)
+
+    def _all_responding(self) -> bool:
+        out = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False).stdout
+        states = dict(line.split() for line in out.splitlines() if line.strip())
+        return all(states.get(n) == "idle" for n in NODES)
 
 
 # Module scope: each test module imports this fixture (there is no shared conftest for it), and

@@ -16,7 +16,8 @@ from fleetctl.orphan_guard import MARK, GuardError, OrphanGuard
 pytestmark = pytest.mark.integration
 
 # A parent that starts a guard and a marked process in a session of its own (as pexpect does),
-# prints the marked pid, then either dies by SIGKILL inside the guard or leaves it cleanly.
+# prints the marked pid, waits for a line on stdin (the test has looked at the marked process),
+# then either dies by SIGKILL inside the guard or leaves it cleanly.
 PARENT = textwrap.dedent("""
     import os, signal, subprocess, sys
     from fleetctl.orphan_guard import OrphanGuard
@@ -25,6 +26,7 @@ PARENT = textwrap.dedent("""
         child = subprocess.Popen(sys.argv[3:], env={**os.environ, **guard.envvars},
                                  stdout=subprocess.DEVNULL, start_new_session=True)
         print(child.pid, flush=True)
+        sys.stdin.readline()
         if sys.argv[1] == "die":
             os.kill(os.getpid(), signal.SIGKILL)
     print("left", flush=True)
@@ -36,9 +38,12 @@ STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); 
 
 def _parent(mode: str, grace: float, *argv: str) -> tuple[subprocess.Popen[str], psutil.Process]:
     parent = subprocess.Popen([sys.executable, "-c", PARENT, mode, str(grace), *argv],
-                              stdout=subprocess.PIPE, text=True)
-    assert parent.stdout is not None
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None and parent.stdin is not None
     marked = psutil.Process(int(parent.stdout.readline()))
+    assert MARK in marked.environ()  # looked at while the parent still lives
+    parent.stdin.write("go\n")
+    parent.stdin.flush()
     return parent, marked
 
 
@@ -52,7 +57,6 @@ def _gone(proc: psutil.Process, timeout: float) -> bool:
 
 def test_a_killed_parent_takes_its_marked_process_with_it() -> None:
     parent, marked = _parent("die", 5.0, "sleep", "301.7")
-    assert MARK in marked.environ()
     parent.wait(timeout=10)
     assert parent.returncode == -9
     started = time.monotonic()

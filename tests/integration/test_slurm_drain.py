@@ -126,7 +126,9 @@ def test_drain_with_a_running_job_waits_until_it_ends_then_undrain(fleet: Fleet,
 
 
 def test_undrain_refuses_while_the_agent_reports_unhealthy(fleet: Fleet, slurm: SlurmCluster) -> None:  # noqa: F811
-    assert fleet.run("drain", "node3", "--reason", "xid 79").returncode == 0
+    done = fleet.run("drain", "node3", "--reason", "xid 79")
+    nodes = slurm.run(["scontrol", "show", "node", "-o"]).stdout
+    assert done.returncode == 0, done.stdout + done.stderr + nodes
     assert slurm.node_state("node3") == "drain"
     done = fleet.run("undrain", "node3")
     assert done.returncode == 1
