@@ -52,6 +52,7 @@ def main() -> None:
             app()
         except SystemExit as exc:
             _exit_now(exc.code)
+        _exit_now(0)
     app()
 
 

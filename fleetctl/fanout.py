@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from fleet_agent.schema import NodeReport, SchemaError, parse_node_report
 
 from fleetctl import __version__
-from fleetctl.inventory import Host, gc_paused
+from fleetctl.heap import gc_paused
+from fleetctl.inventory import Host
 from fleetctl.report import FleetReport, host_row_failed, host_row_from_node
 
 NODE_PATH = "/v1/node"

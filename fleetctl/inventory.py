@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import gc
 import hashlib
 import json
 import os
 import re
-import signal
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +40,7 @@ from typing import Any
 from fleet_agent.config import DEFAULT_PORT
 
 from fleetctl.errors import UsageError
+from fleetctl.heap import gc_paused
 from fleetctl.inventory_vars import HostTemplar, InventoryVars
 
 ENV_INVENTORY = "FLEETCTL_INVENTORY"
@@ -253,42 +252,6 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
         if _fingerprint(sources) == fingerprint:
             _write_cache(cache_file, fingerprint, doc)
     return _from_doc(sources, doc, from_cache=False)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while Ansible builds the inventory, or a fan-out its rows.
-
-    Both allocate millions of objects that all stay alive, so each collection pass finds nothing
-    to free yet walks an ever larger heap: 40% of a 10,000-host parse. On the way out everything
-    is frozen (``gc.freeze``): the first collections after the block would otherwise walk it all
-    once more, 50 ms of a cold 1,000-host ``fleetctl health``. Reference counting still frees
-    everything as usual; cyclic garbage made in the block waits for :func:`release_frozen`, which
-    long-running commands (``health --watch``) call while idle.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
-
-
-def release_frozen() -> None:
-    """Hand what :func:`gc_paused` froze back to the collector, and collect (when idle).
-
-    Ctrl-C waits until the collection is over: raised inside an object's finalizer, where it
-    would land during a collection, Python prints it as "ignored" and carries on.
-    """
-    held = {signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        gc.unfreeze()
-        gc.collect()
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _is_host_list(source: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from fleetctl.inventory import gc_paused, release_frozen
+from fleetctl.heap import gc_paused, release_frozen
 
 
 class _Node:
