@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fleetctl.cachefile import write_cache_file
 
 PREFIX = "ansible-routing-"
 
@@ -49,25 +49,8 @@ def _caching(parse: Callable[[Any, Any], Any], cache_dir: Path) -> Callable[[Any
                 return cached
         result = parse(data, content_id)
         with contextlib.suppress(TypeError, ValueError):  # not JSON-shaped: used, never cached
-            _write(path, json.dumps(result, separators=(",", ":")))
+            write_cache_file(path, json.dumps(result, separators=(",", ":")))
         return result
 
     return load
 
-
-def _write(path: Path, text: str) -> None:
-    """Atomic (temp file + rename); a read-only cache dir costs speed, not correctness."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=f".{PREFIX}", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError:
-        pass
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 
 from fleet_agent.config import DEFAULT_PORT
 
+from fleetctl.cachefile import write_cache_file
 from fleetctl.errors import UsageError
 from fleetctl.heap import gc_paused
 from fleetctl.inventory_vars import HostTemplar, InventoryVars
@@ -346,21 +346,8 @@ def _read_cache(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, fingerprint: str, doc: dict[str, Any]) -> None:
-    """Atomic (temp file + rename) and private (0600: it may hold plain-text tokens)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".inventory-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                # dumps, not dump: json.dump encodes in pure Python, dumps in C (~4x faster).
-                fh.write(json.dumps({**doc, "fingerprint": fingerprint}, separators=(",", ":")))
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError:
-        pass  # a read-only cache dir costs speed, not correctness
+    # dumps, not dump: json.dump encodes in pure Python, dumps in C (~4x faster).
+    write_cache_file(path, json.dumps({**doc, "fingerprint": fingerprint}, separators=(",", ":")))
 
 
 def _from_doc(sources: Sequence[str], doc: dict[str, Any], *, from_cache: bool) -> Inventory:
