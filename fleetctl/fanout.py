@@ -15,7 +15,6 @@ import enum
 import errno
 import functools
 import ipaddress
-import json
 import os
 import re
 import resource
@@ -24,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import orjson
 from fleet_agent.schema import NodeReport, SchemaError, parse_node_report
 
 from fleetctl import __version__
@@ -255,13 +255,18 @@ class _RawSocket:
         self.pending = b""
         self.reading = self.writing = False
         self.closed = False
+        self.connecting = False  # connect() said "in progress" and nothing has been sent yet
 
     def start(self) -> None:
         err = self.sock.connect_ex((self.host.address, self.host.agent_port))
         if err in (0, errno.EISCONN):
             self._connected()
         elif err in (errno.EINPROGRESS, errno.EAGAIN):
-            self._watch_write(self._on_connect)
+            # On loopback and fast LANs the handshake is often complete by now: send the request
+            # straight away (a connection still being made says EAGAIN and the writer waits for it)
+            # instead of one more event-loop round trip per host; a failed connect fails that send.
+            self.connecting = True
+            self._connected()
         else:
             self._connect_failed(err)
 
@@ -276,15 +281,6 @@ class _RawSocket:
     def _watch_write(self, callback: Callable[[], None]) -> None:
         self.loop.add_writer(self.fd, callback)
         self.writing = True
-
-    def _on_connect(self) -> None:
-        self.loop.remove_writer(self.fd)
-        self.writing = False
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._connect_failed(err)
-        else:
-            self._connected()
 
     def _connected(self) -> None:
         self.proto.connection_made(self)  # type: ignore[arg-type]  # the transport methods it uses
@@ -304,8 +300,10 @@ class _RawSocket:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
-            self._lost(exc)
+            self._failed(exc)
             return
+        if sent:
+            self.connecting = False
         self.pending = self.pending[sent:]
         if self.pending and not self.writing:
             self._watch_write(self._flush)
@@ -332,13 +330,19 @@ class _RawSocket:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._lost(exc)
+            self._failed(exc)
             return
         if data:
             self.proto.data_received(data)
         else:
             self.proto.eof_received()
             self._lost(None)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.connecting:  # the connection was never made
+            self._connect_failed(exc.errno or errno.ECONNABORTED)
+        else:
+            self._lost(exc)
 
     def _lost(self, exc: Exception | None) -> None:
         self.abort()
@@ -473,10 +477,8 @@ class _ResponseReader(asyncio.Protocol):
 
 def _decode(body: bytes) -> NodeReport:
     try:
-        doc = json.loads(body)
-    except UnicodeDecodeError:
-        raise _Failed(FetchKind.INVALID_JSON, "invalid JSON: not UTF-8") from None
-    except ValueError as exc:
+        doc = orjson.loads(body)  # ~4x json.loads on a node report: a quarter of the fan-out's CPU
+    except ValueError as exc:  # orjson.JSONDecodeError is a json.JSONDecodeError (msg, pos)
         msg = getattr(exc, "msg", str(exc))
         pos = getattr(exc, "pos", None)
         raise _Failed(FetchKind.INVALID_JSON, f"invalid JSON: {msg}" + (f" at byte {pos}" if pos is not None

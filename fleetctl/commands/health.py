@@ -113,8 +113,9 @@ def _show(report: FleetReport, *, as_json: bool, chips: bool, unhealthy: bool, g
           sort: str) -> None:
     if as_json:
         report.sort(sort)
-        sys.stdout.write(report.to_json() + "\n")
         sys.stdout.flush()
+        sys.stdout.buffer.write(report.to_json_bytes() + b"\n")  # bytes: any locale, no re-encoding
+        sys.stdout.buffer.flush()
         return
     from rich.console import Console
 
