@@ -480,6 +480,8 @@ def _decode(body: bytes) -> NodeReport:
         doc = orjson.loads(body)  # ~4x json.loads on a node report: a quarter of the fan-out's CPU
     except ValueError as exc:  # orjson.JSONDecodeError is a json.JSONDecodeError (msg, pos)
         msg = getattr(exc, "msg", str(exc))
+        if "UTF-8" in msg:  # orjson's wording ("str is not valid UTF-8: surrogates...") misleads
+            raise _Failed(FetchKind.INVALID_JSON, "invalid JSON: not UTF-8") from None
         pos = getattr(exc, "pos", None)
         raise _Failed(FetchKind.INVALID_JSON, f"invalid JSON: {msg}" + (f" at byte {pos}" if pos is not None
                                                                          else "")) from None

@@ -171,7 +171,7 @@ def test_ok_report_is_parsed() -> None:
         (closing, FetchKind.GARBAGE, "closed"),
         (replying(b"SSH-2.0-OpenSSH_9.2\r\n"), FetchKind.GARBAGE, "not an HTTP response"),
         (replying(http(b"<html>oops</html>", ctype="text/html")), FetchKind.INVALID_JSON, "invalid JSON"),
-        (replying(http(b"\xff\xfe\x00")), FetchKind.INVALID_JSON, "invalid JSON"),
+        (replying(http(b"\xff\xfe\x00")), FetchKind.INVALID_JSON, "invalid JSON: not UTF-8"),
         (replying(http(node_json(schema="fleet.node/v0"))), FetchKind.SCHEMA_VERSION, "fleet.node/v0"),
         (replying(http(b'{"schema": "fleet.node/v1", "host": "x"}')), FetchKind.BAD_SCHEMA, "missing"),
         (replying(http(b"[1, 2]")), FetchKind.BAD_SCHEMA, "expected a JSON object"),
