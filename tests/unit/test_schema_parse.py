@@ -1,0 +1,158 @@
+"""parse_node_report: what it accepts, what it builds, and the message naming the first bad field.
+
+The controller validates every agent's answer with it (thousands per `fleetctl health`), so its fast
+paths are checked here against the field-by-field rules: same objects built, same errors raised.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from fleet_agent.schema import (
+    Action,
+    ChipReport,
+    GpuDetails,
+    HostMetrics,
+    NodeReport,
+    Problem,
+    SchemaError,
+    Severity,
+    Status,
+    TpuDetails,
+    parse_node_report,
+)
+
+
+def gpu_chip(index: int = 0) -> dict[str, Any]:
+    return {
+        "index": index, "kind": "gpu", "vendor": "nvidia", "model": "NVIDIA H100 80GB HBM3",
+        "uuid": f"GPU-{index}", "pci_bus_id": f"0000:{index:02x}:00.0", "status": "healthy",
+        "stale": False, "error": None, "sampled_at": 1_700_000_000.5, "temperature_c": 61,
+        "memory_temperature_c": 70.5, "utilization_pct": 82.0, "memory_utilization_pct": None,
+        "memory_used_bytes": 60 * 2**30, "memory_total_bytes": 80 * 2**30, "power_w": 546.25,
+        "power_limit_w": 700, "sm_clock_mhz": 1980, "mem_clock_mhz": 2619,
+        "gpu": {"ecc_volatile_uncorrected": 0, "row_remap_pending": False, "throttle_reasons": [],
+                "pcie_link_gen": 5, "nvlink_links_up": 18, "slowdown_temp_c": 90.0, "xid_counts": {},
+                "xid_total": 0, "persistence_mode": True},
+        "tpu": None, "problems": [],
+    }
+
+
+def node(**fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": "fleet.node/v1", "host": "gpu-a-01", "agent_version": "0.3.0",
+        "sampled_at": 1_700_000_000.5, "interval_s": 5, "status": "healthy", "chips_expected": 8,
+        "chips": [gpu_chip(i) for i in range(2)],
+        "host_metrics": {"cpu_pct": 12.5, "memory_used_bytes": 10, "memory_total_bytes": 100,
+                         "load1": 0.5, "temperatures_c": {}},
+        "problems": [], "collectors": [{"name": "nvml", "ok": True, "duration_s": 0.01}],
+        "driver_version": "550.54.15", "drained": False,
+    }
+    doc.update(fields)
+    return doc
+
+
+def with_chip(position: int, /, **fields: Any) -> dict[str, Any]:
+    doc = node()
+    doc["chips"][position].update(fields)
+    return doc
+
+
+def test_a_full_report_builds_the_objects_it_describes() -> None:
+    r = parse_node_report(node())
+    assert isinstance(r, NodeReport) and r.status is Status.HEALTHY and r.chips_expected == 8
+    assert r.interval_s == 5.0 and isinstance(r.interval_s, float)
+    c = r.chips[1]
+    assert isinstance(c, ChipReport) and c.index == 1 and c.uuid == "GPU-1" and c.status is Status.HEALTHY
+    assert (c.temperature_c, c.power_w, c.memory_utilization_pct, c.error) == (61, 546.25, None, None)
+    assert c.stale is False and c.tpu is None and c.problems == []
+    assert c.gpu == GpuDetails(ecc_volatile_uncorrected=0, row_remap_pending=False, pcie_link_gen=5,
+                               nvlink_links_up=18, slowdown_temp_c=90.0, persistence_mode=True)
+    assert r.host_metrics == HostMetrics(cpu_pct=12.5, memory_used_bytes=10, memory_total_bytes=100,
+                                         load1=0.5)
+    assert r.collectors[0].name == "nvml" and r.collectors[0].ok is True
+
+
+def test_optional_fields_left_out_or_null_take_their_defaults() -> None:
+    chip = {k: gpu_chip()[k] for k in ("index", "kind", "vendor", "model", "uuid", "pci_bus_id", "status")}
+    doc = node(chips=[chip, {**chip, "index": 1, "stale": None, "gpu": None, "problems": None}],
+               host_metrics={})
+    r = parse_node_report(doc)
+    for c in r.chips:
+        assert c.stale is False and c.temperature_c is None and c.gpu is None and c.problems == []
+    assert r.host_metrics == HostMetrics()
+    assert r.host_metrics.temperatures_c == {}
+
+
+def test_details_with_items_are_checked_item_by_item() -> None:
+    r = parse_node_report(with_chip(0, gpu={"throttle_reasons": ["sw_thermal"], "xid_counts": {"79": 2},
+                                            "xid_total": 2, "last_xid": 79}))
+    assert r.chips[0].gpu == GpuDetails(throttle_reasons=["sw_thermal"], xid_counts={"79": 2}, xid_total=2,
+                                        last_xid=79)
+    with pytest.raises(SchemaError, match=r"^chips\[0\]\.gpu\.throttle_reasons: expected a list of strings$"):
+        parse_node_report(with_chip(0, gpu={"throttle_reasons": [1]}))
+    with pytest.raises(SchemaError, match=r"^chips\[1\]\.gpu\.xid_counts: expected an object of numbers$"):
+        parse_node_report(with_chip(1, gpu={"xid_counts": {"79": "two"}}))
+
+
+def test_a_tpu_chip() -> None:
+    r = parse_node_report(with_chip(0, kind="tpu", vendor="google", gpu=None,
+                                    tpu={"duty_cycle_pct": 40, "runtime_metrics_available": True}))
+    assert r.chips[0].tpu == TpuDetails(duty_cycle_pct=40, runtime_metrics_available=True)
+
+
+def test_problems_are_parsed_with_their_enums() -> None:
+    p = {"check": "ecc_uncorrectable", "severity": "critical", "message": "2 uncorrectable",
+         "action": "reset_chip"}
+    r = parse_node_report(with_chip(1, status="unhealthy", problems=[p]))
+    assert r.chips[1].problems == [Problem("ecc_uncorrectable", Severity.CRITICAL, "2 uncorrectable",
+                                           Action.RESET_CHIP)]
+    with pytest.raises(SchemaError, match=r"^chips\[1\]\.problems\[0\]\.severity: 'dire' is not one of"):
+        parse_node_report(with_chip(1, problems=[{**p, "severity": "dire"}]))
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    (with_chip(0, index="0"), "chips[0].index: expected int, got str"),
+    (with_chip(1, index=True), "chips[1].index: expected int, got bool"),
+    (with_chip(0, model=None), "chips[0].model: missing"),
+    (with_chip(0, uuid=7), "chips[0].uuid: expected str, got int"),
+    (with_chip(1, status="fine"), "chips[1].status: 'fine' is not one of"),
+    (with_chip(0, stale="no"), "chips[0].stale: expected bool, got str"),
+    (with_chip(0, temperature_c="hot"), "chips[0].temperature_c: expected int or float, got str"),
+    (with_chip(0, temperature_c=True), "chips[0].temperature_c: expected int or float, got bool"),
+    (with_chip(1, memory_used_bytes=1.5), "chips[1].memory_used_bytes: expected int, got float"),
+    (with_chip(0, power_w=[1]), "chips[0].power_w: expected int or float, got list"),
+    (with_chip(0, error=3), "chips[0].error: expected str, got int"),
+    (with_chip(0, gpu={"pcie_link_gen": "5"}), "chips[0].gpu.pcie_link_gen: expected a number"),
+    (with_chip(0, gpu={"persistence_mode": 1}), "chips[0].gpu.persistence_mode: expected bool"),
+    (with_chip(0, gpu={"xid_total": True}), "chips[0].gpu.xid_total: expected a number"),
+    (with_chip(0, gpu=[]), "chips[0].gpu: expected an object"),
+    (with_chip(0, tpu={"duty_cycle_pct": "40%"}), "chips[0].tpu.duty_cycle_pct: expected a number"),
+    (node(chips=[gpu_chip(), "GPU-1"]), "chips[1]: expected an object"),
+    (node(host_metrics={"load1": "high"}), "host_metrics.load1: expected a number"),
+    (node(host_metrics=None), "report.host_metrics: missing"),
+    (node(chips={}), "report.chips: expected list, got dict"),
+    (node(status="ok"), "report.status: 'ok' is not one of"),
+    (node(schema="fleet.node/v2"), "schema: unsupported version 'fleet.node/v2'"),
+])
+def test_the_first_bad_field_is_named(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(SchemaError) as err:
+        parse_node_report(doc)
+    assert str(err.value).startswith(message)
+
+
+def test_the_same_bad_shape_is_refused_every_time() -> None:
+    # A fast path that remembered a shape as good must never let a bad one through later.
+    good, bad = node(), with_chip(0, temperature_c="hot")
+    for _ in range(3):
+        parse_node_report(copy.deepcopy(good))
+        with pytest.raises(SchemaError, match="temperature_c"):
+            parse_node_report(copy.deepcopy(bad))
+
+
+def test_the_agents_own_output_parses_back_to_equal_objects() -> None:
+    r = parse_node_report(node())
+    assert parse_node_report(json.loads(json.dumps(r.to_dict()))) == r
