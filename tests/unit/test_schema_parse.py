@@ -1,13 +1,15 @@
-"""parse_node_report: what it accepts, what it builds, and the message naming the first bad field.
+"""Reading a node report: what is accepted, what is built, and the message naming the first bad field.
 
-The controller validates every agent's answer with it (thousands per `fleetctl health`), so its fast
-paths are checked here against the field-by-field rules: same objects built, same errors raised.
+Two readers must agree on every case: the schema's own ``parse_node_report`` (a decoded document)
+and fleetctl's ``decode_node_report`` (the raw body: msgspec's typed decoding, falling back to
+``parse_node_report`` for anything it refuses), which reads every agent's answer in ``fleetctl health``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,6 +26,18 @@ from fleet_agent.schema import (
     TpuDetails,
     parse_node_report,
 )
+
+from fleetctl import node_decode
+from fleetctl.node_decode import InvalidJson, decode_node_report
+
+Reader = Callable[[Any], NodeReport]
+
+
+@pytest.fixture(params=["parse_node_report", "decode_node_report"])
+def read(request: pytest.FixtureRequest) -> Reader:
+    if request.param == "parse_node_report":
+        return parse_node_report
+    return lambda doc: decode_node_report(json.dumps(doc).encode())
 
 
 def gpu_chip(index: int = 0) -> dict[str, Any]:
@@ -61,8 +75,8 @@ def with_chip(position: int, /, **fields: Any) -> dict[str, Any]:
     return doc
 
 
-def test_a_full_report_builds_the_objects_it_describes() -> None:
-    r = parse_node_report(node())
+def test_a_full_report_builds_the_objects_it_describes(read: Reader) -> None:
+    r = read(node())
     assert isinstance(r, NodeReport) and r.status is Status.HEALTHY and r.chips_expected == 8
     assert r.interval_s == 5.0 and isinstance(r.interval_s, float)
     c = r.chips[1]
@@ -76,42 +90,42 @@ def test_a_full_report_builds_the_objects_it_describes() -> None:
     assert r.collectors[0].name == "nvml" and r.collectors[0].ok is True
 
 
-def test_optional_fields_left_out_or_null_take_their_defaults() -> None:
+def test_optional_fields_left_out_or_null_take_their_defaults(read: Reader) -> None:
     chip = {k: gpu_chip()[k] for k in ("index", "kind", "vendor", "model", "uuid", "pci_bus_id", "status")}
     doc = node(chips=[chip, {**chip, "index": 1, "stale": None, "gpu": None, "problems": None}],
                host_metrics={})
-    r = parse_node_report(doc)
+    r = read(doc)
     for c in r.chips:
         assert c.stale is False and c.temperature_c is None and c.gpu is None and c.problems == []
     assert r.host_metrics == HostMetrics()
     assert r.host_metrics.temperatures_c == {}
 
 
-def test_details_with_items_are_checked_item_by_item() -> None:
-    r = parse_node_report(with_chip(0, gpu={"throttle_reasons": ["sw_thermal"], "xid_counts": {"79": 2},
+def test_details_with_items_are_checked_item_by_item(read: Reader) -> None:
+    r = read(with_chip(0, gpu={"throttle_reasons": ["sw_thermal"], "xid_counts": {"79": 2},
                                             "xid_total": 2, "last_xid": 79}))
     assert r.chips[0].gpu == GpuDetails(throttle_reasons=["sw_thermal"], xid_counts={"79": 2}, xid_total=2,
                                         last_xid=79)
     with pytest.raises(SchemaError, match=r"^chips\[0\]\.gpu\.throttle_reasons: expected a list of strings$"):
-        parse_node_report(with_chip(0, gpu={"throttle_reasons": [1]}))
+        read(with_chip(0, gpu={"throttle_reasons": [1]}))
     with pytest.raises(SchemaError, match=r"^chips\[1\]\.gpu\.xid_counts: expected an object of numbers$"):
-        parse_node_report(with_chip(1, gpu={"xid_counts": {"79": "two"}}))
+        read(with_chip(1, gpu={"xid_counts": {"79": "two"}}))
 
 
-def test_a_tpu_chip() -> None:
-    r = parse_node_report(with_chip(0, kind="tpu", vendor="google", gpu=None,
+def test_a_tpu_chip(read: Reader) -> None:
+    r = read(with_chip(0, kind="tpu", vendor="google", gpu=None,
                                     tpu={"duty_cycle_pct": 40, "runtime_metrics_available": True}))
     assert r.chips[0].tpu == TpuDetails(duty_cycle_pct=40, runtime_metrics_available=True)
 
 
-def test_problems_are_parsed_with_their_enums() -> None:
+def test_problems_are_parsed_with_their_enums(read: Reader) -> None:
     p = {"check": "ecc_uncorrectable", "severity": "critical", "message": "2 uncorrectable",
          "action": "reset_chip"}
-    r = parse_node_report(with_chip(1, status="unhealthy", problems=[p]))
+    r = read(with_chip(1, status="unhealthy", problems=[p]))
     assert r.chips[1].problems == [Problem("ecc_uncorrectable", Severity.CRITICAL, "2 uncorrectable",
                                            Action.RESET_CHIP)]
     with pytest.raises(SchemaError, match=r"^chips\[1\]\.problems\[0\]\.severity: 'dire' is not one of"):
-        parse_node_report(with_chip(1, problems=[{**p, "severity": "dire"}]))
+        read(with_chip(1, problems=[{**p, "severity": "dire"}]))
 
 
 @pytest.mark.parametrize(("doc", "message"), [
@@ -138,21 +152,65 @@ def test_problems_are_parsed_with_their_enums() -> None:
     (node(status="ok"), "report.status: 'ok' is not one of"),
     (node(schema="fleet.node/v2"), "schema: unsupported version 'fleet.node/v2'"),
 ])
-def test_the_first_bad_field_is_named(doc: dict[str, Any], message: str) -> None:
+def test_the_first_bad_field_is_named(read: Reader, doc: dict[str, Any], message: str) -> None:
     with pytest.raises(SchemaError) as err:
-        parse_node_report(doc)
+        read(doc)
     assert str(err.value).startswith(message)
 
 
-def test_the_same_bad_shape_is_refused_every_time() -> None:
+def test_the_same_bad_shape_is_refused_every_time(read: Reader) -> None:
     # A fast path that remembered a shape as good must never let a bad one through later.
     good, bad = node(), with_chip(0, temperature_c="hot")
     for _ in range(3):
-        parse_node_report(copy.deepcopy(good))
+        read(copy.deepcopy(good))
         with pytest.raises(SchemaError, match="temperature_c"):
-            parse_node_report(copy.deepcopy(bad))
+            read(copy.deepcopy(bad))
 
 
-def test_the_agents_own_output_parses_back_to_equal_objects() -> None:
-    r = parse_node_report(node())
-    assert parse_node_report(json.loads(json.dumps(r.to_dict()))) == r
+def test_the_agents_own_output_parses_back_to_equal_objects(read: Reader) -> None:
+    r = read(node())
+    assert read(json.loads(json.dumps(r.to_dict()))) == r
+
+
+# --- decode_node_report only ---------------------------------------------------------------------
+
+
+def test_a_valid_body_takes_the_typed_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def careful(doc: Any) -> NodeReport:
+        raise AssertionError("a valid body went the slow way")
+
+    expected = parse_node_report(node())
+    monkeypatch.setattr(node_decode, "parse_node_report", careful)
+    assert decode_node_report(json.dumps(node()).encode()) == expected
+
+
+def test_what_only_the_schema_allows_goes_the_careful_way() -> None:
+    # null for fields with a non-null default, a float in an int counter, no chips_expected at all:
+    # the annotations refuse these, the schema does not.
+    doc = with_chip(0, stale=None, problems=None, gpu={"xid_total": 2.0, "ecc_volatile_corrected": 1.0})
+    del doc["chips_expected"]
+    r = decode_node_report(json.dumps(doc).encode())
+    assert r.chips[0].stale is False and r.chips[0].problems == [] and r.chips_expected is None
+    assert r.chips[0].gpu is not None and r.chips[0].gpu.xid_total == 2.0
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"host": "x"', "at byte"),
+    (b"\xff\xfe\x00", "not UTF-8"),
+    (b'{"a": NaN}', "at byte 6"),
+    (b"", "at byte 0"),
+])
+def test_a_body_that_is_not_json(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidJson, match=message):
+        decode_node_report(body)
+
+
+def test_a_missing_or_foreign_schema_tag_is_refused_although_the_dataclass_has_a_default() -> None:
+    doc = node()
+    del doc["schema"]
+    with pytest.raises(SchemaError, match=r"^schema: unsupported version None"):
+        decode_node_report(json.dumps(doc).encode())
+    nested = node(host_metrics={"schema": "fleet.node/v1"})  # not at the top: still missing
+    del nested["schema"]
+    with pytest.raises(SchemaError, match=r"^schema: unsupported version None"):
+        decode_node_report(json.dumps(nested).encode())
