@@ -35,7 +35,7 @@ def decode_node_report(body: bytes) -> NodeReport:
     try:
         if _ENVELOPE.decode(body).schema == SCHEMA_VERSION:
             return _REPORT.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # RecursionError: nesting
         pass  # the careful path below says what is wrong, or accepts what the schema allows
     try:
         doc = orjson.loads(body)

@@ -199,6 +199,8 @@ def test_what_only_the_schema_allows_goes_the_careful_way() -> None:
     (b"\xff\xfe\x00", "not UTF-8"),
     (b'{"a": NaN}', "at byte 6"),
     (b"", "at byte 0"),
+    # nesting deeper than any decoder recurses: an error for this host, not a crash of the command
+    (b'{"schema": "fleet.node/v1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "depth limit"),
 ])
 def test_a_body_that_is_not_json(body: bytes, message: str) -> None:
     with pytest.raises(InvalidJson, match=message):
