@@ -485,6 +485,9 @@ def _decode(body: bytes) -> NodeReport:
         raise _Failed(kind, str(exc)) from None
     except (TypeError, ValueError) as exc:  # a type the schema parser did not expect
         raise _Failed(FetchKind.BAD_SCHEMA, f"invalid report: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - one peer's bytes must not end the whole fleet's view
+        raise _Failed(FetchKind.BAD_SCHEMA,
+                      f"cannot decode the report: {type(exc).__name__}: {exc}") from None
 
 
 # How long the decoder holds the event loop at a time once every request is out: responses still

@@ -339,3 +339,15 @@ def test_answers_received_before_the_deadline_are_decoded_after_it() -> None:
     results = asyncio.run(run_against(handlers, FanoutOptions(timeout_s=10, deadline_s=0.6, concurrency=1)))
     assert [results[f"ok{i}"].kind for i in range(3)] == [FetchKind.OK] * 3
     assert results["hung"].kind is FetchKind.DEADLINE and results["never"].kind is FetchKind.DEADLINE
+
+
+def test_a_decoder_failure_is_that_hosts_error_not_the_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fleetctl.fanout as fanout
+
+    def broken(body: bytes) -> None:
+        raise RecursionError("nested too deep")
+
+    monkeypatch.setattr(fanout, "decode_node_report", broken)
+    with pytest.raises(fanout._Failed) as err:
+        fanout._decode(b"{}")
+    assert err.value.kind is FetchKind.BAD_SCHEMA and "RecursionError: nested too deep" in err.value.detail
