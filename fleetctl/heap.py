@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import signal
+import threading
 from collections.abc import Iterator
 
 
@@ -36,13 +37,21 @@ def gc_paused() -> Iterator[None]:
 def release_frozen() -> None:
     """Hand what :func:`gc_paused` froze back to the collector, and collect (when idle).
 
-    Ctrl-C waits until the collection is over: raised inside an object's finalizer, where it
-    would land during a collection, Python prints it as "ignored" and carries on.
+    A Ctrl-C during the collection is held until it is over, then handed to the handler that
+    was in place: raised inside an object's finalizer, where a collection runs Python code,
+    Python would print it as "ignored" and carry on. (A handler that only records it, rather than
+    a blocked signal mask: a mask left set by an exception would make the process deaf to Ctrl-C.)
     """
-    held = {signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+        gc.unfreeze()
+        gc.collect()
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
     try:
         gc.unfreeze()
         gc.collect()
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)

@@ -198,7 +198,19 @@ class FleetReport:
         return self.to_json_bytes(indent=indent).decode()
 
 
-_ENCODER = msgspec.json.Encoder()
+_BUILTINS: tuple[type[Any], ...] = (str, bool, int, float, list, tuple, dict, set, frozenset)
+
+
+def _builtin(value: Any) -> Any:
+    """What msgspec cannot encode itself: subclasses of builtins (Ansible tags the strings it
+    reads from an inventory with a str subclass), given as their base type."""
+    for base in _BUILTINS:
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in a fleet report")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_builtin)
 
 SORT_KEYS = ("status", "name", "temp", "util", "age")
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -130,34 +131,68 @@ def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, c
     from fleetctl.heap import release_frozen
 
     code = 0
-    if as_json:  # one JSON document per line and round
-        try:
-            while True:
-                report = collect()
-                code = report.exit_code
-                _show(report, as_json=True, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
-                release_frozen()  # last round's cyclic garbage, while we wait anyway
-                time.sleep(every)
-        except KeyboardInterrupt:
+    with _CtrlC() as ctrl_c:
+        if as_json:  # one JSON document per line and round
+            try:
+                while not ctrl_c.pressed:
+                    report = collect()
+                    code = report.exit_code
+                    _show(report, as_json=True, chips=chips, unhealthy=unhealthy, group_by=group_by,
+                          sort=sort)
+                    release_frozen()  # last round's cyclic garbage, while we wait anyway
+                    ctrl_c.sleep(every)
+            except KeyboardInterrupt:
+                pass
             return code
-    from rich.console import Console, Group
-    from rich.live import Live
-    from rich.text import Text
+        from rich.console import Console, Group
+        from rich.live import Live
+        from rich.text import Text
 
-    from fleetctl.render import render_report
+        from fleetctl.render import render_report
 
-    console = Console()
-    try:
-        with Live(Text("asking the fleet..."), console=console, auto_refresh=False,
-                  redirect_stdout=False, redirect_stderr=False) as live:
-            while True:
-                report = collect()
-                code = report.exit_code
-                stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
-                live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy,
-                                                       group_by=group_by, sort=sort)), refresh=True)
-                release_frozen()
-                time.sleep(every)
-    except KeyboardInterrupt:
-        pass  # Live has restored the cursor; leave the last table on screen
+        console = Console()
+        try:
+            with Live(Text("asking the fleet..."), console=console, auto_refresh=False,
+                      redirect_stdout=False, redirect_stderr=False) as live:
+                while not ctrl_c.pressed:
+                    report = collect()
+                    code = report.exit_code
+                    stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop",
+                                 style="dim")
+                    live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy,
+                                                           group_by=group_by, sort=sort)), refresh=True)
+                    release_frozen()
+                    ctrl_c.sleep(every)
+        except KeyboardInterrupt:
+            pass  # Live has restored the cursor; leave the last table on screen
     return code
+
+
+class _CtrlC:
+    """SIGINT raises KeyboardInterrupt as usual, and is also remembered.
+
+    Python runs a signal handler between any two bytecodes, a finalizer's included, and there
+    the KeyboardInterrupt is printed as "ignored" and lost: the watch would go on for ever. The
+    flag ends it after the round in progress. (While a handler other than Python's default one is
+    installed, asyncio.run raises KeyboardInterrupt through the loop instead of cancelling its task:
+    either way the round's sockets are closed as its tasks are cancelled.)
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def sleep(self, seconds: float) -> None:
+        if not self.pressed:
+            time.sleep(seconds)  # a SIGINT here raises in this frame: never lost

@@ -4,7 +4,11 @@ cyclic garbage made inside collected once released (what health --watch does bet
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import weakref
+
+import pytest
 
 from fleetctl.heap import gc_paused, release_frozen
 
@@ -41,4 +45,25 @@ def test_a_disabled_collector_stays_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+        gc.unfreeze()
+
+
+class _CtrlCInFinalizer:
+    def __init__(self) -> None:
+        self.me = self  # freed only by the collection in release_frozen
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_during_the_collection_is_raised_after_it_not_lost() -> None:
+    with gc_paused():
+        _CtrlCInFinalizer()
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            release_frozen()
+        assert signal.getsignal(signal.SIGINT) is before
+        assert gc.get_freeze_count() == 0
+    finally:
         gc.unfreeze()

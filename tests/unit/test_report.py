@@ -198,3 +198,23 @@ def test_json_document_is_stable() -> None:
     assert gone["status"] == "unreachable"
     assert gone["reason"] == {"kind": "refused", "message": "connection refused"}
     assert gone["chips"] == [] and gone["max_temperature_c"] is None
+
+
+class _TaggedStr(str):
+    """Like the str subclass Ansible 2.19 hands out for every string read from an inventory."""
+
+
+class _TaggedInt(int):
+    pass
+
+
+def test_inventory_strings_of_a_str_subclass_encode_as_plain_json() -> None:
+    r = host_row_from_node(_TaggedStr("gpu-01"), _TaggedStr("10.0.0.1"), _TaggedInt(19001),
+                           (_TaggedStr("gpu_nodes"),), node(), NOW)
+    report = FleetReport(generated_at=NOW, source="agents", hosts=[r], inventory=_TaggedStr("inv.yml"))
+    doc = json.loads(report.to_json())
+    assert doc["inventory"] == "inv.yml"
+    host = doc["hosts"][0]
+    assert (host["name"], host["address"], host["port"], host["groups"]) == ("gpu-01", "10.0.0.1", 19001,
+                                                                             ["gpu_nodes"])
+    assert json.loads(report.to_json(indent=True)) == doc

@@ -1,0 +1,61 @@
+"""``fleetctl health --watch`` ends on Ctrl-C even when Python loses the KeyboardInterrupt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from fleetctl.commands.health import _watch
+from fleetctl.report import FleetReport
+
+
+class _CtrlCInFinalizer:
+    """Freed at once: Ctrl-C arrives while its finalizer runs, where Python prints the
+    KeyboardInterrupt as "ignored" and drops it."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+# The "ignored" exception is the point of the test, not a fault in it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_ctrl_c_lost_in_a_finalizer_still_ends_the_watch(as_json: bool,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rounds = 0
+
+    def collect() -> FleetReport:
+        nonlocal rounds
+        rounds += 1
+        if rounds > 3:
+            raise AssertionError("the watch went on after Ctrl-C")
+        _CtrlCInFinalizer()
+        return FleetReport(generated_at=time.time(), source="agents", hosts=[])
+
+    before = signal.getsignal(signal.SIGINT)
+    code = _watch(collect, 0.01, as_json=as_json, chips=False, unhealthy=False, group_by=None, sort="status")
+    assert rounds == 1 and code == 0
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+    if as_json:
+        assert capsys.readouterr().out.count('"schema"') == 1  # the round drawn before it stopped
+
+
+def test_ctrl_c_while_waiting_ends_the_watch_at_once() -> None:
+    rounds = 0
+
+    def collect() -> FleetReport:
+        nonlocal rounds
+        rounds += 1
+        signal.setitimer(signal.ITIMER_REAL, 0.05)  # SIGALRM, turned into Ctrl-C below
+        return FleetReport(generated_at=time.time(), source="agents", hosts=[])
+
+    previous = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        started = time.monotonic()
+        _watch(collect, 30.0, as_json=True, chips=False, unhealthy=False, group_by=None, sort="status")
+        assert rounds == 1 and time.monotonic() - started < 10
+    finally:
+        signal.signal(signal.SIGALRM, previous)
