@@ -37,8 +37,8 @@ def gc_paused() -> Iterator[None]:
 def release_frozen() -> None:
     """Hand what :func:`gc_paused` froze back to the collector, and collect (when idle).
 
-    A Ctrl-C during the collection is held until it is over, then handed to the handler that
-    was in place: raised inside an object's finalizer, where a collection runs Python code,
+    A Ctrl-C during the collection is held until it is over, then raised again for the handler
+    that was in place: raised inside an object's finalizer, where a collection runs Python code,
     Python would print it as "ignored" and carry on. (A handler that only records it, rather than
     a blocked signal mask: a mask left set by an exception would make the process deaf to Ctrl-C.)
     """
@@ -53,5 +53,5 @@ def release_frozen() -> None:
         gc.collect()
     finally:
         signal.signal(signal.SIGINT, previous)
-    if held and callable(previous):
-        previous(signal.SIGINT, None)
+    if held:
+        signal.raise_signal(signal.SIGINT)  # now, to the handler (or default action) in place again
