@@ -183,11 +183,14 @@ class _CtrlC:
         self._previous: Any = None
 
     def __enter__(self) -> _CtrlC:
-        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        self._previous = signal.getsignal(signal.SIGINT)
+        if self._previous is not signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, a job): keep it so
+            signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         self.pressed = True
