@@ -232,6 +232,8 @@ def test_watch_redraws_and_ctrl_c_leaves_the_terminal_clean(inventory: Path, tmp
     pid, fd = pty.fork()
     if pid == 0:  # child: fleetctl on a real terminal
         os.environ.update(FLEETCTL_CACHE_DIR=str(tmp_path), COLUMNS="160", LINES="60", TERM="xterm")
+        # as from an interactive shell: a test run started in the background inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(FLEETCTL, [FLEETCTL, "health", "-i", str(inventory), "all:!hostile", "--watch", "0.5"])
     output = b""
     deadline = time.monotonic() + 60

@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from fleetctl.commands.health import _watch
 from fleetctl.report import FleetReport
+
+
+@pytest.fixture(autouse=True)
+def _python_handles_ctrl_c() -> Iterator[None]:
+    """As in a terminal: a test run started in the background inherits SIGINT ignored, and the
+    watch (rightly) leaves an ignored SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 class _CtrlCInFinalizer:
@@ -59,3 +69,19 @@ def test_ctrl_c_while_waiting_ends_the_watch_at_once() -> None:
         assert rounds == 1 and time.monotonic() - started < 10
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_watch_started_with_ctrl_c_ignored_leaves_it_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rounds = 0
+
+    def collect() -> FleetReport:
+        nonlocal rounds
+        rounds += 1
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        if rounds == 2:
+            raise KeyboardInterrupt  # ends the test's watch the way Ctrl-C would
+        return FleetReport(generated_at=time.time(), source="agents", hosts=[])
+
+    _watch(collect, 0.01, as_json=True, chips=False, unhealthy=False, group_by=None, sort="status")
+    assert rounds == 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
