@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -131,41 +132,42 @@ def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, c
     from fleetctl.heap import release_frozen
 
     code = 0
-    with _CtrlC() as ctrl_c:
-        if as_json:  # one JSON document per line and round
-            try:
-                while not ctrl_c.pressed:
-                    report = collect()
-                    code = report.exit_code
-                    _show(report, as_json=True, chips=chips, unhealthy=unhealthy, group_by=group_by,
-                          sort=sort)
-                    release_frozen()  # last round's cyclic garbage, while we wait anyway
-                    ctrl_c.sleep(every)
-            except KeyboardInterrupt:
-                pass
-            return code
-        from rich.console import Console, Group
-        from rich.live import Live
-        from rich.text import Text
-
-        from fleetctl.render import render_report
-
-        console = Console()
+    with _CtrlC() as ctrl_c, contextlib.ExitStack() as stack:
+        draw = _watch_drawer(stack, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by,
+                             sort=sort, every=every)
         try:
-            with Live(Text("asking the fleet..."), console=console, auto_refresh=False,
-                      redirect_stdout=False, redirect_stderr=False) as live:
-                while not ctrl_c.pressed:
-                    report = collect()
-                    code = report.exit_code
-                    stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop",
-                                 style="dim")
-                    live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy,
-                                                           group_by=group_by, sort=sort)), refresh=True)
-                    release_frozen()
-                    ctrl_c.sleep(every)
+            while not ctrl_c.pressed:
+                report = collect()
+                code = report.exit_code
+                draw(report)
+                release_frozen()  # last round's cyclic garbage, while we wait anyway
+                ctrl_c.sleep(every)
         except KeyboardInterrupt:
-            pass  # Live has restored the cursor; leave the last table on screen
+            pass  # Live restores the cursor on its way out; the last table stays on screen
     return code
+
+
+def _watch_drawer(stack: contextlib.ExitStack, *, as_json: bool, chips: bool, unhealthy: bool,
+                  group_by: str | None, sort: str, every: float) -> Callable[[FleetReport], None]:
+    """How one round is shown: a JSON document per line, or a table redrawn in place."""
+    if as_json:
+        return lambda report: _show(report, as_json=True, chips=chips, unhealthy=unhealthy,
+                                    group_by=group_by, sort=sort)
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from fleetctl.render import render_report
+
+    live = stack.enter_context(Live(Text("asking the fleet..."), console=Console(), auto_refresh=False,
+                                    redirect_stdout=False, redirect_stderr=False))
+
+    def draw(report: FleetReport) -> None:
+        stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
+        live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by,
+                                               sort=sort)), refresh=True)
+
+    return draw
 
 
 class _CtrlC:
