@@ -41,6 +41,10 @@ def _parent(mode: str, grace: float, *argv: str) -> tuple[subprocess.Popen[str],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None and parent.stdin is not None
     marked = psutil.Process(int(parent.stdout.readline()))
+    # /proc/PID/environ reads empty until the child's exec has finished: give it that moment
+    deadline = time.monotonic() + 5
+    while not marked.environ() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert MARK in marked.environ()  # looked at while the parent still lives
     parent.stdin.write("go\n")
     parent.stdin.flush()
