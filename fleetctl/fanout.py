@@ -40,7 +40,7 @@ class FetchKind(enum.StrEnum):
 
     OK = "ok"
     REFUSED = "refused"  # nothing listens on the port
-    CONNECT_ERROR = "connect_error"  # no route, DNS failure, reset during connect
+    CONNECT_ERROR = "connect_error"  # no route, DNS failure, reset before any answer
     TIMEOUT = "timeout"  # connected (or not) but no byte of a response within the timeout: hung
     SLOW = "slow"  # a response started but did not finish within the timeout (slow drip)
     DEADLINE = "deadline"  # still waiting (or never started) when the overall deadline passed
@@ -464,6 +464,11 @@ class _ResponseReader(asyncio.Protocol):
             return
         if self.status and self.length is None and exc is None:
             self._finish(bytes(self.buf))  # no Content-Length: the body ended with the connection
+        elif exc is not None and not self.received:
+            # Reset before a byte of an answer: an agent shedding load, or one that died holding
+            # the connection. Nothing garbled arrived; like a failed connect, no agent answered.
+            self._finish(failure=_Failed(FetchKind.CONNECT_ERROR, f"connection lost before any answer: "
+                                                                  f"{getattr(exc, 'strerror', None) or exc}"))
         elif exc is not None:
             self._finish(failure=_Failed(FetchKind.GARBAGE, f"connection failed mid-response: "
                                                             f"{getattr(exc, 'strerror', None) or exc}"))

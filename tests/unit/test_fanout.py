@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 
@@ -96,6 +97,22 @@ async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     writer.close()
 
 
+async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # An agent shedding load: it reads the request, then aborts (linger 0: an RST, not a FIN).
+    await read_request(reader)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def resetting_mid_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(http(node_json())[:40])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
 def auth_required(token: str) -> Handler:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await read_request(reader)
@@ -169,6 +186,8 @@ def test_ok_report_is_parsed() -> None:
         (hung, FetchKind.TIMEOUT, "no response within 0.5s"),
         (dripping, FetchKind.SLOW, "response incomplete after 0.5s"),
         (closing, FetchKind.GARBAGE, "closed"),
+        (resetting, FetchKind.CONNECT_ERROR, "connection lost before any answer: Connection reset by peer"),
+        (resetting_mid_answer, FetchKind.GARBAGE, "connection failed mid-response: Connection reset by peer"),
         (replying(b"SSH-2.0-OpenSSH_9.2\r\n"), FetchKind.GARBAGE, "not an HTTP response"),
         (replying(http(b"<html>oops</html>", ctype="text/html")), FetchKind.INVALID_JSON, "invalid JSON"),
         (replying(http(b"\xff\xfe\x00")), FetchKind.INVALID_JSON, "invalid JSON: invalid character"),
