@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import enum
 import errno
 import functools
@@ -22,6 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fleet_agent.schema import NodeReport, SchemaError
 
@@ -145,16 +147,17 @@ def raise_fd_limit(wanted: int) -> int:
 
 # Request bytes are built by hand (h11's header validation costs more per host than the whole
 # response parse); only strings that cannot break the request line or a header go this way.
-_SAFE_ENDPOINT = re.compile(r"^[A-Za-z0-9._:\[\]-]+$")
-_SAFE_TOKEN = re.compile(r"^[!-~]+$")  # visible ASCII: no spaces, CR or LF
-_SAFE_PATH = re.compile(r"^/[!-~]*$")
+# (fullmatch, never `$`: `$` also matches before a final newline.)
+_SAFE_ENDPOINT = re.compile(r"[A-Za-z0-9._:\[\]-]+")
+_SAFE_TOKEN = re.compile(r"[!-~]+")  # visible ASCII: no spaces, CR or LF
+_SAFE_PATH = re.compile(r"/[!-~]*")
 _USER_AGENT = f"fleetctl/{__version__}"
 
 
 def _request_bytes(host: Host, token: str | None, path: str) -> bytes:
     endpoint = host.agent_endpoint
-    if not (_SAFE_ENDPOINT.match(endpoint) and _SAFE_PATH.match(path)
-            and (token is None or _SAFE_TOKEN.match(token))):
+    if not (_SAFE_ENDPOINT.fullmatch(endpoint) and _SAFE_PATH.fullmatch(path)
+            and (not token or _SAFE_TOKEN.fullmatch(token))):
         raise _Failed(FetchKind.CONNECT_ERROR, "cannot build the request: the address or "
                                                "fleet_agent_token holds characters HTTP does not allow")
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
@@ -182,12 +185,13 @@ async def _fetch_body(host: Host, token: str | None, timeout_s: float, path: str
     started = loop.time()
     proto: _ResponseReader | None = None
     raw: _RawSocket | None = None
+    resolving = False
     try:
         request = _request_bytes(host, token, path)
         # One timer for connect + request + whole response (not one wait_for per step).
         async with asyncio.timeout(timeout_s):
             done: asyncio.Future[bytes] = loop.create_future()
-            reader = proto = _ResponseReader(request, done, token is not None)
+            reader = proto = _ResponseReader(request, done, bool(token))
             family = _ip_family(host.address)
             if family is not None:  # the common case: a literal address, no resolver needed
                 try:
@@ -196,17 +200,19 @@ async def _fetch_body(host: Host, token: str | None, timeout_s: float, path: str
                     raise _connect_failure(host, exc) from None
                 raw.start()
             else:
-                try:
-                    await loop.create_connection(lambda: reader, host.address, host.agent_port)
-                except OSError as exc:
-                    raise _connect_failure(host, exc) from None
+                resolving = True
+                addresses = await _resolve(loop, host)
+                resolving = False
+                await _connect_any(loop, reader, host, addresses)
             body = await done
         return _Answer(body, loop.time() - started)
     except _Failed as exc:
         return FetchResult(host, exc.kind, None, exc.detail, loop.time() - started)
     except TimeoutError:
         received = proto.received if proto is not None else 0
-        if received:
+        if resolving:
+            kind, detail = FetchKind.TIMEOUT, f"name lookup of {host.address} unfinished after {timeout_s:g}s"
+        elif received:
             kind, detail = FetchKind.SLOW, f"response incomplete after {timeout_s:g}s ({received} bytes)"
         else:
             kind, detail = FetchKind.TIMEOUT, f"no response within {timeout_s:g}s"
@@ -223,6 +229,53 @@ def _decoded(host: Host, answer: _Answer) -> FetchResult:
         return FetchResult(host, FetchKind.OK, _decode(answer.body), "", answer.elapsed_s)
     except _Failed as exc:
         return FetchResult(host, exc.kind, None, exc.detail, answer.elapsed_s)
+
+
+@functools.cache
+def _resolver() -> concurrent.futures.Executor:
+    # Lookups run in daemon threads: a hung resolver must not hold the command past its deadline
+    # (asyncio's default pool is joined when the loop closes, and again at interpreter exit).
+    from fleet_agent.sampler import DaemonThreadPool  # imported only when a host is named, not addressed
+
+    pool: concurrent.futures.Executor = DaemonThreadPool(_RESOLVER_THREADS, "resolver")
+    return pool
+
+
+_RESOLVER_THREADS = 32
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: Host) -> list[tuple[int, tuple[Any, ...]]]:
+    """(family, socket address) for each address ``host.address`` names, in the resolver's order."""
+    lookup = functools.partial(socket.getaddrinfo, host.address, host.agent_port, type=socket.SOCK_STREAM)
+    try:
+        infos = await loop.run_in_executor(_resolver(), lookup)
+    except (OSError, UnicodeError) as exc:  # gaierror; a name IDNA cannot encode
+        raise _Failed(FetchKind.CONNECT_ERROR, f"cannot resolve {host.address}: "
+                                               f"{getattr(exc, 'strerror', None) or exc}") from None
+    return [(family, sockaddr) for family, _type, _proto, _name, sockaddr in infos]
+
+
+async def _connect_any(loop: asyncio.AbstractEventLoop, reader: _ResponseReader, host: Host,
+                       addresses: Sequence[tuple[int, tuple[Any, ...]]]) -> None:
+    """Connect ``reader`` to the first address that accepts; refused only when every one refuses."""
+    errors: list[OSError] = []
+    for family, sockaddr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, sockaddr)
+            await loop.create_connection(lambda: reader, sock=sock)
+            return
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+        except BaseException:  # the timeout or the deadline struck
+            sock.close()
+            raise
+    if not errors:
+        raise _Failed(FetchKind.CONNECT_ERROR, f"cannot resolve {host.address}: no address")
+    other = [e for e in errors if not isinstance(e, ConnectionRefusedError)]
+    raise _connect_failure(host, other[0] if other else errors[0])
 
 
 def _connect_failure(host: Host, exc: OSError) -> _Failed:
@@ -403,6 +456,9 @@ class _ResponseReader(asyncio.Protocol):
                 raise _Failed(FetchKind.TOO_LARGE, f"response larger than {MAX_BODY_BYTES} bytes")
         except _Failed as exc:
             self._finish(failure=exc)
+        except Exception as exc:  # noqa: BLE001 - a parser bug: this host's error, not a logged traceback
+            self._finish(failure=_Failed(FetchKind.GARBAGE, f"cannot parse the response: "
+                                                            f"{type(exc).__name__}: {exc}"))
 
     def _parse_head(self) -> None:
         buf = self.buf
@@ -417,6 +473,8 @@ class _ResponseReader(asyncio.Protocol):
                 if first >= 0 and not _STATUS_LINE.fullmatch(buf, 0, first):
                     raise _Failed(FetchKind.GARBAGE, "not an HTTP response: malformed status line")
                 return
+            if end > _MAX_HEAD_BYTES:  # the same verdict however TCP split the bytes
+                raise _Failed(FetchKind.GARBAGE, "not an HTTP response: header block too large")
             lines = bytes(buf[:end]).split(b"\r\n")
             del buf[:end + 4]
             status_line = _STATUS_LINE.fullmatch(lines[0])
@@ -432,7 +490,9 @@ class _ResponseReader(asyncio.Protocol):
                 name = header.group(1).lower()
                 if name == b"content-length":
                     value = header.group(2)
-                    if not value.isdigit() or (length is not None and length != int(value)):
+                    # (at most 18 digits: int() of a huge one raises, and no answer is that long)
+                    if (not value.isdigit() or len(value) > 18
+                            or (length is not None and length != int(value))):
                         raise _Failed(FetchKind.GARBAGE, "not an HTTP response: bad Content-Length")
                     length = int(value)
                 elif name == b"transfer-encoding":
