@@ -482,7 +482,7 @@ class _ResponseReader(asyncio.Protocol):
                 raise _Failed(FetchKind.GARBAGE, "not an HTTP response: malformed status line")
             status = int(status_line.group(1))
             length: int | None = None
-            chunked = False
+            encoded = False
             for line in lines[1:]:
                 header = _HEADER_LINE.fullmatch(line)
                 if header is None:
@@ -496,7 +496,7 @@ class _ResponseReader(asyncio.Protocol):
                         raise _Failed(FetchKind.GARBAGE, "not an HTTP response: bad Content-Length")
                     length = int(value)
                 elif name == b"transfer-encoding":
-                    chunked = True
+                    encoded = True
             if status < 200:
                 continue  # an informational response (100 Continue): the real one follows
             reason = (status_line.group(2) or b"").decode("latin-1")
@@ -506,8 +506,8 @@ class _ResponseReader(asyncio.Protocol):
                                  "(inventory var fleet_agent_token)"))
             if status != 200:
                 raise _Failed(FetchKind.HTTP_ERROR, f"HTTP {status} {reason}".strip())
-            if chunked:  # agents answer with Content-Length; a chunked body is not one of theirs
-                raise _Failed(FetchKind.GARBAGE, "not an HTTP response from an agent: chunked body")
+            if encoded:  # agents frame with Content-Length; a body under any Transfer-Encoding is not theirs
+                raise _Failed(FetchKind.GARBAGE, "not an HTTP response from an agent: Transfer-Encoding body")
             if length is not None and length > MAX_BODY_BYTES:
                 raise _Failed(FetchKind.TOO_LARGE, f"response larger than {MAX_BODY_BYTES} bytes")
             self.status, self.length = status, length

@@ -199,6 +199,8 @@ def test_ok_report_is_parsed() -> None:
         (replying(http(b'{"schema": "fleet.node/v1", "host": "x"}')), FetchKind.BAD_SCHEMA, "missing"),
         (replying(http(b"[1, 2]")), FetchKind.BAD_SCHEMA, "expected a JSON object"),
         (replying(http(b"boom", "500 Internal Server Error")), FetchKind.HTTP_ERROR, "HTTP 500"),
+        (replying(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+         FetchKind.GARBAGE, "Transfer-Encoding body"),
         (auth_required("s3cret"), FetchKind.UNAUTHORIZED, "a bearer token is required"),
     ],
 )
