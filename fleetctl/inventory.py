@@ -48,7 +48,7 @@ ENV_CACHE_DIR = "FLEETCTL_CACHE_DIR"
 # Bump when the cached document's layout changes (2: connection/scheduler vars are rendered;
 # 3: facts from Ansible's fact cache are no longer mixed into host vars; 4: expected chips come
 # from fleet_agent_expected_chips, the fleet_agent role's variable).
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5  # 5: ansible_host's [brackets] around IPv6 stripped
 
 PORT_VAR = "fleet_agent_port"
 TOKEN_VAR = "fleet_agent_token"  # noqa: S105 - a variable name, not a secret
@@ -544,7 +544,9 @@ def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) 
     if "fleet_expected_chips" in raw:
         # Renamed to the fleet_agent role's own variable; silently ignoring it would drop the check.
         raise InventoryError(f"{label}: host {name}: fleet_expected_chips was renamed {EXPECTED_CHIPS_VAR}")
-    address = templated("ansible_host") or name
+    address = str(templated("ansible_host") or name)
+    if address.startswith("[") and address.endswith("]"):  # an IPv6 address written as in a URL
+        address = address[1:-1]
     port = _int_var(templated(PORT_VAR), f"{label}: host {name}: {PORT_VAR}", DEFAULT_PORT, 1, 65535)
     chips = _int_var(templated(EXPECTED_CHIPS_VAR), f"{label}: host {name}: {EXPECTED_CHIPS_VAR}",
                      None, 0, 1024)
@@ -564,7 +566,7 @@ def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) 
                   for k, v in raw.items() if k not in _MAGIC_VARS and k != TOKEN_VAR}
     return {
         "name": name,
-        "address": str(address),
+        "address": address,
         "groups": [g.name for g in host.get_groups() if g.name not in ("all", "ungrouped")],
         "vars": plain_vars,
         "port": port,

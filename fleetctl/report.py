@@ -318,13 +318,13 @@ def host_row_from_node(name: str, address: str, port: int, groups: tuple[str, ..
             and not any(p.check == "chip_count" for p in problems)):
         problems.append(ProblemRow("chip_count", "critical",
                                    f"{len(chips)} of {expected} chips present (inventory)", "reboot"))
-        status = _worse(status, HostState.UNHEALTHY)
+        status = worse(status, HostState.UNHEALTHY)
     age = max(0.0, now - node.sampled_at)
     if age > max(STALE_INTERVALS * node.interval_s, STALE_MIN_S):
         problems.append(ProblemRow("sample_age", "warning",
                                    f"latest sample is {age:.0f}s old (interval {node.interval_s:g}s)",
                                    "restart_agent"))
-        status = _worse(status, HostState.UNKNOWN)
+        status = worse(status, HostState.UNKNOWN)
     return HostRow(
         name=name, address=address, port=port, groups=groups, status=status,
         agent_version=node.agent_version, sampled_at=node.sampled_at, age_s=age, drained=node.drained,
@@ -343,5 +343,5 @@ def host_row_failed(name: str, address: str, port: int, groups: tuple[str, ...],
     )
 
 
-def _worse(a: HostState, b: HostState) -> HostState:
+def worse(a: HostState, b: HostState) -> HostState:
     return a if a.rank >= b.rank else b

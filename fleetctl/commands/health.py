@@ -94,7 +94,7 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
         client = HttpPrometheus(url, timeout_s=timeout)
 
         def from_prometheus() -> FleetReport:
-            return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern)
+            return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern, deadline_s=deadline)
 
         return from_prometheus
 

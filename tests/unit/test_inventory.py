@@ -308,3 +308,13 @@ def test_no_inventory_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         pytest.fail("this test needs a machine without /etc/ansible/ansible.cfg")
     with pytest.raises(InventoryError, match="no inventory"):
         resolve_sources(None)
+
+
+def test_an_ipv6_ansible_host_in_brackets_is_the_bare_address(tmp_path: Path, cache: Path) -> None:
+    source = tmp_path / "v6.yml"
+    source.write_text("all:\n  hosts:\n"
+                      "    a: {ansible_host: '[2001:db8::2]'}\n    b: {ansible_host: '2001:db8::3'}\n")
+    for inv in (load_inventory(str(source), cache_dir=cache), load_inventory(str(source), cache_dir=cache)):
+        assert inv.hosts["a"].address == "2001:db8::2"
+        assert [inv.hosts[n].agent_endpoint for n in "ab"] == [f"[2001:db8::2]:{DEFAULT_PORT}",
+                                                               f"[2001:db8::3]:{DEFAULT_PORT}"]

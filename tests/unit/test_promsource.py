@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,7 +23,7 @@ from fleetctl.promsource import (
     parse_vector,
     prometheus_report,
 )
-from fleetctl.report import HostState
+from fleetctl.report import HostRow, HostState
 
 NOW = 1_800_000_000.0
 
@@ -130,3 +137,213 @@ def test_file_sd_targets() -> None:
         {"targets": ["127.0.0.1:19001"], "labels": {"host": "a", "group": "gpu_nodes"}},
         {"targets": ["127.0.0.1:19002"], "labels": {"host": "b", "group": "ungrouped"}},
     ]
+
+
+# --- hostile or odd answers --------------------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+class SeriesPrometheus:
+    """Answers from a dict: query -> series; absent queries answer an empty vector."""
+
+    def __init__(self, series: dict[str, list[Sample]]) -> None:
+        self.series = series
+
+    def query(self, promql: str) -> list[Sample]:
+        return self.series.get(promql, [])
+
+
+def healthy_series(name: str = "a", /, **override: Any) -> dict[str, list[Sample]]:
+    series: dict[str, list[Sample]] = {
+        "up": [({"host": name, "job": "fleet-agent", "instance": "127.0.0.1:1"}, 1.0)],
+        "fleet_node_status == 1": [({"host": name, "status": "healthy"}, 1.0)],
+        "fleet_chip_status == 1": [(chip_labels(name, 0, status="healthy"), 1.0),
+                                   (chip_labels(name, 1, status="healthy"), 1.0)],
+        "fleet_sample_timestamp_seconds": [({"host": name}, NOW - 2)],
+        "fleet_agent_info": [({"host": name, "version": "0.1.0", "job": "fleet-agent"}, 1.0)],
+    }
+    return series | override
+
+
+def one_row(series: dict[str, list[Sample]], name: str = "a") -> HostRow:
+    return prometheus_report([host(name, 1)], SeriesPrometheus(series), now=NOW).hosts[0]
+
+
+def test_nan_and_infinite_samples_are_absent_not_made_up() -> None:
+    row = one_row(healthy_series(
+        fleet_node_chips_expected=[({"host": "a"}, NAN)],  # int(nan) used to raise
+        fleet_chip_memory_used_bytes=[(chip_labels("a", 0), INF)],  # int(inf) used to raise
+        fleet_chip_temperature_celsius=[(chip_labels("a", 0), NAN), (chip_labels("a", 1), 50.0)],
+    ))
+    assert row.status is HostState.HEALTHY and row.memory_used_bytes is None and row.max_temperature_c == 50.0
+    # A NaN sample time is no sample time (it used to read as age 0: fresh); a NaN `up` is not up.
+    stale = one_row(healthy_series(fleet_sample_timestamp_seconds=[({"host": "a"}, NAN)]))
+    assert stale.status is HostState.UNKNOWN and stale.age_s is None
+    assert one_row(healthy_series(up=[({"host": "a"}, NAN)])).reason_kind == "not_scraped"
+
+
+def test_without_a_sample_time_or_version_nothing_is_made_up() -> None:
+    series = healthy_series()
+    del series["fleet_sample_timestamp_seconds"], series["fleet_agent_info"]
+    row = one_row(series)
+    assert row.status is HostState.UNKNOWN  # how old the data is cannot be told
+    assert (row.age_s, row.sampled_at, row.agent_version) == (None, None, None)
+    assert [p.check for p in row.problems] == ["sample_age"] and "unknown" in row.problems[0].message
+
+
+def test_a_host_scraped_twice_takes_the_worst_series_and_lists_each_problem_once() -> None:
+    failing = [(chip_labels("a", 1, check="xid", severity="critical", job=j), 1.0) for j in ("j1", "j2")]
+    row = one_row(healthy_series(**{
+        "fleet_node_status == 1": [({"host": "a", "status": "unhealthy", "job": "j1"}, 1.0),
+                                   ({"host": "a", "status": "healthy", "job": "j2"}, 1.0)],
+        "fleet_chip_status == 1": [(chip_labels("a", 0, status="healthy"), 1.0),
+                                   (chip_labels("a", 1, status="healthy", job="j2"), 1.0),
+                                   (chip_labels("a", 1, status="unhealthy", job="j1"), 1.0)],
+        "fleet_health_check_failing == 1": failing,
+    }))
+    assert row.status is HostState.UNHEALTHY and row.chips_ok == 1
+    assert [(p.check, p.chip) for p in row.problems] == [("xid", 1)]
+
+
+def test_only_the_agents_own_up_counts() -> None:
+    # node_exporter scrapes the same host label and is up; the agent's own target is down.
+    fleet = healthy_series("b")
+    fleet["up"] = [({"host": "a", "job": "fleet-agent"}, 0.0), ({"host": "a", "job": "node"}, 1.0),
+                   *fleet["up"]]
+    rows = prometheus_report([host("a", 1), host("b", 1)], SeriesPrometheus(fleet), now=NOW).hosts
+    assert {r.name: r.reason_kind for r in rows} == {"a": "scrape_failed", "b": None}
+    # Recognised by the target's address too (as `prometheus targets` writes it), with no agent up.
+    alone = {"up": [({"host": "a", "job": "x", "instance": "127.0.0.1:1"}, 0.0),
+                    ({"host": "a", "job": "node", "instance": "127.0.0.1:9100"}, 1.0)]}
+    assert one_row(alone).reason_kind == "scrape_failed"
+
+
+def test_a_check_of_a_severity_fleetctl_does_not_know_is_shown_not_dropped() -> None:
+    row = one_row(healthy_series(**{"fleet_health_check_failing == 1": [
+        ({"host": "a", "chip": "node", "check": "future_check", "severity": "fatal"}, 1.0)]}))
+    assert [(p.check, p.severity) for p in row.problems] == [("future_check", "warning")]
+    assert "fatal" in row.problems[0].message
+
+
+# --- the HTTP client against a real local server -------------------------------------------------------
+
+Responder = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Responder], str]]:
+    servers: list[socketserver.ThreadingTCPServer] = []
+
+    def start(responder: Responder) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                responder(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def reply(handler: http.server.BaseHTTPRequestHandler, doc: object, code: int = 200) -> None:
+    body = json.dumps(doc).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+EMPTY = {"status": "success", "data": {"resultType": "vector", "result": []}}
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(
+        serve: Callable[[Responder], str]) -> None:
+    seen: list[str | None] = []
+
+    def needs_auth(h: http.server.BaseHTTPRequestHandler) -> None:
+        seen.append(h.headers.get("Authorization"))
+        if h.headers.get("Authorization") == "Basic " + base64.b64encode(b"admin:s3 cret").decode():
+            reply(h, EMPTY)
+        else:
+            reply(h, {"status": "error", "error": "unauthorized"}, 401)
+
+    base = serve(needs_auth)
+    assert HttpPrometheus(base.replace("//", "//admin:s3%20cret@"), timeout_s=2).query("up") == []
+    with pytest.raises(PrometheusError) as err:
+        HttpPrometheus(base.replace("//", "//admin:wrong@"), timeout_s=2).query("up")
+    assert "HTTP 401" in str(err.value) and "wrong" not in str(err.value) and "admin" not in str(err.value)
+    with pytest.raises(PrometheusError) as err:
+        HttpPrometheus("http://admin:s3cret@127.0.0.1:1", timeout_s=1).query("up")
+    assert "cannot query" in str(err.value) and "s3cret" not in str(err.value)
+    with pytest.raises(PrometheusError) as err:
+        HttpPrometheus("ftp://admin:s3cret@127.0.0.1:1")
+    assert "s3cret" not in str(err.value)
+
+
+def broken(kind: str) -> Responder:
+    def respond(h: http.server.BaseHTTPRequestHandler) -> None:
+        if kind == "not http":
+            h.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        elif kind == "cut short":
+            h.send_response(200)
+            h.send_header("Content-Length", "1000")
+            h.end_headers()
+            h.wfile.write(b'{"status": "succ')
+        elif kind == "data is a list":
+            reply(h, {"status": "success", "data": ["x"]})
+        elif kind == "result is null":
+            reply(h, {"status": "success", "data": {"resultType": "vector", "result": None}})
+        elif kind == "bad query":
+            reply(h, {"status": "error", "errorType": "bad_data", "error": "parse error at char 3"}, 400)
+        h.close_connection = True
+
+    return respond
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("not http", "broken HTTP answer"),
+    ("cut short", "broken HTTP answer"),
+    ("data is a list", "expected a vector, got 'list'"),
+    ("result is null", "expected a list of series, got NoneType"),
+    ("bad query", "HTTP 400 Bad Request: parse error at char 3"),
+])
+def test_a_broken_answer_is_a_one_line_error_naming_the_server(serve: Callable[[Responder], str], kind: str,
+                                                                message: str) -> None:
+    base = serve(broken(kind))
+    with pytest.raises(PrometheusError) as err:
+        HttpPrometheus(base, timeout_s=2).query("up")
+    assert str(err.value).startswith(base) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_port_that_is_not_a_number_is_a_bad_url() -> None:
+    with pytest.raises(PrometheusError, match="expected http"):
+        HttpPrometheus("http://127.0.0.1:abc")
+
+
+def test_the_deadline_bounds_a_server_that_trickles_its_answers(serve: Callable[[Responder], str]) -> None:
+    def trickle(h: http.server.BaseHTTPRequestHandler) -> None:
+        body = json.dumps(EMPTY).encode()
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        for byte in body:  # each read well within the timeout; the whole answer takes ~6 s
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+            time.sleep(0.1)
+
+    client = HttpPrometheus(serve(trickle), timeout_s=1)
+    started = time.monotonic()
+    with pytest.raises(PrometheusError, match="no complete answer within the 1s deadline"):
+        prometheus_report([host("a", 1)], client, deadline_s=1.0)
+    assert time.monotonic() - started < 3.0
