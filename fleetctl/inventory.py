@@ -244,7 +244,10 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
     if cache_file is not None:
         doc = _read_cache(cache_file, fingerprint)
         if doc is not None:
-            return _from_doc(sources, doc, from_cache=True)
+            try:
+                return _from_doc(sources, doc, from_cache=True)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass  # a damaged entry with the right key: parse again (and overwrite it)
     with gc_paused():
         doc = _parse_with_ansible(sources, (cache_dir or cache_dir_default()) if use_cache else None)
     if cache_file is not None:
@@ -300,7 +303,14 @@ def _source_files(source: str) -> Iterator[str]:
             continue
         yield root
         if os.path.isdir(root):
-            for dirpath, dirnames, filenames in os.walk(root):
+            seen: set[tuple[int, int]] = set()
+            # followlinks: Ansible reads group_vars through symlinked directories, so their files count
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                st = os.stat(dirpath)
+                if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+                    dirnames[:] = []
+                    continue
+                seen.add((st.st_dev, st.st_ino))
                 dirnames.sort()
                 for name in sorted(dirnames):
                     yield os.path.join(dirpath, name)
@@ -314,11 +324,14 @@ def _fingerprint(sources: Sequence[str]) -> str:
     for path in [*([cfg] if cfg else []), *(f for s in sources for f in _source_files(s))]:
         try:
             st = os.stat(path)
-            h.update(f"{path}\0{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}\n".encode())
+            # ctime and inode too: an edit within the mtime's granularity, or a file (or symlink
+            # target) swapped for one with a preserved mtime, must still change the key.
+            h.update(f"{path}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}\0{st.st_size}"
+                     f"\0{st.st_mode}\n".encode())
         except OSError:
             h.update(f"{path}\0-\n".encode())
-    for var in ("ANSIBLE_VAULT_PASSWORD_FILE", "ANSIBLE_INVENTORY_ENABLED", "ANSIBLE_VARS_ENABLED"):
-        h.update(f"{var}={os.environ.get(var, '')}\n".encode())
+    for var in sorted(v for v in os.environ if v.startswith("ANSIBLE_")):  # any may change the parse
+        h.update(f"{var}={os.environ[var]}\n".encode())
     return h.hexdigest()
 
 
@@ -433,7 +446,7 @@ def _failure_message(source: str, got: list[tuple[str, BaseException | None]]) -
                 where, has_line = f"{path}:{line}" + (f":{col}" if col else ""), True
             if not text:
                 text = _first_line(getattr(chain, "message", None) or str(chain))
-            chain = chain.__cause__
+            chain = chain.__cause__ or chain.__context__  # vars-file errors chain by context
         rank = (0 if has_line else 1, prefer.index(plugin) if plugin in prefer else len(prefer))
         if best is None or rank < best[0]:
             best = (rank, f"{where}: {text}")
@@ -517,7 +530,7 @@ def _parse_with_ansible(sources: Sequence[str], cache_dir: Path | None = None) -
                 raise InventoryError(_failure_message(failed.group(1) if failed else label, got)) from None
             inventory_vars = InventoryVars(loader, manager, VariableManager(loader=loader, inventory=manager))
             templar = HostTemplar(loader)
-            hosts = [_host_doc(h, inventory_vars.get(h), templar, label) for h in manager.get_hosts("all")]
+            hosts = [_host_doc_or_error(h, inventory_vars, templar, label) for h in manager.get_hosts("all")]
             groups = {
                 name: {
                     "hosts": [h.name for h in g.hosts],
@@ -529,12 +542,40 @@ def _parse_with_ansible(sources: Sequence[str], cache_dir: Path | None = None) -
     return {"hosts": hosts, "groups": groups}
 
 
+def _host_doc_or_error(host: Any, inventory_vars: InventoryVars, templar: HostTemplar,
+                       label: str) -> dict[str, Any]:
+    """:func:`_host_doc`, with whatever Ansible raises while reading the host's vars (a broken
+    group_vars/host_vars file, a vault value it cannot open) turned into one line naming the file."""
+    from ansible.errors import AnsibleError
+
+    try:
+        return _host_doc(host, inventory_vars.get(host), templar, label)
+    except InventoryError:
+        raise
+    except AnsibleError as exc:
+        where = _failure_message(f"{label}: host {host.name}", [("", exc)])
+        if "vault" in where.lower():  # Ansible's words assume its own CLI, which has the password
+            where += f" (fleetctl opens the vault for {TOKEN_VAR} only)"
+        raise InventoryError(where) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a vault value used where no vault is open
+        raise InventoryError(f"{label}: host {host.name}: cannot read its variables: "
+                             f"{_first_line(str(exc)) or type(exc).__name__} (a vault-encrypted value "
+                             f"other than {TOKEN_VAR}?)") from None
+
+
+_TEMPLATE_MARKS = ("{{", "{%", "{#")  # what makes Ansible render a string
+_INDIRECTION = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
 def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) -> dict[str, Any]:
     name = str(host.name)
 
     def templated(key: str) -> Any:
         value = raw.get(key)
-        if isinstance(value, str) and "{{" in value:
+        if _ciphertext(value) is not None and key != TOKEN_VAR:
+            raise InventoryError(f"{label}: host {name}: {key} is vault-encrypted: fleetctl opens the vault "
+                                 f"for {TOKEN_VAR} only (and caches what it reads here)")
+        if isinstance(value, str) and any(mark in value for mark in _TEMPLATE_MARKS):
             try:
                 value = templar.render(value, raw)
             except Exception as exc:  # noqa: BLE001 - any template failure is a config error
@@ -544,13 +585,22 @@ def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) 
     if "fleet_expected_chips" in raw:
         # Renamed to the fleet_agent role's own variable; silently ignoring it would drop the check.
         raise InventoryError(f"{label}: host {name}: fleet_expected_chips was renamed {EXPECTED_CHIPS_VAR}")
-    address = str(templated("ansible_host") or name)
+    address = templated("ansible_host") or name
+    if not isinstance(address, str):
+        kind = ("a mapping" if isinstance(address, Mapping) else "a list" if isinstance(address, list)
+                else type(address).__name__)
+        raise InventoryError(f"{label}: host {name}: ansible_host: expected a string, got {kind}")
     if address.startswith("[") and address.endswith("]"):  # an IPv6 address written as in a URL
         address = address[1:-1]
     port = _int_var(templated(PORT_VAR), f"{label}: host {name}: {PORT_VAR}", DEFAULT_PORT, 1, 65535)
     chips = _int_var(templated(EXPECTED_CHIPS_VAR), f"{label}: host {name}: {EXPECTED_CHIPS_VAR}",
                      None, 0, 1024)
     token_raw = raw.get(TOKEN_VAR)
+    for _ in range(8):  # fleet_agent_token: "{{ vault_fleet_agent_token }}", Ansible's vault idiom
+        ref = _INDIRECTION.fullmatch(token_raw.strip()) if isinstance(token_raw, str) else None
+        if ref is None or ref.group(1) not in raw:
+            break
+        token_raw = raw[ref.group(1)]
     token: dict[str, str] | None = None
     if token_raw is not None:
         cipher = _ciphertext(token_raw)
@@ -622,9 +672,11 @@ def _plain(value: Any) -> Any:
 
 
 _vault_cache: dict[str, str] = {}
+_vault_secrets: list[Any] | None = None  # set up once per process: Ansible refuses a second time
 
 
 def _vault_decrypt(ciphertext: str, source: str) -> str:
+    global _vault_secrets
     if ciphertext in _vault_cache:
         return _vault_cache[ciphertext]
     from ansible import constants as C
@@ -633,17 +685,18 @@ def _vault_decrypt(ciphertext: str, source: str) -> str:
     from ansible.parsing.dataloader import DataLoader
     from ansible.parsing.vault import VaultLib
 
-    loader = DataLoader()
-    # The environment first: ansible.constants were fixed when ansible was first imported.
-    password_file = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE") or C.DEFAULT_VAULT_PASSWORD_FILE
-    password_files = [password_file] if password_file else []
     try:
-        secrets = CLI.setup_vault_secrets(loader, vault_ids=list(C.DEFAULT_VAULT_IDENTITY_LIST),
-                                          vault_password_files=password_files, ask_vault_pass=False)
-        if not secrets:
+        if _vault_secrets is None:
+            # The environment first: ansible.constants were fixed when ansible was first imported.
+            password_file = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE") or C.DEFAULT_VAULT_PASSWORD_FILE
+            _vault_secrets = CLI.setup_vault_secrets(
+                DataLoader(), vault_ids=list(C.DEFAULT_VAULT_IDENTITY_LIST),
+                vault_password_files=[password_file] if password_file else [], ask_vault_pass=False,
+                auto_prompt=False)  # never wait on a terminal
+        if not _vault_secrets:
             raise InventoryError(f"{source}: {TOKEN_VAR} is vault-encrypted and no vault password is "
                                  "configured (ANSIBLE_VAULT_PASSWORD_FILE or ansible.cfg)")
-        plain: str = VaultLib(secrets).decrypt(ciphertext.encode()).decode()
+        plain: str = VaultLib(_vault_secrets).decrypt(ciphertext.encode()).decode()
     except AnsibleError as exc:
         raise InventoryError(f"{source}: cannot decrypt {TOKEN_VAR}: {_first_line(str(exc))}") from None
     _vault_cache[ciphertext] = plain

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -318,3 +319,122 @@ def test_an_ipv6_ansible_host_in_brackets_is_the_bare_address(tmp_path: Path, ca
         assert inv.hosts["a"].address == "2001:db8::2"
         assert [inv.hosts[n].agent_endpoint for n in "ab"] == [f"[2001:db8::2]:{DEFAULT_PORT}",
                                                                f"[2001:db8::3]:{DEFAULT_PORT}"]
+
+
+def encrypt_string(tmp_path: Path, name: str, value: str) -> str:
+    pw = tmp_path / "vault-pass"
+    pw.write_text("correct horse\n")
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-vault"), "encrypt_string",
+         "--vault-password-file", str(pw), value, "--name", name],
+        check=True, capture_output=True, text=True,
+    ).stdout
+
+
+def test_the_vault_idiom_for_the_token_keeps_it_encrypted(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # group_vars: fleet_agent_token: "{{ vault_fleet_agent_token }}", the latter encrypted.
+    d = tmp_path / "inv"
+    (d / "group_vars").mkdir(parents=True)
+    (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n")
+    (d / "group_vars" / "gpu_nodes.yml").write_text(
+        encrypt_string(tmp_path, "vault_fleet_agent_token", "tok-456")
+        + "fleet_agent_token: \"{{ vault_fleet_agent_token }}\"\n")
+    (d / "host_vars").mkdir()
+    (d / "host_vars" / "h2.yml").write_text(encrypt_string(tmp_path, "fleet_agent_token", "tok-789"))
+    (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n    h2:\n")
+    monkeypatch.setenv("ANSIBLE_VAULT_PASSWORD_FILE", str(tmp_path / "vault-pass"))
+    hosts = load_inventory(str(d / "hosts.yml"), cache_dir=cache).hosts
+    # Two different vaulted tokens in one process (Ansible's vault context is set up only once).
+    tokens = [hosts[n].agent_token for n in ("h1", "h2")]
+    assert all(t is not None and t.is_vaulted for t in tokens)
+    assert [t.reveal() for t in tokens if t is not None] == ["tok-456", "tok-789"]
+    assert "tok-456" not in "".join(f.read_text() for f in cache.iterdir())
+
+
+def test_a_vaulted_connection_variable_is_a_one_line_error(tmp_path: Path, cache: Path) -> None:
+    d = tmp_path / "inv"
+    (d / "host_vars").mkdir(parents=True)
+    (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n")
+    (d / "host_vars" / "h1.yml").write_text(encrypt_string(tmp_path, "ansible_host", "10.1.1.1"))
+    with pytest.raises(InventoryError, match=r"hosts.yml: host h1: ansible_host is vault-encrypted"):
+        load_inventory(str(d / "hosts.yml"), cache_dir=cache)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("fleet_agent_port: [1, 2\n", r"host_vars/h1.yml:\d+(:\d+)?: "),  # YAML syntax: file and line
+    ("just a string\n", r"host h1: .*host_vars/h1.yml"),  # not a mapping
+    ("x: {{ unquoted }}\n", r"host_vars/h1.yml:\d+"),
+])
+def test_a_broken_host_vars_file_is_a_one_line_error_naming_it(tmp_path: Path, cache: Path, content: str,
+                                                                message: str) -> None:
+    d = tmp_path / "inv"
+    (d / "host_vars").mkdir(parents=True)
+    (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n")
+    (d / "host_vars" / "h1.yml").write_text(content)
+    with pytest.raises(InventoryError, match=message) as err:
+        load_inventory(str(d / "hosts.yml"), cache_dir=cache)
+    assert "\n" not in str(err.value)
+
+
+def test_statements_and_comments_are_templates_too(tmp_path: Path, cache: Path) -> None:
+    f = tmp_path / "j.yml"
+    f.write_text("all:\n  hosts:\n    h1:\n      ansible_host: \"{% if true %}10.9.9.9{% endif %}\"\n"
+                 "      fleet_agent_port: \"{% if true %}9001{% endif %}\"\n")
+    h = load_inventory(str(f), cache_dir=cache).hosts["h1"]
+    assert (h.address, h.agent_port) == ("10.9.9.9", 9001)
+
+
+def test_an_ansible_host_that_is_not_a_string_is_an_error(tmp_path: Path, cache: Path) -> None:
+    f = tmp_path / "l.yml"
+    f.write_text("all:\n  hosts:\n    h1: {ansible_host: [10.0.0.1, 10.0.0.2]}\n")
+    with pytest.raises(InventoryError, match=r"l.yml: host h1: ansible_host: expected a string, got a list"):
+        load_inventory(str(f), cache_dir=cache)
+
+
+def test_a_cache_entry_with_the_right_key_but_damaged_content_is_parsed_again(inv: Path, cache: Path) -> None:
+    load_inventory(str(inv), cache_dir=cache)
+    (entry,) = cache.iterdir()
+    doc = json.loads(entry.read_text())
+    del doc["groups"]
+    entry.write_text(json.dumps(doc))
+    again = load_inventory(str(inv), cache_dir=cache)
+    assert not again.from_cache and len(again.hosts) == 4
+    assert load_inventory(str(inv), cache_dir=cache).from_cache  # and the entry was rewritten
+
+
+def test_the_cache_sees_edits_that_keep_mtime_and_size(inv: Path, cache: Path) -> None:
+    gv = inv.parent / "group_vars" / "tpu_nodes.yml"
+    load_inventory(str(inv), cache_dir=cache)
+    before = gv.stat()
+    gv.write_text(gv.read_text().replace("19500", "19501"))  # same size
+    os.utime(gv, ns=(before.st_atime_ns, before.st_mtime_ns))  # as within one second, or tar -p
+    reloaded = load_inventory(str(inv), cache_dir=cache)
+    assert not reloaded.from_cache and reloaded.hosts["v5e-0001"].agent_port == 19501
+
+
+def test_the_cache_follows_files_in_symlinked_vars_directories(tmp_path: Path, cache: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "ports.yml").write_text("fleet_agent_port: 9001\n")
+    d = tmp_path / "inv"
+    (d / "group_vars").mkdir(parents=True)
+    (d / "group_vars" / "all").symlink_to(shared)
+    (d / "group_vars" / "all" / "loop").symlink_to(shared)  # a cycle must not hang the walk
+    (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n")
+    assert load_inventory(str(d / "hosts.yml"), cache_dir=cache).hosts["h1"].agent_port == 9001
+    (shared / "ports.yml").write_text("fleet_agent_port: 9002\n")
+    assert load_inventory(str(d / "hosts.yml"), cache_dir=cache).hosts["h1"].agent_port == 9002
+
+
+def test_ansible_settings_from_the_environment_are_part_of_the_cache_key(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "inv"
+    d.mkdir()
+    (d / "a.yml").write_text("all:\n  hosts:\n    h1:\n")
+    (d / "extra.yml").write_text("all:\n  hosts:\n    h2:\n")
+    # (Ansible reads its settings once per process: what matters here is that the entry is not reused.)
+    assert sorted(load_inventory(str(d), cache_dir=cache).hosts) == ["h1", "h2"]
+    assert load_inventory(str(d), cache_dir=cache).from_cache
+    monkeypatch.setenv("ANSIBLE_INVENTORY_IGNORE", "extra.yml")
+    assert not load_inventory(str(d), cache_dir=cache).from_cache
