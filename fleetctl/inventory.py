@@ -510,6 +510,17 @@ def _init_plugin_loader(cache_dir: Path | None = None) -> None:
         ansible_routing.install(cache_dir)
 
 
+def _forget_vars_files_seen() -> None:
+    """Ansible's group_vars/host_vars plugin remembers, per process, which vars files exist (an
+    Ansible CLI parses once). A second parse in this process (the library API, a long-running
+    caller) must see files added or removed since, or it would cache stale vars under a new key."""
+    from ansible.plugins.vars import host_group_vars
+
+    for remembered in (getattr(host_group_vars, "FOUND", None), getattr(host_group_vars, "NAK", None)):
+        if remembered is not None:
+            remembered.clear()
+
+
 def _parse_with_ansible(sources: Sequence[str], cache_dir: Path | None = None) -> dict[str, Any]:
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
@@ -517,6 +528,7 @@ def _parse_with_ansible(sources: Sequence[str], cache_dir: Path | None = None) -
 
     _ParseOnceLoader = _parse_once_loader_class()
     _init_plugin_loader(cache_dir)
+    _forget_vars_files_seen()
 
     label = ",".join(sources)
     loader = _ParseOnceLoader()

@@ -438,3 +438,12 @@ def test_ansible_settings_from_the_environment_are_part_of_the_cache_key(
     assert load_inventory(str(d), cache_dir=cache).from_cache
     monkeypatch.setenv("ANSIBLE_INVENTORY_IGNORE", "extra.yml")
     assert not load_inventory(str(d), cache_dir=cache).from_cache
+
+
+def test_a_second_parse_in_one_process_sees_vars_files_added_and_removed(inv: Path, cache: Path) -> None:
+    assert "rack_row" not in load_inventory(str(inv), cache_dir=cache).hosts["h100-0001"].vars
+    added = inv.parent / "group_vars" / "all.yml"
+    added.write_text("rack_row: z\n")
+    assert load_inventory(str(inv), cache_dir=cache).hosts["h100-0001"].vars["rack_row"] == "z"
+    added.unlink()
+    assert "rack_row" not in load_inventory(str(inv), cache_dir=cache).hosts["h100-0001"].vars
