@@ -7,6 +7,7 @@ Every problem is a :class:`ConfigError` whose message is one line naming the fil
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,8 @@ def load_config(path: str | None) -> AgentConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 (byte {exc.start})") from None
     import yaml
 
     try:
@@ -106,7 +109,12 @@ def config_from_dict(doc: Any, name: str = "<config>") -> AgentConfig:
     if token_file is not None:
         token = _read_token_file(name, token_file)
     if token is not None and not token.strip():
-        raise ConfigError(f"{name}: token: must not be empty")
+        raise ConfigError(f"{name}: {'token_file' if token_file else 'token'}: must not be empty")
+    if token is not None and not _TOKEN.fullmatch(token):
+        # It travels in an HTTP header: a space or a line break (a second line in the file) would
+        # make every request fail authentication, silently.
+        raise ConfigError(f"{name}: {'token_file' if token_file else 'token'}: must be one word of "
+                          "printable ASCII (no spaces, no second line)")
     interval = v.positive(doc, "interval_s", 5.0)
     timeout = v.positive(doc, "collector_timeout_s", 2.0)
     if timeout >= interval:
@@ -217,12 +225,17 @@ def _xid(name: str, value: Any) -> XidConfig:
     )
 
 
+_TOKEN = re.compile(r"[!-~]+")
+
+
 def _read_token_file(name: str, path: str) -> str:
     try:
         mode = os.stat(path).st_mode
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{name}: token_file: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: token_file: {path} is not UTF-8 text") from None
     if mode & stat.S_IROTH:
         # A warning, not an error: refusing to start would take monitoring down over a chmod.
         print(f"fleet-agent: warning: token_file {path} is world-readable; chmod 0600 it",

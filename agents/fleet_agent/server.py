@@ -17,7 +17,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -147,24 +147,34 @@ class AgentHttp:
 
     # --- connections ---------------------------------------------------------------------------
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.limiter.acquire():
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                    slot_held: bool = False, first_deadline: float | None = None) -> None:
+        """One connection. ``slot_held``: the fast path admitted it and hands over its limiter slot;
+        ``first_deadline`` (loop time): when the first request must have arrived by."""
+        if not slot_held and not self.limiter.acquire():
             writer.transport.abort()
             return
         try:
-            await self._serve(reader, writer)
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            await self._serve(reader, writer, first_deadline)
+        except TimeoutError:
+            # A client that sends too slowly or does not read its answer: close() would wait for
+            # the unread answer forever, holding the socket after its slot is given back.
+            writer.transport.abort()
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self.limiter.release()
             if not writer.transport.is_closing():
                 writer.transport.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     first_deadline: float | None = None) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        loop = asyncio.get_running_loop()
+        deadline = first_deadline if first_deadline is not None else loop.time() + self.request_timeout_s
         while True:
             try:
-                async with asyncio.timeout(self.request_timeout_s):
+                async with asyncio.timeout_at(deadline):
                     request = await self._read_request(conn, reader)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -182,6 +192,7 @@ class AgentHttp:
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
+            deadline = loop.time() + self.request_timeout_s
 
     async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
         request: h11.Request | None = None
@@ -193,6 +204,12 @@ class AgentHttp:
                 continue
             if isinstance(event, h11.Request):
                 request = event
+                # h11 bounds the header block only while it is incomplete: one read of a larger
+                # block would pass. The same limit, however the bytes arrived.
+                size = len(event.method) + len(event.target) + 12 + sum(
+                    len(name) + len(value) + 4 for name, value in event.headers)
+                if size > MAX_HEADER_BYTES:
+                    raise h11.RemoteProtocolError("request header block too large", error_status_hint=431)
                 if _has_body(request):
                     return request
                 continue
@@ -306,6 +323,7 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.limited = False
+        self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -314,7 +332,8 @@ class _Connection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self.limited = True
-        self.timer = self.loop.call_later(self.http.request_timeout_s, self._expire)
+        self.deadline = self.loop.time() + self.http.request_timeout_s  # for the whole request
+        self.timer = self.loop.call_at(self.deadline, self._expire)
 
     def _expire(self) -> None:
         if self.transport is not None:
@@ -324,7 +343,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         # The whole request in one read (what a small request over loopback or a LAN is), or h11.
         end = data.find(b"\r\n\r\n")
-        request = fast_request(data[:end]) if end >= 0 and end + 4 == len(data) else None
+        whole = end >= 0 and end + 4 == len(data) and end <= MAX_HEADER_BYTES
+        request = fast_request(data[:end]) if whole else None
         if request is None:
             self._hand_over(data)
             return
@@ -344,11 +364,16 @@ class _Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.limited:
-            self.http.limiter.release()  # serve() takes its own slot
-            self.limited = False
+        # serve() takes over this connection's slot (released and re-acquired, another connection
+        # could take it in between) and its deadline (the request must arrive whole in time).
+        slot_held, self.limited = self.limited, False
+        deadline = self.deadline
+
+        def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
+            return self.http.serve(r, w, slot_held=slot_held, first_deadline=deadline)
+
         reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES * 2, loop=self.loop)
-        stream = asyncio.StreamReaderProtocol(reader, self.http.serve, loop=self.loop)
+        stream = asyncio.StreamReaderProtocol(reader, serve, loop=self.loop)
         self.transport.set_protocol(stream)
         stream.connection_made(self.transport)
         stream.data_received(buf)

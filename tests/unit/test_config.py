@@ -105,5 +105,31 @@ def test_empty_token_rejected(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("\n")
     os.chmod(token, 0o600)
-    with pytest.raises(ConfigError, match="token: must not be empty"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: token_file: must not be empty"):
         config_from_dict({"token_file": str(token)}, "c.yaml")
+
+
+def test_a_config_file_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_bytes("hostname: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"agent.yaml: not UTF-8 \(byte 13\)"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"s3cret\nold-token\n", "must be one word of printable ASCII"),  # two lines
+    ("s3cret".encode("utf-16"), "is not UTF-8 text"),
+    (b"two words\n", "must be one word"),
+])
+def test_a_token_file_that_no_header_could_carry_is_refused(tmp_path: Path, content: bytes,
+                                                            message: str) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    os.chmod(token, 0o600)
+    with pytest.raises(ConfigError, match=rf"c\.yaml: token_file: .*{message}"):
+        config_from_dict({"token_file": str(token)}, "c.yaml")
+
+
+def test_an_inline_token_with_a_line_break_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml: token: must be one word"):
+        config_from_dict({"token": "abc\ndef"}, "c.yaml")

@@ -262,3 +262,91 @@ def test_401_to_a_request_with_a_body_leaves_later_401s_alone() -> None:
         assert s.http.route(b"GET", b"/v1/node", []).headers == [("WWW-Authenticate", "Bearer")]
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("connection", [b"Connection: close\r\n", b""])  # fast path / h11
+@pytest.mark.parametrize("size", [12_000, 40_000])
+def test_a_header_block_over_the_limit_gets_431_however_it_arrives(served: Served, connection: bytes,
+                                                                   size: int) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + connection + b"X-Big: " + b"a" * size + b"\r\n\r\n"
+    with served.connect() as s:
+        s.sendall(request)  # in one write: the whole block may arrive in one read
+        s.shutdown(socket.SHUT_WR)
+        try:
+            reply = _read_all(s)
+        except ConnectionResetError:
+            reply = b"(reset)"
+    assert reply.startswith(b"HTTP/1.1 431") or reply == b"(reset)", reply[:40]
+
+
+def test_the_request_must_arrive_whole_within_the_timeout_also_after_the_hand_over(served: Served) -> None:
+    # The fast path hands a keep-alive request over to h11; h11 must not start a fresh timeout.
+    with served.connect() as s:
+        threading.Event().wait(0.3)
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")  # incomplete: handed over at 0.3 s of the 0.5 s
+        threading.Event().wait(0.35)
+        try:
+            s.sendall(b"Host: x\r\n\r\n")  # complete at 0.65 s: too late
+            reply = _read_all(s)
+        except (BrokenPipeError, ConnectionResetError):
+            reply = b""
+    assert reply == b""
+
+
+def test_a_connection_handed_over_keeps_its_slot() -> None:
+    # Cap 1: the admitted connection's slot must pass to the h11 handler, not be freed and taken
+    # by a connection accepted in between (which the cap should have turned away).
+    s = Served(AgentHttp(_state(), request_timeout_s=2, limiter=ConnectionLimiter(1)))
+    try:
+        first = s.connect()
+        for _ in range(100):
+            if s.http.limiter.active == 1:
+                break
+            threading.Event().wait(0.01)
+        # Keep the loop busy so that the second connection's accept and the first one's request
+        # are handled in consecutive turns, the hand-over's slot release between them.
+        s.loop.call_soon_threadsafe(threading.Event().wait, 0.3)
+        threading.Event().wait(0.05)
+        second = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        threading.Event().wait(0.05)
+        s.loop.call_soon_threadsafe(threading.Event().wait, 0.3)
+        threading.Event().wait(0.35)
+        first.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: handed over
+        head, body = _read_response(first)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"ok\n"
+        try:
+            second.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_all(second) == b""  # turned away by the cap
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        first.close()
+        second.close()
+    finally:
+        s.stop()
+
+
+def test_a_client_that_never_reads_is_cut_off_and_frees_its_socket() -> None:
+    big = b"x" * (8 << 20)  # more than socket buffers hold: the answer cannot all be written
+    state = AgentState(5.0, clock=Clock())
+    state.publish(big, b"")
+    s = Served(AgentHttp(state, request_timeout_s=0.3, limiter=ConnectionLimiter(2)))
+    try:
+        clients = [s.connect() for _ in range(3)]
+        for c in clients:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive, then never read
+        threading.Event().wait(1.5)
+        # Each was aborted after its drain timed out: the server holds none of them any more.
+        assert s.http.limiter.active == 0 and not _server_side_open(s)
+    finally:
+        for c in clients:
+            c.close()
+        s.stop()
+
+
+def _server_side_open(s: Served) -> bool:
+    """Whether the agent still has an established connection on its port (from /proc/net/tcp)."""
+    port = f"{s.port:04X}"
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        return any(line.split()[1].endswith(":" + port) and line.split()[3] == "01" for line in fh)
