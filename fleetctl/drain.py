@@ -320,6 +320,14 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
     while waiting:
         for name, host in list(waiting.items()):
             sched = scheduler_for(host)
+            now = hstate.get(conn, name)
+            if now.state not in (HostState.DRAINING, HostState.DRAINED):
+                # Undrained (or taken over) by someone else while we waited: not ours to drain again.
+                outcomes.append(Outcome(name, False, now.state.value,
+                                        f"changed meanwhile by {now.actor or 'someone else'} "
+                                        f"({now.state.value}); stopped waiting"))
+                del waiting[name]
+                continue
             try:
                 st = sched.state(host)
                 workloads = sched.running_workloads(host) if st.state is SchedState.DRAINED else []
@@ -347,10 +355,13 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
         if clock() >= deadline:
             for name in waiting:
                 note = f"timed out after {opts.timeout_s:.0f}s: {last.get(name, 'still draining')}"
-                hstate.transition(conn, name, HostState.DRAIN_FAILED, actor=opts.actor,
-                                  expect={HostState.DRAINING}, note=note)
+                try:
+                    hstate.transition(conn, name, HostState.DRAIN_FAILED, actor=opts.actor,
+                                      expect={HostState.DRAINING}, note=note)
+                except hstate.TransitionError as exc:  # someone else moved it in the last round
+                    note = f"{note}; changed meanwhile ({exc})"
                 echo(f"{name}: drain_failed ({note})")
-                outcomes.append(Outcome(name, False, HostState.DRAIN_FAILED.value, note))
+                outcomes.append(Outcome(name, False, hstate.get(conn, name).state.value, note))
             break
         sleep(max(0.0, min(interval, deadline - clock())))
         interval = min(interval * 2, _POLL_MAX_S)
@@ -362,7 +373,7 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
 
 def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: SchedulerFor,
             health: HealthCheck | None, *, actor: str | None = None, force: bool = False,
-            echo: Echo = _quiet, note: str = "undrain") -> list[Outcome]:
+            echo: Echo = _quiet, note: str = "undrain", lock_holder: str | None = None) -> list[Outcome]:
     """Put hosts back into service: only drains fleetctl made, only healthy hosts unless ``force``."""
     actor = actor or current_user()
     scheds = scheduler_map(hosts, scheduler_for)
@@ -371,11 +382,15 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
     except SchedulerError as exc:
         raise FleetctlError(f"scheduler unavailable for {_names(hosts)}, nothing changed: {exc}") from None
     records = hstate.get_many(conn, [h.name for h in hosts])
+    locked = {} if force else _locked_by_others(conn, [h.name for h in hosts], lock_holder)
     outcomes: list[Outcome] = []
     candidates: list[HostLike] = []
     for h in hosts:
         st, rec = current[h.name], records[h.name]
-        if st.foreign_drain:
+        if h.name in locked:
+            outcomes.append(Outcome(h.name, False, rec.state.value,
+                                    f"refused: {locked[h.name].describe()}; --force to undrain anyway"))
+        elif st.foreign_drain:
             outcomes.append(Outcome(h.name, False, rec.state.value,
                                     f"drained by someone else ({st.reason!r}); not touching it"))
         elif rec.state is HostState.ACTIVE and st.state not in (SchedState.DRAINING, SchedState.DRAINED):

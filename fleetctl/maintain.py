@@ -122,6 +122,12 @@ def plan_maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Seq
                 and rec.owner != hstate.this_process():
             skipped.append(Outcome(h.name, False, rec.state.value,
                                    f"in maintenance by {rec.owner} (run {rec.run_id})"))
+        elif rec.state in (HostState.DRAINING, HostState.DRAINED) and rec.run_id is None:
+            # Drained by hand (`fleetctl drain`, an RMA, an investigation): maintenance would put it
+            # back into service at the end. A maintain run's own drains carry its run id and resume.
+            skipped.append(Outcome(h.name, False, rec.state.value,
+                                   f"drained by {rec.actor or 'someone'} ({rec.reason or 'no reason'}); "
+                                   "left out: undrain it to include it"))
         else:
             todo.append(h.name)
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
@@ -245,7 +251,8 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
     # 4. back into service
     if healthy:
         for o in drain_core.undrain(conn, healthy, scheduler_for, None, actor=actor, echo=echo,
-                                    note=f"maintain {run_id}: verified healthy"):
+                                    note=f"maintain {run_id}: verified healthy",
+                                    lock_holder=lock_holder_id(run_id)):
             done[o.host] = o if not o.ok else Outcome(o.host, True, o.state,
                                                       "maintained, verified, back in service")
     return [done[h.name] for h in batch]

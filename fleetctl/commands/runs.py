@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -14,6 +17,33 @@ runs_app = typer.Typer(help="Provision run history.", no_args_is_help=True)
 
 DbOption = Annotated[Path | None, typer.Option("--db", help="State database (default: FLEETCTL_DB).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@contextlib.contextmanager
+def _database(db_path: Path | None) -> Iterator[sqlite3.Connection]:
+    """The run database; a missing, corrupt or unreadable one is one line naming it, exit 2."""
+    from fleetctl.state import db, runs
+
+    path = db_path or db.default_path()
+    try:
+        conn = runs.connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        _fail(f"state database {path}: {_first_line(exc)}")
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        _fail(f"state database {path}: {_first_line(exc)}")
+    finally:
+        conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"fleetctl runs: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
 
 
 @runs_app.command("list")
@@ -36,11 +66,8 @@ def list_command(
             f"fleetctl runs: --status {status!r}: expected one of {', '.join(runs.STATUSES)}", markup=False
         )
         raise typer.Exit(EXIT_USAGE)
-    conn = runs.connect(db_path)
-    try:
+    with _database(db_path) as conn:
         records = runs.list_runs(conn, limit=limit, status=status)
-    finally:
-        conn.close()
     if json_output:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return
@@ -68,11 +95,8 @@ def show_command(
     from fleetctl.progress import make_console, summary_table
     from fleetctl.state import runs
 
-    conn = runs.connect(db_path)
-    try:
+    with _database(db_path) as conn:
         record = runs.get(conn, run_id)
-    finally:
-        conn.close()
     if record is None:
         Console(stderr=True).print(
             f"fleetctl runs: no run {run_id!r} (or the prefix is ambiguous)", markup=False

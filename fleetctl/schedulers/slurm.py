@@ -53,11 +53,19 @@ def parse_node_line(line: str) -> tuple[str, NodeState]:
     return name, NodeState(state, reason if (drain or state is SchedState.DOWN) else None, raw_state)
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+# Fields that ``scontrol show node -o`` prints after Reason (Reason holds spaces, so it ends where
+# the next of these begins, not at the end of the line).
+_AFTER_REASON = re.compile(r" (?=(?:Comment|Extra|InstanceId|InstanceType|LastBusyTime|ResumeAfterTime)=)")
+
+
 def _fields(line: str) -> dict[str, str]:
-    """key=value pairs; ``Reason`` is last and runs to the end of the line (it holds spaces)."""
-    head, sep, reason = line.strip().partition(" Reason=")
+    """key=value pairs; ``Reason`` runs to the next field Slurm prints after it, or the line's end."""
+    head, sep, rest = line.strip().partition(" Reason=")
+    parts = _AFTER_REASON.split(rest, maxsplit=1)
+    reason, tail = parts[0], (parts[1] if len(parts) > 1 else "")
     fields: dict[str, str] = {}
-    for token in head.split():
+    for token in (head + " " + tail).split():
         key, eq, value = token.partition("=")
         if eq:
             fields[key] = value
@@ -75,7 +83,13 @@ class SlurmScheduler:
 
     @staticmethod
     def node_name(host: HostLike) -> str:
-        return str(host.vars.get("fleet_slurm_node_name") or host.name)
+        name = str(host.vars.get("fleet_slurm_node_name") or host.name)
+        # One node, by its plain name: a hostlist ("gpu[1-3]", "a,b") would drain several nodes
+        # while max-unavailable counts one, and a leading "-" would be read as an scontrol option.
+        if not _NODE_NAME.fullmatch(name):
+            raise SchedulerError(f"{host.name}: {name!r} is not a single Slurm node name (set "
+                                 "fleet_slurm_node_name to the node's name: letters, digits, '.', '_', '-')")
+        return name
 
     def _run(self, argv: Sequence[str], host: HostLike | None = None) -> CommandResult:
         result = self.runner.run(argv, timeout=self.timeout_s)
@@ -100,7 +114,11 @@ class SlurmScheduler:
         by_node = dict(parse_node_line(ln) for ln in out.splitlines() if ln.strip())
         result: dict[str, NodeState] = {}
         for host in hosts:
-            node = self.node_name(host)
+            try:
+                node = self.node_name(host)
+            except SchedulerError as exc:  # one bad name must not hide every other node's state
+                result[host.name] = NodeState(SchedState.UNKNOWN, None, str(exc))
+                continue
             result[host.name] = by_node.get(node, NodeState(SchedState.UNKNOWN, None, "not in Slurm"))
         return result
 

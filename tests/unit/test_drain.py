@@ -457,3 +457,43 @@ def test_drain_refuses_a_host_under_a_live_provision_lock_unless_forced(conn: sq
     locks.acquire(conn, ["h1"], holder)
     [out] = run_drain(conn, sched, [HOSTS[1]], force=True, max_unavailable=core.Size(2))
     assert out.ok and out.state == "drained"
+
+
+def test_undrain_refuses_a_host_another_run_holds_unless_forced(conn: sqlite3.Connection,
+                                                                sched: FakeScheduler) -> None:
+    import os
+
+    from fleetctl.state import locks
+    from fleetctl.state.runs import this_machine
+
+    run_drain(conn, sched, [HOSTS[0]])
+    for statement in locks.SCHEMA:
+        conn.execute(statement)
+    locks.acquire(conn, ["h0"], locks.Holder("maintain:m-1", "maintain site.yml", "bob", this_machine(),
+                                            os.getpid()))
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy, actor="alice")
+    assert not out.ok and "maintain:m-1" in out.message and "--force" in out.message
+    assert ("undrain", "h0") not in sched.calls and hs.get(conn, "h0").state is S.DRAINED
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy, actor="m", lock_holder="maintain:m-1")
+    assert out.ok and out.state == "active"  # the lock's own holder
+
+
+def test_a_host_undrained_by_someone_else_during_the_wait_is_left_alone(conn: sqlite3.Connection,
+                                                                        sched: FakeScheduler) -> None:
+    sched.jobs["h0"] = ["job 1"]
+    sched.finish_after["h0"] = 100
+    clock = Clock()
+    undone = []
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if not undone:  # another admin undrains it while the drain waits for its jobs
+            undone.append(core.undrain(conn, [HOSTS[0]], lambda h: sched, None, actor="bob", force=True))
+
+    opts = core.DrainOptions(reason="bad fan", actor="alice", poll_s=1.0, wait=True, timeout_s=30)
+    [out] = core.drain(conn, [HOSTS[0]], HOSTS, lambda h: sched, opts, sleep=sleep, clock=clock)
+    assert undone[0][0].ok
+    assert not out.ok and "changed meanwhile by bob" in out.message and out.state == "active"
+    after = sched.calls[sched.calls.index(("undrain", "h0")):]
+    assert ("drain", "h0") not in after  # not drained again behind bob's back
+    assert hs.get(conn, "h0").state is S.ACTIVE

@@ -209,3 +209,19 @@ def test_a_host_under_a_live_provision_lock_is_refused_and_untouched(conn: sqlit
     assert ("drain", "h1") not in log and ("provision", "h1") not in log
     assert all(by[h].ok for h in ("h0", "h2", "h3"))
     assert [lk.holder.id for lk in locks.held(conn)] == ["r-provision-1"]  # theirs is left alone
+
+
+def test_a_host_drained_by_hand_is_left_out_not_put_back_into_service(conn: sqlite3.Connection) -> None:
+    from fleetctl import drain as dcore
+
+    log: list[tuple[str, str]] = []
+    sched, prov = FakeScheduler(log), FakeProvisioner(log)
+    opts = dcore.DrainOptions(reason="XID 79, RMA ticket 42", actor="alice", poll_s=1.0)
+    [drained] = dcore.drain(conn, [HOSTS[1]], HOSTS, lambda h: sched, opts, sleep=lambda s: None)
+    assert drained.ok
+    result = run(conn, sched, prov, FakeHealth(), max_unavailable=Size(2))
+    by = {o.host: o for o in result.outcomes}
+    assert not by["h1"].ok and "drained by alice" in by["h1"].message and "RMA ticket 42" in by["h1"].message
+    assert ("provision", "h1") not in log and ("undrain", "h1") not in log
+    assert hs.get(conn, "h1").state is S.DRAINED and "RMA ticket 42" in (hs.get(conn, "h1").reason or "")
+    assert [by[h].state for h in ("h0", "h2", "h3")] == ["active"] * 3

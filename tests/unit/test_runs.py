@@ -95,3 +95,16 @@ def test_finish_refuses_a_non_final_status(conn: sqlite3.Connection) -> None:
 def test_summarize_counts_host_states() -> None:
     hosts = [HostResult("a", ok=1), HostResult("b", failed=1), HostResult("c", ok=1)]
     assert runs.summarize(hosts) == {"ok": 2, "failed": 1}
+
+
+@pytest.mark.parametrize("args", [["runs", "list"], ["runs", "show", "abc"]])
+def test_a_corrupt_run_database_is_one_line_naming_it(tmp_path: Path, args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from fleetctl.cli import app
+
+    bad = tmp_path / "state.db"
+    bad.write_bytes(b"this is not an SQLite database, at all" * 10)
+    result = CliRunner().invoke(app, [*args, "--db", str(bad)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"fleetctl runs: state database {bad}: file is not a database"

@@ -167,3 +167,24 @@ def test_runner_and_factory_from_inventory_vars() -> None:
                        match="fleet_scheduler='pbs' is not one of slurm, kubernetes, none"):
         factory(FakeHost("n3", vars={"fleet_scheduler": "pbs"}))
     assert factory(FakeHost("n4")).kind == "none"
+
+
+@pytest.mark.parametrize("name", ["gpu[1-3]", "a,b", "-d", "two words", "node\n1", ""])
+def test_a_name_that_is_not_one_plain_node_is_refused_before_any_command(name: str) -> None:
+    # A hostlist would drain several nodes while max-unavailable counts one; "-d" is an option.
+    runner = FakeRunner({"node1": ("IDLE", None)})
+    host = FakeHost("h1", vars={"fleet_slurm_node_name": name} if name else {})
+    s = SlurmScheduler(runner)
+    if not name:  # the inventory name itself
+        host = FakeHost("-x")
+    with pytest.raises(SchedulerError, match="is not a single Slurm node name"):
+        s.drain(host, "fleetctl:alice: fan")
+    with pytest.raises(SchedulerError, match="is not a single Slurm node name"):
+        s.state(host)
+    assert runner.calls == []
+
+
+def test_the_reason_ends_where_the_next_field_begins() -> None:
+    # Slurm 23+ prints Comment= (and more) after Reason=.
+    _, st = parse_node_line(line("IDLE+DRAIN", "fleetctl:al: y [root@2026-11-24T15:03:25] Comment=ticket 7"))
+    assert st.reason == "fleetctl:al: y" and st.ours
