@@ -737,6 +737,8 @@ def _ansible_select(inventory: Inventory, pattern: str) -> list[str]:
             selected = manager.get_hosts(pattern)
         except AnsibleError as exc:
             raise InventoryError(f"{inventory.label}: pattern {pattern!r}: {_first_line(str(exc))}") from None
+        except (IndexError, KeyError, ValueError, TypeError):  # Ansible's parser on e.g. "all:&"
+            raise InventoryError(f"{inventory.label}: pattern {pattern!r}: not a host pattern") from None
     unmatched = [m.rsplit(":", 1)[-1].strip() for m, _ in got if "Could not match supplied host pattern" in m]
     if unmatched:
         raise InventoryError(f"{inventory.label}: pattern {', '.join(map(repr, unmatched))} matches no host")

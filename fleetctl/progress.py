@@ -51,9 +51,9 @@ def summary_table(hosts: Sequence[HostResult], *, title: str | None = None) -> T
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("first failure", overflow="fold", ratio=1)
     for h in worst_first(hosts):
-        table.add_row(
-            h.host, _state(h.state), str(h.ok), str(h.changed), str(h.failed), str(h.unreachable),
-            str(h.skipped), _duration(h.duration_s), h.first_failure or "",
+        table.add_row(  # names and messages as plain Text: "[...]" in them is not rich markup
+            Text(h.host), _state(h.state), str(h.ok), str(h.changed), str(h.failed), str(h.unreachable),
+            str(h.skipped), _duration(h.duration_s), Text(h.first_failure or ""),
         )
     return table
 
@@ -114,16 +114,16 @@ class PlainProgress:
         name = event.get("event")
         data: dict[str, Any] = event.get("event_data") or {}
         if name == "playbook_on_play_start":
-            self._say(f"PLAY {data.get('play') or data.get('name') or ''}")
+            self._say(tally.redact(f"PLAY {data.get('play') or data.get('name') or ''}"))
         elif name == "playbook_on_task_start":
             _, _, done = tally.current()
-            self._say(f"TASK {data.get('task') or ''} [{done}/{self.total} hosts done]")
+            self._say(tally.redact(f"TASK {data.get('task') or ''}") + f" [{done}/{self.total} hosts done]")
         elif name in ("runner_on_failed", "runner_on_unreachable", "runner_on_async_failed"):
             state = "unreachable" if name == "runner_on_unreachable" else "failed"
             if data.get("ignore_errors"):
                 state = "failed (ignored)"
-            message = tally.redact(failure_message(data.get("res") or {}))
-            self._say(f"  {data.get('host')}: {state}: {data.get('task') or '?'}: {message}")
+            message = failure_message(data.get("res") or {})
+            self._say(tally.redact(f"  {data.get('host')}: {state}: {data.get('task') or '?'}: {message}"))
         elif name == "runner_on_ok" and (data.get("res") or {}).get("changed"):
             self._say(f"  {data.get('host')}: changed")
 
@@ -180,7 +180,7 @@ class LiveProgress:
         table.add_column("changed", justify="right")
         table.add_column("last task", overflow="ellipsis", no_wrap=True)
         for h in hosts[:LIVE_ROWS]:
-            table.add_row(h.host, _state(h.state), str(h.ok), str(h.changed), h.last_task or "")
+            table.add_row(Text(h.host), _state(h.state), str(h.ok), str(h.changed), Text(h.last_task or ""))
         parts: list[RenderableType] = [lines, self.progress, table]
         if len(hosts) > LIVE_ROWS:
             parts.append(Text(f"... and {len(hosts) - LIVE_ROWS} more hosts", style="dim"))

@@ -29,6 +29,7 @@ import re
 import secrets
 import sqlite3
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,13 +92,14 @@ class ExtraVars:
 
     literal: dict[str, Any]
     files: list[Path]
+    file_secrets: list[str] = field(default_factory=list)  # secret-looking values in the @files
 
     def redacted(self) -> list[str]:
         shown = [f"{k}={_shown(v)}" for k, v in _redact_tree(self.literal).items()]
         return shown + [f"@{path}" for path in self.files]
 
     def secret_values(self) -> list[str]:
-        return sorted(_secret_leaves(self.literal, secret=False))
+        return sorted(set(_secret_leaves(self.literal, secret=False)) | set(self.file_secrets))
 
 
 def _redact_tree(value: Any) -> Any:
@@ -238,7 +240,8 @@ def parse_extra_vars(items: Sequence[str], cwd: Path) -> ExtraVars:
     """``k=v`` (several per item, space separated), ``@file`` (YAML/JSON mapping) or a JSON object."""
     literal: dict[str, Any] = {}
     files: list[Path] = []
-    for item in items:
+    file_secrets: list[str] = []
+    for number, item in enumerate(items, start=1):
         text = item.strip()
         if text.startswith("@"):
             path = Path(text[1:]).expanduser()
@@ -257,27 +260,32 @@ def parse_extra_vars(items: Sequence[str], cwd: Path) -> ExtraVars:
                 # Vault-encrypted files load as a string: Ansible decrypts them, we only check shape.
                 if not (isinstance(loaded, str) and loaded.startswith("$ANSIBLE_VAULT")):
                     raise UsageError(f"--extra-vars {item!r}: {path} must hold a mapping of variables")
+            else:  # its secrets are masked in the output like literal ones
+                file_secrets += _secret_leaves(loaded, secret=False)
             files.append(path.resolve())
         elif text.startswith("{"):
             try:
                 loaded = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise UsageError(f"--extra-vars {item!r}: malformed JSON object: {exc.msg}") from exc
+                raise UsageError(f"--extra-vars #{number} (a JSON object): malformed JSON: {exc.msg} "
+                                 f"(line {exc.lineno} column {exc.colno})") from exc
             if not isinstance(loaded, dict) or not all(_VAR_NAME.match(str(k)) for k in loaded):
-                raise UsageError(f"--extra-vars {item!r}: expected a JSON object of variable names")
+                raise UsageError(f"--extra-vars #{number}: expected a JSON object of variable names")
             literal.update(loaded)
         else:
             if not text:
                 raise UsageError("--extra-vars '': expected key=value, @file or a JSON object")
-            for pair in text.split():
+            for word, pair in enumerate(text.split(), start=1):
                 key, sep, value = pair.partition("=")
                 if not sep or not _VAR_NAME.match(key):
+                    # Not echoed: a word without "=" is most likely part of a value with spaces
+                    # (a password, say) that the shell split.
                     raise UsageError(
-                        f"--extra-vars {item!r}: {pair!r} is not key=value (key a variable name), "
-                        "@file or a JSON object"
+                        f"--extra-vars #{number}, word {word}: not key=value with a variable name as key "
+                        "(a value with spaces needs a JSON object or @file)"
                     )
                 literal[key] = value
-    return ExtraVars(literal, files)
+    return ExtraVars(literal, files, file_secrets)
 
 
 def parse_batch(value: str | None, total: int) -> int:
@@ -392,6 +400,14 @@ def _without_tag_filters(cmdline: Sequence[str]) -> list[str]:
 
 
 def check_tags(plan_: Plan, runner: PlaybookRunner, wanted: set[str]) -> None:
+    # The literal extra-vars too: they may template play names and hosts, as in the run itself.
+    with tempfile.TemporaryDirectory(prefix="fleetctl-tags-") as tmp, \
+            _private_vars_file(Path(tmp), plan_.extra_vars.literal) as vars_file:
+        _check_tags(plan_, runner, wanted, vars_file)
+
+
+def _check_tags(plan_: Plan, runner: PlaybookRunner, wanted: set[str], vars_file: Path | None) -> None:
+    cmdline = _without_tag_filters(plan_.cmdline) + (["--extra-vars", f"@{vars_file}"] if vars_file else [])
     probe = PlaybookRequest(
         playbook=plan_.playbook,
         inventory=list(plan_.options.inventory),
@@ -400,7 +416,7 @@ def check_tags(plan_: Plan, runner: PlaybookRunner, wanted: set[str]) -> None:
         cwd=plan_.cwd,
         limit=plan_.options.pattern,
         # --tags would filter the listing itself; extra-vars may template play names/hosts.
-        cmdline=_without_tag_filters(plan_.cmdline),
+        cmdline=cmdline,
         envvars=plan_.envvars,
         passwords=plan_.passwords,
     )
@@ -660,8 +676,11 @@ def _run_locked(
     return result
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _tail_error(tally: EventTally) -> str | None:
-    lines = list(tally.tail)
+    lines = [_ANSI.sub("", line) for line in tally.tail]  # Ansible colours its errors
     for line in lines:
         if "ERROR" in line:
             return " ".join(line.split())

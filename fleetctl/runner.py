@@ -370,10 +370,10 @@ class EventTally:
         with self._lock:
             if name == "playbook_on_play_start":
                 self.plays_started += 1
-                self.play = str(data.get("play") or data.get("name") or "")
+                self.play = self.redact(str(data.get("play") or data.get("name") or ""))
                 self.task = None
             elif name == "playbook_on_task_start":
-                self.task = str(data.get("task") or data.get("name") or "")
+                self.task = self.redact(str(data.get("task") or data.get("name") or ""))
             elif name == "playbook_on_stats":
                 self._apply_stats(data)
             elif name.startswith("runner_") and data.get("host"):
@@ -391,7 +391,7 @@ class EventTally:
         if data.get("end"):
             host.ended = max(host.ended or "", str(data["end"]))
         if data.get("task"):
-            host.last_task = str(data["task"])
+            host.last_task = self.redact(str(data["task"]))  # a task name may template a secret
         task = str(data.get("task") or "?")
         if name == "runner_on_ok":
             host.ok += 1

@@ -119,7 +119,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     inventory = write_inventory(tmp_path, {"a": LOCAL})
     cases = {
         ("--tags", "nosuchtag"): "unknown tag(s) nosuchtag in tiny.yml (known: marker, slow)",
-        ("-e", "oops"): "fleetctl provision: --extra-vars 'oops': 'oops' is not key=value",
+        ("-e", "oops"): "fleetctl provision: --extra-vars #1, word 1: not key=value",
         ("--batch", "x"): "fleetctl provision: --batch 'x': expected a number of hosts",
         ("--inventory", "missing.ini"): "missing.ini",
         ("--playbook", "nope"): "fleetctl provision: unknown playbook 'nope'",
@@ -133,6 +133,28 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     # nothing was run, nothing recorded
     assert json.loads(fleetctl(tmp_path, "runs", "list", "--json").stdout) == []
+
+
+def test_templated_hosts_with_tags_brackets_in_messages_and_secrets_in_task_names(tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path, {"a": LOCAL})
+    book = tmp_path / "odd.yml"
+    book.write_text(
+        '- name: Odd\n  hosts: "{{ target }}"\n  gather_facts: false\n  tasks:\n'
+        '    - name: "Register with {{ api_token }}"\n'
+        '      ansible.builtin.fail:\n        msg: "missing [/dev/nvidia0] [bold]x[/bold]"\n'
+        '      tags: [marker]\n'
+    )
+    secrets_file = tmp_path / "secrets.yml"
+    secrets_file.write_text("vault_password_for_bmc: bmc-77331\n")
+    # --tags: the tag check lists the playbook with the same extra-vars (hosts are templated).
+    proc = fleetctl(tmp_path, "provision", "-i", str(inventory), "-p", str(book), "--tags", "marker",
+                    "-e", "target=all api_token=tok-991122", "-e", f"@{secrets_file}")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the task failed; nothing crashed
+    assert "Traceback" not in proc.stderr and "tok-991122" not in proc.stdout + proc.stderr
+    [run] = json.loads(fleetctl(tmp_path, "runs", "list", "--json").stdout)
+    [host] = show(tmp_path, run["id"])["hosts"]  # type: ignore[misc]
+    assert "missing [/dev/nvidia0] [bold]x[/bold]" in host["first_failure"]  # text, not rich markup
+    assert "tok-991122" not in json.dumps(run) + json.dumps(host)
 
 
 def test_a_playbook_ansible_cannot_load_is_a_config_error(tmp_path: Path) -> None:

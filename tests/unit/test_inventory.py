@@ -447,3 +447,10 @@ def test_a_second_parse_in_one_process_sees_vars_files_added_and_removed(inv: Pa
     assert load_inventory(str(inv), cache_dir=cache).hosts["h100-0001"].vars["rack_row"] == "z"
     added.unlink()
     assert "rack_row" not in load_inventory(str(inv), cache_dir=cache).hosts["h100-0001"].vars
+
+
+@pytest.mark.parametrize("pattern", ["all:&", "all:!"])
+def test_a_pattern_ansible_cannot_parse_is_a_usage_error(inv: Path, cache: Path, pattern: str) -> None:
+    inventory = load_inventory(str(inv), cache_dir=cache)
+    with pytest.raises(InventoryError, match=r"pattern .*: not a host pattern|matches no host"):
+        inventory.select(pattern)

@@ -132,3 +132,41 @@ def test_diffs_are_printed_as_ansible_rendered_them_with_secrets_redacted() -> N
     assert text(c).splitlines() == [
         "--- before: /etc/x", "+++ after: /etc/x", "-old", "+token=***", "  n1: changed",
     ]
+
+
+def test_brackets_in_names_and_messages_are_text_not_markup() -> None:
+    hosts = [HostResult("gpu[1]", failed=1, first_failure="check: missing [/dev/nvidia0] [bold]x[/bold]",
+                        last_task="probe [/dev/nvidia0]")]
+    c = console(200)
+    c.print(summary_table(hosts))  # "[/dev/nvidia0]" used to raise rich's MarkupError
+    out = text(c)
+    assert "gpu[1]" in out and "missing [/dev/nvidia0] [bold]x[/bold]" in out
+    live = LiveProgress(console(200))
+    live.started("r1", ["gpu[1]"], "site.yml")
+    try:
+        tally = EventTally(["gpu[1]"])
+        event = fake_event("runner_on_ok", "gpu[1]", task="probe [/dev/nvidia0]", res={})
+        tally.feed(event)
+        live.event(event, tally)
+        c2 = console(200)
+        c2.print(live.render())
+    finally:
+        live.close()
+    assert "gpu[1]" in text(c2) and "probe [/dev/nvidia0]" in text(c2)
+
+
+def test_task_names_that_template_a_secret_are_redacted_everywhere() -> None:
+    c = console(200)
+    view = PlainProgress(c)
+    tally = EventTally(["n1"], redact=lambda s: s.replace("tok-991122", "***"))
+    view.started("r1", ["n1"], "site.yml")
+    for event in [
+        fake_event("playbook_on_play_start", play="Base"),
+        fake_event("playbook_on_task_start", task="Register with tok-991122"),
+        fake_event("runner_on_failed", "n1", task="Register with tok-991122", res={"msg": "no"}),
+    ]:
+        tally.feed(event)
+        view.event(event, tally)
+    out = text(c)
+    assert "tok-991122" not in out and "Register with ***" in out
+    assert tally.task == "Register with ***" and tally.hosts["n1"].last_task == "Register with ***"

@@ -116,9 +116,9 @@ def test_unreachable_host_exits_1(env: Path) -> None:
     ("kw", "message"),
     [
         ({"playbook": "nope"}, "unknown playbook 'nope': not a file, not in playbooks/ (available: site"),
-        ({"extra_vars": ["novalue"]}, "--extra-vars 'novalue': 'novalue' is not key=value"),
-        ({"extra_vars": ["1x=2"]}, "'1x=2' is not key=value"),
-        ({"extra_vars": ["{not json"]}, "--extra-vars '{not json': malformed JSON object"),
+        ({"extra_vars": ["novalue"]}, "--extra-vars #1, word 1: not key=value"),
+        ({"extra_vars": ["a=1", "b=2 1x=2"]}, "--extra-vars #2, word 2: not key=value"),
+        ({"extra_vars": ["{not json"]}, "--extra-vars #1 (a JSON object): malformed JSON: "),
         ({"extra_vars": ["@missing.yml"]}, "--extra-vars '@missing.yml': no such file"),
         ({"batch": "0"}, "--batch '0': expected a number of hosts N >= 1"),
         ({"batch": "150%"}, "--batch '150%'"),
@@ -419,3 +419,22 @@ def test_a_caller_holding_the_locks_can_run_provision_inside_them(env: Path) -> 
                            select_hosts=select, held_by="maintain-7")
     assert result.status == "successful"
     assert {lk.holder.id for lk in locks.held(conn)} == {"maintain-7"}  # still held by the caller
+
+
+def test_extra_vars_errors_never_echo_values_and_file_secrets_are_masked(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as err:
+        provision.parse_extra_vars(["api_token=s3cr3t oops"], tmp_path)  # the shell split a value
+    assert "s3cr3t" not in str(err.value) and "oops" not in str(err.value) and "word 2" in str(err.value)
+    with pytest.raises(UsageError) as err:
+        provision.parse_extra_vars(['{"vault_pass": "s3cr3t",}'], tmp_path)
+    assert "s3cr3t" not in str(err.value) and "malformed JSON" in str(err.value)
+    secrets_file = tmp_path / "secrets.yml"
+    secrets_file.write_text("bmc:\n  password: bmc-77331\nplain: visible\n")
+    extra = provision.parse_extra_vars(["region=eu", f"@{secrets_file}"], tmp_path)
+    assert extra.secret_values() == ["bmc-77331"]
+
+
+def test_ansible_colour_codes_stay_out_of_the_recorded_error() -> None:
+    tally = EventTally([])
+    tally.tail.append("\x1b[0;31m[ERROR]: couldn't resolve module/action 'no.such.module'\x1b[0m")
+    assert provision._tail_error(tally) == "[ERROR]: couldn't resolve module/action 'no.such.module'"
