@@ -230,7 +230,9 @@ class Sampler:
             else:
                 idents: list[ChipIdentity] = list(outcome.value)
                 self._known[c.name] = idents
-                states.append(CollectorState(name=c.name, ok=True))
+                warning = getattr(c, "warning", None)  # optional: a part of the collector is off
+                states.append(CollectorState(name=c.name, ok=True,
+                                             error=warning() if callable(warning) else None))
                 for ident in idents:
                     pending.append((c, ident, self.guard.start((c.name, ident.uuid, ident.index),
                                                                c.sample_chip, ident)))

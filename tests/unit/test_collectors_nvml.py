@@ -322,3 +322,56 @@ def test_scenario_yaml_with_faults_round_trips_through_a_file(tmp_path: Path) ->
                                                   "hosts": [0], "chips": "all"}], chips=2)))
     col = NvmlCollector(load_scenario(path).host(0).nvml, xid_events="off")
     assert all(col.sample_chip(c).gpu.throttle_reasons for c in col.discover())  # type: ignore[union-attr]
+
+
+def test_an_xid_already_in_the_kernel_log_shows_in_the_first_sample(tmp_path: Path) -> None:
+    # `fleet-agent once`, and the first report after a start: the backlog is read before sampling.
+    log = tmp_path / "kmsg"
+    noise = "".join(f"usb 1-1: noise line {i}\n" for i in range(20_000))
+    log.write_text(noise + "NVRM: Xid (PCI:0000:18:00): 79, pid=1, name=x, GPU has fallen off the bus.\n")
+    col, _host = collector_for(scenario_doc([], chips=1), kernel_log=str(log))
+    try:
+        chips = col.discover()
+        g = col.sample_chip(chips[0]).gpu
+        assert g is not None and g.xid_counts == {"79": 1}
+        assert col.warning() is None
+    finally:
+        col.close()
+
+
+def test_an_unreadable_kernel_log_is_said_in_the_report(tmp_path: Path) -> None:
+    from fleet_agent.health.checks import collector as collector_check
+    from fleet_agent.schema import CollectorState, HostMetrics, NodeReport, Status
+
+    col, _host = collector_for(scenario_doc([], chips=1), kernel_log=str(tmp_path / "missing"))
+    try:
+        col.sample_chip(col.discover()[0])
+        warning = col.warning()
+        assert warning is not None and "XID kernel log: cannot read" in warning
+    finally:
+        col.close()
+    node = NodeReport(host="h", agent_version="x", sampled_at=1000.0, interval_s=5.0, status=Status.UNKNOWN,
+                      chips=[], chips_expected=None, host_metrics=HostMetrics(),
+                      collectors=[CollectorState("nvml", True, warning)])
+    [problem] = collector_check.check_node(node, None, 1000.0)  # type: ignore[arg-type]
+    assert problem.severity.value == "warning" and "collector nvml in part: XID kernel log" in problem.message
+
+
+def test_impossible_readings_are_absent_and_one_failing_field_loses_only_itself() -> None:
+    col, host = collector_for(scenario_doc([], chips=1))
+    nv = host.nvml
+    chip = col.discover()[0]
+    nv.nvmlDeviceGetTemperature = lambda handle, sensor: 65535  # NVML's "no reading"
+
+    class Util:
+        gpu, memory = 250, 40
+
+    nv.nvmlDeviceGetUtilizationRates = lambda handle: Util()
+
+    def broken(handle: Any) -> Any:
+        raise RuntimeError("ctypes: unexpected struct size")  # not an NVMLError
+
+    nv.nvmlDeviceGetPcieReplayCounter = broken
+    rep = col.sample_chip(chip)
+    assert rep.temperature_c is None and rep.utilization_pct is None and rep.memory_utilization_pct == 40.0
+    assert rep.memory_used_bytes is not None and rep.power_w is not None  # the rest still read

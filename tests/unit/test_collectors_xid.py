@@ -148,3 +148,7 @@ def wait_for(cond: object, timeout: float = 5.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+def test_the_older_kernel_log_form_without_pci_prefix_is_parsed() -> None:
+    assert parse_xid_line("NVRM: Xid (0000:03:00): 14, Channel 00000001") == ("0000:03:00", 14)

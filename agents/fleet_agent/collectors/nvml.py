@@ -203,6 +203,14 @@ class NvmlCollector:
             w.poll(0)
             w.start()
 
+    def warning(self) -> str | None:
+        """A source of XIDs that is off (the kernel log unreadable, NVML's events failing): the
+        chips still report, but XIDs may go unseen, which the report must say."""
+        problems = [f"XID {what}: {source.error}" for what, source in
+                    (("kernel log", self._kernel_log), ("events", self._watcher))
+                    if source is not None and source.error]
+        return "; ".join(problems) or None
+
     # --- sampling ---
 
     def _handle(self, chip: ChipIdentity) -> Any:
@@ -239,7 +247,7 @@ class NvmlCollector:
         st = self._static.setdefault(chip.uuid or f"#{chip.index}", _Static())
 
         temp = r.call("nvmlDeviceGetTemperature", nv.NVML_TEMPERATURE_GPU)
-        rep.temperature_c = None if temp is None else float(temp)
+        rep.temperature_c = r.plausible("temperature", temp, -40, 200)  # 65535: no reading
         fields = r.call("nvmlDeviceGetFieldValues", [_FI_DEV_MEMORY_TEMP, _FI_DEV_NVLINK_LINK_COUNT])
         if fields is not None:
             rep.memory_temperature_c = _field_number(fields[0])
@@ -248,7 +256,8 @@ class NvmlCollector:
                 st.nvlinks = None if links is None else int(links)
         util = r.call("nvmlDeviceGetUtilizationRates")
         if util is not None:
-            rep.utilization_pct, rep.memory_utilization_pct = float(util.gpu), float(util.memory)
+            rep.utilization_pct = r.plausible("utilization", util.gpu, 0, 100)
+            rep.memory_utilization_pct = r.plausible("memory utilization", util.memory, 0, 100)
         mem = r.call("nvmlDeviceGetMemoryInfo")
         if mem is not None:
             rep.memory_used_bytes, rep.memory_total_bytes = int(mem.used), int(mem.total)
@@ -344,8 +353,24 @@ class _Reads:
             if e.value not in (_ERR_NOT_SUPPORTED, _ERR_INVALID_ARGUMENT) and not quiet:
                 self.errors.append(f"{fn}: {e}")
             return None
+        except Exception as e:  # noqa: BLE001 - a binding's bug: this field is lost, not the chip
+            self.errors.append(f"{fn}: {type(e).__name__}: {e}")
+            return None
         self.ok += 1
         return value
+
+    def plausible(self, what: str, value: Any, lo: float, hi: float) -> float | None:
+        """``value`` as a float, or None (and an error noted) when NVML's answer cannot be real."""
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not lo <= number <= hi:  # also NaN
+            self.errors.append(f"{what}: implausible reading {value!r}")
+            return None
+        return number
 
     def call_first(self, fns: tuple[str, ...], *args: Any) -> Any:
         """The first of ``fns`` this pynvml and driver have (newer names first)."""
@@ -362,6 +387,9 @@ class _Reads:
                     continue  # the driver predates this name: try the older one
                 if e.value != _ERR_NOT_SUPPORTED:
                     self.errors.append(f"{fn}: {e}")
+                return None
+            except Exception as e:  # noqa: BLE001 - as in call()
+                self.errors.append(f"{fn}: {type(e).__name__}: {e}")
                 return None
             self.ok += 1
             return value

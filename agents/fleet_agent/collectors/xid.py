@@ -24,7 +24,8 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 _PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.[0-7])?$")
-_XID_RE = re.compile(r"NVRM: Xid \(PCI:([0-9a-fA-F:.]+)\): (\d+)")
+# "NVRM: Xid (PCI:0000:3b:00): 79, ..." and, from older drivers, "NVRM: Xid (0000:03:00): 14, ...".
+_XID_RE = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9a-fA-F:.]+)\): (\d+)")
 
 
 def pci_key(bus_id: str | bytes) -> str | None:
@@ -130,6 +131,7 @@ class KernelLogReader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream: IO[bytes] | None = None
+        self._pending: bytes | None = b""
 
     def feed(self, line: str) -> bool:
         """Record the XID in one log line, if any; True when it counted."""
@@ -146,32 +148,43 @@ class KernelLogReader:
             self.error = f"cannot read {self.path}: {e.strerror or e}"
             log.warning("XID kernel-log source off: %s", self.error)
             return False
+        # What the log holds already is read here, before the first sample (`fleet-agent once`
+        # and the first report after a start must show an XID logged before it).
+        self._pending = self._read_available(b"")
+        if self._pending is None:
+            return False
         self._thread = threading.Thread(target=self._run, name="xid-kernel-log", daemon=True)
         self._thread.start()
         return True
 
-    def _run(self) -> None:
+    def _read_available(self, pending: bytes) -> bytes | None:
+        """Feed every complete line readable now; the partial rest, or None when the log failed."""
         assert self._stream is not None
-        pending = b""
-        while not self._stop.is_set():
+        for _ in range(100_000):  # bounded: a log written faster than we read must not pin us here
             try:
                 chunk = self._stream.read(8192)
             except BlockingIOError:
-                chunk = None
+                return pending
             except OSError as e:
                 # /dev/kmsg answers EPIPE when records were overwritten before we read them: go on.
                 if e.errno == 32:
                     continue
                 self.error = f"reading {self.path}: {e.strerror or e}"
                 log.warning("XID kernel-log source stopped: %s", self.error)
-                return
+                return None
             if not chunk:
-                self._stop.wait(self.poll_s)
-                continue
+                return pending
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for raw in lines:
                 self.feed(raw.decode("utf-8", "replace"))
+        return pending
+
+    def _run(self) -> None:
+        pending: bytes | None = self._pending
+        while pending is not None and not self._stop.is_set():
+            self._stop.wait(self.poll_s)
+            pending = self._read_available(pending)
 
     def stop(self) -> None:
         self._stop.set()
