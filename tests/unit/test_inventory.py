@@ -169,10 +169,15 @@ def test_malformed_structure_names_file(tmp_path: Path, cache: Path) -> None:
         load_inventory(str(bad), cache_dir=cache)
 
 
-def test_bad_port_names_host_and_variable(tmp_path: Path, cache: Path) -> None:
+@pytest.mark.parametrize(("host_vars", "message"), [
+    ("{fleet_agent_port: http}", r"bad\.yml: host h1: fleet_agent_port: expected an integer, got 'http'"),
+    ("{ansible_host: [10.0.0.1]}", r"bad\.yml: host h1: ansible_host: expected a string, got a list"),
+])
+def test_a_variable_of_the_wrong_type_names_host_and_variable(tmp_path: Path, cache: Path, host_vars: str,
+                                                              message: str) -> None:
     bad = tmp_path / "bad.yml"
-    bad.write_text("all:\n  hosts:\n    h1: {fleet_agent_port: http}\n")
-    with pytest.raises(InventoryError, match=r"host h1: fleet_agent_port: expected an integer, got 'http'"):
+    bad.write_text(f"all:\n  hosts:\n    h1: {host_vars}\n")
+    with pytest.raises(InventoryError, match=message):
         load_inventory(str(bad), cache_dir=cache)
 
 
@@ -383,13 +388,6 @@ def test_statements_and_comments_are_templates_too(tmp_path: Path, cache: Path) 
                  "      fleet_agent_port: \"{% if true %}9001{% endif %}\"\n")
     h = load_inventory(str(f), cache_dir=cache).hosts["h1"]
     assert (h.address, h.agent_port) == ("10.9.9.9", 9001)
-
-
-def test_an_ansible_host_that_is_not_a_string_is_an_error(tmp_path: Path, cache: Path) -> None:
-    f = tmp_path / "l.yml"
-    f.write_text("all:\n  hosts:\n    h1: {ansible_host: [10.0.0.1, 10.0.0.2]}\n")
-    with pytest.raises(InventoryError, match=r"l.yml: host h1: ansible_host: expected a string, got a list"):
-        load_inventory(str(f), cache_dir=cache)
 
 
 def test_a_cache_entry_with_the_right_key_but_damaged_content_is_parsed_again(inv: Path, cache: Path) -> None:
