@@ -307,15 +307,22 @@ def _query_all(client: PromQuery, deadline_s: float) -> dict[str, list[Sample]]:
 
     pool = DaemonThreadPool(4, "prometheus")
     futures = [pool.submit(client.query, q) for q in QUERIES]
-    done, late = concurrent.futures.wait(futures, timeout=deadline_s,
-                                         return_when=concurrent.futures.FIRST_EXCEPTION)
-    for f in futures:
-        if f in done and f.exception() is not None:
-            raise f.exception()  # type: ignore[misc]  # the first query that failed, as it failed
-    if late:
-        where = getattr(client, "url", "Prometheus")
-        raise PrometheusError(f"{where}: no complete answer within the {deadline_s:g}s deadline")
-    return {q: f.result() for q, f in zip(QUERIES, futures, strict=True)}
+    try:
+        done, late = concurrent.futures.wait(futures, timeout=deadline_s,
+                                             return_when=concurrent.futures.FIRST_EXCEPTION)
+        for f in futures:
+            if f in done and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]  # the first query that failed, as it failed
+        if late:
+            where = getattr(client, "url", "Prometheus")
+            raise PrometheusError(f"{where}: no complete answer within the {deadline_s:g}s deadline")
+        return {q: f.result() for q, f in zip(QUERIES, futures, strict=True)}
+    finally:
+        # Queries not started are dropped and the threads end once idle (`--watch` calls this
+        # every round: nothing may accumulate).
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=False)
 
 
 def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: str = "", pattern: str = "all",

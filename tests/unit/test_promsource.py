@@ -347,3 +347,15 @@ def test_the_deadline_bounds_a_server_that_trickles_its_answers(serve: Callable[
     with pytest.raises(PrometheusError, match="no complete answer within the 1s deadline"):
         prometheus_report([host("a", 1)], client, deadline_s=1.0)
     assert time.monotonic() - started < 3.0
+
+
+def test_repeated_reports_leave_no_threads_behind() -> None:
+    # `health --watch --source prometheus` builds a report every round.
+    before = threading.active_count()
+    for _ in range(20):
+        prometheus_report([host("a", 1)], SeriesPrometheus(healthy_series()), now=NOW)
+    for _ in range(100):
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.02)
+    assert threading.active_count() <= before
