@@ -576,7 +576,8 @@ def _host_doc_or_error(host: Any, inventory_vars: InventoryVars, templar: HostTe
 
 
 _TEMPLATE_MARKS = ("{{", "{%", "{#")  # what makes Ansible render a string
-_INDIRECTION = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# "{{ name }}" or "{{ name | default('') }}" (inventory/example's form): another variable's value.
+_INDIRECTION = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\|\s*default\(\s*(?:''|\"\")\s*\)\s*)?\}\}")
 
 
 def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) -> dict[str, Any]:
@@ -610,7 +611,11 @@ def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) 
     token_raw = raw.get(TOKEN_VAR)
     for _ in range(8):  # fleet_agent_token: "{{ vault_fleet_agent_token }}", Ansible's vault idiom
         ref = _INDIRECTION.fullmatch(token_raw.strip()) if isinstance(token_raw, str) else None
-        if ref is None or ref.group(1) not in raw:
+        if ref is None:
+            break
+        if ref.group(1) not in raw:
+            if ref.group(2):  # undefined, with default(''): no token
+                token_raw = ""
             break
         token_raw = raw[ref.group(1)]
     token: dict[str, str] | None = None

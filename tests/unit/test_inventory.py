@@ -336,15 +336,17 @@ def encrypt_string(tmp_path: Path, name: str, value: str) -> str:
     ).stdout
 
 
+@pytest.mark.parametrize("reference", ["{{ vault_fleet_agent_token }}",
+                                       "{{ vault_fleet_agent_token | default('') }}"])  # inventory/example's
 def test_the_vault_idiom_for_the_token_keeps_it_encrypted(
-        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, reference: str) -> None:
     # group_vars: fleet_agent_token: "{{ vault_fleet_agent_token }}", the latter encrypted.
     d = tmp_path / "inv"
     (d / "group_vars").mkdir(parents=True)
     (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n")
     (d / "group_vars" / "gpu_nodes.yml").write_text(
         encrypt_string(tmp_path, "vault_fleet_agent_token", "tok-456")
-        + "fleet_agent_token: \"{{ vault_fleet_agent_token }}\"\n")
+        + f"fleet_agent_token: \"{reference}\"\n")
     (d / "host_vars").mkdir()
     (d / "host_vars" / "h2.yml").write_text(encrypt_string(tmp_path, "fleet_agent_token", "tok-789"))
     (d / "hosts.yml").write_text("gpu_nodes:\n  hosts:\n    h1:\n    h2:\n")
