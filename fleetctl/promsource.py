@@ -274,7 +274,7 @@ def _status(value: str | None) -> Status:
         return Status.UNKNOWN
 
 
-def _node(host: Host, d: _HostData) -> NodeReport:
+def _node(host: Host, d: _HostData, now: float) -> NodeReport:
     chips = []
     for idx in sorted(d.chips):
         c = d.chips[idx]
@@ -291,7 +291,9 @@ def _node(host: Host, d: _HostData) -> NodeReport:
     expected = d.gauges.get("fleet_node_chips_expected")
     return NodeReport(
         host=host.name, agent_version=d.version or "",
-        sampled_at=d.gauges.get("fleet_sample_timestamp_seconds", 0.0),
+        # Without a sample time, "now" keeps the controller's age check quiet: _as_scraped says
+        # instead that the age is unknown.
+        sampled_at=d.gauges.get("fleet_sample_timestamp_seconds", now),
         interval_s=0.0,  # not exported; the controller's stale threshold falls back to its minimum
         status=d.status or Status.UNKNOWN, chips_expected=None if expected is None else int(expected),
         chips=chips, host_metrics=HostMetrics(), problems=d.node_problems,
@@ -349,7 +351,7 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
                                         kind="no_metrics", reason="scraped, but no fleet_node_status",
                                         expected_chips=h.expected_chips, host_vars=h.vars))
         else:
-            row = host_row_from_node(h.name, h.address, h.agent_port, h.groups, _node(h, d), now,
+            row = host_row_from_node(h.name, h.address, h.agent_port, h.groups, _node(h, d, now), now,
                                      expected_chips=h.expected_chips, host_vars=h.vars)
             rows.append(_as_scraped(row, d))
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
@@ -362,10 +364,9 @@ def _as_scraped(row: HostRow, d: _HostData) -> HostRow:
     row.agent_version = d.version
     if "fleet_sample_timestamp_seconds" not in d.gauges:
         row.sampled_at = row.age_s = None
-        row.problems = [p for p in row.problems if p.check != "sample_age"]
-        row.problems.append(ProblemRow("sample_age", "warning", "no usable fleet_sample_timestamp_seconds: "
-                                       "the sample's age is unknown", "restart_agent"))
-        row.problems = sort_problems(row.problems)
+        row.problems = sort_problems([*row.problems, ProblemRow(
+            "sample_age", "warning", "no usable fleet_sample_timestamp_seconds: the sample's age is unknown",
+            "restart_agent")])
         row.status = worse(row.status, HostState.UNKNOWN)
     return row
 
