@@ -12,6 +12,11 @@ EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one line (sqlite and others can say more over several): its first, or its type."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 class FleetctlError(Exception):
     """A failure the operator can act on; ``str()`` is one line, no traceback is shown."""
 

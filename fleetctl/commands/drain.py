@@ -82,7 +82,7 @@ def _run(command: str, body: Any) -> None:
     """
     import sqlite3
 
-    from fleetctl.errors import EXIT_PROBLEMS, EXIT_USAGE, FleetctlError
+    from fleetctl.errors import EXIT_PROBLEMS, EXIT_USAGE, FleetctlError, first_line
     from fleetctl.state.hosts import TransitionError
 
     try:
@@ -94,8 +94,7 @@ def _run(command: str, body: Any) -> None:
         typer.echo(f"fleetctl {command}: state conflict: {exc}", err=True)
         raise typer.Exit(EXIT_PROBLEMS) from None
     except sqlite3.Error as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        typer.echo(f"fleetctl {command}: state database: {detail}", err=True)
+        typer.echo(f"fleetctl {command}: state database: {first_line(exc)}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     raise typer.Exit(code)
 

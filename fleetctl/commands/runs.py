@@ -11,7 +11,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from fleetctl.errors import EXIT_USAGE
+from fleetctl.errors import EXIT_USAGE, first_line
 
 runs_app = typer.Typer(help="Provision run history.", no_args_is_help=True)
 
@@ -28,17 +28,13 @@ def _database(db_path: Path | None) -> Iterator[sqlite3.Connection]:
     try:
         conn = runs.connect(path)
     except (OSError, sqlite3.Error) as exc:
-        _fail(f"state database {path}: {_first_line(exc)}")
+        _fail(f"state database {path}: {first_line(exc)}")
     try:
         yield conn
     except sqlite3.Error as exc:
-        _fail(f"state database {path}: {_first_line(exc)}")
+        _fail(f"state database {path}: {first_line(exc)}")
     finally:
         conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _fail(message: str) -> NoReturn:
