@@ -1,7 +1,8 @@
 """The ``fleetctl`` command line. Thin: each command module parses, calls the core, renders.
 
-Command modules are registered here; each defines ``register(app)``. Heavy imports (ansible,
-asyncio clients) happen inside the command bodies so ``fleetctl --help`` starts fast.
+Every module in ``_COMMAND_MODULES`` defines ``register(app)`` (see :mod:`fleetctl.commands` for
+the shape they share). Heavy imports (ansible, asyncio clients, rich) happen inside the command
+bodies so ``fleetctl --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -23,19 +24,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module under fleetctl/commands/ that exists is registered; order is the help order.
-_COMMAND_MODULES = ("health", "inventory", "prometheus", "provision", "runs", "drain")
+# The command modules under fleetctl/commands/; their order is the help order.
+_COMMAND_MODULES = ("health", "inventory", "prometheus", "provision", "runs", "drain", "maintain")
 
 
 def _register_all() -> None:
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"fleetctl.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"fleetctl.commands.{name}":
-                continue  # not written yet
-            raise
-        module.register(app)
+        importlib.import_module(f"fleetctl.commands.{name}").register(app)
 
 
 _register_all()

@@ -15,9 +15,7 @@ A re-run finds hosts in cordoned/draining/drain_failed and carries on from there
 from __future__ import annotations
 
 import getpass
-import math
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,25 +23,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from fleetctl.errors import EXIT_PROBLEMS, FleetctlError, UsageError
+from fleet_agent.verdict import unfit_for_work
+
+from fleetctl.errors import FleetctlError, UsageError
 from fleetctl.schedulers.base import (
     ForeignDrainError,
     HostLike,
     NodeState,
     SchedState,
     Scheduler,
-    SchedulerConfigError,
     SchedulerError,
     states,
     tag_reason,
 )
 from fleetctl.state import hosts as hstate
 from fleetctl.state import locks
-from fleetctl.state.hosts import HostRecord, HostState
+from fleetctl.state.hosts import DrainState, HostRecord
+from fleetctl.validation import Size, require_reason
 
 SchedulerFor = Callable[[HostLike], Scheduler]
 Echo = Callable[[str], None]
-_SIZE = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
 _POLL_MAX_S = 10.0
 
 
@@ -55,34 +54,6 @@ class HealthCheck(Protocol):
     """``None`` for a host healthy enough to take work again, else the reason it is not."""
 
     def __call__(self, hosts: Sequence[HostLike]) -> Mapping[str, str | None]: ...
-
-
-@dataclass(frozen=True)
-class Size:
-    """``N`` hosts or ``N%`` of a pool (rounded down, never below 1 so a rollout can progress)."""
-
-    value: int
-    percent: bool = False
-
-    @classmethod
-    def parse(cls, text: str, option: str) -> Size:
-        m = _SIZE.match(text)
-        if not m:
-            raise UsageError(f"{option} {text!r}: expected a number of hosts (N) or a percentage (N%)")
-        value, pct = int(m.group(1)), bool(m.group(2))
-        if pct and not 0 < value <= 100:
-            raise UsageError(f"{option} {text!r}: a percentage must be between 1% and 100%")
-        if not pct and value < 1:
-            raise UsageError(f"{option} {text!r}: must be at least 1")
-        return cls(value, pct)
-
-    def of(self, total: int) -> int:
-        if not self.percent:
-            return self.value
-        return max(1, math.floor(total * self.value / 100))
-
-    def __str__(self) -> str:
-        return f"{self.value}{'%' if self.percent else ''}"
 
 
 def current_user() -> str:
@@ -133,7 +104,7 @@ class DrainPlan:
                f"after this drain {total}"]
         for h in self.hosts:
             rec, st = self.records[h], self.states[h]
-            action = "resume drain" if rec.state is not HostState.ACTIVE else "drain"
+            action = "resume drain" if rec.state is not DrainState.ACTIVE else "drain"
             out.append(f"  {action} {h}: fleetctl {rec.state}, scheduler {st.state} ({st.detail})")
         out += [f"  skip {o.host}: {o.message}" for o in self.skipped]
         return out
@@ -145,12 +116,9 @@ def _names(hosts: Sequence[HostLike]) -> str:
 
 
 def scheduler_map(hosts: Sequence[HostLike], scheduler_for: SchedulerFor) -> dict[str, Scheduler]:
-    try:
-        return {h.name: scheduler_for(h) for h in hosts}
-    except SchedulerConfigError as exc:
-        raise UsageError(str(exc)) from None
-    except SchedulerError as exc:  # e.g. an unreadable kubeconfig
-        raise FleetctlError(str(exc), exit_code=EXIT_PROBLEMS) from None
+    """Each host's scheduler; a misconfigured one (exit 2) or an unreadable kubeconfig (exit 1) ends
+    the command with the error it raises."""
+    return {h.name: scheduler_for(h) for h in hosts}
 
 
 def probe(hosts: Sequence[HostLike], scheds: Mapping[str, Scheduler], *,
@@ -202,8 +170,7 @@ def probe(hosts: Sequence[HostLike], scheds: Mapping[str, Scheduler], *,
 
 def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
                scheduler_for: SchedulerFor, opts: DrainOptions) -> DrainPlan:
-    if not opts.reason or not opts.reason.strip():
-        raise UsageError("a reason is required: --reason TEXT")
+    require_reason(opts.reason)
     scheds = scheduler_map(list({h.name: h for h in [*hosts, *pool]}.values()), scheduler_for)
     try:
         current = probe(hosts, scheds)
@@ -221,10 +188,10 @@ def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequen
         elif st.foreign_drain:
             skipped.append(Outcome(h.name, False, rec.state.value,
                                    f"already drained by someone else ({st.reason!r}); left as it is"))
-        elif rec.state in (HostState.MAINTAINING, HostState.VERIFYING, HostState.QUARANTINED):
+        elif rec.state in (DrainState.MAINTAINING, DrainState.VERIFYING, DrainState.QUARANTINED):
             skipped.append(Outcome(h.name, True, rec.state.value,
                                    f"already out of service ({rec.state}, {rec.reason or 'no reason'})"))
-        elif rec.state is HostState.DRAINED and st.state is SchedState.DRAINED:
+        elif rec.state is DrainState.DRAINED and st.state is SchedState.DRAINED:
             skipped.append(Outcome(h.name, True, rec.state.value, "already drained"))
         else:
             todo.append(h.name)
@@ -233,7 +200,7 @@ def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequen
     pool_records = hstate.get_many(conn, [p.name for p in others])
     unavailable = sorted(
         n for n in pool_states
-        if not pool_states[n].available or pool_records[n].state is not HostState.ACTIVE
+        if not pool_states[n].available or pool_records[n].state is not DrainState.ACTIVE
     )
     pool_size = len({p.name for p in pool} | {h.name for h in hosts})
     return DrainPlan(todo, skipped, pool_size, opts.max_unavailable.of(pool_size), unavailable,
@@ -254,10 +221,7 @@ def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[Ho
           sleep: Callable[[float], None] = time.sleep,
           clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
     """Drain ``hosts``; max-unavailable is counted over ``pool`` (the fleet or a group)."""
-    try:
-        reason = tag_reason(opts.actor, opts.reason)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    reason = tag_reason(opts.actor, require_reason(opts.reason))
     plan = plan_drain(conn, hosts, pool, scheduler_for, opts)
     for line in plan.lines():
         echo(line)
@@ -280,22 +244,22 @@ def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[Ho
         try:
             sched.drain(host, reason)
         except SchedulerError as exc:
-            if before.state is HostState.CORDONED:
-                hstate.transition(conn, name, HostState.ACTIVE, actor=opts.actor, expect={HostState.CORDONED},
-                                  note=f"scheduler refused the drain: {exc}")
+            if before.state is DrainState.CORDONED:
+                hstate.transition(conn, name, DrainState.ACTIVE, actor=opts.actor,
+                                  expect={DrainState.CORDONED}, note=f"scheduler refused the drain: {exc}")
             kind = "refused" if isinstance(exc, ForeignDrainError) else "failed"
             outcomes.append(Outcome(name, False, hstate.get(conn, name).state.value, f"drain {kind}: {exc}"))
             continue
-        if before.state is not HostState.DRAINING:
-            hstate.transition(conn, name, HostState.DRAINING, actor=opts.actor, reason=reason,
+        if before.state is not DrainState.DRAINING:
+            hstate.transition(conn, name, DrainState.DRAINING, actor=opts.actor, reason=reason,
                               owner=opts.owner, run_id=opts.run_id,
-                              note=None if before.state is HostState.CORDONED
+                              note=None if before.state is DrainState.CORDONED
                               else f"resumed from {before.state}")
         echo(f"{name}: draining ({sched.kind})")
         pending.append(name)
 
     if not opts.wait:
-        outcomes += [Outcome(n, True, HostState.DRAINING.value, "draining (not waiting)") for n in pending]
+        outcomes += [Outcome(n, True, DrainState.DRAINING.value, "draining (not waiting)") for n in pending]
         return outcomes
     outcomes += wait_drained(conn, [by_name[n] for n in pending], scheduler_for, reason, opts,
                              echo=echo, sleep=sleep, clock=clock)
@@ -321,7 +285,7 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
         for name, host in list(waiting.items()):
             sched = scheduler_for(host)
             now = hstate.get(conn, name)
-            if now.state not in (HostState.DRAINING, HostState.DRAINED):
+            if now.state not in (DrainState.DRAINING, DrainState.DRAINED):
                 # Undrained (or taken over) by someone else while we waited: not ours to drain again.
                 outcomes.append(Outcome(name, False, now.state.value,
                                         f"changed meanwhile by {now.actor or 'someone else'} "
@@ -332,11 +296,11 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
                 st = sched.state(host)
                 workloads = sched.running_workloads(host) if st.state is SchedState.DRAINED else []
                 if st.state is SchedState.DRAINED and not workloads:
-                    hstate.transition(conn, name, HostState.DRAINED, actor=opts.actor,
-                                      expect={HostState.DRAINING, HostState.DRAINED}, owner=opts.owner,
+                    hstate.transition(conn, name, DrainState.DRAINED, actor=opts.actor,
+                                      expect={DrainState.DRAINING, DrainState.DRAINED}, owner=opts.owner,
                                       run_id=opts.run_id)
                     echo(f"{name}: drained")
-                    outcomes.append(Outcome(name, True, HostState.DRAINED.value, "drained"))
+                    outcomes.append(Outcome(name, True, DrainState.DRAINED.value, "drained"))
                     del waiting[name]
                     continue
                 if st.foreign_drain:
@@ -345,8 +309,8 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
                 running = workloads or sched.running_workloads(host)
                 last[name] = f"scheduler {st.detail or st.state}; running: {', '.join(running[:5]) or 'none'}"
             except ForeignDrainError as exc:
-                hstate.transition(conn, name, HostState.DRAIN_FAILED, actor=opts.actor, note=str(exc))
-                outcomes.append(Outcome(name, False, HostState.DRAIN_FAILED.value, str(exc)))
+                hstate.transition(conn, name, DrainState.DRAIN_FAILED, actor=opts.actor, note=str(exc))
+                outcomes.append(Outcome(name, False, DrainState.DRAIN_FAILED.value, str(exc)))
                 del waiting[name]
             except (SchedulerError, hstate.TransitionError) as exc:
                 last[name] = str(exc)  # transient (a restarting controller); retried until the timeout
@@ -356,8 +320,8 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
             for name in waiting:
                 note = f"timed out after {opts.timeout_s:.0f}s: {last.get(name, 'still draining')}"
                 try:
-                    hstate.transition(conn, name, HostState.DRAIN_FAILED, actor=opts.actor,
-                                      expect={HostState.DRAINING}, note=note)
+                    hstate.transition(conn, name, DrainState.DRAIN_FAILED, actor=opts.actor,
+                                      expect={DrainState.DRAINING}, note=note)
                 except hstate.TransitionError as exc:  # someone else moved it in the last round
                     note = f"{note}; changed meanwhile ({exc})"
                 echo(f"{name}: drain_failed ({note})")
@@ -393,13 +357,13 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
         elif st.foreign_drain:
             outcomes.append(Outcome(h.name, False, rec.state.value,
                                     f"drained by someone else ({st.reason!r}); not touching it"))
-        elif rec.state is HostState.ACTIVE and st.state not in (SchedState.DRAINING, SchedState.DRAINED):
+        elif rec.state is DrainState.ACTIVE and st.state not in (SchedState.DRAINING, SchedState.DRAINED):
             outcomes.append(Outcome(h.name, True, rec.state.value, f"not drained (scheduler: {st.state})"))
-        elif rec.state in (HostState.MAINTAINING, HostState.VERIFYING) and hstate.owner_alive(rec.owner) \
+        elif rec.state in (DrainState.MAINTAINING, DrainState.VERIFYING) and hstate.owner_alive(rec.owner) \
                 and rec.owner != hstate.this_process() and not force:
             outcomes.append(Outcome(h.name, False, rec.state.value,
                                     f"in maintenance by {rec.owner} (run {rec.run_id}); --force to override"))
-        elif rec.state is HostState.QUARANTINED and not force:
+        elif rec.state is DrainState.QUARANTINED and not force:
             outcomes.append(Outcome(h.name, False, rec.state.value,
                                     f"quarantined ({rec.reason}); fix it, then undrain with --force"))
         else:
@@ -417,7 +381,7 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
         try:
             # The agent check above can take up to a minute: a maintain run (or another undrain)
             # that moved the host meanwhile wins, and this host is reported, not re-activated.
-            before = hstate.transition(conn, h.name, HostState.ACTIVE, actor=actor, expect={rec.state},
+            before = hstate.transition(conn, h.name, DrainState.ACTIVE, actor=actor, expect={rec.state},
                                        note=note + (" --force" if force else ""))
         except hstate.TransitionError as exc:
             now = hstate.get(conn, h.name).state.value
@@ -430,7 +394,7 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
             outcomes.append(Outcome(h.name, False, before.state.value, f"undrain failed: {exc}"))
             continue
         echo(f"{h.name}: back in service")
-        outcomes.append(Outcome(h.name, True, HostState.ACTIVE.value, "back in service"))
+        outcomes.append(Outcome(h.name, True, DrainState.ACTIVE.value, "back in service"))
     order = {h.name: i for i, h in enumerate(hosts)}
     return sorted(outcomes, key=lambda o: order[o.host])
 
@@ -462,15 +426,15 @@ def _note(rec: HostRecord, st: NodeState) -> str | None:
     s, sched = rec.state, st.state
     if st.foreign_drain:
         return "drained outside fleetctl"
-    if s is HostState.CORDONED and sched is SchedState.ACTIVE:
+    if s is DrainState.CORDONED and sched is SchedState.ACTIVE:
         return "interrupted before the scheduler was told: re-run drain, or undrain"
-    if s is HostState.DRAINING and sched is SchedState.DRAINED:
+    if s is DrainState.DRAINING and sched is SchedState.DRAINED:
         return "no workload left: re-run drain to record it"
-    if s in (HostState.DRAINING, HostState.DRAINED, HostState.DRAIN_FAILED) and sched is SchedState.ACTIVE:
+    if s in (DrainState.DRAINING, DrainState.DRAINED, DrainState.DRAIN_FAILED) and sched is SchedState.ACTIVE:
         return "schedulable again outside fleetctl"
-    if s is HostState.ACTIVE and sched in (SchedState.DRAINING, SchedState.DRAINED) and st.ours:
+    if s is DrainState.ACTIVE and sched in (SchedState.DRAINING, SchedState.DRAINED) and st.ours:
         return "interrupted undrain: re-run undrain"
-    if s in (HostState.MAINTAINING, HostState.VERIFYING) and not hstate.owner_alive(rec.owner):
+    if s in (DrainState.MAINTAINING, DrainState.VERIFYING) and not hstate.owner_alive(rec.owner):
         return f"maintain run {rec.run_id} is gone: re-run maintain to resume"
     return None
 
@@ -506,21 +470,6 @@ def status(conn: sqlite3.Connection, hosts: Sequence[HostLike],
 # --- agent health (undrain, maintain's verify) ------------------------------------------------
 
 
-def judge_report(report: Any) -> str | None:
-    """``None`` when a node report says the host can take work; else why not."""
-    status = str(getattr(report.status, "value", report.status))
-    if status in ("unhealthy", "unknown"):
-        found = [p.message for p in report.problems]
-        found += [f"chip {c.index}: {p.message}" for c in report.chips for p in c.problems]
-        found += [f"chip {c.index} {c.status.value}" for c in report.chips
-                  if c.status.value in ("unhealthy", "unknown") and not c.problems]
-        detail = "; ".join(found[:3]) or "no detail"
-        return f"agent reports {status} ({detail})"
-    if report.chips_expected is not None and len(report.chips) < report.chips_expected:
-        return f"agent sees {len(report.chips)} of {report.chips_expected} expected chips"
-    return None
-
-
 def agent_health(hosts: Sequence[HostLike]) -> dict[str, str | None]:
     """Ask each host's fleet-agent (``GET /v1/node``) whether it is healthy enough for work."""
     from fleetctl.fanout import FanoutOptions, fetch_all
@@ -540,5 +489,5 @@ def agent_health(hosts: Sequence[HostLike]) -> dict[str, str | None]:
             where = result.host.agent_endpoint
             verdicts[result.host.name] = f"agent at {where} {result.kind}: {result.detail}"
         else:
-            verdicts[result.host.name] = judge_report(result.report)
+            verdicts[result.host.name] = unfit_for_work(result.report)
     return verdicts

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleetctl import drain as drain_core
-from fleetctl.drain import DrainOptions, Echo, HealthCheck, Outcome, SchedulerFor, Size, current_user
+from fleetctl.drain import DrainOptions, Echo, HealthCheck, Outcome, SchedulerFor, current_user
 from fleetctl.errors import FleetctlError, UsageError
 from fleetctl.schedulers.base import HostLike
 from fleetctl.state import hosts as hstate
 from fleetctl.state import locks
-from fleetctl.state.hosts import HostState
+from fleetctl.state.hosts import DrainState
 from fleetctl.state.runs import this_machine
+from fleetctl.validation import Size
 
 
 class Provisioner(Protocol):
@@ -115,14 +116,14 @@ def plan_maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Seq
     skipped: list[Outcome] = []
     for h in hosts:
         rec = records[h.name]
-        if rec.state is HostState.QUARANTINED:
+        if rec.state is DrainState.QUARANTINED:
             skipped.append(Outcome(h.name, False, rec.state.value,
                                    f"quarantined ({rec.reason}); fix it and undrain --force first"))
-        elif rec.state in (HostState.MAINTAINING, HostState.VERIFYING) and hstate.owner_alive(rec.owner) \
+        elif rec.state in (DrainState.MAINTAINING, DrainState.VERIFYING) and hstate.owner_alive(rec.owner) \
                 and rec.owner != hstate.this_process():
             skipped.append(Outcome(h.name, False, rec.state.value,
                                    f"in maintenance by {rec.owner} (run {rec.run_id})"))
-        elif rec.state in (HostState.DRAINING, HostState.DRAINED) and rec.run_id is None:
+        elif rec.state in (DrainState.DRAINING, DrainState.DRAINED) and rec.run_id is None:
             # Drained by hand (`fleetctl drain`, an RMA, an investigation): maintenance would put it
             # back into service at the end. A maintain run's own drains carry its run id and resume.
             skipped.append(Outcome(h.name, False, rec.state.value,
@@ -198,7 +199,8 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
     done: dict[str, Outcome] = {}
     records = hstate.get_many(conn, [h.name for h in batch])
     # 1. drain (hosts already in maintaining/verifying from an interrupted run skip it)
-    to_drain = [h for h in batch if records[h.name].state not in (HostState.MAINTAINING, HostState.VERIFYING)]
+    resuming = (DrainState.MAINTAINING, DrainState.VERIFYING)
+    to_drain = [h for h in batch if records[h.name].state not in resuming]
     if to_drain:
         dopts = DrainOptions(reason=reason, actor=actor, wait=True, timeout_s=opts.drain_timeout_s,
                              max_unavailable=opts.max_unavailable, poll_s=opts.poll_s, owner=owner,
@@ -215,11 +217,11 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
         if h.name in done:
             continue
         state = hstate.get(conn, h.name).state
-        if state is HostState.VERIFYING:
+        if state is DrainState.VERIFYING:
             verify.append(h)
             continue
-        hstate.transition(conn, h.name, HostState.MAINTAINING, actor=actor, owner=owner, run_id=run_id,
-                          expect={HostState.DRAINED, HostState.MAINTAINING},
+        hstate.transition(conn, h.name, DrainState.MAINTAINING, actor=actor, owner=owner, run_id=run_id,
+                          expect={DrainState.DRAINED, DrainState.MAINTAINING},
                           note=f"provision {opts.playbook}")
         provision.append(h)
     if provision:
@@ -235,8 +237,8 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
             if problem:
                 done[h.name] = _quarantine(conn, h.name, actor, f"provision failed: {problem}", echo)
             else:
-                hstate.transition(conn, h.name, HostState.VERIFYING, actor=actor, owner=owner, run_id=run_id,
-                                  expect={HostState.MAINTAINING}, note="provisioned")
+                hstate.transition(conn, h.name, DrainState.VERIFYING, actor=actor, owner=owner, run_id=run_id,
+                                  expect={DrainState.MAINTAINING}, note="provisioned")
                 verify.append(h)
     # 3. verify through the agents (retried: an agent restarted by the playbook needs a moment)
     healthy: list[HostLike] = []
@@ -276,9 +278,9 @@ def _verify(verifier: HealthCheck, hosts: Sequence[HostLike], opts: MaintainOpti
 
 
 def _quarantine(conn: sqlite3.Connection, host: str, actor: str, why: str, echo: Echo) -> Outcome:
-    hstate.transition(conn, host, HostState.QUARANTINED, actor=actor, note=why)
+    hstate.transition(conn, host, DrainState.QUARANTINED, actor=actor, note=why)
     echo(f"{host}: quarantined ({why})")
-    return Outcome(host, False, HostState.QUARANTINED.value, why)
+    return Outcome(host, False, DrainState.QUARANTINED.value, why)
 
 
 def ansible_provisioner(inventory: Sequence[str], db_path: Path | None, *,

@@ -35,16 +35,8 @@ from fleet_agent.schema import (
 
 from fleetctl.errors import UsageError
 from fleetctl.inventory import Host
-from fleetctl.report import (
-    FleetReport,
-    HostRow,
-    HostState,
-    ProblemRow,
-    host_row_failed,
-    host_row_from_node,
-    sort_problems,
-    worse,
-)
+from fleetctl.report import FleetReport, HostRow
+from fleetctl.report.build import host_row_failed, host_row_from_node
 
 ENV_URL = "FLEETCTL_PROMETHEUS_URL"
 
@@ -253,7 +245,7 @@ def _gather(answers: dict[str, list[Sample]], wanted: set[str]) -> tuple[dict[st
 
 def _worst(current: Status | None, label: str | None) -> Status:
     new = _status(label)
-    return new if current is None or new.rank > current.rank else current
+    return new if current is None else Status.worst([current, new])
 
 
 def _problem(labels: dict[str, str]) -> Problem:
@@ -291,8 +283,7 @@ def _node(host: Host, d: _HostData, now: float) -> NodeReport:
     expected = d.gauges.get("fleet_node_chips_expected")
     return NodeReport(
         host=host.name, agent_version=d.version or "",
-        # Without a sample time, "now" keeps the controller's age check quiet: _as_scraped says
-        # instead that the age is unknown.
+        # Without a sample time the verdict says the age is unknown (sample_time_known=False).
         sampled_at=d.gauges.get("fleet_sample_timestamp_seconds", now),
         interval_s=0.0,  # not exported; the controller's stale threshold falls back to its minimum
         status=d.status or Status.UNKNOWN, chips_expected=None if expected is None else int(expected),
@@ -352,23 +343,13 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
                                         expected_chips=h.expected_chips, host_vars=h.vars))
         else:
             row = host_row_from_node(h.name, h.address, h.agent_port, h.groups, _node(h, d, now), now,
-                                     expected_chips=h.expected_chips, host_vars=h.vars)
-            rows.append(_as_scraped(row, d))
+                                     expected_chips=h.expected_chips, host_vars=h.vars,
+                                     sample_time_known="fleet_sample_timestamp_seconds" in d.gauges)
+            # What the metrics did not say stays unsaid: no made-up agent version.
+            row.agent_version = d.version
+            rows.append(row)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
                        pattern=pattern, duration_s=time.monotonic() - started)
-
-
-def _as_scraped(row: HostRow, d: _HostData) -> HostRow:
-    """What the metrics did not say stays unsaid: no version, and without a sample time no age
-    (the host is ``unknown``: how old its data is cannot be told)."""
-    row.agent_version = d.version
-    if "fleet_sample_timestamp_seconds" not in d.gauges:
-        row.sampled_at = row.age_s = None
-        row.problems = sort_problems([*row.problems, ProblemRow(
-            "sample_age", "warning", "no usable fleet_sample_timestamp_seconds: the sample's age is unknown",
-            "restart_agent")])
-        row.status = worse(row.status, HostState.UNKNOWN)
-    return row
 
 
 def file_sd_targets(hosts: Sequence[Host]) -> list[dict[str, Any]]:

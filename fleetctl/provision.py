@@ -1,7 +1,7 @@
 """The provision core: validate, lock, run the playbook through a ``PlaybookRunner``, record.
 
 ``run(options, ...)`` is a typed library call (drain/maintain use it too) that returns a
-``ProvisionResult`` with per-host results; rendering lives in ``fleetctl.progress``.
+``ProvisionResult`` with per-host results; rendering lives in ``fleetctl.views.provision``.
 
 Everything that can be checked before touching a host is checked first and raises ``UsageError``
 (exit 2): the playbook, tags (``--list-tags``), extra-vars, batch/forks values, the inventory and
@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import getpass
 import json
-import math
 import os
 import re
 import secrets
@@ -38,7 +37,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from fleetctl.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, FleetctlError, UsageError
+from fleetctl.errors import EXIT_CANCELED, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, FleetctlError, UsageError
 from fleetctl.runner import (
     VAULT_PROMPT,
     Event,
@@ -50,13 +49,12 @@ from fleetctl.runner import (
     worst_first,
 )
 from fleetctl.state import db, locks, runs
+from fleetctl.validation import Size
 
-EXIT_CANCELED = 130  # the shell's convention for a run ended by SIGINT
 REDACTED = "********"
 HEARTBEAT_INTERVAL_S = 5.0
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential|vault|auth", re.I)
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_BATCH = re.compile(r"^(?P<n>[0-9]+)(?P<pct>%?)$")
 
 HostSelector = Callable[[Sequence[str], str], list[str]]
 
@@ -292,12 +290,7 @@ def parse_batch(value: str | None, total: int) -> int:
     """Hosts per batch for ``N`` or ``N%`` (at least one); ``total`` when no batching."""
     if value is None:
         return max(total, 1)
-    match = _BATCH.match(value.strip())
-    if not match or int(match["n"]) < 1 or (match["pct"] and int(match["n"]) > 100):
-        raise UsageError(f"--batch {value!r}: expected a number of hosts N >= 1 or a percentage 1%..100%")
-    if match["pct"]:
-        return max(1, math.floor(total * int(match["n"]) / 100))
-    return int(match["n"])
+    return Size.parse(value, "--batch").of(total)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -280,10 +280,7 @@ class Sampler:
             drained=drained,
             drained_reason=reason,
         )
-        report = self.assess(report, now)
-        if any(not s.ok for s in states if s.name != "host") and report.status.rank < Status.UNKNOWN.rank:
-            # A chip source we cannot read says nothing about the chips behind it.
-            report.status = Status.UNKNOWN
+        report = self.assess(report, now)  # statuses: fleet_agent.verdict, via assess
         report.sample_duration_s = round(time.monotonic() - t0, 6)
         return report
 

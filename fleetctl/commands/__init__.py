@@ -1,23 +1,51 @@
-"""One module per command group; each exposes ``register(app: typer.Typer) -> None``."""
+"""fleetctl's commands: one module per command or command group, all of one shape.
+
+A command function parses its options, calls the core and hands the result to a view
+(``fleetctl.views``); it returns its exit code (``None`` for 0). Each module's ``register(app)``
+adds its functions with :func:`add`, which runs them through :func:`run_command`: the one place
+where a :class:`~fleetctl.errors.FleetctlError` becomes ``fleetctl <command>: <message>`` on
+stderr and its exit code. Typer's own usage errors keep Typer's behaviour.
+
+Only Typer and fleetctl.errors are imported at module level: the core, rich and Ansible are
+imported inside the command functions, so that ``fleetctl --help`` starts fast.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable
+from typing import ParamSpec
 
 import typer
 
-if TYPE_CHECKING:
-    from fleetctl.inventory import Host
+from fleetctl.errors import FleetctlError
+
+P = ParamSpec("P")
 
 
-def select_hosts(command: str, inventory: str | None, pattern: str) -> list[Host]:
-    """The inventory's hosts matching ``pattern``; an inventory error ends ``fleetctl <command>``
-    with its one-line message and exit code (2)."""
-    from fleetctl.errors import FleetctlError
-    from fleetctl.inventory import load_inventory
+def run_command(name: str, fn: Callable[P, int | None]) -> Callable[P, None]:
+    """``fn`` as ``fleetctl <name>`` ends: its exit code, or a FleetctlError's one line and code."""
 
-    try:
-        return load_inventory(inventory).select(pattern)
-    except FleetctlError as exc:
-        typer.echo(f"fleetctl {command}: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            code = fn(*args, **kwargs)
+        except FleetctlError as exc:
+            typer.echo(f"fleetctl {name}: {exc.one_line()}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        if code:
+            raise typer.Exit(code)
+
+    return run
+
+
+def add(app: typer.Typer, name: str, fn: Callable[P, int | None], *, label: str | None = None) -> None:
+    """Register ``fn`` as the command ``name`` of ``app``; errors name it ``label`` (default ``name``)."""
+    app.command(name)(run_command(label or name, fn))
+
+
+def group(app: typer.Typer, name: str, *, help: str) -> typer.Typer:
+    """A command group (``fleetctl runs list``): its commands are added to the Typer returned."""
+    sub = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(sub, name=name)
+    return sub

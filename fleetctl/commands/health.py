@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from fleetctl.commands import add
+from fleetctl.commands.params import InventoryOpt
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -20,14 +22,13 @@ SOURCES = ("agents", "prometheus")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("health")(health)
+    add(app, "health", health)
 
 
 def health(
     pattern: Annotated[str, typer.Argument(help="Ansible host pattern (gpu_nodes:&rack1, !h100-0003)")]
     = "all",
-    inventory: Annotated[str | None, typer.Option(
-        "-i", "--inventory", help="Inventory path (default: $FLEETCTL_INVENTORY, else ansible.cfg)")] = None,
+    inventory: InventoryOpt = None,
     chips: Annotated[bool, typer.Option("--chips", help="One row per chip")] = False,
     unhealthy: Annotated[bool, typer.Option("--unhealthy", help="Only what is wrong")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the fleet report as JSON")] = False,
@@ -46,35 +47,24 @@ def health(
     source: Annotated[str, typer.Option("--source", help="agents (direct) or prometheus")] = "agents",
     prometheus_url: Annotated[str | None, typer.Option(
         "--prometheus-url", help="Prometheus base URL (default: $FLEETCTL_PROMETHEUS_URL)")] = None,
-) -> None:
+) -> int:
     """Ask every agent for its health and show the fleet, worst first.
 
     Exit 0 when every host is healthy, 1 when any is degraded, unhealthy, unknown or unreachable,
     2 on usage or configuration errors.
     """
-    from fleetctl.errors import EXIT_USAGE, FleetctlError
     from fleetctl.report import SORT_KEYS
+    from fleetctl.validation import one_of
 
-    if sort not in SORT_KEYS:
-        _fail(f"--sort {sort!r}: expected one of {', '.join(SORT_KEYS)}", EXIT_USAGE)
-    if source not in SOURCES:
-        _fail(f"--source {source!r}: expected one of {', '.join(SOURCES)}", EXIT_USAGE)
-    try:
-        collect = _collector(pattern, inventory, source, prometheus_url, timeout, deadline, concurrency)
-        if watch is None:
-            report = collect()
-            _show(report, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
-            raise typer.Exit(report.exit_code)
-        code = _watch(collect, watch, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by,
-                      sort=sort)
-    except FleetctlError as exc:
-        _fail(str(exc), exc.exit_code)
-    raise typer.Exit(code)
-
-
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"fleetctl health: {message}", err=True)
-    raise typer.Exit(code)
+    one_of("--sort", sort, SORT_KEYS)
+    one_of("--source", source, SOURCES)
+    collect = _collector(pattern, inventory, source, prometheus_url, timeout, deadline, concurrency)
+    if watch is None:
+        report = collect()
+        _show(report, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
+        return report.exit_code
+    return _watch(collect, watch, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by,
+                  sort=sort)
 
 
 def _collector(pattern: str, inventory: str | None, source: str, prometheus_url: str | None,
@@ -98,7 +88,8 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
 
         return from_prometheus
 
-    from fleetctl.fanout import FanoutOptions, agents_report, raise_fd_limit
+    from fleetctl.fanout import FanoutOptions, raise_fd_limit
+    from fleetctl.report.build import agents_report
 
     # Hung hosts wait aside without a concurrency slot, but each holds a socket: up to every host.
     max_open = raise_fd_limit(min(max(concurrency, len(hosts)), 16384))
@@ -114,16 +105,14 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
 def _show(report: FleetReport, *, as_json: bool, chips: bool, unhealthy: bool, group_by: str | None,
           sort: str) -> None:
     if as_json:
+        from fleetctl.views.console import print_json  # without rich: --json stays light
+
         report.sort(sort)
-        sys.stdout.flush()
-        sys.stdout.buffer.write(report.to_json_bytes() + b"\n")  # bytes: any locale, no re-encoding
-        sys.stdout.buffer.flush()
+        print_json(report.to_json_bytes())
         return
-    from rich.console import Console
+    from fleetctl.views.health import print_report
 
-    from fleetctl.render import render_report
-
-    Console().print(render_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort))
+    print_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
 
 
 def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, chips: bool, unhealthy: bool,
@@ -153,21 +142,9 @@ def _watch_drawer(stack: contextlib.ExitStack, *, as_json: bool, chips: bool, un
     if as_json:
         return lambda report: _show(report, as_json=True, chips=chips, unhealthy=unhealthy,
                                     group_by=group_by, sort=sort)
-    from rich.console import Console, Group
-    from rich.live import Live
-    from rich.text import Text
+    from fleetctl.views.health import live_drawer
 
-    from fleetctl.render import render_report
-
-    live = stack.enter_context(Live(Text("asking the fleet..."), console=Console(), auto_refresh=False,
-                                    redirect_stdout=False, redirect_stderr=False))
-
-    def draw(report: FleetReport) -> None:
-        stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
-        live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by,
-                                               sort=sort)), refresh=True)
-
-    return draw
+    return live_drawer(stack, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort, every=every)
 
 
 class _CtrlC:

@@ -5,42 +5,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import tempfile
 from typing import Annotated
 
 import typer
 
-prometheus_app = typer.Typer(help="Prometheus integration: scrape targets from the inventory.",
-                             no_args_is_help=True)
+from fleetctl.commands import add, group
+from fleetctl.commands.params import InventoryOpt
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(prometheus_app, name="prometheus")
+    prometheus = group(app, "prometheus", help="Prometheus integration: scrape targets from the inventory.")
+    add(prometheus, "targets", targets, label="prometheus targets")
 
 
-@prometheus_app.command("targets")
 def targets(
     pattern: Annotated[str, typer.Argument(help="Ansible host pattern")] = "all",
-    inventory: Annotated[str | None, typer.Option(
-        "-i", "--inventory", help="Inventory path (default: $FLEETCTL_INVENTORY, else ansible.cfg)")] = None,
+    inventory: InventoryOpt = None,
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="Write to FILE atomically (Prometheus re-reads it); default stdout")] = None,
 ) -> None:
     """Write file_sd JSON: one target per agent, labelled host=<inventory name>, group=<first group>."""
-    from fleetctl.commands import select_hosts
+    from fleetctl.errors import UsageError
+    from fleetctl.inventory import load_inventory
     from fleetctl.promsource import file_sd_targets
 
-    hosts = select_hosts("prometheus targets", inventory, pattern)
-    text = json.dumps(file_sd_targets(hosts), indent=2) + "\n"
+    hosts = load_inventory(inventory).select(pattern)
+    doc = file_sd_targets(hosts)
     if output is None:
-        sys.stdout.write(text)
+        from fleetctl.views.console import print_json
+
+        print_json(doc)
         return
     try:
-        write_atomically(output, text)
+        write_atomically(output, json.dumps(doc, indent=2) + "\n")
     except OSError as exc:
-        typer.echo(f"fleetctl prometheus targets: {output}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(2) from None
+        raise UsageError(f"{output}: {exc.strerror or exc}") from None
     typer.echo(f"{len(hosts)} targets -> {output}", err=True)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import json
 import signal
 import sys
 import threading
@@ -15,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from fleetctl.errors import EXIT_USAGE, FleetctlError
+from fleetctl.commands import add
+from fleetctl.commands.params import DbOpt, InventoryOpt, JsonOpt
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -55,99 +55,87 @@ def _read_vault_password() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("provision")
-    def provision(
-        pattern: Annotated[str, typer.Argument(help="Ansible host pattern to provision.")] = "all",
-        playbook: Annotated[
-            str, typer.Option("--playbook", "-p", help="A playbook name in playbooks/ or a path.")
-        ] = "site",
-        inventory: Annotated[
-            str | None,
-            typer.Option("--inventory", "-i", help="Inventory (default: FLEETCTL_INVENTORY, ansible.cfg)."),
-        ] = None,
-        tags: Annotated[
-            list[str] | None, typer.Option("--tags", "-t", help="Only tasks with these tags.")
-        ] = None,
-        skip_tags: Annotated[list[str] | None, typer.Option("--skip-tags", help="Skip these tags.")] = None,
-        check: Annotated[bool, typer.Option("--check", help="Dry run: report what would change.")] = False,
-        diff: Annotated[bool, typer.Option("--diff", help="Show file changes.")] = False,
-        forks: Annotated[int | None, typer.Option("--forks", "-f", help="Parallel hosts per batch.")] = None,
-        batch: Annotated[
-            str | None, typer.Option("--batch", help="Roll out N hosts (or N%) at a time; stop on failure.")
-        ] = None,
-        extra_vars: Annotated[
-            list[str] | None, typer.Option("--extra-vars", "-e", help="k=v, @file or a JSON object.")
-        ] = None,
-        json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-        force: Annotated[bool, typer.Option("--force", help="Take over hosts another run holds.")] = False,
-        db_path: Annotated[
-            Path | None, typer.Option("--db", help="State database (default: FLEETCTL_DB).")
-        ] = None,
-        connection: Annotated[
-            str | None, typer.Option("--connection", "-c", help="ssh (default) or paramiko.")
-        ] = None,
-        private_key: Annotated[
-            Path | None, typer.Option("--private-key", help="SSH key file (default: ssh-agent, ~/.ssh).")
-        ] = None,
-        remote_user: Annotated[str | None, typer.Option("--user", "-u", help="Remote SSH user.")] = None,
-        no_host_key_checking: Annotated[
-            bool, typer.Option("--no-host-key-checking", help="Accept unknown SSH host keys (insecure).")
-        ] = False,
-        vault_password_file: Annotated[
-            Path | None,
-            typer.Option("--vault-password-file", help="File (or script) with the vault password."),
-        ] = None,
-        ask_vault_pass: Annotated[
-            bool, typer.Option("--ask-vault-pass", help="Prompt for the vault password.")
-        ] = False,
-    ) -> None:
-        """Run a playbook on the fleet with live per-host progress; every run is recorded."""
-        from rich.console import Console
+    add(app, "provision", provision)
 
-        from fleetctl import provision as core
-        from fleetctl.inventory import resolve_sources
-        from fleetctl.progress import make_console, make_progress
-        from fleetctl.runner import AnsibleRunner
 
-        err = Console(stderr=True)
-        if vault_password_file and ask_vault_pass:
-            err.print("fleetctl provision: --vault-password-file and --ask-vault-pass exclude each other",
-                      markup=False)
-            raise typer.Exit(EXIT_USAGE)
-        cancel = threading.Event()
+def provision(
+    pattern: Annotated[str, typer.Argument(help="Ansible host pattern to provision.")] = "all",
+    playbook: Annotated[
+        str, typer.Option("--playbook", "-p", help="A playbook name in playbooks/ or a path.")
+    ] = "site",
+    inventory: InventoryOpt = None,
+    tags: Annotated[
+        list[str] | None, typer.Option("--tags", "-t", help="Only tasks with these tags.")
+    ] = None,
+    skip_tags: Annotated[list[str] | None, typer.Option("--skip-tags", help="Skip these tags.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Dry run: report what would change.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Show file changes.")] = False,
+    forks: Annotated[int | None, typer.Option("--forks", "-f", help="Parallel hosts per batch.")] = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Roll out N hosts (or N%) at a time; stop on failure.")
+    ] = None,
+    extra_vars: Annotated[
+        list[str] | None, typer.Option("--extra-vars", "-e", help="k=v, @file or a JSON object.")
+    ] = None,
+    json_output: JsonOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Take over hosts another run holds.")] = False,
+    db_path: DbOpt = None,
+    connection: Annotated[
+        str | None, typer.Option("--connection", "-c", help="ssh (default) or paramiko.")
+    ] = None,
+    private_key: Annotated[
+        Path | None, typer.Option("--private-key", help="SSH key file (default: ssh-agent, ~/.ssh).")
+    ] = None,
+    remote_user: Annotated[str | None, typer.Option("--user", "-u", help="Remote SSH user.")] = None,
+    no_host_key_checking: Annotated[
+        bool, typer.Option("--no-host-key-checking", help="Accept unknown SSH host keys (insecure).")
+    ] = False,
+    vault_password_file: Annotated[
+        Path | None,
+        typer.Option("--vault-password-file", help="File (or script) with the vault password."),
+    ] = None,
+    ask_vault_pass: Annotated[
+        bool, typer.Option("--ask-vault-pass", help="Prompt for the vault password.")
+    ] = False,
+) -> int:
+    """Run a playbook on the fleet with live per-host progress; every run is recorded."""
+    from fleetctl import provision as core
+    from fleetctl.errors import UsageError
+    from fleetctl.inventory import resolve_sources
+    from fleetctl.runner import AnsibleRunner
+    from fleetctl.views.console import print_json, stdout_console
+    from fleetctl.views.provision import make_progress
+
+    if vault_password_file and ask_vault_pass:
+        raise UsageError("--vault-password-file and --ask-vault-pass exclude each other")
+    cancel = threading.Event()
+    vault_password = _read_vault_password() if ask_vault_pass else None
+    options = core.ProvisionOptions(
+        inventory=resolve_sources(inventory),
+        pattern=pattern,
+        playbook=playbook,
+        tags=_split(tags),
+        skip_tags=_split(skip_tags),
+        check=check,
+        diff=diff,
+        forks=forks,
+        batch=batch,
+        extra_vars=list(extra_vars or []),
+        force=force,
+        connection=connection,
+        private_key=private_key,
+        remote_user=remote_user,
+        host_key_checking=not no_host_key_checking,
+        vault_password_file=vault_password_file,
+        vault_password=vault_password,
+    )
+    observer = None if json_output else make_progress(stdout_console())
+    with _cancel_on_signals(cancel):
         try:
-            vault_password = _read_vault_password() if ask_vault_pass else None
-            options = core.ProvisionOptions(
-                inventory=resolve_sources(inventory),
-                pattern=pattern,
-                playbook=playbook,
-                tags=_split(tags),
-                skip_tags=_split(skip_tags),
-                check=check,
-                diff=diff,
-                forks=forks,
-                batch=batch,
-                extra_vars=list(extra_vars or []),
-                force=force,
-                connection=connection,
-                private_key=private_key,
-                remote_user=remote_user,
-                host_key_checking=not no_host_key_checking,
-                vault_password_file=vault_password_file,
-                vault_password=vault_password,
-            )
-            observer = None if json_output else make_progress(make_console())
-            with _cancel_on_signals(cancel):
-                try:
-                    result = core.run(
-                        options, AnsibleRunner(), db_path=db_path, observer=observer, cancel=cancel
-                    )
-                finally:
-                    if observer is not None:
-                        observer.close()
-        except FleetctlError as exc:
-            err.print(f"fleetctl provision: {exc}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        if json_output:
-            print(json.dumps(result.to_dict(), indent=2))
-        raise typer.Exit(result.exit_code)
+            result = core.run(options, AnsibleRunner(), db_path=db_path, observer=observer, cancel=cancel)
+        finally:
+            if observer is not None:
+                observer.close()
+    if json_output:
+        print_json(result.to_dict())
+    return result.exit_code

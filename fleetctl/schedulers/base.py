@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from fleetctl.errors import FleetctlError, UsageError
+
 REASON_PREFIX = "fleetctl:"
 _TAG = re.compile(r"^fleetctl:[^:\s]+: \S")
 
@@ -68,15 +70,15 @@ class NodeState:
         return self.state is SchedState.ACTIVE
 
 
-class SchedulerError(Exception):
-    """The scheduler could not be asked or refused a command (down, unknown node, ...)."""
+class SchedulerError(FleetctlError):
+    """The scheduler could not be asked or refused a command (down, unknown node, ...; exit 1)."""
 
 
 class ForeignDrainError(SchedulerError):
     """The host was drained by someone else; fleetctl reports it and leaves it alone."""
 
 
-class SchedulerConfigError(Exception):
+class SchedulerConfigError(UsageError):
     """An inventory variable that selects or configures a scheduler is wrong (exit 2)."""
 
 

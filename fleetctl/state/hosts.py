@@ -27,6 +27,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from fleetctl.errors import FleetctlError, StateConflict
 from fleetctl.state.db import transaction
 
 SCHEMA = (
@@ -53,7 +54,9 @@ SCHEMA = (
 )
 
 
-class HostState(enum.StrEnum):
+class DrainState(enum.StrEnum):
+    """Where a host is in fleetctl's drain/maintenance state machine (not its health)."""
+
     ACTIVE = "active"
     CORDONED = "cordoned"
     DRAINING = "draining"
@@ -64,12 +67,12 @@ class HostState(enum.StrEnum):
     QUARANTINED = "quarantined"
 
 
-S = HostState
+S = DrainState
 # Besides the forward path: resuming a failed or interrupted drain (→ draining), re-running
 # maintenance on a quarantined host, and undrain (→ active) from any state. Undrain is the escape
 # hatch; whether it is allowed (not quarantined without --force, not while a live maintain owns
 # the host) is decided by fleetctl.drain before it gets here.
-ALLOWED: dict[HostState, frozenset[HostState]] = {
+ALLOWED: dict[DrainState, frozenset[DrainState]] = {
     S.ACTIVE: frozenset({S.CORDONED}),
     S.CORDONED: frozenset({S.DRAINING, S.ACTIVE}),
     S.DRAINING: frozenset({S.DRAINED, S.DRAIN_FAILED, S.ACTIVE}),
@@ -81,12 +84,13 @@ ALLOWED: dict[HostState, frozenset[HostState]] = {
 }
 
 
-class TransitionError(Exception):
-    """A transition the state machine does not allow, or one that lost a race."""
+class TransitionError(StateConflict):
+    """A transition the state machine does not allow, or one that lost a race (exit 1)."""
 
 
-class BudgetExceeded(Exception):
-    """Draining the requested hosts would exceed max-unavailable; the message has the numbers."""
+class BudgetExceeded(FleetctlError):
+    """Draining the requested hosts would exceed max-unavailable; the message has the numbers (exit 1:
+    refused)."""
 
     def __init__(self, *, limit: int, pool: int, unavailable: list[str], requested: list[str]) -> None:
         self.limit, self.pool, self.unavailable, self.requested = limit, pool, unavailable, requested
@@ -100,7 +104,7 @@ class BudgetExceeded(Exception):
 @dataclass(frozen=True)
 class HostRecord:
     host: str
-    state: HostState
+    state: DrainState
     reason: str | None = None
     actor: str | None = None
     updated_at: float | None = None
@@ -140,13 +144,13 @@ def owner_alive(owner: str | None) -> bool:
 
 
 def _row(row: sqlite3.Row) -> HostRecord:
-    return HostRecord(row["host"], HostState(row["state"]), row["reason"], row["actor"], row["updated_at"],
+    return HostRecord(row["host"], DrainState(row["state"]), row["reason"], row["actor"], row["updated_at"],
                       row["owner"], row["run_id"])
 
 
 def get(conn: sqlite3.Connection, host: str) -> HostRecord:
     row = conn.execute("SELECT * FROM host_state WHERE host = ?", (host,)).fetchone()
-    return _row(row) if row else HostRecord(host, HostState.ACTIVE)
+    return _row(row) if row else HostRecord(host, DrainState.ACTIVE)
 
 
 def get_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, HostRecord]:
@@ -157,10 +161,10 @@ def get_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, HostRe
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(f"SELECT * FROM host_state WHERE host IN ({marks})", chunk):  # noqa: S608
             found[row["host"]] = _row(row)
-    return {h: found.get(h, HostRecord(h, HostState.ACTIVE)) for h in wanted}
+    return {h: found.get(h, HostRecord(h, DrainState.ACTIVE)) for h in wanted}
 
 
-def _write(conn: sqlite3.Connection, host: str, current: HostRecord, to: HostState, *, actor: str,
+def _write(conn: sqlite3.Connection, host: str, current: HostRecord, to: DrainState, *, actor: str,
            reason: str | None, note: str | None, owner: str | None, run_id: str | None) -> None:
     if to is not current.state and to not in ALLOWED[current.state]:
         raise TransitionError(f"{host}: cannot go from {current.state} to {to}")
@@ -181,8 +185,8 @@ def _write(conn: sqlite3.Connection, host: str, current: HostRecord, to: HostSta
     )
 
 
-def transition(conn: sqlite3.Connection, host: str, to: HostState, *, actor: str,
-               expect: Collection[HostState] | None = None, reason: str | None = None,
+def transition(conn: sqlite3.Connection, host: str, to: DrainState, *, actor: str,
+               expect: Collection[DrainState] | None = None, reason: str | None = None,
                note: str | None = None, owner: str | None = None, run_id: str | None = None) -> HostRecord:
     """Move ``host`` to ``to`` (committed, audited). ``expect`` guards against a concurrent change.
 

@@ -9,22 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_agent.schema import (
-    Action,
-    ChipReport,
-    HostMetrics,
-    NodeReport,
-    Problem,
-    Severity,
-    Status,
-)
 
 from fleetctl import drain as core
 from fleetctl.errors import FleetctlError, UsageError
 from fleetctl.schedulers.base import ForeignDrainError, HostLike, NodeState, SchedState, SchedulerError
 from fleetctl.state import db
 from fleetctl.state import hosts as hs
-from fleetctl.state.hosts import HostState as S
+from fleetctl.state.hosts import DrainState as S
+from fleetctl.validation import Size
 
 
 @dataclass(frozen=True)
@@ -195,7 +187,7 @@ def test_budget_refusal_has_the_numbers_and_changes_nothing(conn: sqlite3.Connec
     assert not out.ok
     assert "max-unavailable is 1 of 5 hosts; 1 already unavailable (h4) + 1 requested = 2" in out.message
     assert sched.nodes.get("h0", NodeState(SchedState.ACTIVE)).state is SchedState.ACTIVE
-    outs = run_drain(conn, sched, HOSTS[:2], max_unavailable=core.Size(60, percent=True))  # 3 of 5
+    outs = run_drain(conn, sched, HOSTS[:2], max_unavailable=Size(60, percent=True))  # 3 of 5
     assert all(o.ok for o in outs)
 
 
@@ -333,30 +325,6 @@ def test_status_shows_both_sides_and_a_note_when_they_disagree(conn: sqlite3.Con
     assert rows["h1"].state == "active" and rows["h1"].note is None
 
 
-def test_size_parsing() -> None:
-    assert core.Size.parse("3", "--x").of(100) == 3
-    assert core.Size.parse("10%", "--x").of(25) == 2
-    assert core.Size.parse("10%", "--x").of(5) == 1  # never 0
-    for bad in ("0", "-1", "x", "0%", "101%", ""):
-        with pytest.raises(UsageError, match="--x"):
-            core.Size.parse(bad, "--x")
-
-
-def _report(status: Status, chips: int, expected: int | None, problems: list[Problem]) -> NodeReport:
-    chip_list = [ChipReport(index=i, kind="gpu", vendor="nvidia", model="H100", uuid=f"GPU-{i}",
-                            pci_bus_id=f"0000:{i:02x}:00.0", status=status) for i in range(chips)]
-    return NodeReport(host="h", agent_version="1", sampled_at=0.0, interval_s=5.0, status=status,
-                      chips_expected=expected, chips=chip_list, host_metrics=HostMetrics(), problems=problems)
-
-
-def test_judge_report() -> None:
-    assert core.judge_report(_report(Status.HEALTHY, 8, 8, [])) is None
-    assert core.judge_report(_report(Status.DEGRADED, 8, 8, [])) is None
-    xid = Problem("xid", Severity.CRITICAL, "XID 79: fallen off the bus", Action.RESET_CHIP)
-    assert "XID 79" in (core.judge_report(_report(Status.UNHEALTHY, 8, 8, [xid])) or "")
-    assert core.judge_report(_report(Status.HEALTHY, 7, 8, [])) == "agent sees 7 of 8 expected chips"
-
-
 # --- scheduler none: the drained file, through the real local runner ---------------------------
 
 
@@ -423,13 +391,15 @@ def test_state_errors_from_the_core_become_one_line(error: Exception, code: int,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     import typer
 
-    from fleetctl.commands.drain import _run
+    from fleetctl.commands import run_command
+    from fleetctl.errors import state_database
 
     def body() -> int:
-        raise error
+        with state_database():  # the boundary every command uses its state database behind
+            raise error
 
     with pytest.raises(typer.Exit) as exited:
-        _run("undrain", body)
+        run_command("undrain", body)()
     assert exited.value.exit_code == code
     err = capsys.readouterr().err
     assert err.startswith(f"fleetctl undrain: {text}"), err
@@ -455,7 +425,7 @@ def test_drain_refuses_a_host_under_a_live_provision_lock_unless_forced(conn: sq
     [out] = run_drain(conn, sched, [HOSTS[0]], lock_holder="r-20260101-abc")
     assert out.ok and out.state == "drained"
     locks.acquire(conn, ["h1"], holder)
-    [out] = run_drain(conn, sched, [HOSTS[1]], force=True, max_unavailable=core.Size(2))
+    [out] = run_drain(conn, sched, [HOSTS[1]], force=True, max_unavailable=Size(2))
     assert out.ok and out.state == "drained"
 
 

@@ -81,7 +81,14 @@ def test_node_problems_set_node_status() -> None:
     assert out.chips[0].status is Status.HEALTHY
     assert [p.check for p in out.problems] == ["chip_count"]
     assert out.status is Status.UNHEALTHY
+    # A chip source that cannot be read: the collector check's warning, and the node is unknown
+    # (fleet_agent.verdict.node_status; the sampler applied this rule after assess before).
     out = assess(report([chip(0)], collectors=[CollectorState("tpu", ok=False, error="boom")]),
+                 HealthConfig(), NOW)
+    assert [p.check for p in out.problems] == ["collector"]
+    assert out.status is Status.UNKNOWN
+    # The host collector failing says nothing about chips: only its warning counts.
+    out = assess(report([chip(0)], collectors=[CollectorState("host", ok=False, error="boom")]),
                  HealthConfig(), NOW)
     assert out.status is Status.DEGRADED
 

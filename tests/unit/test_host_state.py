@@ -11,7 +11,7 @@ import pytest
 
 from fleetctl.state import db
 from fleetctl.state import hosts as hs
-from fleetctl.state.hosts import HostState as S
+from fleetctl.state.hosts import DrainState as S
 
 
 @pytest.fixture()

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from fleetctl import maintain as mcore
-from fleetctl.drain import Size
 from fleetctl.errors import UsageError
 from fleetctl.schedulers.base import HostLike, NodeState, SchedState
 from fleetctl.state import db, locks
 from fleetctl.state import hosts as hs
-from fleetctl.state.hosts import HostState as S
+from fleetctl.state.hosts import DrainState as S
 from fleetctl.state.runs import this_machine
+from fleetctl.validation import Size
 
 
 @dataclass(frozen=True)

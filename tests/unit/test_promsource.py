@@ -23,7 +23,7 @@ from fleetctl.promsource import (
     parse_vector,
     prometheus_report,
 )
-from fleetctl.report import HostRow, HostState
+from fleetctl.report import HostHealth, HostRow
 
 NOW = 1_800_000_000.0
 
@@ -95,17 +95,17 @@ def test_report_from_prometheus() -> None:
     rows = {h.name: h for h in report.hosts}
     assert set(rows) == {"good", "hot", "down", "unknown"}  # the stranger is not in the selection
     good, hot = rows["good"], rows["hot"]
-    assert good.status is HostState.HEALTHY and good.agent_version == "0.1.0"
+    assert good.status is HostHealth.HEALTHY and good.agent_version == "0.1.0"
     assert (good.chips_ok, good.chips_total, good.max_temperature_c) == (2, 2, 41.0)
     assert good.mean_utilization_pct == pytest.approx(60.0) and good.age_s == 4.0
     assert good.memory_used_bytes == 2**30
-    assert hot.status is HostState.UNHEALTHY
+    assert hot.status is HostHealth.UNHEALTHY
     assert [(p.check, p.severity, p.chip) for p in hot.problems] == [
         ("xid", "critical", 1),
         ("collector", "warning", None),
     ]
-    assert rows["down"].status is HostState.UNREACHABLE and rows["down"].reason_kind == "scrape_failed"
-    assert rows["unknown"].status is HostState.UNREACHABLE and rows["unknown"].reason_kind == "not_scraped"
+    assert rows["down"].status is HostHealth.UNREACHABLE and rows["down"].reason_kind == "scrape_failed"
+    assert rows["unknown"].status is HostHealth.UNREACHABLE and rows["unknown"].reason_kind == "not_scraped"
     assert report.source == "prometheus" and report.exit_code == 1
 
 
@@ -176,10 +176,11 @@ def test_nan_and_infinite_samples_are_absent_not_made_up() -> None:
         fleet_chip_memory_used_bytes=[(chip_labels("a", 0), INF)],  # int(inf) used to raise
         fleet_chip_temperature_celsius=[(chip_labels("a", 0), NAN), (chip_labels("a", 1), 50.0)],
     ))
-    assert row.status is HostState.HEALTHY and row.memory_used_bytes is None and row.max_temperature_c == 50.0
+    assert row.status is HostHealth.HEALTHY
+    assert row.memory_used_bytes is None and row.max_temperature_c == 50.0
     # A NaN sample time is no sample time (it used to read as age 0: fresh); a NaN `up` is not up.
     stale = one_row(healthy_series(fleet_sample_timestamp_seconds=[({"host": "a"}, NAN)]))
-    assert stale.status is HostState.UNKNOWN and stale.age_s is None
+    assert stale.status is HostHealth.UNKNOWN and stale.age_s is None
     assert one_row(healthy_series(up=[({"host": "a"}, NAN)])).reason_kind == "not_scraped"
 
 
@@ -187,7 +188,7 @@ def test_without_a_sample_time_or_version_nothing_is_made_up() -> None:
     series = healthy_series()
     del series["fleet_sample_timestamp_seconds"], series["fleet_agent_info"]
     row = one_row(series)
-    assert row.status is HostState.UNKNOWN  # how old the data is cannot be told
+    assert row.status is HostHealth.UNKNOWN  # how old the data is cannot be told
     assert (row.age_s, row.sampled_at, row.agent_version) == (None, None, None)
     assert [p.check for p in row.problems] == ["sample_age"] and "unknown" in row.problems[0].message
 
@@ -202,7 +203,7 @@ def test_a_host_scraped_twice_takes_the_worst_series_and_lists_each_problem_once
                                    (chip_labels("a", 1, status="unhealthy", job="j1"), 1.0)],
         "fleet_health_check_failing == 1": failing,
     }))
-    assert row.status is HostState.UNHEALTHY and row.chips_ok == 1
+    assert row.status is HostHealth.UNHEALTHY and row.chips_ok == 1
     assert [(p.check, p.chip) for p in row.problems] == [("xid", 1)]
 
 

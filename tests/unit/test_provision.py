@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleetctl import provision
-from fleetctl.errors import UsageError
+from fleetctl.errors import EXIT_CANCELED, UsageError
 from fleetctl.provision import HostsLocked, ProvisionOptions
 from fleetctl.runner import VAULT_PROMPT, EventTally, FakeRunner, PlaybookRequest, fake_event
 from fleetctl.state import db, locks, runs
@@ -349,7 +349,7 @@ def test_cancel_records_canceled_with_results_so_far(env: Path) -> None:
     events = play(ok("n1", True), ok("n2"), ok("n3"), fake_event("playbook_on_task_start", task="two"))
     runner = FakeRunner(events, on_cancel_poll=ctrl_c_after_two_results)
     result = run(env, runner, cancel=cancel)
-    assert (result.status, result.exit_code) == ("canceled", provision.EXIT_CANCELED)
+    assert (result.status, result.exit_code) == ("canceled", EXIT_CANCELED)
     record = stored(env, result.run_id)
     assert record.status == "canceled"
     assert {h.host: h.state for h in record.hosts} == {"n1": "changed", "n2": "ok", "n3": "pending"}

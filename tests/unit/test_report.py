@@ -6,13 +6,8 @@ import json
 
 from fleet_agent.schema import Action, ChipReport, HostMetrics, NodeReport, Problem, Severity, Status
 
-from fleetctl.report import (
-    REPORT_SCHEMA,
-    FleetReport,
-    HostState,
-    host_row_failed,
-    host_row_from_node,
-)
+from fleetctl.report import REPORT_SCHEMA, FleetReport, HostHealth
+from fleetctl.report.build import host_row_failed, host_row_from_node
 
 NOW = 1_800_000_000.0
 
@@ -67,7 +62,7 @@ def row(n: NodeReport, expected: int | None = None, name: str = "n1"):  # type: 
 
 def test_healthy_host_aggregates() -> None:
     h = row(node())
-    assert h.status is HostState.HEALTHY and h.reachable
+    assert h.status is HostHealth.HEALTHY and h.reachable
     assert (h.chips_ok, h.chips_total) == (2, 2)
     assert h.max_temperature_c == 60.0 and h.mean_utilization_pct == 40.0
     assert h.memory_used_bytes == 3 * 2**30 and h.memory_total_bytes == 160 * 2**30
@@ -76,13 +71,13 @@ def test_healthy_host_aggregates() -> None:
 
 def test_chip_problems_are_collected_with_their_chip() -> None:
     h = row(node(Status.UNHEALTHY, chip_problem=XID))
-    assert h.status is HostState.UNHEALTHY and h.chips_ok == 1
+    assert h.status is HostHealth.UNHEALTHY and h.chips_ok == 1
     assert [(p.check, p.chip, p.action) for p in h.problems] == [("xid", 1, "reboot")]
 
 
 def test_inventory_expected_chips_adds_a_controller_problem() -> None:
     h = row(node(chips=7), expected=8)
-    assert h.status is HostState.UNHEALTHY
+    assert h.status is HostHealth.UNHEALTHY
     assert h.chips_total == 8 and h.chips_ok == 7
     assert [p.check for p in h.problems] == ["chip_count"]
     assert "7 of 8" in h.problems[0].message
@@ -96,14 +91,14 @@ def test_agent_chip_count_problem_is_not_duplicated() -> None:
 
 def test_old_sample_makes_the_host_unknown() -> None:
     h = row(node(age=120.0))
-    assert h.status is HostState.UNKNOWN
+    assert h.status is HostHealth.UNKNOWN
     assert h.problems[0].check == "sample_age" and "120s old" in h.problems[0].message
 
 
 def test_failed_hosts() -> None:
     u = host_row_failed("a", "127.0.0.1", 1, (), reachable=False, kind="timeout", reason="no response")
     e = host_row_failed("b", "127.0.0.1", 1, (), reachable=True, kind="unauthorized", reason="HTTP 401")
-    assert (u.status, e.status) == (HostState.UNREACHABLE, HostState.ERROR)
+    assert (u.status, e.status) == (HostHealth.UNREACHABLE, HostHealth.ERROR)
     assert not u.reachable and not e.reachable and u.chips_total == 0
 
 

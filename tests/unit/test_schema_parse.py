@@ -27,8 +27,8 @@ from fleet_agent.schema import (
     parse_node_report,
 )
 
-from fleetctl import node_decode
-from fleetctl.node_decode import InvalidJson, decode_node_report
+from fleetctl.fanout import decode as node_decode
+from fleetctl.fanout.decode import InvalidJson, decode_node_report
 
 Reader = Callable[[Any], NodeReport]
 

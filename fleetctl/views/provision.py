@@ -195,11 +195,5 @@ class LiveProgress:
         self.live.stop()
 
 
-def make_console() -> Console:
-    """stdout; when it is not a terminal (a log), wide enough that tables are not squeezed."""
-    console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 160))
-
-
 def make_progress(console: Console) -> PlainProgress | LiveProgress:
     return LiveProgress(console) if console.is_terminal else PlainProgress(console)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fleetctl.progress import LiveProgress, PlainProgress, make_progress, summary_table
 from fleetctl.provision import ProvisionResult
 from fleetctl.runner import EventTally, HostResult, fake_event
+from fleetctl.views.provision import LiveProgress, PlainProgress, make_progress, summary_table
 
 
 def console(width: int = 120) -> Console:

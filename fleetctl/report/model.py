@@ -1,55 +1,25 @@
-"""The fleet report: what ``fleetctl health`` knows about every selected host, in one document.
+"""The fleet report's model: what ``fleetctl health`` knows about every selected host, in one document.
 
-Built from agents' node reports (direct fan-out) or from Prometheus; rendered as tables by
-:mod:`fleetctl.render` or printed as JSON by ``--json``. The JSON layout is stable and documented
+Built by :mod:`fleetctl.report.build` from agents' node reports (direct fan-out) or from
+Prometheus; drawn by the views or printed as JSON by ``--json``. The JSON layout is stable and documented
 in docs/fleet-report.md; change it only by adding optional fields, or bump :data:`REPORT_SCHEMA`.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from fleet_agent.schema import ChipReport, NodeReport, Problem, Status
+from fleet_agent.schema import ChipReport, Problem, Status
+from fleet_agent.verdict import HOST_HEALTH_ORDER, HostHealth
 
 from fleetctl.errors import EXIT_OK, EXIT_PROBLEMS
 
 REPORT_SCHEMA = "fleet.report/v1"
 
-# A sample older than this many agent intervals (and at least STALE_MIN_S) is not current.
-STALE_INTERVALS = 3.0
-STALE_MIN_S = 30.0
-
-
-class HostState(enum.StrEnum):
-    """A host's state in the fleet report: the agent's node status, or why there is none."""
-
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-    UNKNOWN = "unknown"  # the agent answered but cannot see (some of) its chips
-    ERROR = "error"  # something answered, but not a valid report (401, garbage, wrong schema)
-    UNREACHABLE = "unreachable"  # no answer: refused, timed out, hung
-    UNHEALTHY = "unhealthy"
-
-    @property
-    def rank(self) -> int:
-        """Higher is worse; tables list the worst first."""
-        return _STATE_RANK[self]
-
-    @property
-    def ok(self) -> bool:
-        return self is HostState.HEALTHY
-
-
-_STATE_RANK = {
-    HostState.HEALTHY: 0, HostState.DEGRADED: 1, HostState.UNKNOWN: 2,
-    HostState.ERROR: 3, HostState.UNREACHABLE: 4, HostState.UNHEALTHY: 5,
-}
-HOST_STATES: tuple[HostState, ...] = tuple(sorted(HostState, key=lambda s: s.rank))
 CHIP_STATES: tuple[str, ...] = ("healthy", "degraded", "unknown", "unhealthy")
 
 
@@ -74,7 +44,7 @@ class HostRow:
     address: str
     port: int
     groups: tuple[str, ...]
-    status: HostState
+    status: HostHealth
     reason_kind: str | None = None  # a fleetctl.fanout.FetchKind value, or "prometheus"
     reason: str | None = None
     agent_version: str | None = None
@@ -89,7 +59,7 @@ class HostRow:
 
     @property
     def reachable(self) -> bool:
-        return self.status not in (HostState.ERROR, HostState.UNREACHABLE)
+        return self.status not in (HostHealth.ERROR, HostHealth.UNREACHABLE)
 
     @property
     def chips_total(self) -> int:
@@ -171,7 +141,7 @@ class FleetReport:
     @property
     def exit_code(self) -> int:
         """0 when every host is healthy, else 1 (degraded, unhealthy, unknown, unreachable...)."""
-        return EXIT_OK if all(h.status is HostState.HEALTHY for h in self.hosts) else EXIT_PROBLEMS
+        return EXIT_OK if all(h.status is HostHealth.HEALTHY for h in self.hosts) else EXIT_PROBLEMS
 
     def to_dict(self) -> dict[str, Any]:
         s = self.summary()
@@ -189,8 +159,8 @@ class FleetReport:
         }
 
     def to_json_bytes(self, *, indent: bool = False) -> bytes:
-        """The report as UTF-8 JSON (msgspec: 10,000 hosts encode in a tenth of json.dumps' time;
-        non-finite numbers never reach it, see _num)."""
+        """The report as UTF-8 JSON (msgspec: far faster than json.dumps on a large fleet; non-finite
+        numbers never reach it, see _num)."""
         data = _ENCODER.encode(self.to_dict())
         return msgspec.json.format(data, indent=2) if indent else data
 
@@ -231,7 +201,7 @@ def sort_key(key: str) -> Any:
 
 
 def summarize(hosts: Iterable[HostRow]) -> Summary:
-    host_counts = {s.value: 0 for s in HOST_STATES}
+    host_counts = {s.value: 0 for s in HOST_HEALTH_ORDER}
     chip_counts = dict.fromkeys(CHIP_STATES, 0)
     for h in hosts:
         host_counts[h.status.value] += 1
@@ -278,70 +248,24 @@ def _host_dict(h: HostRow) -> dict[str, Any]:
                 "temperature_c": _num(c.temperature_c), "utilization_pct": _num(c.utilization_pct),
                 "memory_used_bytes": c.memory_used_bytes, "memory_total_bytes": c.memory_total_bytes,
                 "power_w": _num(c.power_w),
-                "problems": [_problem_dict(_problem_row(p, c.index)) for p in c.problems],
+                "problems": [_problem_dict(problem_row(p, c.index)) for p in c.problems],
             }
             for c in h.chips
         ],
     }
 
 
-# --- building rows ---------------------------------------------------------------------------------
+# --- problem rows ----------------------------------------------------------------------------------
 
 
-def _problem_row(p: Problem, chip: int | None) -> ProblemRow:
+def problem_row(p: Problem, chip: int | None) -> ProblemRow:
     return ProblemRow(p.check, p.severity.value, p.message, p.action.value, chip)
 
 
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
-def sort_problems(problems: list[ProblemRow]) -> list[ProblemRow]:
+def sort_problem_rows(problems: list[ProblemRow]) -> list[ProblemRow]:
+    """Worst first, node-level before chips, then chip, check and message (a table's order)."""
     return sorted(problems, key=lambda p: (_SEVERITY_ORDER.get(p.severity, 3), p.chip if p.chip is not None
                                            else -1, p.check, p.message))
-
-
-def host_row_from_node(name: str, address: str, port: int, groups: tuple[str, ...], node: NodeReport,
-                       now: float, *, expected_chips: int | None = None,
-                       host_vars: Mapping[str, Any] | None = None) -> HostRow:
-    """A reachable host: the agent's own judgement, plus what only the controller can see.
-
-    The controller adds two checks: the inventory's ``fleet_agent_expected_chips`` against the chips the
-    agent found (when the agent does not check it itself), and the age of the sample (an agent whose
-    sampling loop is stuck keeps serving an old sample).
-    """
-    chips = node.chips
-    problems = [_problem_row(p, None) for p in node.problems]
-    problems += [_problem_row(p, c.index) for c in chips if c.problems for p in c.problems]
-    status = HostState(node.status.value)
-    expected = expected_chips if expected_chips is not None else node.chips_expected
-    if (expected is not None and len(chips) != expected
-            and not any(p.check == "chip_count" for p in problems)):
-        problems.append(ProblemRow("chip_count", "critical",
-                                   f"{len(chips)} of {expected} chips present (inventory)", "reboot"))
-        status = worse(status, HostState.UNHEALTHY)
-    age = max(0.0, now - node.sampled_at)
-    if age > max(STALE_INTERVALS * node.interval_s, STALE_MIN_S):
-        problems.append(ProblemRow("sample_age", "warning",
-                                   f"latest sample is {age:.0f}s old (interval {node.interval_s:g}s)",
-                                   "restart_agent"))
-        status = worse(status, HostState.UNKNOWN)
-    return HostRow(
-        name=name, address=address, port=port, groups=groups, status=status,
-        agent_version=node.agent_version, sampled_at=node.sampled_at, age_s=age, drained=node.drained,
-        chips_expected=expected, chips=chips, problems=sort_problems(problems), vars=host_vars or {},
-    )
-
-
-def host_row_failed(name: str, address: str, port: int, groups: tuple[str, ...], *, reachable: bool,
-                    kind: str, reason: str, expected_chips: int | None = None,
-                    host_vars: Mapping[str, Any] | None = None) -> HostRow:
-    """A host without a report: ``reachable`` False -> unreachable, True -> error."""
-    return HostRow(
-        name=name, address=address, port=port, groups=groups,
-        status=HostState.ERROR if reachable else HostState.UNREACHABLE,
-        reason_kind=kind, reason=reason, chips_expected=expected_chips, vars=host_vars or {},
-    )
-
-
-def worse(a: HostState, b: HostState) -> HostState:
-    return a if a.rank >= b.rank else b

@@ -1,19 +1,32 @@
-"""Rich renderables for a :class:`~fleetctl.report.FleetReport`: summary line, host and chip tables.
+"""``fleetctl health`` on screen: the summary line, host and chip tables of a
+:class:`~fleetctl.report.FleetReport`, printed once or redrawn in place (``--watch``).
 
-Pure functions of the report (no clock, no terminal queries), so tests render them into a
-fixed-width Console and compare text.
+The renderables are pure functions of the report (no clock, no terminal queries), so tests render
+them into a fixed-width Console and compare text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import time
+from collections.abc import Callable, Iterable
 from itertools import groupby
 
 from rich.console import Group, RenderableType
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fleetctl.report import HOST_STATES, FleetReport, HostRow, HostState, ProblemRow, sort_key, summarize
+from fleetctl.report import (
+    HOST_HEALTH_ORDER,
+    FleetReport,
+    HostHealth,
+    HostRow,
+    ProblemRow,
+    sort_key,
+    summarize,
+)
+from fleetctl.views.console import stdout_console
 
 STATUS_STYLE = {
     "healthy": "green",
@@ -94,8 +107,8 @@ def summary_line(report: FleetReport) -> Text:
     s = report.summary()
     text = Text()
     text.append(f"{s.total_hosts} hosts: ", style="bold")
-    parts = [(state.value, s.hosts[state.value]) for state in HOST_STATES
-             if state is HostState.HEALTHY or s.hosts[state.value]]
+    parts = [(state.value, s.hosts[state.value]) for state in HOST_HEALTH_ORDER
+             if state is HostHealth.HEALTHY or s.hosts[state.value]]
     for i, (name, count) in enumerate(parts):
         if i:
             text.append(", ")
@@ -194,7 +207,7 @@ def render_report(report: FleetReport, *, chips: bool = False, unhealthy: bool =
     """The summary line and the table(s); ``group_by`` gives one titled table per group."""
     hosts = sorted(report.hosts, key=sort_key(sort))
     if unhealthy:
-        hosts = [h for h in hosts if h.status is not HostState.HEALTHY]
+        hosts = [h for h in hosts if h.status is not HostHealth.HEALTHY]
     parts: list[RenderableType] = [summary_line(report)]
     if unhealthy and not hosts:
         parts.append(Text("no problems", style="green"))
@@ -219,3 +232,26 @@ def render_report(report: FleetReport, *, chips: bool = False, unhealthy: bool =
         else:
             parts.append(hosts_table(rows, title=title))
     return Group(*parts)
+
+
+
+def print_report(report: FleetReport, *, chips: bool, unhealthy: bool, group_by: str | None,
+                 sort: str) -> None:
+    """The summary line and table(s) on stdout."""
+    stdout_console().print(render_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by,
+                                         sort=sort))
+
+
+def live_drawer(stack: contextlib.ExitStack, *, chips: bool, unhealthy: bool, group_by: str | None,
+                sort: str, every: float) -> Callable[[FleetReport], None]:
+    """``--watch``: the tables redrawn in place each round, under a time stamp; the live display
+    lasts as long as ``stack``."""
+    live = stack.enter_context(Live(Text("asking the fleet..."), console=stdout_console(), auto_refresh=False,
+                                    redirect_stdout=False, redirect_stderr=False))
+
+    def draw(report: FleetReport) -> None:
+        stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
+        live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by,
+                                               sort=sort)), refresh=True)
+
+    return draw

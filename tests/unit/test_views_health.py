@@ -8,8 +8,9 @@ import textwrap
 from fleet_agent.schema import Action, ChipReport, HostMetrics, NodeReport, Problem, Severity, Status
 from rich.console import Console
 
-from fleetctl.render import fmt_age, fmt_memory, problems_short, render_report
-from fleetctl.report import FleetReport, HostRow, ProblemRow, host_row_failed, host_row_from_node
+from fleetctl.report import FleetReport, HostRow, ProblemRow
+from fleetctl.report.build import host_row_failed, host_row_from_node
+from fleetctl.views.health import fmt_age, fmt_memory, problems_short, render_report
 
 NOW = 1_800_000_000.0
 XID = Problem("xid", Severity.CRITICAL, "XID 79: GPU has fallen off the bus", Action.REBOOT)

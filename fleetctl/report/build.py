@@ -1,0 +1,72 @@
+"""Building the fleet report: a row per host from its node report (fetched from the agent or
+rebuilt from Prometheus) or from why there is none. A host's state is always
+:mod:`fleet_agent.verdict`'s."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fleet_agent.schema import NodeReport
+from fleet_agent.verdict import host_verdict, no_report
+
+from fleetctl.fanout import FanoutOptions, agent_tokens, fetch_all
+from fleetctl.heap import gc_paused
+from fleetctl.inventory import Host
+from fleetctl.report.model import FleetReport, HostRow, problem_row, sort_problem_rows
+
+
+def host_row_from_node(name: str, address: str, port: int, groups: tuple[str, ...], node: NodeReport,
+                       now: float, *, expected_chips: int | None = None,
+                       host_vars: Mapping[str, Any] | None = None,
+                       sample_time_known: bool = True) -> HostRow:
+    """A reachable host: its state is :func:`fleet_agent.verdict.host_verdict`'s (the agent's own
+    judgement plus what only the controller sees); its problems are the agent's and those the
+    verdict added."""
+    chips = node.chips
+    verdict = host_verdict(node, now, expected_chips=expected_chips, sample_time_known=sample_time_known)
+    problems = [problem_row(p, None) for p in node.problems]
+    problems += [problem_row(p, c.index) for c in chips if c.problems for p in c.problems]
+    problems += [problem_row(p, None) for p in verdict.added]
+    return HostRow(
+        name=name, address=address, port=port, groups=groups, status=verdict.health,
+        agent_version=node.agent_version, sampled_at=node.sampled_at if sample_time_known else None,
+        age_s=verdict.age_s, drained=node.drained,
+        chips_expected=expected_chips if expected_chips is not None else node.chips_expected,
+        chips=chips, problems=sort_problem_rows(problems), vars=host_vars or {},
+    )
+
+
+def host_row_failed(name: str, address: str, port: int, groups: tuple[str, ...], *, reachable: bool,
+                    kind: str, reason: str, expected_chips: int | None = None,
+                    host_vars: Mapping[str, Any] | None = None) -> HostRow:
+    """A host without a report: ``reachable`` False -> unreachable, True -> error."""
+    return HostRow(
+        name=name, address=address, port=port, groups=groups,
+        status=no_report(reachable=reachable),
+        reason_kind=kind, reason=reason, chips_expected=expected_chips, vars=host_vars or {},
+    )
+
+
+def agents_report(hosts: Sequence[Host], options: FanoutOptions | None = None, *,
+                  inventory: str = "", pattern: str = "all") -> FleetReport:
+    """Fan out to ``hosts`` and build the fleet report from their answers."""
+    started = time.monotonic()
+    options = options or FanoutOptions()
+    tokens = agent_tokens(hosts)
+    with gc_paused():  # the reports and rows all stay alive: collection passes would free nothing
+        results = fetch_all(hosts, lambda h: tokens[h.name], options)
+        now = time.time()
+        rows = []
+        for r in results:
+            h = r.host
+            if r.report is not None:
+                rows.append(host_row_from_node(h.name, h.address, h.agent_port, h.groups, r.report, now,
+                                               expected_chips=h.expected_chips, host_vars=h.vars))
+            else:
+                rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups,
+                                            reachable=r.kind.reachable, kind=r.kind.value, reason=r.detail,
+                                            expected_chips=h.expected_chips, host_vars=h.vars))
+    return FleetReport(generated_at=now, source="agents", hosts=rows, inventory=inventory, pattern=pattern,
+                       duration_s=time.monotonic() - started)

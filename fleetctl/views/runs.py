@@ -1,0 +1,49 @@
+"""``fleetctl runs list | show`` on screen: the run history table and one run in detail."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from fleetctl.state.runs import RunRecord, summarize
+from fleetctl.views.console import stdout_console
+from fleetctl.views.provision import STATE_STYLE, summary_table
+
+
+def print_runs(records: Sequence[RunRecord]) -> None:
+    """Newest first as given; the hosts column counts each host state, worst first."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("id", "status", "user", "started", "ended", "playbook", "pattern", "hosts"):
+        table.add_column(column, no_wrap=column != "hosts")
+    for r in records:
+        counts = summarize(r.hosts)
+        hosts = ", ".join(f"{counts[s]} {s}" for s in STATE_STYLE if counts.get(s)) or "-"
+        table.add_row(
+            r.id, r.status, r.user, r.started_at, r.ended_at or "-", Path(r.playbook).name, r.pattern, hosts
+        )
+    stdout_console().print(table)
+
+
+def print_run(record: RunRecord) -> None:
+    """A run's options, status and per-host results (worst first)."""
+    console = stdout_console()
+    console.print(f"run {record.id}: [bold]{record.status}[/bold]")
+    fields = {
+        "user": f"{record.user}@{record.machine} (pid {record.pid})",
+        "started": record.started_at,
+        "ended": record.ended_at or "-",
+        "inventory": record.inventory,
+        "pattern": record.pattern,
+        "playbook": record.playbook,
+        "options": json.dumps(record.options, sort_keys=True),
+        "artifacts": record.artifacts or "-",
+    }
+    if record.message:
+        fields["message"] = record.message
+    for name, value in fields.items():
+        console.print(f"  {name:<10} {value}", markup=False, highlight=False, soft_wrap=True)
+    console.print(summary_table(record.hosts))
