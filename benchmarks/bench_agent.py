@@ -7,12 +7,19 @@ Starts the real ``fleet-agent run`` over a scenario with one 8-GPU host, then me
     (target p99 <= 5 ms), against /healthz (the server's floor: a constant 3-byte answer).
 Prints one JSON object: figures, targets, pass/fail per figure, and ratios to the baselines.
 
+With ``--sim-hosts N`` it also measures how many one-shot requests (fleetctl's shape: one GET
+/v1/node with ``Connection: close`` per host) one ``sim-fleet`` process of N agents answers, per
+second of wall time and per second of the process's CPU: what bounds ``bench_health`` at 10,000
+simulated hosts. No target; a figure to compare server changes by.
+
     python benchmarks/bench_agent.py [--duration 60] [--rate 100] [--requests 1000] [--quick]
+                                     [--sim-hosts 2000 [--sim-base-port 24000]]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -72,6 +79,57 @@ def _latencies(port: int, path: str, rate: float, n: int) -> list[float]:
     return out
 
 
+async def _one_shot_round(base_port: int, hosts: int, concurrency: int) -> int:
+    """One GET /v1/node with ``Connection: close`` to every agent; how many answered 200."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(port: int) -> bool:
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /v1/node HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: bench\r\n"
+                         b"Accept: application/json\r\nConnection: close\r\n\r\n" % port)
+            data = await reader.read()
+            writer.close()
+            return data.startswith(b"HTTP/1.1 200")
+
+    return sum(await asyncio.gather(*(one(base_port + i) for i in range(hosts))))
+
+
+def _sim_fleet_answers(agent_bin: Path, hosts: int, base_port: int, rounds: int = 7) -> dict[str, object]:
+    """Answers per second (wall, and per CPU second of the sim-fleet process), median of rounds."""
+    proc = subprocess.Popen([str(agent_bin), "sim-fleet", "--hosts", str(hosts), "--base-port",
+                             str(base_port), "--interval", "600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("ready"):
+            err = proc.stderr.read() if proc.stderr else ""
+            raise SystemExit(f"bench_agent: sim-fleet did not start: {line}{err}")
+        p = psutil.Process(proc.pid)
+        time.sleep(1.0)
+        wall: list[float] = []
+        per_cpu: list[float] = []
+        for _ in range(rounds):
+            cpu0, t0 = sum(p.cpu_times()[:2]), time.perf_counter()
+            ok = asyncio.run(_one_shot_round(base_port, hosts, 512))
+            dt, cpu = time.perf_counter() - t0, sum(p.cpu_times()[:2]) - cpu0
+            if ok != hosts:
+                raise SystemExit(f"bench_agent: sim-fleet answered {ok} of {hosts}")
+            wall.append(hosts / dt)
+            per_cpu.append(hosts / cpu if cpu > 0 else float("inf"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {"hosts": hosts, "rounds": rounds, "concurrency": 512,
+            "answers_per_s": round(_percentile(wall, 0.5)),
+            "answers_per_s_range": [round(min(wall)), round(max(wall))],
+            "answers_per_cpu_s": round(_percentile(per_cpu, 0.5))}
+
+
 def _baseline_rss_mb() -> float:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -89,6 +147,10 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000, help="requests per endpoint")
     ap.add_argument("--interval", type=float, default=5.0, help="agent sampling interval")
     ap.add_argument("--quick", action="store_true", help="short run: 10 s window, 300 requests each")
+    ap.add_argument("--sim-hosts", type=int, default=0, metavar="N",
+                    help="also measure one-shot answers/s of one sim-fleet process of N agents")
+    ap.add_argument("--sim-base-port", type=int, default=24000, metavar="P",
+                    help="its agents listen on P .. P+N-1 (default 24000)")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.requests = min(args.duration, 10.0), min(args.requests, 300)
@@ -159,6 +221,8 @@ def main() -> int:
             "ratio_p99_to_healthz": round(p99 / floor, 2) if floor else None,
             "requests": len(lat[path]), "rate_per_s": args.rate,
         }
+    sim_fleet = (_sim_fleet_answers(agent_bin, args.sim_hosts, args.sim_base_port)
+                 if args.sim_hosts > 0 else None)
     result = {
         "benchmark": "fleet-agent",
         "chips": 8,
@@ -172,6 +236,8 @@ def main() -> int:
         "figures": figures,
         "pass": all(bool(f["pass"]) for f in figures.values()),
     }
+    if sim_fleet is not None:
+        result["sim_fleet_one_shot"] = sim_fleet
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,7 +1,8 @@
 """``fleet-agent``: run the agent, take one sample, or run a simulated fleet.
 
-argparse, not Typer: the agent is installed on every host and stays light. Heavy modules are
-imported inside the commands, so ``fleet-agent --help`` starts fast.
+argparse, not Typer: the agent is installed on every host and stays light. Every command imports
+its modules inside its function (collectors, prometheus_client, the simulator), so that
+``fleet-agent --help`` starts fast and ``run`` never loads the simulator unless its config asks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fleet_agent import __version__
 
 if TYPE_CHECKING:
     from fleet_agent.config import AgentConfig
+    from fleet_agent.daemon import ChipSource
     from fleet_agent.schema import NodeReport
 
 EXIT_USAGE = 2
@@ -83,32 +85,43 @@ def _load(path: str | None) -> AgentConfig:
     return load_config(path)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from fleet_agent.fleet import run_agent
+def _chips(cfg: AgentConfig) -> ChipSource | None:
+    """The simulated host a config's ``simulation:`` section names, else None (this host's chips).
+    The daemon takes it as a ChipSource and never imports the simulator itself."""
+    if cfg.simulation is None:
+        return None
+    from fleet_agent.sim.lookup import simulated_host
 
-    return run_agent(_load(args.config))
+    return simulated_host(cfg.simulation.scenario, cfg.simulation.host_index, cfg.source)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fleet_agent.daemon import run_agent
+
+    cfg = _load(args.config)
+    return run_agent(cfg, _chips(cfg))
 
 
 def _once(args: argparse.Namespace) -> int:
-    from fleet_agent.fleet import build_runtime, close_within, load_host_sim, resolve_scenario
+    from fleet_agent.daemon import build_agent, close_within, shutdown_pools
     from fleet_agent.sampler import DaemonThreadPool
 
     cfg = _load(args.config)
     if args.scenario:
+        from fleet_agent.sim.lookup import resolve_scenario
+
         cfg = cfg.with_scenario(str(resolve_scenario(args.scenario)), args.host_index)
     pool = DaemonThreadPool(32, "collector")
     try:
-        host_sim = None
-        if cfg.simulation is not None:
-            host_sim = load_host_sim(cfg.simulation.scenario, cfg.simulation.host_index, cfg.source)
+        chips = _chips(cfg)
         # One sample: drain XID events inline rather than start an event thread.
-        rt = build_runtime(cfg, executor=pool, host_sim=host_sim, xid_events="poll")
+        rt = build_agent(cfg, executor=pool, chips=chips, xid_events="poll")
         report = rt.sampler.sample_once()
-        if host_sim is not None:
-            host_sim.release_hangs()
+        if chips is not None:
+            chips.release_hangs()
         close_within([rt], 1.0)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        shutdown_pools(pool)
     if args.json:
         import json
 
@@ -122,7 +135,8 @@ def _sim_fleet(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from fleet_agent.config import ConfigError
-    from fleet_agent.fleet import resolve_scenario, run_sim_fleet
+    from fleet_agent.sim.fleet import run_sim_fleet
+    from fleet_agent.sim.lookup import resolve_scenario
 
     cfg = _load(args.config) if args.config else _load_defaults()
     if args.token is not None:

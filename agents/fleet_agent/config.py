@@ -81,6 +81,7 @@ def load_config(path: str | None) -> AgentConfig:
         raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: not UTF-8 (byte {exc.start})") from None
+    # Here, not at the top: fleetctl imports this module for DEFAULT_PORT on its start-up path.
     import yaml
 
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleet_agent import __version__
-from fleet_agent.collectors.base import ChipCollector, ChipIdentity
+from fleet_agent.collectors.base import ChipCollector, ChipIdentity, CollectorError
 from fleet_agent.schema import ChipReport, CollectorState, HostMetrics, NodeReport, Status
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,6 @@ def display_name(collector: str) -> str:
 
 def describe_error(collector: str, exc: BaseException) -> str:
     """One line for a failed call; a collector's own message already names its source."""
-    from fleet_agent.collectors.base import CollectorError
-
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, CollectorError):
         return text

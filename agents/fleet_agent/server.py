@@ -1,4 +1,4 @@
-"""The agent's HTTP/1.1 server: asyncio streams + h11, answering from pre-rendered bytes.
+"""The agent's HTTP/1.1 server: an asyncio protocol feeding h11, answering from pre-rendered bytes.
 
 Requests never touch a collector: ``/v1/node`` and ``/metrics`` return the bytes rendered after the
 latest sample. The server is written to survive hostile or broken clients: a header block over
@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import hmac
 import json
-import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -96,7 +96,7 @@ _UNAUTHORIZED = Response(401, headers=[("WWW-Authenticate", "Bearer")])
 
 
 class AgentHttp:
-    """Routes requests for one agent; :meth:`serve` is the asyncio connection handler."""
+    """Routes requests for one agent and renders the answers (:func:`start_server` serves it)."""
 
     def __init__(
         self,
@@ -145,94 +145,177 @@ class AgentHttp:
                 return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self._token)
         return False
 
-    # --- connections ---------------------------------------------------------------------------
+    # --- answers -------------------------------------------------------------------------------
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                    slot_held: bool = False, first_deadline: float | None = None) -> None:
-        """One connection. ``slot_held``: the fast path admitted it and hands over its limiter slot;
-        ``first_deadline`` (loop time): when the first request must have arrived by."""
-        if not slot_held and not self.limiter.acquire():
-            writer.transport.abort()
+    def answer(self, conn: h11.Connection, request: h11.Request) -> bytes:
+        """The bytes of the answer to ``request`` on ``conn``."""
+        response = self.route(request.method, request.target, list(request.headers))
+        if _has_body(request):
+            # We never read request bodies; say so and close rather than parse one.
+            response = dataclasses.replace(response, headers=[*response.headers, ("Connection", "close")])
+        return _serialize(conn, response, head=request.method == b"HEAD")
+
+
+def _serialize(conn: h11.Connection, response: Response, *, head: bool) -> bytes:
+    event = _head_event(response.status, len(response.body), response.content_type, tuple(response.headers))
+    data = conn.send(event) or b""
+    if not head and response.body:
+        data += conn.send(h11.Data(data=response.body)) or b""
+    return data + (conn.send(h11.EndOfMessage()) or b"")
+
+
+@functools.lru_cache(maxsize=1024)
+def _head_event(status: int, length: int, content_type: str | None,
+                extra: tuple[tuple[str, str], ...]) -> h11.Response:
+    # Answers repeat (a few routes, bodies of similar sizes): building and validating the event once
+    # per shape, not per request, is a large share of what an answer costs.
+    headers = [("Content-Length", str(length)), *extra]
+    if content_type:
+        headers.append(("Content-Type", content_type))
+    headers.append(("Cache-Control", "no-store"))
+    return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+
+
+def _header_block_size(request: h11.Request) -> int:
+    return len(request.method) + len(request.target) + 12 + sum(
+        len(name) + len(value) + 4 for name, value in request.headers)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection, parsed by h11 as its bytes arrive (no task, no stream per connection: a
+    simulated fleet answers thousands of one-shot requests a second in one process).
+
+    One timer enforces every time limit: a request must arrive whole within ``request_timeout_s``
+    of the connection (or of the previous answer: an idle keep-alive connection ends the same
+    way), and an answer the client does not read must leave the write buffer within as long.
+    When it fires the connection is aborted. The limiter slot taken on accept is given back when
+    the connection is gone.
+    """
+
+    def __init__(self, http: AgentHttp, loop: asyncio.AbstractEventLoop) -> None:
+        self.http = http
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.request: h11.Request | None = None
+        self.limited = False
+        self.closing = False
+        self.write_paused = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.http.limiter.acquire():
+            self.closing = True
+            transport.abort()
             return
-        try:
-            await self._serve(reader, writer, first_deadline)
-        except TimeoutError:
-            # A client that sends too slowly or does not read its answer: close() would wait for
-            # the unread answer forever, holding the socket after its slot is given back.
-            writer.transport.abort()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.limiter.release()
-            if not writer.transport.is_closing():
-                writer.transport.close()
+        self.limited = True
+        self._arm()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     first_deadline: float | None = None) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        loop = asyncio.get_running_loop()
-        deadline = first_deadline if first_deadline is not None else loop.time() + self.request_timeout_s
-        while True:
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        if not self.closing:
+            self.conn.receive_data(b"")
+            self._process()
+        # Keep the socket open while an answer waits for the client to read (closed after).
+        return self.write_paused and not self.closing
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.closing:
+            self._arm()  # the answer went out: the next request has the full time again
+            self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.limited:
+            self.limited = False
+            self.http.limiter.release()
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Handle every complete event h11 has; stops while an answer waits to be read."""
+        while not self.closing and not self.write_paused:
             try:
-                async with asyncio.timeout_at(deadline):
-                    request = await self._read_request(conn, reader)
-            except h11.RemoteProtocolError as exc:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
-                    await self._send(conn, writer, Response(status, b"bad request\n", _TEXT,
-                                                            [("Connection", "close")]), head=False)
-                return
-            if request is None:
-                return
-            response = self.route(request.method, request.target, list(request.headers))
-            if _has_body(request):
-                # We never read request bodies; say so and close rather than parse one.
-                response = dataclasses.replace(response, headers=[*response.headers, ("Connection", "close")])
-            await self._send(conn, writer, response, head=request.method == b"HEAD")
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-                return
-            conn.start_next_cycle()
-            deadline = loop.time() + self.request_timeout_s
-
-    async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
-        request: h11.Request | None = None
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(16384)
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-                # h11 bounds the header block only while it is incomplete: one read of a larger
-                # block would pass. The same limit, however the bytes arrived.
-                size = len(event.method) + len(event.target) + 12 + sum(
-                    len(name) + len(value) + 4 for name, value in event.headers)
-                if size > MAX_HEADER_BYTES:
+                event = self.conn.next_event()
+                if isinstance(event, h11.Request) and _header_block_size(event) > MAX_HEADER_BYTES:
+                    # h11 bounds the header block only while it is incomplete: one read of a larger
+                    # block would pass. The same limit, however the bytes arrived.
                     raise h11.RemoteProtocolError("request header block too large", error_status_hint=431)
-                if _has_body(request):
-                    return request
-                continue
-            if isinstance(event, h11.EndOfMessage):
-                return request
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return None
+            except h11.RemoteProtocolError as exc:
+                self._refuse(exc)
+                return
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.Request):
+                self.request = event
+                if _has_body(event):
+                    self._answer(event)  # and close: the body is never read
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                assert self.request is not None
+                self._answer(self.request)
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                self._close()
+                return
 
-    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, response: Response,
-                    *, head: bool) -> None:
-        headers = [("Content-Length", str(len(response.body))), *response.headers]
-        if response.content_type:
-            headers.append(("Content-Type", response.content_type))
-        headers.append(("Cache-Control", "no-store"))
-        data = conn.send(h11.Response(status_code=response.status, headers=headers,
-                                      reason=_REASONS.get(response.status, b"")))
-        if not head and response.body:
-            data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
-        data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        writer.write(data)
-        # A client that does not read its answer must not hold the connection forever.
-        async with asyncio.timeout(self.request_timeout_s):
-            await writer.drain()
+    def _answer(self, request: h11.Request) -> None:
+        assert self.transport is not None
+        self.request = None
+        self.transport.write(self.http.answer(self.conn, request))
+        if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is not h11.DONE:
+            self._close()
+            return
+        self.conn.start_next_cycle()
+        self._arm()  # for the next request, or for the client to read this answer (write_paused)
+
+    def _refuse(self, exc: h11.RemoteProtocolError) -> None:
+        assert self.transport is not None
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
+            response = Response(status, b"bad request\n", _TEXT, [("Connection", "close")])
+            self.transport.write(_serialize(self.conn, response, head=False))
+        self._close()
+
+    def _close(self) -> None:
+        """Close once what was written is sent; the timer still aborts a client that never reads."""
+        assert self.transport is not None
+        self.closing = True
+        self.transport.close()
+        if self.transport.get_write_buffer_size():
+            self._arm()
+        elif self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # --- the one time limit --------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(self.http.request_timeout_s, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            # A client that sends too slowly or does not read its answer: a graceful close would
+            # wait for the unread answer forever, holding the socket.
+            self.transport.abort()
 
 
 def _has_body(request: h11.Request) -> bool:
@@ -243,7 +326,7 @@ def _has_body(request: h11.Request) -> bool:
 
 
 def render_json(report: NodeReport) -> bytes:
-    """The JSON body of ``/v1/node``: what ``report.to_dict()`` gives, about 7x faster (a
+    """The JSON body of ``/v1/node``: what ``report.to_dict()`` gives, several times faster (a
     simulated fleet renders thousands per interval)."""
     try:
         text = json.dumps(report, default=_fields, separators=(",", ":"), allow_nan=False)
@@ -267,123 +350,6 @@ async def start_server(http: AgentHttp, host: str, port: int) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: _Connection(http, loop), host=host, port=port, backlog=128,
                                     reuse_address=True)
-
-
-# The one request shape `fleetctl` sends: a single GET/HEAD without a body that asks to close the
-# connection. Answered straight from the protocol with pre-rendered bytes (sim-fleet serves
-# thousands a second); anything else goes to the h11 stream handler, which has the final word.
-_FAST_REQUEST_LINE = re.compile(rb"(GET|HEAD) (/[!-~]*) HTTP/1\.1")
-_FAST_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([!-~](?:[ \t!-~]*[!-~])?)?[ \t]*")
-
-
-def fast_request(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
-    """(method, target, headers as h11 gives them) when ``head`` (up to and without the blank line)
-    is a request the fast path may answer; None for anything else."""
-    lines = head.split(b"\r\n")
-    first = _FAST_REQUEST_LINE.fullmatch(lines[0])
-    if first is None:
-        return None
-    headers: list[tuple[bytes, bytes]] = []
-    hosts = 0
-    close = False
-    for line in lines[1:]:
-        m = _FAST_HEADER.fullmatch(line)
-        if m is None:
-            return None
-        name, value = m.group(1).lower(), m.group(2) or b""
-        if name in (b"content-length", b"transfer-encoding"):
-            return None
-        if name == b"host":
-            hosts += 1
-        elif name == b"connection":
-            close = close or any(t.strip().lower() == b"close" for t in value.split(b","))
-        headers.append((name, value))
-    if hosts != 1 or not close:
-        return None
-    return first.group(1), first.group(2), headers
-
-
-def response_bytes(response: Response, *, head: bool) -> bytes:
-    """What :meth:`AgentHttp._send` makes h11 write for ``response`` on a closing connection."""
-    lines = [b"HTTP/1.1 %d %s" % (response.status, _REASONS.get(response.status, b"")),
-             b"Content-Length: %d" % len(response.body)]
-    lines += [f"{k}: {v}".encode("latin-1") for k, v in response.headers]
-    if response.content_type:
-        lines.append(b"Content-Type: " + response.content_type.encode("latin-1"))
-    lines += [b"Cache-Control: no-store", b"Connection: close", b"", b""]
-    data = b"\r\n".join(lines)
-    return data if head else data + response.body
-
-
-class _Connection(asyncio.Protocol):
-    """One accepted connection: the fast path for fleetctl's request, else the stream handler."""
-
-    def __init__(self, http: AgentHttp, loop: asyncio.AbstractEventLoop) -> None:
-        self.http = http
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.limited = False
-        self.deadline = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if not self.http.limiter.acquire():
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self.limited = True
-        self.deadline = self.loop.time() + self.http.request_timeout_s  # for the whole request
-        self.timer = self.loop.call_at(self.deadline, self._expire)
-
-    def _expire(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        # The whole request in one read (what a small request over loopback or a LAN is), or h11.
-        end = data.find(b"\r\n\r\n")
-        whole = end >= 0 and end + 4 == len(data) and end <= MAX_HEADER_BYTES
-        request = fast_request(data[:end]) if whole else None
-        if request is None:
-            self._hand_over(data)
-            return
-        method, target, headers = request
-        response = self.http.route(method, target, headers)
-        self.transport.pause_reading()  # one request per connection on this path
-        self.transport.write(response_bytes(response, head=method == b"HEAD"))
-        self.transport.close()
-        # A client that does not read its answer must not hold the connection forever.
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(self.http.request_timeout_s, self._expire)
-
-    def _hand_over(self, buf: bytes) -> None:
-        """Give the connection, and what it sent so far, to the h11 stream handler."""
-        assert self.transport is not None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        # serve() takes over this connection's slot (released and re-acquired, another connection
-        # could take it in between) and its deadline (the request must arrive whole in time).
-        slot_held, self.limited = self.limited, False
-        deadline = self.deadline
-
-        def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
-            return self.http.serve(r, w, slot_held=slot_held, first_deadline=deadline)
-
-        reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES * 2, loop=self.loop)
-        stream = asyncio.StreamReaderProtocol(reader, serve, loop=self.loop)
-        self.transport.set_protocol(stream)
-        stream.connection_made(self.transport)
-        stream.data_received(buf)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.limited:
-            self.http.limiter.release()
-            self.limited = False
 
 
 def bound_port(server: asyncio.Server) -> int:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from fleet_agent.health import CHECK_NAMES, HealthConfig, health_config_from_dict
+from fleet_agent.health import CHECK_NAMES, HealthConfig
+from fleet_agent.health.config import health_config_from_dict as _from_dict
 from fleet_agent.schema import Severity
+
+
+def health_config_from_dict(doc: Any) -> HealthConfig:
+    # The agent passes the registry's check names; so do these tests.
+    return _from_dict(doc, known_checks=CHECK_NAMES)
 
 
 def test_empty_and_missing_give_the_defaults() -> None:
@@ -100,3 +108,19 @@ def test_bad_input_names_the_key(doc: Any, error: str) -> None:
 def test_disabled_checks_accepts_every_registered_name() -> None:
     cfg = health_config_from_dict({"disabled_checks": sorted(CHECK_NAMES)})
     assert cfg.disabled_checks == CHECK_NAMES
+
+
+def test_the_config_module_does_not_import_the_checks() -> None:
+    # One-way: the checks import the config; the config takes the check names from its caller.
+    import fleet_agent.health.config as config_module
+
+    tree = ast.parse(Path(config_module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not {m for m in imported if m and m.startswith("fleet_agent.health")}, imported
+
+
+def test_known_checks_limit_what_may_be_disabled() -> None:
+    with pytest.raises(ValueError, match="unknown check 'xid'"):
+        _from_dict({"disabled_checks": ["xid"]}, known_checks=frozenset({"stale"}))

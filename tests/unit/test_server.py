@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from http import HTTPStatus
 
 import pytest
 from fleet_agent.schema import ChipReport, GpuDetails, HostMetrics, NodeReport, Status
@@ -264,7 +265,7 @@ def test_401_to_a_request_with_a_body_leaves_later_401s_alone() -> None:
         s.stop()
 
 
-@pytest.mark.parametrize("connection", [b"Connection: close\r\n", b""])  # fast path / h11
+@pytest.mark.parametrize("connection", [b"Connection: close\r\n", b""])  # one-shot / keep-alive
 @pytest.mark.parametrize("size", [12_000, 40_000])
 def test_a_header_block_over_the_limit_gets_431_however_it_arrives(served: Served, connection: bytes,
                                                                    size: int) -> None:
@@ -279,11 +280,11 @@ def test_a_header_block_over_the_limit_gets_431_however_it_arrives(served: Serve
     assert reply.startswith(b"HTTP/1.1 431") or reply == b"(reset)", reply[:40]
 
 
-def test_the_request_must_arrive_whole_within_the_timeout_also_after_the_hand_over(served: Served) -> None:
-    # The fast path hands a keep-alive request over to h11; h11 must not start a fresh timeout.
+def test_the_request_must_arrive_whole_within_the_timeout_of_the_connection(served: Served) -> None:
+    # Bytes arriving do not start a fresh timeout: the whole request is due 0.5 s after connecting.
     with served.connect() as s:
         threading.Event().wait(0.3)
-        s.sendall(b"GET /healthz HTTP/1.1\r\n")  # incomplete: handed over at 0.3 s of the 0.5 s
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")  # incomplete at 0.3 s of the 0.5 s
         threading.Event().wait(0.35)
         try:
             s.sendall(b"Host: x\r\n\r\n")  # complete at 0.65 s: too late
@@ -293,9 +294,9 @@ def test_the_request_must_arrive_whole_within_the_timeout_also_after_the_hand_ov
     assert reply == b""
 
 
-def test_a_connection_handed_over_keeps_its_slot() -> None:
-    # Cap 1: the admitted connection's slot must pass to the h11 handler, not be freed and taken
-    # by a connection accepted in between (which the cap should have turned away).
+def test_an_admitted_connection_keeps_its_slot_until_it_is_gone() -> None:
+    # Cap 1: the admitted connection's slot must not be freed while it is served and taken by a
+    # connection accepted in between (which the cap should have turned away).
     s = Served(AgentHttp(_state(), request_timeout_s=2, limiter=ConnectionLimiter(1)))
     try:
         first = s.connect()
@@ -311,7 +312,7 @@ def test_a_connection_handed_over_keeps_its_slot() -> None:
         threading.Event().wait(0.05)
         s.loop.call_soon_threadsafe(threading.Event().wait, 0.3)
         threading.Event().wait(0.35)
-        first.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: handed over
+        first.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive
         head, body = _read_response(first)
         assert head.startswith(b"HTTP/1.1 200") and body == b"ok\n"
         try:
@@ -325,7 +326,8 @@ def test_a_connection_handed_over_keeps_its_slot() -> None:
         s.stop()
 
 
-def test_a_client_that_never_reads_is_cut_off_and_frees_its_socket() -> None:
+@pytest.mark.parametrize("connection", [b"", b"Connection: close\r\n"])  # keep-alive / one-shot
+def test_a_client_that_never_reads_is_cut_off_and_frees_its_socket(connection: bytes) -> None:
     big = b"x" * (8 << 20)  # more than socket buffers hold: the answer cannot all be written
     state = AgentState(5.0, clock=Clock())
     state.publish(big, b"")
@@ -334,7 +336,7 @@ def test_a_client_that_never_reads_is_cut_off_and_frees_its_socket() -> None:
         clients = [s.connect() for _ in range(3)]
         for c in clients:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            c.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive, then never read
+            c.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\n" + connection + b"\r\n")  # then never read
         threading.Event().wait(1.5)
         # Each was aborted after its drain timed out: the server holds none of them any more.
         assert s.http.limiter.active == 0 and not _server_side_open(s)
@@ -350,3 +352,70 @@ def _server_side_open(s: Served) -> bool:
     with open("/proc/net/tcp") as fh:
         next(fh)
         return any(line.split()[1].endswith(":" + port) and line.split()[3] == "01" for line in fh)
+
+
+# --- what a client sees (moved from the removed fast path's tests: one parser answers them all) ---
+
+
+def _expected_one_shot_answer(http: AgentHttp, request: bytes) -> bytes:
+    """The exact bytes a one-shot request (``Connection: close``) gets: status line, Content-Length,
+    the route's own headers, Content-Type, Cache-Control, Connection: close, then the body (none
+    for HEAD)."""
+    line, *header_lines = request.split(b"\r\n\r\n")[0].split(b"\r\n")
+    method, target, _ = line.split(b" ")
+    headers = [(k.strip().lower(), v.strip()) for k, v in (h.split(b":", 1) for h in header_lines)]
+    response = http.route(method, target, headers)
+    lines = [b"HTTP/1.1 %d %s" % (response.status, HTTPStatus(response.status).phrase.encode()),
+             b"Content-Length: %d" % len(response.body)]
+    lines += [f"{k}: {v}".encode() for k, v in response.headers]
+    if response.content_type:
+        lines.append(b"Content-Type: " + response.content_type.encode())
+    lines += [b"Cache-Control: no-store", b"Connection: close", b"", b""]
+    return b"\r\n".join(lines) + (b"" if method == b"HEAD" else response.body)
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /v1/node HTTP/1.1\r\nHost: 127.0.0.1:9400\r\nUser-Agent: fleetctl/0.1\r\n"
+        b"Accept: application/json\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n",
+        b"GET /v1/node HTTP/1.1\r\nHost: x\r\nauthorization:   bearer wrong  \r\nConnection: close\r\n\r\n",
+        b"GET /v1/node HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"HEAD /v1/node HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n",
+        b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ],
+)
+def test_a_one_shot_request_gets_exactly_its_answer_and_a_close(request_bytes: bytes,
+                                                                 token: str | None) -> None:
+    s = Served(AgentHttp(_state(), token=token, request_timeout_s=2))
+    try:
+        with s.connect() as c:
+            c.sendall(request_bytes)
+            reply = _read_all(c)  # the server closes after the answer
+        expected = _expected_one_shot_answer(s.http, request_bytes)
+        assert reply == expected
+        assert expected.startswith(b"HTTP/1.1 ")
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /v1/node HTTP/1.0\r\nHost: x\r\nConnection: close", 200),
+        (b"POST /v1/node HTTP/1.1\r\nHost: x\r\nConnection: close", 405),
+        (b"GET /v1/node HTTP/1.1\r\nConnection: close", 400),  # no Host
+        (b"GET /v1/node HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close", 400),
+        (b"GET /v1/node HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\nConnection: close", 400),
+        (b"GET v1/node HTTP/1.1\r\nHost: x\r\nConnection: close", 404),
+        (b"\x16\x03\x01\x02\x00", 400),  # a TLS hello
+    ],
+)
+def test_unusual_requests_get_an_answer_and_a_close(served: Served, head: bytes, status: int) -> None:
+    with served.connect() as c:
+        c.sendall(head + b"\r\n\r\n")
+        reply = _read_all(c)
+    assert reply.startswith(b"HTTP/1.1 %d " % status), reply[:60]

@@ -128,20 +128,18 @@ def _xid_code(key: Any, where: str) -> int:
     return code
 
 
-def health_config_from_dict(doc: Any, *, known_checks: frozenset[str] | None = None) -> HealthConfig:
+def health_config_from_dict(doc: Any, *, known_checks: frozenset[str]) -> HealthConfig:
     """Build a :class:`HealthConfig` from the ``health:`` mapping of the agent's config.
 
     Raises ValueError with a one-line message naming ``health.<key>`` on an unknown key, a wrong
-    type or an out-of-range value. ``known_checks`` defaults to every registered check.
+    type or an out-of-range value. ``known_checks`` are the names ``disabled_checks`` may list:
+    the caller passes the registry's (``fleet_agent.health.checks.CHECK_NAMES``); the checks import
+    this module, so it cannot import them.
     """
     if doc is None:
         return HealthConfig()
     if not isinstance(doc, Mapping):
         raise ValueError(f"health: expected a mapping, got {type(doc).__name__}")
-    if known_checks is None:
-        from fleet_agent.health.checks import CHECK_NAMES  # a cycle at import time otherwise
-
-        known_checks = CHECK_NAMES
     kwargs: dict[str, Any] = {}
     for key, value in doc.items():
         where = f"health.{key}"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fleet_agent.sim.models import GpuModel
-from fleet_agent.sim.scenario import FaultSpec, Load
+from fleet_agent.sim.specs import FaultSpec, Load
 
 # --- errors, shaped like pynvml's -------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from fleet_agent.collectors.tpu import (
     TpuDevice,
 )
 from fleet_agent.sim.models import TpuModel
-from fleet_agent.sim.scenario import FaultSpec, Load
+from fleet_agent.sim.specs import FaultSpec, Load
 
 _TAU = 2 * math.pi
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import hashlib
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from fleet_agent.collectors.base import ChipCollector
+from fleet_agent.collectors.nvml import NvmlCollector
+from fleet_agent.collectors.tpu import TpuCollector
 from fleet_agent.sim.fake_nvml import FakeGpu, FakeNvml
 from fleet_agent.sim.fake_tpu import FakeTpuChip, FakeTpuMetrics, FakeTpuPresence
 from fleet_agent.sim.models import GPU_MODELS, TPU_MODELS
-from fleet_agent.sim.scenario import PER_CHIP_KINDS, FaultSpec, GroupSpec
-
-if TYPE_CHECKING:
-    from fleet_agent.collectors.base import ChipCollector
-    from fleet_agent.sim.scenario import Scenario
+from fleet_agent.sim.specs import PER_CHIP_KINDS, Clock, FaultSpec, GroupSpec
 
 
 def _digest(*parts: object) -> bytes:
@@ -22,11 +21,14 @@ def _digest(*parts: object) -> bytes:
 
 
 class HostSim:
-    """A host of a :class:`~fleet_agent.sim.scenario.Scenario`. Chips are built on first use."""
+    """A host of a :class:`~fleet_agent.sim.scenario.Scenario` (``Scenario.host(i)`` builds it).
+    Chips are built on first use."""
 
-    def __init__(self, *, scenario: Scenario, index: int, group: GroupSpec, index_in_group: int,
-                 name: str, faults: list[FaultSpec]) -> None:
-        self.scenario = scenario
+    def __init__(self, *, seed: int, clock: Clock, start: float, index: int, group: GroupSpec,
+                 index_in_group: int, name: str, faults: list[FaultSpec]) -> None:
+        self.seed = seed
+        self.clock = clock
+        self.start = start  # fault times (``at``) count from here
         self.index = index
         self.group = group.name
         self.kind = group.kind
@@ -45,7 +47,7 @@ class HostSim:
         return [f for f in self.faults if f.kind not in PER_CHIP_KINDS]
 
     def _phase(self, chip: int) -> tuple[float, bytes]:
-        d = _digest(self.scenario.seed, self.name, chip)
+        d = _digest(self.seed, self.name, chip)
         return int.from_bytes(d[:4], "big") / 2**32 * 6.283185307179586, d
 
     @cached_property
@@ -58,7 +60,7 @@ class HostSim:
                 h = d.hex()
                 uuid = f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
                 gpus.append(FakeGpu(i, model, uuid, phase, self._spec.load, self._chip_faults(i)))
-        return FakeNvml(gpus, clock=self.scenario.clock, start=self.scenario.start,
+        return FakeNvml(gpus, clock=self.clock, start=self.start,
                         driver_version=self._spec.driver_version, library_present=self.kind == "gpu",
                         host_faults=self._host_faults(), release=self._release)
 
@@ -72,11 +74,11 @@ class HostSim:
 
     @cached_property
     def tpu_presence(self) -> FakeTpuPresence:
-        return FakeTpuPresence(self._tpu_chips, self.scenario.clock, self.scenario.start)
+        return FakeTpuPresence(self._tpu_chips, self.clock, self.start)
 
     @cached_property
     def tpu_metrics(self) -> FakeTpuMetrics:
-        return FakeTpuMetrics(self._tpu_chips, self.scenario.clock, self.scenario.start,
+        return FakeTpuMetrics(self._tpu_chips, self.clock, self.start,
                               serving=self.kind == "tpu" and self._spec.runtime_metrics,
                               host_faults=self._host_faults(),
                               release=self._release)
@@ -88,11 +90,7 @@ class HostSim:
         waiting thread per host — what a fleet of thousands of simulated hosts in one process needs.
         """
         if self.kind == "gpu":
-            from fleet_agent.collectors.nvml import NvmlCollector
-
             return NvmlCollector(self.nvml, xid_events=xid_events)
-        from fleet_agent.collectors.tpu import TpuCollector
-
         return TpuCollector(self.tpu_metrics, self.tpu_presence)
 
     def release_hangs(self) -> None:

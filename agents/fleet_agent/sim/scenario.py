@@ -15,93 +15,28 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import yaml
 
+from fleet_agent.sim.fake_nvml import DEVICE_FUNCTIONS, ERROR_NAMES
+from fleet_agent.sim.host import HostSim
 from fleet_agent.sim.models import GPU_MODELS, TPU_MODELS
-
-if TYPE_CHECKING:
-    from fleet_agent.sim.host import HostSim
-
-Clock = Callable[[], float]
-
-
-class ScenarioError(ValueError):
-    """A scenario file that cannot be used; the message names the file and the key path."""
-
-
-# Fault kind -> (chip kinds it applies to, per chip (True) or per host (False), its parameters).
-_PARAMS: dict[str, tuple[frozenset[str], bool, frozenset[str]]] = {
-    "xid": (frozenset({"gpu"}), True, frozenset({"code", "count", "interval_s"})),
-    "ecc_uncorrectable": (frozenset({"gpu"}), True, frozenset({"count"})),
-    "row_remap_pending": (frozenset({"gpu"}), True, frozenset()),
-    "row_remap_failure": (frozenset({"gpu"}), True, frozenset()),
-    "retired_pages_pending": (frozenset({"gpu"}), True, frozenset()),
-    "thermal_throttle": (frozenset({"gpu"}), True, frozenset({"temperature_c"})),
-    "pcie_downgrade": (frozenset({"gpu"}), True, frozenset({"gen", "width"})),
-    "nvlink_down": (frozenset({"gpu"}), True, frozenset({"links"})),
-    "gpu_lost": (frozenset({"gpu"}), True, frozenset()),
-    "hang": (frozenset({"gpu", "tpu"}), True, frozenset({"seconds"})),
-    "not_supported": (frozenset({"gpu"}), True, frozenset({"functions"})),
-    "nvml_error": (frozenset({"gpu"}), True, frozenset({"functions", "error"})),
-    "chip_missing": (frozenset({"gpu", "tpu"}), True, frozenset()),
-    "driver_not_loaded": (frozenset({"gpu"}), False, frozenset()),
-    "metrics_unavailable": (frozenset({"tpu"}), False, frozenset()),
-}
-FAULT_KINDS = tuple(_PARAMS)
-PER_CHIP_KINDS = frozenset(k for k, (_, per_chip, _) in _PARAMS.items() if per_chip)
+from fleet_agent.sim.specs import (
+    FAULT_KINDS,
+    FAULT_PARAMS,
+    PER_CHIP_KINDS,
+    Clock,
+    FaultSpec,
+    GroupSpec,
+    Load,
+    ScenarioError,
+)
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
-
-
-@dataclass(frozen=True)
-class Load:
-    """How busy a group's chips are: a slow wave around ``base_pct`` (per-chip phase)."""
-
-    base_pct: float = 60.0
-    amplitude_pct: float = 25.0
-    period_s: float = 900.0
-    memory_used_pct: float = 70.0
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    name: str
-    kind: str  # gpu | tpu
-    model: str
-    chips: int
-    count: int | None
-    share: float | None
-    load: Load
-    driver_version: str
-    runtime_metrics: bool  # TPU: a workload runs, so the runtime metrics service answers
-
-
-@dataclass(frozen=True)
-class FaultSpec:
-    kind: str
-    group: str
-    hosts: tuple[int, ...] | None
-    every: int | None
-    offset: int
-    chips: tuple[int, ...] | None  # None: every chip (or a host-level fault)
-    at: float
-    params: Mapping[str, Any] = field(default_factory=dict)
-    where: str = ""  # "faults[3]", for messages
-
-    def applies_to_host(self, index_in_group: int) -> bool:
-        if self.hosts is not None:
-            return index_in_group in self.hosts
-        assert self.every is not None
-        return index_in_group % self.every == self.offset
-
-    def applies_to_chip(self, chip: int) -> bool:
-        return self.chips is None or chip in self.chips
-
 
 class _Reader:
     """Typed access to a YAML mapping that reports ``file: key.path: problem``."""
@@ -235,7 +170,7 @@ def _fault(path: str, doc: Any, where: str, groups: dict[str, GroupSpec]) -> Fau
     r = _Reader(path, doc, where)
     kind = r.get_str("kind", required=True, choices=FAULT_KINDS)
     assert kind is not None
-    chip_kinds, per_chip, params = _PARAMS[kind]
+    chip_kinds, per_chip, params = FAULT_PARAMS[kind]
     r.only({"kind", "group", "hosts", "every", "offset", "chips", "at"} | params)
     gname = r.get_str("group", required=True, choices=tuple(groups))
     assert gname is not None
@@ -289,8 +224,6 @@ def _fault(path: str, doc: Any, where: str, groups: dict[str, GroupSpec]) -> Fau
     elif kind == "hang":
         p["seconds"] = r.get_num("seconds", positive=True)
     elif kind in ("not_supported", "nvml_error"):
-        from fleet_agent.sim.fake_nvml import DEVICE_FUNCTIONS, ERROR_NAMES
-
         if kind == "nvml_error":
             p["error"] = r.get_str("error", required=True, choices=ERROR_NAMES)
 
@@ -431,15 +364,14 @@ class Scenario:
         h = self._hosts.get(i)
         if h is not None:
             return h
-        from fleet_agent.sim.host import HostSim  # here: it imports this module
-
         with self._hosts_lock:
             h = self._hosts.get(i)
             if h is not None:
                 return h
             s = self._slot(i)
             faults = [f for f in self._faults_by_group[s.group.name] if f.applies_to_host(s.index_in_group)]
-            h = HostSim(scenario=self, index=i, group=s.group, index_in_group=s.index_in_group,
+            h = HostSim(seed=self.seed, clock=self.clock, start=self.start, index=i, group=s.group,
+                        index_in_group=s.index_in_group,
                         name=f"{s.group.name}-{s.index_in_group:0{s.width}d}", faults=faults)
             self._hosts[i] = h
         return h
@@ -448,5 +380,5 @@ class Scenario:
         return [self.host(i) for i in range(len(self))]
 
 
-__all__ = ["FAULT_KINDS", "FaultSpec", "GroupSpec", "Load", "Scenario", "ScenarioError",
+__all__ = ["FAULT_KINDS", "PER_CHIP_KINDS", "FaultSpec", "GroupSpec", "Load", "Scenario", "ScenarioError",
            "builtin_scenario", "load_scenario", "parse_scenario"]
