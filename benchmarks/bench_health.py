@@ -3,8 +3,7 @@
 For each fleet size (1,000 and 10,000 hosts x 8 chips; ``fleet-agent sim-fleet`` in its own
 process) it measures the whole command (interpreter start to exit), median of ``--runs``, with a warm
 inventory cache and with a cold one (the inventory's cache entry deleted, as when the inventory
-changed; Ansible's plugin routing table stays cached, as it does while ansible-core is the same),
-plus ``first_run_s``, fleetctl's first run with an empty cache directory (reported, not judged), and
+changed), plus ``first_run_s``, fleetctl's first run with an empty cache directory (reported, not judged), and
 a sequential HTTP loop over the same agents in the same run as the baseline (``ratio`` =
 sequential / fleetctl). A hostile variant at every size replaces 10 % of
 the hosts by agents that hang, 5 % by ones that answer garbage and 5 % by closed ports: the fan-out
@@ -215,8 +214,7 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
                 f"fleetctl CPU {r.cpu:.2f}s, sim-fleet CPU {r.fleet_cpu:.2f}s)")
         cold = []
         for i in range(cold_runs):
-            # The inventory changed: its cache entry is gone. Ansible's install did not change, so
-            # its plugin routing table (fleetctl.ansible_routing) stays cached, as it would.
+            # The inventory changed: its cache entry is gone.
             for entry in warm_cache.glob("inventory-*.json"):
                 entry.unlink()
             cold.append(Run(args, warm_cache).wall)

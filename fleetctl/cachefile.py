@@ -1,4 +1,4 @@
-"""Best-effort writes into fleetctl's cache directory, shared by the inventory and routing caches."""
+"""Best-effort writes into fleetctl's cache directory (the inventory cache)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ inventory file, and the line when Ansible reports one.
 
 A cold parse goes through Ansible's ``InventoryManager`` (every inventory plugin, ``group_vars/``,
 ``host_vars/``); each host's variables are ``VariableManager.get_vars``' answer computed the fast way
-(:mod:`fleetctl.inventory_vars`), without facts: those are not inventory.
+(:func:`fleetctl.speedups.host_vars_reader`), without facts: those are not inventory.
 
 Parsing a 10,000-host inventory through Ansible takes seconds, so the result is cached as JSON in
 ``$XDG_CACHE_HOME/fleetctl/`` keyed by the path, modification time and size of every file the
@@ -31,7 +31,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,7 @@ from fleet_agent.config import DEFAULT_PORT
 
 from fleetctl.cachefile import write_cache_file
 from fleetctl.errors import UsageError
-from fleetctl.heap import gc_paused
-from fleetctl.inventory_vars import HostTemplar, InventoryVars
+from fleetctl.speedups import HostTemplar, gc_paused, host_vars_reader, inventory_loader
 
 ENV_INVENTORY = "FLEETCTL_INVENTORY"
 ENV_CACHE_DIR = "FLEETCTL_CACHE_DIR"
@@ -249,7 +248,7 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
             except (KeyError, TypeError, ValueError, AttributeError):
                 pass  # a damaged entry with the right key: parse again (and overwrite it)
     with gc_paused():
-        doc = _parse_with_ansible(sources, (cache_dir or cache_dir_default()) if use_cache else None)
+        doc = _parse_with_ansible(sources)
     if cache_file is not None:
         # Files that changed while Ansible read them would be cached under the old key: re-check.
         if _fingerprint(sources) == fingerprint:
@@ -359,7 +358,7 @@ def _read_cache(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, fingerprint: str, doc: dict[str, Any]) -> None:
-    # dumps, not dump: json.dump encodes in pure Python, dumps in C (~4x faster).
+    # dumps, not dump: json.dump encodes in pure Python, dumps in C.
     write_cache_file(path, json.dumps({**doc, "fingerprint": fingerprint}, separators=(",", ":")))
 
 
@@ -463,51 +462,14 @@ def _first_line(text: str) -> str:
     return str(text).strip()
 
 
-def _parse_once_loader_class() -> type[Any]:
-    from ansible.parsing.dataloader import DataLoader
-
-    class ParseOnceLoader(DataLoader):  # type: ignore[misc]
-        """Ansible's loader, minus repeated work on uncached files (inventory sources).
-
-        The ``auto`` and ``yaml`` inventory plugins each load a YAML source uncached, and the loader
-        hands each a deep copy of its fresh parse: for a 10,000-host file, two parses and two copies
-        that cost more than everything else. Here each such file is parsed once per load, as the
-        ``yaml`` plugin and plugin configs ask (trusted as template: it is the user's own file), and
-        every plugin gets that parse. ``auto``, which alone asks without trust, only reads the
-        top-level ``plugin`` key; ``yaml`` rejects a file that has one before changing anything.
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            self._parsed: dict[tuple[str, bool], Any] = {}
-
-        def load_from_file(self, file_name: str, cache: Any = "all", unsafe: bool = False,
-                           json_only: bool = False, **kwargs: Any) -> Any:
-            if cache != "none":  # also ansible-core < 2.19, whose ``cache`` is a bool: Ansible's own path
-                return super().load_from_file(file_name, cache=cache, unsafe=unsafe, json_only=json_only,
-                                              **kwargs)
-            key = (self.path_dwim(file_name), json_only)
-            if key not in self._parsed:
-                # unsafe: no defensive deep copy of a parse nobody else holds.
-                self._parsed[key] = super().load_from_file(file_name, cache="none", unsafe=True,
-                                                           json_only=json_only, trusted_as_template=True)
-            return self._parsed[key]
-
-    return ParseOnceLoader
-
-
-def _init_plugin_loader(cache_dir: Path | None = None) -> None:
+def _init_plugin_loader() -> None:
     """What Ansible's CLIs do first: without it, plugins named by collection (``plugin:
     ansible.builtin.constructed``, ``amazon.aws.aws_ec2``) are "unknown" to the inventory."""
     from ansible.plugins.loader import init_plugin_loader
     from ansible.utils.collection_loader import AnsibleCollectionConfig
 
-    from fleetctl import ansible_routing
-
     if AnsibleCollectionConfig.collection_finder is None:
         init_plugin_loader()
-    if cache_dir is not None:
-        ansible_routing.install(cache_dir)
 
 
 def _forget_vars_files_seen() -> None:
@@ -521,17 +483,15 @@ def _forget_vars_files_seen() -> None:
             remembered.clear()
 
 
-def _parse_with_ansible(sources: Sequence[str], cache_dir: Path | None = None) -> dict[str, Any]:
+def _parse_with_ansible(sources: Sequence[str]) -> dict[str, Any]:
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
-    from ansible.vars.manager import VariableManager
 
-    _ParseOnceLoader = _parse_once_loader_class()
-    _init_plugin_loader(cache_dir)
+    _init_plugin_loader()
     _forget_vars_files_seen()
 
     label = ",".join(sources)
-    loader = _ParseOnceLoader()
+    loader = inventory_loader()
     # Any source Ansible cannot parse is an error (by default it warns and goes on without it).
     with _ansible_setting("INVENTORY_ANY_UNPARSED_IS_FAILED", True):
         with _captured_ansible_warnings() as got:
@@ -540,9 +500,9 @@ def _parse_with_ansible(sources: Sequence[str], cache_dir: Path | None = None) -
             except AnsibleError as exc:
                 failed = re.search(r"inventory source (.+)$", _first_line(str(exc)))
                 raise InventoryError(_failure_message(failed.group(1) if failed else label, got)) from None
-            inventory_vars = InventoryVars(loader, manager, VariableManager(loader=loader, inventory=manager))
+            host_vars = host_vars_reader(loader, manager)
             templar = HostTemplar(loader)
-            hosts = [_host_doc_or_error(h, inventory_vars, templar, label) for h in manager.get_hosts("all")]
+            hosts = [_host_doc_or_error(h, host_vars, templar, label) for h in manager.get_hosts("all")]
             groups = {
                 name: {
                     "hosts": [h.name for h in g.hosts],
@@ -554,14 +514,14 @@ def _parse_with_ansible(sources: Sequence[str], cache_dir: Path | None = None) -
     return {"hosts": hosts, "groups": groups}
 
 
-def _host_doc_or_error(host: Any, inventory_vars: InventoryVars, templar: HostTemplar,
+def _host_doc_or_error(host: Any, host_vars: Callable[[Any], dict[str, Any]], templar: HostTemplar,
                        label: str) -> dict[str, Any]:
     """:func:`_host_doc`, with whatever Ansible raises while reading the host's vars (a broken
     group_vars/host_vars file, a vault value it cannot open) turned into one line naming the file."""
     from ansible.errors import AnsibleError
 
     try:
-        return _host_doc(host, inventory_vars.get(host), templar, label)
+        return _host_doc(host, host_vars(host), templar, label)
     except InventoryError:
         raise
     except AnsibleError as exc:

@@ -118,7 +118,7 @@ def _show(report: FleetReport, *, as_json: bool, chips: bool, unhealthy: bool, g
 def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, chips: bool, unhealthy: bool,
            group_by: str | None, sort: str) -> int:
     """Redraw in place until Ctrl-C; the exit code is the last completed round's."""
-    from fleetctl.heap import release_frozen
+    from fleetctl.speedups import release_frozen
 
     code = 0
     with _CtrlC() as ctrl_c, contextlib.ExitStack() as stack:

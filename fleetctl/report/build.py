@@ -12,9 +12,9 @@ from fleet_agent.schema import NodeReport
 from fleet_agent.verdict import host_verdict, no_report
 
 from fleetctl.fanout import FanoutOptions, agent_tokens, fetch_all
-from fleetctl.heap import gc_paused
 from fleetctl.inventory import Host
 from fleetctl.report.model import FleetReport, HostRow, problem_row, sort_problem_rows
+from fleetctl.speedups import gc_paused
 
 
 def host_row_from_node(name: str, address: str, port: int, groups: tuple[str, ...], node: NodeReport,

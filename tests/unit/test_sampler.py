@@ -169,6 +169,3 @@ def test_drained_file(tmp_path: Path, pool: cf.ThreadPoolExecutor) -> None:
     drained.write_text("maintenance: replacing GPU 3\n")
     report = sampler.sample_once()
     assert report.drained is True and report.drained_reason == "maintenance: replacing GPU 3"
-
-
-# --- the scheduler and helpers of fleet.py (sampling many agents in one process) -------------------
