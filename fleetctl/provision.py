@@ -37,7 +37,15 @@ from typing import Any, Protocol
 
 import yaml
 
-from fleetctl.errors import EXIT_CANCELED, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, FleetctlError, UsageError
+from fleetctl.errors import (
+    EXIT_CANCELED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    FleetctlError,
+    UsageError,
+    state_database,
+)
 from fleetctl.runner import (
     VAULT_PROMPT,
     Event,
@@ -552,13 +560,15 @@ def run(
     holder = locks.Holder(
         id=held_by or run_id, purpose=purpose, user=user, machine=runs.this_machine(), pid=os.getpid()
     )
-    conn = _connect(db_path)
+    with state_database(db_path):  # nothing has run yet: a database that fails is one line, exit 2
+        conn = _connect(db_path)
     try:
-        remove_stale_vars_files(conn, state_dir(db_path))
-        try:
-            overridden = locks.acquire(conn, the_plan.hosts, holder, force=options.force)
-        except locks.LocksHeld as exc:
-            raise HostsLocked(f"refused: {exc}") from exc
+        with state_database(db_path):
+            remove_stale_vars_files(conn, state_dir(db_path))
+            try:
+                overridden = locks.acquire(conn, the_plan.hosts, holder, force=options.force)
+            except locks.LocksHeld as exc:
+                raise HostsLocked(f"refused: {exc}") from exc
         try:
             return _run_locked(the_plan, runner, conn, db_path, run_id, holder.id, user, observer, cancel,
                                overridden)

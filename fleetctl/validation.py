@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from fleetctl.errors import UsageError
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
+# ASCII digits only (\d takes any script's) and no space inside: "5 %" is a typo to refuse.
+_SIZE = re.compile(r"([0-9]+)(%?)")
 REASON_REQUIRED = "a reason is required: --reason TEXT"
 
 
@@ -29,7 +30,7 @@ class Size:
 
     @classmethod
     def parse(cls, text: str, option: str) -> Size:
-        m = _SIZE.match(text)
+        m = _SIZE.fullmatch(text.strip())
         if not m or int(m.group(1)) < 1 or (m.group(2) and int(m.group(1)) > 100):
             raise UsageError(f"{option} {text!r}: expected a number of hosts N >= 1 or a percentage 1%..100%")
         return cls(int(m.group(1)), bool(m.group(2)))

@@ -141,6 +141,22 @@ def test_bad_input_is_a_usage_error_before_anything_runs(
     assert runs.list_runs(runs.connect(env / "state.db")) == []
 
 
+@pytest.mark.parametrize("broken", ["garbage", "under_a_file"])
+def test_an_unusable_state_database_is_one_line_before_anything_runs(env: Path, broken: str) -> None:
+    runner = FakeRunner(play(ok("n1")))
+    if broken == "garbage":
+        path = env / "state.db"
+        path.write_bytes(b"this is not an sqlite database, just bytes" * 100)
+    else:
+        (env / "a_file").write_text("")
+        path = env / "a_file" / "state.db"
+    with pytest.raises(UsageError) as err:
+        provision.run(opts(env), runner, db_path=path, cwd=env, select_hosts=select)
+    assert str(err.value).startswith(f"state database {path}: ") and "\n" not in str(err.value)
+    assert err.value.exit_code == 2
+    assert runner.requests == []
+
+
 def test_missing_inventory_file_is_a_usage_error(env: Path) -> None:
     with pytest.raises(UsageError, match=r"inventory 'gone\.ini': no such file"):
         run(env, FakeRunner(), options=ProvisionOptions(inventory=["gone.ini"]))

@@ -13,7 +13,9 @@ def test_size_parsing() -> None:
     assert Size.parse("3", "--x").of(100) == 3
     assert Size.parse("10%", "--x").of(25) == 2
     assert Size.parse("10%", "--x").of(5) == 1  # never 0
-    for bad in ("0", "-1", "x", "0%", "101%", ""):
+    assert Size.parse(" 7 ", "--x").of(100) == 7  # around the value, spaces are no harm
+    # Spaces inside and digits of other scripts (which \d would take) are typos to refuse.
+    for bad in ("0", "-1", "x", "0%", "101%", "", "5 %", " 5 %", "\uff11", "\u0661", "1_0"):
         with pytest.raises(UsageError, match="--x"):
             Size.parse(bad, "--x")
 
