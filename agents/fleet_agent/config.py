@@ -20,6 +20,8 @@ DEFAULT_CONFIG_PATH = "/etc/fleet-agent/config.yaml"
 # next to dcgm-exporter's 9400. fleetctl uses the same default.
 DEFAULT_PORT = 10400
 KNOWN_COLLECTORS = ("nvml", "tpu", "host")
+# Where the agent keeps what must survive a restart (the XID history); systemd's StateDirectory=.
+DEFAULT_STATE_DIR = "/var/lib/fleet-agent"
 
 
 class ConfigError(ValueError):
@@ -55,6 +57,7 @@ class AgentConfig:
     xid: XidConfig = field(default_factory=XidConfig)
     request_timeout_s: float = 10.0  # a request must arrive whole within this; idle keep-alive too
     max_connections: int = 128
+    state_dir: str = DEFAULT_STATE_DIR
     source: str = "<defaults>"
 
     def with_scenario(self, scenario: str, host_index: int = 0) -> AgentConfig:
@@ -64,7 +67,7 @@ class AgentConfig:
 _TOP_KEYS = {
     "listen_address", "port", "token", "token_file", "interval_s", "collector_timeout_s", "hostname",
     "expected_chips", "collectors", "simulation", "health", "drained_file", "xid",
-    "request_timeout_s", "max_connections",
+    "request_timeout_s", "max_connections", "state_dir",
 }
 
 
@@ -139,6 +142,7 @@ def config_from_dict(doc: Any, name: str = "<config>") -> AgentConfig:
         xid=_xid(name, doc.get("xid")),
         request_timeout_s=v.positive(doc, "request_timeout_s", 10.0),
         max_connections=v.integer(doc, "max_connections", 128, lo=1, hi=100_000),
+        state_dir=_state_dir(name, doc.get("state_dir", DEFAULT_STATE_DIR)),
         source=name,
     )
 
@@ -224,6 +228,16 @@ def _xid(name: str, value: Any) -> XidConfig:
         kmsg_path=v.opt_str(doc, "kmsg_path") or "/dev/kmsg",
         window_s=v.positive(doc, "window_s", 3600.0),
     )
+
+
+def _state_dir(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name}: state_dir: expected a directory path")
+    if not os.path.isabs(value) or "\x00" in value:
+        raise ConfigError(f"{name}: state_dir: expected an absolute path, got {value!r}")
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ConfigError(f"{name}: state_dir: {value} exists and is not a directory")
+    return os.path.normpath(value)
 
 
 _TOKEN = re.compile(r"[!-~]+")

@@ -188,9 +188,11 @@ def _chip_families(r: NodeReport) -> Iterator[Metric]:
     throttle = _gauge("fleet_chip_throttle_active", "1 while a clock throttle reason is active.",
                       [*CHIP_LABELS, "reason"])
     replay = CounterMetricFamily("fleet_chip_pcie_replay", "PCIe replay counter.", labels=CHIP_LABELS)
-    xid_window = _gauge("fleet_chip_xid_errors_window", "XID events of this code inside the agent's window.",
+    xid_window = _gauge("fleet_chip_xid_errors_window",
+                        "XID events of this code (code:qualifier where the driver's message gave one) that "
+                        "still count: inside the window, or until the reset or reboot that clears them.",
                         [*CHIP_LABELS, "xid"])
-    xid_total = CounterMetricFamily("fleet_chip_xid_errors", "XID events since the agent started.",
+    xid_total = CounterMetricFamily("fleet_chip_xid_errors", "XID events since the host booted.",
                                     labels=CHIP_LABELS)
     simple = [(_gauge(name, doc, CHIP_LABELS), attr) for name, doc, attr in _GPU_GAUGES]
     for chip in gpus:
@@ -215,8 +217,10 @@ def _chip_families(r: NodeReport) -> Iterator[Metric]:
                 throttle.add_metric([*labels, reason], 1.0 if reason in active else 0.0)
         if g.pcie_replay_count is not None:
             replay.add_metric(labels, g.pcie_replay_count)
-        for code, count in sorted(g.xid_counts.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
-            xid_window.add_metric([*labels, str(code)], count)
+        # The label is the key as the XID source gives it: "48", or "154:node_reboot" where the
+        # driver's message qualified the code (the alert rules match whole keys).
+        for key, count in sorted(g.xid_counts.items(), key=lambda kv: _xid_order(kv[0])):
+            xid_window.add_metric([*labels, key], count)
         if chip.error is None:
             xid_total.add_metric(labels, g.xid_total)
         for fam, attr in simple:
@@ -282,3 +286,8 @@ class MetricsRenderer:
 def render_metrics(report: NodeReport) -> bytes:
     """Exposition text for one report (a fresh registry: for ``once`` and tests)."""
     return MetricsRenderer().render(report)
+
+
+def _xid_order(key: str) -> tuple[int, str]:
+    code = key.partition(":")[0]
+    return (int(code) if code.isascii() and code.isdigit() else -1, key)

@@ -111,7 +111,9 @@ class GpuDetails:
     persistence_mode: bool | None = None
     slowdown_temp_c: float | None = None
     shutdown_temp_c: float | None = None
-    # XID code (as a string, JSON keys are strings) -> events seen inside the window.
+    # XID key -> events that still count (inside the window, or until the reset or reboot that
+    # clears them). The key is the code as a string ("48"), or "code:qualifier" where the driver's
+    # message names what it needs ("154:node_reboot", "145:fatal"): fleet_agent.health.xid_codes.
     xid_counts: dict[str, int] = field(default_factory=dict)
     xid_total: int = 0
     last_xid: int | None = None

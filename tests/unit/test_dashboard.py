@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fleet_agent.health.xid_codes import critical_codes
+from fleet_agent.health.xid_codes import critical_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "fleet-agent.json"
@@ -188,17 +188,17 @@ def test_required_alerts_exist() -> None:
             "FleetAgentDown", "FleetSampleStale", "FleetChipsMissing"} <= names
 
 
-def _fatal_xid_regex(expr: str) -> list[int]:
-    match = re.search(r'xid=~"([0-9|]+)"', expr)
+def _fatal_xid_regex(expr: str) -> list[str]:
+    match = re.search(r'xid=~"([0-9a-z_:|]+)"', expr)
     assert match, expr
-    return sorted(int(code) for code in match.group(1).split("|"))
+    return sorted(match.group(1).split("|"), key=lambda k: (int(k.partition(":")[0]), k))
 
 
 def test_fatal_xid_codes_match_the_agents_table() -> None:
     fatal = next(rule for rule in rules() if rule["alert"] == "FleetFatalXid")
-    assert _fatal_xid_regex(fatal["expr"]) == critical_codes()
+    assert _fatal_xid_regex(fatal["expr"]) == critical_keys()
     overview = [expr for title, expr in dashboard_exprs(load_dashboard()) if title.startswith("Fatal XIDs")]
-    assert len(overview) == 1 and _fatal_xid_regex(overview[0]) == critical_codes()
+    assert len(overview) == 1 and _fatal_xid_regex(overview[0]) == critical_keys()
 
 
 @pytest.mark.parametrize("alert", [rule["alert"] for rule in rules()])

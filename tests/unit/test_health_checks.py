@@ -156,19 +156,35 @@ def test_xid_79_in_window_is_gpu_lost_and_other_errors_are_not() -> None:
 @pytest.mark.parametrize(("code", "severity", "action"), [
     (13, Severity.WARNING, Action.CHECK_APPLICATION),
     (31, Severity.WARNING, Action.CHECK_APPLICATION),
-    (43, Severity.WARNING, Action.CHECK_APPLICATION),
-    (48, Severity.CRITICAL, Action.RESET_CHIP),
-    (63, Severity.WARNING, Action.RESET_CHIP),
-    (79, Severity.CRITICAL, Action.REBOOT),
-    (95, Severity.CRITICAL, Action.RESET_CHIP),
-    (119, Severity.CRITICAL, Action.REBOOT),
-    (120, Severity.CRITICAL, Action.REBOOT),
+    (43, Severity.INFO, Action.NONE),
+    (63, Severity.INFO, Action.NONE),
     (45, Severity.INFO, Action.NONE),
+    (54, Severity.WARNING, Action.MONITOR),
 ])
 def test_xid_by_table(code: int, severity: Severity, action: Action) -> None:
     problem = only(xid.check(gpu_chip(xid_counts={str(code): 2}), CFG, NOW))
     assert (problem.severity, problem.action) == (severity, action)
     assert problem.message.startswith(f"XID {code} x2 in the last 1h")
+
+
+@pytest.mark.parametrize(("key", "severity", "action", "since"), [
+    ("48", Severity.CRITICAL, Action.RESET_CHIP, "since the GPU was last reset"),
+    ("95", Severity.CRITICAL, Action.RESET_CHIP, "since the GPU was last reset"),
+    ("109", Severity.CRITICAL, Action.RESET_CHIP, "since the GPU was last reset"),
+    ("119", Severity.CRITICAL, Action.RESET_CHIP, "since the GPU was last reset"),
+    ("79", Severity.CRITICAL, Action.REBOOT, "since the host booted"),
+    ("154", Severity.CRITICAL, Action.RESET_CHIP, "since the GPU was last reset"),
+    ("154:node_reboot", Severity.CRITICAL, Action.REBOOT, "since the host booted"),
+    ("154:gpu_reset", Severity.CRITICAL, Action.RESET_CHIP, "since the GPU was last reset"),
+    ("154:drain_p2p", Severity.WARNING, Action.MONITOR, "since the GPU was last reset"),
+    ("145:fatal", Severity.CRITICAL, Action.RESET_CHIP, "since the GPU was last reset"),
+    ("145:nonfatal", Severity.WARNING, Action.MONITOR, "in the last 1h"),
+])
+def test_xid_needing_reset_or_reboot_says_what_clears_it(key: str, severity: Severity, action: Action,
+                                                         since: str) -> None:
+    problem = only(xid.check(gpu_chip(xid_counts={key: 1}), CFG, NOW))
+    assert (problem.severity, problem.action) == (severity, action)
+    assert problem.message.startswith(f"XID {key.split(':')[0]} x1 {since}: ")
 
 
 def test_xid_outside_window_counts_nothing_and_unknown_code_is_a_warning() -> None:

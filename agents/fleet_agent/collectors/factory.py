@@ -19,14 +19,16 @@ from fleet_agent.config import AgentConfig
 from fleet_agent.schema import ChipReport
 
 
-def real_collectors(cfg: AgentConfig) -> list[ChipCollector]:
-    """The chip collectors of this host that ``cfg.collectors`` asks for (``None``: auto)."""
+def real_collectors(cfg: AgentConfig, *, one_shot: bool = False) -> list[ChipCollector]:
+    """The chip collectors of this host that ``cfg.collectors`` asks for (``None``: auto).
+    ``one_shot`` (`once`, `check`): the XID history is read, never written."""
     wanted = cfg.collectors
     out: list[ChipCollector] = []
     if (wanted is None and nvml_present()) or (wanted is not None and "nvml" in wanted):
         try:
             out.append(NvmlCollector.real(kernel_log=cfg.xid.kmsg_path if cfg.xid.kernel_log else None,
-                                          xid_window_s=cfg.xid.window_s))
+                                          xid_window_s=cfg.xid.window_s, state_dir=cfg.state_dir,
+                                          history_read_only=one_shot))
         except CollectorError as exc:
             out.append(UnavailableCollector("nvml", str(exc)))
     if (wanted is None and tpu_present()) or (wanted is not None and "tpu" in wanted):

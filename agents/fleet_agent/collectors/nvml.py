@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from fleet_agent.collectors.base import ChipIdentity, CollectorError
 from fleet_agent.collectors.xid import KernelLogReader, NvmlXidWatcher, XidTracker, pci_key
+from fleet_agent.config import DEFAULT_STATE_DIR
 from fleet_agent.schema import ChipReport, GpuDetails
 
 # Clock event ("throttle") reason bits, as in nvml.h; stable across driver versions.
@@ -28,6 +29,7 @@ THROTTLE_REASONS: tuple[tuple[str, int], ...] = (
 )
 _FI_DEV_MEMORY_TEMP = 82
 _FI_DEV_NVLINK_LINK_COUNT = 91
+_FI_DEV_GET_GPU_RECOVERY_ACTION = 230  # the driver's wanted recovery; back to 0 after a reset
 _ERR_INVALID_ARGUMENT = 2
 _ERR_NOT_SUPPORTED = 3
 _ERR_FUNCTION_NOT_FOUND = 13
@@ -79,6 +81,11 @@ def _field_number(fv: Any) -> float | None:
     return None if name is None else float(getattr(fv.value, name))
 
 
+def _field_int(fv: Any) -> int | None:
+    number = _field_number(fv)
+    return None if number is None else int(number)
+
+
 class NvmlCollector:
     """The :class:`~fleet_agent.collectors.base.ChipCollector` for NVIDIA GPUs.
 
@@ -107,9 +114,13 @@ class NvmlCollector:
         self._kernel_log_started = False
 
     @classmethod
-    def real(cls, *, kernel_log: str | None = "/dev/kmsg", xid_window_s: float = 3600.0) -> NvmlCollector:
-        """The collector a real host runs: pynvml, XID events in a thread, the kernel log."""
-        return cls(load_pynvml(), xid_tracker=XidTracker(xid_window_s), kernel_log=kernel_log)
+    def real(cls, *, kernel_log: str | None = "/dev/kmsg", xid_window_s: float = 3600.0,
+             state_dir: str | None = DEFAULT_STATE_DIR, history_read_only: bool = False) -> NvmlCollector:
+        """The collector a real host runs: pynvml, XID events in a thread, the kernel log, the
+        XID history kept under ``state_dir`` (only read, never written, when ``history_read_only``:
+        a one-shot command beside the running service)."""
+        tracker = XidTracker(xid_window_s, state_dir=state_dir, read_only=history_read_only)
+        return cls(load_pynvml(), xid_tracker=tracker, kernel_log=kernel_log)
 
     # --- library ---
 
@@ -141,6 +152,7 @@ class NvmlCollector:
             self._watcher.stop()
         if self._kernel_log is not None:
             self._kernel_log.stop()
+        self.xids.flush()
         with self._lock:
             if self._initialised:
                 self._initialised = False
@@ -209,6 +221,8 @@ class NvmlCollector:
         problems = [f"XID {what}: {source.error}" for what, source in
                     (("kernel log", self._kernel_log), ("events", self._watcher))
                     if source is not None and source.error]
+        if self.xids.warning:
+            problems.append(self.xids.warning)
         return "; ".join(problems) or None
 
     # --- sampling ---
@@ -317,6 +331,15 @@ class NvmlCollector:
 
         key = pci_key(chip.pci_bus_id)
         if key is not None:
+            recovery = r.call("nvmlDeviceGetFieldValues", [_FI_DEV_GET_GPU_RECOVERY_ACTION], quiet=True)
+            self.xids.observe_chip(key, {
+                "uuid": chip.uuid or None,
+                "ecc_volatile_corrected": g.ecc_volatile_corrected,
+                "ecc_volatile_uncorrected": g.ecc_volatile_uncorrected,
+                "row_remap_pending": g.row_remap_pending,
+                "retired_pages_pending": g.retired_pages_pending,
+                "recovery_action": None if not recovery else _field_int(recovery[0]),
+            })
             snap = self.xids.snapshot(key)
             g.xid_counts, g.xid_total, g.last_xid = snap.counts, snap.total, snap.last
         return rep

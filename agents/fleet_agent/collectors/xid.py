@@ -1,9 +1,15 @@
-"""XID errors: windowed counts per chip and code, fed by NVML's event API and the kernel log.
+"""XID errors: counts per chip and code, fed by NVML's event API and the kernel log, kept on disk.
 
 Two sources, because each misses cases the other sees: NVML delivers XIDs only to a process that
 registered before they happened, while the kernel log (``NVRM: Xid (PCI:0000:3b:00): 79, ...``)
 also holds XIDs from before the agent started, and still works when NVML itself is wedged. An XID
 both sources report within ``dedup_s`` of each other counts once.
+
+What clears an XID is the table's word (fleet_agent.health.xid_codes): most age out of a window;
+one whose resolution is a GPU reset stays until the chip was reset (or the host rebooted), one that
+needs a reboot until the boot id changes. Times are CLOCK_MONOTONIC seconds, the clock /dev/kmsg
+stamps its records with, so a wall-clock step changes nothing, and within one boot a restarted
+agent compares its stored times with new ones directly.
 
 Chips are keyed by PCI address (``0000:3b:00``, domain:bus:device): the one name both sources use.
 """
@@ -16,16 +22,24 @@ import os
 import re
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+from fleet_agent.collectors.xid_history import XidHistoryStore, read_boot_id
+from fleet_agent.health.xid_codes import NVLINK5_CODES, RECOVERY_ACTIONS, XID_RECOVERY, clears_on
 
 log = logging.getLogger(__name__)
 
 _PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})(?:\.[0-7])?$")
 # "NVRM: Xid (PCI:0000:3b:00): 79, ..." and, from older drivers, "NVRM: Xid (0000:03:00): 14, ...".
 _XID_RE = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9a-fA-F:.]+)\): (\d+)")
+# "154, GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)"
+_RECOVERY_RE = re.compile(r"recovery action changed from\s+0x[0-9a-fA-F]+\s*(?:\([^)]*\))?\s*to\s+"
+                          r"(0x[0-9a-fA-F]+)\s*(?:\(([^)]*)\))?", re.IGNORECASE)
+# "145, RLW_REMAP Fatal XC1 i0 Link 10 (...)": the NVLink5 XIDs' own verdict word.
+_NVLINK5_RE = re.compile(r"\b(nonfatal|fatal)\b", re.IGNORECASE)
+MAX_EVENTS_PER_CHIP = 512
 
 
 def pci_key(bus_id: str | bytes) -> str | None:
@@ -39,85 +53,282 @@ def pci_key(bus_id: str | bytes) -> str | None:
     return f"{domain:04x}:{int(m.group(2), 16):02x}:{int(m.group(3), 16):02x}"
 
 
-def parse_xid_line(line: str) -> tuple[str, int] | None:
-    """``(pci key, code)`` from a kernel log line reporting an XID, else None."""
+def _recovery_qualifier(value: str, name: str | None) -> str | None:
+    known = RECOVERY_ACTIONS.get(int(value, 16))
+    if known is not None:
+        return known[0]
+    words = (name or "").lower()  # a value newer than our table: go by its words
+    for needle, qualifier in (("drain and reset", "drain_and_reset"), ("reboot", "node_reboot"),
+                              ("reset", "gpu_reset"), ("drain", "drain_p2p")):
+        if needle in words:
+            return qualifier
+    return None
+
+
+def parse_xid_event(line: str) -> tuple[str, int, str | None] | None:
+    """``(pci key, code, qualifier)`` from a kernel log line reporting an XID, else None. The
+    qualifier is what the message says about the verdict: XID 154's recovery action
+    (``node_reboot``, ``gpu_reset`` ...), ``fatal``/``nonfatal`` for XIDs 144-150."""
     m = _XID_RE.search(line)
     if not m:
         return None
     key = pci_key(m.group(1))
-    return None if key is None else (key, int(m.group(2)))
+    if key is None:
+        return None
+    code = int(m.group(2))
+    rest = line[m.end():]
+    qualifier: str | None = None
+    if code == XID_RECOVERY:
+        r = _RECOVERY_RE.search(rest)
+        qualifier = _recovery_qualifier(r.group(1), r.group(2)) if r else None
+    elif code in NVLINK5_CODES:
+        w = _NVLINK5_RE.search(rest)
+        qualifier = w.group(1).lower() if w else None
+    return key, code, qualifier
+
+
+def parse_xid_line(line: str) -> tuple[str, int] | None:
+    """``(pci key, code)`` from a kernel log line reporting an XID, else None."""
+    hit = parse_xid_event(line)
+    return None if hit is None else (hit[0], hit[1])
 
 
 @dataclass(frozen=True)
 class XidSnapshot:
-    counts: dict[str, int] = field(default_factory=dict)  # code -> events inside the window
-    total: int = 0  # all events seen since the agent started
+    # "code" or "code:qualifier" -> events that still count (inside the window, or since the reset
+    # or boot that clears them)
+    counts: dict[str, int] = field(default_factory=dict)
+    total: int = 0  # all events seen this boot
     last: int | None = None
 
 
+@dataclass
+class _Event:
+    t: float
+    code: int
+    qualifier: str | None
+    seq: int | None  # the kernel log record's sequence number: a re-read log repeats it
+    sources: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        return str(self.code) if self.qualifier is None else f"{self.code}:{self.qualifier}"
+
+
+@dataclass
+class _Chip:
+    events: list[_Event] = field(default_factory=list)
+    carry: dict[str, int] = field(default_factory=dict)  # sticky events dropped to stay bounded
+    total: int = 0
+    last: tuple[float, int] | None = None
+    marker: dict[str, Any] | None = None  # what a reset would change (see observe_chip)
+    marker_at: float = 0.0
+
+
+ResetMarker = Mapping[str, "int | bool | str | None"]
+
+
+def chip_was_reset(before: ResetMarker, now: ResetMarker) -> bool:
+    """Whether NVML's readings show a reset between two samples of the same PCI slot: another board
+    (UUID), a volatile ECC counter that went down (they zero on a reset or driver reload), a pending
+    row remap or page retirement that went away (applied by a reset), or the driver's recovery action
+    back to none."""
+    def both(name: str) -> tuple[Any, Any] | None:
+        a, b = before.get(name), now.get(name)
+        return None if a is None or b is None else (a, b)
+
+    uuid = both("uuid")
+    if uuid is not None and uuid[0] and uuid[1] and uuid[0] != uuid[1]:
+        return True
+    for name in ("ecc_volatile_corrected", "ecc_volatile_uncorrected"):
+        pair = both(name)
+        if pair is not None and int(pair[1]) < int(pair[0]):
+            return True
+    for name in ("row_remap_pending", "retired_pages_pending"):
+        pair = both(name)
+        if pair is not None and pair[0] is True and pair[1] is False:
+            return True
+    pair = both("recovery_action")
+    return pair is not None and int(pair[0]) != 0 and int(pair[1]) == 0
+
+
 class XidTracker:
-    """Thread-safe XID bookkeeping: per chip, per code, over a sliding window."""
+    """Thread-safe XID bookkeeping per chip; on disk when given a state directory."""
 
     def __init__(self, window_s: float = 3600.0, *, dedup_s: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, state_dir: str | None = None,
+                 boot_id_path: str | None = None, read_only: bool = False,
+                 clears: Callable[[int, str | None], str] = clears_on) -> None:
         self.window_s = window_s
         self.dedup_s = dedup_s
         self._clock = clock
+        self._clears = clears
         self._lock = threading.Lock()
-        self._events: dict[str, dict[int, deque[float]]] = {}
-        self._total: dict[str, int] = {}
-        self._last: dict[str, tuple[float, int]] = {}
-        # (chip, code) -> source -> times not yet matched by another source, for de-duplication
-        self._unmatched: dict[tuple[str, int], dict[str, deque[float]]] = {}
+        self._chips: dict[str, _Chip] = {}
+        self._dirty = False
+        self._kernel_seq = -1
+        self.boot_id = read_boot_id(boot_id_path) if boot_id_path else read_boot_id()
+        self._store = XidHistoryStore(state_dir, read_only=read_only) if state_dir else None
+        self._load_warning: str | None = None
+        if self._store is not None:
+            self._load()
 
-    def record(self, pci: str, code: int, source: str, at: float | None = None) -> bool:
-        """Count one XID; False when it is the other source's report of an XID already counted."""
+    @property
+    def warning(self) -> str | None:
+        """Why the history is not (fully) on disk, if it is not: shown in the collector's state."""
+        store = self._store.warning if self._store is not None else None
+        return "; ".join(w for w in (self._load_warning, store) if w) or None
+
+    # --- recording ---
+
+    def record(self, pci: str, code: int, source: str, at: float | None = None, *,
+               qualifier: str | None = None, seq: int | None = None) -> bool:
+        """Count one XID; False when it is the other source's report of an XID already counted, or
+        a kernel log record already counted (the log is read again after a restart)."""
         t = self._clock() if at is None else at
         with self._lock:
-            by_source = self._unmatched.setdefault((pci, code), {})
-            for src, times in by_source.items():
-                while times and times[0] < t - 2 * self.dedup_s:
-                    times.popleft()  # too old to match anything that still comes
-                if src == source:
+            if seq is not None:
+                # /dev/kmsg numbers its records in order within a boot: one at or below the
+                # highest seen was counted before (by this agent, or before its restart).
+                if seq <= self._kernel_seq:
+                    return False
+                self._kernel_seq = seq
+            chip = self._chips.setdefault(pci, _Chip())
+            recent = chip.events[-64:]
+            for e in reversed(recent):
+                if e.code != code or source in e.sources:
                     continue
-                for i, other in enumerate(times):
-                    if abs(other - t) <= self.dedup_s:
-                        del times[i]
-                        return False
-            by_source.setdefault(source, deque()).append(t)
-            times = self._events.setdefault(pci, {}).setdefault(code, deque())
-            times.append(t)
-            while times and times[0] < t - self.window_s:
-                times.popleft()  # keep an XID storm on a chip nobody samples from growing without end
-            self._total[pci] = self._total.get(pci, 0) + 1
-            if pci not in self._last or t >= self._last[pci][0]:
-                self._last[pci] = (t, code)
+                if any(abs(other - t) <= self.dedup_s for other in e.sources.values()):
+                    e.sources[source] = t
+                    if e.seq is None:
+                        e.seq = seq
+                    if e.qualifier is None and qualifier is not None:
+                        e.qualifier = qualifier  # the kernel log's words for what NVML only numbered
+                    self._dirty = True
+                    return False
+            chip.events.append(_Event(t, code, qualifier, seq, {source: t}))
+            chip.total += 1
+            if chip.last is None or t >= chip.last[0]:
+                chip.last = (t, code)
+            self._prune(chip, t)
+            self._dirty = True
             return True
 
-    def snapshot(self, pci: str) -> XidSnapshot:
-        cutoff = self._clock() - self.window_s
+    def _sticky(self, e: _Event) -> bool:
+        return self._clears(e.code, e.qualifier) != "window"
+
+    def _prune(self, chip: _Chip, now: float) -> None:
+        """Drop what no longer counts; past MAX_EVENTS_PER_CHIP, the oldest (a sticky one is
+        remembered as a count) — an XID storm must not grow memory or the file without end."""
+        cutoff = now - self.window_s
+        keep = [e for e in chip.events if self._sticky(e) or e.t >= cutoff or now - e.t < 2 * self.dedup_s]
+        while len(keep) > MAX_EVENTS_PER_CHIP:
+            dropped = keep.pop(0)
+            if self._sticky(dropped):
+                chip.carry[dropped.key] = chip.carry.get(dropped.key, 0) + 1
+        chip.events = keep
+
+    def observe_chip(self, pci: str, marker: ResetMarker) -> bool:
+        """Compare this sample's reset marker with the last; on a reset, forget what a reset clears
+        (events up to the previous sample: what came after may already be past the reset).
+        True when a reset was seen."""
+        now = self._clock()
         with self._lock:
-            counts: dict[str, int] = {}
-            for code, times in self._events.get(pci, {}).items():
-                kept = sorted(x for x in times if x >= cutoff)
-                times.clear()
-                times.extend(kept)
-                if kept:
-                    counts[str(code)] = len(kept)
-            last = self._last.get(pci)
-            return XidSnapshot(counts, self._total.get(pci, 0), None if last is None else last[1])
+            chip = self._chips.setdefault(pci, _Chip())
+            before, before_at = chip.marker, chip.marker_at
+            chip.marker, chip.marker_at = dict(marker), now
+            self._dirty = self._dirty or before != chip.marker
+            if before is None or not chip_was_reset(before, marker):
+                return False
+            chip.events = [e for e in chip.events
+                           if not (self._clears(e.code, e.qualifier) == "reset" and e.t <= before_at)]
+            chip.carry = {k: n for k, n in chip.carry.items() if self._carry_clears(k) != "reset"}
+            self._dirty = True
+            return True
+
+    def _carry_clears(self, key: str) -> str:
+        code, _, qualifier = key.partition(":")
+        return self._clears(int(code), qualifier or None)
+
+    # --- reading ---
+
+    def snapshot(self, pci: str) -> XidSnapshot:
+        now = self._clock()
+        with self._lock:
+            chip = self._chips.get(pci)
+            if chip is None:
+                return XidSnapshot()
+            self._prune(chip, now)
+            counts: dict[str, int] = dict(chip.carry)
+            cutoff = now - self.window_s
+            for e in chip.events:
+                if self._sticky(e) or e.t >= cutoff:
+                    counts[e.key] = counts.get(e.key, 0) + 1
+            snap = XidSnapshot(counts, chip.total, None if chip.last is None else chip.last[1])
+        self.flush()
+        return snap
+
+    # --- on disk ---
+
+    def flush(self) -> None:
+        """Write the history when it changed (called after each snapshot, and on close)."""
+        if self._store is None or self._store.read_only or not self._dirty or self.boot_id is None:
+            return
+        with self._lock:
+            doc = self._document()
+            self._dirty = False
+        if not self._store.save(doc):
+            self._dirty = True
+        else:
+            self._store.warning = None
+
+    def _document(self) -> dict[str, Any]:
+        chips: dict[str, Any] = {}
+        for pci, c in self._chips.items():
+            chips[pci] = {
+                "events": [[e.t, e.code, e.qualifier, e.seq, sorted(e.sources)] for e in c.events],
+                "carry": dict(c.carry), "total": c.total,
+                "last": None if c.last is None else [c.last[0], c.last[1]],
+                "marker": c.marker, "marker_at": c.marker_at,
+            }
+        return {"format": "fleet-agent.xid-history/1", "boot_id": self.boot_id,
+                "kernel_seq": self._kernel_seq, "chips": chips}
+
+    def _load(self) -> None:
+        assert self._store is not None
+        if self.boot_id is None:
+            self._load_warning = "XID history off: no kernel boot id to tell a reboot by"
+            self._store = None
+            return
+        doc = self._store.load()
+        if doc is None or doc["boot_id"] != self.boot_id:
+            return  # nothing stored, set aside, or from an earlier boot: a reboot clears every XID
+        seq = doc.get("kernel_seq", -1)
+        self._kernel_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else -1
+        for pci, c in doc["chips"].items():
+            chip = _Chip(total=c.get("total", 0), carry=dict(c.get("carry", {})))
+            for t, code, qualifier, seq, sources in c["events"]:
+                chip.events.append(_Event(float(t), code, qualifier, seq, {s: float(t) for s in sources}))
+            last = c.get("last")
+            if isinstance(last, list) and len(last) == 2:
+                chip.last = (float(last[0]), int(last[1]))
+            if c.get("marker") is not None:
+                chip.marker, chip.marker_at = dict(c["marker"]), float(c["marker_at"])
+            self._chips[pci] = chip
 
 
-def _kmsg_time(line: str, clock: Callable[[], float]) -> tuple[str, float | None]:
-    """Split a /dev/kmsg record (``6,1234,5678901,-;text``) into text and wall-clock time."""
+def _kmsg_record(line: str, clock: Callable[[], float]) -> tuple[str, float | None, int | None]:
+    """Split a /dev/kmsg record (``6,1234,5678901,-;text``) into text, time and sequence number."""
     head, sep, text = line.partition(";")
     if not sep:
-        return line, None
+        return line, None, None
     parts = head.split(",")
     if len(parts) < 3 or not parts[2].isdigit():
-        return line, None
-    # The record's stamp is CLOCK_MONOTONIC in µs, the clock time.monotonic() reads.
-    return text, clock() - (time.monotonic() - int(parts[2]) / 1e6)
+        return line, None, None
+    seq = int(parts[1]) if parts[1].isdigit() else None
+    # The record's stamp is CLOCK_MONOTONIC in µs, the clock time.monotonic() reads (and the
+    # tracker's, unless a test hands it another).
+    return text, clock() - (time.monotonic() - int(parts[2]) / 1e6), seq
 
 
 class KernelLogReader:
@@ -135,9 +346,10 @@ class KernelLogReader:
 
     def feed(self, line: str) -> bool:
         """Record the XID in one log line, if any; True when it counted."""
-        text, at = _kmsg_time(line, self.tracker._clock)
-        hit = parse_xid_line(text)
-        return hit is not None and self.tracker.record(hit[0], hit[1], "kernel", at)
+        text, at, seq = _kmsg_record(line, self.tracker._clock)
+        hit = parse_xid_event(text)
+        return hit is not None and self.tracker.record(hit[0], hit[1], "kernel", at,
+                                                       qualifier=hit[2], seq=seq)
 
     def start(self) -> bool:
         """Open the log and follow it in a daemon thread; False (and ``error`` set) if unreadable."""
