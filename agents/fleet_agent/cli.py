@@ -1,4 +1,4 @@
-"""``fleet-agent``: run the agent, take one sample, or run a simulated fleet.
+"""``fleet-agent``: run the agent, take one sample, check this host, or run a simulated fleet.
 
 argparse, not Typer: the agent is installed on every host and stays light. Every command imports
 its modules inside its function (collectors, prometheus_client, the simulator), so that
@@ -42,6 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--host-index", type=int, default=0, metavar="I",
                       help="which host of the scenario (default 0)")
 
+    check = sub.add_parser(
+        "check", help="one sample, its problems one per line; exit 0 healthy or degraded, 1 unhealthy, "
+                      "2 could not tell (Slurm's HealthCheckProgram, NHC)")
+    check.add_argument("--config", metavar="FILE",
+                       help="YAML config (default /etc/fleet-agent/config.yaml when it exists)")
+    check.add_argument("--scenario", metavar="FILE", help="sample simulated chips from this scenario")
+    check.add_argument("--host-index", type=int, default=0, metavar="I",
+                       help="which host of the scenario (default 0)")
+    check.add_argument("--timeout", type=float, metavar="S",
+                       help="deadline of each collector call (default: the config's collector_timeout_s)")
+    check.add_argument("--slurm", action="store_true",
+                       help="drain this Slurm node when unhealthy (Reason=\"fleet-agent: ...\"); resume it "
+                            "when healthy if the drain is fleet-agent's; could-not-tell changes nothing")
+    check.add_argument("--node-name", metavar="NAME",
+                       help="Slurm node name for --slurm (default $SLURMD_NODENAME, else hostname -s)")
+
     sim = sub.add_parser("sim-fleet", help="N simulated agents in one process on 127.0.0.1")
     sim.add_argument("--hosts", type=int, required=True, metavar="N")
     sim.add_argument("--base-port", type=int, required=True, metavar="P",
@@ -67,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "once":
             return _once(args)
+        if args.command == "check":
+            return _check(args)
         return _sim_fleet(args)
     except ConfigError as exc:
         print(f"fleet-agent: {exc}", file=sys.stderr)
@@ -102,26 +120,21 @@ def _run(args: argparse.Namespace) -> int:
     return run_agent(cfg, _chips(cfg))
 
 
-def _once(args: argparse.Namespace) -> int:
-    from fleet_agent.daemon import build_agent, close_within, shutdown_pools
-    from fleet_agent.sampler import DaemonThreadPool
-
+def _load_for_sample(args: argparse.Namespace) -> AgentConfig:
+    """The config, pointed at ``--scenario``'s host when one is given (``once``, ``check``)."""
     cfg = _load(args.config)
     if args.scenario:
         from fleet_agent.sim.lookup import resolve_scenario
 
         cfg = cfg.with_scenario(str(resolve_scenario(args.scenario)), args.host_index)
-    pool = DaemonThreadPool(32, "collector")
-    try:
-        chips = _chips(cfg)
-        # One sample: drain XID events inline rather than start an event thread.
-        rt = build_agent(cfg, executor=pool, chips=chips, xid_events="poll")
-        report = rt.sampler.sample_once()
-        if chips is not None:
-            chips.release_hangs()
-        close_within([rt], 1.0)
-    finally:
-        shutdown_pools(pool)
+    return cfg
+
+
+def _once(args: argparse.Namespace) -> int:
+    from fleet_agent.check import take_sample
+
+    cfg = _load_for_sample(args)
+    report = take_sample(cfg, _chips(cfg))
     if args.json:
         import json
 
@@ -129,6 +142,39 @@ def _once(args: argparse.Namespace) -> int:
     else:
         print(render_table(report))
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``fleet-agent check``: never a traceback and never exit 1 for a failure of its own (1 means
+    unhealthy to whoever runs it): anything that goes wrong before a verdict exits 2."""
+    from fleet_agent import check
+    from fleet_agent.config import ConfigError
+
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise ConfigError("--timeout: expected a positive number of seconds")
+    node = args.node_name or check.default_node_name()
+    if args.slurm and not check.valid_node_name(node):
+        raise ConfigError(f"--node-name: {node!r} is not a single Slurm node name "
+                          "(letters, digits, '.', '_', '-')")
+    try:
+        cfg = _load_for_sample(args)
+        result = check.run_check(cfg, _chips(cfg), timeout_s=args.timeout)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a health check's crash is "could not tell", said in one line
+        print(f"fleet-agent check: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return check.EXIT_UNKNOWN
+    for line in result.lines():
+        print(line)
+    sys.stdout.flush()
+    if args.slurm:
+        try:
+            done = check.slurm_act(result, node)
+            if done is not None:
+                print(f"fleet-agent check: slurm: {done}", file=sys.stderr)
+        except check.SlurmActionError as exc:
+            print(f"fleet-agent check: slurm: {node}: {exc}", file=sys.stderr)
+    return result.code
 
 
 def _sim_fleet(args: argparse.Namespace) -> int:

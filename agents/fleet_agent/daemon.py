@@ -122,10 +122,11 @@ def health_assessor(cfg: AgentConfig) -> AssessFn:
 
 
 def chip_collectors(cfg: AgentConfig, chips: ChipSource | None = None, *,
-                    xid_events: XidEvents = "thread") -> list[ChipCollector]:
-    """The chip collectors the config asks for: this host's, or ``chips``' when given."""
+                    xid_events: XidEvents = "thread", one_shot: bool = False) -> list[ChipCollector]:
+    """The chip collectors the config asks for: this host's, or ``chips``' when given.
+    ``one_shot``: a command beside the service (`once`, `check`) that must leave its state alone."""
     if chips is None:
-        return real_collectors(cfg)
+        return real_collectors(cfg, one_shot=one_shot)
     if cfg.collectors is not None and _COLLECTOR_OF_KIND.get(chips.kind) not in cfg.collectors:
         return []
     return [chips.collector(xid_events=xid_events)]
@@ -141,6 +142,7 @@ def build_agent(
     lazy_metrics: bool = False,
     interval_s: float | None = None,
     xid_events: XidEvents = "thread",
+    one_shot: bool = False,
 ) -> AgentRuntime:
     """One agent over this host's chips (or ``chips``), its collector calls run on ``executor``."""
     interval = interval_s or cfg.interval_s
@@ -151,7 +153,7 @@ def build_agent(
     wanted_host = cfg.collectors is None or "host" in cfg.collectors
     sampler = Sampler(
         hostname=name,
-        collectors=chip_collectors(cfg, chips, xid_events=xid_events),
+        collectors=chip_collectors(cfg, chips, xid_events=xid_events, one_shot=one_shot),
         host=(host_source or real_host_source()) if wanted_host else None,
         assess=health_assessor(cfg),
         executor=executor,

@@ -5,6 +5,10 @@ so it never touches the machine's /etc/slurm or /run/munge. Ports: slurmctld 168
 17001-17003 (node1..node3). Clients (scontrol, sinfo, squeue, sbatch) find the cluster through
 ``SLURM_CONF``, which :attr:`SlurmCluster.env` carries.
 
+A test module may set ``SLURM_OPTIONS = ClusterOptions(...)`` for other ports (so that its cluster
+can run beside another one) or extra slurm.conf lines (a HealthCheckProgram, say); without it the
+cluster is the one described above.
+
 A missing binary is a test failure with a message naming it (never a skip): CI installs
 ``slurm-wlm`` and ``munge`` with apt.
 """
@@ -19,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,13 +47,28 @@ def _require_binaries() -> None:
                     pytrace=False)
 
 
-def _slurm_conf(base: Path) -> str:
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What a test module may change (``SLURM_OPTIONS`` in the module); the defaults are the cluster
+    every other Slurm test uses."""
+
+    ctld_port: int = CTLD_PORT
+    node_ports: tuple[int, ...] = NODE_PORTS
+    extra_conf: str = ""  # slurm.conf lines, appended
+
+    def __post_init__(self) -> None:
+        if len(self.node_ports) != len(NODES):
+            raise ValueError(f"node_ports: one port per node ({len(NODES)})")
+
+
+def _slurm_conf(base: Path, options: ClusterOptions = ClusterOptions()) -> str:
     host = socket.gethostname().split(".")[0]
+    node_ports = options.node_ports
     return f"""\
 ClusterName=fleetctltest
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={CTLD_PORT}
-SlurmdPort={NODE_PORTS[0]}
+SlurmctldPort={options.ctld_port}
+SlurmdPort={node_ports[0]}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -77,16 +97,17 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 MailProg=/bin/true
-NodeName=node[1-{len(NODES)}] NodeAddr=127.0.0.1 NodeHostname=localhost Port=[{NODE_PORTS[0]}-{NODE_PORTS[-1]}] CPUs=1 RealMemory=100 State=UNKNOWN
+NodeName=node[1-{len(NODES)}] NodeAddr=127.0.0.1 NodeHostname=localhost Port=[{node_ports[0]}-{node_ports[-1]}] CPUs=1 RealMemory=100 State=UNKNOWN
 PartitionName=debug Nodes=node[1-{len(NODES)}] Default=YES MaxTime=INFINITE State=UP
-"""  # noqa: E501 - slurm.conf lines are what they are
+{options.extra_conf}"""  # noqa: E501 - slurm.conf lines are what they are
 
 
 class SlurmCluster:
     """Start/stop the daemons; run Slurm clients against this cluster."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, options: ClusterOptions = ClusterOptions()) -> None:
         self.base = base
+        self.options = options
         self.conf = base / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -109,7 +130,7 @@ class SlurmCluster:
         key.chmod(0o400)
         for p in (mdir, kdir, key):
             os.chown(p, munge.pw_uid, munge.pw_gid)
-        self.conf.write_text(_slurm_conf(base))
+        self.conf.write_text(_slurm_conf(base, self.options))
         self._spawn(
             ["munged", "-F", f"--socket={mdir}/munge.socket.2", f"--key-file={key}",
              f"--pid-file={mdir}/munged.pid", f"--log-file={mdir}/munged.log",
@@ -118,7 +139,8 @@ class SlurmCluster:
         )
         self._wait_for(lambda: (mdir / "munge.socket.2").exists(), "munged socket")
         self._spawn(["slurmctld", "-D", "-i", "-f", str(self.conf)])
-        self._wait_for(lambda: self._port_open(CTLD_PORT), f"slurmctld on port {CTLD_PORT}")
+        port = self.options.ctld_port
+        self._wait_for(lambda: self._port_open(port), f"slurmctld on port {port}")
         for node in NODES:
             self._spawn(["slurmd", "-D", "-N", node, "-f", str(self.conf)])
         self._wait_for(self._all_idle, "all slurmd nodes idle", timeout=60)
@@ -224,10 +246,11 @@ class SlurmCluster:
 # Module scope: each test module imports this fixture (there is no shared conftest for it), and
 # two clusters cannot hold the same ports at once; a module's cluster stops before the next starts.
 @pytest.fixture(scope="module")
-def slurm_cluster() -> Iterator[SlurmCluster]:
+def slurm_cluster(request: pytest.FixtureRequest) -> Iterator[SlurmCluster]:
     _require_binaries()
+    options = getattr(request.module, "SLURM_OPTIONS", ClusterOptions())
     base = Path(tempfile.mkdtemp(prefix="fleetctl-slurm-"))
-    cluster = SlurmCluster(base)
+    cluster = SlurmCluster(base, options)
     try:
         cluster.start()
         yield cluster

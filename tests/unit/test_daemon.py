@@ -46,6 +46,7 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", [
     PACKAGE / "daemon.py",
+    PACKAGE / "check.py",
     PACKAGE / "server.py",
     PACKAGE / "sampler.py",
     PACKAGE / "metrics.py",
