@@ -35,7 +35,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,17 +44,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from simfleet import raise_nofile, start_fleet, stop
 from sshlab import load_lab
 
 BIN = Path(sys.executable).parent
 FLEETCTL = str(BIN / "fleetctl")
-FLEET_AGENT = str(BIN / "fleet-agent")
 BASE_PORT = 20000  # sim-fleet and hostile responders use 20000..31000
-# How often the simulated agents sample. Each real agent samples on its own host; 10,000 simulated
-# ones re-sampling every 40 s (sim-fleet's default at that size) keep about half of one of this
-# machine's two cores busy, in bursts that land in some runs and not others. Sampled once at start
-# and then every 10 minutes, they leave fleetctl the machine; reports stay fresh (stale: 3 intervals).
-FLEET_INTERVAL_S = 600
+# The simulated agents sample once at start and then every 10 minutes (simfleet.FLEET_INTERVAL_S):
+# each real agent samples on its own host, and 10,000 simulated ones re-sampling at sim-fleet's
+# default would keep one of the shared cores busy in bursts that land in some runs and not others.
 HELP_TARGET_S = 0.3
 TARGETS_S = {1000: 0.8, 10000: 8.0}
 FIRST_RUNS = 2  # runs with an empty cache directory (reported, not judged)
@@ -96,40 +93,6 @@ async def _serve_hostile(base: int, hung: int, garbage: int) -> None:
 
 
 # --- processes -----------------------------------------------------------------------------------------
-
-
-def raise_nofile() -> None:
-    import resource
-
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def start_fleet(workdir: Path, hosts: int, base: int) -> tuple[subprocess.Popen[bytes], Path]:
-    inv = workdir / f"fleet-{hosts}.yml"
-    logf = workdir / f"fleet-{hosts}.log"
-    proc = subprocess.Popen(
-        [FLEET_AGENT, "sim-fleet", "--hosts", str(hosts), "--base-port", str(base), "--scenario", "healthy",
-         "--interval", str(FLEET_INTERVAL_S), "--write-inventory", str(inv)],
-        stdout=logf.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=raise_nofile,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 600
-    while "ready:" not in logf.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise SystemExit(f"sim-fleet did not start:\n{logf.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.2)
-    return proc, inv
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def cpu_of(pid: int) -> float:

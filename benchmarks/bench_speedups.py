@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,12 +43,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from simfleet import raise_nofile, start_fleet, stop  # noqa: E402 - benchmarks/ is on the path
+
 from fleetctl.speedups import ENV_OFF, TRICKS  # noqa: E402 - after the path above
 
 BIN = Path(sys.executable).parent
-FLEET_AGENT = str(BIN / "fleet-agent")
 BASE_PORT = 28500  # sim-fleet's agents: BASE_PORT .. BASE_PORT + hosts, below the ephemeral range
-FLEET_INTERVAL_S = 600  # sampled at start, then rarely: the simulated fleet leaves fleetctl the CPU
 THRESHOLD_SHARE = 0.05
 HEALTH_TARGET_S = {1000: 0.8, 10000: 8.0}
 HELP_TARGET_S = 0.3
@@ -75,38 +74,6 @@ def log(msg: str) -> None:
 
 def median(values: list[float]) -> float:
     return round(statistics.median(values), 4)
-
-
-def raise_nofile() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def start_fleet(workdir: Path, hosts: int) -> tuple[subprocess.Popen[bytes], Path]:
-    inv = workdir / f"fleet-{hosts}.yml"
-    logf = workdir / f"fleet-{hosts}.log"
-    proc = subprocess.Popen(
-        [FLEET_AGENT, "sim-fleet", "--hosts", str(hosts), "--base-port", str(BASE_PORT), "--scenario",
-         "healthy", "--interval", str(FLEET_INTERVAL_S), "--write-inventory", str(inv)],
-        stdout=logf.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=raise_nofile,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 300
-    while "ready:" not in logf.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise SystemExit(f"sim-fleet did not start:\n{logf.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.2)
-    return proc, inv
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def env_for(off: str, cache: Path | None = None) -> dict[str, str]:
@@ -194,7 +161,7 @@ def bench_fleet(workdir: Path, hosts: int, runs: int, tricks: list[str]) -> dict
     log(f"{hosts} hosts: starting sim-fleet")
     (workdir / "group_vars").mkdir(exist_ok=True)
     (workdir / "group_vars" / "all.yml").write_text(GROUP_VARS_ALL)
-    proc, inv = start_fleet(workdir, hosts)
+    proc, inv = start_fleet(workdir, hosts, BASE_PORT, ready_within_s=300)
     target = HEALTH_TARGET_S.get(hosts, 0.8)
     args = ["health", "-i", str(inv), "--json"]
     cache = workdir / f"cache-{hosts}"
