@@ -7,12 +7,14 @@ stale) yields no series: a missing series is honest, a made-up zero is not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fleet_agent.health.xid_codes import XID_TABLE
 from fleet_agent.schema import ChipReport, NodeReport, Status
 
 # The classic text format is what generate_latest writes; say so, whatever the library's default.
@@ -50,33 +52,52 @@ _GPU_GAUGES: list[tuple[str, str, str]] = [
     ("fleet_chip_nvlink_links_present", "NVLink links present.", "nvlink_links_total"),
 ]
 
-# (DCGM field name, help, source, scale): source "chip.<attr>" or "gpu.<attr>".
-_DCGM: list[tuple[str, str, str, float]] = [
-    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", "chip.temperature_c", 1.0),
-    ("DCGM_FI_DEV_MEMORY_TEMP", "Memory temperature (in C).", "chip.memory_temperature_c", 1.0),
-    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "chip.utilization_pct", 1.0),
-    ("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", "chip.memory_utilization_pct", 1.0),
-    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", "chip.power_w", 1.0),
-    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "Power management limit (in W).", "chip.power_limit_w", 1.0),
-    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", "chip.sm_clock_mhz", 1.0),
-    ("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", "chip.mem_clock_mhz", 1.0),
-    ("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", "gpu.last_xid", 1.0),
-    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "Total single-bit volatile ECC errors.",
+# The DCGM-compatible series, as current dcgm-exporter writes them (etc/default-counters.csv and
+# dcp-metrics-included.csv give each field's type): (DCGM field, type, help, source, scale), source
+# "chip.<attr>" or "gpu.<attr>". Counters keep dcgm-exporter's exact names (no "_total" added),
+# which prometheus_client cannot write: these families are rendered by _dcgm_text.
+_DCGM: list[tuple[str, str, str, str, float]] = [
+    ("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz).", "chip.sm_clock_mhz", 1.0),
+    ("DCGM_FI_DEV_MEM_CLOCK", "gauge", "Memory clock frequency (in MHz).", "chip.mem_clock_mhz", 1.0),
+    ("DCGM_FI_DEV_MEMORY_TEMP", "gauge", "Memory temperature (in C).", "chip.memory_temperature_c", 1.0),
+    ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C).", "chip.temperature_c", 1.0),
+    ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W).", "chip.power_w", 1.0),
+    ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter",
+     "Total energy consumption since the driver loaded (in mJ).", "gpu.energy_mj", 1.0),
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "gauge", "Power management limit (in W).", "chip.power_limit_w", 1.0),
+    ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "counter", "Total number of PCIe retries.",
+     "gpu.pcie_replay_count", 1.0),
+    ("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %).", "chip.utilization_pct", 1.0),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory utilization (in %).", "chip.memory_utilization_pct", 1.0),
+    ("DCGM_FI_DEV_ENC_UTIL", "gauge", "Encoder utilization (in %).", "gpu.encoder_utilization_pct", 1.0),
+    ("DCGM_FI_DEV_DEC_UTIL", "gauge", "Decoder utilization (in %).", "gpu.decoder_utilization_pct", 1.0),
+    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "counter", "Total number of single-bit volatile ECC errors.",
      "gpu.ecc_volatile_corrected", 1.0),
-    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total double-bit volatile ECC errors.",
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "counter", "Total number of double-bit volatile ECC errors.",
      "gpu.ecc_volatile_uncorrected", 1.0),
-    ("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "Total single-bit persistent ECC errors.",
+    ("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "counter", "Total number of single-bit persistent ECC errors.",
      "gpu.ecc_aggregate_corrected", 1.0),
-    ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "Total double-bit persistent ECC errors.",
+    ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "counter", "Total number of double-bit persistent ECC errors.",
      "gpu.ecc_aggregate_uncorrected", 1.0),
-    ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "Total number of PCIe retries.", "gpu.pcie_replay_count", 1.0),
-    ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors.",
-     "gpu.remapped_rows_correctable", 1.0),
-    ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for uncorrectable errors.",
+    # NVML says whether pages are pending, not how many: 0 or 1 under dcgm-exporter's counter.
+    ("DCGM_FI_DEV_RETIRED_PENDING", "counter", "Total number of pages pending retirement.",
+     "gpu.retired_pages_pending", 1.0),
+    ("DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL", "counter",
+     "Total number of NVLink flow-control CRC errors.", "gpu.nvlink_crc_flit_errors", 1.0),
+    ("DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL", "counter", "Total number of NVLink data CRC errors.",
+     "gpu.nvlink_crc_data_errors", 1.0),
+    ("DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL", "counter", "Total number of NVLink retries.",
+     "gpu.nvlink_replay_errors", 1.0),
+    ("DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", "counter", "Total number of NVLink recovery errors.",
+     "gpu.nvlink_recovery_errors", 1.0),
+    ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "counter", "Number of remapped rows for uncorrectable errors",
      "gpu.remapped_rows_uncorrectable", 1.0),
-    ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed.", "gpu.row_remap_failure", 1.0),
-    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "Whether a row remap is pending.", "gpu.row_remap_pending", 1.0),
-    ("DCGM_FI_DEV_RETIRED_PENDING", "Whether retired pages are pending.", "gpu.retired_pages_pending", 1.0),
+    ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "counter", "Number of remapped rows for correctable errors",
+     "gpu.remapped_rows_correctable", 1.0),
+    ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "Whether remapping of rows has failed",
+     "gpu.row_remap_failure", 1.0),
+    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "gauge", "Whether remapping of rows is pending",
+     "gpu.row_remap_pending", 1.0),
 ]
 
 
@@ -94,8 +115,12 @@ def _chip_labels(chip: ChipReport) -> list[str]:
     return [str(chip.index), chip.kind, chip.model, chip.uuid]
 
 
-def _dcgm_labels(chip: ChipReport, hostname: str) -> list[str]:
-    return [str(chip.index), chip.uuid, chip.pci_bus_id, f"nvidia{chip.index}", chip.model, hostname]
+def _dcgm_labels(chip: ChipReport, r: NodeReport) -> list[tuple[str, str]]:
+    labels = list(zip(DCGM_LABELS, (str(chip.index), chip.uuid, chip.pci_bus_id, f"nvidia{chip.index}",
+                                    chip.model, r.host), strict=True))
+    if r.driver_version:  # dcgm-exporter leaves a blank label field out
+        labels.append(("DCGM_FI_DRIVER_VERSION", r.driver_version))
+    return labels
 
 
 class ReportCollector(Collector):
@@ -108,8 +133,7 @@ class ReportCollector(Collector):
         report = self.report
         if report is None:
             return
-        for families in (_node_families(report), _chip_families(report), _dcgm_families(report),
-                         _health_families(report)):
+        for families in (_node_families(report), _chip_families(report), _health_families(report)):
             # A family without samples (no chip supports it) is left out entirely.
             yield from (fam for fam in families if fam.samples)
 
@@ -194,6 +218,15 @@ def _chip_families(r: NodeReport) -> Iterator[Metric]:
                         [*CHIP_LABELS, "xid"])
     xid_total = CounterMetricFamily("fleet_chip_xid_errors", "XID events since the host booted.",
                                     labels=CHIP_LABELS)
+    nvlink_errors = CounterMetricFamily("fleet_chip_nvlink_errors",
+                                        "NVLink errors summed over the chip's links, by type.",
+                                        labels=[*CHIP_LABELS, "type"])
+    energy = CounterMetricFamily("fleet_chip_energy_joules", "Energy used since the driver loaded.",
+                                 labels=CHIP_LABELS)
+    engines = [(_gauge("fleet_chip_encoder_utilization_ratio", "Video encoder (NVENC) busy share 0..1.",
+                       CHIP_LABELS), "encoder_utilization_pct"),
+               (_gauge("fleet_chip_decoder_utilization_ratio", "Video decoder (NVDEC) busy share 0..1.",
+                       CHIP_LABELS), "decoder_utilization_pct")]
     simple = [(_gauge(name, doc, CHIP_LABELS), attr) for name, doc, attr in _GPU_GAUGES]
     for chip in gpus:
         g = chip.gpu
@@ -227,32 +260,97 @@ def _chip_families(r: NodeReport) -> Iterator[Metric]:
             v = _num(getattr(g, attr))
             if v is not None:
                 fam.add_metric(labels, v)
-    yield from (ecc, rows, throttle, replay, xid_window, xid_total)
+        for typ, errors in (("crc_flit", g.nvlink_crc_flit_errors), ("crc_data", g.nvlink_crc_data_errors),
+                            ("replay", g.nvlink_replay_errors), ("recovery", g.nvlink_recovery_errors)):
+            if errors is not None:
+                nvlink_errors.add_metric([*labels, typ], errors)
+        if g.energy_mj is not None:
+            energy.add_metric(labels, g.energy_mj / 1000.0)
+        for fam, attr in engines:
+            v = _num(getattr(g, attr))
+            if v is not None:
+                fam.add_metric(labels, v / 100.0)
+    yield from (ecc, rows, throttle, replay, xid_window, xid_total, nvlink_errors, energy)
+    yield from (fam for fam, _ in engines)
     yield from (fam for fam, _ in simple)
 
 
-def _dcgm_families(r: NodeReport) -> Iterator[Metric]:
+def _dcgm_text(r: NodeReport) -> str:
+    """The DCGM-compatible families in the classic text format (no "_total" added to counters)."""
     gpus = [c for c in r.chips if c.kind == "gpu" and c.vendor == "nvidia"]
-    if not gpus:
-        return
-    for name, doc, source, scale in _DCGM:
-        fam = _gauge(name, doc, DCGM_LABELS)
+    out: list[str] = []
+    for name, typ, doc, rows in _dcgm_series(r, gpus):
+        if not rows:
+            continue  # as for the fleet_* families: no samples, no family
+        help_text = doc.replace(BACKSLASH, BACKSLASH * 2).replace(NEWLINE, ESCAPED_NEWLINE)
+        out.append(f"# HELP {name} {help_text}\n")
+        out.append(f"# TYPE {name} {typ}\n")
+        for labels, value in rows:
+            text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
+            out.append(f"{name}{{{text}}} {_value_text(value)}\n")
+    return "".join(out)
+
+
+_Rows = list[tuple[list[tuple[str, str]], float]]
+
+
+def _dcgm_series(r: NodeReport, gpus: list[ChipReport]) -> Iterator[tuple[str, str, str, _Rows]]:
+    for name, typ, doc, source, scale in _DCGM:
         where, attr = source.split(".", 1)
+        rows: _Rows = []
         for chip in gpus:
             obj = chip if where == "chip" else chip.gpu
             v = None if obj is None else _num(getattr(obj, attr))
             if v is not None:
-                fam.add_metric(_dcgm_labels(chip, r.host), v * scale)
-        yield fam
-    used = _gauge("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", DCGM_LABELS)
-    free = _gauge("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", DCGM_LABELS)
+                rows.append((_dcgm_labels(chip, r), v * scale))
+        yield name, typ, doc, rows
+    used: _Rows = []
+    free: _Rows = []
+    xid: _Rows = []
     for chip in gpus:
+        labels = _dcgm_labels(chip, r)
         if chip.memory_used_bytes is not None:
-            used.add_metric(_dcgm_labels(chip, r.host), chip.memory_used_bytes / _MIB)
+            used.append((labels, chip.memory_used_bytes / _MIB))
             if chip.memory_total_bytes is not None:
-                free.add_metric(_dcgm_labels(chip, r.host),
-                                max(0, chip.memory_total_bytes - chip.memory_used_bytes) / _MIB)
-    yield from (used, free)
+                free.append((labels, max(0, chip.memory_total_bytes - chip.memory_used_bytes) / _MIB))
+        code = _last_xid(chip)
+        if code is not None:
+            xid.append(([*labels, ("err_code", str(code)), ("err_msg", _xid_text(code))], code))
+    yield "DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB).", free
+    yield "DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB).", used
+    yield "DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered.", xid
+
+
+def _last_xid(chip: ChipReport) -> int | None:
+    """The last XID's code; 0 (dcgm-exporter's "No Error") for a chip that answered and had none."""
+    g = chip.gpu
+    if g is None:
+        return None
+    if g.last_xid is not None:
+        return g.last_xid
+    return 0 if chip.error is None and not chip.stale else None
+
+
+def _xid_text(code: int) -> str:
+    if code == 0:
+        return "No Error"
+    info = XID_TABLE.get(code)
+    return "Unknown Error" if info is None else info.meaning
+
+
+BACKSLASH, NEWLINE, ESCAPED_NEWLINE = "\\", "\n", "\\n"
+
+
+def _value_text(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _escape_label(value: str) -> str:
+    return value.replace(BACKSLASH, BACKSLASH * 2).replace(NEWLINE, ESCAPED_NEWLINE).replace('"', '\\"')
 
 
 def _health_families(r: NodeReport) -> Iterator[Metric]:
@@ -280,7 +378,7 @@ class MetricsRenderer:
 
     def render(self, report: NodeReport) -> bytes:
         self._collector.report = report
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + _dcgm_text(report).encode()
 
 
 def render_metrics(report: NodeReport) -> bytes:

@@ -108,6 +108,15 @@ class GpuDetails:
     pcie_replay_count: int | None = None
     nvlink_links_up: int | None = None
     nvlink_links_total: int | None = None
+    # NVLink error counters summed over the chip's links (NVML: nvmlDeviceGetNvLinkErrorCounter).
+    nvlink_crc_flit_errors: int | None = None
+    nvlink_crc_data_errors: int | None = None
+    nvlink_replay_errors: int | None = None
+    nvlink_recovery_errors: int | None = None
+    # Energy since the driver loaded (NVML: nvmlDeviceGetTotalEnergyConsumption), millijoules.
+    energy_mj: int | None = None
+    encoder_utilization_pct: float | None = None
+    decoder_utilization_pct: float | None = None
     persistence_mode: bool | None = None
     slowdown_temp_c: float | None = None
     shutdown_temp_c: float | None = None

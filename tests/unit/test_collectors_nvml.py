@@ -170,7 +170,9 @@ def test_unknown_error_on_every_call_marks_the_chip_unusable() -> None:
              "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
              "nvmlDeviceGetMaxPcieLinkWidth", "nvmlDeviceGetPcieReplayCounter",
              "nvmlDeviceGetNvLinkState", "nvmlDeviceGetPersistenceMode",
-             "nvmlDeviceGetTemperatureThreshold"]
+             "nvmlDeviceGetTemperatureThreshold", "nvmlDeviceGetNvLinkErrorCounter",
+             "nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetEncoderUtilization",
+             "nvmlDeviceGetDecoderUtilization"]
     col, _ = collector_for(scenario_doc([{"kind": "nvml_error", "group": "g", "hosts": [0], "chips": [1],
                                           "error": "unknown", "functions": every}]))
     chips = col.discover()
@@ -375,3 +377,46 @@ def test_impossible_readings_are_absent_and_one_failing_field_loses_only_itself(
     rep = col.sample_chip(chip)
     assert rep.temperature_c is None and rep.utilization_pct is None and rep.memory_utilization_pct == 40.0
     assert rep.memory_used_bytes is not None and rep.power_w is not None  # the rest still read
+
+
+def test_nvlink_errors_energy_and_video_engines_through_the_real_collector() -> None:
+    clock = Clock(1000.0)
+    col, _ = collector_for(scenario_doc([{"kind": "nvlink_down", "group": "g", "hosts": [0], "chips": [2],
+                                          "links": [3, 7]}]), clock)
+    chips = by_index(col.discover())
+    healthy, broken = col.sample_chip(chips[0]).gpu, col.sample_chip(chips[2]).gpu
+    assert healthy is not None and broken is not None
+    assert (healthy.nvlink_crc_flit_errors, healthy.nvlink_crc_data_errors, healthy.nvlink_replay_errors,
+            healthy.nvlink_recovery_errors) == (0, 0, 0, 0)
+    # Two links down: each counter is the sum over the links, not one link's value.
+    assert (broken.nvlink_crc_flit_errors, broken.nvlink_crc_data_errors, broken.nvlink_replay_errors,
+            broken.nvlink_recovery_errors) == (10, 2, 24, 6)
+    assert healthy.energy_mj is not None and healthy.energy_mj > 0
+    assert healthy.encoder_utilization_pct == 0.0
+    assert healthy.decoder_utilization_pct is not None and 0 <= healthy.decoder_utilization_pct <= 100
+    first = healthy.energy_mj
+    clock.t += 10
+    later = col.sample_chip(chips[0]).gpu
+    assert later is not None and later.energy_mj is not None and later.energy_mj > first
+
+
+def test_new_fields_not_supported_are_none_and_not_an_error() -> None:
+    col, _ = collector_for(scenario_doc([{"kind": "not_supported", "group": "g", "hosts": [0], "chips": [1],
+                                          "functions": ["nvmlDeviceGetNvLinkErrorCounter",
+                                                        "nvmlDeviceGetTotalEnergyConsumption",
+                                                        "nvmlDeviceGetEncoderUtilization",
+                                                        "nvmlDeviceGetDecoderUtilization"]}]))
+    chips = by_index(col.discover())
+    rep = col.sample_chip(chips[1])
+    g = rep.gpu
+    assert g is not None and rep.error is None
+    assert (g.nvlink_crc_flit_errors, g.nvlink_crc_data_errors, g.nvlink_replay_errors,
+            g.nvlink_recovery_errors, g.energy_mj, g.encoder_utilization_pct,
+            g.decoder_utilization_pct) == (None,) * 7
+    assert g.nvlink_links_up == 18  # the rest of the chip still reads
+
+
+def test_a_pcie_card_without_nvlink_has_no_nvlink_error_counters() -> None:
+    col, _ = collector_for(scenario_doc([], model="L4", chips=1))
+    rep = col.sample_chip(col.discover()[0])
+    assert rep.gpu is not None and rep.gpu.nvlink_replay_errors is None and rep.error is None

@@ -85,16 +85,30 @@ def _one(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
 def _documented_names() -> set[str]:
     text = DOCS.read_text()
     names = set(re.findall(r"`((?:fleet|DCGM_FI)_[A-Za-z0-9_]+)`", text))
-    return {n for n in names if not n.endswith("_")}
+    # DCGM_FI_DRIVER_VERSION is a label of the DCGM series (as in dcgm-exporter), not a series.
+    return {n for n in names if not n.endswith("_")} - {"DCGM_FI_DRIVER_VERSION"}
 
 
 def _family_names(text: bytes) -> set[str]:
-    return {fam.name if fam.type != "counter" else fam.name + "_total"
-            for fam in text_string_to_metric_families(text.decode())}
+    """The series names as written (prometheus_client's parser would add "_total" to DCGM counters)."""
+    return {m.group(1) for m in re.finditer(r"^([A-Za-z_][A-Za-z0-9_]*)[{ ]", text.decode(), re.M)}
+
+
+def _types(text: bytes) -> dict[str, str]:
+    return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text.decode(), re.M))
+
+
+def _raw(text: bytes, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of each line of series ``name``, read as Prometheus reads the text."""
+    out = []
+    for m in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", text.decode(), re.M):
+        labels = dict(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\\\]|\\\\.)*)"', m.group(1)))
+        out.append((labels, float(m.group(2))))
+    return out
 
 
 def test_every_documented_name_is_exported_and_nothing_else() -> None:
-    text = render_metrics(_report([_gpu(0), _tpu()]))
+    text = render_metrics(_dcgm_report())  # every field set: every name shows
     assert _family_names(text) == _documented_names()
 
 
@@ -139,7 +153,6 @@ def test_none_yields_no_series() -> None:
     s = _samples(render_metrics(_report([chip])))
     assert "fleet_chip_temperature_celsius" not in s
     assert "DCGM_FI_DEV_GPU_TEMP" not in s and "DCGM_FI_DEV_POWER_USAGE" not in s
-    assert "DCGM_FI_DEV_XID_ERRORS" not in s
     assert "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL" not in s
     assert not [x for x in s["fleet_chip_ecc_errors"] if x.labels["type"] == "corrected"
                 and x.labels["counter"] == "volatile"]
@@ -155,3 +168,98 @@ def test_stale_chip_keeps_identity_and_status_only() -> None:
     assert _one(s, "fleet_chip_status", status="unknown", **chip1) == 1
     assert not [x for x in s["fleet_chip_temperature_celsius"] if x.labels["chip"] == "1"]
     assert not [x for x in s["DCGM_FI_DEV_GPU_TEMP"] if x.labels["gpu"] == "1"]
+
+
+DCGM_COUNTERS = {
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+    "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+    "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
+    "DCGM_FI_DEV_RETIRED_PENDING", "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+    "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL", "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
+    "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+}
+DCGM_IDENTITY = {"gpu": "0", "UUID": "GPU-0", "pci_bus_id": "00000000:18:00.0", "device": "nvidia0",
+                 "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "gpu-01",
+                 "DCGM_FI_DRIVER_VERSION": "550.54.15"}
+
+
+def _full_gpu() -> ChipReport:
+    chip = _gpu(0)
+    assert chip.gpu is not None
+    g = chip.gpu
+    g.nvlink_crc_flit_errors, g.nvlink_crc_data_errors = 5, 1
+    g.nvlink_replay_errors, g.nvlink_recovery_errors = 12, 3
+    g.energy_mj, g.encoder_utilization_pct, g.decoder_utilization_pct = 123_456_789, 0.0, 8.0
+    return chip
+
+
+def _dcgm_report() -> NodeReport:
+    report = _report([_full_gpu(), _tpu()])
+    report.driver_version = "550.54.15"
+    return report
+
+
+def test_dcgm_counters_are_counters_under_dcgm_exporters_exact_names() -> None:
+    text = render_metrics(_dcgm_report())
+    types = _types(text)
+    dcgm = {name: typ for name, typ in types.items() if name.startswith("DCGM_FI_")}
+    assert {name for name, typ in dcgm.items() if typ == "counter"} == DCGM_COUNTERS
+    assert dcgm["DCGM_FI_DEV_XID_ERRORS"] == "gauge" and dcgm["DCGM_FI_DEV_ROW_REMAP_FAILURE"] == "gauge"
+    assert dcgm["DCGM_FI_DEV_ENC_UTIL"] == dcgm["DCGM_FI_DEV_DEC_UTIL"] == "gauge"
+    names = _family_names(text)
+    assert DCGM_COUNTERS <= names  # the sample lines carry the name as dcgm-exporter writes it ...
+    assert not {n for n in names if n.startswith("DCGM_FI_") and n.endswith("_total")}  # ... no suffix
+    assert _raw(text, "DCGM_FI_DEV_PCIE_REPLAY_COUNTER") == [(DCGM_IDENTITY, 7.0)]
+    assert _raw(text, "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL") == [(DCGM_IDENTITY, 1.0)]
+
+
+def test_dcgm_labels_are_the_current_releases() -> None:
+    text = render_metrics(_dcgm_report())
+    for name in (n for n in _family_names(text) if n.startswith("DCGM_FI_")):
+        for labels, _ in _raw(text, name):
+            extra = {"err_code", "err_msg"} if name == "DCGM_FI_DEV_XID_ERRORS" else set()
+            assert set(labels) == set(DCGM_IDENTITY) | extra, name
+            assert {k: labels[k] for k in DCGM_IDENTITY} == DCGM_IDENTITY, name
+    # Without a driver version the label is left out, as dcgm-exporter leaves a blank field out.
+    bare = render_metrics(_report([_gpu(0)]))
+    (labels, _), = _raw(bare, "DCGM_FI_DEV_GPU_TEMP")
+    assert "DCGM_FI_DRIVER_VERSION" not in labels and labels["Hostname"] == "gpu-01"
+
+
+def test_dcgm_xid_errors_reads_zero_without_an_xid_and_the_last_code_with_one() -> None:
+    text = render_metrics(_dcgm_report())
+    assert _raw(text, "DCGM_FI_DEV_XID_ERRORS") == [
+        ({**DCGM_IDENTITY, "err_code": "79", "err_msg": "GPU has fallen off the bus"}, 79.0)]
+    clean = _full_gpu()
+    assert clean.gpu is not None
+    clean.gpu.last_xid, clean.gpu.xid_counts, clean.gpu.xid_total = None, {}, 0
+    report = _dcgm_report()
+    report.chips = [clean]
+    assert _raw(render_metrics(report), "DCGM_FI_DEV_XID_ERRORS") == [
+        ({**DCGM_IDENTITY, "err_code": "0", "err_msg": "No Error"}, 0.0)]
+    # A chip whose every reading failed cannot say "no XID": no series rather than a made-up 0.
+    clean.error = "NVML: every reading failed (Unknown Error)"
+    assert _raw(render_metrics(report), "DCGM_FI_DEV_XID_ERRORS") == []
+
+
+def test_nvlink_errors_energy_and_video_engines() -> None:
+    text = render_metrics(_dcgm_report())
+    for name, value in (("DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL", 5.0),
+                        ("DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL", 1.0),
+                        ("DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL", 12.0),
+                        ("DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", 3.0),
+                        ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 123_456_789.0),
+                        ("DCGM_FI_DEV_ENC_UTIL", 0.0), ("DCGM_FI_DEV_DEC_UTIL", 8.0)):
+        assert _raw(text, name) == [(DCGM_IDENTITY, value)], name
+    s = _samples(text)
+    chip = {"chip": "0", "kind": "gpu", "uuid": "GPU-0"}
+    assert _one(s, "fleet_chip_nvlink_errors_total", type="replay", **chip) == 12
+    assert _one(s, "fleet_chip_nvlink_errors_total", type="crc_flit", **chip) == 5
+    assert _one(s, "fleet_chip_energy_joules_total", **chip) == 123_456.789
+    assert _one(s, "fleet_chip_decoder_utilization_ratio", **chip) == 0.08
+    assert _types(text)["fleet_chip_energy_joules_total"] == "counter"
+    # NotSupported (None) is no series, under both names.
+    bare = render_metrics(_report([_gpu(0)]))
+    assert "NVLINK_CRC" not in bare.decode() and "ENERGY" not in bare.decode()
+    assert b"fleet_chip_nvlink_errors" not in bare and b"fleet_chip_encoder" not in bare

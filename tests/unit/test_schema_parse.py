@@ -218,3 +218,24 @@ def test_a_missing_or_foreign_schema_tag_is_refused_although_the_dataclass_has_a
     del nested["schema"]
     with pytest.raises(SchemaError, match=r"^schema: unsupported version None"):
         decode_node_report(json.dumps(nested).encode())
+
+
+NEW_GPU_FIELDS = {"nvlink_crc_flit_errors": 5, "nvlink_crc_data_errors": 1, "nvlink_replay_errors": 12,
+                  "nvlink_recovery_errors": 3, "energy_mj": 123_456_789, "encoder_utilization_pct": 0.0,
+                  "decoder_utilization_pct": 8.5}
+
+
+def test_nvlink_energy_and_video_engine_fields_are_optional_and_typed(read: Reader) -> None:
+    without = read(node()).chips[0].gpu  # an agent from before these fields
+    assert without is not None
+    assert [getattr(without, k) for k in NEW_GPU_FIELDS] == [None] * len(NEW_GPU_FIELDS)
+    doc = node()
+    doc["chips"][0]["gpu"].update(NEW_GPU_FIELDS)
+    with_them = read(doc).chips[0].gpu
+    assert with_them is not None
+    assert {k: getattr(with_them, k) for k in NEW_GPU_FIELDS} == NEW_GPU_FIELDS
+    for bad in ("12", True):
+        doc = node()
+        doc["chips"][1]["gpu"]["nvlink_replay_errors"] = bad
+        with pytest.raises(SchemaError, match=r"chips\[1\]\.gpu\.nvlink_replay_errors"):
+            read(doc)

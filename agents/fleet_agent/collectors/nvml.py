@@ -60,6 +60,8 @@ class _Static:
     pcie_gen_max: int | None = None
     pcie_width_max: int | None = None
     nvlinks: int | None = None
+    # False once no link answered the error counters: not asked again (a GPU without them).
+    nvlink_errors: bool = True
 
 
 @dataclass
@@ -318,6 +320,13 @@ class NvmlCollector:
             if known:
                 g.nvlink_links_total = st.nvlinks
                 g.nvlink_links_up = sum(1 for s in known if s == nv.NVML_FEATURE_ENABLED)
+            if st.nvlink_errors:
+                self._nvlink_errors(g, r, st)
+
+        energy = r.call("nvmlDeviceGetTotalEnergyConsumption")
+        g.energy_mj = None if energy is None else int(energy)
+        g.encoder_utilization_pct = _engine_util(r, "nvmlDeviceGetEncoderUtilization")
+        g.decoder_utilization_pct = _engine_util(r, "nvmlDeviceGetDecoderUtilization")
 
         mode = r.call("nvmlDeviceGetPersistenceMode")
         g.persistence_mode = None if mode is None else mode == nv.NVML_FEATURE_ENABLED
@@ -344,6 +353,25 @@ class NvmlCollector:
             g.xid_counts, g.xid_total, g.last_xid = snap.counts, snap.total, snap.last
         return rep
 
+    def _nvlink_errors(self, g: GpuDetails, r: _Reads, st: _Static) -> None:
+        """Each NVLink error counter summed over the links (dcgm-exporter's *_TOTAL fields); None
+        where no link answered that counter."""
+        nv = self.nvml
+        answered, errors_before = False, len(r.errors)
+        for attr, counter in (("nvlink_crc_flit_errors", nv.NVML_NVLINK_ERROR_DL_CRC_FLIT),
+                              ("nvlink_crc_data_errors", nv.NVML_NVLINK_ERROR_DL_CRC_DATA),
+                              ("nvlink_replay_errors", nv.NVML_NVLINK_ERROR_DL_REPLAY),
+                              ("nvlink_recovery_errors", nv.NVML_NVLINK_ERROR_DL_RECOVERY)):
+            values = [r.call("nvmlDeviceGetNvLinkErrorCounter", link, counter)
+                      for link in range(st.nvlinks or 0)]
+            known = [int(v) for v in values if v is not None]
+            if known:
+                answered = True
+                setattr(g, attr, sum(known))
+        # Stop asking only when NVML said "not supported" everywhere, not after a passing failure.
+        if not answered and len(r.errors) == errors_before:
+            st.nvlink_errors = False
+
     def _count_links(self, r: _Reads) -> int:
         """NVLinks present, when the link-count field is not available: probe until NVML says no."""
         n = 0
@@ -352,6 +380,19 @@ class NvmlCollector:
                 break
             n += 1
         return n
+
+
+def _engine_util(r: _Reads, fn: str) -> float | None:
+    """NVENC/NVDEC busy %: NVML answers [utilisation, sampling period in us]."""
+    answer = r.call(fn)
+    if answer is None:
+        return None
+    try:
+        value = answer[0]
+    except (TypeError, IndexError):
+        r.errors.append(f"{fn}: unexpected answer {answer!r}")
+        return None
+    return r.plausible(fn, value, 0, 100)
 
 
 class _Reads:

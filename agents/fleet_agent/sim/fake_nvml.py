@@ -186,9 +186,13 @@ DEVICE_FUNCTIONS = frozenset({
     "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
     "nvmlDeviceGetMaxPcieLinkWidth", "nvmlDeviceGetPcieReplayCounter", "nvmlDeviceGetNvLinkState",
     "nvmlDeviceGetPersistenceMode", "nvmlDeviceRegisterEvents", "nvmlDeviceGetSupportedEventTypes",
+    "nvmlDeviceGetNvLinkErrorCounter", "nvmlDeviceGetTotalEnergyConsumption",
+    "nvmlDeviceGetEncoderUtilization", "nvmlDeviceGetDecoderUtilization",
 })
 
 _TAU = 2 * math.pi
+# Errors a link that the scenario takes down has counted, by NVML_NVLINK_ERROR_DL_* counter.
+_NVLINK_DOWN_ERRORS = {0: 12, 1: 3, 2: 5, 3: 1}
 
 
 class FakeNvml:
@@ -211,6 +215,10 @@ class FakeNvml:
     NVML_VOLATILE_ECC = 0
     NVML_AGGREGATE_ECC = 1
     NVML_NVLINK_MAX_LINKS = 36
+    NVML_NVLINK_ERROR_DL_REPLAY = 0
+    NVML_NVLINK_ERROR_DL_RECOVERY = 1
+    NVML_NVLINK_ERROR_DL_CRC_FLIT = 2
+    NVML_NVLINK_ERROR_DL_CRC_DATA = 3
     NVML_FI_DEV_MEMORY_TEMP = 82
     NVML_FI_DEV_NVLINK_LINK_COUNT = 91
     NVML_VALUE_TYPE_DOUBLE = 0
@@ -502,6 +510,32 @@ class FakeNvml:
             raise _err(2)
         f = d.active("nvlink_down", self._t()) if d.faulty else None
         return 0 if f is not None and link in f.params["links"] else 1
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, device: Any, link: int, counter: int) -> int:
+        d = self._dev(device, "nvmlDeviceGetNvLinkErrorCounter")
+        if d.model.nvlinks == 0:
+            raise _err(3)
+        if not 0 <= link < d.model.nvlinks or counter not in _NVLINK_DOWN_ERRORS:
+            raise _err(2)
+        # A link the scenario takes down has logged errors on the way; healthy links have none.
+        f = d.active("nvlink_down", self._t()) if d.faulty else None
+        return _NVLINK_DOWN_ERRORS[counter] if f is not None and link in f.params["links"] else 0
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
+        d = self._dev(handle, "nvmlDeviceGetTotalEnergyConsumption")
+        m = d.model
+        # The mean draw of the chip's load since the driver loaded (an hour before the scenario
+        # starts): increases with the clock, as the real counter does.
+        mean_w = m.power_idle_w + (m.power_limit_w - m.power_idle_w) * d.load.base_pct / 100 * 0.92
+        return int(mean_w * (max(self._t(), 0.0) + 3600.0) * 1000)
+
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]:
+        self._dev(handle, "nvmlDeviceGetEncoderUtilization")
+        return [0, 167000]  # [utilisation %, sampling period us]: training loads leave NVENC idle
+
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]:
+        d = self._dev(handle, "nvmlDeviceGetDecoderUtilization")
+        return [round(self._util(d, self._t()) * 0.1), 167000]  # data loaders decode some video
 
     def nvmlDeviceGetPersistenceMode(self, handle: Any) -> int:
         self._dev(handle, "nvmlDeviceGetPersistenceMode")
