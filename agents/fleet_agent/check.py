@@ -175,7 +175,22 @@ def judge(report: NodeReport | None, limit_s: float) -> CheckResult:
                        f"the sample did not finish within {limit_s:g}s (a collector call hung outside "
                        "its deadline?)", Action.MONITOR)
         return CheckResult(EXIT_UNKNOWN, [Finding("node", hung)])
-    return CheckResult(exit_code(report.status), findings(report))
+    code = exit_code(report.status)
+    if code == EXIT_UNHEALTHY and _only_chip_count_from_a_hung_source(report):
+        # "0 of 8 chips" because the call that lists them hung says nothing about the chips: a
+        # wedged driver across the fleet must not drain every node. Could not tell.
+        code = EXIT_UNKNOWN
+    return CheckResult(code, findings(report))
+
+
+def _only_chip_count_from_a_hung_source(report: NodeReport) -> bool:
+    from fleet_agent.sampler import timed_out
+
+    if not any(timed_out(s) for s in report.collectors if s.name != "host"):
+        return False
+    critical = [p for p in report.problems if p.severity is Severity.CRITICAL]
+    critical += [p for c in report.chips for p in c.problems if p.severity is Severity.CRITICAL]
+    return all(p.check == "chip_count" for p in critical)
 
 
 def run_check(cfg: AgentConfig, chips: ChipSource | None, *, timeout_s: float | None = None) -> CheckResult:

@@ -31,6 +31,14 @@ _DISPLAY = {"nvml": "NVML", "tpu": "TPU runtime", "host": "host"}
 
 AssessFn = Callable[[NodeReport, float], NodeReport]
 
+# How a collector state says its call missed the deadline (see timed_out).
+TIMED_OUT = "call timed out after"
+
+
+def timed_out(state: CollectorState) -> bool:
+    """Whether a collector's call hung past its deadline this sample (not: failed with an error)."""
+    return not state.ok and state.error is not None and TIMED_OUT in state.error
+
 
 class HostSource(Protocol):
     """Host basics (CPU, memory, load, uptime, hwmon); the host collector's interface."""
@@ -200,7 +208,7 @@ class Sampler:
         self._driver: str | None = None
 
     def _timeout_message(self, collector: str) -> str:
-        return f"{display_name(collector)} call timed out after {self.timeout_s:.1f}s"
+        return f"{display_name(collector)} {TIMED_OUT} {self.timeout_s:.1f}s"
 
     def sample_once(self) -> NodeReport:
         """Sample every collector (blocking for at most about two deadlines) and judge health."""

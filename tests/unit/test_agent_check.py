@@ -17,7 +17,16 @@ from fleet_agent.collectors.base import ChipCollector, CollectorError
 from fleet_agent.collectors.nvml import NvmlCollector
 from fleet_agent.config import AgentConfig
 from fleet_agent.daemon import XidEvents
-from fleet_agent.schema import Action, Problem, Severity
+from fleet_agent.schema import (
+    Action,
+    ChipReport,
+    CollectorState,
+    HostMetrics,
+    NodeReport,
+    Problem,
+    Severity,
+    Status,
+)
 
 AGENT = str(Path(sys.executable).with_name("fleet-agent"))
 
@@ -313,3 +322,23 @@ def test_node_name_comes_from_slurmd_then_the_short_host_name(monkeypatch: pytes
     monkeypatch.delenv("SLURMD_NODENAME")
     monkeypatch.setattr(check.socket, "gethostname", lambda: "gpu-17.rack3.example.org")
     assert check.default_node_name() == "gpu-17"
+
+
+def _node(collector_error: str, *, chip_problem: Problem | None = None) -> NodeReport:
+    chips = [] if chip_problem is None else [ChipReport(
+        index=0, kind="gpu", vendor="nvidia", model="H100", uuid="GPU-0", pci_bus_id="0000:3b:00.0",
+        status=Status.UNHEALTHY, problems=[chip_problem])]
+    count = Problem("chip_count", Severity.CRITICAL, "0 of 8 expected chips present", Action.REBOOT)
+    return NodeReport(host="gpu1", agent_version="0", sampled_at=0.0, interval_s=5.0, status=Status.UNHEALTHY,
+                      chips_expected=8, chips=chips, host_metrics=HostMetrics(), problems=[count],
+                      collectors=[CollectorState("nvml", ok=False, error=collector_error)])
+
+
+def test_missing_chips_because_the_listing_call_hung_is_could_not_tell_not_unhealthy() -> None:
+    # A wedged driver across the fleet must not drain every node: the chips were not seen, not gone.
+    assert check.judge(_node("NVML call timed out after 2.0s"), 10.0).code == 2
+    # The same count from a driver that answered "not loaded" is a fault of the host.
+    assert check.judge(_node("NVML init failed: Driver Not Loaded"), 10.0).code == 1
+    # A hang beside a critical fault that was seen is still unhealthy.
+    lost = Problem("gpu_lost", Severity.CRITICAL, "GPU fell off the bus", Action.REBOOT)
+    assert check.judge(_node("NVML call timed out after 2.0s", chip_problem=lost), 10.0).code == 1

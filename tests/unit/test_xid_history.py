@@ -200,7 +200,8 @@ def test_store_writes_atomically(tmp_path: Path) -> None:
     store = XidHistoryStore(str(tmp_path))
     assert store.save({"format": "fleet-agent.xid-history/1", "boot_id": "b", "chips": {}})
     assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]  # no temporary file left behind
-    assert store.load() == {"format": "fleet-agent.xid-history/1", "boot_id": "b", "chips": {}}
+    loaded = store.load(time.monotonic())
+    assert loaded == {"format": "fleet-agent.xid-history/1", "boot_id": "b", "chips": {}}
 
 
 def test_state_dir_config_key(tmp_path: Path) -> None:
@@ -239,3 +240,63 @@ def test_a_one_shot_reader_sees_the_services_history_and_never_writes_or_moves_i
     broken.snapshot(PCI)  # a sample does not write, nor forget why the history was ignored
     assert broken.warning is not None and "read-only" in broken.warning
     assert path.read_bytes() == b"{not json" and not (tmp_path / "state" / (FILE_NAME + ".corrupt")).exists()
+
+
+def _history(chip: dict[str, object], **top: object) -> bytes:
+    doc: dict[str, object] = {"format": "fleet-agent.xid-history/1", "boot_id": "boot-a", "kernel_seq": -1,
+                              "chips": {PCI: chip}}
+    doc.update(top)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(("content", "where"), [
+    (_history({"events": [[10**400, 48, None, None, ["nvml"]]]}), "events"),  # float() overflows
+    (b'{"format": "fleet-agent.xid-history/1", "boot_id": "boot-a", "chips": {"0000:3b:00": '
+     b'{"events": [[Infinity, 13, null, null, ["nvml"]]]}}}', "events"),  # counts forever
+    (_history({"events": [[1e12, 31, None, None, ["nvml"]]]}), "events"),  # from the future
+    (_history({"events": [[-1.0, 48, None, None, ["nvml"]]]}), "events"),
+    (_history({"events": [], "marker": {}, "marker_at": 10**400}), "marker"),
+    (_history({"events": [], "marker": {"uuid": ["x"]}, "marker_at": 1.0}), "marker"),
+    (_history({"events": [], "last": ["yesterday", 79]}), "last"),
+    (_history({"events": [], "last": [None, 79]}), "last"),
+    (_history({"events": [], "carry": {"junk": 1, "48": 3}}), "carry"),
+    (_history({"events": []}, kernel_seq=2**62), "kernel_seq"),  # would drop every new kernel XID
+    (b'{"format": "fleet-agent.xid-history/1", "boot_id": "boot-a", '
+     b'"chips": {"not-a-pci-id": {"events": []}}}', "PCI address"),
+])
+def test_a_history_that_looks_right_but_is_not_is_set_aside_never_a_crash(
+        tmp_path: Path, content: bytes, where: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / FILE_NAME).write_bytes(content)
+    tr = tracker(tmp_path, Clock())
+    assert tr.warning is not None and "set aside" in tr.warning and where in tr.warning, tr.warning
+    assert (state / (FILE_NAME + ".corrupt")).read_bytes() == content
+    assert tr.snapshot(PCI).counts == {}
+    assert tr.record(PCI, 79, "kernel", seq=5)  # new XIDs still count
+
+
+def test_a_marker_value_of_another_type_is_no_reset_and_no_crash(tmp_path: Path) -> None:
+    tr = tracker(tmp_path, Clock())
+    tr.record(PCI, 48, "nvml")
+    assert not tr.observe_chip(PCI, {"recovery_action": "0x2", "ecc_volatile_corrected": 3})
+    assert not tr.observe_chip(PCI, {"recovery_action": 0, "ecc_volatile_corrected": "1"})
+    assert tr.snapshot(PCI).counts == {"48": 1}
+
+
+def test_a_reset_does_not_clear_xid_154_while_the_driver_still_asks_for_a_recovery(tmp_path: Path) -> None:
+    # NVML alone (no kernel log) numbers 154 without its words; its recovery-action field says
+    # what the driver still wants: a GPU reset that left "node reboot required" did not satisfy it.
+    clock = Clock()
+    tr = tracker(tmp_path, clock)
+    tr.observe_chip(PCI, {"ecc_volatile_corrected": 5, "recovery_action": 2})
+    tr.record(PCI, 154, "nvml")
+    tr.record(PCI, 48, "nvml")
+    clock.t += 10
+    assert tr.observe_chip(PCI, {"ecc_volatile_corrected": 0, "recovery_action": 2})  # a reset
+    assert tr.snapshot(PCI).counts == {"154": 1}  # 48 cleared by the reset, 154 not
+    clock.t += 10
+    tr.observe_chip(PCI, {"ecc_volatile_corrected": 0, "recovery_action": 2})
+    clock.t += 10
+    assert tr.observe_chip(PCI, {"ecc_volatile_corrected": 0, "recovery_action": 0})  # recovered
+    assert tr.snapshot(PCI).counts == {}

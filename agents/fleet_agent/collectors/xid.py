@@ -137,19 +137,25 @@ def chip_was_reset(before: ResetMarker, now: ResetMarker) -> bool:
         a, b = before.get(name), now.get(name)
         return None if a is None or b is None else (a, b)
 
+    def counts(name: str) -> tuple[int, int] | None:
+        pair = both(name)
+        if pair is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+            return None  # a reading of another type says nothing about a reset
+        return int(pair[0]), int(pair[1])
+
     uuid = both("uuid")
     if uuid is not None and uuid[0] and uuid[1] and uuid[0] != uuid[1]:
         return True
     for name in ("ecc_volatile_corrected", "ecc_volatile_uncorrected"):
-        pair = both(name)
-        if pair is not None and int(pair[1]) < int(pair[0]):
+        ecc = counts(name)
+        if ecc is not None and ecc[1] < ecc[0]:
             return True
     for name in ("row_remap_pending", "retired_pages_pending"):
         pair = both(name)
         if pair is not None and pair[0] is True and pair[1] is False:
             return True
-    pair = both("recovery_action")
-    return pair is not None and int(pair[0]) != 0 and int(pair[1]) == 0
+    action = counts("recovery_action")
+    return action is not None and action[0] != 0 and action[1] == 0
 
 
 class XidTracker:
@@ -240,15 +246,23 @@ class XidTracker:
             self._dirty = self._dirty or before != chip.marker
             if before is None or not chip_was_reset(before, marker):
                 return False
-            chip.events = [e for e in chip.events
-                           if not (self._clears(e.code, e.qualifier) == "reset" and e.t <= before_at)]
-            chip.carry = {k: n for k, n in chip.carry.items() if self._carry_clears(k) != "reset"}
+            # While the driver still asks for a recovery (NVML's recovery action, the field behind XID
+            # 154), a reset did not give it what it asked for: 154 stays, qualified or not.
+            pending = marker.get("recovery_action")
+            still_asked = isinstance(pending, int) and not isinstance(pending, bool) and pending != 0
+
+            def cleared(code: int, qualifier: str | None) -> bool:
+                return self._clears(code, qualifier) == "reset" and not (still_asked and code == XID_RECOVERY)
+
+            chip.events = [e for e in chip.events if not (cleared(e.code, e.qualifier) and e.t <= before_at)]
+            chip.carry = {k: n for k, n in chip.carry.items() if not cleared(*self._split_carry(k))}
             self._dirty = True
             return True
 
-    def _carry_clears(self, key: str) -> str:
+    @staticmethod
+    def _split_carry(key: str) -> tuple[int, str | None]:
         code, _, qualifier = key.partition(":")
-        return self._clears(int(code), qualifier or None)
+        return int(code), qualifier or None
 
     # --- reading ---
 
@@ -300,9 +314,18 @@ class XidTracker:
             self._load_warning = "XID history off: no kernel boot id to tell a reboot by"
             self._store = None
             return
-        doc = self._store.load()
+        doc = self._store.load(self._clock())
         if doc is None or doc["boot_id"] != self.boot_id:
             return  # nothing stored, set aside, or from an earlier boot: a reboot clears every XID
+        try:
+            self._restore(doc)
+        except Exception as exc:  # noqa: BLE001 - a file the checks missed must not stop the agent
+            self._chips.clear()
+            self._kernel_seq = -1
+            self._store.set_aside(f"cannot be restored ({type(exc).__name__})")
+
+    def _restore(self, doc: dict[str, Any]) -> None:
+        assert self._store is not None
         seq = doc.get("kernel_seq", -1)
         self._kernel_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else -1
         for pci, c in doc["chips"].items():

@@ -9,7 +9,9 @@ reported as a warning: the agent starts with an empty history rather than not at
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,9 @@ class XidHistoryStore:
         self.read_only = read_only
         self.warning: str | None = None
 
-    def load(self) -> dict[str, Any] | None:
-        """The stored document, or None (nothing stored, or set aside with a warning)."""
+    def load(self, now: float) -> dict[str, Any] | None:
+        """The stored document, or None (nothing stored, or set aside with a warning); ``now`` is
+        the monotonic clock, which no stored time may be later than."""
         try:
             with open(self.path, "rb") as f:
                 raw = f.read(MAX_FILE_BYTES + 1)
@@ -57,7 +60,7 @@ class XidHistoryStore:
         except (UnicodeDecodeError, ValueError) as e:
             self._set_aside(f"not JSON ({type(e).__name__})")
             return None
-        problem = _invalid(doc)
+        problem = _invalid(doc, now)
         if problem is not None:
             self._set_aside(problem)
             return None
@@ -74,7 +77,7 @@ class XidHistoryStore:
             os.makedirs(directory, mode=0o750, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".xid-history.", dir=directory)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"))
+                json.dump(doc, f, separators=(",", ":"), allow_nan=False)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -90,6 +93,10 @@ class XidHistoryStore:
                 except OSError:
                     pass
         return True
+
+    def set_aside(self, why: str) -> None:
+        """Rename the file aside (read-only: leave it) with a warning saying ``why``."""
+        self._set_aside(why)
 
     def _set_aside(self, why: str) -> None:
         aside = self.path + ".corrupt"
@@ -118,39 +125,67 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _invalid(doc: Any) -> str | None:
-    """Why ``doc`` is not a history document of this format, or None when it is."""
+# Bounds of what this agent writes: anything outside is not ours (or was tampered with).
+MAX_COUNT = 1 << 53  # counts and kernel record numbers: exact in a float, far beyond any real one
+_PCI = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}")
+_KEY = re.compile(r"[0-9]{1,6}(?::[a-z0-9_]{1,32})?")
+_MARKER_VALUE = (str, bool, int, type(None))
+
+
+def _invalid(doc: Any, now: float) -> str | None:
+    """Why ``doc`` is not a history document of this format, or None when it is. Times are this
+    boot's monotonic clock: finite, not negative, not later than ``now`` (plus a little slack)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         return f"is not a {FORMAT} document"
     if not isinstance(doc.get("boot_id"), str) or not isinstance(doc.get("chips"), dict):
         return "lacks boot_id or chips"
+    seq = doc.get("kernel_seq", -1)
+    if not (isinstance(seq, int) and not isinstance(seq, bool) and -1 <= seq < MAX_COUNT):
+        return "kernel_seq: malformed"
     for pci, chip in doc["chips"].items():
+        if not isinstance(pci, str) or not _PCI.fullmatch(pci):
+            return f"chips: {str(pci)[:40]!r} is not a PCI address"
         if not isinstance(chip, dict):
             return f"chips.{pci}: expected a mapping"
         events = chip.get("events")
-        if not isinstance(events, list) or not all(_event_ok(e) for e in events):
+        if not isinstance(events, list) or not all(_event_ok(e, now) for e in events):
             return f"chips.{pci}.events: malformed"
         carry = chip.get("carry", {})
-        if not isinstance(carry, dict) or not all(_count(v) for v in carry.values()):
+        if not isinstance(carry, dict) or not all(
+                isinstance(k, str) and _KEY.fullmatch(k) and _count(v) for k, v in carry.items()):
             return f"chips.{pci}.carry: malformed"
         if not _count(chip.get("total", 0)):
             return f"chips.{pci}.total: malformed"
+        last = chip.get("last")
+        if last is not None and not (isinstance(last, list) and len(last) == 2 and _time(last[0], now)
+                                     and _count(last[1])):
+            return f"chips.{pci}.last: malformed"
         marker = chip.get("marker")
-        if marker is not None and not (isinstance(marker, dict) and _number(chip.get("marker_at"))):
+        if marker is not None and not (
+                isinstance(marker, dict) and _time(chip.get("marker_at"), now)
+                and all(isinstance(k, str) and isinstance(v, _MARKER_VALUE) and not _huge(v)
+                        for k, v in marker.items())):
             return f"chips.{pci}.marker: malformed"
     return None
 
 
-def _event_ok(e: Any) -> bool:
+def _event_ok(e: Any, now: float) -> bool:
     # [time, code, qualifier, kernel record seq, sources]
-    return (isinstance(e, list) and len(e) == 5 and _number(e[0]) and _count(e[1])
-            and (e[2] is None or isinstance(e[2], str)) and (e[3] is None or _count(e[3]))
+    return (isinstance(e, list) and len(e) == 5 and _time(e[0], now) and _count(e[1])
+            and (e[2] is None or (isinstance(e[2], str) and _KEY.fullmatch(f"0:{e[2]}") is not None))
+            and (e[3] is None or _count(e[3]))
             and isinstance(e[4], list) and all(isinstance(s, str) for s in e[4]))
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+def _time(v: Any, now: float) -> bool:
+    # 60 s of slack: a file written an instant before this process read the clock.
+    return (isinstance(v, int | float) and not isinstance(v, bool) and not _huge(v)
+            and math.isfinite(v) and 0 <= v <= now + 60)
+
+
+def _huge(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and abs(v) >= MAX_COUNT
 
 
 def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_COUNT
