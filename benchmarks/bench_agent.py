@@ -23,7 +23,6 @@ import asyncio
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import psutil
+from simfleet import stop
 
 SCENARIO = """
 description: benchmark host, 8 H100s, no faults
@@ -119,11 +119,7 @@ def _sim_fleet_answers(agent_bin: Path, hosts: int, base_port: int, rounds: int 
             wall.append(hosts / dt)
             per_cpu.append(hosts / cpu if cpu > 0 else float("inf"))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return {"hosts": hosts, "rounds": rounds, "concurrency": 512,
             "answers_per_s": round(_percentile(wall, 0.5)),
             "answers_per_s_range": [round(min(wall)), round(max(wall))],
@@ -196,11 +192,7 @@ def main() -> int:
                    for path in ("/healthz", "/metrics", "/v1/node")}
             rss_peak = max(rss_peak, p.memory_info().rss)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
     base_rss = _baseline_rss_mb()
     rss_mb = rss_peak / 1e6
