@@ -300,3 +300,26 @@ def test_a_reset_does_not_clear_xid_154_while_the_driver_still_asks_for_a_recove
     clock.t += 10
     assert tr.observe_chip(PCI, {"ecc_volatile_corrected": 0, "recovery_action": 0})  # recovered
     assert tr.snapshot(PCI).counts == {}
+
+
+def test_a_ticking_reset_marker_is_written_once_a_minute_an_xid_at_once(tmp_path: Path) -> None:
+    # Eight GPUs whose corrected-ECC counts tick would otherwise rewrite (and fsync) the file after
+    # every chip of every sample.
+    clock = Clock()
+    tr = tracker(tmp_path, clock)
+    path = tmp_path / "state" / FILE_NAME
+    tr.observe_chip(PCI, {"ecc_volatile_corrected": 1})
+    tr.snapshot(PCI)
+    first = path.stat().st_ino  # every write replaces the file: a new inode
+    for n in range(2, 6):
+        clock.t += 5
+        tr.observe_chip(PCI, {"ecc_volatile_corrected": n})
+        tr.snapshot(PCI)
+    assert path.stat().st_ino == first  # markers only: not yet
+    tr.record(PCI, 48, "nvml")
+    tr.snapshot(PCI)
+    assert json.loads(path.read_text())["chips"][PCI]["marker"] == {"ecc_volatile_corrected": 5}
+    clock.t += 5
+    tr.observe_chip(PCI, {"ecc_volatile_corrected": 6})
+    tr.flush(final=True)  # on close, whatever changed
+    assert json.loads(path.read_text())["chips"][PCI]["marker"] == {"ecc_volatile_corrected": 6}

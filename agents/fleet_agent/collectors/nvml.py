@@ -154,7 +154,7 @@ class NvmlCollector:
             self._watcher.stop()
         if self._kernel_log is not None:
             self._kernel_log.stop()
-        self.xids.flush()
+        self.xids.flush(final=True)
         with self._lock:
             if self._initialised:
                 self._initialised = False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import re
 import threading
@@ -158,6 +159,9 @@ def chip_was_reset(before: ResetMarker, now: ResetMarker) -> bool:
     return action is not None and action[0] != 0 and action[1] == 0
 
 
+MARKER_WRITE_S = 60.0
+
+
 class XidTracker:
     """Thread-safe XID bookkeeping per chip; on disk when given a state directory."""
 
@@ -171,7 +175,12 @@ class XidTracker:
         self._clears = clears
         self._lock = threading.Lock()
         self._chips: dict[str, _Chip] = {}
-        self._dirty = False
+        self._dirty = False  # XIDs changed: written after the snapshot
+        # Only reset markers changed (a corrected-ECC count ticking): written at most every
+        # MARKER_WRITE_S, not after every chip of every sample. A stale stored marker still shows a
+        # reset (counters only go down on one), so nothing is lost by waiting.
+        self._markers_changed = False
+        self._written_at = -math.inf
         self._kernel_seq = -1
         self.boot_id = read_boot_id(boot_id_path) if boot_id_path else read_boot_id()
         self._store = XidHistoryStore(state_dir, read_only=read_only) if state_dir else None
@@ -243,7 +252,7 @@ class XidTracker:
             chip = self._chips.setdefault(pci, _Chip())
             before, before_at = chip.marker, chip.marker_at
             chip.marker, chip.marker_at = dict(marker), now
-            self._dirty = self._dirty or before != chip.marker
+            self._markers_changed = self._markers_changed or before != chip.marker
             if before is None or not chip_was_reset(before, marker):
                 return False
             # While the driver still asks for a recovery (NVML's recovery action, the field behind XID
@@ -284,16 +293,23 @@ class XidTracker:
 
     # --- on disk ---
 
-    def flush(self) -> None:
-        """Write the history when it changed (called after each snapshot, and on close)."""
-        if self._store is None or self._store.read_only or not self._dirty or self.boot_id is None:
+    def flush(self, *, final: bool = False) -> None:
+        """Write the history when its XIDs changed (called after each snapshot), when only markers
+        changed and MARKER_WRITE_S passed, or whatever changed when ``final`` (on close)."""
+        if self._store is None or self._store.read_only or self.boot_id is None:
+            return
+        now = self._clock()
+        due = self._dirty or (self._markers_changed and (final or now - self._written_at >= MARKER_WRITE_S))
+        if not due:
             return
         with self._lock:
             doc = self._document()
-            self._dirty = False
+            dirty, markers = self._dirty, self._markers_changed
+            self._dirty = self._markers_changed = False
         if not self._store.save(doc):
-            self._dirty = True
+            self._dirty, self._markers_changed = dirty, markers
         else:
+            self._written_at = now
             self._store.warning = None
 
     def _document(self) -> dict[str, Any]:
