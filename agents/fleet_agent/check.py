@@ -6,8 +6,10 @@ its per-call deadlines, the health checks, :mod:`fleet_agent.verdict`'s statuses
 - exit 0 when the node is healthy *or degraded*: a warning (a slow PCIe link, a hot chip) says the
   node still runs work, as :func:`fleet_agent.verdict.unfit_for_work` has it, and a scheduler's
   health check must not take it out of service for one; exit 1 when it is unhealthy; exit 2 when
-  the agent could not tell (a chip source unreadable, a call hung, the sample overran, a bad config);
-- stdout: one line per problem, worst first (``gpu0 critical gpu_lost: ... (action: reboot)``);
+  the agent could not tell (a chip source unreadable, a call hung, the agent without its NVML
+  bindings, the sample overran, a bad config); a missing or broken NVIDIA driver is unhealthy;
+- stdout: one line per problem, worst first, a root cause (the driver) first within its severity
+  (``gpu0 critical gpu_lost: ... (action: reboot)``);
   nothing at all for a node without problems.
 
 ``--slurm`` acts as NHC does, because Slurm runs its ``HealthCheckProgram`` and ignores the exit
@@ -31,8 +33,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from fleet_agent.health.checks import driver
 from fleet_agent.schema import Action, NodeReport, Problem, Severity, Status
-from fleet_agent.verdict import SEVERITY_RANK
+from fleet_agent.verdict import ROOT_CAUSE_CHECKS, SEVERITY_RANK
 
 if TYPE_CHECKING:
     from fleet_agent.config import AgentConfig
@@ -142,12 +145,14 @@ def findings(report: NodeReport) -> list[Finding]:
             found.append(Finding(subject, Problem("reading", Severity.WARNING,
                                                   chip.error or "no fresh reading", Action.MONITOR)))
     found += [Finding("node", p) for p in report.problems]
-    if not any(p.check == "collector" for p in report.problems):
+    said = {p.check for p in report.problems}
+    if "collector" not in said:
         found += [Finding("node", Problem("collector", Severity.WARNING,
                                           f"collector {c.name} failed: {c.error or 'no reason given'}",
                                           Action.MONITOR))
-                  for c in report.collectors if not c.ok]
-    return sorted(found, key=lambda f: -SEVERITY_RANK[f.problem.severity])
+                  for c in report.collectors if not c.ok and not ("driver" in said and driver.covers(c))]
+    return sorted(found, key=lambda f: (-SEVERITY_RANK[f.problem.severity],
+                                        f.problem.check not in ROOT_CAUSE_CHECKS))
 
 
 def exit_code(status: Status) -> int:
@@ -176,17 +181,19 @@ def judge(report: NodeReport | None, limit_s: float) -> CheckResult:
                        "its deadline?)", Action.MONITOR)
         return CheckResult(EXIT_UNKNOWN, [Finding("node", hung)])
     code = exit_code(report.status)
-    if code == EXIT_UNHEALTHY and _only_chip_count_from_a_hung_source(report):
-        # "0 of 8 chips" because the call that lists them hung says nothing about the chips: a
-        # wedged driver across the fleet must not drain every node. Could not tell.
+    if code == EXIT_UNHEALTHY and _only_chip_count_from_a_blind_source(report):
+        # "0 of 8 chips" because the call that lists them hung, or because the agent lacks its NVML
+        # bindings, says nothing about the chips: a wedged driver or a bad agent package across the
+        # fleet must not drain every node. Could not tell.
         code = EXIT_UNKNOWN
     return CheckResult(code, findings(report))
 
 
-def _only_chip_count_from_a_hung_source(report: NodeReport) -> bool:
+def _only_chip_count_from_a_blind_source(report: NodeReport) -> bool:
     from fleet_agent.sampler import timed_out
 
-    if not any(timed_out(s) for s in report.collectors if s.name != "host"):
+    if not any(timed_out(s) or (s.name == "nvml" and not s.ok and driver.driver_cause(s.error) == "bindings")
+               for s in report.collectors if s.name != "host"):
         return False
     critical = [p for p in report.problems if p.severity is Severity.CRITICAL]
     critical += [p for c in report.chips for p in c.problems if p.severity is Severity.CRITICAL]

@@ -57,7 +57,13 @@ class Severity(str, enum.Enum):
 
 
 class Action(str, enum.Enum):
-    """What on-call should do about a problem, least to most disruptive."""
+    """What on-call should do about a problem, least to most disruptive.
+
+    Installing or updating the driver or firmware takes the host out of service and ends in a
+    reload or reboot, so it ranks above a reboot; hands on the hardware, the vendor's support and
+    an RMA take longer still. An action a newer agent sends that this version does not know is a
+    member of its own (``Action("drain_fabric")``), so that a reader can keep it as sent.
+    """
 
     NONE = "none"
     MONITOR = "monitor"
@@ -66,7 +72,20 @@ class Action(str, enum.Enum):
     RESTART_AGENT = "restart_agent"
     RESET_CHIP = "reset_chip"
     REBOOT = "reboot"
+    UPDATE_SOFTWARE = "update_software"  # install, update or reinstall the driver, firmware or agent
+    CHECK_HARDWARE = "check_hardware"  # cables, power connectors, seating: hands on the machine
+    CONTACT_SUPPORT = "contact_support"
     RMA = "rma"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Action | None:
+        # Only a plausible name (lower case, digits, "_"): anything else stays a schema error.
+        if not (isinstance(value, str) and 0 < len(value) <= 64 and value.isascii()
+                and value[0].isalpha() and value.islower() and value.replace("_", "").isalnum()):
+            return None
+        member = str.__new__(cls, value)
+        member._name_, member._value_ = value.upper(), value
+        return member
 
 
 @dataclass(frozen=True)
@@ -134,6 +153,8 @@ class TpuDetails:
 
     duty_cycle_pct: float | None = None
     tensorcore_utilization_pct: float | None = None
+    # Share of the HBM bandwidth in use; only newer libtpu releases serve it.
+    hbm_bandwidth_utilization_pct: float | None = None
     # False when the metrics service did not answer: normal while no workload runs.
     runtime_metrics_available: bool = False
 
@@ -256,6 +277,11 @@ def _enum(cls: type[enum.Enum], value: Any, where: str) -> Any:
     try:
         return _ENUM_MEMBERS[cls][value]  # a dict lookup: Enum.__call__ costs more per field
     except (KeyError, TypeError):  # TypeError: an unhashable value (a list, an object)
+        if cls is Action and isinstance(value, str):
+            try:
+                return Action(value)  # a newer agent's action: kept as sent (Action._missing_)
+            except ValueError:
+                pass
         allowed = ", ".join(str(m.value) for m in cls)
         raise SchemaError(f"{where}: {value!r} is not one of {allowed}") from None
 

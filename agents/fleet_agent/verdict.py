@@ -33,10 +33,16 @@ STALE_INTERVALS = 3.0
 STALE_MIN_S = 30.0
 
 
+# Checks whose problem explains others of the same node (no driver: no chips either): listed first
+# within their severity, so that a one-line reason (a Slurm drain, `fleet-agent check`) names the cause.
+ROOT_CAUSE_CHECKS = ("driver",)
+
+
 def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
-    """Worst severity first, then check name; a stable sort keeps each check's own order (XIDs by
-    code), so the same state always renders the same way."""
-    return sorted(problems, key=lambda p: (-SEVERITY_RANK[p.severity], p.check))
+    """Worst severity first, root causes first within a severity, then check name; a stable sort keeps
+    each check's own order (XIDs by code), so the same state always renders the same way."""
+    return sorted(problems, key=lambda p: (-SEVERITY_RANK[p.severity], p.check not in ROOT_CAUSE_CHECKS,
+                                           p.check))
 
 
 def problems_status(problems: Iterable[Problem]) -> Status:
@@ -120,8 +126,9 @@ def host_verdict(node: NodeReport, now: float, *, expected_chips: int | None = N
     health = HostHealth.of(node.status)
     added: list[Problem] = []
     expected = expected_chips if expected_chips is not None else node.chips_expected
+    # Not when the agent named why it sees no chips (the driver): that problem says it already.
     if (expected is not None and len(node.chips) != expected
-            and not _has_check(node, "chip_count")):
+            and not _has_check(node, "chip_count") and not _has_check(node, "driver")):
         added.append(Problem("chip_count", Severity.CRITICAL,
                              f"{len(node.chips)} of {expected} chips present (inventory)", Action.REBOOT))
         health = worse(health, HostHealth.UNHEALTHY)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fleet_agent.schema import Status, parse_node_report
+from fleet_agent.schema import Action, Severity, Status, parse_node_report
 
 pytestmark = pytest.mark.integration
 
@@ -49,16 +49,24 @@ def test_once_table(scenario: str) -> None:
     assert "unhealthy" in chip1 and "ecc_uncorrectable" in chip1
 
 
-def test_once_without_a_gpu_driver_reports_the_collector_error(tmp_path: Path) -> None:
-    # This test machine has no NVIDIA driver: the real NVML collector must say so, not crash.
+def test_once_and_check_without_a_gpu_driver_name_the_missing_driver(tmp_path: Path) -> None:
+    # This test machine has no NVIDIA driver: the real NVML collector must say so, not crash, and
+    # the report must name the driver as the problem, never look healthy or merely blind.
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("collectors: [nvml, host]\n")
+    cfg.write_text(f"collectors: [nvml, host]\nstate_dir: {tmp_path / 'state'}\n")
     proc = _run("once", "--json", "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
     report = parse_node_report(json.loads(proc.stdout))
     nvml = next(c for c in report.collectors if c.name == "nvml")
-    assert not nvml.ok and nvml.error is not None and nvml.error.startswith("NVML")
-    assert report.chips == [] and report.status is Status.UNKNOWN
+    assert not nvml.ok and nvml.error is not None and nvml.error.startswith("NVML library not found")
+    assert report.chips == [] and report.status is Status.UNHEALTHY
+    [driver] = report.problems
+    assert (driver.check, driver.severity, driver.action) == ("driver", Severity.CRITICAL,
+                                                              Action.UPDATE_SOFTWARE)
+    assert "NVML library not found" in driver.message
+    check = _run("check", "--config", str(cfg))
+    assert check.returncode == 1, check.stderr
+    assert check.stdout.splitlines()[0].startswith("node critical driver: NVML library not found")
 
 
 def test_python_m_and_help() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from fleet_agent.schema import Status, parse_node_report
+from fleet_agent.schema import Action, Severity, Status, parse_node_report
 
 if TYPE_CHECKING:
     from conftest import AgentProcess
@@ -50,17 +50,28 @@ def test_hung_chip_is_unknown_and_stale_while_healthz_answers(
     assert recovered.status is Status.HEALTHY
 
 
-def test_driver_not_loaded_is_reported_not_fatal(start_agent: Callable[..., AgentProcess],
-                                                tmp_path: Path) -> None:
-    scen = _scenario(tmp_path, "  - {kind: driver_not_loaded, group: gpu, hosts: [0]}\n")
+@pytest.mark.parametrize(("fault", "said", "action"), [
+    ("driver_missing", "NVML library not found", Action.UPDATE_SOFTWARE),
+    ("driver_not_loaded", "NVIDIA driver not loaded", Action.REBOOT),
+    ("driver_mismatch", "NVIDIA driver/library version mismatch", Action.REBOOT),
+])
+def test_a_broken_driver_is_a_named_problem_not_fatal(start_agent: Callable[..., AgentProcess],
+                                                      tmp_path: Path, fault: str, said: str,
+                                                      action: Action) -> None:
+    scen = _scenario(tmp_path, f"  - {{kind: {fault}, group: gpu, hosts: [0]}}\n")
     agent = start_agent({"simulation": {"scenario": scen}, "interval_s": 1, "collector_timeout_s": 0.5})
     report = parse_node_report(agent.get("/v1/node").json())
-    # None of the 4 expected GPUs is visible: the chip count rule makes that unhealthy.
+    # None of the 4 expected GPUs is visible, and the driver is named as the reason, first.
     assert report.chips == [] and report.status is Status.UNHEALTHY
-    assert {p.check for p in report.problems} == {"chip_count", "collector"}
+    assert [p.check for p in report.problems] == ["driver", "chip_count"]
+    driver = report.problems[0]
+    assert (driver.severity, driver.action) == (Severity.CRITICAL, action)
+    assert driver.message.startswith(said)
     nvml = next(c for c in report.collectors if c.name == "nvml")
-    assert not nvml.ok and nvml.error is not None and "Driver Not Loaded" in nvml.error
+    assert not nvml.ok and nvml.error is not None and nvml.error.startswith(said)
+    # The agent keeps running and trying: still up, still serving.
     assert 'fleet_collector_up{collector="nvml"} 0.0' in agent.get("/metrics").body.decode()
+    assert agent.get("/healthz", timeout=2).status == 200
 
 
 def _raw(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from fleet_agent import check, cli
-from fleet_agent.collectors.base import ChipCollector, CollectorError
-from fleet_agent.collectors.nvml import NvmlCollector
+from fleet_agent.collectors.base import ChipCollector
 from fleet_agent.config import AgentConfig
 from fleet_agent.daemon import XidEvents
 from fleet_agent.schema import (
@@ -86,30 +85,57 @@ def test_critical_lines_come_before_warnings(tmp_path: Path, capsys: pytest.Capt
     assert lines[0].startswith("gpu1 critical row_remap:") and lines[1].startswith("gpu0 warning nvlink:")
 
 
-def test_a_host_without_nvml_exits_2_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    # The real collector path, on a host whose NVML library cannot be loaded (whatever this machine has).
-    def no_library(**_: object) -> ChipCollector:
-        raise CollectorError("NVML library not found (libnvidia-ml.so.1): install the NVIDIA driver")
+def test_a_host_without_the_nvidia_driver_exits_1_and_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The real collector and nvidia-ml-py's own loader, made to find no libnvidia-ml.so.1 whatever this
+    # machine has; `collectors: auto` picks NVML because the PCI bus shows an NVIDIA GPU.
+    import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    from fleet_agent.collectors import factory
 
-    monkeypatch.setattr(NvmlCollector, "real", staticmethod(no_library))
+    def no_library(name: str, *a: object, **k: object) -> object:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(pynvml, "CDLL", no_library)
+    monkeypatch.setattr(pynvml, "nvmlLib", None)
+    monkeypatch.setattr(factory, "nvidia_pci_gpus", lambda *a: ["0000:18:00.0"])
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("collectors: [nvml, host]\n")
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nexpected_chips: 8\nxid: {{kernel_log: false}}\n")
+    code, lines, _ = run_main(["check", "--config", str(cfg)], capsys)
+    assert code == 1
+    assert lines[0].startswith("node critical driver: NVML library not found: the NVIDIA driver is not "
+                               "installed")
+    assert lines[0].endswith("(NVML: NVML Shared Library Not Found) (action: update_software)")
+    assert not any("collector nvml failed" in line for line in lines)
+
+
+def test_an_agent_without_its_nvml_bindings_exits_2_and_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The agent is blind, the GPUs may be fine: could not tell (a bad agent package on every host
+    # must not drain them all), even though the chips the config expects are not seen.
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"collectors: [nvml, host]\nexpected_chips: 8\nstate_dir: {tmp_path / 'state'}\n")
     code, lines, _ = run_main(["check", "--config", str(cfg)], capsys)
     assert code == 2
-    assert lines == ["node warning collector: collector nvml failed: NVML library not found "
-                     "(libnvidia-ml.so.1): install the NVIDIA driver (action: monitor)"]
+    assert lines[0].startswith("node critical chip_count: 0 of 8 expected chips present")
+    assert lines[1].startswith("node warning driver: NVML bindings not installed")
+    assert lines[1].endswith("(action: update_software)")
 
 
-def test_a_driver_that_is_not_loaded_where_chips_are_expected_exits_1(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # The simulated host expects its 2 GPUs: none visible is a missing-chips fault, not a blind spot.
-    path = scenario(tmp_path, "[{kind: driver_not_loaded, group: gpu, hosts: [0]}]")
+@pytest.mark.parametrize(("fault", "first", "action"), [
+    ("driver_missing", "node critical driver: NVML library not found", "update_software"),
+    ("driver_not_loaded", "node critical driver: NVIDIA driver not loaded", "reboot"),
+    ("driver_mismatch", "node critical driver: NVIDIA driver/library version mismatch", "reboot"),
+])
+def test_a_broken_driver_exits_1_with_the_driver_first(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       fault: str, first: str, action: str) -> None:
+    # The simulated host expects its 2 GPUs: the driver is why none is seen, so it comes first.
+    path = scenario(tmp_path, f"[{{kind: {fault}, group: gpu, hosts: [0]}}]")
     code, lines, _ = run_main(["check", "--scenario", path], capsys)
     assert code == 1
-    assert lines[0].startswith("node critical chip_count: 0 of 2 expected chips present")
-    assert lines[1].startswith("node warning collector: collector nvml failed: "
-                               "NVML init failed: Driver Not Loaded")
+    assert lines[0].startswith(first) and lines[0].endswith(f"(action: {action})")
+    assert lines[1].startswith("node critical chip_count: 0 of 2 expected chips present")
+    assert len(lines) == 2
 
 
 def test_a_hung_call_exits_2_within_its_deadline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -339,6 +365,8 @@ def test_missing_chips_because_the_listing_call_hung_is_could_not_tell_not_unhea
     assert check.judge(_node("NVML call timed out after 2.0s"), 10.0).code == 2
     # The same count from a driver that answered "not loaded" is a fault of the host.
     assert check.judge(_node("NVML init failed: Driver Not Loaded"), 10.0).code == 1
+    # From an agent that lacks its NVML bindings it says nothing about the chips either.
+    assert check.judge(_node("NVML bindings not installed: nvidia-ml-py is not installed"), 10.0).code == 2
     # A hang beside a critical fault that was seen is still unhealthy.
     lost = Problem("gpu_lost", Severity.CRITICAL, "GPU fell off the bus", Action.REBOOT)
     assert check.judge(_node("NVML call timed out after 2.0s", chip_problem=lost), 10.0).code == 1

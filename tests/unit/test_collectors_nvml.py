@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fleet_agent.collectors import factory
 from fleet_agent.collectors.base import ChipIdentity, CollectorError
 from fleet_agent.collectors.nvml import NvmlCollector, load_pynvml
 from fleet_agent.sim import builtin_scenario, load_scenario, parse_scenario
@@ -213,10 +214,39 @@ def test_hang_for_seconds_ends_by_itself() -> None:
     assert col.sample_chip(chips[0]).temperature_c is not None
 
 
-def test_driver_not_loaded_is_a_collector_error_with_nvmls_message() -> None:
+@pytest.mark.parametrize(("fault", "said"), [
+    ("driver_missing", "NVML library not found (libnvidia-ml.so.1): the NVIDIA driver is not installed "
+                       "(NVML: NVML Shared Library Not Found)"),
+    ("driver_not_loaded", "NVIDIA driver not loaded: its library is installed but its kernel module is not "
+                          "running (NVML: Driver Not Loaded)"),
+    ("driver_mismatch", "NVIDIA driver/library version mismatch: the kernel module running is not the "
+                        "installed library's version (NVML: RM has detected an NVML/RM version mismatch.)"),
+])
+def test_each_broken_driver_state_is_named_by_the_collector(fault: str, said: str) -> None:
+    col, _ = collector_for({**scenario_doc([]), "faults": [{"kind": fault, "group": "g", "hosts": [0]}]})
+    with pytest.raises(CollectorError) as failed:
+        col.discover()
+    assert str(failed.value) == said
+    with pytest.raises(CollectorError):  # init is tried again on the next sample, not given up
+        col.discover()
+
+
+def test_a_driver_that_breaks_later_is_seen_at_the_next_init() -> None:
+    clock = Clock()
+    doc = {**scenario_doc([]), "faults": [{"kind": "driver_mismatch", "group": "g", "hosts": [0],
+                                           "at": 60}]}
+    sc = parse_scenario(doc, "test.yaml", clock=clock)
+    assert len(NvmlCollector(sc.host(0).nvml, xid_events="off").discover()) == 8
+    clock.t += 61  # an agent started after the driver update without a reboot
+    with pytest.raises(CollectorError, match="version mismatch"):
+        NvmlCollector(sc.host(0).nvml, xid_events="off").discover()
+
+
+def test_other_init_failures_keep_nvmls_words() -> None:
     col, _ = collector_for({**scenario_doc([]), "faults": [
         {"kind": "driver_not_loaded", "group": "g", "hosts": [0]}]})
-    with pytest.raises(CollectorError, match="NVML init failed: Driver Not Loaded"):
+    col.nvml.nvmlInitWithFlags = lambda flags: (_ for _ in ()).throw(col.nvml.NVMLError(4))
+    with pytest.raises(CollectorError, match=r"^NVML init failed: Insufficient Permissions$"):
         col.discover()
 
 
@@ -240,7 +270,8 @@ def test_real_pynvml_on_this_machine() -> None:
     try:
         ctypes.CDLL("libnvidia-ml.so.1")
     except OSError:
-        with pytest.raises(CollectorError, match="NVML init failed: NVML Shared Library Not Found"):
+        with pytest.raises(CollectorError, match=r"^NVML library not found \(libnvidia-ml.so.1\).*"
+                                                 r"\(NVML: NVML Shared Library Not Found\)$"):
             col.discover()
         return
     try:  # a GPU host (or a driver installed without its kernel module loaded)
@@ -257,8 +288,23 @@ def test_real_pynvml_on_this_machine() -> None:
 
 def test_load_pynvml_without_nvidia_ml_py(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
-    with pytest.raises(CollectorError, match="nvidia-ml-py is not installed"):
+    with pytest.raises(CollectorError, match=r"^NVML bindings not installed: nvidia-ml-py is not installed"):
         load_pynvml()
+
+
+def test_the_real_pynvml_without_its_library_says_the_driver_is_missing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # nvidia-ml-py's own loader, made to find no libnvidia-ml.so.1 whatever this machine has.
+    pynvml = load_pynvml()
+
+    def no_library(name: str, *a: Any, **k: Any) -> Any:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(pynvml, "CDLL", no_library)
+    monkeypatch.setattr(pynvml, "nvmlLib", None)
+    with pytest.raises(CollectorError,
+                       match=r"^NVML library not found .*\(NVML: NVML Shared Library Not Found\)$"):
+        NvmlCollector(pynvml, xid_events="off").discover()
 
 
 def test_xid_events_in_a_thread() -> None:
@@ -343,6 +389,7 @@ def test_an_xid_already_in_the_kernel_log_shows_in_the_first_sample(tmp_path: Pa
 
 def test_an_unreadable_kernel_log_is_said_in_the_report(tmp_path: Path) -> None:
     from fleet_agent.health.checks import collector as collector_check
+    from fleet_agent.health.config import HealthConfig
     from fleet_agent.schema import CollectorState, HostMetrics, NodeReport, Status
 
     col, _host = collector_for(scenario_doc([], chips=1), kernel_log=str(tmp_path / "missing"))
@@ -355,7 +402,7 @@ def test_an_unreadable_kernel_log_is_said_in_the_report(tmp_path: Path) -> None:
     node = NodeReport(host="h", agent_version="x", sampled_at=1000.0, interval_s=5.0, status=Status.UNKNOWN,
                       chips=[], chips_expected=None, host_metrics=HostMetrics(),
                       collectors=[CollectorState("nvml", True, warning)])
-    [problem] = collector_check.check_node(node, None, 1000.0)  # type: ignore[arg-type]
+    [problem] = collector_check.check_node(node, HealthConfig(), 1000.0)
     assert problem.severity.value == "warning" and "collector nvml in part: XID kernel log" in problem.message
 
 
@@ -420,3 +467,56 @@ def test_a_pcie_card_without_nvlink_has_no_nvlink_error_counters() -> None:
     col, _ = collector_for(scenario_doc([], model="L4", chips=1))
     rep = col.sample_chip(col.discover()[0])
     assert rep.gpu is not None and rep.gpu.nvlink_replay_errors is None and rep.error is None
+
+
+# --- which hosts get the NVML collector (collectors: auto) ------------------------------------------
+
+
+def pci_tree(root: Path, devices: dict[str, tuple[str, str]]) -> str:
+    """A sysfs-like /sys/bus/pci/devices: address -> (vendor, class), as the kernel writes them."""
+    for addr, (vendor, pci_class) in devices.items():
+        d = root / addr
+        d.mkdir(parents=True)
+        (d / "vendor").write_text(vendor + "\n")
+        (d / "class").write_text(pci_class + "\n")
+    return str(root)
+
+
+def test_nvidia_gpus_on_the_pci_bus_are_display_class_devices_of_nvidias_vendor(tmp_path: Path) -> None:
+    root = pci_tree(tmp_path / "pci", {
+        "0000:18:00.0": ("0x10de", "0x030200"),  # a data center GPU (3D controller)
+        "0000:3b:00.0": ("0x10de", "0x030000"),  # a VGA-class NVIDIA GPU
+        "0000:05:00.0": ("0x10de", "0x068000"),  # an NVSwitch: NVIDIA, but a bridge
+        "0000:00:02.0": ("0x8086", "0x030000"),  # another vendor's display
+    })
+    assert factory.nvidia_pci_gpus(root) == ["0000:18:00.0", "0000:3b:00.0"]
+    assert factory.nvidia_pci_gpus(str(tmp_path / "absent")) is None
+
+
+def test_auto_wants_nvml_where_the_bus_has_nvidia_gpus_even_without_a_driver(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    no_library: list[str | None] = [None]
+    monkeypatch.setattr(factory.ctypes.util, "find_library", lambda name: no_library[0])
+    gpu_host = pci_tree(tmp_path / "gpu", {"0000:18:00.0": ("0x10de", "0x030200")})
+    cpu_host = pci_tree(tmp_path / "cpu", {"0000:00:02.0": ("0x8086", "0x030000")})
+    assert factory.nvml_present(gpu_host, str(dev))  # no library, no device node: still a GPU host
+    assert not factory.nvml_present(cpu_host, str(dev))
+    no_library[0] = "libnvidia-ml.so.1"
+    # A library left on a host whose bus shows no NVIDIA GPU is no reason for a driver problem ...
+    assert not factory.nvml_present(cpu_host, str(dev))
+    # ... but where the bus cannot be read (a container) it is all there is to go by.
+    assert factory.nvml_present(str(tmp_path / "unreadable"), str(dev))
+    (dev / "nvidiactl").touch()
+    assert factory.nvml_present(cpu_host, str(dev))
+
+
+def test_a_listed_nvml_collector_without_bindings_fails_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet_agent.config import AgentConfig
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    [col] = factory.real_collectors(AgentConfig(collectors=("nvml",)), one_shot=True)
+    with pytest.raises(CollectorError, match=r"^NVML bindings not installed"):
+        col.discover()

@@ -8,6 +8,7 @@ import pytest
 from fleet_agent.health.checks import (
     chip_count,
     collector,
+    driver,
     ecc_uncorrectable,
     gpu_lost,
     nvlink,
@@ -127,13 +128,103 @@ def test_chip_count_unset_is_not_checked_and_report_value_is_the_fallback() -> N
 # --- collector ----------------------------------------------------------------------------------
 
 def test_failed_collector_is_a_node_warning() -> None:
-    report = node([], collectors=[CollectorState("nvml", ok=False, error="Driver Not Loaded"),
+    report = node([], collectors=[CollectorState("nvml", ok=False, error="NVML init failed: Insufficient "
+                                                 "Permissions"),
                                   CollectorState("host", ok=True)])
     problem = only(collector.check_node(report, CFG, NOW))
     assert problem.severity is Severity.WARNING
-    assert "nvml" in problem.message and "Driver Not Loaded" in problem.message
+    assert "nvml" in problem.message and "Insufficient Permissions" in problem.message
     report.collectors[0] = CollectorState("nvml", ok=True)
     assert collector.check_node(report, CFG, NOW) == []
+
+
+def test_a_driver_failure_is_the_driver_checks_unless_that_check_is_off() -> None:
+    report = node([], collectors=[CollectorState("nvml", ok=False,
+                                                 error="NVML init failed: Driver Not Loaded")])
+    assert collector.check_node(report, CFG, NOW) == []
+    off = HealthConfig(stale_after_s=30.0, disabled_checks=frozenset({"driver"}))
+    assert "Driver Not Loaded" in only(collector.check_node(report, off, NOW)).message
+
+
+# --- driver -------------------------------------------------------------------------------------
+
+def _bindings_error(monkeypatch: pytest.MonkeyPatch) -> str:
+    import sys
+
+    from fleet_agent.collectors.base import CollectorError
+    from fleet_agent.collectors.nvml import load_pynvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    with pytest.raises(CollectorError) as failed:
+        load_pynvml()
+    return str(failed.value)
+
+
+@pytest.mark.parametrize(("nvml_code", "severity", "action", "starts"), [
+    (12, Severity.CRITICAL, Action.UPDATE_SOFTWARE,
+     "NVML library not found: the NVIDIA driver is not installed"),
+    (9, Severity.CRITICAL, Action.REBOOT, "NVIDIA driver not loaded: its library is installed but its kernel "
+                                          "module is not running"),
+    (18, Severity.CRITICAL, Action.REBOOT, "NVIDIA driver/library version mismatch: the kernel module still "
+                                           "running is older or newer than the installed library"),
+])
+def test_each_driver_state_the_collector_reports_is_a_named_problem(
+        nvml_code: int, severity: Severity, action: Action, starts: str) -> None:
+    from fleet_agent.collectors.nvml import init_failure
+    from fleet_agent.sim.fake_nvml import NVMLError
+
+    error = init_failure(NVMLError(nvml_code))
+    problem = only(driver.check_node(node([], collectors=[CollectorState("nvml", False, error)]), CFG, NOW))
+    assert (problem.check, problem.severity, problem.action) == ("driver", severity, action)
+    assert problem.message.startswith(starts)
+    assert problem.message.endswith(f"(NVML: {NVMLError(nvml_code)})")
+
+
+def test_missing_bindings_are_a_warning_with_their_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    error = _bindings_error(monkeypatch)
+    problem = only(driver.check_node(node([], collectors=[CollectorState("nvml", False, error)]), CFG, NOW))
+    assert (problem.severity, problem.action) == (Severity.WARNING, Action.UPDATE_SOFTWARE)
+    assert problem.message.startswith("NVML bindings not installed")
+    assert "fleet-agent[nvml]" in problem.message
+
+
+@pytest.mark.parametrize(("error", "cause"), [
+    # NVML's own words, as an older agent's collector passes them on
+    ("NVML init failed: NVML Shared Library Not Found", "missing"),
+    ("NVML init failed: Driver Not Loaded", "not_loaded"),
+    ("NVML init failed: RM has detected an NVML/RM version mismatch.", "mismatch"),
+    ("Failed to initialize NVML: Driver/library version mismatch", "mismatch"),
+    ("nvidia-ml-py is not installed (pip install 'fleet-agent[nvml]')", "bindings"),
+    # other failures stay the collector check's
+    ("NVML init failed: Insufficient Permissions", None),
+    ("NVML call timed out after 2.0s", None),
+    ("GPU lost: fell off the bus (NVML: GPU is lost)", None),
+    (None, None),
+])
+def test_driver_causes_from_collector_errors(error: str | None, cause: str | None) -> None:
+    assert driver.driver_cause(error) == cause
+    found = driver.check_node(node([], collectors=[CollectorState("nvml", False, error)]), CFG, NOW)
+    assert [p.check for p in found] == (["driver"] if cause else [])
+
+
+def test_only_a_failed_nvml_collector_is_judged_by_the_driver_check() -> None:
+    report = node([], collectors=[CollectorState("tpu", False, "Driver Not Loaded"),
+                                  CollectorState("nvml", True, "XID kernel log: Driver Not Loaded")])
+    assert driver.check_node(report, CFG, NOW) == []
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    ("NVML library not found (libnvidia-ml.so.1): the NVIDIA driver is not installed "
+     "(NVML: NVML Shared Library Not Found)", Status.UNHEALTHY),
+    ("NVML bindings not installed: nvidia-ml-py is not installed in the agent's environment", Status.UNKNOWN),
+])
+def test_assess_a_node_with_a_broken_driver(error: str, status: Status) -> None:
+    from fleet_agent.health import assess
+
+    report = assess(node([], collectors=[CollectorState("nvml", False, error),
+                                         CollectorState("host", True)]), CFG, NOW)
+    assert report.status is status
+    assert [p.check for p in report.problems] == ["driver"]  # not also a "collector failed" warning
 
 
 # --- gpu_lost -----------------------------------------------------------------------------------
@@ -159,7 +250,10 @@ def test_xid_79_in_window_is_gpu_lost_and_other_errors_are_not() -> None:
     (43, Severity.INFO, Action.NONE),
     (63, Severity.INFO, Action.NONE),
     (45, Severity.INFO, Action.NONE),
-    (54, Severity.WARNING, Action.MONITOR),
+    (54, Severity.WARNING, Action.CHECK_HARDWARE),
+    (78, Severity.WARNING, Action.UPDATE_SOFTWARE),
+    (159, Severity.WARNING, Action.UPDATE_SOFTWARE),
+    (57, Severity.WARNING, Action.CONTACT_SUPPORT),
 ])
 def test_xid_by_table(code: int, severity: Severity, action: Action) -> None:
     problem = only(xid.check(gpu_chip(xid_counts={str(code): 2}), CFG, NOW))

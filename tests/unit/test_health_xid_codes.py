@@ -35,6 +35,20 @@ def test_buckets_follow_nvidias_catalog() -> None:
     assert all("GSP" in XID_TABLE[code].meaning for code in (119, 120))
 
 
+def test_buckets_without_a_reset_or_reboot_get_their_own_actions() -> None:
+    by_bucket = {"CHECK_MECHANICALS": Action.CHECK_HARDWARE, "UPDATE_SWFW": Action.UPDATE_SOFTWARE,
+                 "CHECK_UVM": Action.UPDATE_SOFTWARE, "CONTACT_SUPPORT": Action.CONTACT_SUPPORT}
+    for bucket, action in by_bucket.items():
+        codes = [code for code, info in XID_TABLE.items() if info.bucket == bucket]
+        assert codes, bucket
+        assert all(XID_TABLE[code].action is action for code in codes), bucket
+    assert (XID_TABLE[54].action, XID_TABLE[78].action, XID_TABLE[159].action, XID_TABLE[122].action) == (
+        Action.CHECK_HARDWARE, Action.UPDATE_SOFTWARE, Action.UPDATE_SOFTWARE, Action.CONTACT_SUPPORT)
+    # Only an unknown code and the NVLink5 codes whose message says nothing more remain "monitor".
+    assert {info.bucket for info in XID_TABLE.values() if info.action is Action.MONITOR} <= {
+        "WORKFLOW_NVLINK5_ERR", "NONE"}
+
+
 def test_message_qualifiers_decide_154_and_nvlink5() -> None:
     assert xid_info(154, qualifier="node_reboot").action is Action.REBOOT
     assert xid_info(154, qualifier="gpu_reset").action is Action.RESET_CHIP

@@ -128,6 +128,31 @@ def test_problems_are_parsed_with_their_enums(read: Reader) -> None:
         read(with_chip(1, problems=[{**p, "severity": "dire"}]))
 
 
+def test_actions_run_least_to_most_disruptive() -> None:
+    assert [a.value for a in Action] == [
+        "none", "monitor", "check_application", "check_cooling", "restart_agent", "reset_chip", "reboot",
+        "update_software", "check_hardware", "contact_support", "rma"]
+
+
+def test_an_action_from_a_newer_agent_is_kept_as_it_was_sent() -> None:
+    future = Action("drain_fabric")
+    assert future == "drain_fabric" and future.value == "drain_fabric" and isinstance(future, Action)
+    assert Problem("x", Severity.WARNING, "m", future).to_dict()["action"] == "drain_fabric"
+    assert json.loads(json.dumps({"action": future})) == {"action": "drain_fabric"}
+    assert future not in list(Action)  # known actions stay the listed ones
+    for junk in ("", "Reboot", "rm -rf", "é", "x" * 65, 3, None):
+        with pytest.raises(ValueError):
+            Action(junk)
+
+
+def test_a_report_with_a_newer_agents_action_is_read(read: Reader) -> None:
+    p = {"check": "fabric", "severity": "critical", "message": "m", "action": "drain_fabric"}
+    r = read(with_chip(1, problems=[p]))
+    assert r.chips[1].problems[0].action.value == "drain_fabric"
+    with pytest.raises(SchemaError, match=r"^chips\[1\]\.problems\[0\]\.action: 'Reboot!' is not one of"):
+        read(with_chip(1, problems=[{**p, "action": "Reboot!"}]))
+
+
 @pytest.mark.parametrize(("doc", "message"), [
     (with_chip(0, index="0"), "chips[0].index: expected int, got str"),
     (with_chip(1, index=True), "chips[1].index: expected int, got bool"),

@@ -61,6 +61,27 @@ def test_functions_and_constants_match_pynvml() -> None:
         assert getattr(nv, name) == getattr(pynvml, name), name
 
 
+@pytest.mark.parametrize(("fault", "error_class", "code"), [
+    ("driver_missing", "NVMLError_LibraryNotFound", pynvml.NVML_ERROR_LIBRARY_NOT_FOUND),
+    ("driver_not_loaded", "NVMLError_DriverNotLoaded", pynvml.NVML_ERROR_DRIVER_NOT_LOADED),
+    ("driver_mismatch", "NVMLError_LibRmVersionMismatch", pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH),
+])
+def test_a_broken_driver_fails_init_as_pynvml_does(fault: str, error_class: str, code: int) -> None:
+    clock = Clock()
+    doc = {**DOC, "faults": [{"kind": fault, "group": "g", "hosts": [0], "at": 100}]}
+    nv: FakeNvml = parse_scenario(doc, clock=clock).host(0).nvml
+    nv.nvmlInit()  # before the fault's time the driver works
+    nv.nvmlShutdown()
+    clock.t += 100
+    with pytest.raises(NVMLError) as failed:
+        nv.nvmlInit()
+    assert type(failed.value).__name__ == error_class
+    assert failed.value.value == code and hasattr(pynvml, error_class)
+    assert str(failed.value) == pynvml.NVMLError._errcode_to_string[failed.value.value]
+    # The other host of the group keeps its driver.
+    parse_scenario(doc, clock=clock).host(1).nvml.nvmlInit()
+
+
 def test_calls_before_init_raise_uninitialized() -> None:
     nv = parse_scenario(DOC).host(0).nvml
     with pytest.raises(nv.NVMLError_Uninitialized):

@@ -72,6 +72,8 @@ def with_(path: str, value: Any) -> dict[str, Any]:
      "test.yaml: faults[0]: pcie_downgrade needs gen or width"),
     (with_("faults.0", {"kind": "driver_not_loaded", "group": "gpu", "hosts": [0], "chips": [1]}),
      "test.yaml: faults[0].chips: driver_not_loaded is a host-level fault"),
+    (with_("faults.0", {"kind": "driver_mismatch", "group": "gpu", "hosts": [0], "version": "550"}),
+     "test.yaml: faults[0].version: unknown key"),
     (with_("faults.0", {"kind": "nvlink_down", "group": "gpu", "hosts": [0], "chips": [1], "links": [18]}),
      "test.yaml: faults[0].links[0]: 18 is out of range (0..17)"),
     (with_("faults.0", {"kind": "xid", "group": "gpu", "every": 4, "offset": 4, "chips": [1], "code": 13}),
@@ -151,7 +153,8 @@ def test_shipped_scenarios_load() -> None:
     assert load_scenario(builtin_scenario("healthy")).faults == ()
     faults = load_scenario(builtin_scenario("faults"))
     assert len(faults) == 1
-    host_level = {"driver_not_loaded", "metrics_unavailable", "chip_missing"}
+    host_level = {"driver_missing", "driver_not_loaded", "driver_mismatch", "metrics_unavailable",
+                  "chip_missing"}
     assert {f.kind for f in faults.faults} == set(FAULT_KINDS) - host_level
     with pytest.raises(ScenarioError, match="no such built-in scenario"):
         builtin_scenario("nope")

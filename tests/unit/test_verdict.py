@@ -58,6 +58,15 @@ def test_problems_sort_worst_first_then_by_check_keeping_each_checks_order() -> 
     assert ordered == [CRIT, xid_43, WARN, INFO]
 
 
+def test_a_root_cause_comes_first_within_its_severity() -> None:
+    count = Problem("chip_count", Severity.CRITICAL, "0 of 8 expected chips present", Action.REBOOT)
+    missing = Problem("driver", Severity.CRITICAL, "NVML library not found", Action.UPDATE_SOFTWARE)
+    bindings = Problem("driver", Severity.WARNING, "NVML bindings not installed", Action.UPDATE_SOFTWARE)
+    assert sort_problems([count, missing]) == [missing, count]
+    # ... but never above a worse severity.
+    assert sort_problems([WARN, bindings, count]) == [count, bindings, WARN]
+
+
 def test_host_health_ranks_and_worse() -> None:
     assert [h.value for h in HOST_HEALTH_ORDER] == [
         "healthy", "degraded", "unknown", "error", "unreachable", "unhealthy"]
@@ -87,6 +96,17 @@ def test_the_agents_own_chip_count_problem_is_not_repeated() -> None:
     own = Problem("chip_count", Severity.CRITICAL, "7 of 8 chips", Action.REBOOT)
     v = host_verdict(node(Status.UNHEALTHY, 7, 8, [own]), NOW, expected_chips=8)
     assert v.added == () and v.health is HostHealth.UNHEALTHY
+
+
+@pytest.mark.parametrize(("status", "severity", "health"), [
+    (Status.UNHEALTHY, Severity.CRITICAL, HostHealth.UNHEALTHY),  # the driver is missing
+    (Status.UNKNOWN, Severity.WARNING, HostHealth.UNKNOWN),  # the agent lacks its NVML bindings
+])
+def test_chips_missing_for_a_named_driver_problem_are_not_counted_again(
+        status: Status, severity: Severity, health: HostHealth) -> None:
+    named = Problem("driver", severity, "NVML library not found", Action.UPDATE_SOFTWARE)
+    v = host_verdict(node(status, 0, None, [named]), NOW, expected_chips=8)
+    assert v.added == () and v.health is health
 
 
 def test_an_old_sample_makes_a_healthy_host_unknown_but_not_a_worse_one_better() -> None:

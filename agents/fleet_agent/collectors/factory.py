@@ -44,10 +44,49 @@ def real_host_source() -> HostCollector:
     return HostCollector()
 
 
-def nvml_present() -> bool:
-    """An NVIDIA driver or its NVML library is installed (loaded or not: "Driver Not Loaded" is
-    worth reporting)."""
-    return os.path.exists("/dev/nvidiactl") or ctypes.util.find_library("nvidia-ml") is not None
+NVIDIA_PCI_VENDOR = 0x10DE
+# PCI base class 0x03 (display controller): VGA 0x0300 and 3D controller 0x0302, the class data
+# center GPUs show. NVSwitches and bridges (0x06) share the vendor but are no GPUs.
+_DISPLAY_CLASS = 0x03
+
+
+def nvml_present(pci_root: str = "/sys/bus/pci/devices", dev_root: str = "/dev") -> bool:
+    """Whether this host should have the NVML collector: NVIDIA GPUs on its PCI bus (with or without
+    a working driver: a missing or broken driver is then a problem to report, not a reason to list
+    no chips), or a driver's device node. The NVML library alone counts only where the PCI bus cannot
+    be read (a container): on a host whose bus shows no NVIDIA GPU it is a leftover package."""
+    if os.path.exists(os.path.join(dev_root, "nvidiactl")):
+        return True
+    gpus = nvidia_pci_gpus(pci_root)
+    if gpus is not None:
+        return bool(gpus)
+    return ctypes.util.find_library("nvidia-ml") is not None
+
+
+def nvidia_pci_gpus(pci_root: str = "/sys/bus/pci/devices") -> list[str] | None:
+    """The PCI addresses of NVIDIA GPUs under ``pci_root`` (sysfs); None when it cannot be read or
+    lists no device at all (a masked sysfs: every real host has some PCI device)."""
+    try:
+        entries = sorted(os.listdir(pci_root))
+    except OSError:
+        return None
+    if not entries:
+        return None
+    found = []
+    for addr in entries:
+        vendor = _read_hex(os.path.join(pci_root, addr, "vendor"))
+        pci_class = _read_hex(os.path.join(pci_root, addr, "class"))
+        if vendor == NVIDIA_PCI_VENDOR and pci_class is not None and pci_class >> 16 == _DISPLAY_CLASS:
+            found.append(addr)
+    return found
+
+
+def _read_hex(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip(), 16)
+    except (OSError, ValueError):
+        return None
 
 
 def tpu_present() -> bool:

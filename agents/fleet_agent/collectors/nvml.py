@@ -32,8 +32,21 @@ _FI_DEV_NVLINK_LINK_COUNT = 91
 _FI_DEV_GET_GPU_RECOVERY_ACTION = 230  # the driver's wanted recovery; back to 0 after a reset
 _ERR_INVALID_ARGUMENT = 2
 _ERR_NOT_SUPPORTED = 3
+_ERR_DRIVER_NOT_LOADED = 9
+_ERR_LIBRARY_NOT_FOUND = 12
 _ERR_FUNCTION_NOT_FOUND = 13
 _ERR_GPU_IS_LOST = 15
+_ERR_LIB_RM_VERSION_MISMATCH = 18
+
+# Why nvmlInit failed, for the init errors that mean the driver itself is not usable. The messages
+# open with the words the driver health check (fleet_agent.health.checks.driver) recognises.
+_INIT_FAILURES: dict[int, str] = {
+    _ERR_LIBRARY_NOT_FOUND: "NVML library not found (libnvidia-ml.so.1): the NVIDIA driver is not installed",
+    _ERR_DRIVER_NOT_LOADED: "NVIDIA driver not loaded: its library is installed but its kernel module is "
+                            "not running",
+    _ERR_LIB_RM_VERSION_MISMATCH: "NVIDIA driver/library version mismatch: the kernel module running is "
+                                  "not the installed library's version",
+}
 
 XidMode = Literal["thread", "poll", "off"]
 
@@ -43,8 +56,15 @@ def load_pynvml() -> Any:
     try:
         import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
-        raise CollectorError("nvidia-ml-py is not installed (pip install 'fleet-agent[nvml]')") from None
+        raise CollectorError("NVML bindings not installed: nvidia-ml-py is not installed in the agent's "
+                             "environment (pip install 'fleet-agent[nvml]')") from None
     return pynvml
+
+
+def init_failure(error: Any) -> str:
+    """One line for a failed nvmlInit: the driver state it means, then NVML's own words."""
+    said = _INIT_FAILURES.get(getattr(error, "value", None) or 0)
+    return f"{said} (NVML: {error})" if said else f"NVML init failed: {error}"
 
 
 class _Lost(Exception):
@@ -139,7 +159,7 @@ class NvmlCollector:
             try:
                 nv.nvmlInit()
             except nv.NVMLError as e:
-                raise CollectorError(f"NVML init failed: {e}") from None
+                raise CollectorError(init_failure(e)) from None
             try:
                 self._driver = _text(nv.nvmlSystemGetDriverVersion())
             except nv.NVMLError:

@@ -37,8 +37,8 @@ class XidInfo:
 
 _C, _W, _I = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 
-# NVIDIA's bucket -> (severity, action, what clears it). Where our Action has no exact match the
-# nearest one stands in (CHECK_MECHANICALS, UPDATE_SWFW, CHECK_UVM, CONTACT_SUPPORT -> MONITOR).
+# NVIDIA's bucket -> (severity, action, what clears it). CHECK_UVM has no action of its own: the UVM
+# driver ships with the NVIDIA driver, so it shares UPDATE_SWFW's.
 BUCKETS: dict[str, tuple[Severity, Action, Clears]] = {
     "RESTART_APP": (_W, Action.CHECK_APPLICATION, "window"),
     "IGNORE": (_I, Action.NONE, "window"),
@@ -50,10 +50,10 @@ BUCKETS: dict[str, tuple[Severity, Action, Clears]] = {
     "RESTART_BM": (_C, Action.REBOOT, "reboot"),
     "RESTART_VM": (_C, Action.REBOOT, "reboot"),
     "XID_154": (_C, Action.RESET_CHIP, "reset"),  # until the message names the recovery
-    "CHECK_MECHANICALS": (_W, Action.MONITOR, "window"),
-    "UPDATE_SWFW": (_W, Action.MONITOR, "window"),
-    "CHECK_UVM": (_W, Action.MONITOR, "window"),
-    "CONTACT_SUPPORT": (_W, Action.MONITOR, "window"),
+    "CHECK_MECHANICALS": (_W, Action.CHECK_HARDWARE, "window"),
+    "UPDATE_SWFW": (_W, Action.UPDATE_SOFTWARE, "window"),
+    "CHECK_UVM": (_W, Action.UPDATE_SOFTWARE, "window"),
+    "CONTACT_SUPPORT": (_W, Action.CONTACT_SUPPORT, "window"),
 }
 
 

@@ -82,6 +82,12 @@ def _err(code: int) -> NVMLError:
     return NVMLError(code)
 
 
+# Host fault kind -> the error nvmlInit raises: the library absent, the kernel module not loaded,
+# the kernel module not the library's version.
+_DRIVER_FAULTS = {"driver_missing": 12, "driver_not_loaded": 9, "driver_mismatch": 18}
+_DRIVER_ORDER = (12, 18, 9)
+
+
 # --- small result objects with pynvml's attribute names ---------------------------------------
 
 class _Memory:
@@ -257,7 +263,7 @@ class FakeNvml:
         self._start = start
         self._driver = driver_version
         self._library = library_present
-        self._driver_faults = [f for f in host_faults if f.kind == "driver_not_loaded"]
+        self._driver_faults = [f for f in host_faults if f.kind in _DRIVER_FAULTS]
         self._release = release or threading.Event()
         self._lock = threading.Lock()
         self._refcount = 0
@@ -319,8 +325,11 @@ class FakeNvml:
     def nvmlInitWithFlags(self, flags: int) -> None:
         if not self._library:
             raise _err(12)
-        if any(f.at <= self._t() for f in self._driver_faults):
-            raise _err(9)
+        t = self._t()
+        # A real host is in one state; given several, a missing library hides the others.
+        broken = [_DRIVER_FAULTS[f.kind] for f in self._driver_faults if f.at <= t]
+        if broken:
+            raise _err(min(broken, key=_DRIVER_ORDER.index))
         with self._lock:
             self._refcount += 1
 

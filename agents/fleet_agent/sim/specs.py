@@ -33,7 +33,11 @@ FAULT_PARAMS: dict[str, tuple[frozenset[str], bool, frozenset[str]]] = {
     "not_supported": (frozenset({"gpu"}), True, frozenset({"functions"})),
     "nvml_error": (frozenset({"gpu"}), True, frozenset({"functions", "error"})),
     "chip_missing": (frozenset({"gpu", "tpu"}), True, frozenset()),
+    # The driver states nvmlInit reports (a host whose driver is broken from `at` on, seen at the
+    # next init: a new agent, `once` or `check`).
+    "driver_missing": (frozenset({"gpu"}), False, frozenset()),
     "driver_not_loaded": (frozenset({"gpu"}), False, frozenset()),
+    "driver_mismatch": (frozenset({"gpu"}), False, frozenset()),
     "metrics_unavailable": (frozenset({"tpu"}), False, frozenset()),
 }
 FAULT_KINDS = tuple(FAULT_PARAMS)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from fleet_agent.health.checks import (
     chip_count,
     collector,
+    driver,
     ecc_uncorrectable,
     gpu_lost,
     nvlink,
@@ -31,6 +32,6 @@ CHIP_CHECKS: dict[str, ChipCheck] = {
                    throttle, pcie_link, nvlink, stale)
 }
 NODE_CHECKS: dict[str, NodeCheck] = {
-    module.NAME: module.check_node for module in (chip_count, collector)
+    module.NAME: module.check_node for module in (chip_count, collector, driver)
 }
 CHECK_NAMES: frozenset[str] = frozenset(CHIP_CHECKS) | frozenset(NODE_CHECKS)
