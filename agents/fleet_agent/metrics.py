@@ -200,10 +200,17 @@ def _chip_families(r: NodeReport) -> Iterator[Metric]:
         yield fam
 
     duty = _gauge("fleet_chip_duty_cycle_ratio", "TPU duty cycle 0..1.", CHIP_LABELS)
+    hbm_bw = _gauge("fleet_chip_hbm_bandwidth_utilization_ratio",
+                    "TPU HBM bandwidth in use 0..1 (libtpu's runtime HBM utilisation).", CHIP_LABELS)
     for chip in r.chips:
-        if chip.tpu is not None and chip.tpu.duty_cycle_pct is not None:
-            duty.add_metric(_chip_labels(chip), chip.tpu.duty_cycle_pct / 100.0)
-    yield duty
+        t = chip.tpu
+        if t is None:
+            continue
+        if t.duty_cycle_pct is not None:
+            duty.add_metric(_chip_labels(chip), t.duty_cycle_pct / 100.0)
+        if t.hbm_bandwidth_utilization_pct is not None:
+            hbm_bw.add_metric(_chip_labels(chip), t.hbm_bandwidth_utilization_pct / 100.0)
+    yield from (duty, hbm_bw)
 
     gpus = [c for c in r.chips if c.gpu is not None]
     ecc = _gauge("fleet_chip_ecc_errors", "ECC error counts as NVML reports them.",

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from fleet_agent.collectors.tpu import (
     METRIC_DUTY_CYCLE,
+    METRIC_HBM_BW_UTIL,
     METRIC_HBM_TOTAL,
     METRIC_HBM_USAGE,
     GrpcRuntimeMetricsClient,
@@ -41,19 +42,32 @@ def free_port(lo: int = 18400, hi: int = 18499) -> int:
     raise RuntimeError("no free port in 18400-18499")
 
 
-class Servicer(pb_grpc.RuntimeMetricServiceServicer):  # type: ignore[misc]
-    """Four v5e chips, as libtpu reports them while a workload runs."""
+Reply = dict[str, list[tuple[int, tuple[str, Any]]]]
 
-    def __init__(self) -> None:
+V5E: Reply = {  # four v5e chips (one device each), as libtpu reports them while a workload runs
+    METRIC_HBM_TOTAL: [(i, ("as_int", 16 * GIB)) for i in range(4)],
+    METRIC_HBM_USAGE: [(i, ("as_int", (i + 1) * GIB)) for i in range(4)],
+    METRIC_DUTY_CYCLE: [(i, ("as_double", 25.0 * i + 0.5)) for i in range(4)],
+    METRIC_HBM_BW_UTIL: [(i, ("as_double", 10.0 * i)) for i in range(4)],
+}
+TPU7X: Reply = {  # two TPU7x chips: two devices each, duty cycle per device too
+    METRIC_HBM_TOTAL: [(d, ("as_int", 96 * GIB)) for d in range(4)],
+    METRIC_HBM_USAGE: [(d, ("as_int", (d + 1) * GIB)) for d in range(4)],
+    METRIC_DUTY_CYCLE: [(0, ("as_double", 10.0)), (1, ("as_double", 30.0)), (2, ("as_double", 60.0)),
+                        (3, ("as_double", 100.0))],
+}  # and no HBM bandwidth metric: an older libtpu
+
+
+class Servicer(pb_grpc.RuntimeMetricServiceServicer):  # type: ignore[misc]
+    """libtpu's runtime metrics service, answering ``values``."""
+
+    def __init__(self, values: Reply) -> None:
+        self.values = values
         self.requests: list[str] = []
 
     def GetRuntimeMetric(self, request: Any, context: Any) -> Any:
         self.requests.append(request.metric_name)
-        values: dict[str, list[tuple[int, Any]]] = {
-            METRIC_HBM_TOTAL: [(i, ("as_int", 16 * GIB)) for i in range(4)],
-            METRIC_HBM_USAGE: [(i, ("as_int", (i + 1) * GIB)) for i in range(4)],
-            METRIC_DUTY_CYCLE: [(i, ("as_double", 25.0 * i + 0.5)) for i in range(4)],
-        }
+        values = self.values
         if request.metric_name not in values:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown metric {request.metric_name}")
         metric = pb.TPUMetric(name=request.metric_name)
@@ -66,10 +80,10 @@ class Servicer(pb_grpc.RuntimeMetricServiceServicer):  # type: ignore[misc]
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[str, Servicer]]:
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Servicer]]:
     port = free_port()
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    servicer = Servicer()
+    servicer = Servicer(getattr(request, "param", V5E))
     pb_grpc.add_RuntimeMetricServiceServicer_to_server(servicer, srv)
     creds = grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP)
     srv.add_secure_port(f"127.0.0.1:{port}", creds)
@@ -103,7 +117,39 @@ def test_collector_reads_the_runtime_service_over_grpc(server: tuple[str, Servic
     assert [r.memory_used_bytes for r in reports] == [GIB, 2 * GIB, 3 * GIB, 4 * GIB]
     assert {r.memory_total_bytes for r in reports} == {16 * GIB}
     assert [r.tpu.duty_cycle_pct for r in reports if r.tpu] == [0.5, 25.5, 50.5, 75.5]
-    assert sorted(servicer.requests) == sorted([METRIC_DUTY_CYCLE, METRIC_HBM_USAGE, METRIC_HBM_TOTAL])
+    assert [r.tpu.hbm_bandwidth_utilization_pct for r in reports if r.tpu] == [0.0, 10.0, 20.0, 30.0]
+    assert sorted(servicer.requests) == sorted([METRIC_DUTY_CYCLE, METRIC_HBM_USAGE, METRIC_HBM_TOTAL,
+                                                METRIC_HBM_BW_UTIL])
+
+
+def tpu7x_sysfs(root: Path) -> SysfsTpuPresence:
+    for chip in range(2):
+        for fn in range(2):  # a TPU7x chip shows two PCI functions
+            d = root / "devices" / f"0000:00:{4 + chip:02x}.{fn}"
+            d.mkdir(parents=True)
+            (d / "vendor").write_text("0x1ae0\n")
+            (d / "device").write_text("0x0076\n")
+            (d / "subsystem_device").write_text("0x0000\n")
+    return SysfsTpuPresence(str(root / "devices"), str(root / "dev"))
+
+
+@pytest.mark.parametrize("server", [TPU7X], indirect=True)
+def test_two_device_chips_over_grpc(server: tuple[str, Servicer], tmp_path: Path) -> None:
+    address, servicer = server
+    col = TpuCollector(GrpcRuntimeMetricsClient(address, timeout_s=5), tpu7x_sysfs(tmp_path))
+    try:
+        reports = [col.sample_chip(c) for c in col.discover()]
+    finally:
+        col.close()
+    assert [r.model for r in reports] == ["TPU7x"] * 2
+    # Each chip: its two devices' duty cycles averaged, HBM summed.
+    assert [r.tpu.duty_cycle_pct for r in reports if r.tpu] == [20.0, 80.0]
+    assert [r.memory_used_bytes for r in reports] == [3 * GIB, 7 * GIB]
+    assert [r.memory_total_bytes for r in reports] == [192 * GIB] * 2
+    # This libtpu answers NOT_FOUND for the HBM bandwidth metric: the rest of the round stands.
+    assert all(r.tpu is not None and r.tpu.runtime_metrics_available for r in reports)
+    assert [r.tpu.hbm_bandwidth_utilization_pct for r in reports if r.tpu] == [None, None]
+    assert METRIC_HBM_BW_UTIL in servicer.requests
 
 
 def test_unknown_metric_is_reported_unavailable(server: tuple[str, Servicer]) -> None:

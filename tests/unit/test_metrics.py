@@ -53,7 +53,7 @@ def _tpu() -> ChipReport:
                       pci_bus_id="0000:00:04.0", status=Status.HEALTHY, utilization_pct=80.0,
                       memory_used_bytes=5, memory_total_bytes=16,
                       tpu=TpuDetails(duty_cycle_pct=90.0, tensorcore_utilization_pct=80.0,
-                                     runtime_metrics_available=True))
+                                     hbm_bandwidth_utilization_pct=45.0, runtime_metrics_available=True))
 
 
 def _report(chips: list[ChipReport]) -> NodeReport:
@@ -126,6 +126,8 @@ def test_values_units_and_labels() -> None:
     assert _one(s, "fleet_chip_xid_errors_total", **chip) == 3
     assert _one(s, "fleet_chip_pcie_replay_total", **chip) == 7
     assert _one(s, "fleet_chip_duty_cycle_ratio", kind="tpu") == 0.9
+    assert _one(s, "fleet_chip_hbm_bandwidth_utilization_ratio", kind="tpu") == 0.45
+    assert [x.labels["kind"] for x in s["fleet_chip_hbm_bandwidth_utilization_ratio"]] == ["tpu"]
     dcgm = {"gpu": "0", "UUID": "GPU-0", "pci_bus_id": "00000000:18:00.0", "device": "nvidia0",
             "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "gpu-01"}
     assert _one(s, "DCGM_FI_DEV_FB_USED", **dcgm) == 1024
@@ -156,6 +158,15 @@ def test_none_yields_no_series() -> None:
     assert "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL" not in s
     assert not [x for x in s["fleet_chip_ecc_errors"] if x.labels["type"] == "corrected"
                 and x.labels["counter"] == "volatile"]
+
+
+def test_tpu_without_hbm_bandwidth_has_no_such_series() -> None:
+    older = _tpu()  # an older libtpu: no HBM bandwidth metric
+    assert older.tpu is not None
+    older.tpu.hbm_bandwidth_utilization_pct = None
+    s = _samples(render_metrics(_report([_gpu(0), older])))
+    assert "fleet_chip_hbm_bandwidth_utilization_ratio" not in s
+    assert _one(s, "fleet_chip_duty_cycle_ratio", kind="tpu") == 0.9
 
 
 def test_stale_chip_keeps_identity_and_status_only() -> None:

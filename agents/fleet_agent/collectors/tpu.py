@@ -8,6 +8,16 @@ sits behind :class:`RuntimeMetricsClient` (one method), which the simulation rep
 TensorCore utilisation is not served over gRPC (libtpu exposes it only through its in-process
 SDK), so ``tensorcore_utilization_pct`` stays None here; ``utilization_pct`` carries the duty
 cycle, the same "share of time busy" measure NVML's GPU utilisation is.
+
+Devices and chips: libtpu numbers its runtime devices in chip order, and a chip is one device
+except on v2, v3 and TPU7x, where each of its two TensorCores is a device of its own (v4 and v5p
+run their two TensorCores as one "megacore" device). HBM figures come per device; the duty cycle
+comes per chip except on TPU7x, where it too comes per device (tpu-info's ``get_chip_usage`` and
+``get_chip_usage_new``). Readings are taken in device-id order, as tpu-info takes them, and
+combined per chip: memory used/total summed, duty cycle and HBM bandwidth utilisation averaged
+over the chip's devices (equal TensorCores, equal shares of the HBM). A reply whose count does
+not fit the chips present (a workload holding only some of them) is not mapped: libtpu does not
+say which chips those readings belong to, and a wrong chip is worse than none.
 """
 
 from __future__ import annotations
@@ -30,18 +40,27 @@ METRICS_ADDRESS = "localhost:8431"
 METRIC_HBM_TOTAL = "tpu.runtime.hbm.memory.total.bytes"
 METRIC_HBM_USAGE = "tpu.runtime.hbm.memory.usage.bytes"
 METRIC_DUTY_CYCLE = "tpu.runtime.tensorcore.dutycycle.percent"
+# HBM bandwidth in use, percent per device; newer libtpu only (tpu-info's MetricName.HBM_BW_UTIL).
+METRIC_HBM_BW_UTIL = "tpu.runtime.hbm.utilization.percent"
 
-# PCI device id -> (model, runtime devices per chip). From tpu-info's device table; v2 and v3
+# PCI device id -> (model, runtime devices per chip, duty cycle reported per device). From
+# tpu-info's device table (TpuChip) and its choice of get_chip_usage_new for TPU7x; v2 and v3
 # share an id and differ by subsystem id. Other Google devices (gVNIC, ...) are not TPUs.
-_TPU_IDS: dict[int, tuple[str, int]] = {
-    0x005E: ("TPU v4", 1),
-    0x0063: ("TPU v5e", 1),
-    0x0062: ("TPU v5p", 1),
-    0x006F: ("TPU v6e", 1),
-    0x0076: ("TPU7x", 2),
+_TPU_IDS: dict[int, tuple[str, int, bool]] = {
+    0x005E: ("TPU v4", 1, False),
+    0x0063: ("TPU v5e", 1, False),
+    0x0062: ("TPU v5p", 1, False),
+    0x006F: ("TPU v6e", 1, False),
+    0x0076: ("TPU7x", 2, True),
 }
 _V2_V3_ID = 0x0027
-_V2_V3_SUBSYSTEMS = {0x004E: ("TPU v2", 2), 0x004F: ("TPU v3", 2)}
+_V2_V3_SUBSYSTEMS = {0x004E: ("TPU v2", 2, False), 0x004F: ("TPU v3", 2, False)}
+
+
+def duty_per_device(pci_device_id: int) -> bool:
+    """Whether libtpu reports this chip's duty cycle per device (TPU7x) rather than per chip."""
+    found = _TPU_IDS.get(pci_device_id)
+    return found is not None and found[2]
 
 
 class MetricsUnavailable(Exception):
@@ -62,6 +81,7 @@ class TpuDevice:
     pci_address: str  # 0000:00:04.0
     model: str  # "TPU v5e"
     cores: int  # runtime devices per chip (HBM is reported per device)
+    duty_per_device: bool = False  # libtpu reports the duty cycle per device, not per chip
 
 
 class TpuPresence(Protocol):
@@ -100,7 +120,7 @@ class SysfsTpuPresence:
             if found is None:
                 continue
             base = addr.rsplit(".", 1)[0]  # functions of one chip share domain:bus:device
-            chips.setdefault(base, TpuDevice(addr, found[0], found[1]))
+            chips.setdefault(base, TpuDevice(addr, *found))
         if chips:
             return list(chips.values())
         # No readable PCI tree (a container): the accel device nodes still say how many chips.
@@ -163,9 +183,32 @@ class _Round:
     at: float
     available: bool
     reason: str | None
-    duty: dict[int, float]
-    used: dict[int, int]
-    total: dict[int, int]
+    # Values in device-id order (one per device, or one per chip for a per-chip metric).
+    duty: list[float]
+    used: list[float]
+    total: list[float]
+    hbm_util: list[float]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one chip's readings sit in a reply: per-device and per-duty-reading offsets."""
+
+    device: int
+    devices: int
+    duty: int
+    duties: int
+
+
+def _in_order(readings: list[tuple[int, float]]) -> list[float]:
+    return [v for _, v in sorted(readings)]
+
+
+def _take(values: list[float], expected: int, start: int, count: int) -> list[float] | None:
+    """The chip's share of a reply, or None when the reply's size does not fit the chips present."""
+    if count == 0 or len(values) != expected:
+        return None
+    return values[start:start + count]
 
 
 class TpuCollector:
@@ -185,7 +228,9 @@ class TpuCollector:
         self._clock = clock
         self._lock = threading.Lock()
         self._round: _Round | None = None
-        self._cores: dict[int, int] = {}
+        # Per chip index its slot; the runtime devices of all chips present; the duty-cycle
+        # readings libtpu gives for them. Replaced as a whole by discover().
+        self._layout: tuple[dict[int, _Slot], int, int] = ({}, 0, 0)
 
     @classmethod
     def real(cls, address: str = METRICS_ADDRESS) -> TpuCollector:
@@ -196,11 +241,16 @@ class TpuCollector:
             devices = self.presence.scan()
         except OSError as e:
             raise CollectorError(f"TPU presence scan failed: {e}") from None
-        chips = []
+        chips: list[ChipIdentity] = []
+        slots: dict[int, _Slot] = {}
+        dev = duty = 0
         for i, d in enumerate(devices):
-            self._cores[i] = d.cores
+            duties = d.cores if d.duty_per_device else 1
+            slots[i] = _Slot(dev, d.cores, duty, duties)
+            dev, duty = dev + d.cores, duty + duties
             uuid = f"tpu-{d.pci_address or i}"  # TPUs have no UUID: the PCI address names the chip
             chips.append(ChipIdentity(i, "tpu", "google", d.model, uuid, d.pci_address))
+        self._layout = (slots, dev, duty)
         return chips
 
     def _fetch(self) -> _Round:
@@ -210,13 +260,17 @@ class TpuCollector:
             if r is not None and now - r.at < self.reuse_s:
                 return r
             try:
-                duty = self.metrics.get_metric(METRIC_DUTY_CYCLE)
-                used = self.metrics.get_metric(METRIC_HBM_USAGE)
-                total = self.metrics.get_metric(METRIC_HBM_TOTAL)
-                r = _Round(now, True, None, {d: v for d, v in duty},
-                           {d: int(v) for d, v in used}, {d: int(v) for d, v in total})
+                duty = _in_order(self.metrics.get_metric(METRIC_DUTY_CYCLE))
+                used = _in_order(self.metrics.get_metric(METRIC_HBM_USAGE))
+                total = _in_order(self.metrics.get_metric(METRIC_HBM_TOTAL))
             except MetricsUnavailable as e:
-                r = _Round(now, False, str(e), {}, {}, {})
+                r = _Round(now, False, str(e), [], [], [], [])
+            else:
+                try:  # an older libtpu does not serve it: the rest of the round stands
+                    hbm_util = _in_order(self.metrics.get_metric(METRIC_HBM_BW_UTIL))
+                except MetricsUnavailable:
+                    hbm_util = []
+                r = _Round(now, True, None, duty, used, total, hbm_util)
             self._round = r
             return r
 
@@ -225,16 +279,22 @@ class TpuCollector:
         details = TpuDetails(runtime_metrics_available=r.available)
         rep = ChipReport(index=chip.index, kind="tpu", vendor="google", model=chip.model, uuid=chip.uuid,
                          pci_bus_id=chip.pci_bus_id, sampled_at=self._clock(), tpu=details)
-        if not r.available:
+        slots, devices, duties = self._layout
+        slot = slots.get(chip.index)
+        if not r.available or slot is None:
             return rep
-        cores = self._cores.get(chip.index, 1)
-        devices = range(chip.index * cores, (chip.index + 1) * cores)
-        if chip.index in r.duty:
-            details.duty_cycle_pct = rep.utilization_pct = r.duty[chip.index]
-        if all(d in r.used for d in devices):
-            rep.memory_used_bytes = sum(r.used[d] for d in devices)
-        if all(d in r.total for d in devices):
-            rep.memory_total_bytes = sum(r.total[d] for d in devices)
+        duty = _take(r.duty, duties, slot.duty, slot.duties)
+        if duty:
+            details.duty_cycle_pct = rep.utilization_pct = sum(duty) / len(duty)
+        used = _take(r.used, devices, slot.device, slot.devices)
+        if used:
+            rep.memory_used_bytes = int(sum(used))
+        total = _take(r.total, devices, slot.device, slot.devices)
+        if total:
+            rep.memory_total_bytes = int(sum(total))
+        hbm_util = _take(r.hbm_util, devices, slot.device, slot.devices)
+        if hbm_util:
+            details.hbm_bandwidth_utilization_pct = sum(hbm_util) / len(hbm_util)
         return rep
 
     def driver_version(self) -> str | None:

@@ -2,7 +2,10 @@
 
 :class:`FakeTpuMetrics` answers the same metric names the real service does
 (``tpu.runtime.hbm.memory.usage.bytes`` ...) through the collector's small client interface,
-so :class:`fleet_agent.collectors.tpu.TpuCollector` runs unchanged on top of it.
+so :class:`fleet_agent.collectors.tpu.TpuCollector` runs unchanged on top of it. It answers the
+way libtpu does for chips of several devices: HBM figures and HBM bandwidth per device, devices
+numbered in chip order over the chips present; the duty cycle per chip, or per device on the
+chips whose libtpu reports it so (TPU7x).
 """
 
 from __future__ import annotations
@@ -13,15 +16,19 @@ from collections.abc import Callable, Iterable
 
 from fleet_agent.collectors.tpu import (
     METRIC_DUTY_CYCLE,
+    METRIC_HBM_BW_UTIL,
     METRIC_HBM_TOTAL,
     METRIC_HBM_USAGE,
     MetricsUnavailable,
     TpuDevice,
+    duty_per_device,
 )
 from fleet_agent.sim.models import TpuModel
 from fleet_agent.sim.specs import FaultSpec, Load
 
 _TAU = 2 * math.pi
+# HBM bandwidth in use per unit of duty cycle: a made-up but steady relation for the simulation.
+_HBM_BW_PER_DUTY = 0.6
 
 
 class FakeTpuChip:
@@ -44,6 +51,10 @@ class FakeTpuChip:
     def pci_address(self) -> str:
         return f"0000:00:{4 + self.index:02x}.0"  # how GCE lays TPU chips out on the PCI bus
 
+    @property
+    def duty_per_device(self) -> bool:
+        return duty_per_device(self.model.pci_device_id)
+
 
 class FakeTpuPresence:
     """What /sys/bus/pci/devices shows: chips minus those a ``chip_missing`` fault removed."""
@@ -53,20 +64,24 @@ class FakeTpuPresence:
 
     def scan(self) -> list[TpuDevice]:
         t = self._clock() - self._start
-        return [TpuDevice(c.pci_address, c.model.name, c.model.cores_per_chip)
+        return [TpuDevice(c.pci_address, c.model.name, c.model.cores_per_chip, c.duty_per_device)
                 for c in self._chips if not c.active("chip_missing", t)]
 
 
 class FakeTpuMetrics:
-    """The runtime metrics service of one host, as seen through the client interface."""
+    """The runtime metrics service of one host, as seen through the client interface.
+
+    ``hbm_bandwidth=False`` answers as an older libtpu that does not serve the HBM bandwidth metric.
+    """
 
     def __init__(self, chips: list[FakeTpuChip], clock: Callable[[], float], start: float, *,
                  serving: bool, host_faults: Iterable[FaultSpec] = (),
-                 release: threading.Event | None = None) -> None:
+                 release: threading.Event | None = None, hbm_bandwidth: bool = True) -> None:
         self._chips, self._clock, self._start = chips, clock, start
         self._serving = serving
         self._down = [f for f in host_faults if f.kind == "metrics_unavailable"]
         self._release = release or threading.Event()
+        self._hbm_bandwidth = hbm_bandwidth
 
     def get_metric(self, name: str) -> list[tuple[int, float]]:
         t = self._clock() - self._start
@@ -77,26 +92,36 @@ class FakeTpuMetrics:
                 seconds = f.params.get("seconds")
                 if f.at <= t and (seconds is None or t < f.at + seconds) and not self._release.is_set():
                     self._release.wait(None if seconds is None else f.at + seconds - t)
+        known = (METRIC_HBM_TOTAL, METRIC_HBM_USAGE, METRIC_DUTY_CYCLE)
+        if name not in known and not (name == METRIC_HBM_BW_UTIL and self._hbm_bandwidth):
+            raise MetricsUnavailable(f"metric {name!r} is not served")
         present = [c for c in self._chips if not c.active("chip_missing", t)]
         out: list[tuple[int, float]] = []
+        dev = 0  # the workload's devices are numbered over the chips it sees, in chip order
         for c in present:
-            for core in range(c.model.cores_per_chip):
-                dev = c.index * c.model.cores_per_chip + core
+            cores = c.model.cores_per_chip
+            for core in range(cores):
                 if name == METRIC_HBM_TOTAL:
-                    out.append((dev, float(c.model.hbm_bytes // c.model.cores_per_chip)))
+                    out.append((dev, float(c.model.hbm_bytes // cores)))
                 elif name == METRIC_HBM_USAGE:
                     frac = c.load.memory_used_pct / 100 * (0.97 + 0.03 * math.sin(_TAU * t / 613.0 + c.phase))
-                    out.append((dev, float(int(c.model.hbm_bytes * frac) // c.model.cores_per_chip)))
-                elif name == METRIC_DUTY_CYCLE:
-                    if core == 0:  # duty cycle is per chip
-                        out.append((c.index, round(self._duty(c, t), 2)))
-                else:
-                    raise MetricsUnavailable(f"metric {name!r} is not served")
+                    out.append((dev, float(int(c.model.hbm_bytes * frac) // cores)))
+                elif name == METRIC_HBM_BW_UTIL:
+                    out.append((dev, round(self._duty(c, t, core) * _HBM_BW_PER_DUTY, 2)))
+                elif c.duty_per_device:
+                    out.append((dev, round(self._duty(c, t, core), 2)))
+                elif core == 0:
+                    # One reading per chip. The id libtpu puts on it is not documented (tpu-info
+                    # reads these in order); the chip's first device number is used here, so a
+                    # reader that took it for the chip's number would read the wrong chip.
+                    out.append((dev, round(self._duty(c, t, 0), 2)))
+                dev += 1
         return out
 
-    def _duty(self, c: FakeTpuChip, t: float) -> float:
+    def _duty(self, c: FakeTpuChip, t: float, core: int) -> float:
+        # The TensorCores of one chip run the same program a little out of step.
         ld = c.load
-        w = ld.base_pct + ld.amplitude_pct * math.sin(_TAU * t / ld.period_s + c.phase)
+        w = ld.base_pct + ld.amplitude_pct * math.sin(_TAU * t / ld.period_s + c.phase + 0.9 * core)
         return min(100.0, max(0.0, w))
 
     def close(self) -> None:
