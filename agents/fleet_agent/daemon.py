@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import os
+import resource
 import signal
 import socket
 import sys
@@ -29,9 +31,21 @@ from fleet_agent.health.config import health_config_from_dict
 from fleet_agent.metrics import MetricsRenderer
 from fleet_agent.sampler import AssessFn, DaemonThreadPool, HostSource, Sampler
 from fleet_agent.schema import NodeReport
-from fleet_agent.server import AgentHttp, AgentState, ConnectionLimiter, bound_port, render_json, start_server
+from fleet_agent.server import (
+    BACKLOG,
+    AgentHttp,
+    AgentState,
+    ConnectionLimiter,
+    bound_port,
+    render_json,
+    start_server,
+)
 
 CLOSE_TIMEOUT_S = 3.0
+# Open files kept out of the connection cap: the agent's own (listening socket, event loop,
+# collectors, kernel log, state files) and a turn's worth of accepted connections, which asyncio
+# opens before the limiter can evict anyone for them.
+RESERVED_FDS = 64 + BACKLOG
 
 XidEvents = Literal["thread", "poll", "off"]
 # The collector (as the config's ``collectors:`` names it) that reads each chip kind.
@@ -221,7 +235,31 @@ async def serve_until_stopped(runtimes: Sequence[AgentRuntime], address: str, po
                 rt.server.close()
             if rt.chips is not None:
                 rt.chips.release_hangs()  # let hung calls return: their threads can exit
+        # Open keep-alive connections would outlive the loop (unclosed at exit): end them, and let
+        # the loop turn once so that each is closed.
+        for limiter in {id(rt.http.limiter): rt.http.limiter for rt in runtimes}.values():
+            limiter.abort_all()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
         close_within(runtimes, CLOSE_TIMEOUT_S)
+
+
+def fit_connection_cap(requested: int, *, reserved: int = RESERVED_FDS) -> tuple[int, str | None]:
+    """The connection cap the open-file limit allows for ``requested`` connections, raising the
+    soft limit towards the hard one as far as needed; and a line to print when it is less."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = requested + reserved
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return requested, None
+    cap = max(1, soft - reserved)
+    return cap, (f"fleet-agent: max_connections {requested} does not fit the open-file limit ({soft}, "
+                 f"{reserved} kept for the agent's own files): serving at most {cap} connections "
+                 f"(raise LimitNOFILE for more)")
 
 
 def close_within(runtimes: Sequence[AgentRuntime], timeout_s: float) -> None:
@@ -248,9 +286,12 @@ def shutdown_pools(*pools: cf.Executor) -> None:
 
 def run_agent(cfg: AgentConfig, chips: ChipSource | None = None) -> int:
     """``fleet-agent run``: one agent on this host (or over ``chips``) until stopped."""
+    cap, cap_notice = fit_connection_cap(cfg.max_connections)
+    if cap_notice:
+        print(cap_notice, file=sys.stderr, flush=True)
     call_pool = DaemonThreadPool(32, "collector")
     sample_pool = DaemonThreadPool(1, "sampler")
-    rt = build_agent(cfg, executor=call_pool, chips=chips)
+    rt = build_agent(cfg, executor=call_pool, chips=chips, limiter=ConnectionLimiter(cap))
     if cfg.hostname and chips is not None:
         rt.name = rt.sampler.hostname = cfg.hostname
     first_round = asyncio.Event()

@@ -2,9 +2,18 @@
 
 Requests never touch a collector: ``/v1/node`` and ``/metrics`` return the bytes rendered after the
 latest sample. The server is written to survive hostile or broken clients: a header block over
-8 KiB gets 431, a malformed request 400, a request that does not arrive whole within
-``request_timeout_s`` (or an idle keep-alive connection) is closed, and connections beyond a cap are
-closed at once.
+8 KiB gets 431, a malformed request 400, and a request that does not arrive whole within
+``request_timeout_s`` (or an idle keep-alive connection) is closed.
+
+Idle clients cannot silence the agent. Connections are capped (:class:`ConnectionLimiter`; the
+daemon fits the cap to the open-file limit), but a full table does not turn newcomers away: a new
+connection takes the slot of the admitted connection that has waited longest without completing a
+request (since it connected, or since its last answer), and only connections that presented the
+token, or whose answer is still being written, are kept until nothing else is left. A few hundred
+stalled partial requests therefore evict one another, while a scraper's new connection, or its
+authenticated keep-alive one, is served. A newcomer is refused only when every slot holds an
+answer in flight. Eviction is chosen over a shorter first-request deadline because it costs nothing
+until the table is full, and a deadline short enough to matter would cut off slow honest clients.
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ import functools
 import hmac
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Protocol
 
 import h11
 
@@ -27,6 +38,9 @@ from fleet_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fleet_agent.schema import NodeReport
 
 MAX_HEADER_BYTES = 8192
+# Pending connections the kernel queues per listening socket; asyncio accepts up to as many in one
+# turn, before it can evict anyone: the open-file budget keeps this many spare.
+BACKLOG = 128
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -67,21 +81,92 @@ class AgentState:
         return since <= ALIVE_INTERVALS * self.interval_s, since
 
 
+class Admitted(Protocol):
+    """What the limiter needs of a connection: where it is filed, since when, and how to end it."""
+
+    slot_group: OrderedDict[Admitted, None] | None
+    since: float
+
+    def evict(self) -> None: ...
+
+
 class ConnectionLimiter:
-    """A cap on concurrent connections; sim-fleet shares one across all its servers."""
+    """A cap on concurrent connections that idle clients cannot fill; sim-fleet shares one across
+    all its servers.
+
+    Each admitted connection is filed in one group: *unproven* (no complete request yet, or served
+    without the token), in the order in which they last made progress; *trusted* (presented the
+    token), least recently served first; *busy* (an answer waits to be written). At the cap, a new
+    connection evicts the unproven connection that has waited longest, else the least recently
+    served trusted one; when every slot is busy it is refused.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self.evicted = 0  # how many connections lost their slot to a newcomer
+        self._fresh: OrderedDict[Admitted, None] = OrderedDict()  # no complete request yet
+        self._idle: OrderedDict[Admitted, None] = OrderedDict()  # served, never with the token
+        self._trusted: OrderedDict[Admitted, None] = OrderedDict()
+        self._busy: OrderedDict[Admitted, None] = OrderedDict()
 
-    def acquire(self) -> bool:
-        if self.active >= self.limit:
+    def acquire(self, conn: Admitted, now: float) -> bool:
+        """Admit ``conn`` (evicting another when at the cap); False: refuse it."""
+        if self.active >= self.limit and not self._evict_one():
             return False
         self.active += 1
+        conn.since = now
+        self._file(conn, self._fresh)
         return True
 
-    def release(self) -> None:
+    def served(self, conn: Admitted, now: float, *, trusted: bool) -> None:
+        """``conn`` completed a request (or finished writing an answer) at ``now``."""
+        conn.since = now
+        self._file(conn, self._trusted if trusted else self._idle)
+
+    def hold(self, conn: Admitted) -> None:
+        """``conn`` has an answer to write: not evicted while it does."""
+        self._file(conn, self._busy)
+
+    def release(self, conn: Admitted) -> None:
+        """``conn`` is gone: its slot is free."""
+        if conn.slot_group is not None:
+            del conn.slot_group[conn]
+            conn.slot_group = None
         self.active -= 1
+
+    def abort_all(self) -> None:
+        """End every admitted connection (the process is stopping)."""
+        for group in (self._fresh, self._idle, self._trusted, self._busy):
+            while group:
+                self._take(group).evict()
+
+    def _file(self, conn: Admitted, group: OrderedDict[Admitted, None]) -> None:
+        if conn.slot_group is not None:
+            del conn.slot_group[conn]
+        group[conn] = None
+        conn.slot_group = group
+
+    def _take(self, group: OrderedDict[Admitted, None]) -> Admitted:
+        conn, _ = group.popitem(last=False)
+        conn.slot_group = None
+        self.active -= 1
+        return conn
+
+    def _evict_one(self) -> bool:
+        fresh = next(iter(self._fresh), None)
+        idle = next(iter(self._idle), None)
+        if fresh is not None and (idle is None or fresh.since <= idle.since):
+            victim = self._take(self._fresh)
+        elif idle is not None:
+            victim = self._take(self._idle)
+        elif self._trusted:
+            victim = self._take(self._trusted)
+        else:
+            return False
+        self.evicted += 1
+        victim.evict()
+        return True
 
 
 @dataclass
@@ -136,6 +221,11 @@ class AgentHttp:
             return Response(200, metrics, METRICS_CONTENT_TYPE)
         return Response(404, b"not found\n", _TEXT)
 
+    def proves_client(self, request: h11.Request) -> bool:
+        """Whether ``request`` presented the token (never, when no token is configured: then no
+        client has anything to prove itself with)."""
+        return self._token is not None and self._authorized(list(request.headers))
+
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         assert self._token is not None
         for name, value in headers:
@@ -189,7 +279,7 @@ class _Connection(asyncio.Protocol):
     of the connection (or of the previous answer: an idle keep-alive connection ends the same
     way), and an answer the client does not read must leave the write buffer within as long.
     When it fires the connection is aborted. The limiter slot taken on accept is given back when
-    the connection is gone.
+    the connection is gone, or handed to a newcomer when the limiter evicts this one.
     """
 
     def __init__(self, http: AgentHttp, loop: asyncio.AbstractEventLoop) -> None:
@@ -198,7 +288,10 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.request: h11.Request | None = None
-        self.limited = False
+        self.limited = False  # holds a limiter slot
+        self.trusted = False  # presented the token
+        self.slot_group: OrderedDict[Admitted, None] | None = None
+        self.since = 0.0
         self.closing = False
         self.write_paused = False
         self.timer: asyncio.TimerHandle | None = None
@@ -208,7 +301,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if not self.http.limiter.acquire():
+        if not self.http.limiter.acquire(self, self.loop.time()):
             self.closing = True
             transport.abort()
             return
@@ -230,9 +323,13 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.limited:
+            self.http.limiter.hold(self)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.limited and not self.closing:
+            self.http.limiter.served(self, self.loop.time(), trusted=self.trusted)
         if not self.closing:
             self._arm()  # the answer went out: the next request has the full time again
             self._process()
@@ -244,7 +341,17 @@ class _Connection(asyncio.Protocol):
             self.timer = None
         if self.limited:
             self.limited = False
-            self.http.limiter.release()
+            self.http.limiter.release(self)
+
+    def evict(self) -> None:
+        """The limiter gave this connection's slot to a newcomer (or the agent is stopping)."""
+        self.limited = False
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
 
     # --- HTTP ----------------------------------------------------------------------------------
 
@@ -277,10 +384,16 @@ class _Connection(asyncio.Protocol):
     def _answer(self, request: h11.Request) -> None:
         assert self.transport is not None
         self.request = None
-        self.transport.write(self.http.answer(self.conn, request))
+        data = self.http.answer(self.conn, request)
         if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is not h11.DONE:
+            self.transport.write(data)
             self._close()
             return
+        # Filed as served before the write: a write that fills the buffer files it as busy.
+        self.trusted = self.trusted or self.http.proves_client(request)
+        if self.limited:
+            self.http.limiter.served(self, self.loop.time(), trusted=self.trusted)
+        self.transport.write(data)
         self.conn.start_next_cycle()
         self._arm()  # for the next request, or for the client to read this answer (write_paused)
 
@@ -298,6 +411,8 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         self.transport.close()
         if self.transport.get_write_buffer_size():
+            if self.limited:
+                self.http.limiter.hold(self)  # its last answer is still going out
             self._arm()
         elif self.timer is not None:
             self.timer.cancel()
@@ -348,8 +463,8 @@ def _fields(obj: object) -> object:
 async def start_server(http: AgentHttp, host: str, port: int) -> asyncio.Server:
     """Listen on ``host:port`` (port 0: any free port) and serve ``http``."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _Connection(http, loop), host=host, port=port, backlog=128,
-                                    reuse_address=True)
+    return await loop.create_server(lambda: _Connection(http, loop), host=host, port=port,
+                                    backlog=BACKLOG, reuse_address=True)
 
 
 def bound_port(server: asyncio.Server) -> int:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import http.client
+import os
+import resource
+import signal
+import socket
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
+import yaml
+from conftest import FLEET_AGENT, AgentProcess, free_port_block, wait_until
 from fleet_agent.schema import Status, parse_node_report
 from prometheus_client.parser import text_string_to_metric_families
-
-if TYPE_CHECKING:
-    from conftest import AgentProcess
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +131,144 @@ def test_drained_file(start_agent: Callable[..., AgentProcess], scenario: str, t
 def test_sigterm_stops_cleanly(start_agent: Callable[..., AgentProcess], scenario: str) -> None:
     agent = start_agent(_sim(scenario))
     assert agent.stop() == 0
+
+
+# --- idle and abusive clients (issue 17) ------------------------------------------------------------
+
+# This file's agents listen in their own range: other suites run beside it on the machine.
+PORTS = (39000, 39999)
+STALLED = b"GET /v1/node HTTP/1.1\r\nHost: x\r\nUser-Agent: sl"  # a request never finished
+TOKEN = "t0ken-abc"
+
+
+def _port() -> int:
+    return free_port_block(1, *PORTS)
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> str:
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    held: list[socket.socket] = []
+    yield held
+    for s in held:
+        s.close()
+
+
+def _stall(port: int, n: int, held: list[socket.socket]) -> None:
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(STALLED)
+        held.append(s)
+
+
+def _timed_get(agent: AgentProcess, path: str, token: str | None = None) -> tuple[int, float]:
+    t0 = time.monotonic()
+    status = agent.get(path, token=token, timeout=3).status
+    return status, time.monotonic() - t0
+
+
+def test_hundreds_of_stalled_requests_do_not_silence_the_agent(
+        start_agent: Callable[..., AgentProcess], scenario: str, token_file: str,
+        sockets: list[socket.socket]) -> None:
+    # The stalled requests would only time out after 60 s: the test is over long before.
+    agent = start_agent(_sim(scenario, token_file=token_file, max_connections=64, request_timeout_s=60,
+                             port=_port()), token=TOKEN)
+    scraper = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=3)  # keep-alive, with the token
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    scraper.request("GET", "/metrics", headers=auth)
+    assert scraper.getresponse().read()
+    _stall(agent.port, 300, sockets)
+    for path, token in (("/healthz", None), ("/v1/node", TOKEN), ("/metrics", TOKEN)):
+        status, took = _timed_get(agent, path, token)
+        assert status == 200 and took < 1.5, (path, status, took)
+    scraper.request("GET", "/v1/node", headers=auth)
+    reply = scraper.getresponse()
+    assert reply.status == 200 and reply.read().startswith(b"{")
+    scraper.close()
+    assert "Traceback" not in agent.stderr()
+
+
+def test_sigterm_with_open_keep_alive_scrapes_is_clean(
+        start_agent: Callable[..., AgentProcess], scenario: str, sockets: list[socket.socket],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Warnings about sockets left open at exit are shown (Python hides them by default).
+    monkeypatch.setenv("PYTHONWARNINGS", "always::ResourceWarning")
+    agent = start_agent(_sim(scenario, port=_port()))
+    for i in range(12):  # scrapers between two scrapes, on keep-alive connections
+        c = socket.create_connection(("127.0.0.1", agent.port), timeout=5)
+        c.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"/metrics" if i % 2 else b"/v1/node"))
+        _read_head(c)
+        sockets.append(c)
+    for _ in range(4):  # scrapers that asked for many answers and read none of them
+        c = socket.create_connection(("127.0.0.1", agent.port), timeout=5)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
+        sockets.append(c)
+    _stall(agent.port, 4, sockets)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    agent.proc.send_signal(signal.SIGTERM)
+    rc = agent.proc.wait(10)
+    took = time.monotonic() - t0
+    err = agent.stderr()
+    assert rc == 0 and took < 5, (rc, took, err)
+    assert "Traceback" not in err and "Warning" not in err and "Exception" not in err, err
+    for c in sockets[:12]:  # each connection was closed by the agent, not left to the kernel
+        assert c.recv(1) == b""
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        assert data, buf
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head
+
+
+def _low_nofile(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+def test_the_connection_cap_fits_the_open_file_limit(scenario: str, tmp_path: Path,
+                                                     sockets: list[socket.socket]) -> None:
+    port = _port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(_sim(scenario, port=port, listen_address="127.0.0.1", max_connections=5000,
+                                       request_timeout_s=60)))
+    err_path = tmp_path / "agent.stderr"
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen([str(FLEET_AGENT), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                stderr=err, stdin=subprocess.DEVNULL, preexec_fn=_low_nofile(400),
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=tmp_path)
+    agent = AgentProcess(proc, port, tmp_path, tmp_path / "none", err_path)
+    try:
+        agent.wait_for(lambda: agent.get("/v1/node", timeout=1).status == 200, 30, "the agent")
+        notices = [line for line in agent.stderr().splitlines() if "max_connections" in line]
+        assert notices == ["fleet-agent: max_connections 5000 does not fit the open-file limit (400, 192 "
+                           "kept for the agent's own files): serving at most 208 connections "
+                           "(raise LimitNOFILE for more)"]
+        # More stalled connections than the process has files for: the cap keeps accept() working.
+        _stall(port, 450, sockets)
+        for path in ("/healthz", "/v1/node"):
+            status, took = _timed_get(agent, path)
+            assert status == 200 and took < 1.5, (path, status, took)
+        wait_until(lambda: agent.get("/healthz", timeout=1).status == 200, 5, "healthz")
+        assert "out of system resource" not in agent.stderr() and "Traceback" not in agent.stderr()
+    finally:
+        assert agent.stop() == 0

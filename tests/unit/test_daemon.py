@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures as cf
+import resource
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import fleet_agent
 import pytest
 from fleet_agent.collectors.base import ChipIdentity, CollectorError
 from fleet_agent.config import AgentConfig
-from fleet_agent.daemon import ChipSource, XidEvents, build_agent, chip_collectors
+from fleet_agent.daemon import (
+    RESERVED_FDS,
+    ChipSource,
+    XidEvents,
+    build_agent,
+    chip_collectors,
+    fit_connection_cap,
+)
 from fleet_agent.schema import ChipReport, HostMetrics, Status
 
 PACKAGE = Path(fleet_agent.__file__).parent
@@ -131,3 +139,69 @@ def test_the_config_can_leave_a_chip_source_out(pool: cf.ThreadPoolExecutor) -> 
     chosen = chip_collectors(AgentConfig(collectors=("nvml",)), source, xid_events="off")
     assert [c.name for c in chosen] == ["nvml"]
     assert source.xid_events == ["off"]
+
+
+# --- the connection cap and the open-file limit -----------------------------------------------------
+
+
+class FakeNofile:
+    """RLIMIT_NOFILE as ``resource`` reports it; ``fixed``: raising it fails (as without privilege)."""
+
+    def __init__(self, soft: int, hard: int, *, fixed: bool = False) -> None:
+        self.soft, self.hard, self.fixed = soft, hard, fixed
+        self.calls: list[tuple[int, int]] = []
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        assert which == resource.RLIMIT_NOFILE
+        return self.soft, self.hard
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        self.calls.append(limits)
+        if self.fixed:
+            raise ValueError("not allowed")
+        self.soft, self.hard = limits
+
+
+@pytest.fixture
+def nofile(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeNofile]:
+    def install(soft: int, hard: int, *, fixed: bool = False) -> FakeNofile:
+        fake = FakeNofile(soft, hard, fixed=fixed)
+        monkeypatch.setattr(resource, "getrlimit", fake.getrlimit)
+        monkeypatch.setattr(resource, "setrlimit", fake.setrlimit)
+        return fake
+
+    return install
+
+
+def test_a_cap_within_the_limit_is_kept_and_the_limit_left_alone(nofile: Callable[..., FakeNofile]) -> None:
+    fake = nofile(1024, 4096)
+    assert fit_connection_cap(128) == (128, None)
+    assert fake.calls == []
+
+
+def test_the_soft_limit_is_raised_as_far_as_the_cap_needs(nofile: Callable[..., FakeNofile]) -> None:
+    fake = nofile(1024, 524288)
+    assert fit_connection_cap(2000) == (2000, None)
+    assert fake.soft == 2000 + RESERVED_FDS and fake.hard == 524288
+
+
+def test_a_cap_past_the_hard_limit_is_cut_and_said_once(nofile: Callable[..., FakeNofile]) -> None:
+    fake = nofile(1024, 1500)
+    cap, notice = fit_connection_cap(5000)
+    assert cap == 1500 - RESERVED_FDS and fake.soft == 1500
+    assert notice == (f"fleet-agent: max_connections 5000 does not fit the open-file limit (1500, "
+                      f"{RESERVED_FDS} kept for the agent's own files): serving at most {cap} connections "
+                      f"(raise LimitNOFILE for more)")
+
+
+def test_a_limit_that_cannot_be_raised_is_what_counts(nofile: Callable[..., FakeNofile]) -> None:
+    nofile(300, 4096, fixed=True)
+    cap, notice = fit_connection_cap(1000)
+    assert cap == 300 - RESERVED_FDS and notice is not None and f"at most {cap} " in notice
+    nofile(100, 100)
+    assert fit_connection_cap(1000)[0] == 1  # never zero: the agent still answers one at a time
+
+
+def test_an_unlimited_limit_keeps_the_cap(nofile: Callable[..., FakeNofile]) -> None:
+    fake = nofile(resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    assert fit_connection_cap(100_000) == (100_000, None) and fake.calls == []

@@ -6,12 +6,15 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 
 import pytest
 from fleet_agent.schema import ChipReport, GpuDetails, HostMetrics, NodeReport, Status
 from fleet_agent.server import (
+    Admitted,
     AgentHttp,
     AgentState,
     ConnectionLimiter,
@@ -42,7 +45,7 @@ def test_routes() -> None:
     assert node.status == 200 and node.content_type == "application/json"
     assert node.body.startswith(b'{"schema"')
     metrics = http.route(b"GET", b"/metrics", [])
-    assert metrics.status == 200 and metrics.content_type.startswith("text/plain; version=0.0.4")
+    assert metrics.status == 200 and (metrics.content_type or "").startswith("text/plain; version=0.0.4")
     assert http.route(b"GET", b"/nope", []).status == 404
     post = http.route(b"POST", b"/v1/node", [])
     assert post.status == 405 and ("Allow", "GET, HEAD") in post.headers
@@ -115,6 +118,71 @@ def test_render_json_matches_to_dict() -> None:
     assert doc == report.to_dict() and doc["chips"][0]["power_w"] is None
 
 
+# --- the connection limiter ------------------------------------------------------------------------
+
+
+class FakeConn:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.slot_group: OrderedDict[Admitted, None] | None = None
+        self.since = 0.0
+        self.evicted = False
+
+    def evict(self) -> None:
+        self.evicted = True
+
+
+def _admitted(limiter: ConnectionLimiter, *names: str, at: float = 0.0) -> list[FakeConn]:
+    conns = [FakeConn(n) for n in names]
+    for i, c in enumerate(conns):
+        assert limiter.acquire(c, at + i)
+    return conns
+
+
+def test_the_limiter_evicts_the_unproven_connection_that_waited_longest() -> None:
+    limiter = ConnectionLimiter(3)
+    a, b, c = _admitted(limiter, "a", "b", "c")
+    limiter.served(a, 10.0, trusted=False)  # a was served at 10: b (since 1) has waited longest
+    d = FakeConn("d")
+    assert limiter.acquire(d, 11.0)
+    assert (a.evicted, b.evicted, c.evicted) == (False, True, False)
+    assert limiter.active == 3 and limiter.evicted == 1
+    e = FakeConn("e")
+    assert limiter.acquire(e, 12.0)  # c (since 2) before a (served at 10)
+    assert c.evicted and not a.evicted
+    assert limiter.active == 3 and limiter.evicted == 2
+
+
+def test_trusted_connections_go_last_and_busy_ones_never() -> None:
+    limiter = ConnectionLimiter(3)
+    a, b, c = _admitted(limiter, "a", "b", "c")
+    limiter.served(a, 1.0, trusted=True)
+    limiter.hold(b)  # writing an answer
+    limiter.served(c, 50.0, trusted=True)
+    d = FakeConn("d")
+    assert limiter.acquire(d, 60.0)  # no unproven connection: the least recently served trusted one
+    assert a.evicted and not b.evicted and not c.evicted
+    limiter.hold(c)
+    limiter.hold(d)
+    assert not limiter.acquire(FakeConn("e"), 70.0)  # every slot is busy: refused
+    assert limiter.active == 3
+    limiter.served(d, 80.0, trusted=False)
+    f = FakeConn("f")
+    assert limiter.acquire(f, 90.0) and d.evicted
+    for conn in (b, c, f):
+        limiter.release(conn)
+    assert limiter.active == 0
+
+
+def test_abort_all_ends_every_admitted_connection() -> None:
+    limiter = ConnectionLimiter(8)
+    conns = _admitted(limiter, "a", "b", "c", "d")
+    limiter.served(conns[1], 5.0, trusted=True)
+    limiter.hold(conns[2])
+    limiter.abort_all()
+    assert all(c.evicted for c in conns) and limiter.active == 0
+
+
 # --- over a socket ---------------------------------------------------------------------------------
 
 
@@ -158,7 +226,7 @@ def served() -> Iterator[Served]:
 
 
 def _read_all(sock: socket.socket) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = sock.recv(65536)
         if not data:
@@ -226,30 +294,96 @@ def test_request_with_body_is_answered_then_closed(served: Served) -> None:
     assert reply.startswith(b"HTTP/1.1 200") and b"connection: close" in reply.lower()
 
 
-def test_connections_over_the_cap_are_closed(served: Served) -> None:
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed (or reset) ``sock`` without sending anything more."""
+    try:
+        return _read_all(sock) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_newcomer_at_the_cap_takes_the_slot_of_the_longest_idle_connection(served: Served) -> None:
     held = [served.connect() for _ in range(4)]
     try:
-        # Let the server accept the four before the fifth arrives.
-        for h in held:
+        for h in held:  # served, then idle on keep-alive; the first has waited longest
             h.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             _read_response(h)
         with served.connect() as extra:
             extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            try:
-                assert _read_all(extra) == b""
-            except ConnectionResetError:
-                pass
+            assert _read_response(extra)[0].startswith(b"HTTP/1.1 200")
+        assert _closed_by_server(held[0])
+        held[1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the others keep theirs
+        assert _read_response(held[1])[0].startswith(b"HTTP/1.1 200")
+        assert served.http.limiter.evicted == 1
     finally:
         for h in held:
             h.close()
-    # Capacity comes back once they are gone.
-    for _ in range(50):
-        if served.http.limiter.active == 0:
-            break
-        threading.Event().wait(0.02)
-    with served.connect() as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _read_response(s)[0].startswith(b"HTTP/1.1 200")
+    assert _wait_for(lambda: served.http.limiter.active == 0)
+
+
+STALLED = b"GET /v1/node HTTP/1.1\r\nHost: x\r\nUser-Agent: sl"  # never finished
+
+
+def test_hundreds_of_stalled_partial_requests_do_not_silence_the_agent() -> None:
+    # The connections never time out on their own in this test (30 s): only the limiter can help.
+    s = Served(AgentHttp(_state(), token="secret", request_timeout_s=30, limiter=ConnectionLimiter(32)))
+    scraper = s.connect()  # an authenticated keep-alive scraper, there before the flood
+    stalled: list[socket.socket] = []
+    try:
+        scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n\r\n")
+        assert _read_response(scraper)[0].startswith(b"HTTP/1.1 200")
+        for _ in range(300):
+            c = s.connect()
+            c.sendall(STALLED)
+            stalled.append(c)
+        assert _wait_for(lambda: s.http.limiter.active == 32)
+        for request in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        b"GET /v1/node HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n"
+                        b"Connection: close\r\n\r\n"):
+            t0 = time.monotonic()
+            with s.connect() as c:
+                c.settimeout(2)
+                c.sendall(request)
+                reply = _read_all(c)
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:60]
+            assert time.monotonic() - t0 < 1.5
+        # The authenticated keep-alive connection kept its slot through the flood.
+        scraper.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n\r\n")
+        head, body = _read_response(scraper)
+        assert head.startswith(b"HTTP/1.1 200") and body.startswith(b'{"schema"')
+        assert s.http.limiter.active <= 32
+    finally:
+        scraper.close()
+        for c in stalled:
+            c.close()
+        s.stop()
+
+
+def test_the_same_flood_served_without_a_token_still_answers() -> None:
+    # No token: nothing can prove itself; the stalled connections still give way to newcomers.
+    s = Served(AgentHttp(_state(), request_timeout_s=30, limiter=ConnectionLimiter(16)))
+    stalled = [s.connect() for _ in range(200)]
+    try:
+        for c in stalled:
+            c.sendall(STALLED)
+        assert _wait_for(lambda: s.http.limiter.active == 16)
+        with s.connect() as c:
+            c.settimeout(2)
+            c.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_all(c).startswith(b"HTTP/1.1 200")
+    finally:
+        for c in stalled:
+            c.close()
+        s.stop()
 
 
 def test_401_to_a_request_with_a_body_leaves_later_401s_alone() -> None:
@@ -294,34 +428,29 @@ def test_the_request_must_arrive_whole_within_the_timeout_of_the_connection(serv
     assert reply == b""
 
 
-def test_an_admitted_connection_keeps_its_slot_until_it_is_gone() -> None:
-    # Cap 1: the admitted connection's slot must not be freed while it is served and taken by a
-    # connection accepted in between (which the cap should have turned away).
-    s = Served(AgentHttp(_state(), request_timeout_s=2, limiter=ConnectionLimiter(1)))
+def test_an_evicted_connection_hands_its_slot_over_exactly_once() -> None:
+    # Cap 1: the newcomer takes the slot of the connection waiting for its first request; the
+    # evicted one going away later must not free the slot a second time.
+    s = Served(AgentHttp(_state(), request_timeout_s=5, limiter=ConnectionLimiter(1)))
     try:
         first = s.connect()
-        for _ in range(100):
-            if s.http.limiter.active == 1:
-                break
-            threading.Event().wait(0.01)
-        # Keep the loop busy so that the second connection's accept and the first one's request
-        # are handled in consecutive turns, the hand-over's slot release between them.
-        s.loop.call_soon_threadsafe(threading.Event().wait, 0.3)
-        threading.Event().wait(0.05)
-        second = socket.create_connection(("127.0.0.1", s.port), timeout=5)
-        threading.Event().wait(0.05)
-        s.loop.call_soon_threadsafe(threading.Event().wait, 0.3)
-        threading.Event().wait(0.35)
-        first.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive
-        head, body = _read_response(first)
-        assert head.startswith(b"HTTP/1.1 200") and body == b"ok\n"
-        try:
-            second.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert _read_all(second) == b""  # turned away by the cap
-        except (ConnectionResetError, BrokenPipeError):
-            pass
+        assert _wait_for(lambda: s.http.limiter.active == 1)
+        second = s.connect()
+        assert _wait_for(lambda: s.http.limiter.evicted == 1)
+        assert _closed_by_server(first)
         first.close()
+        third = s.connect()  # takes the second's slot in turn
+        assert _wait_for(lambda: s.http.limiter.evicted == 2)
+        assert s.http.limiter.active == 1
+        third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _read_response(third)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"ok\n"
+        assert _closed_by_server(second)
         second.close()
+        third.close()
+        assert _wait_for(lambda: s.http.limiter.active == 0)
+        threading.Event().wait(0.1)
+        assert s.http.limiter.active == 0
     finally:
         s.stop()
 
