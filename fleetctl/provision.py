@@ -511,7 +511,9 @@ class _Heartbeat(threading.Thread):
 
 
 def _warn(line: str) -> None:
-    print(f"fleetctl: warning: {line}", file=sys.stderr, flush=True)
+    from fleetctl.views.text import visible  # exception texts can carry a host's or a file's words
+
+    print(f"fleetctl: warning: {visible(line)}", file=sys.stderr, flush=True)
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:

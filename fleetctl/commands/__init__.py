@@ -4,7 +4,8 @@ A command function parses its options, calls the core and hands the result to a 
 (``fleetctl.views``); it returns its exit code (``None`` for 0). Each module's ``register(app)``
 adds its functions with :func:`add`, which runs them through :func:`run_command`: the one place
 where a :class:`~fleetctl.errors.FleetctlError` becomes ``fleetctl <command>: <message>`` on
-stderr and its exit code. Typer's own usage errors keep Typer's behaviour.
+stderr (through :func:`fleetctl.views.text.echo`: control characters in it shown escaped) and its
+exit code. Typer's own usage errors keep Typer's behaviour.
 
 Only Typer and fleetctl.errors are imported at module level: the core, rich and Ansible are
 imported inside the command functions, so that ``fleetctl --help`` starts fast.
@@ -31,7 +32,9 @@ def run_command(name: str, fn: Callable[P, int | None]) -> Callable[P, None]:
         try:
             code = fn(*args, **kwargs)
         except FleetctlError as exc:
-            typer.echo(f"fleetctl {name}: {exc.one_line()}", err=True)
+            from fleetctl.views.text import echo  # a message may quote a host name, a reason, a reply
+
+            echo(f"fleetctl {name}: {exc.one_line()}", err=True)
             raise typer.Exit(exc.exit_code) from None
         if code:
             raise typer.Exit(code)

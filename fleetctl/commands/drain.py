@@ -24,8 +24,11 @@ def register(app: typer.Typer) -> None:
 
 
 def echo_err(line: str) -> None:
-    """Progress lines of the core (plans, hosts as they finish) go to stderr."""
-    typer.echo(line, err=True)
+    """Progress lines of the core (plans, hosts as they finish; host names and reasons in them) go to
+    stderr, made safe to print."""
+    from fleetctl.views.text import echo
+
+    echo(line, err=True)
 
 
 def show_outcomes(outcomes: Sequence[Outcome], as_json: bool, extra: dict[str, Any] | None = None) -> int:

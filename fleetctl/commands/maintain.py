@@ -64,6 +64,6 @@ def maintain(
         typer.echo("dry run: nothing changed", err=True)
         return 0
     if result.stopped:
-        typer.echo(f"fleetctl maintain: {result.stopped}", err=True)
+        echo_err(f"fleetctl maintain: {result.stopped}")
     code = show_outcomes(result.outcomes, as_json, {"run_id": result.run_id, "stopped": result.stopped})
     return code if result.stopped is None else 1

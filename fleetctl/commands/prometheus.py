@@ -41,7 +41,9 @@ def targets(
         write_atomically(output, json.dumps(doc, indent=2) + "\n")
     except OSError as exc:
         raise UsageError(f"{output}: {exc.strerror or exc}") from None
-    typer.echo(f"{len(hosts)} targets -> {output}", err=True)
+    from fleetctl.views.text import echo
+
+    echo(f"{len(hosts)} targets -> {output}", err=True)
 
 
 def write_atomically(path: str, text: str) -> None:

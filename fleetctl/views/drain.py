@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import typer
 from rich.table import Table
+from rich.text import Text
 
 from fleetctl.drain import HostStatus, Outcome
 from fleetctl.state.hosts import AuditEntry
 from fleetctl.views.console import stdout_console
+from fleetctl.views.text import cell, echo, ident
 
 
 def when(ts: float | None) -> str:
@@ -29,7 +30,8 @@ def print_outcomes(outcomes: Sequence[Outcome]) -> None:
     for col in ("HOST", "RESULT", "STATE", "MESSAGE"):
         table.add_column(col)
     for o in outcomes:
-        table.add_row(o.host, "[green]ok[/]" if o.ok else "[red]FAILED[/]", o.state, o.message)
+        result = Text("ok", style="green") if o.ok else Text("FAILED", style="red")
+        table.add_row(ident(o.host), result, ident(o.state), cell(o.message))
     stdout_console().print(table)
 
 
@@ -41,9 +43,9 @@ def print_status(rows: Sequence[HostStatus], audit: Sequence[AuditEntry]) -> Non
     for r in rows:
         reason = r.reason or r.scheduler_reason or ""
         work = ", ".join(r.workloads[:3]) + (f" +{len(r.workloads) - 3}" if len(r.workloads) > 3 else "")
-        table.add_row(r.host, r.scheduler, r.scheduler_state, r.state, reason, r.actor or "", when(r.since),
-                      work, r.note or "")
+        table.add_row(ident(r.host), ident(r.scheduler), ident(r.scheduler_state), ident(r.state),
+                      cell(reason), ident(r.actor), when(r.since), cell(work), cell(r.note))
     stdout_console().print(table)
     for e in audit:
-        typer.echo(f"{when(e.at)} {e.host} {e.from_state} -> {e.to_state} by {e.actor}"
-                   f"{': ' + e.reason if e.reason else ''}{' (' + e.note + ')' if e.note else ''}")
+        echo(f"{when(e.at)} {e.host} {e.from_state} -> {e.to_state} by {e.actor}"
+             f"{': ' + e.reason if e.reason else ''}{' (' + e.note + ')' if e.note else ''}")

@@ -27,6 +27,7 @@ from fleetctl.report import (
     summarize,
 )
 from fleetctl.views.console import stdout_console
+from fleetctl.views.text import CELL_LIMIT, cell, ident, outside
 
 STATUS_STYLE = {
     "healthy": "green",
@@ -39,6 +40,7 @@ STATUS_STYLE = {
 _GIB = 1024**3
 MAX_PROBLEMS_SHOWN = 3
 MODEL_WIDTH = 16
+DETAIL_LIMIT = 2 * CELL_LIMIT  # a problem's message on its own line below the chip table
 
 
 def status_text(status: str) -> Text:
@@ -94,13 +96,14 @@ def problems_short(problems: list[ProblemRow], limit: int = MAX_PROBLEMS_SHOWN) 
     return shown + (f" +{len(labels) - limit}" if len(labels) > limit else "")
 
 
-def host_problems(h: HostRow) -> str:
+def host_problems(h: HostRow) -> Text:
+    """The PROBLEMS cell: why there is no report, or the problems' short labels (outside text)."""
     if h.reason_kind is not None:
-        return f"{h.reason_kind}: {h.reason}" if h.reason else h.reason_kind
+        return cell(f"{h.reason_kind}: {h.reason}" if h.reason else h.reason_kind)
     text = problems_short(h.problems)
     if h.drained:
         text = "drained" + (f", {text}" if text else "")
-    return text
+    return cell(text)
 
 
 def summary_line(report: FleetReport) -> Text:
@@ -127,9 +130,9 @@ def summary_line(report: FleetReport) -> Text:
     return text
 
 
-def hosts_table(hosts: Iterable[HostRow], *, title: str | None = None) -> Table:
+def hosts_table(hosts: Iterable[HostRow], *, title: Text | None = None) -> Table:
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    table.add_column("HOST", no_wrap=True)
+    table.add_column("HOST", overflow="fold")  # a name too long for the screen folds: its row only
     table.add_column("STATUS", no_wrap=True)
     table.add_column("CHIPS", justify="right", no_wrap=True)
     table.add_column("MAX TEMP", justify="right", no_wrap=True)
@@ -140,17 +143,18 @@ def hosts_table(hosts: Iterable[HostRow], *, title: str | None = None) -> Table:
     for h in hosts:
         chips = f"{h.chips_ok}/{h.chips_total}" if h.reachable else "-"
         table.add_row(
-            h.name, status_text(h.status.value), chips, fmt_temp(h.max_temperature_c),
+            ident(h.name), status_text(h.status.value), chips, fmt_temp(h.max_temperature_c),
             fmt_pct(h.mean_utilization_pct), fmt_memory(h.memory_used_bytes, h.memory_total_bytes),
             host_problems(h), fmt_age(h.age_s),
         )
     return table
 
 
-def chips_table(hosts: Iterable[HostRow], *, unhealthy_only: bool = False, title: str | None = None) -> Table:
+def chips_table(hosts: Iterable[HostRow], *, unhealthy_only: bool = False,
+                title: Text | None = None) -> Table:
     """One row per chip; a host without a report (or with node-level problems) gets a ``-`` row."""
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    table.add_column("HOST", no_wrap=True)
+    table.add_column("HOST", overflow="fold")  # a name too long for the screen folds: its row only
     table.add_column("CHIP", justify="right", no_wrap=True)
     table.add_column("KIND", no_wrap=True)
     table.add_column("MODEL", no_wrap=True, overflow="ellipsis", max_width=MODEL_WIDTH)
@@ -160,21 +164,22 @@ def chips_table(hosts: Iterable[HostRow], *, unhealthy_only: bool = False, title
     table.add_column("PROBLEMS", overflow="fold", min_width=12)
     for h in hosts:
         if not h.reachable:
-            table.add_row(h.name, "-", "-", "-", "-", "-", "-", "-", status_text(h.status.value),
+            table.add_row(ident(h.name), "-", "-", "-", "-", "-", "-", "-", status_text(h.status.value),
                           host_problems(h))
             continue
         node_problems = [p for p in h.problems if p.chip is None]
         if node_problems or (h.drained and not unhealthy_only):
-            table.add_row(h.name, "-", "-", "-", "-", "-", "-", "-", status_text(h.status.value),
-                          problems_short(node_problems) or ("drained" if h.drained else ""))
+            table.add_row(ident(h.name), "-", "-", "-", "-", "-", "-", "-", status_text(h.status.value),
+                          cell(problems_short(node_problems) or ("drained" if h.drained else "")))
         for c in h.chips:
             if unhealthy_only and c.status.value == "healthy":
                 continue
             table.add_row(
-                h.name, str(c.index), c.kind, short_model(c.model), fmt_temp(c.temperature_c),
-                fmt_pct(c.utilization_pct), fmt_memory(c.memory_used_bytes, c.memory_total_bytes, short=True),
+                ident(h.name), str(c.index), ident(c.kind), ident(short_model(c.model)),
+                fmt_temp(c.temperature_c), fmt_pct(c.utilization_pct),
+                fmt_memory(c.memory_used_bytes, c.memory_total_bytes, short=True),
                 fmt_power(c.power_w), status_text(c.status.value),
-                ", ".join(dict.fromkeys(p.check for p in c.problems)) or ("error" if c.error else ""),
+                cell(", ".join(dict.fromkeys(p.check for p in c.problems)) or ("error" if c.error else "")),
             )
     return table
 
@@ -188,14 +193,17 @@ def problem_details(hosts: Iterable[HostRow], *, unhealthy_only: bool = False) -
         for p in h.problems:
             if unhealthy_only and p.severity == "info":
                 continue
-            where = f"{h.name} #{p.chip}" if p.chip is not None else h.name
             if text:
                 text.append("\n")
-            text.append(where, style="bold")
-            text.append(f" {p.check}", style=STATUS_STYLE.get(_SEVERITY_STATUS.get(p.severity, ""), ""))
-            text.append(f": {p.message}")
+            text.append_text(ident(h.name, style="bold"))
+            if p.chip is not None:
+                text.append(f" #{p.chip}", style="bold")
+            text.append(" ")
+            text.append_text(ident(p.check, style=STATUS_STYLE.get(_SEVERITY_STATUS.get(p.severity, ""), "")))
+            text.append(": ")
+            text.append_text(outside(p.message, limit=DETAIL_LIMIT))
             if p.action not in ("", "none"):
-                text.append(f" (action: {p.action})", style="dim")
+                text.append_text(outside(f" (action: {p.action})", style="dim", limit=CELL_LIMIT))
     return text
 
 
@@ -219,11 +227,11 @@ def render_report(report: FleetReport, *, chips: bool = False, unhealthy: bool =
     else:
         sections = [(None, hosts)]
     for key, rows in sections:
-        title = None
+        title: Text | None = None
         if key is not None:
             s = summarize(rows)
             counts = ", ".join(f"{n} {name}" for name, n in s.hosts.items() if n)
-            title = f"{group_by}={key} ({counts})"
+            title = outside(f"{group_by}={key} ({counts})", limit=CELL_LIMIT)
         if chips:
             parts.append(chips_table(rows, unhealthy_only=unhealthy, title=title))
             details = problem_details(rows, unhealthy_only=unhealthy)

@@ -44,8 +44,10 @@ def host_dict(host: Host, *, with_vars: bool = False) -> dict[str, Any]:
 def print_hosts(hosts: Sequence[Host], *, with_vars: bool) -> None:
     """The host table and a count."""
     from rich.table import Table  # here: ``--json`` does not load rich
+    from rich.text import Text
 
     from fleetctl.views.console import stdout_console
+    from fleetctl.views.text import cell, ident, outside
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in ("HOST", "ADDRESS", "PORT", "GROUPS", "CHIPS", "TOKEN"):
@@ -53,10 +55,12 @@ def print_hosts(hosts: Sequence[Host], *, with_vars: bool) -> None:
     if with_vars:
         table.add_column("VARS", overflow="fold")
     for h in hosts:
-        row = [h.name, h.address, str(h.agent_port), ",".join(h.groups) or "-",
-               "-" if h.expected_chips is None else str(h.expected_chips), token_kind(h)]
-        if with_vars:
-            row.append(" ".join(f"{k}={v}" for k, v in sorted(masked_vars(h.vars).items())))
+        row: list[Text | str] = [
+            ident(h.name), ident(h.address), str(h.agent_port), cell(",".join(h.groups) or "-"),
+            "-" if h.expected_chips is None else str(h.expected_chips), token_kind(h),
+        ]
+        if with_vars:  # every variable, however long: the column folds
+            row.append(outside(" ".join(f"{k}={v}" for k, v in sorted(masked_vars(h.vars).items()))))
         table.add_row(*row)
     console = stdout_console()
     console.print(table)

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from fleetctl.provision import ProvisionResult
 from fleetctl.runner import Event, EventTally, HostResult, failure_message, worst_first
+from fleetctl.views.text import cell, from_ansi, ident, outside
 
 STATE_STYLE = {
     "failed": "bold red",
@@ -51,9 +52,9 @@ def summary_table(hosts: Sequence[HostResult], *, title: str | None = None) -> T
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("first failure", overflow="fold", ratio=1)
     for h in worst_first(hosts):
-        table.add_row(  # names and messages as plain Text: "[...]" in them is not rich markup
-            Text(h.host), _state(h.state), str(h.ok), str(h.changed), str(h.failed), str(h.unreachable),
-            str(h.skipped), _duration(h.duration_s), Text(h.first_failure or ""),
+        table.add_row(
+            ident(h.host), _state(h.state), str(h.ok), str(h.changed), str(h.failed), str(h.unreachable),
+            str(h.skipped), _duration(h.duration_s), cell(h.first_failure),
         )
     return table
 
@@ -67,7 +68,8 @@ def summary_line(result: ProvisionResult) -> Text:
     text = Text(f"run {result.run_id} {result.status}", style=style)
     text.append(f": {parts}" if parts else "")
     if result.message:
-        text.append(f" — {result.message}")
+        text.append(" — ")
+        text.append_text(outside(result.message))
     return text
 
 
@@ -77,13 +79,13 @@ def diff_text(event: Event, tally: EventTally) -> Text | None:
         return None
     # pexpect reads through a pty: CRLF line ends, ANSI colours
     stdout = str(event.get("stdout") or "").replace("\r\n", "\n").strip("\n")
-    return Text.from_ansi(tally.redact(stdout)) if stdout else None
+    return from_ansi(tally.redact(stdout)) if stdout else None
 
 
 def print_summary(console: Console, result: ProvisionResult) -> None:
     console.print(summary_table(result.hosts))
     console.print(summary_line(result))
-    console.print(f"artifacts: {result.artifacts}", style="dim", soft_wrap=True)
+    console.print(outside(f"artifacts: {result.artifacts}", style="dim"), soft_wrap=True)
 
 
 class PlainProgress:
@@ -96,7 +98,7 @@ class PlainProgress:
 
     def _say(self, text: str) -> None:
         with self._lock:
-            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            self.console.print(outside(text), highlight=False, soft_wrap=True)
 
     def started(self, run_id: str, hosts: Sequence[str], playbook: str) -> None:
         self.total = len(hosts)
@@ -167,11 +169,11 @@ class LiveProgress:
 
     def render(self) -> RenderableType:
         if self.tally is None or self.task_id is None:
-            return Text(getattr(self, "header", "starting"))
+            return outside(getattr(self, "header", "starting"))
         play, task, done = self.tally.current()
         self.progress.update(self.task_id, completed=done)
-        lines = Text(self.header + (f" — {self.batch_text}" if self.batch_text else ""), style="bold")
-        lines.append(f"\nplay: {play or '-'}\ntask: {task or '-'}")
+        lines = outside(self.header + (f" — {self.batch_text}" if self.batch_text else ""), style="bold")
+        lines.append_text(Text.assemble("\nplay: ", cell(play or "-"), "\ntask: ", cell(task or "-")))
         hosts = worst_first(self.tally.snapshot())
         table = Table(box=None, show_header=True, pad_edge=False)
         table.add_column("host", no_wrap=True)
@@ -180,7 +182,7 @@ class LiveProgress:
         table.add_column("changed", justify="right")
         table.add_column("last task", overflow="ellipsis", no_wrap=True)
         for h in hosts[:LIVE_ROWS]:
-            table.add_row(Text(h.host), _state(h.state), str(h.ok), str(h.changed), Text(h.last_task or ""))
+            table.add_row(ident(h.host), _state(h.state), str(h.ok), str(h.changed), cell(h.last_task))
         parts: list[RenderableType] = [lines, self.progress, table]
         if len(hosts) > LIVE_ROWS:
             parts.append(Text(f"... and {len(hosts) - LIVE_ROWS} more hosts", style="dim"))

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from fleetctl.state.runs import RunRecord, summarize
 from fleetctl.views.console import stdout_console
 from fleetctl.views.provision import STATE_STYLE, summary_table
+from fleetctl.views.text import cell, ident, outside
 
 
 def print_runs(records: Sequence[RunRecord]) -> None:
@@ -23,7 +25,8 @@ def print_runs(records: Sequence[RunRecord]) -> None:
         counts = summarize(r.hosts)
         hosts = ", ".join(f"{counts[s]} {s}" for s in STATE_STYLE if counts.get(s)) or "-"
         table.add_row(
-            r.id, r.status, r.user, r.started_at, r.ended_at or "-", Path(r.playbook).name, r.pattern, hosts
+            ident(r.id), ident(r.status), ident(r.user), ident(r.started_at), ident(r.ended_at or "-"),
+            ident(Path(r.playbook).name), cell(r.pattern), hosts,
         )
     stdout_console().print(table)
 
@@ -31,7 +34,7 @@ def print_runs(records: Sequence[RunRecord]) -> None:
 def print_run(record: RunRecord) -> None:
     """A run's options, status and per-host results (worst first)."""
     console = stdout_console()
-    console.print(f"run {record.id}: [bold]{record.status}[/bold]")
+    console.print(Text.assemble("run ", outside(record.id), ": ", outside(record.status, style="bold")))
     fields = {
         "user": f"{record.user}@{record.machine} (pid {record.pid})",
         "started": record.started_at,
@@ -45,5 +48,5 @@ def print_run(record: RunRecord) -> None:
     if record.message:
         fields["message"] = record.message
     for name, value in fields.items():
-        console.print(f"  {name:<10} {value}", markup=False, highlight=False, soft_wrap=True)
+        console.print(outside(f"  {name:<10} {value}"), highlight=False, soft_wrap=True)
     console.print(summary_table(record.hosts))

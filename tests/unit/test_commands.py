@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import typer
+from agent_peers import node_json
 
 from fleetctl.commands import run_command
 from fleetctl.errors import EXIT_PROBLEMS, EXIT_USAGE, FleetctlError, StateDatabaseError, UsageError
@@ -41,3 +49,116 @@ def test_a_command_returns_its_exit_code() -> None:
     with pytest.raises(typer.Exit) as exited:
         run_command("health", lambda: 1)()
     assert exited.value.exit_code == 1
+
+
+# --- outside text in a command's lines: shown escaped, never raw, never read as markup ----------------
+
+
+def test_an_error_line_shows_outside_text_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    def body() -> int:
+        raise ForeignDrainError("h1\x1b[2J: drained by someone else ([maint]\x9b\x1b]8;;http://x\x07); left")
+
+    with pytest.raises(typer.Exit):
+        run_command("drain", body)()
+    err = capsys.readouterr().err
+    assert err == ("fleetctl drain: h1\\x1b[2J: drained by someone else "
+                   "([maint]\\x9b\\x1b]8;;http://x\\x07); left\n")
+
+
+def test_an_error_of_several_lines_stays_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def body() -> int:
+        raise SchedulerError("h1: scontrol said:\nline two\r\x1b[1Aover")
+
+    with pytest.raises(typer.Exit):
+        run_command("status", body)()
+    assert capsys.readouterr().err == "fleetctl status: h1: scontrol said:\\nline two\\r\\x1b[1Aover\n"
+
+
+def test_progress_lines_of_the_core_are_made_safe(capsys: pytest.CaptureFixture[str]) -> None:
+    from fleetctl.commands.drain import echo_err
+
+    echo_err("h1: drain_failed (scheduler says \x1b[2J[/]\x07)")
+    assert capsys.readouterr().err == "h1: drain_failed (scheduler says \\x1b[2J[/]\\x07)\n"
+
+
+def _inventory(tmp_path: Path, drained_file: Path, port: int = 29417) -> Path:
+    inv = tmp_path / "hosts.yml"
+    # the agent's port: by default one nothing listens on (in this test file's range): quickly refused
+    inv.write_text("all:\n  hosts:\n    h1:\n      fleet_scheduler: none\n      ansible_connection: local\n"
+                   f"      ansible_host: 127.0.0.1\n      fleet_agent_port: {port}\n"
+                   f"      fleet_agent_drained_file: {drained_file}\n")
+    return inv
+
+
+@contextlib.contextmanager
+def _drained_agent() -> Iterator[int]:
+    """A real HTTP server answering ``/v1/node`` as an agent whose host is drained; yields its port."""
+    body = json.loads(node_json("h1"))
+    body["drained"] = True
+    data = json.dumps(body).encode()
+
+    class Agent(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    for port in range(29420, 29440):
+        try:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Agent)
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError("no free port in 29420-29439")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_drain_reason_in_brackets_is_shown_whole_by_status(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fleetctl.cli import app
+
+    monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("USER", "sre")
+    inv = _inventory(tmp_path, tmp_path / "drained")
+    common = ["-i", str(inv), "--db", str(tmp_path / "state.db")]
+    drained = CliRunner().invoke(app, ["drain", "h1", "-r", "[maint] swap PSU", "--no-wait", *common])
+    assert drained.exit_code == 0, drained.output
+    status = CliRunner().invoke(app, ["status", "h1", "--history", "5", *common])
+    assert status.exit_code == 0, status.output
+    lines = status.stdout.splitlines()
+    assert lines[1].startswith("h1 ") and ": [maint] swap PSU" in lines[1]
+    audit = lines[2:]  # cordoned, then draining: each with the reason whole
+    assert len(audit) == 2 and all(line.endswith("by sre: fleetctl:sre: [maint] swap PSU") for line in audit)
+
+
+def test_status_shows_a_hostile_drained_file_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fleetctl.cli import app
+
+    monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path / "cache"))
+    drained_file = tmp_path / "drained"
+    drained_file.write_text("[/]oops \x1b]8;;http://evil\x07click\x1b]8;;\x07 \x9b2J [bold]done")
+    with _drained_agent() as port:
+        inv = _inventory(tmp_path, drained_file, port)
+        result = CliRunner().invoke(app, ["status", "h1", "-i", str(inv), "--db", str(tmp_path / "state.db")])
+        assert result.exit_code == 0, result.output
+        assert "[/]oops \\x1b]8;;http://evil\\x07click\\x1b]8;;\\x07 \\x9b2J [bold]done" in result.stdout
+        assert not set(result.stdout) & {"\x1b", "\x07", "\x9b"}
+        as_json = CliRunner().invoke(app, ["status", "h1", "--json", "-i", str(inv), "--db",
+                                           str(tmp_path / "state.db")])
+    assert json.loads(as_json.stdout)["hosts"][0]["scheduler_reason"] == drained_file.read_text()
