@@ -6,6 +6,7 @@ Every problem is a :class:`ConfigError` whose message is one line naming the fil
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -127,8 +128,13 @@ def config_from_dict(doc: Any, name: str = "<config>") -> AgentConfig:
     expected = doc.get("expected_chips")
     if expected is not None:
         expected = v.integer(doc, "expected_chips", 0, lo=0, hi=4096)
+    listen = v.opt_str(doc, "listen_address") or "127.0.0.1"
+    if token is None and not is_loopback(listen):
+        # Beyond loopback, /v1/node and /metrics would answer anyone who can reach the port.
+        raise ConfigError(f"{name}: listen_address: {listen} is not a loopback address: "
+                          "set token or token_file (an agent reachable from the network needs one)")
     return AgentConfig(
-        listen_address=v.opt_str(doc, "listen_address") or "127.0.0.1",
+        listen_address=listen,
         port=port,
         token=token.strip() if token is not None else None,
         interval_s=interval,
@@ -241,6 +247,19 @@ def _state_dir(name: str, value: Any) -> str:
 
 
 _TOKEN = re.compile(r"[!-~]+")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether binding ``address`` keeps the agent on this machine: a loopback IP literal or
+    ``localhost``. Names are not resolved (a name may map to any interface, and loading a config
+    must not wait on DNS), and the wildcards 0.0.0.0 and :: are every interface."""
+    literal = address.strip("[]")
+    if literal.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(literal).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_token_file(name: str, path: str) -> str:

@@ -183,3 +183,49 @@ def test_site_validates_a_hardware_role_whatever_the_tags_select(tmp_path: Path)
     ran = [name for name, _ in tasks_run(report, "tpu1") if name != "Gathering Facts"]
     assert ran == [f"base : {VALIDATION_TASK}", f"fleet_agent : {VALIDATION_TASK}"], ran
     assert report["stats"]["tpu1"]["failures"] == 0
+
+
+def _apply_fleet_agent(tmp_path: Path, gather_facts: bool, **hostvars: Any) -> tuple[
+        subprocess.CompletedProcess[str], list[tuple[str, dict[str, Any]]]]:
+    playbook = tmp_path / "apply.yml"
+    playbook.write_text(yaml.safe_dump([{"name": "Apply fleet_agent", "hosts": "all",
+                                         "gather_facts": gather_facts, "roles": [{"role": "fleet_agent"}]}]))
+    result, report = run_playbook(tmp_path, playbook, {"all": {"hosts": {"gpu1": local_host(**hostvars)}}})
+    return result, [(name, r) for name, r in tasks_run(report, "gpu1") if name != "Gathering Facts"]
+
+
+@pytest.mark.parametrize("hostvars", [
+    {"ansible_host": "192.0.2.17"},  # the default listen address: where fleetctl reaches the host
+    {"fleet_agent_listen_address": "0.0.0.0"},
+    {"fleet_agent_listen_address": "gpu1.example.net"},  # a name is not loopback, whatever it maps to
+], ids=["ansible_host", "wildcard", "name"])
+def test_fleet_agent_beyond_loopback_without_a_token_stops_at_its_first_check(
+    tmp_path: Path, hostvars: dict[str, Any]
+) -> None:
+    result, ran = _apply_fleet_agent(tmp_path, False, **hostvars)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr
+    assert [name for name, _ in ran] == [
+        f"fleet_agent : {VALIDATION_TASK}",
+        "fleet_agent : Check the agent is not exposed beyond loopback without a token"], ran
+    message = ran[-1][1]["msg"]
+    assert "\n" not in message.strip()
+    assert message.startswith("fleet_agent: gpu1: fleet_agent_listen_address ")
+    assert "is not loopback, so fleet_agent_token is required" in message
+
+
+def test_fleet_agent_on_loopback_or_with_a_token_passes_the_check(tmp_path: Path) -> None:
+    # Check mode on this machine: the run goes on past the first check (it fails later, at tasks
+    # check mode cannot fake, or not at all); the check itself passed in each case.
+    for hostvars in ({"ansible_host": "127.0.0.1"}, {"fleet_agent_listen_address": "[::1]"},
+                     {"ansible_host": "192.0.2.17", "fleet_agent_token": "t0ken"}):
+        _, ran = _apply_fleet_agent(tmp_path, False, **hostvars)
+        check = dict(ran).get("fleet_agent : Check the agent is not exposed beyond loopback without a token")
+        assert check is not None and not check.get("failed"), (hostvars, ran)
+
+
+def test_fleet_agent_refuses_an_unknown_extra(tmp_path: Path) -> None:
+    result, ran = _apply_fleet_agent(tmp_path, True, ansible_host="127.0.0.1", fleet_agent_extras=["cuda"])
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr
+    assert ran[-1][0] == "fleet_agent : Check values the argument spec cannot express", ran
+    assert "fleet_agent_extras 'auto' or a list of nvml, tpu (got ['cuda'])" in ran[-1][1]["msg"]
+    assert not any(r.get("changed") for _, r in ran), ran

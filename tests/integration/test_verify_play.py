@@ -108,7 +108,9 @@ def closed_port(taken: range) -> int:
 
 
 def write_inventory(tmp_path: Path, agents: AgentProcess, token: str) -> Path:
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    # ansible_host: where fleetctl reaches each agent, and so where the role makes it listen.
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+             "ansible_host": "127.0.0.1"}
     hosts: dict[str, dict[str, Any]] = {
         "gpu-healthy": {"fleet_agent_port": agents.port},
         "gpu-ecc": {"fleet_agent_port": agents.port + 1},

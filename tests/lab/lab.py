@@ -207,17 +207,31 @@ def _check_ssh(host: LabHost) -> None:
     _run(argv, timeout=60)
 
 
+def wheelhouse_requirements(pyproject: Path = REPO / "agents" / "pyproject.toml") -> list[str]:
+    """The agent's dependencies and those of every extra (the lab's GPU hosts get nvml, its TPU
+    host tpu: fleet_agent_extras), from agents/pyproject.toml."""
+    with pyproject.open("rb") as f:
+        project = tomllib.load(f)["project"]
+    extras = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(req for name in sorted(extras) for req in extras[name])]
+
+
 def ensure_wheelhouse() -> None:
-    """Download the agent's dependencies (from agents/pyproject.toml) as wheels, once."""
-    if WHEELHOUSE.is_dir() and any(WHEELHOUSE.glob("*.whl")):
-        return
-    with (REPO / "agents" / "pyproject.toml").open("rb") as f:
-        requirements = tomllib.load(f)["project"]["dependencies"]
+    """Download the wheels wheelhouse_requirements() names, unless the wheelhouse holds them."""
+    requirements = wheelhouse_requirements()
+    stamp = "\n".join(requirements) + "\n"
+    try:
+        if (WHEELHOUSE / "requirements.txt").read_text(encoding="utf-8") == stamp:
+            return
+    except OSError:
+        pass  # none yet, or one from before the extras were added: download again
     tmp = WHEELHOUSE.with_name("wheelhouse.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     # The controller and the image both run CPython 3.11 on x86_64 Linux: the same wheels fit.
     _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
           "--only-binary=:all:", "--dest", str(tmp), *requirements], timeout=600)
+    (tmp / "requirements.txt").write_text(stamp, encoding="utf-8")
+    shutil.rmtree(WHEELHOUSE, ignore_errors=True)
     tmp.replace(WHEELHOUSE)
 
 

@@ -115,3 +115,64 @@ def test_a_broken_entry_for_the_key_is_replaced(source: Path, tmp_path: Path) ->
     doc = build(source, cache)
     assert doc["built"] is True and Path(str(doc["wheel"])).parent == entry
     assert not (entry / "stray.txt").exists()
+
+
+# The role's install-state probe (tasks/install.yml), run by a real venv's Python over installed
+# distributions' metadata: it must call a venv out of date when an extra the host now needs is
+# missing (a GPU host's venv from before it got nvml), so the role installs again.
+def _probe_code() -> str:
+    import yaml
+
+    tasks = yaml.safe_load((REPO / "roles" / "fleet_agent" / "tasks" / "install.yml").read_text())
+    code: str = next(t["vars"]["_fleet_agent_probe"] for t in tasks
+                     if "_fleet_agent_probe" in t.get("vars", {}))
+    return code
+
+
+def _fake_dist(site: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
+             *(f"Requires-Dist: {r}" for r in requires)]
+    (info / "METADATA").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("probe") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True)
+    python = root / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.run([str(python), "-c", purelib],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    _fake_dist(site, "fleet-agent", "0.1.0", (
+        "h11>=0.14", 'nvidia-ml-py>=12.535; extra == "nvml"', 'tpu-info>=0.2; extra == "tpu"',
+        'grpcio>=1.60; extra == "tpu"'))
+    _fake_dist(site, "h11", "0.16.0")
+    return python, site
+
+
+def _probe(python: Path, tmp_path: Path, version: str, extras: str) -> subprocess.CompletedProcess[str]:
+    stamp = tmp_path / "stamp"
+    stamp.write_text("abc123\n")
+    return subprocess.run([str(python), "-c", _probe_code(), version, str(stamp), extras],
+                          capture_output=True, text=True, check=False)
+
+
+def test_probe_calls_a_venv_without_a_needed_extra_out_of_date(venv: tuple[Path, Path],
+                                                                tmp_path: Path) -> None:
+    python, site = venv
+    plain = _probe(python, tmp_path, "0.1.0", "")
+    assert plain.returncode == 0 and plain.stdout.strip() == "abc123", plain.stderr
+    missing = _probe(python, tmp_path, "0.1.0", "nvml")
+    assert missing.returncode != 0 and "nvidia-ml-py" in missing.stderr
+    assert _probe(python, tmp_path, "0.1.0", "nvml,tpu").returncode != 0
+    _fake_dist(site, "nvidia-ml-py", "11.0")  # older than the extra accepts
+    too_old = _probe(python, tmp_path, "0.1.0", "nvml")
+    assert too_old.returncode != 0 and "nvidia-ml-py 11.0 does not satisfy" in too_old.stderr
+    shutil.rmtree(site / "nvidia_ml_py-11.0.dist-info")
+    _fake_dist(site, "nvidia-ml-py", "13.615.71")
+    assert _probe(python, tmp_path, "0.1.0", "nvml").returncode == 0
+    # tpu still missing; another agent version is out of date whatever the extras.
+    assert "tpu-info" in _probe(python, tmp_path, "0.1.0", "nvml,tpu").stderr
+    assert "0.2.0 wanted" in _probe(python, tmp_path, "0.2.0", "").stderr

@@ -133,3 +133,35 @@ def test_a_token_file_that_no_header_could_carry_is_refused(tmp_path: Path, cont
 def test_an_inline_token_with_a_line_break_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"c\.yaml: token: must be one word"):
         config_from_dict({"token": "abc\ndef"}, "c.yaml")
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "10.1.2.3", "2001:db8::7", "gpu-017.example.net",
+                                     "127.0.0.1.example.net"])
+def test_listening_beyond_loopback_without_a_token_is_refused(address: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"listen_address": address}, "c.yaml")
+    assert str(err.value).startswith(f"c.yaml: listen_address: {address} is not a loopback address: ")
+    assert "token" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.1.1", "::1", "[::1]", "localhost", "LOCALHOST"])
+def test_loopback_needs_no_token(address: str) -> None:
+    assert config_from_dict({"listen_address": address}).listen_address == address
+
+
+def test_beyond_loopback_with_a_token_or_token_file_is_accepted(tmp_path: Path) -> None:
+    assert config_from_dict({"listen_address": "10.1.2.3", "token": "s3cret"}).token == "s3cret"
+    token = tmp_path / "token"
+    token.write_text("from-file\n")
+    os.chmod(token, 0o600)
+    cfg = config_from_dict({"listen_address": "gpu-017.example.net", "token_file": str(token)})
+    assert cfg.listen_address == "gpu-017.example.net" and cfg.token == "from-file"
+
+
+def test_an_empty_token_file_beyond_loopback_names_the_token_file(tmp_path: Path) -> None:
+    # The empty token is the problem to fix, not the address.
+    token = tmp_path / "token"
+    token.write_text("\n")
+    os.chmod(token, 0o600)
+    with pytest.raises(ConfigError, match=r"c\.yaml: token_file: must not be empty"):
+        config_from_dict({"listen_address": "10.1.2.3", "token_file": str(token)}, "c.yaml")

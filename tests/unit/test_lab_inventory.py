@@ -46,3 +46,15 @@ def test_playbook_env_drops_molecule_and_ansible_overrides(monkeypatch: pytest.M
     env = lab.playbook_env()
     assert "ANSIBLE_ROLES_PATH" not in env and "MOLECULE_FILE" not in env
     assert env["ANSIBLE_CONFIG"] == str(lab.REPO / "ansible.cfg")
+
+
+def test_the_lab_wheelhouse_carries_every_extra_of_the_agent(tmp_path: Path) -> None:
+    lab = _lab()
+    requirements = lab.wheelhouse_requirements()
+    names = {r.split(">")[0].split("=")[0].split("[")[0] for r in requirements}
+    # The lab's GPU hosts install fleet-agent[nvml], its TPU host fleet-agent[tpu], offline.
+    assert {"psutil", "h11", "nvidia-ml-py", "tpu-info", "grpcio"} <= names
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\ndependencies = ["a>=1"]\n'
+                         '[project.optional-dependencies]\nz = ["z1"]\nb = ["b1", "b2"]\n')
+    assert lab.wheelhouse_requirements(pyproject) == ["a>=1", "b1", "b2", "z1"]
