@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: help venv demo test test-unit test-integration molecule bench lint system-deps
+.PHONY: help venv demo test test-unit test-integration molecule bench lint system-deps hw-validate
 
 help:
 	@echo "make demo      simulated fleet + fleetctl health (no root, no Docker, no GPU)"
@@ -14,6 +14,7 @@ help:
 	@echo "make molecule  every role's Molecule scenario and the fleet-level scenario"
 	@echo "make bench     benchmarks, JSON figures"
 	@echo "make lint      ruff, mypy, ansible-lint (production), yamllint, promtool"
+	@echo "make hw-validate  on a GPU host: the agent against nvidia-smi, kept as a test fixture"
 
 $(VENV)/.stamp: pyproject.toml agents/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python >= 3.11 is required (python3.11 or newer on PATH)" >&2; exit 2; }
@@ -40,6 +41,10 @@ test-unit: $(VENV)/.stamp
 
 molecule: $(VENV)/.stamp system-deps
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/molecule-all.sh
+
+# On a real GPU host (no .venv needed): scripts/hw-validate.sh --help for its options.
+hw-validate:
+	@bash scripts/hw-validate.sh $(HW_ARGS)
 
 bench: $(VENV)/.stamp
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/bench-all.sh

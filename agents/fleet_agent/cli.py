@@ -11,11 +11,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleet_agent import __version__
 
 if TYPE_CHECKING:
+    from fleet_agent.collectors.nvml_record import NvmlRecorder
     from fleet_agent.config import AgentConfig
     from fleet_agent.daemon import ChipSource
     from fleet_agent.schema import NodeReport
@@ -41,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--scenario", metavar="FILE", help="sample simulated chips from this scenario")
     once.add_argument("--host-index", type=int, default=0, metavar="I",
                       help="which host of the scenario (default 0)")
+    nvml_io = once.add_mutually_exclusive_group()
+    nvml_io.add_argument("--record-nvml", metavar="FILE",
+                         help="also write every NVML call and its answer to FILE (a bug report, a test "
+                              "fixture: scripts/hw-validate.sh)")
+    nvml_io.add_argument("--replay-nvml", metavar="FILE",
+                         help="read the chips from a recording made by --record-nvml instead of NVML")
 
     check = sub.add_parser(
         "check", help="one sample, its problems one per line; exit 0 healthy or degraded, 1 unhealthy, "
@@ -134,7 +142,14 @@ def _once(args: argparse.Namespace) -> int:
     from fleet_agent.check import take_sample
 
     cfg = _load_for_sample(args)
+    recorder = _nvml_io(args)
+    if args.replay_nvml:
+        from dataclasses import replace
+
+        cfg = replace(cfg, collectors=("nvml",), simulation=None)
     report = take_sample(cfg, _chips(cfg))
+    if recorder is not None:
+        recorder.save(args.record_nvml)
     if args.json:
         import json
 
@@ -142,6 +157,35 @@ def _once(args: argparse.Namespace) -> int:
     else:
         print(render_table(report))
     return 0
+
+
+def _nvml_io(args: argparse.Namespace) -> NvmlRecorder | None:
+    """``--record-nvml``: a recorder in front of the real pynvml; ``--replay-nvml``: a recording
+    in its place. Either way the collector's own ``import pynvml`` picks it up."""
+    from fleet_agent.config import ConfigError
+
+    if args.scenario and (args.record_nvml or args.replay_nvml):
+        raise ConfigError("--scenario: simulated chips do not go through pynvml; "
+                          "drop --record-nvml/--replay-nvml")
+    if args.record_nvml:
+        from fleet_agent.collectors.nvml_record import NvmlRecorder
+
+        target = Path(args.record_nvml)
+        if not target.parent.is_dir():
+            raise ConfigError(f"--record-nvml: {target.parent} is not a directory")
+        try:
+            return NvmlRecorder.install()
+        except ImportError:
+            raise ConfigError("--record-nvml: nvidia-ml-py is not installed (pip install 'fleet-agent[nvml]')"
+                              ) from None
+    if args.replay_nvml:
+        from fleet_agent.sim.nvml_replay import NvmlReplay, RecordingError
+
+        try:
+            NvmlReplay.load(args.replay_nvml).install()
+        except RecordingError as exc:
+            raise ConfigError(f"--replay-nvml: {exc}") from None
+    return None
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -110,6 +110,7 @@ class Problem:
 class GpuDetails:
     """NVIDIA-only detail; ``None`` where NVML said NotSupported or the call failed."""
 
+    serial: str | None = None  # the board's serial number, what an RMA asks for
     ecc_volatile_corrected: int | None = None
     ecc_volatile_uncorrected: int | None = None
     ecc_aggregate_corrected: int | None = None

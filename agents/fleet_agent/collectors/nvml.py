@@ -80,6 +80,8 @@ class _Static:
     pcie_gen_max: int | None = None
     pcie_width_max: int | None = None
     nvlinks: int | None = None
+    serial: str | None = None
+    serial_read: bool = False
     # False once no link answered the error counters: not asked again (a GPU without them).
     nvlink_errors: bool = True
 
@@ -282,6 +284,10 @@ class NvmlCollector:
                          uuid=chip.uuid, pci_bus_id=chip.pci_bus_id, sampled_at=self._clock(), gpu=g)
         st = self._static.setdefault(chip.uuid or f"#{chip.index}", _Static())
 
+        if not st.serial_read:  # identity, read once, and not a reading: not counted in r.ok
+            serial = _Reads(nv, r.handle).call("nvmlDeviceGetSerial", quiet=True)
+            st.serial, st.serial_read = (_text(serial) if serial else None), True
+        g.serial = st.serial
         temp = r.call("nvmlDeviceGetTemperature", nv.NVML_TEMPERATURE_GPU)
         rep.temperature_c = r.plausible("temperature", temp, -40, 200)  # 65535: no reading
         fields = r.call("nvmlDeviceGetFieldValues", [_FI_DEV_MEMORY_TEMP, _FI_DEV_NVLINK_LINK_COUNT])

@@ -177,12 +177,14 @@ class _EventSet:
 
 
 # Calls that read identity; they answer even while a chip hangs (NVML caches them at init).
-_IDENTITY = frozenset({"nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo",
+_IDENTITY = frozenset({"nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetSerial",
+                       "nvmlDeviceGetPciInfo",
                        "nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetIndex", "nvmlDeviceRegisterEvents",
                        "nvmlDeviceGetSupportedEventTypes"})
 
 DEVICE_FUNCTIONS = frozenset({
-    "nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo", "nvmlDeviceGetPciInfo_v3",
+    "nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetSerial", "nvmlDeviceGetPciInfo",
+    "nvmlDeviceGetPciInfo_v3",
     "nvmlDeviceGetIndex", "nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureThreshold",
     "nvmlDeviceGetFieldValues", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo",
     "nvmlDeviceGetPowerUsage", "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetClockInfo",
@@ -383,6 +385,10 @@ class FakeNvml:
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
         return self._dev(handle, "nvmlDeviceGetUUID").uuid
+
+    def nvmlDeviceGetSerial(self, handle: Any) -> str:
+        # Thirteen digits like a data-centre board's, stable per simulated GPU.
+        return str(1650000000000 + int(self._dev(handle, "nvmlDeviceGetSerial").uuid[4:12], 16) % 10**9)
 
     def nvmlDeviceGetPciInfo_v3(self, handle: Any) -> _PciInfo:
         d = self._dev(handle, "nvmlDeviceGetPciInfo_v3")
