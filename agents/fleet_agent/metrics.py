@@ -71,6 +71,11 @@ _DCGM: list[tuple[str, str, str, str, float]] = [
     ("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory utilization (in %).", "chip.memory_utilization_pct", 1.0),
     ("DCGM_FI_DEV_ENC_UTIL", "gauge", "Encoder utilization (in %).", "gpu.encoder_utilization_pct", 1.0),
     ("DCGM_FI_DEV_DEC_UTIL", "gauge", "Decoder utilization (in %).", "gpu.decoder_utilization_pct", 1.0),
+    # dcgm-exporter's profiling fields (dcp-metrics-included.csv), ratios 0..1; from NVML's GPM here.
+    ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge", "Ratio of time the graphics engine is active.",
+     "gpu.graphics_active_pct", 0.01),
+    ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "gauge", "Ratio of cycles the tensor (HMMA) pipe is active.",
+     "gpu.tensor_active_pct", 0.01),
     ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "counter", "Total number of single-bit volatile ECC errors.",
      "gpu.ecc_volatile_corrected", 1.0),
     ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "counter", "Total number of double-bit volatile ECC errors.",

@@ -146,6 +146,11 @@ class GpuDetails:
     xid_counts: dict[str, int] = field(default_factory=dict)
     xid_total: int = 0
     last_xid: int | None = None
+    # NVML's GPM (Hopper and later), over the last sample interval: the share of time the graphics/
+    # compute engine was active and the SMs ran tensor operations (dcgm-exporter's
+    # DCGM_FI_PROF_GR_ENGINE_ACTIVE and DCGM_FI_PROF_PIPE_TENSOR_ACTIVE), percent.
+    graphics_active_pct: float | None = None
+    tensor_active_pct: float | None = None
 
 
 @dataclass

@@ -520,3 +520,45 @@ def test_a_listed_nvml_collector_without_bindings_fails_with_the_reason(
     [col] = factory.real_collectors(AgentConfig(collectors=("nvml",)), one_shot=True)
     with pytest.raises(CollectorError, match=r"^NVML bindings not installed"):
         col.discover()
+
+
+def test_gpm_activity_from_the_second_sample_on_hopper_only() -> None:
+    clock = Clock()
+    col, host = collector_for(scenario_doc([]), clock)
+    chips = col.discover()
+    first = col.sample_chip(chips[0])
+    assert first.gpu is not None and first.gpu.graphics_active_pct is None  # nothing to compare with yet
+    clock.t += 5.0
+    second = col.sample_chip(chips[0])
+    assert second.gpu is not None
+    busy, tensor = second.gpu.graphics_active_pct, second.gpu.tensor_active_pct
+    assert busy == pytest.approx(80.0, abs=1) and tensor is not None and 0 < tensor < busy
+    # The sample buffers are reused, never allocated per sample, and freed on close.
+    allocated: list[Any] = []
+    real_alloc = host.nvml.nvmlGpmSampleAlloc
+    host.nvml.nvmlGpmSampleAlloc = lambda: allocated.append(real_alloc()) or allocated[-1]
+    clock.t += 5.0
+    assert col.sample_chip(chips[0]).gpu.graphics_active_pct is not None  # type: ignore[union-attr]
+    assert allocated == []
+    freed: list[Any] = []
+    host.nvml.nvmlGpmSampleFree = freed.append
+    col.close()
+    assert len(freed) == 2
+
+    a100, _ = collector_for(scenario_doc([], model="A100-SXM4-80GB"), Clock())
+    chip = a100.discover()[0]
+    for _ in range(2):
+        rep = a100.sample_chip(chip)
+        assert rep.gpu is not None and rep.gpu.graphics_active_pct is None and rep.error is None
+
+
+def test_gpm_failing_leaves_the_fields_empty_and_the_chip_readable() -> None:
+    clock = Clock()
+    col, _ = collector_for(scenario_doc([{"kind": "nvml_error", "group": "g", "hosts": [0], "chips": [0],
+                                          "error": "unknown", "functions": ["nvmlGpmSampleGet"]}]), clock)
+    chips = col.discover()
+    for _ in range(3):
+        clock.t += 5.0
+        rep = col.sample_chip(chips[0])
+        assert rep.gpu is not None and rep.gpu.graphics_active_pct is None
+        assert rep.temperature_c is not None and rep.error is None

@@ -202,6 +202,7 @@ def _full_gpu() -> ChipReport:
     g.nvlink_crc_flit_errors, g.nvlink_crc_data_errors = 5, 1
     g.nvlink_replay_errors, g.nvlink_recovery_errors = 12, 3
     g.energy_mj, g.encoder_utilization_pct, g.decoder_utilization_pct = 123_456_789, 0.0, 8.0
+    g.graphics_active_pct, g.tensor_active_pct = 82.0, 51.5
     return chip
 
 
@@ -218,6 +219,10 @@ def test_dcgm_counters_are_counters_under_dcgm_exporters_exact_names() -> None:
     assert {name for name, typ in dcgm.items() if typ == "counter"} == DCGM_COUNTERS
     assert dcgm["DCGM_FI_DEV_XID_ERRORS"] == "gauge" and dcgm["DCGM_FI_DEV_ROW_REMAP_FAILURE"] == "gauge"
     assert dcgm["DCGM_FI_DEV_ENC_UTIL"] == dcgm["DCGM_FI_DEV_DEC_UTIL"] == "gauge"
+    assert dcgm["DCGM_FI_PROF_GR_ENGINE_ACTIVE"] == dcgm["DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"] == "gauge"
+    s = _samples(text)
+    assert [round(x.value, 6) for x in s["DCGM_FI_PROF_GR_ENGINE_ACTIVE"]] == [0.82]  # a ratio
+    assert [round(x.value, 6) for x in s["DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"]] == [0.515]
     names = _family_names(text)
     assert DCGM_COUNTERS <= names  # the sample lines carry the name as dcgm-exporter writes it ...
     assert not {n for n in names if n.startswith("DCGM_FI_") and n.endswith("_total")}  # ... no suffix

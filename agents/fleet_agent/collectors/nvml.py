@@ -82,6 +82,9 @@ class _Static:
     nvlinks: int | None = None
     serial: str | None = None
     serial_read: bool = False
+    gpm: bool | None = None  # None: not asked yet
+    gpm_prev: Any = None  # the GPM sample of the previous sample
+    gpm_spare: Any = None  # a sample buffer to fill next (NVML allocates them)
     # False once no link answered the error counters: not asked again (a GPU without them).
     nvlink_errors: bool = True
 
@@ -179,6 +182,14 @@ class NvmlCollector:
         self.xids.flush(final=True)
         with self._lock:
             if self._initialised:
+                for st in self._static.values():
+                    for sample in (st.gpm_prev, st.gpm_spare):
+                        if sample is not None:
+                            try:
+                                self.nvml.nvmlGpmSampleFree(sample)
+                            except (self.nvml.NVMLError, AttributeError):
+                                pass
+                    st.gpm_prev = st.gpm_spare = None
                 self._initialised = False
                 try:
                     self.nvml.nvmlShutdown()
@@ -300,6 +311,11 @@ class NvmlCollector:
         if util is not None:
             rep.utilization_pct = r.plausible("utilization", util.gpu, 0, 100)
             rep.memory_utilization_pct = r.plausible("memory utilization", util.memory, 0, 100)
+        if st.gpm is None:
+            support = _Reads(nv, r.handle).call("nvmlGpmQueryDeviceSupport", quiet=True)
+            st.gpm = bool(getattr(support, "isSupportedDevice", 0))
+        if st.gpm:
+            g.graphics_active_pct, g.tensor_active_pct = self._gpm(r, st)
         mem = r.call("nvmlDeviceGetMemoryInfo")
         if mem is not None:
             rep.memory_used_bytes, rep.memory_total_bytes = int(mem.used), int(mem.total)
@@ -378,6 +394,42 @@ class NvmlCollector:
             snap = self.xids.snapshot(key)
             g.xid_counts, g.xid_total, g.last_xid = snap.counts, snap.total, snap.last
         return rep
+
+    def _gpm(self, r: _Reads, st: _Static) -> tuple[float | None, float | None]:
+        """GPM's activity shares between the previous sample and this one (Hopper and later; the
+        first sample has nothing to compare with). Two NVML sample buffers per GPU, reused."""
+        nv = self.nvml
+        try:
+            cur = st.gpm_spare if st.gpm_spare is not None else nv.nvmlGpmSampleAlloc()
+            st.gpm_spare = None
+            nv.nvmlGpmSampleGet(r.handle, cur)
+            prev, st.gpm_prev = st.gpm_prev, cur
+            if prev is None:
+                return None, None
+            st.gpm_spare = prev
+            mg = nv.c_nvmlGpmMetricsGet_t()
+            mg.version, mg.numMetrics = nv.NVML_GPM_METRICS_GET_VERSION, 2
+            mg.sample1, mg.sample2 = prev, cur
+            mg.metrics[0].metricId = nv.NVML_GPM_METRIC_GRAPHICS_UTIL
+            mg.metrics[1].metricId = nv.NVML_GPM_METRIC_ANY_TENSOR_UTIL
+            nv.nvmlGpmMetricsGet(mg)
+        except nv.NVMLError as e:
+            if e.value == _ERR_GPU_IS_LOST:
+                raise _Lost(str(e)) from None
+            if e.value in (_ERR_NOT_SUPPORTED, _ERR_FUNCTION_NOT_FOUND):
+                st.gpm = False
+            else:
+                r.errors.append(f"GPM: {e}")
+            st.gpm_prev = None  # compare the next two samples afresh
+            return None, None
+        except AttributeError:  # a pynvml (or a recording) without GPM
+            st.gpm = False
+            return None, None
+        r.ok += 1
+        graphics, tensor = (r.plausible(what, m.value, 0, 100) if m.nvmlReturn == 0 else None
+                            for what, m in zip(("GPM graphics activity", "GPM tensor activity"),
+                                               mg.metrics[:2], strict=True))
+        return graphics, tensor
 
     def _nvlink_errors(self, g: GpuDetails, r: _Reads, st: _Static) -> None:
         """Each NVLink error counter summed over the links (dcgm-exporter's *_TOTAL fields); None

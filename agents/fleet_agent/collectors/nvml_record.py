@@ -29,8 +29,9 @@ FORMAT = "fleet-agent.nvml-recording/v1"
 HANDLE_MAKERS = frozenset({
     "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByUUID",
     "nvmlDeviceGetHandleByPciBusId", "nvmlDeviceGetHandleByPciBusId_v2", "nvmlDeviceGetHandleBySerial",
-    "nvmlEventSetCreate",
+    "nvmlEventSetCreate", "nvmlGpmSampleAlloc",
 })
+_ARRAY_KEPT = 16  # of a long ctypes array (GPM's 477 metric slots), the first entries are recorded
 _PRIMITIVE = (bool, int, float, str, type(None))
 
 
@@ -64,6 +65,9 @@ class Encoder:
             return {"$r": repr(value)[:200]}
         if isinstance(value, bytes):
             return {"$b": value.decode("latin-1")}
+        if isinstance(value, ctypes.Array) and len(value) > _ARRAY_KEPT:
+            kept = [self.encode(v, depth + 1) for v in value[:_ARRAY_KEPT]]
+            return [*kept, {"$more": len(value) - _ARRAY_KEPT}]
         if isinstance(value, (list, tuple, ctypes.Array)):
             return [self.encode(v, depth + 1) for v in value]
         if isinstance(value, dict):

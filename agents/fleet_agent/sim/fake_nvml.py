@@ -97,6 +97,40 @@ class _Memory:
         self.total, self.used, self.free = total, used, total - used
 
 
+class _GpmSupport:
+    __slots__ = ("isSupportedDevice", "version")
+
+    def __init__(self, supported: bool) -> None:
+        self.version, self.isSupportedDevice = 1, int(supported)
+
+
+class _GpmSample:
+    """What nvmlGpmSampleGet fills: here, which GPU and when."""
+
+    __slots__ = ("device", "t")
+
+    def __init__(self) -> None:
+        self.t: float | None = None
+        self.device: FakeGpu | None = None
+
+
+class _GpmMetric:
+    __slots__ = ("metricId", "nvmlReturn", "value")
+
+    def __init__(self) -> None:
+        self.metricId, self.nvmlReturn, self.value = 0, 0, 0.0
+
+
+class _GpmMetricsGet:
+    """pynvml's ctypes structure, as the collector fills it (metrics pre-sized, like the array)."""
+
+    def __init__(self) -> None:
+        self.version = self.numMetrics = 0
+        self.sample1: _GpmSample | None = None
+        self.sample2: _GpmSample | None = None
+        self.metrics = [_GpmMetric() for _ in range(8)]
+
+
 class _Utilization:
     __slots__ = ("gpu", "memory")
 
@@ -184,7 +218,7 @@ _IDENTITY = frozenset({"nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetS
 
 DEVICE_FUNCTIONS = frozenset({
     "nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetSerial", "nvmlDeviceGetPciInfo",
-    "nvmlDeviceGetPciInfo_v3",
+    "nvmlDeviceGetPciInfo_v3", "nvmlGpmQueryDeviceSupport", "nvmlGpmSampleGet",
     "nvmlDeviceGetIndex", "nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureThreshold",
     "nvmlDeviceGetFieldValues", "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo",
     "nvmlDeviceGetPowerUsage", "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetClockInfo",
@@ -255,7 +289,12 @@ class FakeNvml:
     nvmlClocksThrottleReasonHwThermalSlowdown = 0x40
     nvmlClocksThrottleReasonHwPowerBrakeSlowdown = 0x80
 
+    NVML_GPM_METRICS_GET_VERSION = 1
+    NVML_GPM_METRIC_GRAPHICS_UTIL = 1
+    NVML_GPM_METRIC_ANY_TENSOR_UTIL = 5
+
     NVMLError = NVMLError
+    c_nvmlGpmMetricsGet_t = _GpmMetricsGet  # pynvml's name of the ctypes structure
 
     def __init__(self, gpus: list[FakeGpu], *, clock: Callable[[], float], start: float,
                  driver_version: str, library_present: bool = True,
@@ -551,6 +590,42 @@ class FakeNvml:
     def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]:
         d = self._dev(handle, "nvmlDeviceGetDecoderUtilization")
         return [round(self._util(d, self._t()) * 0.1), 167000]  # data loaders decode some video
+
+    # --- GPM (Hopper and later): busy shares between two samples ---
+
+    def nvmlGpmQueryDeviceSupport(self, device: Any) -> _GpmSupport:
+        return _GpmSupport(self._dev(device, "nvmlGpmQueryDeviceSupport").model.gpm)
+
+    def nvmlGpmSampleAlloc(self) -> _GpmSample:
+        return _GpmSample()
+
+    def nvmlGpmSampleFree(self, gpmSample: _GpmSample) -> None:
+        gpmSample.t = None
+
+    def nvmlGpmSampleGet(self, device: Any, gpmSample: _GpmSample) -> _GpmSample:
+        d = self._dev(device, "nvmlGpmSampleGet")
+        if not d.model.gpm:
+            raise _err(3)
+        gpmSample.t, gpmSample.device = self._t(), d
+        return gpmSample
+
+    def nvmlGpmMetricsGet(self, metricsGet: _GpmMetricsGet) -> _GpmMetricsGet:
+        s1, s2 = metricsGet.sample1, metricsGet.sample2
+        if (s1 is None or s2 is None or s1.t is None or s2.t is None or s2.device is None
+                or s1.device is not s2.device):
+            raise _err(2)
+        # A slowly varying load: its share over the interval is close to the one at the midpoint.
+        busy = self._util(s2.device, (s1.t + s2.t) / 2)
+        for m in metricsGet.metrics[:metricsGet.numMetrics]:
+            if s2.t <= s1.t:
+                m.nvmlReturn, m.value = 2, 0.0
+            elif m.metricId == self.NVML_GPM_METRIC_GRAPHICS_UTIL:
+                m.nvmlReturn, m.value = 0, busy
+            elif m.metricId == self.NVML_GPM_METRIC_ANY_TENSOR_UTIL:
+                m.nvmlReturn, m.value = 0, busy * 0.62  # training: most busy time in tensor ops
+            else:
+                m.nvmlReturn, m.value = 3, 0.0
+        return metricsGet
 
     def nvmlDeviceGetPersistenceMode(self, handle: Any) -> int:
         self._dev(handle, "nvmlDeviceGetPersistenceMode")

@@ -33,6 +33,7 @@ class GpuModel:
     row_remapping: bool  # Ampere and later remap rows ...
     page_retirement: bool  # ... older chips retire pages instead
     bus_ids: tuple[int, ...]  # PCI bus numbers of the GPUs on a typical board
+    gpm: bool = False  # NVML's GPU performance monitoring (GPM): Hopper and later
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ GPU_MODELS: dict[str, GpuModel] = {
     m.key: m
     for m in (
         GpuModel("H100-SXM5-80GB", "NVIDIA H100 80GB HBM3", 81559, 700.0, 72.0, 1980, 345, 2619,
-                 5, 16, 18, 87, 92, 31.0, 68.0, 0x233010DE, True, False, _HGX_BUSES),
+                 5, 16, 18, 87, 92, 31.0, 68.0, 0x233010DE, True, False, _HGX_BUSES, gpm=True),
         GpuModel("A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", 81920, 400.0, 55.0, 1410, 210, 1593,
                  4, 16, 12, 92, 95, 30.0, 64.0, 0x20B210DE, True, False, _HGX_BUSES),
         GpuModel("L4", "NVIDIA L4", 23034, 72.0, 16.0, 2040, 210, 6251,
