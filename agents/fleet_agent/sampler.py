@@ -5,6 +5,11 @@ A GPU in a bad state can make NVML block for minutes. The sampler never waits lo
 ``stale`` with an error saying so, and is *not* issued again while it is still running (one call in
 flight per chip, so hung calls cannot pile threads up). When it finally returns, its late answer is
 dropped and the next sample asks afresh, so the chip recovers by itself.
+
+Every time in a report is the wall clock read once, at the start of the sample, plus monotonic
+seconds from then: a chip's reading is stamped when its answer came, and a stale chip with the time
+of its last good reading as the monotonic clock counted it. A step of the wall clock (an NTP
+correction, a resumed VM) between or during samples therefore changes no age the checks compute.
 """
 
 from __future__ import annotations
@@ -203,8 +208,12 @@ class Sampler:
         # Chips seen by the last successful discover, per collector: listed (stale) when a later
         # discover hangs, so a hang does not make chips silently disappear.
         self._known: dict[str, list[ChipIdentity]] = {}
-        # The last good reading per chip, for sampled_at of a stale chip.
+        # When (monotonic) each chip last gave a good reading: a stale chip's sampled_at.
         self._last_ok: dict[tuple[str, str], float] = {}
+        # This sample's wall clock and monotonic start: _stamp turns a monotonic time into a
+        # sampled_at consistent with the sample's own.
+        self._wall0 = 0.0
+        self._mono0 = 0.0
         self._driver: str | None = None
 
     def _timeout_message(self, collector: str) -> str:
@@ -214,6 +223,7 @@ class Sampler:
         """Sample every collector (blocking for at most about two deadlines) and judge health."""
         t0 = time.monotonic()
         now = self.clock()
+        self._wall0, self._mono0 = now, t0
         host_future = self.guard.start(("host",), self.host.collect) if self.host is not None else None
         discover = {c.name: self.guard.start((c.name, "discover"), c.discover) for c in self.collectors}
         deadline = time.monotonic() + self.timeout_s
@@ -254,7 +264,7 @@ class Sampler:
             elif outcome.error is not None:
                 chips.append(_error_chip(ident, describe_error(c.name, outcome.error)))
             else:
-                chips.append(self._good_chip(c.name, ident, outcome.value, now))
+                chips.append(self._good_chip(c.name, ident, outcome.value, done_at[c.name]))
         chips.extend(self._stale_chip(c.name, ident, msg) for c, ident, msg in stale)
         chips.sort(key=lambda ch: (ch.kind, ch.index))
         for st in states:
@@ -290,17 +300,22 @@ class Sampler:
         report.sample_duration_s = round(time.monotonic() - t0, 6)
         return report
 
-    def _good_chip(self, collector: str, ident: ChipIdentity, chip: ChipReport, now: float) -> ChipReport:
-        if chip.sampled_at is None:
-            chip.sampled_at = now
+    def _stamp(self, mono: float) -> float:
+        return self._wall0 + (mono - self._mono0)
+
+    def _good_chip(self, collector: str, ident: ChipIdentity, chip: ChipReport,
+                   answered: float) -> ChipReport:
+        # The collector's own stamp is its wall clock, which may have stepped since this sample began.
+        chip.sampled_at = self._stamp(answered)
         chip.stale = False
-        self._last_ok[(collector, ident.uuid)] = chip.sampled_at
+        self._last_ok[(collector, ident.uuid)] = answered
         return chip
 
     def _stale_chip(self, collector: str, ident: ChipIdentity, message: str) -> ChipReport:
         chip = _error_chip(ident, message)
         chip.stale = True
-        chip.sampled_at = self._last_ok.get((collector, ident.uuid))
+        last = self._last_ok.get((collector, ident.uuid))
+        chip.sampled_at = None if last is None else self._stamp(last)
         return chip
 
     def _update_driver(self) -> None:

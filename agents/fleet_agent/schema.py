@@ -68,6 +68,8 @@ class Action(str, enum.Enum):
     NONE = "none"
     MONITOR = "monitor"
     CHECK_APPLICATION = "check_application"
+    # The host's or the inventory's settings (time sync, agent address): nothing on the host breaks.
+    CHECK_CONFIGURATION = "check_configuration"
     CHECK_COOLING = "check_cooling"
     RESTART_AGENT = "restart_agent"
     RESET_CHIP = "reset_chip"
@@ -230,11 +232,26 @@ class NodeReport:
     schema: str = SCHEMA_VERSION
     # Why the host is drained (the drained file's content, scheduler `none`); optional.
     drained_reason: str | None = None
+    # Seconds from the end of the sample to this answer, on the agent's monotonic clock, set when the
+    # answer is sent (:func:`with_sample_age`): with sample_duration_s, the sample's age measured
+    # without either machine's wall clock. Must stay the last field (see with_sample_age).
+    sample_age_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
         plain: dict[str, Any] = _plain(asdict(self))
         return plain
+
+
+_AGE_TAIL = b'"sample_age_s":null}\n'
+
+
+def with_sample_age(body: bytes, age_s: float) -> bytes:
+    """A rendered report (compact JSON, ``sample_age_s`` its last field) with ``sample_age_s`` set:
+    the server renders a report once per sample and stamps its age into each answer."""
+    if not body.endswith(_AGE_TAIL) or not math.isfinite(age_s):
+        return body
+    return b"%s%.3f}\n" % (body[:-len(b"null}\n")], max(0.0, age_s))
 
 
 def _plain(value: Any) -> Any:
@@ -310,7 +327,7 @@ def _problem(doc: Any, where: str) -> Problem:
 
 # What each field of a flat dataclass may hold, worked out once from its annotation (the parser
 # runs per host and chip; reading annotations per call was a third of `fleetctl health`'s CPU).
-_DICT, _LIST, _BOOL, _NUMBER = range(4)
+_DICT, _LIST, _BOOL, _NUMBER, _STRING = range(5)
 
 
 def _field_kinds(cls: type[Any]) -> tuple[tuple[str, int], ...]:
@@ -318,7 +335,8 @@ def _field_kinds(cls: type[Any]) -> tuple[tuple[str, int], ...]:
     for name, f in cls.__dataclass_fields__.items():
         ftype = str(f.type)
         kind = (_DICT if ftype.startswith("dict") else _LIST if ftype.startswith("list")
-                else _BOOL if ftype.startswith("bool") else _NUMBER)
+                else _BOOL if ftype.startswith("bool") else _STRING if ftype.startswith("str")
+                else _NUMBER)
         kinds.append((name, kind))
     return tuple(kinds)
 
@@ -326,8 +344,10 @@ def _field_kinds(cls: type[Any]) -> tuple[tuple[str, int], ...]:
 _FIELD_KINDS: dict[type[Any], tuple[tuple[str, int], ...]] = {}
 _NUMBER_TYPES = frozenset({int, float, type(None)})
 _BOOL_TYPES = frozenset({bool, type(None)})
-# Per class: (number fields, bool fields, other fields); see _fill_fast.
-_FIELD_GROUPS: dict[type[Any], tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, type], ...]]] = {}
+_STR_TYPES = frozenset({str, type(None)})
+# Per class: (number fields, bool fields, string fields, other fields); see _fill_fast.
+_FIELD_GROUPS: dict[type[Any], tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...],
+                                     tuple[tuple[str, type], ...]]] = {}
 
 
 def _fill_fast(cls: type[Any], doc: dict[str, Any]) -> Any:
@@ -339,16 +359,20 @@ def _fill_fast(cls: type[Any], doc: dict[str, Any]) -> Any:
         kinds = _field_kinds(cls)
         groups = _FIELD_GROUPS[cls] = (tuple(n for n, k in kinds if k == _NUMBER),
                                        tuple(n for n, k in kinds if k == _BOOL),
+                                       tuple(n for n, k in kinds if k == _STRING),
                                        tuple((n, dict if k == _DICT else list) for n, k in kinds
                                              if k in (_DICT, _LIST)))
-    numbers, bools, containers = groups
+    numbers, bools, strings, containers = groups
     number_values = list(map(doc.get, numbers))
     bool_values = list(map(doc.get, bools))
+    string_values = list(map(doc.get, strings))
     if not (_NUMBER_TYPES.issuperset(map(type, number_values))
-            and _BOOL_TYPES.issuperset(map(type, bool_values))):
+            and _BOOL_TYPES.issuperset(map(type, bool_values))
+            and _STR_TYPES.issuperset(map(type, string_values))):
         return None
     kwargs = {n: v for n, v in zip(numbers, number_values, strict=True) if v is not None}
     kwargs.update((n, v) for n, v in zip(bools, bool_values, strict=True) if v is not None)
+    kwargs.update((n, v) for n, v in zip(strings, string_values, strict=True) if v is not None)
     for name, container in containers:
         value = doc.get(name)
         if value is None:
@@ -380,6 +404,9 @@ def _fill(cls: type[Any], doc: Any, where: str) -> Any:
         elif kind == _BOOL:
             if not isinstance(value, bool):
                 raise SchemaError(f"{where}.{name}: expected bool")
+        elif kind == _STRING:
+            if not isinstance(value, str):
+                raise SchemaError(f"{where}.{name}: expected a string")
         elif kind == _DICT:
             if not isinstance(value, dict) or not all(isinstance(v, _NUM) for v in value.values()):
                 raise SchemaError(f"{where}.{name}: expected an object of numbers")
@@ -476,6 +503,7 @@ def parse_node_report(doc: Any) -> NodeReport:
         drained=_get(doc, "drained", bool, w, optional=True, default=False),
         drained_reason=_get(doc, "drained_reason", str, w, optional=True),
         sample_duration_s=_get(doc, "sample_duration_s", _NUM, w, optional=True),
+        sample_age_s=_get(doc, "sample_age_s", _NUM, w, optional=True),
     )
 
 

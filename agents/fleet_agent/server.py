@@ -35,7 +35,7 @@ from typing import Protocol
 import h11
 
 from fleet_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from fleet_agent.schema import NodeReport
+from fleet_agent.schema import NodeReport, with_sample_age
 
 MAX_HEADER_BYTES = 8192
 # Pending connections the kernel queues per listening socket; asyncio accepts up to as many in one
@@ -213,7 +213,12 @@ class AgentHttp:
             body = self.state.json_body
             if body is None:
                 return Response(503, b'{"error": "no sample yet"}\n', _JSON)
-            return Response(200, body, _JSON)
+            published = self.state.last_sample
+            if published is None:
+                return Response(200, body, _JSON)
+            # The sample's age on this agent's monotonic clock: fleetctl judges staleness by it and
+            # reads a wall-clock difference beyond it as clock skew, never as a stale sample.
+            return Response(200, with_sample_age(body, self.state.clock() - published), _JSON)
         if path == b"/metrics":
             metrics = self.state.metrics_body()
             if metrics is None:

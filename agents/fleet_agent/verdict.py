@@ -13,17 +13,23 @@ The rules:
 - a node is the worst of its chips and its own problems, and at least ``unknown`` when one of its
   chip sources could not be read (a source we cannot read says nothing about the chips behind it);
 - in the fleet report a host is the agent's verdict, made worse by what only the controller sees
-  (fewer chips than the inventory expects, a sample too old to trust), or ``error``/``unreachable``
-  when there is no report at all.
+  (fewer chips than the inventory expects, a sample too old to trust, two machines' clocks apart,
+  readings no chip can have, an answer from another host's agent), or ``error``/``unreachable``
+  when there is no report at all (or one that is not this host's).
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from fleet_agent.schema import Action, ChipReport, NodeReport, Problem, Severity, Status
+
+if TYPE_CHECKING:
+    from fleet_agent.health.checks import readings
 
 # Worst first when sorted by descending rank.
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
@@ -109,23 +115,68 @@ def worse(a: HostHealth, b: HostHealth) -> HostHealth:
 
 @dataclass(frozen=True, slots=True)
 class HostVerdict:
-    """A reporting host's state, the node-level problems the controller added, and the sample's
-    age (None when it cannot be told)."""
+    """A reporting host's state, the node-level problems the controller added, the sample's age and
+    time (None when they cannot be told), and its chips as the controller judged them: a chip with
+    impossible readings is a copy, those fields blanked and a problem naming each added."""
 
     health: HostHealth
     added: tuple[Problem, ...]
     age_s: float | None
+    chips: tuple[ChipReport, ...] = ()
+    sampled_at: float | None = None
+    chips_expected: int | None = None  # the count it held the chips against (None: none known)
+
+
+# Two clocks further apart than this, beyond the uncertainty of when the answer came, are skewed.
+SKEW_TOLERANCE_S = 5.0
+# A sample time this far after the controller's clock is no clock's: an impossible reading.
+ABSURD_FUTURE_S = 365 * 86400.0
+# Node-level numbers outside these ranges are impossible readings; the verdict then goes without.
+_INTERVAL_S = (0.0, 86400.0)
+_DURATION_S = (0.0, 86400.0)
+_AGE_S = (0.0, 10 * 365 * 86400.0)
+_CHIPS = (0.0, 1024.0)
 
 
 def host_verdict(node: NodeReport, now: float, *, expected_chips: int | None = None,
-                 sample_time_known: bool = True) -> HostVerdict:
+                 sample_time_known: bool = True, uncertainty_s: float = 0.0,
+                 also: Sequence[Problem] = ()) -> HostVerdict:
     """The agent's own verdict, plus what only the controller can see: the inventory's expected chip
-    count against the chips present (when the agent does not check it itself), and the sample's
-    age (an agent whose sampling loop is stuck keeps serving an old sample). Without a sample time
-    (a source that does not carry one) the age is unknown, and so is the host's state."""
+    count against the chips present (when the agent does not check it itself), readings no chip can
+    have, the sample's age (an agent whose sampling loop is stuck keeps serving an old sample), the
+    two machines' clocks disagreeing, and ``also`` (identity problems: each makes the state at
+    least unknown). Without a sample time (a source that does not carry one) the age is unknown,
+    and so is the host's state.
+
+    ``now`` is the controller's wall clock when the answer was read, give or take ``uncertainty_s``
+    (a fan-out reads its clock once for every host). The age comes from the agent's monotonic clock
+    when the report carries it (``sample_age_s``), and the wall-clock difference then measures skew;
+    without it, a sample stamped in the future is skew and one that looks old may be either."""
+    # Here, not at the top: the health package imports this module.
+    from fleet_agent.health.checks import readings
+
     health = HostHealth.of(node.status)
     added: list[Problem] = []
-    expected = expected_chips if expected_chips is not None else node.chips_expected
+    plausible, at = readings.chip_plausible, node.sampled_at
+    chips = tuple(node.chips)
+    if not all(map(plausible, chips, itertools.repeat(at))):
+        chips = tuple(c if plausible(c, at) else _judged_chip(c, at) for c in chips)
+        health = worse(health, HostHealth.DEGRADED)
+    # Not the host metrics: no fleet report shows them, and the agent judges them itself.
+    invalid: list[readings.Invalid] = []
+    interval = _valid("interval_s", node.interval_s, _INTERVAL_S, invalid)
+    node_expected = (node.chips_expected if _valid("chips_expected", node.chips_expected, _CHIPS, invalid)
+                     is not None else None)
+    duration = _valid("sample_duration_s", node.sample_duration_s, _DURATION_S, invalid)
+    own_age = _valid("sample_age_s", node.sample_age_s, _AGE_S, invalid)
+    if sample_time_known:
+        sample_time_known = _valid("sampled_at", node.sampled_at, (0.0, now + ABSURD_FUTURE_S),
+                                   invalid) is not None
+    found = [readings.problem(f) for f in invalid]
+    if found:
+        added += found
+        health = worse(health, HostHealth.DEGRADED)
+    expected = expected_chips if expected_chips is not None else node_expected
     # Not when the agent named why it sees no chips (the driver): that problem says it already.
     if (expected is not None and len(node.chips) != expected
             and not _has_check(node, "chip_count") and not _has_check(node, "driver")):
@@ -139,13 +190,89 @@ def host_verdict(node: NodeReport, now: float, *, expected_chips: int | None = N
                              Action.RESTART_AGENT))
         health = worse(health, HostHealth.UNKNOWN)
     else:
-        age = max(0.0, now - node.sampled_at)
-        if age > max(STALE_INTERVALS * node.interval_s, STALE_MIN_S):
+        age, health = _sample_age(node, now, interval or 0.0, own_age, duration, uncertainty_s, added, health)
+    for p in also:
+        added.append(p)
+        health = worse(health, HostHealth.UNKNOWN)
+    return HostVerdict(health, tuple(added), age, chips, node.sampled_at if sample_time_known else None,
+                       expected)
+
+
+def _sample_age(node: NodeReport, now: float, interval: float, own_age: float | None,
+                duration: float | None, uncertainty_s: float, added: list[Problem],
+                health: HostHealth) -> tuple[float | None, HostHealth]:
+    """The sample's age, with the sample_age and clock_skew problems it implies (appended to ``added``)."""
+    wall_age = now - node.sampled_at
+    tolerance = SKEW_TOLERANCE_S + max(0.0, uncertainty_s)
+    threshold = max(STALE_INTERVALS * interval, STALE_MIN_S)
+    if own_age is not None:
+        age = own_age + (duration or 0.0)
+        skew = wall_age - age  # positive: the agent's clock is behind the controller's
+        if abs(skew) > tolerance:
+            side = "behind" if skew > 0 else "ahead of"
+            added.append(Problem(
+                "clock_skew", Severity.WARNING,
+                f"the agent's clock is {abs(skew):.0f}s {side} this machine's (the sample's own age is "
+                f"{age:.0f}s): check time sync on both (chronyc tracking)", Action.CHECK_CONFIGURATION))
+            health = worse(health, HostHealth.DEGRADED)
+        if age > threshold:
             added.append(Problem("sample_age", Severity.WARNING,
-                                 f"latest sample is {age:.0f}s old (interval {node.interval_s:g}s)",
-                                 Action.RESTART_AGENT))
+                                 f"latest sample is {age:.0f}s old (interval {interval:g}s, the agent's "
+                                 "own clock)", Action.RESTART_AGENT))
             health = worse(health, HostHealth.UNKNOWN)
-    return HostVerdict(health, tuple(added), age)
+        return age, health
+    if wall_age < -tolerance:
+        added.append(Problem(
+            "clock_skew", Severity.WARNING,
+            f"sample stamped {-wall_age:.0f}s in the future: the agent's clock is ahead of this machine's, "
+            "so the sample's age is unknown: check time sync on both (chronyc tracking)",
+            Action.CHECK_CONFIGURATION))
+        return None, worse(health, HostHealth.UNKNOWN)
+    age = max(0.0, wall_age)
+    if age > threshold:
+        added.append(Problem("sample_age", Severity.WARNING,
+                             f"latest sample is {age:.0f}s old by this machine's clock (interval "
+                             f"{interval:g}s): a stuck sampling loop, or the agent's clock is behind",
+                             Action.RESTART_AGENT))
+        health = worse(health, HostHealth.UNKNOWN)
+    return age, health
+
+
+def _valid(name: str, value: float | None, bounds: tuple[float, float],
+           invalid: list[readings.Invalid]) -> float | None:
+    """``value`` when it is None or possible; else None, and the impossible value noted."""
+    if value is None or bounds[0] <= value <= bounds[1]:  # NaN compares false
+        return value
+    from fleet_agent.health.checks import readings
+
+    invalid.append(readings.Invalid(name, value, *bounds))
+    return None
+
+
+def _judged_chip(chip: ChipReport, node_sampled_at: float) -> ChipReport:
+    """``chip`` itself, or a copy without its impossible values and with a problem naming each."""
+    from fleet_agent.health.checks import readings
+
+    found = [f for f in readings.chip_invalid(chip, node_sampled_at, details=False)
+             if f.field in readings.SHOWN_FIELDS]
+    if not found:
+        return chip
+    new = [p for p in map(readings.problem, found) if p not in chip.problems]
+    blank: dict[str, Any] = {}
+    gpu = chip.gpu
+    for f in found:
+        if f.field.startswith("gpu.xid_counts[") and gpu is not None:
+            gpu = replace(gpu, xid_counts={k: v for k, v in gpu.xid_counts.items()
+                                           if not readings.out_of_range(v, *readings.COUNT_RANGE)})
+        elif f.field.startswith("gpu.") and gpu is not None:
+            gpu = replace(gpu, **{f.field[4:]: None})  # type: ignore[arg-type]  # a number field
+        elif f.field.startswith("tpu.") and chip.tpu is not None:
+            blank["tpu"] = replace(blank.get("tpu", chip.tpu), **{f.field[4:]: None})
+        else:
+            blank[f.field] = None
+    problems = sort_problems([*chip.problems, *new])
+    status = Status.worst([chip.status, problems_status(new)])
+    return replace(chip, **blank, gpu=gpu, problems=problems, status=status)
 
 
 def _has_check(node: NodeReport, check: str) -> bool:

@@ -13,6 +13,7 @@ from fleet_agent.health.checks import (
     gpu_lost,
     nvlink,
     pcie_link,
+    readings,
     retired_pages,
     row_remap,
     stale,
@@ -85,14 +86,14 @@ def only(problems: list[Problem]) -> Problem:
 def test_healthy_h100_passes_every_chip_check() -> None:
     chip = gpu_chip()
     for module in (gpu_lost, xid, ecc_uncorrectable, row_remap, retired_pages, temperature,
-                   throttle, pcie_link, nvlink, stale):
+                   throttle, pcie_link, nvlink, stale, readings):
         assert module.check(chip, CFG, NOW) == [], module.NAME
 
 
 def test_gpu_only_checks_ignore_a_tpu() -> None:
     chip = tpu_chip()
     for module in (gpu_lost, xid, ecc_uncorrectable, row_remap, retired_pages, throttle,
-                   pcie_link, nvlink, stale, temperature):
+                   pcie_link, nvlink, stale, temperature, readings):
         assert module.check(chip, CFG, NOW) == [], module.NAME
 
 
@@ -472,3 +473,36 @@ def test_stale_reports_errors_but_leaves_lost_gpus_to_gpu_lost() -> None:
     assert "for 40s" in problem.message and "no answer in 2s" in problem.message
     # No timestamp: only the sampler's flag can say stale.
     assert stale.check(gpu_chip(sampled_at=None), CFG, NOW) == []
+
+
+# --- invalid_reading ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("temperature_c", -3.0), ("utilization_pct", 180.0), ("memory_used_bytes", -1),
+    ("power_w", 1e300), ("memory_total_bytes", 10**30), ("ecc_volatile_uncorrected", 2**64 - 1),
+    ("sampled_at", NOW + 86400.0), ("utilization_pct", float("nan")),
+])
+def test_an_impossible_reading_is_named_and_degrades_the_chip(field: str, value: Any) -> None:
+    problem = only(readings.check(gpu_chip(**{field: value}), CFG, NOW))
+    assert (problem.check, problem.severity) == ("invalid_reading", Severity.WARNING)
+    assert f" {field} = " in problem.message or f".{field} = " in problem.message
+    assert len(problem.message) < 200  # a thousand-digit number is shown short
+
+
+def test_possible_readings_at_their_limits_pass() -> None:
+    chip = gpu_chip(temperature_c=0.0, utilization_pct=100.4, memory_used_bytes=0, power_w=0.0)
+    assert readings.check(chip, CFG, NOW) == []
+    assert readings.check(tpu_chip(utilization_pct=100.0), CFG, NOW) == []
+    assert readings.check(tpu_chip(tpu=TpuDetails(duty_cycle_pct=-1.0)), CFG, NOW)[0].message.startswith(
+        "impossible reading tpu.duty_cycle_pct = -1 ")
+    # More memory in use than there is: the one field that cannot be judged alone.
+    over = only(readings.check(gpu_chip(memory_used_bytes=81, memory_total_bytes=80), CFG, NOW))
+    assert "memory_used_bytes = 81 (expected 0 to 80)" in over.message
+
+
+def test_impossible_host_metrics_are_a_node_problem() -> None:
+    report = node([gpu_chip()], host_metrics=HostMetrics(cpu_pct=900.0, load1=-1.0,
+                                                         temperatures_c={"nct6798/AUXTIN1": -128.0}))
+    messages = [p.message for p in readings.check_node(report, CFG, NOW)]
+    assert [m.split(" = ")[0] for m in messages] == ["impossible reading host_metrics.cpu_pct",
+                                                     "impossible reading host_metrics.load1"]

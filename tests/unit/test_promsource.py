@@ -360,3 +360,20 @@ def test_repeated_reports_leave_no_threads_behind() -> None:
             break
         time.sleep(0.02)
     assert threading.active_count() <= before
+
+
+def test_impossible_readings_from_prometheus_are_named_and_not_healthy() -> None:
+    row = one_row(healthy_series(
+        fleet_chip_temperature_celsius=[(chip_labels("a", 0), -40.0), (chip_labels("a", 1), 50.0)],
+        fleet_chip_memory_used_bytes=[(chip_labels("a", 1), 1e300)],
+    ))
+    assert row.status is HostHealth.DEGRADED
+    fields = sorted(p.message.split(" = ")[0] for p in row.problems)
+    assert fields == ["impossible reading memory_used_bytes", "impossible reading temperature_c"]
+    assert row.max_temperature_c == 50.0 and row.memory_used_bytes is None
+
+
+def test_a_sample_stamped_in_the_future_is_clock_skew_not_a_fresh_sample() -> None:
+    row = one_row(healthy_series(fleet_sample_timestamp_seconds=[({"host": "a"}, NOW + 300)]))
+    assert row.status is HostHealth.UNKNOWN and row.age_s is None
+    assert [p.check for p in row.problems] == ["clock_skew"]

@@ -33,7 +33,7 @@ def node(
                 pci_bus_id="",
                 status=Status.UNHEALTHY if bad else Status.HEALTHY,
                 temperature_c=50.0 + 10 * i,
-                utilization_pct=20.0 + 40 * i,
+                utilization_pct=20.0 + 40 * (i % 2),
                 memory_used_bytes=2**30 * (i + 1),
                 memory_total_bytes=80 * 2**30,
                 power_w=300.0,
@@ -213,3 +213,27 @@ def test_inventory_strings_of_a_str_subclass_encode_as_plain_json() -> None:
     assert (host["name"], host["address"], host["port"], host["groups"]) == ("gpu-01", "10.0.0.1", 19001,
                                                                              ["gpu_nodes"])
     assert json.loads(report.to_json(indent=True)) == doc
+
+
+def test_impossible_numbers_from_one_agent_leave_the_table_and_json_whole() -> None:
+    import re
+
+    from rich.console import Console
+
+    from fleetctl.views.health import render_report
+
+    hostile = node()
+    hostile.chips[0].temperature_c = 1e300
+    hostile.chips[0].memory_used_bytes = 10**400  # too big for a float: sums and GiB would raise
+    hostile.chips[1].utilization_pct = -50.0
+    h = row(hostile, name="bad")
+    assert h.status is HostHealth.DEGRADED
+    assert (h.max_temperature_c, h.memory_used_bytes, h.mean_utilization_pct) == (60.0, 2 * 2**30, 20.0)
+    assert {p.check for p in h.problems} == {"invalid_reading"}
+    report = FleetReport(generated_at=NOW, source="agents", hosts=[h, row(node(), name="fine")])
+    doc = json.loads(report.to_json())
+    assert doc["hosts"][0]["chips"][0]["temperature_c"] is None
+    console = Console(width=120, record=True, color_system=None, file=open("/dev/null", "w"))
+    console.print(render_report(report, chips=True))
+    text = console.export_text()
+    assert not re.search(r"\d{20}", text) and "fine" in text

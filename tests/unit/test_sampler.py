@@ -169,3 +169,53 @@ def test_drained_file(tmp_path: Path, pool: cf.ThreadPoolExecutor) -> None:
     drained.write_text("maintenance: replacing GPU 3\n")
     report = sampler.sample_once()
     assert report.drained is True and report.drained_reason == "maintenance: replacing GPU 3"
+
+
+class SteppingClock:
+    """A wall clock that an NTP correction or a resumed VM steps by ``step`` seconds."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_wall_clock_step_during_a_sample_changes_no_verdict(pool: cf.ThreadPoolExecutor) -> None:
+    wall = SteppingClock()
+
+    class Stamping(FakeCollector):
+        """A collector that stamps its readings with its own wall clock (as nvml and tpu do)."""
+
+        def discover(self) -> list[ChipIdentity]:
+            wall.step(-3600.0)  # the clock is corrected back an hour after the sample began
+            return super().discover()
+
+        def sample_chip(self, chip: ChipIdentity) -> ChipReport:
+            report = super().sample_chip(chip)
+            report.sampled_at = wall()
+            return report
+
+    report = _sampler(Stamping(), pool, clock=wall).sample_once()
+    assert [c.status for c in report.chips] == [Status.HEALTHY, Status.HEALTHY], report.chips[0].problems
+    assert report.status is Status.HEALTHY
+    assert all(0.0 <= (c.sampled_at or 0.0) - report.sampled_at < TIMEOUT for c in report.chips)
+
+
+def test_a_stale_chips_age_is_counted_on_the_monotonic_clock(pool: cf.ThreadPoolExecutor) -> None:
+    wall = SteppingClock()
+    fake = FakeCollector()
+    sampler = _sampler(fake, pool, clock=wall)
+    sampler.sample_once()
+    wall.step(3600.0)  # a VM resumed: an hour passed by the wall clock, not on the monotonic one
+    release = threading.Event()
+    fake.discover_hang = release
+    report = sampler.sample_once()
+    release.set()
+    assert all(c.stale and c.status is Status.UNKNOWN for c in report.chips)
+    for c in report.chips:
+        assert c.sampled_at is not None and 0.0 < report.sampled_at - c.sampled_at < 10.0
+        assert "1h" not in c.problems[0].message and "3600" not in c.problems[0].message

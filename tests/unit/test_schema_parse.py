@@ -130,8 +130,8 @@ def test_problems_are_parsed_with_their_enums(read: Reader) -> None:
 
 def test_actions_run_least_to_most_disruptive() -> None:
     assert [a.value for a in Action] == [
-        "none", "monitor", "check_application", "check_cooling", "restart_agent", "reset_chip", "reboot",
-        "update_software", "check_hardware", "contact_support", "rma"]
+        "none", "monitor", "check_application", "check_configuration", "check_cooling", "restart_agent",
+        "reset_chip", "reboot", "update_software", "check_hardware", "contact_support", "rma"]
 
 
 def test_an_action_from_a_newer_agent_is_kept_as_it_was_sent() -> None:
@@ -264,3 +264,35 @@ def test_nvlink_energy_and_video_engine_fields_are_optional_and_typed(read: Read
         doc["chips"][1]["gpu"]["nvlink_replay_errors"] = bad
         with pytest.raises(SchemaError, match=r"chips\[1\]\.gpu\.nvlink_replay_errors"):
             read(doc)
+
+
+def test_the_agents_own_sample_age_is_read_and_optional(read: Reader) -> None:
+    assert read(node()).sample_age_s is None  # an older agent, or Prometheus
+    assert read(node(sample_age_s=2.5)).sample_age_s == 2.5
+    with pytest.raises(SchemaError, match=r"^report\.sample_age_s: expected"):
+        read(node(sample_age_s="2s"))
+
+
+def test_each_answer_carries_its_own_sample_age() -> None:
+    from fleet_agent.schema import with_sample_age
+    from fleet_agent.server import render_json
+
+    report = parse_node_report(node())
+    body = render_json(report)
+    assert body.endswith(b'"sample_age_s":null}\n')  # the last field: stamping it is a splice
+    stamped = with_sample_age(body, 12.3456)
+    assert decode_node_report(stamped).sample_age_s == 12.346
+    assert json.loads(stamped) == {**json.loads(body), "sample_age_s": 12.346}
+    assert with_sample_age(body, float("nan")) == body
+    assert with_sample_age(b'{"schema": "other"}\n', 1.0) == b'{"schema": "other"}\n'
+
+
+def test_a_gpus_serial_is_text_on_both_paths(read: Reader) -> None:
+    chip = gpu_chip(0)
+    chip["gpu"] = {**chip["gpu"], "serial": "1654922001234"}
+    assert read(node(chips=[chip])).chips[0].gpu.serial == "1654922001234"  # type: ignore[union-attr]
+    chip["gpu"]["ecc_volatile_uncorrected"] = 2**70  # past msgspec's integers: the careful path
+    assert read(node(chips=[chip])).chips[0].gpu.serial == "1654922001234"  # type: ignore[union-attr]
+    chip["gpu"]["serial"] = 42
+    with pytest.raises(SchemaError, match=r"^chips\[0\]\.gpu\.serial: expected a string"):
+        read(node(chips=[chip]))

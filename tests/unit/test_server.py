@@ -51,6 +51,18 @@ def test_routes() -> None:
     assert post.status == 405 and ("Allow", "GET, HEAD") in post.headers
 
 
+def test_node_answer_carries_the_samples_age_on_the_agents_monotonic_clock() -> None:
+    clock = Clock()
+    state = AgentState(5.0, clock=clock)
+    report = NodeReport(host="h", agent_version="0", sampled_at=1.0, interval_s=5.0, status=Status.HEALTHY,
+                        chips_expected=None, chips=[], host_metrics=HostMetrics())
+    state.publish(render_json(report), b"")
+    http = AgentHttp(state)
+    assert json.loads(http.route(b"GET", b"/v1/node", []).body)["sample_age_s"] == 0.0
+    clock.t += 3.25
+    assert json.loads(http.route(b"GET", b"/v1/node", []).body)["sample_age_s"] == 3.25
+
+
 def test_before_first_sample() -> None:
     http = AgentHttp(AgentState(5.0, clock=Clock()))
     assert http.route(b"GET", b"/healthz", []).status == 200  # just started: alive

@@ -133,3 +133,109 @@ def test_a_host_is_fit_for_work_when_healthy_or_degraded_with_every_chip() -> No
     assert unfit_for_work(node(Status.HEALTHY, 7, 8)) == "agent sees 7 of 8 expected chips"
     unknown = unfit_for_work(node(Status.UNKNOWN, 2, 2))
     assert unknown == "agent reports unknown (chip 0 unknown; chip 1 unknown)"
+
+
+# --- clocks: the sample's age against skew (issue 17 item 4) ---------------------------------------
+
+
+def aged(*, wall_age: float, own_age: float | None, duration: float = 0.0) -> NodeReport:
+    """A healthy report stamped ``wall_age`` before NOW by the agent's clock, whose own (monotonic)
+    age at answer time is ``own_age``."""
+    n = node(Status.HEALTHY, 1, None, age=wall_age, interval=5.0)
+    n.sample_age_s = own_age
+    n.sample_duration_s = duration
+    return n
+
+
+@pytest.mark.parametrize("skew", [3600.0, -600.0])  # the agent's clock behind, then ahead
+def test_skew_is_named_and_the_age_comes_from_the_agents_own_clock(skew: float) -> None:
+    v = host_verdict(aged(wall_age=2.0 + skew, own_age=1.5, duration=0.5), NOW)
+    assert [p.check for p in v.added] == ["clock_skew"]  # not a stale sample, not a fresh one
+    assert v.added[0].action is Action.CHECK_CONFIGURATION
+    assert ("behind" if skew > 0 else "ahead of") in v.added[0].message
+    assert f"{abs(skew):.0f}s" in v.added[0].message
+    assert v.age_s == 2.0 and v.health is HostHealth.DEGRADED
+
+
+def test_a_stuck_sampler_is_stale_whatever_the_clocks_say() -> None:
+    in_sync = host_verdict(aged(wall_age=100.0, own_age=100.0), NOW)
+    assert [p.check for p in in_sync.added] == ["sample_age"] and in_sync.health is HostHealth.UNKNOWN
+    assert "the agent's own clock" in in_sync.added[0].message
+    # The agent's clock is 10 minutes ahead: its sample looks fresh by the wall clocks, it is not.
+    ahead = host_verdict(aged(wall_age=100.0 - 600.0, own_age=100.0), NOW)
+    assert sorted(p.check for p in ahead.added) == ["clock_skew", "sample_age"]
+    assert ahead.health is HostHealth.UNKNOWN and ahead.age_s == 100.0
+
+
+def test_clocks_within_the_answers_uncertainty_are_not_skewed() -> None:
+    assert host_verdict(aged(wall_age=4.0, own_age=1.0), NOW).added == ()
+    # A fan-out reads its clock once for all hosts: an answer may have come 40 s before NOW.
+    late = host_verdict(aged(wall_age=41.0, own_age=1.0), NOW, uncertainty_s=45.0)
+    assert late.added == () and late.health is HostHealth.HEALTHY
+
+
+def test_without_the_agents_own_age_a_sample_from_the_future_is_skew_not_fresh() -> None:
+    v = host_verdict(aged(wall_age=-120.0, own_age=None), NOW)
+    assert [p.check for p in v.added] == ["clock_skew"] and "120s in the future" in v.added[0].message
+    assert v.age_s is None and v.health is HostHealth.UNKNOWN
+    assert host_verdict(aged(wall_age=-3.0, own_age=None), NOW).health is HostHealth.HEALTHY
+    old = host_verdict(aged(wall_age=100.0, own_age=None), NOW)
+    assert [p.check for p in old.added] == ["sample_age"] and "clock is behind" in old.added[0].message
+
+
+# --- impossible readings (issue 17 item 6) ---------------------------------------------------------
+
+
+def test_impossible_chip_readings_are_named_blanked_and_not_healthy() -> None:
+    n = node(Status.HEALTHY, 2, None)
+    bad = n.chips[1]
+    bad.temperature_c, bad.utilization_pct, bad.memory_used_bytes = -12.0, 250.0, -1
+    bad.power_w, bad.memory_total_bytes = 1e300, 10**30
+    v = host_verdict(n, NOW)
+    assert v.health is HostHealth.DEGRADED
+    judged = v.chips[1]
+    named = sorted(p.message.split(" = ")[0].removeprefix("impossible reading ") for p in judged.problems)
+    assert named == ["memory_total_bytes", "memory_used_bytes", "power_w", "temperature_c", "utilization_pct"]
+    assert all(p.check == "invalid_reading" for p in judged.problems)
+    assert (judged.temperature_c, judged.utilization_pct, judged.power_w, judged.memory_total_bytes) == (
+        None, None, None, None)
+    assert judged.status is Status.DEGRADED and v.chips[0] is n.chips[0]
+    assert bad.temperature_c == -12.0 and bad.problems == []  # the report itself is left as it came
+    assert "1e+30" in next(p.message for p in judged.problems if "memory_total" in p.message)
+
+
+def test_the_agents_own_invalid_reading_problem_is_not_repeated() -> None:
+    from fleet_agent.health.checks import readings
+
+    n = node(Status.DEGRADED, 1, None)
+    n.chips[0].temperature_c = -5.0
+    n.chips[0].problems = readings.check(n.chips[0], None, NOW)  # type: ignore[arg-type]  # cfg unused
+    assert len(n.chips[0].problems) == 1
+    assert len(host_verdict(n, NOW).chips[0].problems) == 1
+
+
+@pytest.mark.parametrize(("field", "value", "health"), [
+    ("interval_s", 1e300, HostHealth.UNKNOWN),  # an endless interval must not hide a day-old sample
+    ("sampled_at", 1e300, HostHealth.UNKNOWN),
+    ("chips_expected", 10**30, HostHealth.DEGRADED),
+    ("sample_age_s", -5.0, HostHealth.UNKNOWN),
+])
+def test_impossible_node_numbers_are_named_and_not_used(field: str, value: float, health: HostHealth) -> None:
+    n = node(Status.HEALTHY, 1, None, age=86400.0 if field == "interval_s" else 1.0)
+    if field == "sample_age_s":
+        n.sampled_at = NOW - 86400.0  # without a usable own age, the wall clocks say it is old
+    setattr(n, field, value)
+    v = host_verdict(n, NOW)
+    assert v.health is health
+    invalid = [p for p in v.added if p.check == "invalid_reading"]
+    assert len(invalid) == 1 and invalid[0].message.startswith(f"impossible reading {field} = ")
+    assert len(invalid[0].message) < 200
+    assert not any(p.check == "chip_count" for p in v.added)  # 1 of 10**30 chips: not a count
+
+
+def test_a_chip_reading_stamped_long_after_its_sample_is_impossible() -> None:
+    n = node(Status.HEALTHY, 1, None)
+    n.chips[0].sampled_at = n.sampled_at + 86400.0
+    v = host_verdict(n, NOW)
+    assert v.health is HostHealth.DEGRADED and v.chips[0].sampled_at is None
+    assert "impossible reading sampled_at" in v.chips[0].problems[0].message

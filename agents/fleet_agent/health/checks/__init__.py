@@ -13,6 +13,7 @@ from fleet_agent.health.checks import (
     gpu_lost,
     nvlink,
     pcie_link,
+    readings,
     retired_pages,
     row_remap,
     stale,
@@ -29,9 +30,9 @@ NodeCheck = Callable[[NodeReport, HealthConfig, float], list[Problem]]
 CHIP_CHECKS: dict[str, ChipCheck] = {
     module.NAME: module.check
     for module in (gpu_lost, xid, ecc_uncorrectable, row_remap, retired_pages, temperature,
-                   throttle, pcie_link, nvlink, stale)
+                   throttle, pcie_link, nvlink, stale, readings)
 }
 NODE_CHECKS: dict[str, NodeCheck] = {
-    module.NAME: module.check_node for module in (chip_count, collector, driver)
+    module.NAME: module.check_node for module in (chip_count, collector, driver, readings)
 }
 CHECK_NAMES: frozenset[str] = frozenset(CHIP_CHECKS) | frozenset(NODE_CHECKS)

@@ -20,6 +20,8 @@ def check(chip: ChipReport, cfg: HealthConfig, now: float) -> list[Problem]:
     if is_lost_message(chip.error):
         return []  # gpu_lost reports it, as critical; "no fresh reading" would only add noise
     age = None if chip.sampled_at is None else now - chip.sampled_at
+    if age is not None and age < 0:
+        age = None  # stamped after this sample began: no age to tell (the sampler's stamps never are)
     too_old = age is not None and cfg.stale_after_s is not None and age > cfg.stale_after_s
     error = chip.error
     if chip.stale or too_old:
