@@ -171,6 +171,7 @@ def main() -> None:
             inventory, playbook = make_local(workdir, args.hosts, args.tasks)
             name = "local"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "FLEETCTL_"))}
+        (workdir / "state").mkdir(exist_ok=True)  # fleetctl creates no directory named by --db
         env.update(
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),

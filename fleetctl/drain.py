@@ -10,6 +10,13 @@ Order of work for a drain, so that a fleetctl killed at any point leaves a true 
 4. with ``--wait``, poll until no workload runs (→ drained) or the timeout (→ drain_failed).
 
 A re-run finds hosts in cordoned/draining/drain_failed and carries on from there.
+
+Before step 1, every input is checked against what the hosts' schedulers accept (a reason too long
+for one scontrol argument or a Kubernetes annotation, a name Kubernetes cannot hold): refused with
+one line, nothing asked or changed. A scheduler call that fails in an unexpected way after step 2
+(an OS error running its client, a bug) becomes that host's outcome, never a traceback, and the
+host keeps the state recorded before the call (cordoned or draining), which a re-run resumes.
+A host in a state this fleetctl does not know (a newer one wrote it) is reported and left alone.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from fleetctl.schedulers.base import (
 from fleetctl.state import hosts as hstate
 from fleetctl.state import locks
 from fleetctl.state.hosts import DrainState, HostRecord
-from fleetctl.validation import Size, require_reason
+from fleetctl.validation import Size, require_reason, scheduler_input_problem
 
 SchedulerFor = Callable[[HostLike], Scheduler]
 Echo = Callable[[str], None]
@@ -168,6 +175,28 @@ def probe(hosts: Sequence[HostLike], scheds: Mapping[str, Scheduler], *,
     return result
 
 
+def check_inputs(hosts: Sequence[HostLike], scheduler_for: SchedulerFor, reason: str) -> None:
+    """Refuse (one line, exit 2) what a host's scheduler cannot take, before anything is asked."""
+    problems: list[str] = []
+    for h in hosts:
+        sched = scheduler_for(h)
+        node_name = getattr(sched, "node_name", None)
+        try:
+            node = str(node_name(h)) if node_name is not None else h.name
+        except SchedulerError:
+            continue  # a name the adapter rejects is reported by the probe, per host
+        problem = scheduler_input_problem(sched.kind, h.name, node, reason)
+        if problem:
+            problems.append(problem)
+    if problems:
+        more = f" (and {len(problems) - 1} more hosts)" if len(problems) > 1 else ""
+        raise UsageError(f"{problems[0]}{more}; nothing changed")
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
 def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
                scheduler_for: SchedulerFor, opts: DrainOptions) -> DrainPlan:
     require_reason(opts.reason)
@@ -182,12 +211,14 @@ def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequen
     skipped: list[Outcome] = []
     for h in hosts:
         st, rec = current[h.name], records[h.name]
-        if h.name in locked:
+        if rec.unknown:
+            skipped.append(Outcome(h.name, False, rec.label, rec.unknown_message()))
+        elif h.name in locked:
             skipped.append(Outcome(h.name, False, rec.state.value,
                                    f"refused: {locked[h.name].describe()}; --force to drain anyway"))
         elif st.foreign_drain:
             skipped.append(Outcome(h.name, False, rec.state.value,
-                                   f"already drained by someone else ({st.reason!r}); left as it is"))
+                                   f"already drained by someone else, left as it is: {st.reason!r}"))
         elif rec.state in (DrainState.MAINTAINING, DrainState.VERIFYING, DrainState.QUARANTINED):
             skipped.append(Outcome(h.name, True, rec.state.value,
                                    f"already out of service ({rec.state}, {rec.reason or 'no reason'})"))
@@ -210,8 +241,6 @@ def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequen
 def _locked_by_others(conn: sqlite3.Connection, names: Sequence[str],
                       own: str | None) -> dict[str, locks.Lock]:
     """Live host locks (a provision or maintain run at work) on ``names`` not held by ``own``."""
-    for statement in locks.SCHEMA:  # shared with provision; idempotent DDL
-        conn.execute(statement)
     wanted = set(names)
     return {lk.host: lk for lk in locks.held(conn) if lk.host in wanted and lk.holder.id != own}
 
@@ -222,6 +251,7 @@ def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[Ho
           clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
     """Drain ``hosts``; max-unavailable is counted over ``pool`` (the fleet or a group)."""
     reason = tag_reason(opts.actor, require_reason(opts.reason))
+    check_inputs(hosts, scheduler_for, reason)
     plan = plan_drain(conn, hosts, pool, scheduler_for, opts)
     for line in plan.lines():
         echo(line)
@@ -249,6 +279,11 @@ def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[Ho
                                   expect={DrainState.CORDONED}, note=f"scheduler refused the drain: {exc}")
             kind = "refused" if isinstance(exc, ForeignDrainError) else "failed"
             outcomes.append(Outcome(name, False, hstate.get(conn, name).state.value, f"drain {kind}: {exc}"))
+            continue
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the host's record says where it is
+            left = hstate.get(conn, name).state.value
+            outcomes.append(Outcome(name, False, left, f"drain failed: {_unexpected(exc)}; left {left}: "
+                                    "re-run drain to resume, or undrain"))
             continue
         if before.state is not DrainState.DRAINING:
             hstate.transition(conn, name, DrainState.DRAINING, actor=opts.actor, reason=reason,
@@ -287,9 +322,9 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
             now = hstate.get(conn, name)
             if now.state not in (DrainState.DRAINING, DrainState.DRAINED):
                 # Undrained (or taken over) by someone else while we waited: not ours to drain again.
-                outcomes.append(Outcome(name, False, now.state.value,
+                outcomes.append(Outcome(name, False, now.label,
                                         f"changed meanwhile by {now.actor or 'someone else'} "
-                                        f"({now.state.value}); stopped waiting"))
+                                        f"({now.label}); stopped waiting"))
                 del waiting[name]
                 continue
             try:
@@ -314,6 +349,11 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
                 del waiting[name]
             except (SchedulerError, hstate.TransitionError) as exc:
                 last[name] = str(exc)  # transient (a restarting controller); retried until the timeout
+            except Exception as exc:  # noqa: BLE001 - the host stays draining (recorded); a re-run resumes
+                outcomes.append(Outcome(name, False, DrainState.DRAINING.value,
+                                        f"drain failed: {_unexpected(exc)}; left draining: re-run drain "
+                                        "to resume"))
+                del waiting[name]
         if not waiting:
             break
         if clock() >= deadline:
@@ -351,12 +391,14 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
     candidates: list[HostLike] = []
     for h in hosts:
         st, rec = current[h.name], records[h.name]
-        if h.name in locked:
+        if rec.unknown:  # even with --force: the fleetctl that wrote it knows what it means
+            outcomes.append(Outcome(h.name, False, rec.label, rec.unknown_message()))
+        elif h.name in locked:
             outcomes.append(Outcome(h.name, False, rec.state.value,
                                     f"refused: {locked[h.name].describe()}; --force to undrain anyway"))
         elif st.foreign_drain:
             outcomes.append(Outcome(h.name, False, rec.state.value,
-                                    f"drained by someone else ({st.reason!r}); not touching it"))
+                                    f"drained by someone else, not touching it: {st.reason!r}"))
         elif rec.state is DrainState.ACTIVE and st.state not in (SchedState.DRAINING, SchedState.DRAINED):
             outcomes.append(Outcome(h.name, True, rec.state.value, f"not drained (scheduler: {st.state})"))
         elif rec.state in (DrainState.MAINTAINING, DrainState.VERIFYING) and hstate.owner_alive(rec.owner) \
@@ -365,7 +407,7 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
                                     f"in maintenance by {rec.owner} (run {rec.run_id}); --force to override"))
         elif rec.state is DrainState.QUARANTINED and not force:
             outcomes.append(Outcome(h.name, False, rec.state.value,
-                                    f"quarantined ({rec.reason}); fix it, then undrain with --force"))
+                                    f"quarantined: fix it, then undrain with --force ({rec.reason})"))
         else:
             candidates.append(h)
     verdicts: Mapping[str, str | None] = {}
@@ -374,9 +416,9 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
     for h in candidates:
         problem = verdicts.get(h.name)
         rec = records[h.name]
-        if problem:
+        if problem:  # what to do first: the table clips a long message at its end
             outcomes.append(Outcome(h.name, False, rec.state.value,
-                                    f"not undrained: {problem} (--force to override)"))
+                                    f"not undrained (--force to override): {problem}"))
             continue
         try:
             # The agent check above can take up to a minute: a maintain run (or another undrain)
@@ -389,9 +431,10 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
             continue
         try:
             scheds[h.name].undrain(h)
-        except SchedulerError as exc:
-            hstate.restore(conn, before, actor=actor, note=f"undrain failed: {exc}")
-            outcomes.append(Outcome(h.name, False, before.state.value, f"undrain failed: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - any failure: the record goes back to what it was
+            why = str(exc) if isinstance(exc, SchedulerError) else _unexpected(exc)
+            hstate.restore(conn, before, actor=actor, note=f"undrain failed: {why}")
+            outcomes.append(Outcome(h.name, False, before.state.value, f"undrain failed: {why}"))
             continue
         echo(f"{h.name}: back in service")
         outcomes.append(Outcome(h.name, True, DrainState.ACTIVE.value, "back in service"))
@@ -424,6 +467,8 @@ class HostStatus:
 def _note(rec: HostRecord, st: NodeState) -> str | None:
     """Where fleetctl's record and the scheduler disagree: what happened and what to do."""
     s, sched = rec.state, st.state
+    if rec.unknown:
+        return "state unknown to this fleetctl (a newer one wrote it): left alone"
     if st.foreign_drain:
         return "drained outside fleetctl"
     if s is DrainState.CORDONED and sched is SchedState.ACTIVE:
@@ -460,7 +505,7 @@ def status(conn: sqlite3.Connection, hosts: Sequence[HostLike],
         st, rec = current[h.name], records[h.name]
         result.append(HostStatus(
             host=h.name, scheduler=scheds[h.name].kind, scheduler_state=st.state.value,
-            scheduler_detail=st.detail, scheduler_reason=st.reason, state=rec.state.value,
+            scheduler_detail=st.detail, scheduler_reason=st.reason, state=rec.label,
             reason=rec.reason, actor=rec.actor, since=rec.updated_at, run_id=rec.run_id,
             workloads=running[h.name], note=_note(rec, st),
         ))
@@ -483,11 +528,20 @@ def agent_health(hosts: Sequence[HostLike]) -> dict[str, str | None]:
     def token(h: Host) -> str | None:
         return h.agent_token.reveal() if h.agent_token is not None else None
 
+    from fleetctl.report.identity import identity_findings
+
+    results = list(fetch_all(real, token, FanoutOptions(timeout_s=5.0, deadline_s=60.0)))
+    # An answer from another host's agent (a copied address, a shared endpoint) says nothing
+    # about this host: never undrain on it.
+    wrong = identity_findings([r.host for r in results],
+                              {r.host.name: r.report.host for r in results if r.report is not None})
     verdicts: dict[str, str | None] = {}
-    for result in fetch_all(real, token, FanoutOptions(timeout_s=5.0, deadline_s=60.0)):
+    for result in results:
         if result.report is None:
             where = result.host.agent_endpoint
             verdicts[result.host.name] = f"agent at {where} {result.kind}: {result.detail}"
+        elif result.host.name in wrong:
+            verdicts[result.host.name] = wrong[result.host.name].problem.message
         else:
             verdicts[result.host.name] = unfit_for_work(result.report)
     return verdicts

@@ -31,12 +31,12 @@ from typing import Any, Protocol
 from fleetctl import drain as drain_core
 from fleetctl.drain import DrainOptions, Echo, HealthCheck, Outcome, SchedulerFor, current_user
 from fleetctl.errors import FleetctlError, UsageError
-from fleetctl.schedulers.base import HostLike
+from fleetctl.schedulers.base import HostLike, tag_reason
 from fleetctl.state import hosts as hstate
 from fleetctl.state import locks
 from fleetctl.state.hosts import DrainState
 from fleetctl.state.runs import this_machine
-from fleetctl.validation import Size
+from fleetctl.validation import Size, batch_limit_problem, require_reason
 
 
 class Provisioner(Protocol):
@@ -116,7 +116,9 @@ def plan_maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Seq
     skipped: list[Outcome] = []
     for h in hosts:
         rec = records[h.name]
-        if rec.state is DrainState.QUARANTINED:
+        if rec.unknown:
+            skipped.append(Outcome(h.name, False, rec.label, rec.unknown_message()))
+        elif rec.state is DrainState.QUARANTINED:
             skipped.append(Outcome(h.name, False, rec.state.value,
                                    f"quarantined ({rec.reason}); fix it and undrain --force first"))
         elif rec.state in (DrainState.MAINTAINING, DrainState.VERIFYING) and hstate.owner_alive(rec.owner) \
@@ -132,6 +134,10 @@ def plan_maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Seq
         else:
             todo.append(h.name)
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+    for b in batches:
+        problem = batch_limit_problem(b)
+        if problem:
+            raise UsageError(problem)
     return MaintainPlan(batches, skipped, limit, pool_size, size)
 
 
@@ -141,16 +147,16 @@ def maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence
              sleep: Callable[[float], None] = time.sleep,
              clock: Callable[[], float] = time.monotonic) -> MaintainResult:
     plan = plan_maintain(conn, hosts, pool, opts)
-    for statement in locks.SCHEMA:  # shared with provision; idempotent DDL
-        conn.execute(statement)
+    run_id = f"m-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+    reason = opts.reason or f"maintain {Path(opts.playbook).name} (run {run_id})"
+    # Every batch's drain checks this too; here it refuses before the first batch starts.
+    drain_core.check_inputs(hosts, scheduler_for, tag_reason(opts.actor, require_reason(reason)))
     for line in plan.lines(opts):
         echo(line)
-    run_id = f"m-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
     if opts.dry_run:
         return MaintainResult(run_id, plan.skipped)
     by_name = {h.name: h for h in hosts}
     owner = hstate.this_process()
-    reason = opts.reason or f"maintain {Path(opts.playbook).name} (run {run_id})"
     outcomes: dict[str, Outcome] = {o.host: o for o in plan.skipped}
     failures = 0
     stopped: str | None = None

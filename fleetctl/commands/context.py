@@ -38,9 +38,11 @@ class DrainContext:
 
 
 @contextlib.contextmanager
-def drain_context(inventory: str | None, db_path: Path | None) -> Iterator[DrainContext]:
+def drain_context(inventory: str | None, db_path: Path | None, *,
+                  write: bool = True) -> Iterator[DrainContext]:
     """Open what the command needs. A database that cannot be opened (naming it) or read and written
-    later (the first line of sqlite's message) is a :class:`~fleetctl.errors.StateDatabaseError`."""
+    later (the first line of sqlite's message) is a :class:`~fleetctl.errors.StateDatabaseError`;
+    so is one a newer fleetctl wrote when the command would ``write``: refused before any work."""
     from fleetctl.errors import state_database
     from fleetctl.inventory import load_inventory
     from fleetctl.schedulers import SchedulerFactory
@@ -52,6 +54,8 @@ def drain_context(inventory: str | None, db_path: Path | None) -> Iterator[Drain
     with state_database(path):
         conn = db.connect(path, schema=hstate.SCHEMA)
     try:
+        if write:
+            db.require_writable(conn)
         with state_database():
             yield DrainContext(inv, path, conn, SchedulerFactory(inv.hosts.get))
     finally:

@@ -68,7 +68,7 @@ def drain(
 
     opts = core.DrainOptions(reason=require_reason(reason), wait=wait, timeout_s=timeout, dry_run=dry_run,
                              force=force, max_unavailable=Size.parse(max_unavailable, "--max-unavailable"))
-    with drain_context(inventory, db) as ctx:
+    with drain_context(inventory, db, write=not dry_run) as ctx:
         outcomes = core.drain(ctx.conn, ctx.select(pattern), ctx.pool(scope), ctx.schedulers, opts,
                               echo=echo_err)
     if dry_run:
@@ -107,7 +107,7 @@ def status(
     from fleetctl.commands.context import drain_context
     from fleetctl.state import hosts as hstate
 
-    with drain_context(inventory, db) as ctx:
+    with drain_context(inventory, db, write=False) as ctx:
         hosts = ctx.select(pattern)
         rows = core.status(ctx.conn, hosts, ctx.schedulers)
         entries = [e for h in hosts for e in hstate.audit(ctx.conn, h.name, history)] if history else []

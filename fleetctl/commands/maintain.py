@@ -56,7 +56,7 @@ def maintain(
         max_unavailable=Size.parse(max_unavailable, "--max-unavailable"), max_failures=max_failures,
         dry_run=dry_run, drain_timeout_s=drain_timeout, verify_timeout_s=verify_timeout,
     )
-    with drain_context(inventory, db) as ctx:
+    with drain_context(inventory, db, write=not dry_run) as ctx:
         provisioner = core.ansible_provisioner(list(ctx.inventory.sources), ctx.db_path)
         result = core.maintain(ctx.conn, ctx.select(pattern), ctx.pool(scope), ctx.schedulers, provisioner,
                                agent_health, opts, echo=echo_err)

@@ -12,17 +12,34 @@ import posixpath
 from collections.abc import Callable, Sequence
 
 from fleetctl.schedulers.base import ForeignDrainError, HostLike, NodeState, SchedState, SchedulerError
-from fleetctl.schedulers.transport import CommandRunner, runner_for
+from fleetctl.schedulers.transport import CommandResult, CommandRunner, runner_for
 
 DEFAULT_DRAINED_FILE = "/var/lib/fleet-agent/drained"
 DRAINED_FILE_VAR = "fleet_agent_drained_file"
+
+
+class _Guarded:
+    """A host's runner whose OS errors (the command could not start) are scheduler errors."""
+
+    def __init__(self, host: HostLike, runner: CommandRunner) -> None:
+        self.host, self.runner, self.where = host, runner, runner.where
+
+    def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0) -> CommandResult:
+        try:
+            return self.runner.run(argv, stdin=stdin, timeout=timeout)
+        except OSError as exc:
+            raise SchedulerError(f"{self.host.name}: cannot run {argv[0]} ({self.where}): "
+                                 f"{exc.strerror or exc}") from None
 
 
 class NoneScheduler:
     kind = "none"
 
     def __init__(self, runner_factory: Callable[[HostLike], CommandRunner] = runner_for) -> None:
-        self._runner_factory = runner_factory
+        self._factory = runner_factory
+
+    def _runner_factory(self, host: HostLike) -> CommandRunner:
+        return _Guarded(host, self._factory(host))
 
     @staticmethod
     def drained_file(host: HostLike) -> str:

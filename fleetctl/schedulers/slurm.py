@@ -92,10 +92,14 @@ class SlurmScheduler:
         return name
 
     def _run(self, argv: Sequence[str], host: HostLike | None = None) -> CommandResult:
-        result = self.runner.run(argv, timeout=self.timeout_s)
+        who = f"{host.name}: " if host else ""
+        try:
+            result = self.runner.run(argv, timeout=self.timeout_s)
+        except OSError as exc:  # the client could not even start (E2BIG, EACCES, ...): Slurm was not told
+            raise SchedulerError(f"{who}Slurm ({self.runner.where}): cannot run {argv[0]}: "
+                                 f"{exc.strerror or exc}") from None
         if result.rc != 0:
             msg = result.last_error_line()
-            who = f"{host.name}: " if host else ""
             if host is not None and any(s in msg.lower() for s in _NOT_FOUND):
                 raise SchedulerError(f"{who}Slurm has no node named {self.node_name(host)!r} ({msg})")
             raise SchedulerError(f"{who}Slurm ({self.runner.where}): {' '.join(argv[:2])} failed: {msg}")

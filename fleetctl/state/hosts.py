@@ -14,7 +14,10 @@ hosts of the pool that are unavailable (any state but active here, or drained/do
 the scheduler) and moves the requested hosts to ``cordoned`` only if the total stays within the
 limit, so concurrent fleetctl invocations can never exceed it together.
 
-A host with no row is ``active``.
+A host with no row is ``active``. A row whose state this fleetctl does not know (a newer fleetctl
+wrote it) reads as :attr:`DrainState.UNKNOWN` with the stored text kept: it is shown, counts as
+unavailable, and no transition leaves it (``TransitionError``): only the fleetctl that understands
+it changes it.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class DrainState(enum.StrEnum):
     VERIFYING = "verifying"
     DRAIN_FAILED = "drain_failed"
     QUARANTINED = "quarantined"
+    UNKNOWN = "unknown"  # a state a newer fleetctl wrote; HostRecord.stored holds its text
 
 
 S = DrainState
@@ -81,6 +85,7 @@ ALLOWED: dict[DrainState, frozenset[DrainState]] = {
     S.VERIFYING: frozenset({S.ACTIVE, S.QUARANTINED}),
     S.DRAIN_FAILED: frozenset({S.DRAINING, S.ACTIVE}),
     S.QUARANTINED: frozenset({S.MAINTAINING, S.ACTIVE}),
+    S.UNKNOWN: frozenset(),
 }
 
 
@@ -110,6 +115,20 @@ class HostRecord:
     updated_at: float | None = None
     owner: str | None = None
     run_id: str | None = None
+    stored: str | None = None  # the stored state text when it is not one this fleetctl knows
+
+    @property
+    def label(self) -> str:
+        """The state as stored: a known state's name, or the unknown text as it is."""
+        return self.stored if self.state is S.UNKNOWN and self.stored else self.state.value
+
+    @property
+    def unknown(self) -> bool:
+        return self.state is S.UNKNOWN
+
+    def unknown_message(self) -> str:
+        return (f"state {self.label!r} is unknown to this fleetctl (a newer fleetctl wrote it); "
+                "left alone: use that fleetctl")
 
 
 @dataclass(frozen=True)
@@ -143,9 +162,16 @@ def owner_alive(owner: str | None) -> bool:
     return True
 
 
+_KNOWN = {s.value: s for s in DrainState if s is not DrainState.UNKNOWN}
+
+
 def _row(row: sqlite3.Row) -> HostRecord:
-    return HostRecord(row["host"], DrainState(row["state"]), row["reason"], row["actor"], row["updated_at"],
-                      row["owner"], row["run_id"])
+    raw = str(row["state"])
+    state = _KNOWN.get(raw, S.UNKNOWN)
+    updated = row["updated_at"]
+    return HostRecord(row["host"], state, row["reason"], row["actor"],
+                      updated if isinstance(updated, int | float) else None, row["owner"], row["run_id"],
+                      stored=raw if state is S.UNKNOWN else None)
 
 
 def get(conn: sqlite3.Connection, host: str) -> HostRecord:
@@ -166,6 +192,8 @@ def get_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, HostRe
 
 def _write(conn: sqlite3.Connection, host: str, current: HostRecord, to: DrainState, *, actor: str,
            reason: str | None, note: str | None, owner: str | None, run_id: str | None) -> None:
+    if current.unknown:
+        raise TransitionError(f"{host}: {current.unknown_message()}")
     if to is not current.state and to not in ALLOWED[current.state]:
         raise TransitionError(f"{host}: cannot go from {current.state} to {to}")
     now = time.time()
@@ -195,7 +223,7 @@ def transition(conn: sqlite3.Connection, host: str, to: DrainState, *, actor: st
     with transaction(conn):
         current = get(conn, host)
         if expect is not None and current.state not in expect:
-            raise TransitionError(f"{host}: expected state {'/'.join(sorted(expect))}, found {current.state}")
+            raise TransitionError(f"{host}: expected state {'/'.join(sorted(expect))}, found {current.label}")
         _write(conn, host, current, to, actor=actor, reason=reason, note=note, owner=owner, run_id=run_id)
     return current
 
@@ -204,6 +232,9 @@ def restore(conn: sqlite3.Connection, record: HostRecord, *, actor: str, note: s
     """Put back ``record`` (the state before a transition whose action then failed), audited."""
     with transaction(conn):
         current = get(conn, record.host)
+        odd = current if current.unknown else record
+        if odd.unknown:
+            raise TransitionError(f"{record.host}: {odd.unknown_message()}")
         now = time.time()
         conn.execute(
             """INSERT INTO host_state (host, state, reason, actor, updated_at, owner, run_id)

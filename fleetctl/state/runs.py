@@ -202,11 +202,26 @@ def _record(row: sqlite3.Row, hosts: list[HostResult]) -> RunRecord:
     )
 
 
+def _read_only(conn: sqlite3.Connection) -> bool:
+    from fleetctl.state.db import StateConnection
+
+    return isinstance(conn, StateConnection) and conn.newer
+
+
+def _shown(record: RunRecord) -> RunRecord:
+    """A dead run that could not be written down (read-only database) is shown as interrupted."""
+    if is_dead(record):
+        record.status = "interrupted"
+        record.ended_at = record.ended_at or record.heartbeat_at
+    return record
+
+
 def reap(conn: sqlite3.Connection) -> list[str]:
-    """Mark dead ``running`` runs ``interrupted``; return their ids."""
+    """Mark dead ``running`` runs ``interrupted``; return their ids. A database written by a newer
+    fleetctl is left as it is (readers show such runs as interrupted without writing)."""
     rows = conn.execute("SELECT * FROM provision_runs WHERE status = 'running'").fetchall()
     dead = [row["id"] for row in rows if is_dead(_record(row, []))]
-    if dead:
+    if dead and not _read_only(conn):
         with transaction(conn):
             conn.executemany(
                 "UPDATE provision_runs SET status = 'interrupted', ended_at = heartbeat_at,"
@@ -242,7 +257,7 @@ def get(conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
         rows = exact
     if len(rows) != 1:
         return None
-    return _record(rows[0], _hosts(conn, rows[0]["id"]))
+    return _shown(_record(rows[0], _hosts(conn, rows[0]["id"])))
 
 
 def _like_prefix(text: str) -> str:
@@ -261,7 +276,7 @@ def list_runs(
         params.append(status)
     query += " ORDER BY started_at DESC, id DESC LIMIT ?"
     params.append(limit)
-    return [_record(row, _hosts(conn, row["id"])) for row in conn.execute(query, params).fetchall()]
+    return [_shown(_record(row, _hosts(conn, row["id"]))) for row in conn.execute(query, params).fetchall()]
 
 
 def summarize(hosts: Sequence[HostResult]) -> Mapping[str, int]:

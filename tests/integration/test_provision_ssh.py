@@ -77,6 +77,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "children": {"lab": {"hosts": hosts}, "strangers": {"hosts": {"stranger": stranger}}},
         }}))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "FLEETCTL_"))}
+        (tmp_path / "state").mkdir(exist_ok=True)  # fleetctl creates no directory named by --db
         env.update(FLEETCTL_DB=str(tmp_path / "state" / "fleetctl.db"), FLEETCTL_INVENTORY=str(inventory),
                    FLEETCTL_CACHE_DIR=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
         yield {"tmp": tmp_path, "env": env, "keys": keys}

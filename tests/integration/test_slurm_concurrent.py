@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_cluster import NODES, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
+from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
+
+# Ports of its own, so that this module's cluster can run beside another module's.
+SLURM_OPTIONS = ClusterOptions(ctld_port=38827, node_ports=(38811, 38812, 38813))
 
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 

@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from slurm_cluster import NODES, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
+from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
+
+# Ports of its own, so that this module's cluster can run beside another module's.
+SLURM_OPTIONS = ClusterOptions(ctld_port=38817, node_ports=(38801, 38802, 38803))
 
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 
@@ -132,7 +135,12 @@ def test_undrain_refuses_while_the_agent_reports_unhealthy(fleet: Fleet, slurm: 
     assert slurm.node_state("node3") == "drain"
     done = fleet.run("undrain", "node3")
     assert done.returncode == 1
-    assert "agent reports unhealthy" in done.stdout and "--force" in done.stdout
+    # the table clips a long message at its end: how to override comes first, then what is wrong
+    assert "not undrained (--force to override): agent reports unhealthy" in done.stdout, done.stdout
+    # the whole message in --json
+    done = fleet.run("undrain", "node3", "--json")
+    [host] = json.loads(done.stdout)["hosts"]
+    assert "agent reports unhealthy" in host["message"] and "--force" in host["message"], host
     assert slurm.node_state("node3") == "drain"
     done = fleet.run("undrain", "node3", "--force")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -188,7 +196,8 @@ def test_bad_input_and_a_scheduler_that_is_down(fleet: Fleet, slurm: SlurmCluste
     assert slurm.node_state("node2") == "idle"
     # Slurm's controller unreachable: a clear error, nothing recorded
     conf = tmp_path / "wrong.conf"
-    conf.write_text(slurm.conf.read_text().replace("SlurmctldPort=16817", "SlurmctldPort=16899")
+    port = f"SlurmctldPort={SLURM_OPTIONS.ctld_port}"
+    conf.write_text(slurm.conf.read_text().replace(port, "SlurmctldPort=38899")
                     .replace("MailProg=", "MessageTimeout=2\nMailProg="))
     fleet.env["SLURM_CONF"] = str(conf)
     done = fleet.run("drain", "node3", "--reason", "c")
@@ -196,3 +205,24 @@ def test_bad_input_and_a_scheduler_that_is_down(fleet: Fleet, slurm: SlurmCluste
     assert "scheduler unavailable for node3, nothing changed" in done.stderr
     assert "Unable to contact slurm controller" in done.stderr
     assert fleet.db_state("node3") is None
+
+
+def test_a_reason_scontrol_cannot_take_is_refused_up_front_and_the_longest_it_can_is_stored(
+        fleet: Fleet, slurm: SlurmCluster) -> None:  # noqa: F811
+    """The limit is the operating system's for one argument of scontrol (128 KiB): a reason that
+    fleetctl itself was given fits, tagged it would not. Refused in one line with nothing changed,
+    where it used to end in a traceback with the host left cordoned."""
+    max_arg = 131072  # Linux MAX_ARG_STRLEN, NUL included
+    done = fleet.run("drain", "node1", "--reason", "r" * (max_arg - 20))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("fleetctl drain: node1: --reason is too long for Slurm:")
+    assert fleet.db_state("node1") is None and slurm.node_state("node1") == "idle"
+    # the longest reason fleetctl lets through reaches Slurm whole
+    command = "sudo -n -- scontrol update NodeName=node1 State=DRAIN 'Reason=fleetctl:sre1: '"
+    longest = "s" * (max_arg - 1 - len(command))
+    done = fleet.run("drain", "node1", "--reason", longest)
+    assert done.returncode == 0, done.stderr[-2000:]
+    show = slurm.run(["scontrol", "show", "node", "-o", "node1"]).stdout
+    assert f"Reason=fleetctl:sre1: {longest}" in show
+    assert slurm.node_state("node1") == "drain" and fleet.db_state("node1") == "drained"

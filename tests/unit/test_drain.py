@@ -467,3 +467,204 @@ def test_a_host_undrained_by_someone_else_during_the_wait_is_left_alone(conn: sq
     after = sched.calls[sched.calls.index(("undrain", "h0")):]
     assert ("drain", "h0") not in after  # not drained again behind bob's back
     assert hs.get(conn, "h0").state is S.ACTIVE
+
+
+# --- state a newer fleetctl wrote (#17 item 7) -------------------------------------------------
+
+
+def test_a_host_in_a_state_this_fleetctl_does_not_know_is_shown_and_left_alone(
+        conn: sqlite3.Connection, sched: FakeScheduler) -> None:
+    conn.execute("INSERT INTO host_state VALUES "
+                 "('h0', 'rebooting', 'fleetctl:bob: fw', 'bob', 1.0, 'other:1', 'r-9')")
+    sched.nodes["h0"] = NodeState(SchedState.DRAINED, "fleetctl:bob: fw", "idle+drain")
+    [st] = core.status(conn, [HOSTS[0]], lambda h: sched)
+    assert st.state == "rebooting" and st.reason == "fleetctl:bob: fw"
+    assert st.note == "state unknown to this fleetctl (a newer one wrote it): left alone"
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert not out.ok and out.state == "rebooting"
+    assert "'rebooting' is unknown to this fleetctl" in out.message
+    for force in (False, True):
+        [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy, actor="alice", force=force)
+        assert not out.ok and "unknown to this fleetctl" in out.message
+    assert [c for c in sched.calls if c[0] in ("drain", "undrain")] == []
+    assert conn.execute("SELECT state FROM host_state WHERE host = 'h0'").fetchone()[0] == "rebooting"
+    # and it holds one unit of max-unavailable like any host out of service
+    [out] = run_drain(conn, sched, [HOSTS[1]])
+    assert not out.ok and "1 already unavailable (h0)" in out.message
+
+
+def _inventory(tmp_path: Path) -> Path:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    h1: {fleet_scheduler: none, ansible_connection: local, "
+                   f"fleet_agent_drained_file: {tmp_path / 'drained'}}}\n")
+    return inv
+
+
+def test_a_database_of_a_newer_schema_reads_for_status_and_refuses_drain_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from fleetctl.cli import app
+
+    monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "state.db"
+    c = db.connect(path)
+    c.execute("INSERT INTO host_state VALUES ('h1', 'rebooting', 'fleetctl:bob: fw', 'bob', 1.0, NULL, NULL)")
+    c.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
+    c.close()
+    common = ["-i", str(_inventory(tmp_path)), "--db", str(path)]
+    shown = CliRunner().invoke(app, ["status", "h1", "--json", *common])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["hosts"][0]["state"] == "rebooting"
+    for args in (["drain", "h1", "-r", "x"], ["undrain", "h1", "--force"]):
+        refused = CliRunner().invoke(app, [*args, *common])
+        assert refused.exit_code == 2, refused.output
+        assert refused.output.strip().splitlines() == [
+            f"fleetctl {args[0]}: state database {path} is schema version 2, written by a newer fleetctl; "
+            "this fleetctl knows up to version 1: it can read it (status, runs list) but changes nothing: "
+            "upgrade fleetctl"]
+    assert not (tmp_path / "drained").exists()  # the scheduler was never told
+
+
+def test_db_into_a_missing_directory_is_one_line_and_creates_nothing(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fleetctl.cli import app
+
+    monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path / "cache"))
+    missing = tmp_path / "no" / "such" / "state.db"
+    for args in (["status", "h1", "-i", str(_inventory(tmp_path))], ["runs", "list"]):
+        result = CliRunner().invoke(app, [*args, "--db", str(missing)])
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert f"directory {missing.parent} does not exist" in result.output
+    assert not (tmp_path / "no").exists()
+
+
+# --- inputs past what the scheduler takes; failures half-way (#17 item 8) -----------------------
+
+
+class NamedScheduler(FakeScheduler):
+    """A fake with a real adapter's kind and node name, for the limits of that kind."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    @staticmethod
+    def node_name(host: HostLike) -> str:
+        return str(host.vars.get("node") or host.name)
+
+
+def test_a_reason_too_long_for_slurm_is_refused_before_anything_is_asked(conn: sqlite3.Connection) -> None:
+    from fleetctl.validation import MAX_ARG_BYTES
+
+    sched = NamedScheduler("slurm")
+    with pytest.raises(UsageError, match=r"^h0: --reason is too long for Slurm: .* at most 131072; "
+                                         r"shorten it \(and 1 more hosts\); nothing changed$"):
+        run_drain(conn, sched, HOSTS[:2], reason="x" * MAX_ARG_BYTES)
+    assert sched.calls == [] and hs.audit(conn) == []
+    # the longest that fits goes through: the limit is the tool's, not a guess below it
+    command = "sudo -n -- scontrol update NodeName=h0 State=DRAIN 'Reason=fleetctl:alice: '"
+    fits = MAX_ARG_BYTES - 1 - len(command)
+    [out] = run_drain(conn, sched, [HOSTS[0]], reason="y" * fits)
+    assert out.ok, out.message
+    with pytest.raises(UsageError, match="too long for Slurm"):
+        run_drain(conn, sched, [HOSTS[1]], reason="y" * (fits + 1))
+
+
+def test_kubernetes_names_and_annotation_sizes_are_refused_up_front(conn: sqlite3.Connection) -> None:
+    sched = NamedScheduler("kubernetes")
+    for node in ("GPU_Node1", "n" * 254):
+        with pytest.raises(UsageError, match=r"is not a Kubernetes node name: .* at most 253"):
+            run_drain(conn, sched, [FakeHost("h0", vars={"node": node})])
+    with pytest.raises(UsageError, match=r"too long for Kubernetes: .* at most 262144"):
+        run_drain(conn, sched, [HOSTS[0]], reason="z" * 262144)
+    assert sched.calls == [] and hs.audit(conn) == []
+    [out] = run_drain(conn, sched, [FakeHost("h0", vars={"node": "n" * 253})], reason="z" * 200_000)
+    assert out.ok, out.message
+
+
+class Breaking(FakeScheduler):
+    """The scheduler's client breaks in a way no adapter foresaw, once the host is recorded."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error: Exception | None = error
+
+    def drain(self, host: HostLike, reason: str) -> None:
+        if self.error is not None:
+            raise self.error
+        super().drain(host, reason)
+
+    def undrain(self, host: HostLike) -> None:
+        if self.error is not None:
+            raise self.error
+        super().undrain(host)
+
+
+@pytest.mark.parametrize("error", [OSError(7, "Argument list too long"), RuntimeError("client bug")])
+def test_a_failure_half_way_is_an_outcome_recorded_and_resumable(conn: sqlite3.Connection,
+                                                                 error: Exception) -> None:
+    sched = Breaking(error)
+    [out] = run_drain(conn, sched, [HOSTS[0]])  # no exception escapes
+    assert not out.ok and out.state == "cordoned"
+    assert f"unexpected error: {type(error).__name__}" in out.message and "re-run drain" in out.message
+    assert hs.get(conn, "h0").state is S.CORDONED
+    [st] = core.status(conn, [HOSTS[0]], lambda h: sched)
+    assert st.note == "interrupted before the scheduler was told: re-run drain, or undrain"
+    sched.error = None  # fixed: the re-run carries on without a second budget unit
+    [out] = run_drain(conn, sched, [HOSTS[0]])
+    assert out.ok and out.state == "drained"
+    sched.error = error
+    [out] = core.undrain(conn, [HOSTS[0]], lambda h: sched, healthy, actor="alice")
+    assert not out.ok and out.state == "drained" and "undrain failed: unexpected error" in out.message
+    assert hs.get(conn, "h0").state is S.DRAINED
+
+
+def _agent_answering(name: str) -> tuple[Any, int]:
+    """A real HTTP server on loopback answering /v1/node with a healthy report naming ``name``."""
+    import http.server
+    import threading
+    import time
+
+    from fleet_agent.schema import HostMetrics, NodeReport, Status
+    from fleet_agent.server import render_json
+
+    body = render_json(NodeReport(host=name, agent_version="0.1.0", sampled_at=time.time(),
+                                  interval_s=5.0, status=Status.HEALTHY, chips_expected=None, chips=[],
+                                  host_metrics=HostMetrics()))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def test_undrain_health_gate_never_trusts_another_hosts_agent() -> None:
+    from fleetctl.inventory import Host
+
+    own, own_port = _agent_answering("gpu-2")
+    try:
+        gpu1 = Host("gpu-1", "127.0.0.1", ("gpu_nodes",), {}, agent_port=own_port)  # a copied address
+        gpu2 = Host("gpu-2", "127.0.0.1", ("gpu_nodes",), {}, agent_port=own_port)
+        verdicts = core.agent_health([gpu1])
+        assert verdicts["gpu-1"] is not None and "gpu-2" in verdicts["gpu-1"]  # the answer is gpu-2's
+        assert core.agent_health([gpu2]) == {"gpu-2": None}  # its own agent: healthy
+        both = core.agent_health([gpu1, gpu2])  # one endpoint for two hosts: neither row is trusted
+        assert both["gpu-1"] is not None
+    finally:
+        own.shutdown()

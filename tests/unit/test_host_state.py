@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sqlite3
@@ -125,3 +126,152 @@ def test_owner_alive() -> None:
     # a pid that cannot exist on this machine
     assert not hs.owner_alive(f"{hs.this_process().rpartition(':')[0]}:{2**22 + 12345}")
     assert hs.owner_alive("another-machine:1")  # can't check: presumed alive
+
+
+# --- schema versions, rows from a newer fleetctl, file privacy (#17 item 7) -----------------------
+
+# The layout `fleetctl drain` wrote before schema versions existed (user_version 0), frozen here.
+V0_LAYOUT = (
+    """CREATE TABLE host_state (host TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT, actor TEXT,
+        updated_at REAL NOT NULL, owner TEXT, run_id TEXT)""",
+    """CREATE TABLE host_audit (id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, at REAL NOT NULL,
+        actor TEXT NOT NULL, from_state TEXT NOT NULL, to_state TEXT NOT NULL, reason TEXT, note TEXT)""",
+)
+
+
+def _raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def _v0_file(path: Path) -> None:
+    raw = _raw(path)
+    for statement in V0_LAYOUT:
+        raw.execute(statement)
+    raw.execute("INSERT INTO host_state VALUES "
+                "('h1', 'drained', 'fleetctl:bob: psu', 'bob', 1.0, NULL, NULL)")
+    raw.execute("INSERT INTO host_audit (host, at, actor, from_state, to_state) "
+                "VALUES ('h1', 1.0, 'bob', 'draining', 'drained')")
+    raw.close()
+
+
+def test_an_unversioned_file_is_detected_and_migrated_forward_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _v0_file(path)
+    c = db.connect(path)
+    assert c.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 1
+    assert c.execute("PRAGMA application_id").fetchone()[0] == db.APPLICATION_ID
+    tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"host_state", "host_audit", "host_locks", "provision_runs", "provision_run_hosts"} <= tables
+    rec = hs.get(c, "h1")
+    assert (rec.state, rec.reason, rec.actor) == (S.DRAINED, "fleetctl:bob: psu", "bob")
+    assert [e.to_state for e in hs.audit(c, "h1")] == ["drained"]
+    hs.transition(c, "h1", S.ACTIVE, actor="alice")  # and it is writable as before
+    c.close()
+    again = db.connect(path)  # a second open finds it current: nothing to do
+    assert again.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert [e.to_state for e in hs.audit(again, "h1")] == ["drained", "active"]
+
+
+def test_another_programs_database_is_refused_not_migrated(tmp_path: Path) -> None:
+    from fleetctl.errors import StateDatabaseError
+
+    path = tmp_path / "other.db"
+    raw = _raw(path)
+    raw.execute("CREATE TABLE photos (id INTEGER)")
+    raw.close()
+    with pytest.raises(StateDatabaseError, match=r"not a fleetctl state database .*photos"):
+        db.connect(path)
+    assert _raw(path).execute("PRAGMA user_version").fetchone()[0] == 0
+
+
+def _newer_file(path: Path) -> None:
+    db.connect(path).close()
+    raw = _raw(path)
+    raw.execute("INSERT INTO host_state VALUES ('h1', 'draining', 'fleetctl:bob: r', 'bob', 1.0, NULL, NULL)")
+    raw.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
+    raw.close()
+
+
+def test_a_newer_schema_version_reads_but_refuses_writes_naming_both_versions(tmp_path: Path) -> None:
+    from fleetctl.errors import StateDatabaseError
+
+    path = tmp_path / "newer.db"
+    _newer_file(path)
+    c = db.connect(path, schema=hs.SCHEMA)
+    assert hs.get(c, "h1").state is S.DRAINING  # reading works
+    with pytest.raises(StateDatabaseError, match=r"schema version 2, written by a newer fleetctl; this "
+                                                 r"fleetctl knows up to version 1") as refused:
+        hs.transition(c, "h1", S.ACTIVE, actor="alice")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(sqlite3.OperationalError):  # a write outside a transaction is stopped too
+        c.execute("DELETE FROM host_state")
+    assert _raw(path).execute("SELECT state FROM host_state").fetchone()[0] == "draining"
+    assert _raw(path).execute("PRAGMA user_version").fetchone()[0] == 2  # never migrated "back"
+
+
+def test_a_state_a_newer_fleetctl_wrote_is_shown_counted_and_left_alone(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO host_state VALUES "
+                 "('h1', 'rebooting', 'fleetctl:bob: fw', 'bob', 1.0, NULL, NULL)")
+    rec = hs.get(conn, "h1")
+    assert rec.state is S.UNKNOWN and rec.label == "rebooting" and rec.reason == "fleetctl:bob: fw"
+    assert hs.get_many(conn, ["h1", "h2"])["h1"].label == "rebooting"
+    for to in (S.ACTIVE, S.CORDONED, S.DRAINING):
+        with pytest.raises(hs.TransitionError, match="'rebooting' is unknown to this fleetctl"):
+            hs.transition(conn, "h1", to, actor="alice")
+    # it counts as unavailable and a reservation never moves it
+    assert hs.unavailable_count(conn, ["h1", "h2"]) == 1
+    with pytest.raises(hs.BudgetExceeded):
+        hs.reserve(conn, ["h2"], pool=["h1", "h2"], limit=1, scheduler_unavailable=[], actor="a", reason="r")
+    assert conn.execute("SELECT state FROM host_state WHERE host = 'h1'").fetchone()[0] == "rebooting"
+    assert hs.audit(conn, "h1") == []
+
+
+def test_the_file_and_its_wal_are_private_wherever_it_is(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "elsewhere" / "s.db"
+        path.parent.mkdir()
+        c = db.connect(path)
+        hs.transition(c, "h1", S.CORDONED, actor="a", reason="r")
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            assert p.exists() and (p.stat().st_mode & 0o777) == 0o600, p
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_file_readable_by_others_is_tightened_or_refused(tmp_path: Path) -> None:
+    from fleetctl.errors import StateDatabaseError
+
+    path = tmp_path / "s.db"
+    held = db.connect(path)  # keeps -wal/-shm in place
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        p.chmod(0o644)
+    db.connect(path).close()
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        assert p.stat().st_mode & 0o777 == 0o600, p
+    held.close()
+    path.chmod(0o444)  # read-only for everyone: the others' bits go, none is added
+    with contextlib.suppress(sqlite3.Error):
+        db.connect(path).close()
+    assert path.stat().st_mode & 0o777 == 0o400
+    if os.geteuid() == 0:  # a looser file of another user is not ours to change: refused
+        path.chmod(0o644)
+        os.chown(path, 65534, 65534)
+        with pytest.raises(StateDatabaseError,
+                           match=r"readable by others \(mode 0644\) and owned by uid 65534"):
+            db.connect(path)
+        assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_explicit_path_into_a_missing_directory_is_one_line_not_a_mkdir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetctl.errors import StateDatabaseError
+
+    with pytest.raises(StateDatabaseError, match=r"directory .*typo does not exist \(create it first\)"):
+        db.connect(tmp_path / "typo" / "s.db")
+    assert not (tmp_path / "typo").exists()
+    # the default location is still created, owner-only
+    monkeypatch.delenv(db.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    db.connect().close()
+    assert (tmp_path / "xdg" / "fleetctl").stat().st_mode & 0o777 == 0o700

@@ -225,3 +225,33 @@ def test_a_host_drained_by_hand_is_left_out_not_put_back_into_service(conn: sqli
     assert ("provision", "h1") not in log and ("undrain", "h1") not in log
     assert hs.get(conn, "h1").state is S.DRAINED and "RMA ticket 42" in (hs.get(conn, "h1").reason or "")
     assert [by[h].state for h in ("h0", "h2", "h3")] == ["active"] * 3
+
+
+def test_a_host_in_a_state_this_fleetctl_does_not_know_is_left_out(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO host_state VALUES "
+                 "('h1', 'rebooting', 'fleetctl:bob: fw', 'bob', 1.0, NULL, NULL)")
+    log: list[tuple[str, str]] = []
+    sched, prov = FakeScheduler(log), FakeProvisioner(log)
+    result = run(conn, sched, prov, FakeHealth(), hosts=HOSTS[:2], max_unavailable=Size(2))
+    by = {o.host: o for o in result.outcomes}
+    assert not by["h1"].ok and by["h1"].state == "rebooting"
+    assert "unknown to this fleetctl" in by["h1"].message
+    assert by["h0"].ok and prov.batches == [["h0"]]
+    assert conn.execute("SELECT state FROM host_state WHERE host = 'h1'").fetchone()[0] == "rebooting"
+
+
+def test_inputs_past_the_tools_limits_are_refused_before_the_first_batch(conn: sqlite3.Connection) -> None:
+    from fleetctl.validation import MAX_ARG_BYTES
+
+    log: list[tuple[str, str]] = []
+    sched, prov = FakeScheduler(log), FakeProvisioner(log)
+    sched.kind = "slurm"  # type: ignore[misc]
+    with pytest.raises(UsageError, match="too long for Slurm"):
+        run(conn, sched, prov, FakeHealth(), reason="r" * MAX_ARG_BYTES)
+    # a batch whose host list cannot be one `--limit` argument of ansible-playbook
+    many = [FakeHost(f"gpu-node-{i:06d}.example.org") for i in range(5000)]
+    with pytest.raises(UsageError, match=r"--batch: 5000 hosts make a host list of \d+ bytes"):
+        mcore.maintain(conn, many, many, lambda h: sched, prov, FakeHealth(),
+                       mcore.MaintainOptions(playbook="site.yml", batch=Size(100, percent=True),
+                                             max_unavailable=Size(100, percent=True)))
+    assert log == [] and hs.audit(conn) == []

@@ -108,3 +108,34 @@ def test_a_corrupt_run_database_is_one_line_naming_it(tmp_path: Path, args: list
     result = CliRunner().invoke(app, [*args, "--db", str(bad)])
     assert result.exit_code == 2
     assert result.output.strip() == f"fleetctl runs: state database {bad}: file is not a database"
+
+
+def test_runs_from_a_newer_fleetctl_are_listed_read_only_never_rewritten(tmp_path: Path) -> None:
+    """A newer schema version: ``runs list``/``show`` read it; a dead run shows as interrupted but is
+    not written down, and a status this fleetctl does not know is shown as it is."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fleetctl.cli import app
+    from fleetctl.state import db
+
+    path = tmp_path / "state.db"
+    conn = runs.connect(path)
+    runs.start(conn, record("2026-01-01", pid=2**22 + 12345))  # a pid that cannot exist: dead
+    runs.start(conn, record("2026-01-02"))
+    conn.execute("UPDATE provision_runs SET status = 'paused' WHERE id = '2026-01-02'")
+    conn.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
+    conn.close()
+
+    listed = CliRunner().invoke(app, ["runs", "list", "--json", "--db", str(path)])
+    assert listed.exit_code == 0, listed.output
+    assert {r["id"]: r["status"] for r in json.loads(listed.output)} == {
+        "2026-01-01": "interrupted", "2026-01-02": "paused"}
+    table = CliRunner().invoke(app, ["runs", "list", "--db", str(path)])
+    assert table.exit_code == 0 and "paused" in table.output, table.output
+    shown = CliRunner().invoke(app, ["runs", "show", "2026-01-02", "--db", str(path)])
+    assert shown.exit_code == 0 and "paused" in shown.output, shown.output
+    raw = sqlite3.connect(path)
+    assert dict(raw.execute("SELECT id, status FROM provision_runs").fetchall()) == {
+        "2026-01-01": "running", "2026-01-02": "paused"}

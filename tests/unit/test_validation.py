@@ -43,3 +43,16 @@ def test_one_of_lists_the_choices() -> None:
     assert one_of("--sort", "name", ("status", "name")) == "name"
     with pytest.raises(UsageError, match=r"^--sort 'colour': expected one of status, name$"):
         one_of("--sort", "colour", ("status", "name"))
+
+
+def test_scheduler_limits_count_what_the_tool_receives() -> None:
+    from fleetctl.validation import MAX_ARG_BYTES, scheduler_input_problem
+
+    # Slurm: quoting for the remote shell counts (each ' becomes 5 bytes), so does UTF-8
+    quotes = "'" * (MAX_ARG_BYTES // 5)
+    assert scheduler_input_problem("slurm", "h", "n1", "fleetctl:a: " + "x" * (MAX_ARG_BYTES // 5)) is None
+    for reason in ("fleetctl:a: " + quotes, "é" * (MAX_ARG_BYTES // 2)):
+        assert "too long for Slurm" in (scheduler_input_problem("slurm", "h", "n1", reason) or "")
+    # the none scheduler writes the reason through stdin: no argument limit applies
+    assert scheduler_input_problem("none", "h", "h", "x" * (2 * MAX_ARG_BYTES)) is None
+    assert scheduler_input_problem("kubernetes", "h", "gpu-1.rack-2", "x" * 1000) is None
