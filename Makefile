@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: help venv demo test test-unit test-integration molecule bench lint system-deps hw-validate
+.PHONY: help venv demo test test-unit test-integration test-images molecule bench lint system-deps hw-validate
 
 help:
 	@echo "make demo      simulated fleet + fleetctl health (no root, no Docker, no GPU)"
@@ -33,13 +33,18 @@ demo: $(VENV)/.stamp
 system-deps:
 	@bash scripts/system-deps.sh
 
-test: $(VENV)/.stamp system-deps
+# The Debian 12 images the SSH tests and Molecule start (debootstrap + docker build, no registry).
+# Cached: an image that exists and matches its Dockerfile is kept, so a re-run costs a second.
+test-images: system-deps
+	@bash tests/images/build.sh
+
+test: $(VENV)/.stamp system-deps test-images
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration roles/container_runtime/tests
 
 test-unit: $(VENV)/.stamp
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-molecule: $(VENV)/.stamp system-deps
+molecule: $(VENV)/.stamp system-deps test-images
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/molecule-all.sh
 
 # On a real GPU host (no .venv needed): scripts/hw-validate.sh --help for its options.

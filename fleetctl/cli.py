@@ -23,6 +23,33 @@ app = typer.Typer(
 _COMMAND_MODULES = ("health", "inventory", "prometheus", "provision", "runs", "drain", "maintain")
 
 
+def version_text() -> str:
+    """Both distributions' versions, one per line: a bug report needs the agent's too."""
+    from fleetctl import __version__
+
+    try:
+        from fleet_agent import __version__ as agent_version
+    except ImportError:
+        agent_version = "not installed"
+    return f"fleetctl {__version__}\nfleet-agent {agent_version}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True,
+        help="Show fleetctl's and fleet-agent's versions and exit.",
+    ),
+) -> None:
+    """Provision, drain and watch bare-metal GPU/TPU fleets."""
+
+
 def _register_all() -> None:
     for name in _COMMAND_MODULES:
         importlib.import_module(f"fleetctl.commands.{name}").register(app)

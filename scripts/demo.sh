@@ -6,6 +6,8 @@
 set -euo pipefail
 
 HOSTS="${DEMO_HOSTS:-64}"
+# DEMO_BASE_PORT fixes the first port (tests keep to their range); otherwise a free block is picked.
+BASE_PORT="${DEMO_BASE_PORT:-}"
 SCENARIO="${DEMO_SCENARIO:-demo}"
 workdir="$(mktemp -d "${TMPDIR:-/tmp}/fleetctl-demo.XXXXXX")"
 fleet_pid=""
@@ -21,7 +23,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # A block of HOSTS consecutive free ports on 127.0.0.1 (sim-fleet listens on P .. P+HOSTS-1).
-base_port="$(python3 - "$HOSTS" <<'PY'
+base_port="${BASE_PORT:-$(python3 - "$HOSTS" <<'PY'
 import random, socket, sys
 n = int(sys.argv[1])
 for _ in range(200):
@@ -42,7 +44,7 @@ for _ in range(200):
 else:
     sys.exit("demo: no block of free ports found")
 PY
-)"
+)}"
 
 inventory="$workdir/inventory.yml"
 fleet-agent sim-fleet --hosts "$HOSTS" --base-port "$base_port" --scenario "$SCENARIO" \
