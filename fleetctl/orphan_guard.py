@@ -53,6 +53,9 @@ class OrphanGuard:
     def __init__(self, grace: float = 5.0) -> None:
         self.token = secrets.token_hex(8)
         self.grace = grace
+        # Set on a cancel: leaving then stops every marked process still running, as a dead parent
+        # would, since Ansible's async tasks detach from ansible-playbook and outlive its tree.
+        self.stop_on_exit = False
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -109,9 +112,9 @@ class OrphanGuard:
         if proc is None or proc.stdin is None:
             return
         # A clean exit: the run's processes have ended. An exception (a KeyboardInterrupt with no
-        # handler, an adapter error) may have left them running: the watchdog stops them.
+        # handler, an adapter error) or a cancel may have left them running: the watchdog stops them.
         with contextlib.suppress(OSError):
-            if exc_type is None:
+            if exc_type is None and not self.stop_on_exit:
                 proc.stdin.write(DONE)
             proc.stdin.close()
         try:

@@ -99,10 +99,24 @@ class ExtraVars:
     literal: dict[str, Any]
     files: list[Path]
     file_secrets: list[str] = field(default_factory=list)  # secret-looking values in the @files
+    # The command line's order: ansible-playbook applies extra-vars in order, a later one winning.
+    # Each item is a literal mapping (consecutive literal items merged) or an @file's path.
+    ordered: list[dict[str, Any] | Path] = field(default_factory=list)
 
     def redacted(self) -> list[str]:
-        shown = [f"{k}={_shown(v)}" for k, v in _redact_tree(self.literal).items()]
-        return shown + [f"@{path}" for path in self.files]
+        shown: list[str] = []
+        for part in self.parts():
+            if isinstance(part, Path):
+                shown.append(f"@{part}")
+            else:
+                shown += [f"{k}={_shown(v)}" for k, v in _redact_tree(part).items()]
+        return shown
+
+    def parts(self) -> list[dict[str, Any] | Path]:
+        """The extra-vars in command-line order (literal ones first, then files, when built without)."""
+        if self.ordered:
+            return list(self.ordered)
+        return ([self.literal] if self.literal else []) + list(self.files)
 
     def secret_values(self) -> list[str]:
         return sorted(set(_secret_leaves(self.literal, secret=False)) | set(self.file_secrets))
@@ -247,6 +261,16 @@ def parse_extra_vars(items: Sequence[str], cwd: Path) -> ExtraVars:
     literal: dict[str, Any] = {}
     files: list[Path] = []
     file_secrets: list[str] = []
+    ordered: list[dict[str, Any] | Path] = []
+
+    def add_literal(values: Mapping[str, Any]) -> None:
+        literal.update(values)
+        if not ordered or isinstance(ordered[-1], Path):
+            ordered.append({})
+        last = ordered[-1]
+        assert isinstance(last, dict)
+        last.update(values)
+
     for number, item in enumerate(items, start=1):
         text = item.strip()
         if text.startswith("@"):
@@ -269,6 +293,7 @@ def parse_extra_vars(items: Sequence[str], cwd: Path) -> ExtraVars:
             else:  # its secrets are masked in the output like literal ones
                 file_secrets += _secret_leaves(loaded, secret=False)
             files.append(path.resolve())
+            ordered.append(path.resolve())
         elif text.startswith("{"):
             try:
                 loaded = json.loads(text)
@@ -277,10 +302,11 @@ def parse_extra_vars(items: Sequence[str], cwd: Path) -> ExtraVars:
                                  f"(line {exc.lineno} column {exc.colno})") from exc
             if not isinstance(loaded, dict) or not all(_VAR_NAME.match(str(k)) for k in loaded):
                 raise UsageError(f"--extra-vars #{number}: expected a JSON object of variable names")
-            literal.update(loaded)
+            add_literal(loaded)
         else:
             if not text:
                 raise UsageError("--extra-vars '': expected key=value, @file or a JSON object")
+            pairs: dict[str, Any] = {}
             for word, pair in enumerate(text.split(), start=1):
                 key, sep, value = pair.partition("=")
                 if not sep or not _VAR_NAME.match(key):
@@ -290,8 +316,9 @@ def parse_extra_vars(items: Sequence[str], cwd: Path) -> ExtraVars:
                         f"--extra-vars #{number}, word {word}: not key=value with a variable name as key "
                         "(a value with spaces needs a JSON object or @file)"
                     )
-                literal[key] = value
-    return ExtraVars(literal, files, file_secrets)
+                pairs[key] = value
+            add_literal(pairs)
+    return ExtraVars(literal, files, file_secrets, ordered)
 
 
 def parse_batch(value: str | None, total: int) -> int:
@@ -366,8 +393,6 @@ def plan(
         cmdline += ["--private-key", str(options.private_key.expanduser().resolve())]
     if options.remote_user:
         cmdline += ["--user", options.remote_user]
-    for path in extra.files:
-        cmdline += ["--extra-vars", f"@{path}"]
     passwords: dict[str, str] = {}
     if options.vault_password_file:
         cmdline += ["--vault-password-file", str(options.vault_password_file.expanduser().resolve())]
@@ -403,12 +428,12 @@ def _without_tag_filters(cmdline: Sequence[str]) -> list[str]:
 def check_tags(plan_: Plan, runner: PlaybookRunner, wanted: set[str]) -> None:
     # The literal extra-vars too: they may template play names and hosts, as in the run itself.
     with tempfile.TemporaryDirectory(prefix="fleetctl-tags-") as tmp, \
-            _private_vars_file(Path(tmp), plan_.extra_vars.literal) as vars_file:
-        _check_tags(plan_, runner, wanted, vars_file)
+            extra_vars_args(Path(tmp), plan_.extra_vars) as args:
+        _check_tags(plan_, runner, wanted, args)
 
 
-def _check_tags(plan_: Plan, runner: PlaybookRunner, wanted: set[str], vars_file: Path | None) -> None:
-    cmdline = _without_tag_filters(plan_.cmdline) + (["--extra-vars", f"@{vars_file}"] if vars_file else [])
+def _check_tags(plan_: Plan, runner: PlaybookRunner, wanted: set[str], extra_args: list[str]) -> None:
+    cmdline = _without_tag_filters(plan_.cmdline) + extra_args
     probe = PlaybookRequest(
         playbook=plan_.playbook,
         inventory=list(plan_.options.inventory),
@@ -438,6 +463,22 @@ def _check_tags(plan_: Plan, runner: PlaybookRunner, wanted: set[str], vars_file
 
 def state_dir(db_path: Path) -> Path:
     return db_path.parent / "runs"
+
+
+@contextlib.contextmanager
+def extra_vars_args(directory: Path, extra: ExtraVars) -> Iterator[list[str]]:
+    """``--extra-vars`` arguments in the command line's order: each run of literal values in a 0600
+    file (never in argv, which ansible-runner records) that exists only while the run does."""
+    with contextlib.ExitStack() as stack:
+        args: list[str] = []
+        for part in extra.parts():
+            if isinstance(part, Path):
+                path: Path | None = part
+            else:
+                path = stack.enter_context(_private_vars_file(directory, part))
+            if path is not None:
+                args += ["--extra-vars", f"@{path}"]
+        yield args
 
 
 @contextlib.contextmanager
@@ -564,6 +605,7 @@ def run(
     )
     with state_database(db_path):  # nothing has run yet: a database that fails is one line, exit 2
         conn = _connect(db_path)
+        db.require_writable(conn)  # a newer fleetctl's database: refused before any lock or run
     try:
         with state_database(db_path):
             remove_stale_vars_files(conn, state_dir(db_path))
@@ -622,10 +664,8 @@ def _run_locked(
 
     status, message = "successful", None
     try:
-        with _private_vars_file(private_dir, the_plan.extra_vars.literal) as vars_file:
-            cmdline = list(the_plan.cmdline)
-            if vars_file is not None:
-                cmdline += ["--extra-vars", f"@{vars_file}"]
+        with extra_vars_args(private_dir, the_plan.extra_vars) as extra_args:
+            cmdline = list(the_plan.cmdline) + extra_args
             for index, batch in enumerate(the_plan.batches, start=1):
                 if cancel.is_set():
                     status = "canceled"

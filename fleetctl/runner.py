@@ -131,6 +131,8 @@ class AnsibleRunner:
                 return False
             if not stopped:
                 stopped = True
+                # Async tasks detached from this tree: the guard stops them as the run ends.
+                guard.stop_on_exit = True
                 stop_ansible_processes(self.termination_grace)
             return True  # ansible-runner then SIGKILLs the process group and reports "canceled"
 

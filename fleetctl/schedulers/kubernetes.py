@@ -5,6 +5,11 @@ refuses for now, and the pod is tried again on the next ``drain`` call (the drai
 with backoff until its timeout). DaemonSet pods and mirror (static) pods stay: evicting them is
 pointless (the DaemonSet controller or kubelet puts them straight back). The drain reason sits in
 a node annotation, so a cordon that fleetctl did not make is recognised and left alone.
+
+``kubectl uncordon`` leaves that annotation behind, so it alone cannot tell fleetctl's cordon from
+a later one by someone else. fleetctl patches under its own field manager, and the API server
+records in ``metadata.managedFields`` which manager set ``spec.unschedulable`` last: a cordon whose
+field another manager owns is foreign, whatever annotation remains.
 """
 
 from __future__ import annotations
@@ -15,6 +20,12 @@ from typing import Any
 from fleetctl.schedulers.base import ForeignDrainError, HostLike, NodeState, SchedState, SchedulerError
 
 REASON_ANNOTATION = "fleetctl.io/drain-reason"
+FIELD_MANAGER = "fleetctl"  # the name the API server records for fleetctl's patches
+# The Python client's default manager, under which fleetctl before FIELD_MANAGER patched: a node
+# such a fleetctl cordoned (its annotation present) stays fleetctl's across the upgrade. A script
+# of one's own on the same client that cordons after a `kubectl uncordon` reads as fleetctl's too,
+# as every cordon with the annotation did before managedFields were consulted.
+_EARLIER_FLEETCTL_MANAGER = "OpenAPI-Generator"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 _DONE_PHASES = {"Succeeded", "Failed"}
 
@@ -33,6 +44,18 @@ def _api_error(exc: BaseException, what: str) -> SchedulerError:
     if status:
         return SchedulerError(f"Kubernetes API: {what}: HTTP {status} {reason}")
     return SchedulerError(f"Kubernetes API unreachable: {what}: {reason}")
+
+
+def unschedulable_owners(node: Any) -> list[str]:
+    """The field managers that own ``spec.unschedulable`` (from managedFields); empty when the
+    server records none (no field tracking, or cleared), and the annotation alone then decides."""
+    owners: list[str] = []
+    for entry in node.metadata.managed_fields or []:
+        fields = entry.fields_v1 if isinstance(entry.fields_v1, Mapping) else {}
+        spec = fields.get("f:spec")
+        if isinstance(spec, Mapping) and "f:unschedulable" in spec and entry.manager:
+            owners.append(str(entry.manager))
+    return owners
 
 
 def is_evictable(pod: Any) -> bool:
@@ -98,6 +121,11 @@ class KubernetesScheduler:
         annotations: Mapping[str, str] = node.metadata.annotations or {}
         reason = annotations.get(REASON_ANNOTATION)
         if node.spec is not None and node.spec.unschedulable:
+            owners = unschedulable_owners(node)
+            if reason is not None and owners and not {FIELD_MANAGER, _EARLIER_FLEETCTL_MANAGER} & set(owners):
+                # fleetctl's cordon was lifted (kubectl uncordon keeps the annotation) and the node
+                # cordoned again by someone else: theirs, not fleetctl's.
+                reason = f"cordoned by {', '.join(owners)} (a stale fleetctl reason remains: {reason!r})"
             pods = self._pods(host)
             state = SchedState.DRAINING if pods else SchedState.DRAINED
             return NodeState(state, reason or "cordoned (no fleetctl reason)",
@@ -119,7 +147,7 @@ class KubernetesScheduler:
         if current.state not in (SchedState.DRAINING, SchedState.DRAINED):
             body = {"spec": {"unschedulable": True}, "metadata": {"annotations": {REASON_ANNOTATION: reason}}}
             try:
-                self.core.patch_node(name, body)
+                self.core.patch_node(name, body, field_manager=FIELD_MANAGER)
             except _client_errors() as exc:
                 raise _api_error(exc, f"cordon {name}") from None
         for pod in self._pods(host):
@@ -147,7 +175,7 @@ class KubernetesScheduler:
                                     "not uncordoning it")
         body = {"spec": {"unschedulable": None}, "metadata": {"annotations": {REASON_ANNOTATION: None}}}
         try:
-            self.core.patch_node(self.node_name(host), body)
+            self.core.patch_node(self.node_name(host), body, field_manager=FIELD_MANAGER)
         except _client_errors() as exc:
             raise _api_error(exc, f"uncordon {self.node_name(host)}") from None
 

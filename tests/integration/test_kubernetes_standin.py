@@ -2,7 +2,9 @@
 
 No API server can run in this environment, so :class:`StandInApi` implements just what fleetctl
 calls, with the semantics that matter: ``GET/PATCH /api/v1/nodes/{name}`` (merge patch, null
-deletes), ``GET /api/v1/pods?fieldSelector=spec.nodeName=…`` and ``POST …/pods/{name}/eviction``
+deletes; ``metadata.managedFields`` names the field manager that set ``spec.unschedulable``
+last: the ``fieldManager`` parameter, else the User-Agent's product, as the API server records
+it), ``GET /api/v1/pods?fieldSelector=spec.nodeName=…`` and ``POST …/pods/{name}/eviction``
 (201, or 429 while a "PodDisruptionBudget" refuses; an evicted pod terminates after its grace
 period). The official ``kubernetes`` client talks to it exactly as it would to a cluster.
 """
@@ -44,6 +46,23 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
             target[key] = value
 
 
+def _set_owner(node: dict[str, Any], spec_field: str, manager: str | None) -> None:
+    """The field now belongs to ``manager`` alone (an Update takes a changed field from its old
+    owner); None: the field was removed, nobody owns it."""
+    key = f"f:{spec_field}"
+    entries = []
+    for entry in node["metadata"].get("managedFields", []):
+        entry["fieldsV1"].get("f:spec", {}).pop(key, None)
+        if entry["fieldsV1"].get("f:spec") == {}:
+            entry["fieldsV1"].pop("f:spec")
+        if entry["fieldsV1"]:
+            entries.append(entry)
+    if manager is not None:
+        entries.append({"manager": manager, "operation": "Update", "apiVersion": "v1",
+                        "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {key: {}}}})
+    node["metadata"]["managedFields"] = entries
+
+
 @dataclass
 class StandInApi:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -57,12 +76,15 @@ class StandInApi:
                  ready: str = "True") -> None:
         node: dict[str, Any] = {
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "uid": f"uid-{name}", "annotations": dict(annotations or {})},
+            "metadata": {"name": name, "uid": f"uid-{name}", "annotations": dict(annotations or {}),
+                         "managedFields": [{"manager": "kubelet", "operation": "Update", "apiVersion": "v1",
+                                            "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}]},
             "spec": {},
             "status": {"conditions": [{"type": "Ready", "status": ready}]},
         }
         if unschedulable:
             node["spec"]["unschedulable"] = True
+            _set_owner(node, "unschedulable", "kubectl-cordon")
         self.nodes[name] = node
 
     def add_pod(self, node: str, ns: str, name: str, *, owner: str | None = "ReplicaSet",
@@ -132,8 +154,13 @@ def _handler(api: StandInApi) -> type[BaseHTTPRequestHandler]:
             with api.lock:
                 if parts[:3] == ["api", "v1", "nodes"] and parts[3] in api.nodes:
                     api.patches.append((parts[3], self.headers.get("Content-Type", ""), body))
-                    _merge(api.nodes[parts[3]], body)
-                    return self._send(200, api.nodes[parts[3]])
+                    node = api.nodes[parts[3]]
+                    _merge(node, body)
+                    if "unschedulable" in body.get("spec", {}):
+                        manager = parse_qs(urlparse(self.path).query).get("fieldManager", [""])[0] \
+                            or self.headers.get("User-Agent", "unknown").split("/")[0]
+                        _set_owner(node, "unschedulable", manager if body["spec"]["unschedulable"] else None)
+                    return self._send(200, node)
             return self._status(404, "NotFound", self.path)
 
         def do_POST(self) -> None:
@@ -285,3 +312,40 @@ def test_cli_drain_and_status_with_a_kubeconfig(api_server: tuple[StandInApi, st
     assert rows["gpu-1"]["scheduler"] == "kubernetes" and rows["gpu-1"]["scheduler_state"] == "drained"
     assert rows["gpu-1"]["reason"].startswith("fleetctl:") and rows["gpu-1"]["reason"].endswith(": swap HBM")
     assert rows["gpu-2"]["state"] == "active" and rows["gpu-2"]["scheduler_state"] == "active"
+
+
+def _kubectl_patch(url: str, node: str, body: dict[str, Any], manager: str) -> None:
+    """What ``kubectl cordon``/``uncordon`` send: a patch of spec.unschedulable alone."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/api/v1/nodes/{node}?fieldManager={manager}", method="PATCH",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/strategic-merge-patch+json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_a_cordon_by_someone_else_after_kubectl_uncordon_is_left_alone(
+        api_server: tuple[StandInApi, str], tmp_path: Path) -> None:
+    api, url = api_server
+    api.add_node("gpu-1")
+    sched = _scheduler(url)
+    host = Host("gpu-1")
+    conn = db.connect(tmp_path / "s.db", schema=hs.SCHEMA)
+    opts = core.DrainOptions(reason="firmware", actor="alice", timeout_s=30, poll_s=0.2)
+    [out] = core.drain(conn, [host], [host], lambda h: sched, opts)
+    assert out.ok and sched.state(host).ours
+    owners = [e["manager"] for e in api.nodes["gpu-1"]["metadata"]["managedFields"]
+              if "f:unschedulable" in e["fieldsV1"].get("f:spec", {})]
+    assert owners == ["fleetctl"]  # the client sent fleetctl's field manager
+
+    _kubectl_patch(url, "gpu-1", {"spec": {"unschedulable": None}}, "kubectl-uncordon")
+    assert api.nodes["gpu-1"]["metadata"]["annotations"][REASON_ANNOTATION] == "fleetctl:alice: firmware"
+    _kubectl_patch(url, "gpu-1", {"spec": {"unschedulable": True}}, "kubectl-cordon")
+    state = sched.state(host)
+    assert state.state is SchedState.DRAINED and state.foreign_drain
+    assert state.reason is not None and state.reason.startswith("cordoned by kubectl-cordon")
+    patches = len(api.patches)
+    [out] = core.undrain(conn, [host], lambda h: sched, None, actor="alice")
+    assert not out.ok and "someone else" in (out.message or "")
+    assert len(api.patches) == patches and api.nodes["gpu-1"]["spec"]["unschedulable"] is True

@@ -52,6 +52,7 @@ def fleetctl(
 
 
 def env_for(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "state").mkdir(exist_ok=True)  # fleetctl creates no directory named by --db
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "FLEETCTL_"))}
     env.update(
         FLEETCTL_DB=str(tmp_path / "state" / "fleetctl.db"),
@@ -334,3 +335,67 @@ def test_a_killed_fleetctl_takes_its_ansible_processes_with_it_and_leaves_an_int
     assert [h["changed"] for h in record["hosts"]] == [1, 1]  # type: ignore[attr-defined]
     again = fleetctl(tmp_path, "provision", "-i", str(inventory), "-p", str(TINY), "--tags", "marker")
     assert again.returncode == 0, again.stdout + again.stderr  # the dead run's lock does not block
+
+
+ASYNC_BOOK = """\
+- name: Async work
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Start a long job in the background
+      ansible.builtin.command: "sleep {{ async_seconds }}"
+      async: 600
+      poll: 0
+      changed_when: false
+    - name: Poll a long job
+      ansible.builtin.command: "sleep {{ polled_seconds }}"
+      async: 600
+      poll: 1
+      changed_when: false
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_canceled_run_takes_its_async_tasks_down(tmp_path: Path, sig: signal.Signals) -> None:
+    # Ansible runs an async task's module through a wrapper that daemonizes: the job leaves
+    # ansible-playbook's process tree, so stopping the tree alone left it running.
+    inventory = write_inventory(tmp_path, {"a": LOCAL})
+    (tmp_path / "state").mkdir(exist_ok=True)
+    book = tmp_path / "async.yml"
+    book.write_text(ASYNC_BOOK)
+    fired, polled = ("95.41", "95.43") if sig == signal.SIGINT else ("95.47", "95.49")
+    proc = subprocess.Popen(
+        [*FLEETCTL, "provision", "-i", str(inventory), "-p", str(book),
+         "-e", f"async_seconds={fired} polled_seconds={polled}"],
+        cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    jobs: list[psutil.Process] = []
+    try:
+        _wait_for(lambda: len(_sleepers(fired)) == 1 and len(_sleepers(polled)) == 1)
+        jobs = _sleepers(fired) + _sleepers(polled)
+        tree = _descendants(proc.pid)
+        assert not any(job in tree for job in jobs)  # detached: outside fleetctl's process tree
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=90)
+        assert proc.returncode == 130, stdout + stderr
+        _wait_for(lambda: not _alive(jobs), timeout=15)
+    finally:
+        for job in _alive(jobs):  # only if an assertion failed: don't leak
+            job.kill()
+    run_id = stdout.splitlines()[0].split()[1].rstrip(":")
+    assert show(tmp_path, run_id)["status"] == "canceled"
+
+
+def test_extra_vars_apply_in_command_line_order(tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path, {"a": LOCAL})
+    (tmp_path / "state").mkdir(exist_ok=True)
+    vars_file = tmp_path / "vars.yml"
+    vars_file.write_text("marker_text: from-file\n")
+    later = fleetctl(tmp_path, "provision", "-i", str(inventory), "-p", str(TINY), "--tags", "marker",
+                     "-e", f"@{vars_file}", "-e", "marker_text=literal-after")
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert (tmp_path / "markers" / "a.txt").read_text() == "a literal-after\n"
+    earlier = fleetctl(tmp_path, "provision", "-i", str(inventory), "-p", str(TINY), "--tags", "marker",
+                       "-e", "marker_text=literal-before", "-e", f"@{vars_file}")
+    assert earlier.returncode == 0, earlier.stdout + earlier.stderr
+    assert (tmp_path / "markers" / "a.txt").read_text() == "a from-file\n"  # as ansible-playbook does

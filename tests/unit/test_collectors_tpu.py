@@ -291,3 +291,31 @@ def test_simulated_older_libtpu_without_hbm_bandwidth() -> None:
     assert rep.tpu is not None and rep.tpu.runtime_metrics_available
     assert rep.tpu.hbm_bandwidth_utilization_pct is None
     assert rep.tpu.duty_cycle_pct is not None and rep.memory_used_bytes is not None
+
+
+def test_a_tpu_collector_on_a_host_without_tpus_reports_a_problem_naming_why(tmp_path: Path) -> None:
+    # Explicitly configured (collectors: [tpu]) on a host with no TPU: zero chips and a healthy
+    # collector would look like an empty, well host.
+    import concurrent.futures as cf
+
+    from fleet_agent.collectors.base import CollectorError
+    from fleet_agent.health import HealthConfig, assess
+    from fleet_agent.sampler import Sampler
+
+    sys_root = tmp_path / "pci"
+    pci_device(sys_root, "0000:00:05.0", "0x1ae0", "0x0042")  # a gVNIC: Google, not a TPU
+    presence = SysfsTpuPresence(str(sys_root), str(tmp_path / "dev"))
+    col = TpuCollector(CountingClient(), presence)
+    with pytest.raises(CollectorError, match=r"no TPU chips found: no Google TPU .* under .*pci"
+                                             r" and no .*dev/accel\* device node"):
+        col.discover()
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        sampler = Sampler(hostname="tpu-1", collectors=[col], host=None, executor=pool,
+                          assess=lambda report, now: assess(report, HealthConfig(), now))
+        report = sampler.sample_once()
+    [state] = [s for s in report.collectors if s.name == "tpu"]
+    assert state.ok is False and state.error is not None and "no TPU chips found" in state.error
+    assert report.chips == []
+    # the chips coming back (a driver reload) ends the problem
+    pci_device(sys_root, "0000:00:04.0", "0x1ae0", "0x0063")
+    assert [c.model for c in col.discover()] == ["TPU v5e"]

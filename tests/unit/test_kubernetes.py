@@ -48,10 +48,22 @@ class FakeCore:
             raise ApiException(status=404, reason="Not Found")
         return self.node
 
-    def patch_node(self, name: str, body: dict[str, Any]) -> client.V1Node:
-        self.patches.append(body)
-        self.node.spec.unschedulable = body["spec"]["unschedulable"]
-        self.node.metadata.annotations = {k: v for k, v in body["metadata"]["annotations"].items() if v}
+    def patch_node(self, name: str, body: dict[str, Any], field_manager: str | None = None) -> client.V1Node:
+        """A merge patch; ``spec.unschedulable`` changes owner in managedFields as on a real server."""
+        if field_manager == "fleetctl":
+            self.patches.append(body)
+        if "unschedulable" in body.get("spec", {}):
+            self.node.spec.unschedulable = body["spec"]["unschedulable"]
+            # the field's one owner is whoever set it last (every entry here owns only this field)
+            entries: list[client.V1ManagedFieldsEntry] = []
+            if body["spec"]["unschedulable"] is not None:
+                entries.append(client.V1ManagedFieldsEntry(
+                    manager=field_manager or "unknown", operation="Update", fields_type="FieldsV1",
+                    fields_v1={"f:spec": {"f:unschedulable": {}}}))
+            self.node.metadata.managed_fields = entries
+        if "metadata" in body:
+            merged = {**(self.node.metadata.annotations or {}), **body["metadata"]["annotations"]}
+            self.node.metadata.annotations = {k: v for k, v in merged.items() if v}
         return self.node
 
     def list_pod_for_all_namespaces(self, field_selector: str) -> client.V1PodList:
@@ -128,3 +140,38 @@ def test_node_name_variable_and_unknown_node() -> None:
     assert sched(core).state(FakeHost("inv-name", vars={"fleet_kubernetes_node_name": "n1"})).available
     with pytest.raises(SchedulerError, match="Kubernetes has no node named 'inv-name'"):
         sched(core).state(FakeHost("inv-name"))
+
+
+def test_a_cordon_by_someone_else_after_kubectl_uncordon_is_not_fleetctls() -> None:
+    # kubectl uncordon keeps fleetctl's reason annotation; the field's owner tells the cordons apart
+    core = FakeCore([])
+    s = sched(core)
+    s.drain(FakeHost("n1"), "fleetctl:al: gpu swap")
+    assert s.state(FakeHost("n1")).ours
+    core.patch_node("n1", {"spec": {"unschedulable": None}}, field_manager="kubectl-uncordon")
+    assert core.node.metadata.annotations == {REASON_ANNOTATION: "fleetctl:al: gpu swap"}
+    assert s.state(FakeHost("n1")).state is SchedState.ACTIVE
+    core.patch_node("n1", {"spec": {"unschedulable": True}}, field_manager="kubectl-cordon")
+    st = s.state(FakeHost("n1"))
+    assert st.state is SchedState.DRAINED and st.foreign_drain and not st.ours
+    assert st.reason is not None and st.reason.startswith("cordoned by kubectl-cordon")
+    with pytest.raises(ForeignDrainError, match="cordoned by someone else"):
+        s.undrain(FakeHost("n1"))
+    with pytest.raises(ForeignDrainError, match="already cordoned by someone else"):
+        s.drain(FakeHost("n1"), "fleetctl:al: again")
+    assert len(core.patches) == 1 and core.node.spec.unschedulable  # left as it is
+
+
+def test_a_cordon_by_an_earlier_fleetctl_stays_fleetctls_after_the_upgrade() -> None:
+    # fleetctl before its own field manager patched as the client's default, "OpenAPI-Generator"
+    core = FakeCore([], annotations={REASON_ANNOTATION: "fleetctl:al: x"})
+    core.patch_node("n1", {"spec": {"unschedulable": True}}, field_manager="OpenAPI-Generator")
+    assert sched(core).state(FakeHost("n1")).ours
+    core.patch_node("n1", {"spec": {"unschedulable": True}}, field_manager="kubectl-cordon")
+    assert not sched(core).state(FakeHost("n1")).ours
+
+
+def test_without_managed_fields_the_annotation_still_decides() -> None:
+    # a server (or an old object) that records no field ownership: fleetctl's annotation is trusted
+    core = FakeCore([], unschedulable=True, annotations={REASON_ANNOTATION: "fleetctl:al: x"})
+    assert sched(core).state(FakeHost("n1")).ours

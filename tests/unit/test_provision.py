@@ -157,6 +157,20 @@ def test_an_unusable_state_database_is_one_line_before_anything_runs(env: Path, 
     assert runner.requests == []
 
 
+def test_a_newer_fleetctls_database_is_refused_before_anything_runs(env: Path) -> None:
+    from fleetctl.state import db
+
+    c = db.connect(env / "state.db")
+    c.execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}")
+    c.close()
+    runner = FakeRunner(play(ok("n1")))
+    with pytest.raises(UsageError) as err:
+        provision.run(opts(env), runner, db_path=env / "state.db", cwd=env, select_hosts=select)
+    assert "written by a newer fleetctl" in str(err.value) and "\n" not in str(err.value)
+    assert err.value.exit_code == 2
+    assert runner.requests == []
+
+
 def test_missing_inventory_file_is_a_usage_error(env: Path) -> None:
     with pytest.raises(UsageError, match=r"inventory 'gone\.ini': no such file"):
         run(env, FakeRunner(), options=ProvisionOptions(inventory=["gone.ini"]))
@@ -193,7 +207,8 @@ def test_extra_vars_stay_out_of_argv_and_secrets_out_of_records(env: Path) -> No
     seen: dict[str, object] = {}
 
     def capture(request: PlaybookRequest) -> list[dict[str, object]]:
-        path = Path(request.cmdline[request.cmdline.index("--extra-vars", 2) + 1][1:])
+        # the literal values come first, as on the command line; the @file after them
+        path = Path(request.cmdline[request.cmdline.index("--extra-vars") + 1][1:])
         seen["path"] = path
         seen["content"] = json.loads(path.read_text())
         seen["mode"] = oct(path.stat().st_mode & 0o777)
@@ -454,3 +469,26 @@ def test_ansible_colour_codes_stay_out_of_the_recorded_error() -> None:
     tally = EventTally([])
     tally.tail.append("\x1b[0;31m[ERROR]: couldn't resolve module/action 'no.such.module'\x1b[0m")
     assert provision._tail_error(tally) == "[ERROR]: couldn't resolve module/action 'no.such.module'"
+
+
+def test_extra_vars_reach_ansible_in_command_line_order(env: Path) -> None:
+    # ansible-playbook applies --extra-vars in order, a later one winning: a literal given after an
+    # @file must come after it, one given before it must not override it.
+    (env / "one.yml").write_text("release: from-file\n")
+    seen: list[object] = []
+
+    def capture(request: PlaybookRequest) -> list[dict[str, object]]:
+        args = list(request.cmdline)
+        for i, arg in enumerate(args):
+            if arg == "--extra-vars":
+                path = Path(args[i + 1][1:])
+                seen.append("one.yml" if path.name == "one.yml" else json.loads(path.read_text()))
+        return play(ok("n1"), ok("n2"), ok("n3"))
+
+    result = run(env, FakeRunner(events_for=capture),
+                 extra_vars=["release=early", "@one.yml", "release=late site=x", '{"tier": 2}'])
+    assert seen == [{"release": "early"}, "one.yml", {"release": "late", "site": "x", "tier": 2}]
+    assert stored(env, result.run_id).options["extra_vars"] == [
+        "release=early", f"@{env / 'one.yml'}", "release=late", "site=x", "tier=2"]
+    extra = provision.parse_extra_vars(["@one.yml", "release=late"], env)
+    assert extra.literal == {"release": "late"} and extra.files == [env / "one.yml"]

@@ -4,6 +4,7 @@ recovery action XID 154's message names."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -323,3 +324,95 @@ def test_a_ticking_reset_marker_is_written_once_a_minute_an_xid_at_once(tmp_path
     tr.observe_chip(PCI, {"ecc_volatile_corrected": 6})
     tr.flush(final=True)  # on close, whatever changed
     assert json.loads(path.read_text())["chips"][PCI]["marker"] == {"ecc_volatile_corrected": 6}
+
+
+XID_48 = "[ 12.0] NVRM: Xid (PCI:0000:3b:00): 48, pid=1, name=x, DBE (0x0)\n"
+XID_79 = "[ 80.0] NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=x, GPU has fallen off the bus.\n"
+
+
+def read_file_log(tr: XidTracker, log: Path, booted_at: float = 0.0) -> KernelLogReader:
+    """Start a reader on a plain file and let it read what is there (start() reads it at once)."""
+    reader = KernelLogReader(tr, str(log), poll_s=60, booted_at=booted_at)
+    assert reader.start(), reader.error
+    return reader
+
+
+def restart(tr: XidTracker, reader: KernelLogReader) -> None:
+    reader.stop()
+    tr.flush(final=True)  # as the collector's close does
+
+
+def test_a_plain_file_log_is_not_counted_again_at_each_agent_start(tmp_path: Path) -> None:
+    log = tmp_path / "kern.log"
+    log.write_text("[ 1.0] nvidia: module loaded\n" + XID_48)
+    clock = Clock()
+    first = tracker(tmp_path, clock)
+    restart(first, read_file_log(first, log))
+    assert first.snapshot(PCI).counts == {"48": 1}
+    for _ in range(3):  # restarts in the same boot: the same line is the same XID
+        clock.t += 60
+        again = tracker(tmp_path, clock)
+        reader = read_file_log(again, log)
+        assert again.snapshot(PCI).counts == {"48": 1} and again.snapshot(PCI).total == 1
+        restart(again, reader)
+    with log.open("a") as f:  # written while the agent was down: read on from where it stopped
+        f.write(XID_79)
+    later = tracker(tmp_path, clock)
+    reader = read_file_log(later, log)
+    try:
+        assert later.snapshot(PCI).counts == {"48": 1, "79": 1} and later.snapshot(PCI).total == 2
+    finally:
+        reader.stop()
+
+
+def test_after_a_reboot_a_plain_file_logs_old_xids_are_not_new(tmp_path: Path) -> None:
+    log = tmp_path / "kern.log"
+    log.write_text(XID_79)
+    first = tracker(tmp_path, Clock())
+    restart(first, read_file_log(first, log))
+    assert first.snapshot(PCI).counts == {"79": 1}
+    with log.open("a") as f:  # the file lives on across the reboot; this boot logs one more XID
+        f.write("[ 3.0] nvidia: module loaded\n" + XID_48)
+    rebooted = tracker(tmp_path, Clock(t=30.0), boot_id="boot-b")
+    reader = read_file_log(rebooted, log)
+    try:
+        assert rebooted.snapshot(PCI).counts == {"48": 1}  # the old 79 stays with the old boot
+    finally:
+        reader.stop()
+
+
+def test_a_plain_file_written_before_this_boot_holds_no_xid_of_it(tmp_path: Path) -> None:
+    log = tmp_path / "kern.log"
+    log.write_text(XID_79)
+    os.utime(log, (1_000_000.0, 1_000_000.0))  # last written long before the boot began
+    tr = XidTracker(clock=Clock())  # no history at all (no state directory)
+    reader = KernelLogReader(tr, str(log), poll_s=0.02, booted_at=2_000_000.0)
+    assert reader.start()
+    try:
+        assert tr.snapshot(PCI).counts == {}
+        with log.open("a") as f:
+            f.write(XID_48)
+        deadline = time.monotonic() + 10
+        while tr.snapshot(PCI).total == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tr.snapshot(PCI).counts == {"48": 1}
+    finally:
+        reader.stop()
+
+
+def test_a_plain_file_rewritten_in_place_is_read_from_its_start(tmp_path: Path) -> None:
+    log = tmp_path / "kern.log"
+    log.write_text(XID_48)
+    clock = Clock()
+    first = tracker(tmp_path, clock)
+    restart(first, read_file_log(first, log))
+    stored = json.loads((tmp_path / "state" / FILE_NAME).read_text())["kernel_file"]
+    assert stored["path"] == str(log) and stored["offset"] == len(XID_48)
+    with log.open("r+") as f:  # same inode, other lines (a copytruncate rotation refilled it)
+        f.write(XID_79.replace("[ 80.0]", "[ 9.0]") + XID_79)
+    again = tracker(tmp_path, clock)
+    reader = read_file_log(again, log)
+    try:
+        assert again.snapshot(PCI).counts == {"48": 1, "79": 2}
+    finally:
+        reader.stop()

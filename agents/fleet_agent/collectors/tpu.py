@@ -103,6 +103,12 @@ class SysfsTpuPresence:
         self.sys_root = Path(sys_root)
         self.dev_root = dev_root
 
+    @property
+    def searched(self) -> str:
+        """Where a scan looks, for the message when it finds nothing."""
+        return (f"no Google TPU (PCI vendor 0x{GOOGLE_PCI_VENDOR:04x}, a known TPU device id) under "
+                f"{self.sys_root} and no {os.path.join(self.dev_root, 'accel*')} device node")
+
     def scan(self) -> list[TpuDevice]:
         chips: dict[str, TpuDevice] = {}
         try:
@@ -241,6 +247,11 @@ class TpuCollector:
             devices = self.presence.scan()
         except OSError as e:
             raise CollectorError(f"TPU presence scan failed: {e}") from None
+        if not devices:
+            # The collector runs because TPUs were found at start or it was asked for by name:
+            # no chip now is a problem to name, not an empty host that looks healthy.
+            where = getattr(self.presence, "searched", "the TPU presence scan found none")
+            raise CollectorError(f"no TPU chips found: {where}")
         chips: list[ChipIdentity] = []
         slots: dict[int, _Slot] = {}
         dev = duty = 0

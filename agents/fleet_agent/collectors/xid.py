@@ -12,15 +12,22 @@ stamps its records with, so a wall-clock step changes nothing, and within one bo
 agent compares its stored times with new ones directly.
 
 Chips are keyed by PCI address (``0000:3b:00``, domain:bus:device): the one name both sources use.
+
+A plain file in place of /dev/kmsg (``xid.kmsg_path``) numbers no records, so the reader keeps its
+place instead: the file's identity and the offset read up to go into the history, and a restart
+(or a reboot) reads on from there. A file last written before this boot began holds only earlier
+boots' lines and is read from its end.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import math
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -129,6 +136,22 @@ class _Chip:
 ResetMarker = Mapping[str, "int | bool | str | None"]
 
 
+@dataclass(frozen=True)
+class LogPosition:
+    """How far a plain-file kernel log was read: the file (device, inode), the offset after the last
+    whole line, and a digest of the bytes just before it (a file rewritten in place differs)."""
+
+    path: str
+    dev: int
+    ino: int
+    offset: int
+    digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "dev": self.dev, "ino": self.ino, "offset": self.offset,
+                "digest": self.digest}
+
+
 def chip_was_reset(before: ResetMarker, now: ResetMarker) -> bool:
     """Whether NVML's readings show a reset between two samples of the same PCI slot: another board
     (UUID), a volatile ECC counter that went down (they zero on a reset or driver reload), a pending
@@ -182,6 +205,8 @@ class XidTracker:
         self._markers_changed = False
         self._written_at = -math.inf
         self._kernel_seq = -1
+        self._log_position: LogPosition | None = None  # a plain-file kernel log's place
+        self._position_changed = False
         self.boot_id = read_boot_id(boot_id_path) if boot_id_path else read_boot_id()
         self._store = XidHistoryStore(state_dir, read_only=read_only) if state_dir else None
         self._load_warning: str | None = None
@@ -197,11 +222,15 @@ class XidTracker:
     # --- recording ---
 
     def record(self, pci: str, code: int, source: str, at: float | None = None, *,
-               qualifier: str | None = None, seq: int | None = None) -> bool:
+               qualifier: str | None = None, seq: int | None = None,
+               position: LogPosition | None = None) -> bool:
         """Count one XID; False when it is the other source's report of an XID already counted, or
-        a kernel log record already counted (the log is read again after a restart)."""
+        a kernel log record already counted (the log is read again after a restart). ``position``:
+        the plain-file log's place after this line, stored together with the XID it counted."""
         t = self._clock() if at is None else at
         with self._lock:
+            if position is not None:
+                self._set_position(position)
             if seq is not None:
                 # /dev/kmsg numbers its records in order within a boot: one at or below the
                 # highest seen was counted before (by this agent, or before its restart).
@@ -228,6 +257,21 @@ class XidTracker:
             self._prune(chip, t)
             self._dirty = True
             return True
+
+    def stored_position(self) -> LogPosition | None:
+        """Where the plain-file kernel log was read up to (by this agent or before its restart)."""
+        with self._lock:
+            return self._log_position
+
+    def note_position(self, position: LogPosition) -> None:
+        """The log was read up to ``position`` (lines without an XID): written with the markers."""
+        with self._lock:
+            self._set_position(position)
+
+    def _set_position(self, position: LogPosition) -> None:
+        if position != self._log_position:
+            self._log_position = position
+            self._position_changed = True
 
     def _sticky(self, e: _Event) -> bool:
         return self._clears(e.code, e.qualifier) != "window"
@@ -299,15 +343,16 @@ class XidTracker:
         if self._store is None or self._store.read_only or self.boot_id is None:
             return
         now = self._clock()
-        due = self._dirty or (self._markers_changed and (final or now - self._written_at >= MARKER_WRITE_S))
+        lazy = self._markers_changed or self._position_changed  # worth a write, not at once
+        due = self._dirty or (lazy and (final or now - self._written_at >= MARKER_WRITE_S))
         if not due:
             return
         with self._lock:
             doc = self._document()
-            dirty, markers = self._dirty, self._markers_changed
-            self._dirty = self._markers_changed = False
+            dirty, markers, position = self._dirty, self._markers_changed, self._position_changed
+            self._dirty = self._markers_changed = self._position_changed = False
         if not self._store.save(doc):
-            self._dirty, self._markers_changed = dirty, markers
+            self._dirty, self._markers_changed, self._position_changed = dirty, markers, position
         else:
             self._written_at = now
             self._store.warning = None
@@ -321,8 +366,11 @@ class XidTracker:
                 "last": None if c.last is None else [c.last[0], c.last[1]],
                 "marker": c.marker, "marker_at": c.marker_at,
             }
-        return {"format": "fleet-agent.xid-history/1", "boot_id": self.boot_id,
-                "kernel_seq": self._kernel_seq, "chips": chips}
+        doc: dict[str, Any] = {"format": "fleet-agent.xid-history/1", "boot_id": self.boot_id,
+                               "kernel_seq": self._kernel_seq, "chips": chips}
+        if self._log_position is not None:
+            doc["kernel_file"] = self._log_position.to_json()
+        return doc
 
     def _load(self) -> None:
         assert self._store is not None
@@ -330,7 +378,10 @@ class XidTracker:
             self._load_warning = "XID history off: no kernel boot id to tell a reboot by"
             self._store = None
             return
-        doc = self._store.load(self._clock())
+        doc = self._store.load(self._clock(), self.boot_id)
+        if doc is not None and isinstance(doc.get("kernel_file"), dict):
+            # Kept across a reboot: what a plain file held was read then, in whichever boot.
+            self._log_position = LogPosition(**doc["kernel_file"])
         if doc is None or doc["boot_id"] != self.boot_id:
             return  # nothing stored, set aside, or from an earlier boot: a reboot clears every XID
         try:
@@ -373,27 +424,64 @@ def _kmsg_record(line: str, clock: Callable[[], float]) -> tuple[str, float | No
 class KernelLogReader:
     """Follows a kernel log (``/dev/kmsg``, or a plain file) and records the XIDs in it."""
 
-    def __init__(self, tracker: XidTracker, path: str = "/dev/kmsg", *, poll_s: float = 0.5) -> None:
+    def __init__(self, tracker: XidTracker, path: str = "/dev/kmsg", *, poll_s: float = 0.5,
+                 booted_at: float | None = None) -> None:
         self.tracker = tracker
         self.path = path
         self.poll_s = poll_s
+        # When this boot began (wall clock): a plain file last written before it is all old lines.
+        self.booted_at = booted_at if booted_at is not None else _boot_wall_time()
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream: IO[bytes] | None = None
         self._pending: bytes | None = b""
+        self._file: tuple[int, int] | None = None  # a plain file's (device, inode); None: /dev/kmsg
+        self._offset = 0  # bytes of whole lines read so far (a plain file)
+        self._tail = b""  # the last bytes of those lines, for the position's digest
 
     def feed(self, line: str) -> bool:
-        """Record the XID in one log line, if any; True when it counted."""
+        """Record the XID in one log line, if any; True when it counted. Reading a plain file, the
+        reader's place after the line is stored with the XID (read again, it would count twice)."""
         text, at, seq = _kmsg_record(line, self.tracker._clock)
         hit = parse_xid_event(text)
-        return hit is not None and self.tracker.record(hit[0], hit[1], "kernel", at,
-                                                       qualifier=hit[2], seq=seq)
+        return hit is not None and self.tracker.record(hit[0], hit[1], "kernel", at, qualifier=hit[2],
+                                                       seq=seq, position=self._position())
+
+    def _position(self) -> LogPosition | None:
+        if self._file is None:
+            return None
+        return LogPosition(self.path, self._file[0], self._file[1], self._offset, _digest(self._tail))
+
+    def _resume(self, fd: int) -> None:
+        """For a plain file: go on from where the history says it was read up to, if it is the same
+        file; from its end if it was last written before this boot; else from its start."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return
+        self._file = (st.st_dev, st.st_ino)
+        start = 0
+        stored = self.tracker.stored_position()
+        if (stored is not None and stored.path == self.path and (stored.dev, stored.ino) == self._file
+                and stored.offset <= st.st_size):
+            before = _bytes_before(fd, stored.offset)
+            if _digest(before) == stored.digest:
+                start, self._tail = stored.offset, before
+        if st.st_mtime < self.booted_at and st.st_size > start:
+            # Nothing in it was written this boot: its XIDs belong to a boot that is over.
+            start = st.st_size
+            self._tail = _bytes_before(fd, start)
+        os.lseek(fd, start, os.SEEK_SET)
+        self._offset = start
+        position = self._position()
+        if position is not None and position != stored:
+            self.tracker.note_position(position)
 
     def start(self) -> bool:
         """Open the log and follow it in a daemon thread; False (and ``error`` set) if unreadable."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            self._resume(fd)
             self._stream = os.fdopen(fd, "rb", buffering=0)
         except OSError as e:
             self.error = f"cannot read {self.path}: {e.strerror or e}"
@@ -428,7 +516,13 @@ class KernelLogReader:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for raw in lines:
+                if self._file is not None:
+                    self._offset += len(raw) + 1
+                    self._tail = (self._tail + raw + b"\n")[-_TAIL_BYTES:]
                 self.feed(raw.decode("utf-8", "replace"))
+            position = self._position()
+            if lines and position is not None:
+                self.tracker.note_position(position)  # past lines without an XID, too
         return pending
 
     def _run(self) -> None:
@@ -444,6 +538,27 @@ class KernelLogReader:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+_TAIL_BYTES = 256
+
+
+def _bytes_before(fd: int, offset: int) -> bytes:
+    """The last bytes of a file before ``offset`` (what the position's digest covers)."""
+    size = min(offset, _TAIL_BYTES)
+    return os.pread(fd, size, offset - size)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _boot_wall_time() -> float:
+    """When this boot began, on the wall clock (the file times' clock)."""
+    try:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # no CLOCK_BOOTTIME (not Linux): judge no file by its age
+        return -math.inf
 
 
 def _handle_key(handle: Any) -> int:

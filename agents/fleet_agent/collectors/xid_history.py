@@ -41,9 +41,11 @@ class XidHistoryStore:
         self.read_only = read_only
         self.warning: str | None = None
 
-    def load(self, now: float) -> dict[str, Any] | None:
+    def load(self, now: float, boot_id: str | None = None) -> dict[str, Any] | None:
         """The stored document, or None (nothing stored, or set aside with a warning); ``now`` is
-        the monotonic clock, which no stored time may be later than."""
+        the monotonic clock, which no stored time may be later than. A document of another boot
+        than ``boot_id`` (when given) comes back without its chips: a reboot cleared them, and their
+        times are another boot's clock; only where a plain-file kernel log was read up to remains."""
         try:
             with open(self.path, "rb") as f:
                 raw = f.read(MAX_FILE_BYTES + 1)
@@ -60,6 +62,13 @@ class XidHistoryStore:
         except (UnicodeDecodeError, ValueError) as e:
             self._set_aside(f"not JSON ({type(e).__name__})")
             return None
+        if boot_id is not None and isinstance(doc, dict) and isinstance(doc.get("boot_id"), str) \
+                and doc["boot_id"] != boot_id and doc.get("format") == FORMAT:
+            earlier: dict[str, Any] = {"format": FORMAT, "boot_id": doc["boot_id"], "kernel_seq": -1,
+                                       "chips": {}}
+            if _kernel_file_ok(doc.get("kernel_file")):
+                earlier["kernel_file"] = doc["kernel_file"]
+            return earlier
         problem = _invalid(doc, now)
         if problem is not None:
             self._set_aside(problem)
@@ -130,6 +139,7 @@ MAX_COUNT = 1 << 53  # counts and kernel record numbers: exact in a float, far b
 _PCI = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}")
 _KEY = re.compile(r"[0-9]{1,6}(?::[a-z0-9_]{1,32})?")
 _MARKER_VALUE = (str, bool, int, type(None))
+_DIGEST = re.compile(r"[0-9a-f]{32}")
 
 
 def _invalid(doc: Any, now: float) -> str | None:
@@ -142,6 +152,9 @@ def _invalid(doc: Any, now: float) -> str | None:
     seq = doc.get("kernel_seq", -1)
     if not (isinstance(seq, int) and not isinstance(seq, bool) and -1 <= seq < MAX_COUNT):
         return "kernel_seq: malformed"
+    kernel_file = doc.get("kernel_file")
+    if kernel_file is not None and not _kernel_file_ok(kernel_file):
+        return "kernel_file: malformed"
     for pci, chip in doc["chips"].items():
         if not isinstance(pci, str) or not _PCI.fullmatch(pci):
             return f"chips: {str(pci)[:40]!r} is not a PCI address"
@@ -167,6 +180,14 @@ def _invalid(doc: Any, now: float) -> str | None:
                         for k, v in marker.items())):
             return f"chips.{pci}.marker: malformed"
     return None
+
+
+def _kernel_file_ok(v: Any) -> bool:
+    # {path, dev, ino, offset, digest}: how far a plain-file kernel log was read
+    return (isinstance(v, dict) and set(v) == {"path", "dev", "ino", "offset", "digest"}
+            and isinstance(v["path"], str) and 0 < len(v["path"]) <= 4096
+            and _count(v["dev"]) and _count(v["ino"]) and _count(v["offset"])
+            and isinstance(v["digest"], str) and _DIGEST.fullmatch(v["digest"]) is not None)
 
 
 def _event_ok(e: Any, now: float) -> bool:
