@@ -190,7 +190,8 @@ def test_service_not_answering_is_not_a_fault() -> None:
 def test_fetch_is_repeated_after_reuse_window() -> None:
     now = [100.0]
     client = CountingClient()
-    col = TpuCollector(client, Presence([TpuDevice("a", "TPU v5e", 1)]), reuse_s=1.0, clock=lambda: now[0])
+    col = TpuCollector(client, Presence([TpuDevice("a", "TPU v5e", 1)]), reuse_s=1.0,
+                       monotonic=lambda: now[0])
     chip = col.discover()[0]
     col.sample_chip(chip)
     now[0] += 2

@@ -227,11 +227,13 @@ class TpuCollector:
     name = "tpu"
 
     def __init__(self, metrics_client: RuntimeMetricsClient, presence: TpuPresence | None = None, *,
-                 reuse_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+                 reuse_s: float = 1.0, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics_client
         self.presence = presence or SysfsTpuPresence()
         self.reuse_s = reuse_s
         self._clock = clock
+        self._monotonic = monotonic  # the reuse window: a wall-clock step must not keep a round fresh
         self._lock = threading.Lock()
         self._round: _Round | None = None
         # Per chip index its slot; the runtime devices of all chips present; the duty-cycle
@@ -265,7 +267,7 @@ class TpuCollector:
         return chips
 
     def _fetch(self) -> _Round:
-        now = self._clock()
+        now = self._monotonic()
         with self._lock:
             r = self._round
             if r is not None and now - r.at < self.reuse_s:
