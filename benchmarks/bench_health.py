@@ -449,6 +449,7 @@ def compile_sources() -> None:
 
 
 def main() -> int:
+    global BASE_PORT  # one setting (--base-port) read by every measurement
     if len(sys.argv) >= 2 and sys.argv[1] == "serve-hostile":
         asyncio.run(_serve_hostile(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
         return 0
@@ -462,7 +463,11 @@ def main() -> int:
     p.add_argument("--no-ssh-lab", action="store_true",
                    help="skip the Ansible-over-SSH baseline (it needs docker; reported as skipped)")
     p.add_argument("--ssh-lab-only", action="store_true", help="only the Ansible-over-SSH baseline")
+    p.add_argument("--base-port", type=int, default=BASE_PORT,
+                   help=f"first port of the simulated agents and hostile responders (default {BASE_PORT}; "
+                        "they use as many ports as the largest size has hosts)")
     args = p.parse_args()
+    BASE_PORT = args.base_port
     if args.no_ssh_lab and args.ssh_lab_only:
         p.error("--no-ssh-lab and --ssh-lab-only exclude each other")
     if not args.no_ssh_lab and (problem := docker_problem()) is not None:

@@ -5,8 +5,11 @@ The pieces, each with one job:
 - :mod:`~fleetctl.fanout.pool` — the fan-out: a fixed pool of workers (bounded concurrency), hung
   hosts stepping aside, one overall deadline after which whatever is still running is reported
   as ``deadline``; every host gets exactly one :class:`FetchResult`;
-- :mod:`~fleetctl.fanout.client` — one host under one timer (connect, request, whole response);
-- :mod:`~fleetctl.fanout.sockets` — the connections (raw sockets, name resolution);
+- :mod:`~fleetctl.fanout.client` — one host: name resolution under its own timer, then connect,
+  request and whole response under another; a timeout names the step that ran out, and no timer
+  runs while the host waits for something shared (a worker, a socket, a resolver thread);
+- :mod:`~fleetctl.fanout.resolver` — lookups in threads that names whose lookups hang cannot use up;
+- :mod:`~fleetctl.fanout.sockets` — the connections (raw sockets, addresses tried one by one);
 - :mod:`~fleetctl.fanout.http` — the request bytes and a strict, minimal response parser;
 - :mod:`~fleetctl.fanout.classify` and :mod:`~fleetctl.fanout.decode` — what each outcome was, and
   the decoding of a body into a node report.

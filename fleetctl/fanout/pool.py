@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fleetctl.fanout.classify import NO_ANSWER, Answer, FetchKind, FetchResult, classify_answer
-from fleetctl.fanout.client import NODE_PATH, fetch_body
+from fleetctl.fanout.client import NODE_PATH, Progress, fetch_body
 from fleetctl.inventory import Host
 
 
@@ -22,6 +22,8 @@ class FanoutOptions:
     concurrency: int = 512  # requests being answered at once (hung ones step aside: see fan_out)
     max_open: int = 8192  # sockets open at once, parked requests included
     path: str = NODE_PATH
+    # per host, for a name: its lookup, counted from when a resolver thread takes it (None: timeout_s)
+    resolve_timeout_s: float | None = None
 
 
 def park_after(timeout_s: float) -> float:
@@ -101,6 +103,7 @@ async def fan_out(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
     loop = asyncio.get_running_loop()
     results: list[FetchResult | None] = [None] * len(hosts)
     started: list[float] = [0.0] * len(hosts)
+    progress: list[Progress | None] = [None] * len(hosts)
     work = iter(range(len(hosts)))
     park = ParkClock(options.timeout_s)
     open_slots = asyncio.Semaphore(max(1, options.max_open))
@@ -128,7 +131,8 @@ async def fan_out(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
 
     async def fetch(i: int, slot: asyncio.Future[None]) -> None:
         try:
-            got = await fetch_body(hosts[i], tokens(hosts[i]), options.timeout_s, options.path)
+            got = await fetch_body(hosts[i], tokens(hosts[i]), options.timeout_s, options.path,
+                                   resolve_timeout_s=options.resolve_timeout_s, progress=progress[i])
             if isinstance(got, Answer):
                 answers.append((i, got))
                 park.answered(got.elapsed_s)
@@ -144,6 +148,7 @@ async def fan_out(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
         for i in work:  # a shared iterator: each index goes to exactly one worker
             await open_slots.acquire()
             started[i] = time.monotonic()
+            progress[i] = Progress()
             slot: asyncio.Future[None] = loop.create_future()
             task = loop.create_task(fetch(i, slot))
             fetches.add(task)
@@ -180,7 +185,9 @@ async def fan_out(hosts: Sequence[Host], tokens: Callable[[Host], str | None],
         result = results[i]
         if result is None:
             waited = time.monotonic() - started[i] if started[i] else 0.0
-            why = (f"no answer before the overall deadline of {options.deadline_s:g}s" if started[i]
+            stood = progress[i]
+            why = (f"no answer before the overall deadline of {options.deadline_s:g}s"
+                   + (f" ({stood.why})" if stood is not None and stood.why else "") if started[i]
                    else f"not asked: the overall deadline of {options.deadline_s:g}s passed first")
             result = FetchResult(host, FetchKind.DEADLINE, None, why, waited)
         out.append(result)

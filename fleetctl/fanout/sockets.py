@@ -1,10 +1,9 @@
-"""Connections for the fan-out: a raw non-blocking socket per address literal, and name
-resolution in daemon threads for host names (tried address by address)."""
+"""Connections for the fan-out: a raw non-blocking socket per address literal, and for host names
+the addresses the resolver found (:mod:`fleetctl.fanout.resolver`), tried one by one."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import functools
 import ipaddress
@@ -20,35 +19,13 @@ from fleetctl.inventory import Host
 _READ_CHUNK = 256 * 1024
 
 
-@functools.cache
-def _resolver() -> concurrent.futures.Executor:
-    # Lookups run in daemon threads: a hung resolver must not hold the command past its deadline
-    # (asyncio's default pool is joined when the loop closes, and again at interpreter exit).
-    from fleet_agent.sampler import DaemonThreadPool  # imported only when a host is named, not addressed
-
-    pool: concurrent.futures.Executor = DaemonThreadPool(_RESOLVER_THREADS, "resolver")
-    return pool
-
-
-_RESOLVER_THREADS = 32
-
-
-async def resolve(loop: asyncio.AbstractEventLoop, host: Host) -> list[tuple[int, tuple[Any, ...]]]:
-    """(family, socket address) for each address ``host.address`` names, in the resolver's order."""
-    lookup = functools.partial(socket.getaddrinfo, host.address, host.agent_port, type=socket.SOCK_STREAM)
-    try:
-        infos = await loop.run_in_executor(_resolver(), lookup)
-    except (OSError, UnicodeError) as exc:  # gaierror; a name IDNA cannot encode
-        raise Failed(FetchKind.CONNECT_ERROR, f"cannot resolve {host.address}: "
-                                               f"{getattr(exc, 'strerror', None) or exc}") from None
-    return [(family, sockaddr) for family, _type, _proto, _name, sockaddr in infos]
-
-
 async def connect_any(loop: asyncio.AbstractEventLoop, reader: ResponseReader, host: Host,
                        addresses: Sequence[tuple[int, tuple[Any, ...]]]) -> None:
-    """Connect ``reader`` to the first address that accepts; refused only when every one refuses."""
+    """Connect ``reader`` to the first address that accepts (the agent's port on each); refused only
+    when every one refuses."""
     errors: list[OSError] = []
-    for family, sockaddr in addresses:
+    for family, address in addresses:
+        sockaddr = (address[0], host.agent_port, *address[2:])
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)

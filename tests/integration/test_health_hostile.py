@@ -227,6 +227,79 @@ def test_hung_hosts_spread_through_a_larger_fleet_are_all_classified(inventory: 
     assert wrong == {}
 
 
+# fleetctl with a resolver that the test controls: names under .hang.test never resolve, names under
+# .fleet.test are 127.0.0.1, through the system's getaddrinfo like every other lookup.
+RESOLVER_STUB = """\
+import socket, sys, threading
+real = socket.getaddrinfo
+never = threading.Event()
+
+def getaddrinfo(host, port, *args, **kwargs):
+    if isinstance(host, str) and host.endswith(".hang.test"):
+        never.wait()
+    if isinstance(host, str) and host.endswith(".fleet.test"):
+        host = "127.0.0.1"
+    return real(host, port, *args, **kwargs)
+
+socket.getaddrinfo = getaddrinfo
+from fleetctl.cli import main
+sys.argv[0] = "fleetctl"
+main()
+"""
+
+HEALTHY_SCENARIO = """\
+description: healthy agents reached by name
+seed: 5
+groups:
+  - {name: h100, kind: gpu, model: H100-SXM5-80GB, chips: 8, count: 200}
+"""
+
+
+@pytest.mark.integration
+def test_names_whose_lookups_hang_do_not_make_healthy_agents_unreachable(tmp_path: Path) -> None:
+    # 200 real agents, each inventory host a name the resolver answers, and 40 names whose lookups
+    # hang (more than there are resolver threads): every agent is reported as what it is, each
+    # hung name as a name resolution that timed out, well within the overall deadline.
+    import random
+
+    import yaml
+
+    fleet = start_sim_fleet(tmp_path, HEALTHY_SCENARIO, 200, lo=36000, hi=36999)
+    try:
+        agents = yaml.safe_load(fleet.inventory.read_text())["all"]["hosts"]
+        entries = [f"    {name}: {{ansible_host: {name}.fleet.test, "
+                   f"fleet_agent_port: {v['fleet_agent_port']}}}" for name, v in agents.items()]
+        entries += [f"    dns-hang-{i}: {{ansible_host: h{i}.hang.test, fleet_agent_port: 9}}"
+                    for i in range(40)]
+        random.Random(3).shuffle(entries)
+        inv = tmp_path / "named.yml"
+        inv.write_text("all:\n  hosts:\n" + "\n".join(entries) + "\n")
+        stub = tmp_path / "fleetctl_stub_resolver.py"
+        stub.write_text(RESOLVER_STUB)
+        started = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, str(stub), "health", "-i", str(inv), "--json", "--timeout", "2",
+             "--deadline", "20"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "FLEETCTL_CACHE_DIR": str(tmp_path / "cache")},
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        stop(fleet)
+    assert out.returncode == 1, out.stderr
+    hosts = {h["name"]: h for h in json.loads(out.stdout)["hosts"]}
+    assert len(hosts) == 240
+    wrong = {name: (hosts[name]["status"], hosts[name]["reason"]) for name in agents
+             if hosts[name]["status"] != "healthy"}
+    assert wrong == {}
+    for i in range(40):
+        h = hosts[f"dns-hang-{i}"]
+        assert h["status"] == "unreachable"
+        assert h["reason"] == {"kind": "timeout",
+                               "message": f"name resolution of h{i}.hang.test timed out after 2s"}
+    assert elapsed < 20  # two lookup timeouts at most (40 hung names, 32 threads), plus start-up
+
+
 @pytest.mark.integration
 def test_watch_redraws_and_ctrl_c_leaves_the_terminal_clean(inventory: Path, tmp_path: Path) -> None:
     pid, fd = pty.fork()

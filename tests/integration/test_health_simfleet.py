@@ -44,20 +44,29 @@ EXPECTED = {
 }
 
 
-def port_block(n: int, lo: int, hi: int) -> int:
-    """The first P in [lo, hi] with P .. P+n-1 free on 127.0.0.1 now."""
-    p = lo
-    while p + n - 1 <= hi:
-        for q in range(p, p + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", q))
-                except OSError:
-                    p = q + 1
-                    break
-        else:
-            return p
-    raise RuntimeError(f"no {n} free ports in {lo}-{hi}")
+def port_block(n: int, lo: int, hi: int, wait_s: float = 60.0) -> int:
+    """The first P in [lo, hi] with P .. P+n-1 free on 127.0.0.1, waiting up to ``wait_s`` for one.
+
+    Probed as the agents bind, with SO_REUSEADDR. A port can still be taken for up to a minute by
+    the TIME-WAIT of a client connection that used it as its ephemeral port (these ranges lie inside
+    Linux's ephemeral range), hence the wait."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        p = lo
+        while p + n - 1 <= hi:
+            for q in range(p, p + n):
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind(("127.0.0.1", q))
+                    except OSError:
+                        p = q + 1
+                        break
+            else:
+                return p
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {n} free ports in {lo}-{hi}")
+        time.sleep(0.5)
 
 
 @dataclass

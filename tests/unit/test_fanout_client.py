@@ -41,7 +41,7 @@ def test_ok_report_is_parsed() -> None:
     ("handler", "kind", "detail"),
     [
         (None, FetchKind.REFUSED, "connection refused"),
-        (hung, FetchKind.TIMEOUT, "no response within 0.5s"),
+        (hung, FetchKind.TIMEOUT, "connected, no answer within 0.5s"),
         (dripping, FetchKind.SLOW, "response incomplete after 0.5s"),
         (closing, FetchKind.GARBAGE, "closed"),
         (resetting, FetchKind.CONNECT_ERROR, "connection lost before any answer: Connection reset by peer"),
@@ -198,5 +198,5 @@ def test_a_hung_resolver_holds_neither_the_host_past_its_timeout_nor_the_command
         elapsed = time.monotonic() - started
     finally:
         release.set()
-    assert r.kind is FetchKind.TIMEOUT and "name lookup of hung.test unfinished after 0.3s" in r.detail
+    assert r.kind is FetchKind.TIMEOUT and "name resolution of hung.test timed out after 0.3s" in r.detail
     assert elapsed < 3.0  # asyncio's own resolver pool is joined when the loop closes: 10 s
