@@ -15,9 +15,10 @@ The Ansible baseline runs on the SSH lab (tests/lab/lab.py; docker): ``ansible l
 ansible.builtin.uri`` over SSH, each host fetching its own agent's report, against ``fleetctl health``
 on the same hosts, per-host cost and ratio. It converges playbooks/site.yml first only when the lab
 agents do not answer. Without docker it fails unless ``--no-ssh-lab`` is given (then the JSON says
-it was skipped). ``fleetctl --help`` start-up last.
+it was skipped). ``fleetctl --help`` and ``--version`` start-up last.
 
-Targets (issue 4): 1,000 hosts <= 0.8 s, 10,000 hosts <= 8 s (judged warm and cold), ``--help`` <= 0.3 s.
+Targets (issue 4): 1,000 hosts <= 0.8 s, 10,000 hosts <= 8 s (judged warm and cold), ``--help`` and
+``--version`` (issue 16) <= 0.3 s.
 
     python benchmarks/bench_health.py                 # full: 1,000 and 10,000 hosts, 5 runs each, SSH lab
     python benchmarks/bench_health.py --quick         # 1,000 hosts, 3 runs, SSH lab
@@ -429,11 +430,11 @@ def bench_ssh_lab(workdir: Path, runs: int) -> dict[str, Any]:
     }
 
 
-def bench_help(runs: int) -> dict[str, Any]:
+def bench_help(runs: int, flag: str = "--help") -> dict[str, Any]:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([FLEETCTL, "--help"], capture_output=True, check=True)
+        subprocess.run([FLEETCTL, flag], capture_output=True, check=True)
         times.append(time.perf_counter() - started)
     return {"median_s": median(times), "runs_s": [round(t, 3) for t in times], "target_s": HELP_TARGET_S,
             "meets_target": median(times) <= HELP_TARGET_S}
@@ -495,6 +496,7 @@ def main() -> int:
         # "hostile" (the largest size) as before this benchmark ran at every size.
         result["hostile"] = result["hostile_by_size"][-1] if sizes else None
         result["help_startup"] = bench_help(max(runs, 5)) if sizes else None
+        result["version_startup"] = bench_help(max(runs, 5), "--version") if sizes else None
         result["ansible_adhoc_baseline"] = ({"skipped": True, "why": "--no-ssh-lab"} if args.no_ssh_lab
                                             else bench_ssh_lab(work, runs))
         result["load_avg_at_end"] = os.getloadavg()[0]
