@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fleet_agent.collectors.xid import handle_key
+
 FORMAT = "fleet-agent.nvml-recording/v1"
 
 # Functions whose answer is a handle that later calls pass back.
@@ -33,14 +35,6 @@ HANDLE_MAKERS = frozenset({
 })
 _ARRAY_KEPT = 16  # of a long ctypes array (GPM's 477 metric slots), the first entries are recorded
 _PRIMITIVE = (bool, int, float, str, type(None))
-
-
-def handle_key(handle: Any) -> int:
-    """A stable key for a handle: the address a ctypes pointer holds; an object's id in fakes."""
-    try:
-        return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
-    except (ctypes.ArgumentError, TypeError):
-        return id(handle)
 
 
 class Encoder:

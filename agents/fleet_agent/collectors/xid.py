@@ -561,7 +561,7 @@ def _boot_wall_time() -> float:
         return -math.inf
 
 
-def _handle_key(handle: Any) -> int:
+def handle_key(handle: Any) -> int:
     """A stable key for an NVML device handle (a ctypes pointer from pynvml; an object in fakes)."""
     try:
         return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
@@ -587,7 +587,7 @@ class NvmlXidWatcher:
         """Ask NVML for this chip's XID events; False when it cannot (NotSupported, lost...)."""
         nv = self.nvml
         with self._lock:
-            key = _handle_key(handle)
+            key = handle_key(handle)
             if key in self._by_handle:
                 return True
             try:
@@ -618,7 +618,7 @@ class NvmlXidWatcher:
                 return n
             if not data.eventType & nv.nvmlEventTypeXidCriticalError:
                 continue
-            pci = self._by_handle.get(_handle_key(data.device))
+            pci = self._by_handle.get(handle_key(data.device))
             if pci is None:
                 try:
                     pci = pci_key(nv.nvmlDeviceGetPciInfo(data.device).busId)
