@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleet_agent import __version__
+from fleet_agent.printable import printable
 
 if TYPE_CHECKING:
     from fleet_agent.collectors.nvml_record import NvmlRecorder
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         return _sim_fleet(args)
     except ConfigError as exc:
-        print(f"fleet-agent: {exc}", file=sys.stderr)
+        print(f"fleet-agent: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -206,7 +207,7 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - a health check's crash is "could not tell", said in one line
-        print(f"fleet-agent check: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"fleet-agent check: {type(exc).__name__}: {printable(str(exc))}", file=sys.stderr)
         return check.EXIT_UNKNOWN
     for line in result.lines():
         print(line)
@@ -215,9 +216,9 @@ def _check(args: argparse.Namespace) -> int:
         try:
             done = check.slurm_act(result, node)
             if done is not None:
-                print(f"fleet-agent check: slurm: {done}", file=sys.stderr)
+                print(f"fleet-agent check: slurm: {printable(done)}", file=sys.stderr)
         except check.SlurmActionError as exc:
-            print(f"fleet-agent check: slurm: {node}: {exc}", file=sys.stderr)
+            print(f"fleet-agent check: slurm: {node}: {printable(str(exc))}", file=sys.stderr)
     return result.code
 
 
@@ -289,7 +290,8 @@ def render_table(report: NodeReport) -> str:
     for col in report.collectors:
         if not col.ok:
             lines.append(f"collector {col.name}: {col.error}")
-    return "\n".join(lines)
+    # Model names, messages and reasons come from the driver, files, scenarios: shown, never obeyed.
+    return "\n".join(printable(line) for line in lines)
 
 
 if __name__ == "__main__":

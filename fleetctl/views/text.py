@@ -18,6 +18,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from fleet_agent.printable import ONE_LINE as _LINE
+from fleet_agent.printable import SEVERAL_LINES as _BLOCK
+
 if TYPE_CHECKING:
     from rich.text import Text
 
@@ -26,22 +29,8 @@ NAME_LIMIT = 64  # host names and other identifiers in a table: clipped in the m
 CELL_LIMIT = 200  # reasons, problem messages, notes in a table cell
 LINE_LIMIT = 2000  # one line on stderr (a 10 MB reason must not flood the terminal)
 
-# What never reaches the terminal raw: the C0 and C1 controls and DEL, the bidi embeddings, overrides
-# and isolates (they reorder what follows them), the Unicode line and paragraph separators, and lone
-# surrogates (undecodable bytes a subprocess's output kept: writing one would raise).
-_UNSAFE = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
-           *range(0x2066, 0x206A), 0x2028, 0x2029, *range(0xD800, 0xE000)]
-_SHORT = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
-
-
-def _escape(code: int) -> str:
-    if code in _SHORT:
-        return _SHORT[code]
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-_LINE = {code: _escape(code) for code in _UNSAFE}  # one line: newlines and tabs are shown too
-_BLOCK = {code: text for code, text in _LINE.items() if code not in (0x09, 0x0A)}  # several lines
+# What never reaches the terminal raw, and how it is shown instead: fleet_agent.printable's tables
+# (the agent prints with the same ones).
 _SGR = re.compile(r"(\x1b\[[0-9;]*m)")  # colour and weight: the only sequences from_ansi may keep
 
 

@@ -370,3 +370,17 @@ def test_missing_chips_because_the_listing_call_hung_is_could_not_tell_not_unhea
     # A hang beside a critical fault that was seen is still unhealthy.
     lost = Problem("gpu_lost", Severity.CRITICAL, "GPU fell off the bus", Action.REBOOT)
     assert check.judge(_node("NVML call timed out after 2.0s", chip_problem=lost), 10.0).code == 1
+
+
+def test_once_table_shows_outside_text_escaped() -> None:
+    from fleet_agent.cli import render_table
+    from fleet_agent.schema import ChipReport, HostMetrics, NodeReport, Status
+
+    chip = ChipReport(index=0, kind="gpu", vendor="nvidia", model="H100\x1b[2J\x9b31m", uuid="GPU-0",
+                      pci_bus_id="", status=Status.HEALTHY)
+    report = NodeReport(host="h\x1b]8;;http://x\x07", agent_version="0", sampled_at=0.0, interval_s=5.0,
+                        status=Status.HEALTHY, chips_expected=1, chips=[chip], host_metrics=HostMetrics(),
+                        drained=True, drained_reason="[maint]\rswap")
+    text = render_table(report)
+    assert "\x1b" not in text and "\x9b" not in text and "\x07" not in text and "\r" not in text
+    assert "H100\\x1b[2J\\x9b31m" in text and "h\\x1b]8;;http://x\\x07" in text and "[maint]\\rswap" in text
