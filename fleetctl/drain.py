@@ -515,8 +515,10 @@ def status(conn: sqlite3.Connection, hosts: Sequence[HostLike],
 # --- agent health (undrain, maintain's verify) ------------------------------------------------
 
 
-def agent_health(hosts: Sequence[HostLike]) -> dict[str, str | None]:
-    """Ask each host's fleet-agent (``GET /v1/node``) whether it is healthy enough for work."""
+def agent_health(hosts: Sequence[HostLike], *, inventory: Sequence[HostLike] = ()) -> dict[str, str | None]:
+    """Ask each host's fleet-agent (``GET /v1/node``) whether it is healthy enough for work.
+    ``inventory``: every inventory host, so that an answer naming one of them, or an endpoint
+    shared with one, is recognised although only ``hosts`` are asked."""
     from fleetctl.fanout import FanoutOptions, fetch_all
     from fleetctl.inventory import Host
 
@@ -531,16 +533,18 @@ def agent_health(hosts: Sequence[HostLike]) -> dict[str, str | None]:
     from fleetctl.report.identity import identity_findings
 
     results = list(fetch_all(real, token, FanoutOptions(timeout_s=5.0, deadline_s=60.0)))
-    # An answer from another host's agent (a copied address, a shared endpoint) says nothing
-    # about this host: never undrain on it.
-    wrong = identity_findings([r.host for r in results],
-                              {r.host.name: r.report.host for r in results if r.report is not None})
+    asked = {h.name for h in real}
+    everyone = [*real, *(h for h in inventory if isinstance(h, Host) and h.name not in asked)]
+    # An answer that is another host's agent's (a copied address, one agent for several hosts)
+    # says nothing about this host: never undrain on it. A host's own agent that merely reports
+    # another hostname (configured by hand) is judged on its report as before.
+    wrong = identity_findings(everyone, {r.host.name: r.report.host for r in results if r.report is not None})
     verdicts: dict[str, str | None] = {}
     for result in results:
         if result.report is None:
             where = result.host.agent_endpoint
             verdicts[result.host.name] = f"agent at {where} {result.kind}: {result.detail}"
-        elif result.host.name in wrong:
+        elif result.host.name in wrong and wrong[result.host.name].foreign:
             verdicts[result.host.name] = wrong[result.host.name].problem.message
         else:
             verdicts[result.host.name] = unfit_for_work(result.report)

@@ -5,6 +5,7 @@ Exit codes: 0 all done, 1 some host failed or was refused, 2 usage or configurat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -89,7 +90,8 @@ def undrain(
     from fleetctl.commands.context import drain_context
 
     with drain_context(inventory, db) as ctx:
-        outcomes = core.undrain(ctx.conn, ctx.select(pattern), ctx.schedulers, core.agent_health, force=force,
+        health = functools.partial(core.agent_health, inventory=list(ctx.inventory.hosts.values()))
+        outcomes = core.undrain(ctx.conn, ctx.select(pattern), ctx.schedulers, health, force=force,
                                 echo=echo_err)
     return show_outcomes(outcomes, as_json)
 

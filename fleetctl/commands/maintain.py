@@ -6,6 +6,7 @@ configuration error (nothing drained).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -58,8 +59,9 @@ def maintain(
     )
     with drain_context(inventory, db, write=not dry_run) as ctx:
         provisioner = core.ansible_provisioner(list(ctx.inventory.sources), ctx.db_path)
+        health = functools.partial(agent_health, inventory=list(ctx.inventory.hosts.values()))
         result = core.maintain(ctx.conn, ctx.select(pattern), ctx.pool(scope), ctx.schedulers, provisioner,
-                               agent_health, opts, echo=echo_err)
+                               health, opts, echo=echo_err)
     if dry_run:
         typer.echo("dry run: nothing changed", err=True)
         return 0

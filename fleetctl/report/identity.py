@@ -96,12 +96,40 @@ def names_match(host: Endpoint, reported: str) -> bool:
     return _same_name(_norm(host.name), r) or _same_name(_norm(host.address), r)
 
 
+class _Owners:
+    """Which inventory hosts a reported name is (:func:`names_match`), found by lookups in an index
+    built once: a scan of every host per mismatched report would make a fleet of agents configured
+    by hand (machine hostnames, not inventory names) quadratic."""
+
+    def __init__(self, hosts: Sequence[Endpoint]) -> None:
+        self._index: defaultdict[object, list[int]] = defaultdict(list)
+        self._names = [h.name for h in hosts]
+        for i, h in enumerate(hosts):
+            for value in {_norm(h.name), _norm(h.address)}:
+                if not value:
+                    continue
+                self._index[value].append(i)
+                if not _is_ip(value):  # its short or its full form, by the first label
+                    self._index[("label", value.split(".", 1)[0], "." in value)].append(i)
+
+    def first_other(self, reported: str, not_this: int) -> str | None:
+        r = _norm(reported)
+        if not r:
+            return None
+        found = list(self._index.get(r, ()))
+        if not _is_ip(r):
+            found += self._index.get(("label", r.split(".", 1)[0], "." not in r), ())
+        others = [i for i in found if i != not_this]
+        return self._names[min(others)] if others else None
+
+
 def identity_findings(hosts: Sequence[Endpoint], reported: Mapping[str, str]) -> dict[str, Identity]:
     """What is wrong with whose agent answered, per host name. ``reported``: for each host that
     answered with a report, the host name that report gives."""
     sharing = shared_endpoints(hosts)
+    owners: _Owners | None = None
     findings: dict[str, Identity] = {}
-    for h in hosts:
+    for i, h in enumerate(hosts):
         if h.name not in reported:
             continue
         said = reported[h.name]
@@ -115,7 +143,8 @@ def identity_findings(hosts: Sequence[Endpoint], reported: Mapping[str, str]) ->
                     "address",
                     foreign=False)
             continue
-        owner = next((o.name for o in hosts if o is not h and names_match(o, said)), None)
+        owners = owners or _Owners(hosts)
+        owner = owners.first_other(said, i)
         if others:
             findings[h.name] = _found(
                 f"one agent at {h.agent_endpoint} answers for {h.name} and {', '.join(others)} (inventory) "

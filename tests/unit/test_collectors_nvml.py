@@ -556,9 +556,26 @@ def test_gpm_failing_leaves_the_fields_empty_and_the_chip_readable() -> None:
     clock = Clock()
     col, _ = collector_for(scenario_doc([{"kind": "nvml_error", "group": "g", "hosts": [0], "chips": [0],
                                           "error": "unknown", "functions": ["nvmlGpmSampleGet"]}]), clock)
+    nvml = col.nvml
+    live: set[int] = set()
+    real_alloc, real_free = nvml.nvmlGpmSampleAlloc, nvml.nvmlGpmSampleFree
+
+    def alloc() -> Any:
+        sample = real_alloc()
+        live.add(id(sample))
+        return sample
+
+    def free(sample: Any) -> None:
+        live.discard(id(sample))
+        real_free(sample)
+
+    nvml.nvmlGpmSampleAlloc, nvml.nvmlGpmSampleFree = alloc, free
     chips = col.discover()
-    for _ in range(3):
+    for _ in range(20):
         clock.t += 5.0
         rep = col.sample_chip(chips[0])
         assert rep.gpu is not None and rep.gpu.graphics_active_pct is None
         assert rep.temperature_c is not None and rep.error is None
+        assert len(live) <= 2  # NVML's buffers are not garbage-collected: none may be dropped
+    col.close()
+    assert live == set()

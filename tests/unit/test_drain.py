@@ -661,10 +661,14 @@ def test_undrain_health_gate_never_trusts_another_hosts_agent() -> None:
     try:
         gpu1 = Host("gpu-1", "127.0.0.1", ("gpu_nodes",), {}, agent_port=own_port)  # a copied address
         gpu2 = Host("gpu-2", "127.0.0.1", ("gpu_nodes",), {}, agent_port=own_port)
-        verdicts = core.agent_health([gpu1])
+        verdicts = core.agent_health([gpu1], inventory=[gpu1, gpu2])
         assert verdicts["gpu-1"] is not None and "gpu-2" in verdicts["gpu-1"]  # the answer is gpu-2's
         assert core.agent_health([gpu2]) == {"gpu-2": None}  # its own agent: healthy
-        both = core.agent_health([gpu1, gpu2])  # one endpoint for two hosts: neither row is trusted
-        assert both["gpu-1"] is not None
+        both = core.agent_health([gpu1, gpu2])  # one endpoint for two hosts: it is gpu-2's agent
+        assert both["gpu-1"] is not None and both["gpu-2"] is None
+        own.shutdown()
+        own, own_port = _agent_answering("node17")  # gpu-2's own agent, its hostname set by hand
+        gpu2 = Host("gpu-2", "127.0.0.1", ("gpu_nodes",), {}, agent_port=own_port)
+        assert core.agent_health([gpu2]) == {"gpu-2": None}  # judged on its report, not refused
     finally:
         own.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from agent_peers import host
 
@@ -49,3 +51,30 @@ def test_findings() -> None:
     assert found["e"].foreign and found["f"].foreign  # one agent, neither name: whose is it?
     long = identity_findings([at("g", "10.0.0.7")], {"g": "x" * 5000})["g"].problem.message
     assert len(long) < 300
+
+
+def test_the_owner_index_finds_what_a_scan_of_every_host_finds() -> None:
+    # identity_findings looks the reported name up in an index (linear in the fleet); it must name
+    # the same inventory host a scan with names_match would.
+    from fleetctl.report.identity import _Owners, names_match
+
+    @dataclass(frozen=True)
+    class H:
+        name: str
+        address: str
+        agent_port: int = 10400
+
+        @property
+        def agent_endpoint(self) -> str:
+            return f"{self.address}:{self.agent_port}"
+
+    hosts = [H("gpu-a", "10.0.0.1"), H("gpu-b.dc1.example", "10.0.0.2"), H("GPU-C.", "gpu-c.mgmt.example"),
+             H("10.0.0.4", "10.0.0.4"), H("gpu-e", "gpu-e-mgmt"), H("gpu-b", "10.0.0.6")]
+    owners = _Owners(hosts)
+    said = ["gpu-a", "GPU-A.", "gpu-a.dc1.example", "gpu-b", "gpu-b.dc1.example", "gpu-b.other", "gpu-c",
+            "gpu-c.mgmt.example", "10.0.0.4", "10.0.0.04", "gpu-e-mgmt", "gpu-e-mgmt.x", "nobody", "", "  ",
+            "10.0.0.1", "gpu"]
+    for i in range(len(hosts)):
+        for s in said:
+            scan = next((o.name for j, o in enumerate(hosts) if j != i and names_match(o, s)), None)
+            assert owners.first_other(s, i) == scan, (i, s)

@@ -83,8 +83,8 @@ class _Static:
     serial: str | None = None
     serial_read: bool = False
     gpm: bool | None = None  # None: not asked yet
-    gpm_prev: Any = None  # the GPM sample of the previous sample
-    gpm_spare: Any = None  # a sample buffer to fill next (NVML allocates them)
+    gpm_prev: Any = None  # the GPM buffer holding the previous sample
+    gpm_spare: Any = None  # the GPM buffer to fill next (NVML allocates both)
     # False once no link answered the error counters: not asked again (a GPU without them).
     nvlink_errors: bool = True
 
@@ -397,16 +397,19 @@ class NvmlCollector:
 
     def _gpm(self, r: _Reads, st: _Static) -> tuple[float | None, float | None]:
         """GPM's activity shares between the previous sample and this one (Hopper and later; the
-        first sample has nothing to compare with). Two NVML sample buffers per GPU, reused."""
+        first sample has nothing to compare with). Two NVML sample buffers per GPU, allocated once,
+        always referenced (one holds the previous sample, the other is filled next): a failing call
+        loses none of them, and close() frees both."""
         nv = self.nvml
         try:
-            cur = st.gpm_spare if st.gpm_spare is not None else nv.nvmlGpmSampleAlloc()
-            st.gpm_spare = None
+            if st.gpm_spare is None:
+                st.gpm_spare = nv.nvmlGpmSampleAlloc()
+            cur = st.gpm_spare
             nv.nvmlGpmSampleGet(r.handle, cur)
-            prev, st.gpm_prev = st.gpm_prev, cur
+            prev = st.gpm_prev
+            st.gpm_prev, st.gpm_spare = cur, prev  # this sample is the next one's previous
             if prev is None:
                 return None, None
-            st.gpm_spare = prev
             mg = nv.c_nvmlGpmMetricsGet_t()
             mg.version, mg.numMetrics = nv.NVML_GPM_METRICS_GET_VERSION, 2
             mg.sample1, mg.sample2 = prev, cur
@@ -420,7 +423,6 @@ class NvmlCollector:
                 st.gpm = False
             else:
                 r.errors.append(f"GPM: {e}")
-            st.gpm_prev = None  # compare the next two samples afresh
             return None, None
         except AttributeError:  # a pynvml (or a recording) without GPM
             st.gpm = False
