@@ -178,11 +178,16 @@ def host_verdict(node: NodeReport, now: float, *, expected_chips: int | None = N
         health = worse(health, HostHealth.DEGRADED)
     expected = expected_chips if expected_chips is not None else node_expected
     # Not when the agent named why it sees no chips (the driver): that problem says it already.
-    if (expected is not None and len(node.chips) != expected
+    if (expected is not None and len(node.chips) < expected
             and not _has_check(node, "chip_count") and not _has_check(node, "driver")):
         added.append(Problem("chip_count", Severity.CRITICAL,
                              f"{len(node.chips)} of {expected} chips present (inventory)", Action.REBOOT))
         health = worse(health, HostHealth.UNHEALTHY)
+    elif expected is not None and len(node.chips) > expected and not _has_check(node, "chip_count"):
+        # More chips than the inventory says is its own mistake, not a fault of the host.
+        added.append(Problem("chip_count", Severity.INFO,
+                             f"{len(node.chips)} chips present, {expected} expected (inventory): update "
+                             "fleet_agent_expected_chips", Action.CHECK_CONFIGURATION))
     age: float | None = None
     if not sample_time_known:
         added.append(Problem("sample_age", Severity.WARNING,

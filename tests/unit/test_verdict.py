@@ -92,6 +92,14 @@ def test_missing_chips_make_the_host_unhealthy(expected: int, from_inventory: bo
     assert "7 of 8 chips present" in v.added[0].message
 
 
+def test_more_chips_than_the_inventory_expects_is_a_notice_not_a_fault() -> None:
+    v = host_verdict(node(Status.HEALTHY, 8, None), NOW, expected_chips=4)
+    assert v.health is HostHealth.HEALTHY
+    assert [(p.check, p.severity, p.action) for p in v.added] == [
+        ("chip_count", Severity.INFO, Action.CHECK_CONFIGURATION)]
+    assert "8 chips present, 4 expected" in v.added[0].message
+
+
 def test_the_agents_own_chip_count_problem_is_not_repeated() -> None:
     own = Problem("chip_count", Severity.CRITICAL, "7 of 8 chips", Action.REBOOT)
     v = host_verdict(node(Status.UNHEALTHY, 7, 8, [own]), NOW, expected_chips=8)
