@@ -4,11 +4,14 @@ and helpers that run the real fan-out against them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from fleet_agent.schema import ChipReport, HostMetrics, NodeReport, Status
 
@@ -46,6 +49,31 @@ def node_json(host: str = "n1", *, schema: str | None = None) -> bytes:
     if schema is not None:
         doc["schema"] = schema
     return json.dumps(doc).encode()
+
+
+@contextlib.contextmanager
+def threaded_agent(body: bytes) -> Iterator[int]:
+    """A real HTTP server on 127.0.0.1 answering every GET with ``body`` (an agent's ``/v1/node``),
+    in a thread, for code that asks agents synchronously (status, undrain's gate); yields its port."""
+
+    class Agent(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Agent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def http(body: bytes, status: str = "200 OK", ctype: str = "application/json") -> bytes:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import typer
-from agent_peers import node_json
+from agent_peers import node_json, threaded_agent
 
 from fleetctl.commands import run_command
 from fleetctl.errors import EXIT_PROBLEMS, EXIT_USAGE, FleetctlError, StateDatabaseError, UsageError
@@ -90,39 +87,11 @@ def _inventory(tmp_path: Path, drained_file: Path, port: int = 29417) -> Path:
     return inv
 
 
-@contextlib.contextmanager
-def _drained_agent() -> Iterator[int]:
+def _drained_agent() -> contextlib.AbstractContextManager[int]:
     """A real HTTP server answering ``/v1/node`` as an agent whose host is drained; yields its port."""
     body = json.loads(node_json("h1"))
     body["drained"] = True
-    data = json.dumps(body).encode()
-
-    class Agent(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    for port in range(29420, 29440):
-        try:
-            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Agent)
-            break
-        except OSError:
-            continue
-    else:
-        raise RuntimeError("no free port in 29420-29439")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield port
-    finally:
-        server.shutdown()
-        server.server_close()
+    return threaded_agent(json.dumps(body).encode())
 
 
 def test_drain_reason_in_brackets_is_shown_whole_by_status(tmp_path: Path,

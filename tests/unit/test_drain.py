@@ -625,50 +625,19 @@ def test_a_failure_half_way_is_an_outcome_recorded_and_resumable(conn: sqlite3.C
     assert hs.get(conn, "h0").state is S.DRAINED
 
 
-def _agent_answering(name: str) -> tuple[Any, int]:
-    """A real HTTP server on loopback answering /v1/node with a healthy report naming ``name``."""
-    import http.server
-    import threading
-    import time
-
-    from fleet_agent.schema import HostMetrics, NodeReport, Status
-    from fleet_agent.server import render_json
-
-    body = render_json(NodeReport(host=name, agent_version="0.1.0", sampled_at=time.time(),
-                                  interval_s=5.0, status=Status.HEALTHY, chips_expected=None, chips=[],
-                                  host_metrics=HostMetrics()))
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.server_address[1]
-
-
 def test_undrain_health_gate_never_trusts_another_hosts_agent() -> None:
+    from agent_peers import node_json, threaded_agent
+
     from fleetctl.inventory import Host
 
-    own, own_port = _agent_answering("gpu-2")
-    try:
-        gpu1 = Host("gpu-1", "127.0.0.1", ("gpu_nodes",), {}, agent_port=own_port)  # a copied address
-        gpu2 = Host("gpu-2", "127.0.0.1", ("gpu_nodes",), {}, agent_port=own_port)
+    with threaded_agent(node_json("gpu-2")) as port:
+        gpu1 = Host("gpu-1", "127.0.0.1", ("gpu_nodes",), {}, agent_port=port)  # a copied address
+        gpu2 = Host("gpu-2", "127.0.0.1", ("gpu_nodes",), {}, agent_port=port)
         verdicts = core.agent_health([gpu1], inventory=[gpu1, gpu2])
         assert verdicts["gpu-1"] is not None and "gpu-2" in verdicts["gpu-1"]  # the answer is gpu-2's
         assert core.agent_health([gpu2]) == {"gpu-2": None}  # its own agent: healthy
         both = core.agent_health([gpu1, gpu2])  # one endpoint for two hosts: it is gpu-2's agent
         assert both["gpu-1"] is not None and both["gpu-2"] is None
-        own.shutdown()
-        own, own_port = _agent_answering("node17")  # gpu-2's own agent, its hostname set by hand
-        gpu2 = Host("gpu-2", "127.0.0.1", ("gpu_nodes",), {}, agent_port=own_port)
+    with threaded_agent(node_json("node17")) as port:  # gpu-2's own agent, its hostname set by hand
+        gpu2 = Host("gpu-2", "127.0.0.1", ("gpu_nodes",), {}, agent_port=port)
         assert core.agent_health([gpu2]) == {"gpu-2": None}  # judged on its report, not refused
-    finally:
-        own.shutdown()
