@@ -16,13 +16,12 @@ import ctypes
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from fleet_agent.atomic import write_atomic
 from fleet_agent.collectors.xid import handle_key
 
 FORMAT = "fleet-agent.nvml-recording/v1"
@@ -161,19 +160,5 @@ class NvmlRecorder:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the recording atomically (a temporary file renamed over ``path``)."""
-        write_json_atomic(Path(path), self.document())
-
-
-def write_json_atomic(path: Path, doc: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        os.fchmod(fd, 0o644)  # a fixture or a bug-report attachment: no secrets in it
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        # 0644: a fixture or a bug-report attachment, no secrets in it
+        write_atomic(path, json.dumps(self.document(), indent=1) + "\n", mode=0o644)

@@ -12,9 +12,10 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from fleet_agent.atomic import write_atomic
 
 FORMAT = "fleet-agent.xid-history/1"
 FILE_NAME = "xid-history.json"
@@ -80,27 +81,12 @@ class XidHistoryStore:
         """Replace the file with ``doc`` atomically; False (and ``warning`` set) when it failed."""
         if self.read_only:
             return True
-        directory = os.path.dirname(self.path)
-        tmp: str | None = None
         try:
-            os.makedirs(directory, mode=0o750, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".xid-history.", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"), allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            tmp = None
-            _fsync_dir(directory)
+            os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+            write_atomic(self.path, json.dumps(doc, separators=(",", ":"), allow_nan=False), sync_dir=True)
         except OSError as e:
             self.warning = f"XID history {self.path}: cannot write: {e.strerror or e} (kept in memory only)"
             return False
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
         return True
 
     def set_aside(self, why: str) -> None:
@@ -119,19 +105,6 @@ class XidHistoryStore:
             where = f"could not be set aside: {e.strerror or e}"
         self.warning = f"XID history {self.path} {why}; {where}; starting with an empty history"
         return None
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # Bounds of what this agent writes: anything outside is not ours (or was tampered with).

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fleet_agent.atomic import write_atomic
 from fleet_agent.daemon import AgentRuntime
 
 
@@ -47,20 +45,4 @@ def _group_name(name: str) -> str:
 def write_inventory(path: str, runtimes: Sequence[AgentRuntime], *, token: str | None = None) -> None:
     doc = inventory_doc(runtimes, token=token)
     text = "# written by fleet-agent sim-fleet\n" + yaml.safe_dump(doc, sort_keys=False)
-    atomic_write(path, text, mode=0o600 if token else 0o644)
-
-
-def atomic_write(path: str, text: str, *, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old file or the new one, never half of it."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, mode=0o600 if token else 0o644)
