@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from fleetctl.views.output import OutputFormat
+
 PatternArg = Annotated[str, typer.Argument(help="Host name or Ansible pattern (gpu_nodes:&rack1, h100-*)")]
 InventoryOpt = Annotated[str | None, typer.Option(
     "-i", "--inventory", help="Inventory (default: $FLEETCTL_INVENTORY, else ansible.cfg)")]
@@ -17,3 +19,6 @@ MaxUnavailableOpt = Annotated[str, typer.Option(
     help="Most hosts out of service at once in the scope, counting hosts already drained or down")]
 ScopeOpt = Annotated[str | None, typer.Option(
     "--scope", metavar="GROUP", help="Count max-unavailable within this inventory group (default: fleet)")]
+OutputOpt = Annotated[OutputFormat | None, typer.Option(
+    "-o", "--output", case_sensitive=False,
+    help="table, wide (more columns), json, yaml or name (one per line)")]

@@ -1,0 +1,60 @@
+"""``-o/--output``: the one choice of output shape every listing command takes (kubectl's habit).
+
+``table`` is the default view; ``wide`` adds columns; ``json`` and ``yaml`` are the whole document;
+``name`` prints one identifier per line (a host, a run id) for ``xargs`` and loops. The older
+``--json`` flags are the same as ``-o json``.
+
+Standard library only at module level (``--json`` and ``name`` must not load rich or yaml).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from enum import Enum
+from typing import Any
+
+from fleetctl.errors import UsageError
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+    name = "name"
+
+
+def resolve(output: OutputFormat | None, *, as_json: bool = False) -> OutputFormat:
+    """The format asked for: ``--json`` is ``-o json``; both, naming different formats: refused."""
+    if as_json and output not in (None, OutputFormat.json):
+        raise UsageError(f"--json and -o {output.value if output else ''} ask for two formats: give one")
+    if as_json:
+        return OutputFormat.json
+    return output or OutputFormat.table
+
+
+def stdout_is_terminal() -> bool:
+    """Whether a person is reading: tables, colour and live views; otherwise one record per line."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stdout
+        return False
+
+
+def print_yaml(doc: Any) -> None:
+    """A YAML document on stdout (block style, keys in the document's order)."""
+    import yaml
+
+    # ASCII only: every character outside it is written as an escape YAML reads back as the same
+    # value, so an agent's control characters never reach the terminal raw.
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, allow_unicode=False, default_flow_style=False))
+    sys.stdout.flush()
+
+
+def print_names(names: Iterable[str]) -> None:
+    """One identifier per line, as written (control characters shown escaped)."""
+    from fleetctl.views.text import visible
+
+    sys.stdout.write("".join(visible(n) + "\n" for n in names))
+    sys.stdout.flush()
