@@ -48,13 +48,13 @@ out=$(cd "$out" && pwd)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "== venv with fleet-agent[nvml] in $work/venv"
+echo "== venv with fleetctl-agent[nvml] in $work/venv"
 "$python" -m venv "$work/venv"
 pip=("$work/venv/bin/python" -m pip install -q --disable-pip-version-check)
 if [[ -n $wheelhouse ]]; then
   pip+=(--no-index --find-links "$wheelhouse")
   shopt -s nullglob
-  wheels=("$wheelhouse"/fleet_agent-*.whl)
+  wheels=("$wheelhouse"/fleetctl_agent-*.whl)
   shopt -u nullglob
   if ((${#wheels[@]})); then
     "${pip[@]}" "${wheels[-1]}[nvml]"

@@ -177,8 +177,8 @@ def _nvml_io(args: argparse.Namespace) -> NvmlRecorder | None:
         try:
             return NvmlRecorder.install()
         except ImportError:
-            raise ConfigError("--record-nvml: nvidia-ml-py is not installed (pip install 'fleet-agent[nvml]')"
-                              ) from None
+            raise ConfigError("--record-nvml: nvidia-ml-py is not installed "
+                              "(pip install 'fleetctl-agent[nvml]')") from None
     if args.replay_nvml:
         from fleet_agent.sim.nvml_replay import NvmlReplay, RecordingError
 

@@ -30,6 +30,18 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 _DONE_PHASES = {"Succeeded", "Failed"}
 
 
+MISSING_CLIENT = ("the Kubernetes scheduler needs the kubernetes client, an optional part of fleetctl: "
+                  "pip install 'fleetctl[kubernetes]'")
+
+
+def _require_client() -> None:
+    """Fail in one line, naming the extra, when the optional client is not installed."""
+    try:
+        import kubernetes  # noqa: F401 - heavy, imported only when a Kubernetes host is touched
+    except ImportError:
+        raise SchedulerError(MISSING_CLIENT) from None
+
+
 def _client_errors() -> tuple[type[BaseException], ...]:
     """What the client raises when the API answers with an error or cannot be reached."""
     import urllib3
@@ -72,6 +84,7 @@ class KubernetesScheduler:
     kind = "kubernetes"
 
     def __init__(self, api_client: Any, *, grace_period_s: int | None = None) -> None:
+        _require_client()
         from kubernetes import client  # heavy import, only when a Kubernetes host is touched
 
         self._client = client
@@ -81,6 +94,7 @@ class KubernetesScheduler:
     @classmethod
     def from_kubeconfig(cls, config_file: str | None, context: str | None,
                         grace_period_s: int | None = None) -> KubernetesScheduler:
+        _require_client()
         from kubernetes import config
 
         try:

@@ -34,7 +34,7 @@ def source(tmp_path: Path) -> Path:
     (src / "fleet_agent").mkdir(parents=True)
     (src / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "fleet-agent"\nversion = "0.0.1"\n'
+        '[project]\nname = "fleetctl-agent"\nversion = "0.0.1"\n'
         '[tool.setuptools]\npackages = ["fleet_agent"]\n')
     (src / "fleet_agent" / "__init__.py").write_text("VERSION = 1\n")
     return src
@@ -145,7 +145,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     site = Path(subprocess.run([str(python), "-c", purelib],
                                check=True, capture_output=True, text=True).stdout.strip())
-    _fake_dist(site, "fleet-agent", "0.1.0", (
+    _fake_dist(site, "fleetctl-agent", "0.1.0", (
         "h11>=0.14", 'nvidia-ml-py>=12.535; extra == "nvml"', 'tpu-info>=0.2; extra == "tpu"',
         'grpcio>=1.60; extra == "tpu"'))
     _fake_dist(site, "h11", "0.16.0")

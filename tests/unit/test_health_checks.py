@@ -186,7 +186,7 @@ def test_missing_bindings_are_a_warning_with_their_fix(monkeypatch: pytest.Monke
     problem = only(driver.check_node(node([], collectors=[CollectorState("nvml", False, error)]), CFG, NOW))
     assert (problem.severity, problem.action) == (Severity.WARNING, Action.UPDATE_SOFTWARE)
     assert problem.message.startswith("NVML bindings not installed")
-    assert "fleet-agent[nvml]" in problem.message
+    assert "fleetctl-agent[nvml]" in problem.message
 
 
 @pytest.mark.parametrize(("error", "cause"), [
@@ -195,7 +195,7 @@ def test_missing_bindings_are_a_warning_with_their_fix(monkeypatch: pytest.Monke
     ("NVML init failed: Driver Not Loaded", "not_loaded"),
     ("NVML init failed: RM has detected an NVML/RM version mismatch.", "mismatch"),
     ("Failed to initialize NVML: Driver/library version mismatch", "mismatch"),
-    ("nvidia-ml-py is not installed (pip install 'fleet-agent[nvml]')", "bindings"),
+    ("nvidia-ml-py is not installed (pip install 'fleetctl-agent[nvml]')", "bindings"),
     # other failures stay the collector check's
     ("NVML init failed: Insufficient Permissions", None),
     ("NVML call timed out after 2.0s", None),

@@ -52,7 +52,7 @@ def test_the_lab_wheelhouse_carries_every_extra_of_the_agent(tmp_path: Path) -> 
     lab = _lab()
     requirements = lab.wheelhouse_requirements()
     names = {r.split(">")[0].split("=")[0].split("[")[0] for r in requirements}
-    # The lab's GPU hosts install fleet-agent[nvml], its TPU host fleet-agent[tpu], offline.
+    # The lab's GPU hosts install fleetctl-agent[nvml], its TPU host fleetctl-agent[tpu], offline.
     assert {"psutil", "h11", "nvidia-ml-py", "tpu-info", "grpcio"} <= names
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\ndependencies = ["a>=1"]\n'

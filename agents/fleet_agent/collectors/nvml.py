@@ -57,7 +57,7 @@ def load_pynvml() -> Any:
         import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         raise CollectorError("NVML bindings not installed: nvidia-ml-py is not installed in the agent's "
-                             "environment (pip install 'fleet-agent[nvml]')") from None
+                             "environment (pip install 'fleetctl-agent[nvml]')") from None
     return pynvml
 
 

@@ -49,7 +49,7 @@ def source_key(source: Path) -> str:
 
 
 def _cached_wheel(entry: Path) -> Path | None:
-    wheels = sorted(entry.glob("fleet_agent-*.whl"))
+    wheels = sorted(entry.glob("fleetctl_agent-*.whl"))
     return wheels[0] if len(wheels) == 1 else None
 
 
@@ -64,7 +64,7 @@ def _build(source: Path, cache: Path, entry: Path) -> Path:
             raise SystemExit(f"build_wheel.py: pip wheel {source} failed ({proc.returncode}): "
                              f"{(proc.stderr or proc.stdout).strip()[-800:]}")
         if _cached_wheel(tmp) is None:
-            raise SystemExit(f"build_wheel.py: pip wheel {source} left no single fleet_agent wheel")
+            raise SystemExit(f"build_wheel.py: pip wheel {source} left no single fleetctl_agent wheel")
         try:
             tmp.rename(entry)  # atomic: the entry appears complete or not at all
         except OSError:

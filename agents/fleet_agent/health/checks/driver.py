@@ -24,7 +24,7 @@ _CAUSES: tuple[tuple[str, re.Pattern[str], Severity, str, Action], ...] = (
     ("bindings", re.compile(r"NVML bindings not installed|nvidia-ml-py is not installed", re.I),
      Severity.WARNING,
      "NVML bindings not installed: the agent's environment lacks nvidia-ml-py, so it cannot see the "
-     "GPUs; reinstall the agent with its nvml extra (pip install 'fleet-agent[nvml]', or the "
+     "GPUs; reinstall the agent with its nvml extra (pip install 'fleetctl-agent[nvml]', or the "
      "fleet_agent role on a GPU host)",
      Action.UPDATE_SOFTWARE),
     ("missing", re.compile(r"NVML (shared )?library not found", re.I),

@@ -1,0 +1,99 @@
+"""Where this installation's playbooks, roles and agent source are, and the roles path Ansible gets.
+
+A checkout has them at the repository root (playbooks/, roles/, agents/); a wheel (pipx, a venv on a
+bastion) carries the same three trees as ``fleetctl/_assets/`` (pyproject.toml maps them in), so
+``fleetctl provision`` works from any directory, an inventory repository of one's own included. The
+two layouts keep the three trees siblings: the fleet_agent role finds the agent's source at
+``{{ role_path }}/../../agents`` in both.
+
+Roles resolve through ``ANSIBLE_ROLES_PATH`` (:func:`ansible_roles_path`): the user's own roles path
+first (the environment's, else the one ansible.cfg sets, else Ansible's default), then fleetctl's,
+so a role of one's own with the same name wins, as it would with a plain ansible-playbook.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+_INSTALLED = _PACKAGE / "_assets"
+_CHECKOUT = _PACKAGE.parent
+# Ansible's own default roles_path (ansible-core's base.yml, DEFAULT_ROLES_PATH, after $ANSIBLE_HOME's
+# roles/), kept when the user sets none: `ansible-galaxy role install` puts roles in the first one.
+_ANSIBLE_SYSTEM_ROLES = ("/usr/share/ansible/roles", "/etc/ansible/roles")
+
+
+def assets_root() -> Path:
+    """The directory holding playbooks/, roles/ and agents/ for this installation: the package's
+    ``_assets`` when installed from a wheel, else the checkout's root (an editable install too)."""
+    if (_INSTALLED / "roles").is_dir():
+        return _INSTALLED
+    return _CHECKOUT
+
+
+def playbooks_dir() -> Path:
+    """fleetctl's own playbooks (site.yml, verify.yml)."""
+    return assets_root() / "playbooks"
+
+
+def roles_dir() -> Path:
+    """fleetctl's roles (base, nvidia_driver, ..., fleet_agent)."""
+    return assets_root() / "roles"
+
+
+def agent_source_dir() -> Path:
+    """The agent's distribution source, which the fleet_agent role builds its wheel from."""
+    return assets_root() / "agents"
+
+
+def _ansible_cfg(environ: Mapping[str, str], cwd: Path) -> Path | None:
+    # Ansible's own search order for its configuration file.
+    candidates = [environ.get("ANSIBLE_CONFIG"), str(cwd / "ansible.cfg"),
+                  str(Path("~/.ansible.cfg").expanduser()), "/etc/ansible/ansible.cfg"]
+    for candidate in candidates:
+        if candidate:
+            path = Path(candidate).expanduser()
+            if path.is_dir():
+                path = path / "ansible.cfg"
+            if path.is_file():
+                return path
+    return None
+
+
+def _configured_roles_path(cfg: Path) -> list[str] | None:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+    try:
+        parser.read(cfg, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return None  # Ansible reports a broken ansible.cfg itself, with a better message
+    value = parser.get("defaults", "roles_path", fallback=None)
+    if value is None:
+        return None
+    # Relative entries are relative to the configuration file, as Ansible resolves them.
+    return [str(cfg.parent / Path(p).expanduser()) for p in value.split(os.pathsep) if p.strip()]
+
+
+def user_roles_path(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> list[str]:
+    """The roles path Ansible would use without fleetctl: ``$ANSIBLE_ROLES_PATH``, else the
+    ``roles_path`` of the ansible.cfg Ansible would read, else Ansible's default."""
+    env = os.environ if environ is None else environ
+    from_env = env.get("ANSIBLE_ROLES_PATH", "")
+    if from_env.strip():
+        return [p for p in from_env.split(os.pathsep) if p]
+    cfg = _ansible_cfg(env, cwd or Path.cwd())
+    configured = _configured_roles_path(cfg) if cfg is not None else None
+    if configured is not None:
+        return configured
+    home = env.get("ANSIBLE_HOME") or "~/.ansible"
+    return [str(Path(home).expanduser() / "roles"), *_ANSIBLE_SYSTEM_ROLES]
+
+
+def ansible_roles_path(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
+    """The value for ``ANSIBLE_ROLES_PATH`` when fleetctl runs a playbook: the user's roles path,
+    then fleetctl's roles, listed once and last."""
+    ours = str(roles_dir())
+    entries = [p for p in user_roles_path(environ, cwd) if Path(p).expanduser().resolve() != Path(ours)]
+    return os.pathsep.join([*entries, ours])
