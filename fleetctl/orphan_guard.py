@@ -12,6 +12,11 @@ workers, modules, ``ssh``). A clean end writes ``done``; end of file without it 
 died, by any means, and the watchdog stops every process carrying the token: SIGTERM first, so
 Ansible can stop its workers, SIGKILL after a grace period.
 
+A run may also hand the watchdog a command to run after that (``then``): provision's cleanup of the
+async jobs Ansible started on remote hosts (``fleetctl.async_jobs``), which no local signal reaches.
+A cancel the parent handles itself writes ``canceled``: the watchdog then stops the marked
+processes only, and the parent runs that cleanup, so it can report what it could not stop.
+
 The watchdog answers ``ready`` once it runs (psutil imported); a watchdog that cannot start stops
 the run before ansible-playbook starts (:class:`GuardError`) rather than leaving it unguarded.
 
@@ -25,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import select
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any
 
@@ -38,6 +45,8 @@ from fleetctl.errors import FleetctlError
 
 MARK = "FLEETCTL_GUARD"
 DONE = b"done\n"
+CANCELED = b"canceled\n"
+THEN_TIMEOUT_S = 120.0  # the ``then`` command bounds itself; this only stops one that hangs
 READY = b"ready\n"
 READY_TIMEOUT_S = 10.0
 ROUNDS = 3  # scans for marked processes while stopping them (Ansible may fork meanwhile)
@@ -50,11 +59,13 @@ class GuardError(FleetctlError):
 class OrphanGuard:
     """A context manager: ``envvars`` marks the processes the watchdog stops if we die inside it."""
 
-    def __init__(self, grace: float = 5.0) -> None:
+    def __init__(self, grace: float = 5.0, then: Sequence[str] = ()) -> None:
         self.token = secrets.token_hex(8)
         self.grace = grace
+        self.then = list(then)
         # Set on a cancel: leaving then stops every marked process still running, as a dead parent
-        # would, since Ansible's async tasks detach from ansible-playbook and outlive its tree.
+        # would, since Ansible's async tasks detach from ansible-playbook and outlive its tree
+        # (``then`` is left to the parent, which is alive to report it).
         self.stop_on_exit = False
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -84,7 +95,8 @@ class OrphanGuard:
     def command(self) -> list[str]:
         # -P: the current directory is not put first on sys.path (nothing there may stand in for
         # fleetctl); PYTHONPATH still applies, as it did to this process.
-        return [sys.executable, "-P", "-m", "fleetctl.orphan_guard", self.token, "--grace", str(self.grace)]
+        argv = [sys.executable, "-P", "-m", "fleetctl.orphan_guard", self.token, "--grace", str(self.grace)]
+        return argv + (["--then", json.dumps(self.then)] if self.then else [])
 
     def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
         """Wait for the watchdog's READY line: a watchdog that cannot start (a broken install, a
@@ -114,13 +126,13 @@ class OrphanGuard:
         # A clean exit: the run's processes have ended. An exception (a KeyboardInterrupt with no
         # handler, an adapter error) or a cancel may have left them running: the watchdog stops them.
         with contextlib.suppress(OSError):
-            if exc_type is None and not self.stop_on_exit:
-                proc.stdin.write(DONE)
+            if exc_type is None:
+                proc.stdin.write(CANCELED if self.stop_on_exit else DONE)
             proc.stdin.close()
         try:
             # stop_marked may take ROUNDS x (grace + 2 s) when Ansible forks while being stopped:
             # leaving earlier would free the run's locks while its processes still run.
-            proc.wait(timeout=ROUNDS * (self.grace + 2) + 10)
+            proc.wait(timeout=ROUNDS * (self.grace + 2) + 10 + (THEN_TIMEOUT_S if self.then else 0))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -160,11 +172,17 @@ def stop_marked(token: str, grace: float, rounds: int = ROUNDS) -> int:
     return len(signalled)
 
 
-def watch(stream: IO[bytes], token: str, grace: float) -> int:
-    """Block until ``stream`` ends; stop the marked processes unless it said ``done`` first."""
-    if stream.read() == DONE:
+def watch(stream: IO[bytes], token: str, grace: float, then: Sequence[str] = ()) -> int:
+    """Block until ``stream`` ends; stop the marked processes unless it said ``done`` first; then,
+    unless the parent said ``canceled`` (it runs ``then`` itself), run ``then``."""
+    said = stream.read()
+    if said == DONE:
         return 0
     stop_marked(token, grace)
+    if then and said != CANCELED:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(list(then), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=THEN_TIMEOUT_S, check=False)
     return 0
 
 
@@ -172,13 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fleetctl.orphan_guard")
     parser.add_argument("token")
     parser.add_argument("--grace", type=float, default=5.0)
+    parser.add_argument("--then", type=json.loads, default=[], help="a JSON list: argv to run after stopping")
     args = parser.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     import psutil  # noqa: F401 - stopping processes needs it: fail now, while the parent listens
 
     _report_ready()
-    return watch(sys.stdin.buffer, args.token, args.grace)
+    then = [str(a) for a in args.then] if isinstance(args.then, list) else []
+    return watch(sys.stdin.buffer, args.token, args.grace, then)
 
 
 def _report_ready() -> None:

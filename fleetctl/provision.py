@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from fleetctl import assets
 from fleetctl.errors import (
     EXIT_CANCELED,
     EXIT_OK,
@@ -233,9 +234,9 @@ class RunObserver(Protocol):
 
 
 def playbook_dirs(cwd: Path) -> list[Path]:
-    """Where ``--playbook NAME`` is looked up: ./playbooks, then the repository's playbooks/."""
-    repo = Path(__file__).resolve().parent.parent / "playbooks"
-    return list(dict.fromkeys([cwd / "playbooks", repo]))
+    """Where ``--playbook NAME`` is looked up: ./playbooks, then fleetctl's own (a checkout's or the
+    installed package's: fleetctl.assets)."""
+    return list(dict.fromkeys([cwd / "playbooks", assets.playbooks_dir()]))
 
 
 def resolve_playbook(value: str, cwd: Path) -> Path:
@@ -663,6 +664,7 @@ def _run_locked(
         observer.event(event, tally)
 
     status, message = "successful", None
+    notes: list[str] = []
     try:
         with extra_vars_args(private_dir, the_plan.extra_vars) as extra_args:
             cmdline = list(the_plan.cmdline) + extra_args
@@ -686,6 +688,9 @@ def _run_locked(
                 )
                 plays_before = tally.plays_started
                 outcome = runner.run(request, on_event, cancel.is_set)
+                for line in outcome.notes:  # async jobs a cancel could not stop on their hosts
+                    _warn(the_plan.redact(line))
+                    notes.append(the_plan.redact(line))
                 if outcome.status == "canceled" or cancel.is_set():
                     status = "canceled"
                     break
@@ -712,6 +717,8 @@ def _run_locked(
     hosts = tally.snapshot()
     if status == "successful" and any(h.failed or h.unreachable for h in hosts):
         status = "failed"
+    if notes:
+        message = "; ".join([*([message] if message else []), *notes])[:1000]
     runs.finish(conn, run_id, status, hosts, message=message)
     exit_code = {"successful": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_PROBLEMS)
     if message and tally.plays_started == 0 and status == "failed":

@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleetctl import async_jobs
+from fleetctl.assets import ansible_roles_path
 from fleetctl.orphan_guard import OrphanGuard
 
 Event = Mapping[str, Any]
@@ -72,6 +74,8 @@ class RunOutcome:
     status: str  # successful | failed | canceled | timeout
     rc: int | None
     artifacts_dir: Path
+    # After a cancel: one line per host whose async jobs could not be stopped (fleetctl.async_jobs).
+    notes: tuple[str, ...] = ()
 
 
 class PlaybookRunner(Protocol):
@@ -109,6 +113,8 @@ class AnsibleRunner:
     poll_interval: float = 0.25
     # Seconds Ansible gets after SIGTERM to stop its workers before everything left is SIGKILLed.
     termination_grace: float = 5.0
+    # Seconds the remote stop of a canceled run's async jobs may take (fleetctl.async_jobs).
+    cleanup_timeout: int = async_jobs.CLEANUP_TIMEOUT_S
 
     def run(
         self, request: PlaybookRequest, on_event: EventCallback, should_cancel: CancelCheck
@@ -117,12 +123,28 @@ class AnsibleRunner:
 
         request.private_data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+        # Async jobs run on their hosts beyond any local signal: mark, record and, on a cancel (or
+        # through the guard, if this process dies), stop them there (see fleetctl.async_jobs).
+        token = async_jobs.new_token()
+        spec = async_jobs.CleanupSpec(
+            inventory=list(request.inventory), cmdline=list(request.cmdline),
+            envvars={"PATH": _runner_path(), **request.envvars}, cwd=str(request.cwd),
+            directory=str(request.private_data_dir / async_jobs.DIR_NAME / request.ident),
+            timeout_s=self.cleanup_timeout,
+        )
+        spec_path = spec.save()
+        jobs = async_jobs.AsyncJobs(token, async_jobs.async_dir_for(token), save_to=spec.jobs_file)
+
         def handle(event: dict[str, Any]) -> bool:
+            jobs.feed(event)
             on_event(event)
             return True  # keep writing job_events/ into the artifacts directory
 
-        guard = OrphanGuard(self.termination_grace)
-        envvars = {"PATH": _runner_path(), **request.envvars, **guard.envvars}
+        guard = OrphanGuard(self.termination_grace,
+                            then=[sys.executable, "-P", "-m", "fleetctl.async_jobs", str(spec_path)])
+        envvars = {"PATH": _runner_path(), "ANSIBLE_ASYNC_DIR": jobs.async_dir,
+                   "ANSIBLE_ROLES_PATH": ansible_roles_path(cwd=request.cwd), **request.envvars,
+                   **guard.envvars}
         stopped = False
 
         def cancel_check() -> bool:
@@ -160,7 +182,12 @@ class AnsibleRunner:
                 cancel_callback=cancel_check,
             )
             thread.join()
-        return RunOutcome(status=str(runner.status), rc=runner.rc, artifacts_dir=request.artifacts_dir)
+        notes: tuple[str, ...] = ()
+        if stopped:  # the guard has stopped this machine's part; now the hosts' part
+            report = async_jobs.stop_remote_jobs(spec, jobs, {HOST_KEY_PROMPT: "no", **request.passwords})
+            notes = tuple(report.lines())
+        return RunOutcome(status=str(runner.status), rc=runner.rc, artifacts_dir=request.artifacts_dir,
+                          notes=notes)
 
     def list_tags(self, request: PlaybookRequest) -> set[str]:
         argv = [ansible_bin("ansible-playbook"), "--list-tags", str(request.playbook)]
@@ -175,7 +202,8 @@ class AnsibleRunner:
             argv.append("--vault-password-file=/dev/stdin")
             argv = [a for a in argv if a != "--ask-vault-pass"]
             stdin = next(iter(request.passwords.values())) + "\n"
-        env = {**os.environ, **request.envvars, "PATH": _runner_path(), "ANSIBLE_NOCOLOR": "1"}
+        env = {**os.environ, "ANSIBLE_ROLES_PATH": ansible_roles_path(cwd=request.cwd), **request.envvars,
+               "PATH": _runner_path(), "ANSIBLE_NOCOLOR": "1"}
         proc = subprocess.run(
             argv, cwd=request.cwd, env=env, input=stdin, capture_output=True, text=True, check=False
         )
@@ -445,6 +473,7 @@ class FakeRunner:
     rc: int = 0
     requests: list[PlaybookRequest] = field(default_factory=list)
     on_cancel_poll: Callable[[int], None] | None = None  # hook: called before each cancel poll
+    notes: tuple[str, ...] = ()  # what a cancel reports (AnsibleRunner: async jobs not stopped)
 
     def run(
         self, request: PlaybookRequest, on_event: EventCallback, should_cancel: CancelCheck
@@ -455,7 +484,7 @@ class FakeRunner:
             if self.on_cancel_poll is not None:
                 self.on_cancel_poll(index)
             if should_cancel():
-                return RunOutcome("canceled", 254, request.artifacts_dir)
+                return RunOutcome("canceled", 254, request.artifacts_dir, notes=self.notes)
             on_event(event)
         return RunOutcome(self.status, self.rc, request.artifacts_dir)
 

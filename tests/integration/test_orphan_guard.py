@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -121,3 +123,26 @@ def test_the_real_watchdog_answers_ready_and_leaves_on_done() -> None:
         proc = guard._proc
         assert proc is not None and proc.poll() is None
     assert proc.returncode == 0  # "done" written: it exited cleanly without stopping anything
+
+
+@pytest.mark.parametrize(("said", "runs_then"), [(b"", True), (orphan_guard.CANCELED, False),
+                                                 (orphan_guard.DONE, False)])
+def test_the_then_command_runs_only_when_the_parent_died(
+    tmp_path: Path, said: bytes, runs_then: bool
+) -> None:
+    # Died (end of file): the watchdog runs the remote cleanup itself. Canceled: the parent, alive,
+    # runs it and reports it. Done: nothing to stop.
+    flag = tmp_path / "ran"
+    then = [sys.executable, "-c", f"open({str(flag)!r}, 'w').write('ran')"]
+    assert orphan_guard.watch(io.BytesIO(said), "no-such-token", 0.1, then) == 0
+    assert flag.exists() is runs_then
+
+
+def test_a_canceling_parent_tells_its_watchdog_so(tmp_path: Path) -> None:
+    flag = tmp_path / "ran"
+    guard = OrphanGuard(grace=0.2, then=[sys.executable, "-c", f"open({str(flag)!r}, 'w').write('ran')"])
+    with guard:
+        proc = guard._proc
+        guard.stop_on_exit = True
+    assert proc is not None and proc.returncode == 0
+    assert not flag.exists()  # left to the parent

@@ -386,6 +386,23 @@ def test_cancel_records_canceled_with_results_so_far(env: Path) -> None:
     assert {h.host: h.state for h in record.hosts} == {"n1": "changed", "n2": "ok", "n3": "pending"}
 
 
+def test_async_jobs_a_cancel_could_not_stop_are_warned_and_recorded(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cancel = threading.Event()
+    line = "n2: async jobs not stopped (unreachable): Failed to connect to the host via ssh"
+
+    def ctrl_c_after_two_results(index: int) -> None:
+        if index == 2:
+            cancel.set()
+
+    runner = FakeRunner(play(ok("n1"), ok("n2")), on_cancel_poll=ctrl_c_after_two_results, notes=(line,))
+    result = run(env, runner, cancel=cancel)
+    assert result.status == "canceled"
+    assert stored(env, result.run_id).message == line
+    assert f"fleetctl: warning: {line}" in capsys.readouterr().err
+
+
 def test_config_error_before_any_play_exits_2_with_ansibles_message(env: Path) -> None:
     runner = FakeRunner([fake_event("verbose", stdout="[ERROR]: couldn't resolve module/action 'nope.x'")],
                         status="failed", rc=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -11,6 +12,15 @@ from typing import Any
 import psutil
 import pytest
 
+from fleetctl import async_stop
+from fleetctl.async_jobs import (
+    AsyncJobs,
+    CleanupSpec,
+    HostJobs,
+    async_dir_for,
+    cleanup_cmdline,
+    stop_remote_jobs,
+)
 from fleetctl.orphan_guard import MARK
 from fleetctl.runner import (
     AnsibleRunner,
@@ -191,3 +201,124 @@ def test_the_real_adapter_runs_every_playbook_under_an_orphan_guard(
     monkeypatch.setitem(sys.modules, "ansible_runner", second)
     AnsibleRunner().run(request, events.append, lambda: False)
     assert second.kwargs["envvars"][MARK] != envvars[MARK]  # a fresh token per run
+
+
+# --- async jobs on remote hosts (fleetctl.async_jobs, fleetctl.async_stop) ----------------------
+
+
+def _job_event(name: str, host: str, jid: object, results_file: object = None) -> dict[str, object]:
+    res: dict[str, object] = {"ansible_job_id": jid, "started": 1, "finished": 0}
+    if results_file is not None:
+        res["results_file"] = results_file
+    return fake_event(name, host, task="job", res=res)
+
+
+def test_async_jobs_record_the_ids_and_files_the_events_name(tmp_path: Path) -> None:
+    saved = tmp_path / "jobs.json"
+    jobs = AsyncJobs("ab12cd34ef56ab78", async_dir_for("ab12cd34ef56ab78", {}), save_to=saved)
+    jobs.feed(fake_event("runner_on_start", "n3", task="polled"))  # in flight: no id yet, still a host
+    jobs.feed(_job_event("runner_on_ok", "n1", "j416.1234", "/root/.ansible_async/j416.1234"))  # poll: 0
+    jobs.feed(_job_event("runner_on_async_poll", "n2", "j77.99"))
+    jobs.feed(_job_event("runner_on_async_poll", "n2", "j77.99"))  # each poll names it again
+    jobs.feed(_job_event("runner_on_ok", "n1", "1; rm -rf /", "/root/.ansible_async/{{ x }}"))
+    jobs.feed(_job_event("runner_on_ok", "n1", "j5.6", "/etc/passwd"))  # not a job file: never removed
+    assert jobs.async_dir == "~/.ansible_async/fleetctl-ab12cd34ef56ab78"
+    expected = {"n3": HostJobs(), "n1": HostJobs(["j416.1234", "j5.6"], ["/root/.ansible_async/j416.1234"]),
+                "n2": HostJobs(["j77.99"])}
+    assert jobs.snapshot() == expected
+    assert AsyncJobs.load(saved).snapshot() == expected  # what the watchdog reads after a SIGKILL
+
+
+def test_the_runs_async_dir_sits_under_an_inherited_one() -> None:
+    assert async_dir_for("ff00", {"ANSIBLE_ASYNC_DIR": "/var/tmp/jobs/"}) == "/var/tmp/jobs/fleetctl-ff00"
+
+
+def test_the_cleanup_play_drops_the_runs_task_selection_but_keeps_its_connection() -> None:
+    cmdline = ["--tags", "agent", "--check", "--diff", "--connection", "paramiko", "--user", "ops",
+               "--ask-vault-pass", "--extra-vars", "@/run/vars.json"]
+    assert cleanup_cmdline(cmdline, with_vault_prompt=False) == [
+        "--connection", "paramiko", "--user", "ops", "--extra-vars", "@/run/vars.json"]
+    assert "--ask-vault-pass" in cleanup_cmdline(cmdline, with_vault_prompt=True)
+
+
+def _spec(tmp_path: Path) -> CleanupSpec:
+    return CleanupSpec(inventory=["inv.yml"], cmdline=["--tags", "x", "--user", "ops"], envvars={},
+                       cwd=str(tmp_path), directory=str(tmp_path / "async-stop" / "run"), timeout_s=7)
+
+
+def test_cleanup_names_each_host_it_could_not_clean_in_one_line(tmp_path: Path) -> None:
+    jobs = AsyncJobs("ab12cd34", "~/.ansible_async/fleetctl-ab12cd34")
+    for host in ("n1", "n2", "n3"):
+        jobs.feed(_job_event("runner_on_ok", host, "j1.2"))
+    calls: list[dict[str, Any]] = []
+
+    def run(**kw: Any) -> SimpleNamespace:
+        calls.append(kw)
+        kw["event_handler"](fake_event("runner_on_ok", "n1", res={"stopped": [10, 11, 12], "euid": 0}))
+        kw["event_handler"](fake_event("runner_on_unreachable", "n2", res={"msg": "Connection\n timed out"}))
+        return SimpleNamespace(status="timeout")
+
+    report = stop_remote_jobs(_spec(tmp_path), jobs, {}, run=run)
+    assert report.stopped == {"n1": 3}
+    assert report.lines() == ["n2: async jobs not stopped (unreachable): Connection timed out",
+                              "async jobs not stopped on n3: no answer within 7 s"]
+    (call,) = calls
+    assert call["timeout"] == 7  # bounded
+    assert call["cmdline"].startswith("--user ops --extra-vars @")  # the run's --tags do not apply
+    work = Path(call["playbook"]).parent
+    assert (work / "hosts.txt").read_text() == "n1\nn2\nn3\n" and call["limit"] == f"@{work / 'hosts.txt'}"
+    assert (work / "library" / "fleetctl_async_stop.py").read_text().count("WANT_JSON") >= 1
+    sent = json.loads((work / "vars.json").read_text())["fleetctl_async"]
+    assert sent["token"] == "ab12cd34" and sent["hosts"]["n1"]["jobs"] == ["j1.2"]
+
+
+def test_cleanup_does_nothing_when_no_task_reached_a_host(tmp_path: Path) -> None:
+    def run(**kw: Any) -> None:
+        pytest.fail("ansible-runner started for nothing")
+
+    assert stop_remote_jobs(_spec(tmp_path), AsyncJobs("ab12cd34", "d"), {}, run=run).lines() == []
+
+
+def _proc(root: Path, pid: int, ppid: int, argv: list[str], env: dict[str, str] | None) -> None:
+    folder = root / str(pid)
+    folder.mkdir()
+    (folder / "stat").write_bytes(f"{pid} (a (b) c) S {ppid} 1 1".encode())
+    (folder / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
+    if env is not None:  # None: another user's process, whose environment cannot be read
+        (folder / "environ").write_bytes(b"".join(f"{k}={v}\0".encode() for k, v in env.items()))
+
+
+def test_the_host_side_finds_marked_and_named_jobs_with_their_descendants(tmp_path: Path) -> None:
+    ours = {"ANSIBLE_ASYNC_DIR": "~/.ansible_async/fleetctl-ab12cd34"}
+    _proc(tmp_path, 100, 1, ["python3", "/t/async_wrapper.py", "j9", "300", "/t/m.py", "_"], ours)
+    _proc(tmp_path, 101, 100, ["python3", "/t/AnsiballZ_command.py"], ours)
+    _proc(tmp_path, 102, 101, ["sleep", "300"], {})  # a module that cleared its environment
+    _proc(tmp_path, 200, 1, ["python3", "/t/async_wrapper.py", "j42", "300", "/t/m.py", "_"], {})  # named
+    _proc(tmp_path, 201, 200, ["sleep", "301"], {})
+    _proc(tmp_path, 300, 1, ["python3", "/t/async_wrapper.py", "j43", "300"], {})  # another run's job
+    _proc(tmp_path, 301, 1, ["sleep", "9"], {"ANSIBLE_ASYNC_DIR": "~/.ansible_async/fleetctl-ffff0000"})
+    _proc(tmp_path, 400, 1, ["python3", "/t/async_wrapper.py", "j44"], None)  # root's, unreadable
+    found, hidden = async_stop.find(str(tmp_path), "ab12cd34", ["j42"])
+    assert found == {100, 101, 102, 200, 201}
+    assert hidden == 1  # counted so that fleetctl retries with become
+
+
+def test_the_host_side_refuses_a_malformed_job_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"token": "ab12cd34", "jobs": ["j1.2", "$(reboot)"]}))
+    assert async_stop.main(["module", str(args)]) == 1
+    assert json.loads(capsys.readouterr().out) == {
+        "failed": True, "msg": "fleetctl async_stop: job id '$(reboot)' is not an Ansible job id"}
+
+
+def test_the_host_side_removes_only_the_runs_directory_and_job_files(tmp_path: Path) -> None:
+    run_dir = tmp_path / "fleetctl-ab12cd34"
+    run_dir.mkdir()
+    (run_dir / "j1.2").write_text("{}")
+    (tmp_path / "j3.4").write_text("{}")
+    (tmp_path / "keep").write_text("x")
+    removed = async_stop.remove_job_files(str(run_dir), "ab12cd34",
+                                          [str(tmp_path / "j3.4"), str(tmp_path / "keep")])
+    assert removed == [str(run_dir), str(tmp_path / "j3.4")]
+    assert (tmp_path / "keep").exists()
+    assert async_stop.remove_job_files(str(tmp_path), "ab12cd34", []) == []  # not the run's own: kept
