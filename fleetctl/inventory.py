@@ -171,12 +171,34 @@ class Inventory:
             elif pattern in self.hosts:
                 names = [pattern]
             else:
-                raise InventoryError(f"{self.label}: pattern {pattern!r} matches no host or group")
+                raise InventoryError(f"{self.label}: pattern {pattern!r} matches no host or group"
+                                     f"{self.did_you_mean(pattern)}")
         else:
             names = _ansible_select(self, pattern)
         if not names:
             raise InventoryError(f"{self.label}: pattern {pattern!r} matches no host")
         return [self.hosts[n] for n in names]
+
+    def did_you_mean(self, name: str) -> str:
+        """``; did you mean 'h100-0001' or group 'rack1'?`` for a name close to a host or group, else ''."""
+        import difflib
+
+        groups = [g for g in self.groups if g not in ("all", "ungrouped")]
+        close = difflib.get_close_matches(name, [*groups, *self.hosts], n=3, cutoff=0.6)
+        if not close:
+            return ""
+        shown = [f"group {c!r}" if c in self.groups else repr(c) for c in close]
+        return f"; did you mean {' or '.join(shown)}?"
+
+
+def join_patterns(patterns: Sequence[str] | None) -> str:
+    """Several host patterns as one, the way Ansible joins its own: ``['gpu', '&rack1', '!h3']`` ->
+    ``gpu:&rack1:!h3`` (a union, then intersections and exclusions); none (or only blanks) is ``all``.
+
+    Each part may itself hold ':' or ','; blank parts are dropped.
+    """
+    parts = [p.strip() for p in patterns or () if p.strip()]
+    return ":".join(parts) if parts else "all"
 
 
 @dataclass(frozen=True)
@@ -706,5 +728,7 @@ def _ansible_select(inventory: Inventory, pattern: str) -> list[str]:
             raise InventoryError(f"{inventory.label}: pattern {pattern!r}: not a host pattern") from None
     unmatched = [m.rsplit(":", 1)[-1].strip() for m, _ in got if "Could not match supplied host pattern" in m]
     if unmatched:
-        raise InventoryError(f"{inventory.label}: pattern {', '.join(map(repr, unmatched))} matches no host")
+        hint = inventory.did_you_mean(unmatched[0].lstrip("&!")) if len(unmatched) == 1 else ""
+        raise InventoryError(f"{inventory.label}: pattern {', '.join(map(repr, unmatched))} matches no host"
+                             f"{hint}")
     return [h.name for h in selected if h.name in inventory.hosts]

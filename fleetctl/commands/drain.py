@@ -12,10 +12,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fleetctl.commands import add
-from fleetctl.commands.params import DbOpt, InventoryOpt, JsonOpt, MaxUnavailableOpt, PatternArg, ScopeOpt
+from fleetctl.commands.params import (
+    DbOpt,
+    InventoryOpt,
+    JsonOpt,
+    MaxUnavailableOpt,
+    OutputOpt,
+    PatternsArg,
+    PatternsRequiredArg,
+    ScopeOpt,
+)
 
 if TYPE_CHECKING:
     from fleetctl.drain import Outcome
+    from fleetctl.views.output import OutputFormat
 
 
 def register(app: typer.Typer) -> None:
@@ -32,21 +42,22 @@ def echo_err(line: str) -> None:
     echo(line, err=True)
 
 
-def show_outcomes(outcomes: Sequence[Outcome], as_json: bool, extra: dict[str, Any] | None = None) -> int:
-    """Print the per-host outcomes; 0 when every host is fine, else 1."""
-    if as_json:
-        from fleetctl.views.console import print_json
+def show_outcomes(outcomes: Sequence[Outcome], fmt: OutputFormat, extra: dict[str, Any] | None = None) -> int:
+    """Print the per-host outcomes in ``fmt``; 0 when every host is fine, else 1."""
+    from fleetctl.views.output import emit
 
-        print_json({**(extra or {}), "hosts": [o.to_dict() for o in outcomes]})
-    else:
+    def table(wide: bool) -> None:
         from fleetctl.views.drain import print_outcomes
 
         print_outcomes(outcomes)
+
+    emit(fmt, doc=lambda: {**(extra or {}), "hosts": [o.to_dict() for o in outcomes]},
+         names=lambda: [o.host for o in outcomes], table=table)
     return 0 if all(o.ok for o in outcomes) else 1
 
 
 def drain(
-    pattern: PatternArg,
+    patterns: PatternsRequiredArg,
     reason: Annotated[str | None, typer.Option("--reason", "-r", help="Why (required); recorded and "
                                                "shown in the scheduler as 'fleetctl:<user>: <text>'")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until no workload runs")] = True,
@@ -60,46 +71,55 @@ def drain(
     scope: ScopeOpt = None,
     inventory: InventoryOpt = None,
     db: DbOpt = None,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> int:
     """Take hosts out of service through their scheduler (Slurm, Kubernetes or none)."""
     from fleetctl import drain as core
     from fleetctl.commands.context import drain_context
+    from fleetctl.inventory import join_patterns
     from fleetctl.validation import Size, require_reason
+    from fleetctl.views.output import resolve
 
+    fmt = resolve(output, as_json=as_json)
     opts = core.DrainOptions(reason=require_reason(reason), wait=wait, timeout_s=timeout, dry_run=dry_run,
                              force=force, max_unavailable=Size.parse(max_unavailable, "--max-unavailable"))
     with drain_context(inventory, db, write=not dry_run) as ctx:
-        outcomes = core.drain(ctx.conn, ctx.select(pattern), ctx.pool(scope), ctx.schedulers, opts,
-                              echo=echo_err)
+        outcomes = core.drain(ctx.conn, ctx.select(join_patterns(patterns)), ctx.pool(scope), ctx.schedulers,
+                              opts, echo=echo_err)
     if dry_run:
         typer.echo("dry run: nothing changed", err=True)
-    return show_outcomes(outcomes, as_json)
+    return show_outcomes(outcomes, fmt)
 
 
 def undrain(
-    pattern: PatternArg,
+    patterns: PatternsRequiredArg,
     force: Annotated[bool, typer.Option("--force", help="Undrain even if the agent reports the host "
                                         "unhealthy, or it is quarantined")] = False,
     inventory: InventoryOpt = None,
     db: DbOpt = None,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> int:
     """Put hosts back into service: only drains fleetctl made, only healthy hosts unless --force."""
     from fleetctl import drain as core
     from fleetctl.commands.context import drain_context
+    from fleetctl.inventory import join_patterns
+    from fleetctl.views.output import resolve
 
+    fmt = resolve(output, as_json=as_json)
     with drain_context(inventory, db) as ctx:
         health = functools.partial(core.agent_health, inventory=list(ctx.inventory.hosts.values()))
-        outcomes = core.undrain(ctx.conn, ctx.select(pattern), ctx.schedulers, health, force=force,
-                                echo=echo_err)
-    return show_outcomes(outcomes, as_json)
+        outcomes = core.undrain(ctx.conn, ctx.select(join_patterns(patterns)), ctx.schedulers, health,
+                                force=force, echo=echo_err)
+    return show_outcomes(outcomes, fmt)
 
 
 def status(
-    pattern: Annotated[str, typer.Argument(help="Host name or Ansible pattern")] = "all",
+    patterns: PatternsArg = None,
     inventory: InventoryOpt = None,
     db: DbOpt = None,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
     history: Annotated[int, typer.Option("--history", help="Also show the last N audit entries "
                                          "of these hosts", min=0)] = 0,
@@ -107,22 +127,27 @@ def status(
     """Per host: scheduler state, fleetctl state, reason, who and when, running workloads."""
     from fleetctl import drain as core
     from fleetctl.commands.context import drain_context
+    from fleetctl.inventory import join_patterns
     from fleetctl.state import hosts as hstate
+    from fleetctl.views.output import emit, resolve
 
+    fmt = resolve(output, as_json=as_json)
     with drain_context(inventory, db, write=False) as ctx:
-        hosts = ctx.select(pattern)
+        hosts = ctx.select(join_patterns(patterns))
         rows = core.status(ctx.conn, hosts, ctx.schedulers)
         entries = [e for h in hosts for e in hstate.audit(ctx.conn, h.name, history)] if history else []
     entries.sort(key=lambda e: e.at)
-    if as_json:
-        from fleetctl.views.console import print_json
 
-        doc: dict[str, Any] = {"hosts": [r.to_dict() for r in rows]}
+    def doc() -> dict[str, Any]:
+        out: dict[str, Any] = {"hosts": [r.to_dict() for r in rows]}
         if history:
-            doc["audit"] = [vars(e) for e in entries]
-        print_json(doc)
-        return 0
-    from fleetctl.views.drain import print_status
+            out["audit"] = [vars(e) for e in entries]
+        return out
 
-    print_status(rows, entries)
+    def table(wide: bool) -> None:
+        from fleetctl.views.drain import print_status
+
+        print_status(rows, entries, wide=wide)
+
+    emit(fmt, doc=doc, names=lambda: [r.host for r in rows], table=table)
     return 0

@@ -14,7 +14,15 @@ import typer
 
 from fleetctl.commands import add
 from fleetctl.commands.drain import echo_err, show_outcomes
-from fleetctl.commands.params import DbOpt, InventoryOpt, JsonOpt, MaxUnavailableOpt, PatternArg, ScopeOpt
+from fleetctl.commands.params import (
+    DbOpt,
+    InventoryOpt,
+    JsonOpt,
+    MaxUnavailableOpt,
+    OutputOpt,
+    PatternsRequiredArg,
+    ScopeOpt,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
 
 def maintain(
-    pattern: PatternArg,
+    patterns: PatternsRequiredArg,
     playbook: Annotated[str, typer.Option("--playbook", "-p",
                                           help="A playbook name in playbooks/ or a path")],
     batch: Annotated[str, typer.Option("--batch", metavar="N|N%", help="Hosts per batch")] = "1",
@@ -39,6 +47,7 @@ def maintain(
     scope: ScopeOpt = None,
     inventory: InventoryOpt = None,
     db: DbOpt = None,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> int:
     """Rolling maintenance: per batch drain (wait) → provision → verify health → undrain.
@@ -48,8 +57,12 @@ def maintain(
     from fleetctl import maintain as core
     from fleetctl.commands.context import drain_context
     from fleetctl.drain import agent_health
+    from fleetctl.inventory import join_patterns
     from fleetctl.provision import resolve_playbook
     from fleetctl.validation import Size
+    from fleetctl.views.output import resolve
+
+    fmt = resolve(output, as_json=as_json)
 
     playbook_path = resolve_playbook(playbook, Path.cwd())  # an unknown playbook: exit 2, nothing drained
     opts = core.MaintainOptions(
@@ -60,12 +73,12 @@ def maintain(
     with drain_context(inventory, db, write=not dry_run) as ctx:
         provisioner = core.ansible_provisioner(list(ctx.inventory.sources), ctx.db_path)
         health = functools.partial(agent_health, inventory=list(ctx.inventory.hosts.values()))
-        result = core.maintain(ctx.conn, ctx.select(pattern), ctx.pool(scope), ctx.schedulers, provisioner,
-                               health, opts, echo=echo_err)
+        result = core.maintain(ctx.conn, ctx.select(join_patterns(patterns)), ctx.pool(scope), ctx.schedulers,
+                               provisioner, health, opts, echo=echo_err)
     if dry_run:
         typer.echo("dry run: nothing changed", err=True)
         return 0
     if result.stopped:
         echo_err(f"fleetctl maintain: {result.stopped}")
-    code = show_outcomes(result.outcomes, as_json, {"run_id": result.run_id, "stopped": result.stopped})
+    code = show_outcomes(result.outcomes, fmt, {"run_id": result.run_id, "stopped": result.stopped})
     return code if result.stopped is None else 1

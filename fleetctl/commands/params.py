@@ -10,9 +10,21 @@ import typer
 from fleetctl.views.output import OutputFormat
 
 PatternArg = Annotated[str, typer.Argument(help="Host name or Ansible pattern (gpu_nodes:&rack1, h100-*)")]
+# Several patterns are joined with ':' as Ansible joins them (fleetctl.inventory.join_patterns):
+# `fleetctl drain h1 h2 -r x` is `h1:h2`; none is `all` where the command has that default.
+PatternsArg = Annotated[list[str] | None, typer.Argument(
+    metavar="[PATTERN]...", show_default=False,
+    help="Host names or Ansible patterns, joined with ':' (gpu_nodes:&rack1 '!h100-0003'); default all")]
+PatternsRequiredArg = Annotated[list[str], typer.Argument(
+    metavar="PATTERN...", help="Host names or Ansible patterns, joined with ':' (gpu_nodes:&rack1, h100-*)")]
+# Environment variables are read by the options themselves (shown in --help); an option given on the
+# command line wins, as before. ANSIBLE_INVENTORY and ansible.cfg still come after FLEETCTL_INVENTORY.
 InventoryOpt = Annotated[str | None, typer.Option(
-    "-i", "--inventory", help="Inventory (default: $FLEETCTL_INVENTORY, else ansible.cfg)")]
-DbOpt = Annotated[Path | None, typer.Option("--db", help="State database (default: $FLEETCTL_DB)")]
+    "-i", "--inventory", envvar="FLEETCTL_INVENTORY", show_envvar=True,
+    help="Inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")]
+DbOpt = Annotated[Path | None, typer.Option(
+    "--db", envvar="FLEETCTL_DB", show_envvar=True, dir_okay=False,
+    help="State database (default: ~/.local/state/fleetctl/fleetctl.db)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON")]
 MaxUnavailableOpt = Annotated[str, typer.Option(
     "--max-unavailable", metavar="N|N%",
@@ -20,5 +32,5 @@ MaxUnavailableOpt = Annotated[str, typer.Option(
 ScopeOpt = Annotated[str | None, typer.Option(
     "--scope", metavar="GROUP", help="Count max-unavailable within this inventory group (default: fleet)")]
 OutputOpt = Annotated[OutputFormat | None, typer.Option(
-    "-o", "--output", case_sensitive=False,
+    "-o", "--output", case_sensitive=False, metavar="FORMAT",
     help="table, wide (more columns), json, yaml or name (one per line)")]

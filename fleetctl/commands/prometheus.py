@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from fleetctl.commands import add, group
-from fleetctl.commands.params import InventoryOpt
+from fleetctl.commands.params import InventoryOpt, PatternsArg
 
 
 def register(app: typer.Typer) -> None:
@@ -20,17 +20,17 @@ def register(app: typer.Typer) -> None:
 
 
 def targets(
-    pattern: Annotated[str, typer.Argument(help="Ansible host pattern")] = "all",
+    patterns: PatternsArg = None,
     inventory: InventoryOpt = None,
     output: Annotated[str | None, typer.Option(
         "-o", "--output", help="Write to FILE atomically (Prometheus re-reads it); default stdout")] = None,
 ) -> None:
     """Write file_sd JSON: one target per agent, labelled host=<inventory name>, group=<first group>."""
     from fleetctl.errors import UsageError
-    from fleetctl.inventory import load_inventory
+    from fleetctl.inventory import join_patterns, load_inventory
     from fleetctl.promsource import file_sd_targets
 
-    hosts = load_inventory(inventory).select(pattern)
+    hosts = load_inventory(inventory).select(join_patterns(patterns))
     doc = file_sd_targets(hosts)
     if output is None:
         from fleetctl.views.console import print_json

@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -15,7 +16,14 @@ from typing import Annotated
 import typer
 
 from fleetctl.commands import add
-from fleetctl.commands.params import DbOpt, InventoryOpt, JsonOpt
+from fleetctl.commands.params import DbOpt, InventoryOpt, JsonOpt, PatternsArg
+
+
+class Connection(StrEnum):
+    """Ansible connection plugins fleetctl runs playbooks with (fleetctl.provision checks the same)."""
+
+    ssh = "ssh"
+    paramiko = "paramiko"
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -59,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
 
 def provision(
-    pattern: Annotated[str, typer.Argument(help="Ansible host pattern to provision.")] = "all",
+    patterns: PatternsArg = None,
     playbook: Annotated[
         str, typer.Option("--playbook", "-p", help="A playbook name in playbooks/ or a path.")
     ] = "site",
@@ -81,7 +89,7 @@ def provision(
     force: Annotated[bool, typer.Option("--force", help="Take over hosts another run holds.")] = False,
     db_path: DbOpt = None,
     connection: Annotated[
-        str | None, typer.Option("--connection", "-c", help="ssh (default) or paramiko.")
+        Connection | None, typer.Option("--connection", "-c", help="ssh (default) or paramiko.")
     ] = None,
     private_key: Annotated[
         Path | None, typer.Option("--private-key", help="SSH key file (default: ssh-agent, ~/.ssh).")
@@ -101,7 +109,7 @@ def provision(
     """Run a playbook on the fleet with live per-host progress; every run is recorded."""
     from fleetctl import provision as core
     from fleetctl.errors import UsageError
-    from fleetctl.inventory import resolve_sources
+    from fleetctl.inventory import join_patterns, resolve_sources
     from fleetctl.runner import AnsibleRunner
     from fleetctl.views.console import print_json, stdout_console
     from fleetctl.views.provision import make_progress
@@ -112,7 +120,7 @@ def provision(
     vault_password = _read_vault_password() if ask_vault_pass else None
     options = core.ProvisionOptions(
         inventory=resolve_sources(inventory),
-        pattern=pattern,
+        pattern=join_patterns(patterns),
         playbook=playbook,
         tags=_split(tags),
         skip_tags=_split(skip_tags),
@@ -122,7 +130,7 @@ def provision(
         batch=batch,
         extra_vars=list(extra_vars or []),
         force=force,
-        connection=connection,
+        connection=connection.value if connection else None,
         private_key=private_key,
         remote_user=remote_user,
         host_key_checking=not no_host_key_checking,

@@ -1,7 +1,21 @@
-"""The one owner of fleetctl's standard output: the rich Console and ``--json`` documents.
+"""The one owner of fleetctl's standard output: the rich Console, ``--json`` documents, and the
+plain renderer every table view uses when stdout is not a terminal.
 
-A terminal gets rich's defaults (its width, wrapped text). A pipe (a script, a CI log) gets wide
-lines that are never soft-wrapped, rather than table cells folded at 80 columns.
+A terminal gets rich's drawing (its width, columns that fold, long names clipped in the middle). A
+pipe (a script, cron, a CI log, ``ssh bastion fleetctl ... | grep``) gets plain text instead:
+
+* :func:`show` ``(renderable, console=None)`` -- print a table, a ``Text`` or a ``Group`` of them.
+  On a terminal it is ``console.print``. Otherwise each ``rich.table.Table`` becomes
+  :func:`plain_lines`: its title (if any) on one line, the header, then ONE LINE PER ROW, columns
+  padded to the widest cell and two spaces apart, nothing truncated (a cell clipped with
+  :func:`fleetctl.views.text.ident`/``cell`` prints its whole text), nothing wrapped, no colour, an
+  empty cell as ``-`` (so ``awk '{print $2}'`` still finds the column); a ``Text`` prints its plain
+  lines; anything else is printed by rich without soft wrapping. Views build their tables as
+  before and call ``show(table)`` (or ``show(Group(...))``) instead of ``console.print``.
+* :func:`plain_lines` ``(table) -> list[str]`` -- the lines above, for tests and for callers that
+  add their own.
+* :func:`is_terminal` ``() -> bool`` -- whether :func:`show` would draw (rich's own test: honours
+  ``FORCE_TERMINAL``/``TTY_COMPATIBLE``, as the colours do).
 """
 
 from __future__ import annotations
@@ -12,7 +26,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, RenderableType
+    from rich.table import Table
 
 PIPE_WIDTH = 200  # at least this wide when stdout is not a terminal
 
@@ -46,3 +61,54 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
     sys.stdout.buffer.write(data + b"\n")
     sys.stdout.buffer.flush()
+
+
+def is_terminal() -> bool:
+    """Whether stdout is a terminal a person reads (so tables are drawn, not written plainly)."""
+    return stdout_console().is_terminal
+
+
+def plain_lines(table: Table) -> list[str]:
+    """``table`` as lines for a pipe: title, header, one line per row; whole cells, no colour, no wrap."""
+    from fleetctl.views.text import unclipped
+
+    columns = table.columns
+    rows: list[list[str]] = []
+    if table.show_header:
+        rows.append([unclipped(c.header) or "-" for c in columns])
+    for i in range(table.row_count):
+        rows.append([(unclipped(c._cells[i]) if i < len(c._cells) else "") or "-" for c in columns])
+    widths = [max((len(r[j]) for r in rows), default=0) for j in range(len(columns))]
+    lines = [unclipped(table.title)] if table.title else []
+    for r in rows:
+        parts = [v.rjust(w) if c.justify == "right" else v.ljust(w)
+                 for v, w, c in zip(r, widths, columns, strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def show(renderable: RenderableType, console: Console | None = None) -> None:
+    """Print ``renderable`` on stdout: drawn by rich on a terminal, else plainly (see the module doc)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or stdout_console()
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    parts = list(renderable.renderables) if isinstance(renderable, Group) else [renderable]
+    for part in parts:
+        if isinstance(part, Group):
+            show(part, console)
+        elif isinstance(part, Table):
+            _write(console, plain_lines(part))
+        elif isinstance(part, Text):
+            _write(console, part.plain.split("\n"))
+        else:
+            console.print(part, soft_wrap=True)
+
+
+def _write(console: Console, lines: list[str]) -> None:
+    console.file.write("".join(line + "\n" for line in lines))
+    console.file.flush()

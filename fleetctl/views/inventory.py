@@ -41,27 +41,33 @@ def host_dict(host: Host, *, with_vars: bool = False) -> dict[str, Any]:
     return doc
 
 
-def print_hosts(hosts: Sequence[Host], *, with_vars: bool) -> None:
-    """The host table and a count."""
+def print_hosts(hosts: Sequence[Host], *, with_vars: bool, wide: bool = False) -> None:
+    """The host table (``wide``: every group, and the variables), and a count on a terminal.
+
+    The table keeps to 80 columns for usual names: the first group only; ``wide`` or ``--vars``
+    add what does not fit.
+    """
     from rich.table import Table  # here: ``--json`` does not load rich
     from rich.text import Text
 
-    from fleetctl.views.console import stdout_console
+    from fleetctl.views.console import is_terminal, show
     from fleetctl.views.text import cell, ident, outside
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("HOST", "ADDRESS", "PORT", "GROUPS", "CHIPS", "TOKEN"):
-        table.add_column(name, justify="right" if name in ("PORT", "CHIPS") else "left", no_wrap=True)
-    if with_vars:
+    for name in ("HOST", "ADDRESS", "PORT", "CHIPS", "TOKEN", "GROUPS" if wide else "GROUP"):
+        table.add_column(name, justify="right" if name in ("PORT", "CHIPS") else "left",
+                         overflow="fold" if name == "GROUPS" else "ellipsis", no_wrap=name != "GROUPS")
+    if with_vars or wide:
         table.add_column("VARS", overflow="fold")
     for h in hosts:
         row: list[Text | str] = [
-            ident(h.name), ident(h.address), str(h.agent_port), cell(",".join(h.groups) or "-"),
+            ident(h.name), ident(h.address), str(h.agent_port),
             "-" if h.expected_chips is None else str(h.expected_chips), token_kind(h),
+            cell(",".join(h.groups) or "-") if wide else ident(h.first_group),
         ]
-        if with_vars:  # every variable, however long: the column folds
+        if with_vars or wide:  # every variable, however long: the column folds
             row.append(outside(" ".join(f"{k}={v}" for k, v in sorted(masked_vars(h.vars).items()))))
         table.add_row(*row)
-    console = stdout_console()
-    console.print(table)
-    console.print(f"{len(hosts)} hosts", style="dim")
+    show(table)
+    if is_terminal():  # a pipe gets records only
+        show(Text(f"{len(hosts)} hosts", style="dim"))

@@ -10,14 +10,14 @@ Standard library only at module level (``--json`` and ``name`` must not load ric
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
-from enum import Enum
+from collections.abc import Callable, Iterable
+from enum import StrEnum
 from typing import Any
 
 from fleetctl.errors import UsageError
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):  # StrEnum: str() is the value (shell completion offers it)
     table = "table"
     wide = "wide"
     json = "json"
@@ -58,3 +58,19 @@ def print_names(names: Iterable[str]) -> None:
 
     sys.stdout.write("".join(visible(n) + "\n" for n in names))
     sys.stdout.flush()
+
+
+def emit(fmt: OutputFormat, *, doc: Callable[[], Any], names: Callable[[], Iterable[str]],
+         table: Callable[[bool], None]) -> None:
+    """Print a command's result in ``fmt``: ``doc()`` for json/yaml, ``names()`` for name, else
+    ``table(wide)`` (a view that draws on a terminal and writes plain lines to a pipe)."""
+    if fmt is OutputFormat.json:
+        from fleetctl.views.console import print_json
+
+        print_json(doc())
+    elif fmt is OutputFormat.yaml:
+        print_yaml(doc())
+    elif fmt is OutputFormat.name:
+        print_names(names())
+    else:
+        table(fmt is OutputFormat.wide)

@@ -83,7 +83,9 @@ def diff_text(event: Event, tally: EventTally) -> Text | None:
 
 
 def print_summary(console: Console, result: ProvisionResult) -> None:
-    console.print(summary_table(result.hosts))
+    from fleetctl.views.console import show
+
+    show(summary_table(result.hosts), console)  # plain lines, whole names, on a pipe
     console.print(summary_line(result))
     console.print(outside(f"artifacts: {result.artifacts}", style="dim"), soft_wrap=True)
 

@@ -11,24 +11,30 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetctl.state.runs import RunRecord, summarize
-from fleetctl.views.console import stdout_console
+from fleetctl.views.console import show, stdout_console
 from fleetctl.views.provision import STATE_STYLE, summary_table
 from fleetctl.views.text import cell, ident, outside
 
 
-def print_runs(records: Sequence[RunRecord]) -> None:
-    """Newest first as given; the hosts column counts each host state, worst first."""
+def print_runs(records: Sequence[RunRecord], *, wide: bool = False) -> None:
+    """Newest first as given; the hosts column counts each host state, worst first.
+
+    ``wide`` adds who ran it and when it ended.
+    """
+    columns = ["id", "status", *(["user"] if wide else []), "started", *(["ended"] if wide else []),
+               "playbook", "pattern", "hosts"]
     table = Table(box=box.SIMPLE_HEAD)
-    for column in ("id", "status", "user", "started", "ended", "playbook", "pattern", "hosts"):
-        table.add_column(column, no_wrap=column != "hosts")
+    for column in columns:
+        table.add_column(column, no_wrap=column not in ("hosts", "pattern"))
     for r in records:
         counts = summarize(r.hosts)
         hosts = ", ".join(f"{counts[s]} {s}" for s in STATE_STYLE if counts.get(s)) or "-"
         table.add_row(
-            ident(r.id), ident(r.status), ident(r.user), ident(r.started_at), ident(r.ended_at or "-"),
-            ident(Path(r.playbook).name), cell(r.pattern), hosts,
+            ident(r.id), ident(r.status), *([ident(r.user)] if wide else []), ident(r.started_at),
+            *([ident(r.ended_at or "-")] if wide else []), ident(Path(r.playbook).name), cell(r.pattern),
+            hosts,
         )
-    stdout_console().print(table)
+    show(table)
 
 
 def print_run(record: RunRecord) -> None:
@@ -49,4 +55,4 @@ def print_run(record: RunRecord) -> None:
         fields["message"] = record.message
     for name, value in fields.items():
         console.print(outside(f"  {name:<10} {value}"), highlight=False, soft_wrap=True)
-    console.print(summary_table(record.hosts))
+    show(summary_table(record.hosts), console)

@@ -6,8 +6,10 @@ C1 controls, CR, BS, BEL). Here such text becomes text that shows as written. Ma
 (rich gets a ``Text``, never a ``str``), and every control character, bidi override and line
 separator is shown as the visible escape Python would write (``\\x1b``, ``\\r``, ``\\u202e``): a
 message cannot clear the screen, move the cursor, set a link or reorder what the SRE reads. Table
-cells are clipped with an ellipsis so that one absurd string cannot push every other host's row
-apart; ``--json`` keeps the full text.
+cells are clipped with an ellipsis on a terminal so that one absurd string cannot push every other
+host's row apart; a clipped cell remembers its whole text (:func:`unclipped`), which the plain
+renderer for pipes (:func:`fleetctl.views.console.show`) prints instead: a script never gets a cut
+host name. ``--json`` keeps the full text too.
 
 Only the standard library is imported here at module level: the plain-``str`` half serves the
 one-line messages on stderr, whose commands must not load rich.
@@ -65,10 +67,48 @@ def visible(value: object, *, limit: int | None = None, middle: bool = False, mu
 
 def outside(value: object, *, style: str = "", limit: int | None = None, middle: bool = False,
             multiline: bool = False) -> Text:
-    """Outside text as a rich ``Text``: shown as written (no markup), controls escaped, clipped."""
+    """Outside text as a rich ``Text``: shown as written (no markup), controls escaped, clipped.
+
+    A clipped one keeps ``value``: :func:`unclipped` gives its whole text (escaped) for a pipe.
+    """
     from rich.text import Text  # here: the stderr lines do not load rich
 
-    return Text(visible(value, limit=limit, middle=middle, multiline=multiline), style=style)
+    shown = visible(value, limit=limit, middle=middle, multiline=multiline)
+    if limit is None or len(shown) < limit:  # clip() leaves exactly ``limit`` characters
+        return Text(shown, style=style)
+    text = _clipped_class()(shown, style=style)
+    text.whole = (value, multiline)  # type: ignore[attr-defined]
+    return text
+
+
+_CLIPPED: type[Text] | None = None
+
+
+def _clipped_class() -> type[Text]:
+    """A ``Text`` that also holds the value it was clipped from (rich's Text has slots: a subclass)."""
+    global _CLIPPED
+    if _CLIPPED is None:
+        from rich.text import Text
+
+        class ClippedText(Text):
+            whole: tuple[object, bool]
+
+        _CLIPPED = ClippedText
+    return _CLIPPED
+
+
+def unclipped(value: object) -> str:
+    """A table cell's whole text, controls escaped, never clipped: what a pipe gets.
+
+    ``value`` is a cell as given to a rich table (``str``, ``Text``, a clipped ``Text``, or None).
+    """
+    whole = getattr(value, "whole", None)
+    if whole is not None:
+        return visible(whole[0], multiline=whole[1])
+    plain = getattr(value, "plain", None)
+    if isinstance(plain, str):
+        return plain
+    return "" if value is None else str(value)
 
 
 def cell(value: object, *, style: str = "") -> Text:

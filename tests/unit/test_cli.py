@@ -23,7 +23,7 @@ def test_version_prints_both_distributions() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         f"fleetctl {_pyproject_version(ROOT / 'pyproject.toml')}",
-        f"fleet-agent {_pyproject_version(ROOT / 'agents' / 'pyproject.toml')}",
+        f"fleetctl-agent {_pyproject_version(ROOT / 'agents' / 'pyproject.toml')}",
     ]
 
 

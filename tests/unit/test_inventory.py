@@ -454,3 +454,11 @@ def test_a_pattern_ansible_cannot_parse_is_a_usage_error(inv: Path, cache: Path,
     inventory = load_inventory(str(inv), cache_dir=cache)
     with pytest.raises(InventoryError, match=r"pattern .*: not a host pattern|matches no host"):
         inventory.select(pattern)
+
+
+def test_join_patterns_joins_as_ansible_does() -> None:
+    from fleetctl.inventory import join_patterns
+
+    assert join_patterns(["gpu_nodes", "&rack1", "!h100-0003"]) == "gpu_nodes:&rack1:!h100-0003"
+    assert join_patterns(["a,b", " c "]) == "a,b:c"
+    assert join_patterns([]) == join_patterns(None) == join_patterns(["", "  "]) == "all"
