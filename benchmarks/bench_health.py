@@ -1,4 +1,4 @@
-"""Benchmark ``fleetctl health --json`` over simulated fleets; prints one JSON document.
+"""Benchmark ``fleetctl health --json`` (and ``--map``) over simulated fleets; prints one JSON document.
 
 For each fleet size (1,000 and 10,000 hosts x 8 chips; ``fleet-agent sim-fleet`` in its own
 process) it measures the whole command (interpreter start to exit), median of ``--runs``, with a warm
@@ -18,7 +18,8 @@ agents do not answer. Without docker it fails unless ``--no-ssh-lab`` is given (
 it was skipped). ``fleetctl --help`` and ``--version`` start-up last.
 
 Targets (issue 4): 1,000 hosts <= 0.8 s, 10,000 hosts <= 8 s (judged warm and cold), ``--help`` and
-``--version`` (issue 16) <= 0.3 s.
+``--version`` (issue 16) <= 0.3 s; ``health --map`` for 1,000 hosts (issue 16) <= 0.5 s, whole command,
+warm cache, measured the same way as ``--json`` and drawn for a 120x40 terminal (``sizes[].map``).
 
     python benchmarks/bench_health.py                 # full: 1,000 and 10,000 hosts, 5 runs each, SSH lab
     python benchmarks/bench_health.py --quick         # 1,000 hosts, 3 runs, SSH lab
@@ -56,6 +57,9 @@ BASE_PORT = 20000  # sim-fleet and hostile responders use 20000..31000
 # default would keep one of the shared cores busy in bursts that land in some runs and not others.
 HELP_TARGET_S = 0.3
 TARGETS_S = {1000: 0.8, 10000: 8.0}
+MAP_TARGET_S = {1000: 0.5}  # issue 16: the fleet map, whole command, warm inventory cache
+# ``--map`` drawn as on a 120x40 terminal (rich reads TTY_COMPATIBLE), colours and all, not as a pipe.
+MAP_TERMINAL = {"TTY_COMPATIBLE": "1", "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
 FIRST_RUNS = 2  # runs with an empty cache directory (reported, not judged)
 
 
@@ -105,14 +109,15 @@ def cpu_of(pid: int) -> float:
 class Run:
     """One whole ``fleetctl`` command: wall time, its own CPU time, the fleet's CPU time meanwhile."""
 
-    def __init__(self, args: list[str], cache: Path, fleet_pid: int | None = None) -> None:
+    def __init__(self, args: list[str], cache: Path, fleet_pid: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
         import resource
 
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         fleet_before = cpu_of(fleet_pid) if fleet_pid else 0.0
         started = time.perf_counter()
         out = subprocess.run([FLEETCTL, *args], capture_output=True, text=True,
-                             env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
+                             env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache), **(env or {})})
         self.wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -120,6 +125,7 @@ class Run:
         if out.returncode not in (0, 1):
             raise SystemExit(f"fleetctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
         self.doc: dict[str, Any] | None = json.loads(out.stdout) if out.stdout.startswith("{") else None
+        self.lines = len(out.stdout.splitlines())
 
 
 def sequential_per_host(inventory_hosts: list[tuple[str, int]], sample: int) -> float:
@@ -189,6 +195,7 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
             first.append(Run(args, cache).wall)
             shutil.rmtree(cache)
             log(f"{hosts} hosts first run (empty cache dir) {i + 1}: {first[-1]:.2f}s")
+        fleet_map = bench_map(inv, warm_cache, proc.pid, hosts, runs)
         sample = min(hosts, 300)
         per_host = sequential_per_host(hosts_of(inv), sample)
         seq_total = per_host * hosts
@@ -210,9 +217,26 @@ def bench_size(workdir: Path, hosts: int, runs: int, cold_runs: int) -> dict[str
             "sequential_baseline": {"per_host_ms": round(per_host * 1000, 3), "sampled_hosts": sample,
                                     "estimated_total_s": round(seq_total, 3),
                                     "ratio_vs_fleetctl_warm": round(seq_total / median(warm), 2)},
+            "map": fleet_map,
         }
     finally:
         stop(proc)
+
+
+def bench_map(inv: Path, warm_cache: Path, fleet_pid: int, hosts: int, runs: int) -> dict[str, Any]:
+    """``fleetctl health --map`` the way ``--json`` is timed above (whole command, warm cache), drawn
+    for a 120x40 terminal; the drawing must fit that screen."""
+    walls, cpu, lines = [], [], 0
+    for i in range(runs):
+        r = Run(["health", "-i", str(inv), "--map"], warm_cache, fleet_pid, env=MAP_TERMINAL)
+        walls.append(r.wall)
+        cpu.append(r.cpu)
+        lines = r.lines
+        log(f"{hosts} hosts --map warm run {i + 1}: {r.wall:.2f}s (fleetctl CPU {r.cpu:.2f}s, {lines} lines)")
+    target = MAP_TARGET_S.get(hosts)
+    return {"warm_cache_s": median(walls), "fleetctl_cpu_s": median(cpu),
+            "runs_s": [round(w, 3) for w in walls], "screen_lines": lines, "fits_120x40": lines <= 40,
+            "target_s": target, "meets_target": None if target is None else median(walls) <= target}
 
 
 def bench_hostile(workdir: Path, hosts: int, timeout_s: float, concurrency: int | None, runs: int,

@@ -6,19 +6,75 @@ import contextlib
 import os
 import signal
 import time
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fleetctl.commands import add
-from fleetctl.commands.params import InventoryOpt
+from fleetctl.commands.params import InventoryOpt, OutputOpt, PatternsArg
+from fleetctl.errors import UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from fleetctl.report import FleetReport
+    from rich.console import RenderableType
 
-SOURCES = ("agents", "prometheus")
+    from fleetctl.inventory import Host
+    from fleetctl.report import FleetReport, HealthView, HostRow
+    from fleetctl.views.output import OutputFormat
+
+class Source(str, Enum):
+    agents = "agents"
+    prometheus = "prometheus"
+
+
+class SortKey(str, Enum):
+    status = "status"
+    name = "name"
+    temp = "temp"
+    power = "power"
+    memory = "memory"
+    xid = "xid"
+    util = "util"
+    age = "age"
+
+
+class State(str, Enum):
+    """What ``--status`` accepts (a comma list of these): the host states of fleet_agent.verdict."""
+
+    healthy = "healthy"
+    degraded = "degraded"
+    unknown = "unknown"
+    error = "error"
+    unreachable = "unreachable"
+    unhealthy = "unhealthy"
+
+
+def parse_states(text: str | None) -> frozenset[str] | None:
+    """``degraded,unhealthy`` -> those states; an unknown one is a usage error naming the closest."""
+    import difflib
+
+    if text is None:
+        return None
+    known = [s.value for s in State]
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:
+        raise UsageError(f"--status {text!r}: expected a comma list of {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"--status {name!r}: not a state; {hint}"
+                             f"expected a comma list of {', '.join(known)}")
+    return frozenset(names)
+
+
+def _complete_states(incomplete: str) -> list[str]:
+    done, _, last = incomplete.rpartition(",")
+    prefix = f"{done}," if done else ""
+    taken = set(done.split(","))
+    return [prefix + s.value for s in State if s.value.startswith(last) and s.value not in taken]
 
 
 def register(app: typer.Typer) -> None:
@@ -26,51 +82,85 @@ def register(app: typer.Typer) -> None:
 
 
 def health(
-    pattern: Annotated[str, typer.Argument(help="Ansible host pattern (gpu_nodes:&rack1, !h100-0003)")]
-    = "all",
+    patterns: PatternsArg = None,
     inventory: InventoryOpt = None,
+    output: OutputOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as -o json")] = False,
     chips: Annotated[bool, typer.Option("--chips", help="One row per chip")] = False,
+    summary: Annotated[bool, typer.Option(
+        "--summary", help="One line per model (or --group-by) with counts per state and host lists")] = False,
+    fleet_map: Annotated[bool, typer.Option(
+        "--map", help="Every host as one cell, one line per rack (or --group-by)")] = False,
     unhealthy: Annotated[bool, typer.Option("--unhealthy", help="Only what is wrong")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the fleet report as JSON")] = False,
+    status: Annotated[str | None, typer.Option(
+        "--status", metavar="STATE[,STATE...]", autocompletion=_complete_states,
+        help="Only hosts (chips with --chips) in these states: "
+             "healthy, degraded, unknown, error, unreachable, unhealthy")] = None,
     watch: Annotated[float | None, typer.Option(
         "--watch", metavar="SECONDS", help="Redraw every SECONDS until Ctrl-C", min=0.1)] = None,
-    sort: Annotated[str, typer.Option(
-        "--sort", help="status (worst first), name, temp, util or age")] = "status",
+    sort: Annotated[SortKey, typer.Option(
+        "--sort", case_sensitive=False,
+        help="status (worst first), name, or largest first: temp, power, memory, xid, util, age "
+             "(with --chips: the chips)")] = SortKey.status,
+    reverse: Annotated[bool, typer.Option("--reverse", "-r", help="Reverse the order")] = False,
     group_by: Annotated[str | None, typer.Option(
-        "--group-by", metavar="GROUP",
-        help="One table per value: 'group' (first inventory group), an inventory variable, "
+        "--group-by", metavar="KEY",
+        help="One table per value: 'group' (first inventory group), 'model', an inventory variable, "
              "or a group-name prefix such as 'rack'")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Per-host timeout, seconds", min=0.01)] = 5.0,
     deadline: Annotated[float, typer.Option("--deadline", help="Overall deadline, seconds", min=0.01)] = 30.0,
     concurrency: Annotated[int, typer.Option(
         "--concurrency", help="Requests being answered at once (hung hosts wait aside)", min=1)] = 512,
-    source: Annotated[str, typer.Option("--source", help="agents (direct) or prometheus")] = "agents",
+    source: Annotated[Source, typer.Option(
+        "--source", case_sensitive=False, help="agents (direct) or prometheus")] = Source.agents,
     prometheus_url: Annotated[str | None, typer.Option(
-        "--prometheus-url", help="Prometheus base URL (default: $FLEETCTL_PROMETHEUS_URL)")] = None,
+        "--prometheus-url", envvar="FLEETCTL_PROMETHEUS_URL", show_envvar=True,
+        help="Prometheus base URL")] = None,
 ) -> int:
     """Ask every agent for its health and show the fleet, worst first.
 
     Exit 0 when every host is healthy, 1 when any is degraded, unhealthy, unknown or unreachable,
     2 on usage or configuration errors.
     """
-    from fleetctl.report import SORT_KEYS
-    from fleetctl.validation import one_of
+    from fleetctl.inventory import join_patterns
+    from fleetctl.report import HealthView
+    from fleetctl.views.output import OutputFormat, resolve
 
-    one_of("--sort", sort, SORT_KEYS)
-    one_of("--source", source, SOURCES)
-    collect = _collector(pattern, inventory, source, prometheus_url, timeout, deadline, concurrency)
+    fmt = resolve(output, as_json=as_json)
+    if summary and fleet_map:
+        raise UsageError("--summary and --map are two views: give one")
+    if chips and (summary or fleet_map):
+        raise UsageError(f"--chips and {'--summary' if summary else '--map'} are two views: give one")
+    if watch is not None and fmt is OutputFormat.name:
+        raise UsageError("-o name lists the hosts once: drop --watch")
+    mode = "summary" if summary else "map" if fleet_map else "table"
+    pattern = join_patterns(patterns)
+    view = HealthView(chips=chips, unhealthy=unhealthy, statuses=parse_states(status), group_by=group_by,
+                      sort=sort.value, reverse=reverse, wide=fmt is OutputFormat.wide)
+    collect, hosts = _collector(pattern, inventory, source.value, prometheus_url, timeout, deadline,
+                                concurrency)
+    if group_by is not None:
+        _check_group_by(group_by, hosts)
     if watch is None:
         report = collect()
-        _show(report, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
+        _show(report, view, fmt, mode)
         return report.exit_code
-    return _watch(collect, watch, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by,
-                  sort=sort)
+    return _watch(collect, watch, view, fmt=fmt, mode=mode)
+
+
+def _check_group_by(key: str, hosts: list[Host]) -> None:
+    """--group-by checked against the inventory before any agent is asked (``model`` needs no inventory)."""
+    from fleetctl.report import HostHealth, HostRow, check_group_by
+
+    rows = [HostRow(h.name, h.address, h.agent_port, h.groups, HostHealth.UNKNOWN, vars=h.vars)
+            for h in hosts]
+    check_group_by(key, rows)
 
 
 def _collector(pattern: str, inventory: str | None, source: str, prometheus_url: str | None,
-               timeout: float, deadline: float, concurrency: int) -> Callable[[], FleetReport]:
-    """Load the inventory once; return a function that takes one fresh fleet report."""
-    from fleetctl.errors import UsageError
+               timeout: float, deadline: float,
+               concurrency: int) -> tuple[Callable[[], FleetReport], list[Host]]:
+    """Load the inventory once; return a function that takes one fresh fleet report, and the hosts."""
     from fleetctl.inventory import load_inventory
 
     inv = load_inventory(inventory)
@@ -86,7 +176,7 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
         def from_prometheus() -> FleetReport:
             return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern, deadline_s=deadline)
 
-        return from_prometheus
+        return from_prometheus, hosts
 
     from fleetctl.fanout import FanoutOptions, raise_fd_limit
     from fleetctl.report.build import agents_report
@@ -99,31 +189,69 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
     def from_agents() -> FleetReport:
         return agents_report(hosts, options, inventory=inv.label, pattern=pattern)
 
-    return from_agents
+    return from_agents, hosts
 
 
-def _show(report: FleetReport, *, as_json: bool, chips: bool, unhealthy: bool, group_by: str | None,
-          sort: str) -> None:
-    if as_json:
+def _selected(report: FleetReport, view: HealthView) -> list[HostRow]:
+    """The hosts -o json/yaml/name and the map list: sorted, only the --status/--unhealthy ones."""
+    from fleetctl.report import selected_hosts
+
+    return selected_hosts(report.hosts, view)
+
+
+def _document(report: FleetReport, view: HealthView, mode: str) -> Any:
+    if mode == "summary":
+        from fleetctl.views.summary import DEFAULT_KEY, summary_doc
+
+        return summary_doc(report, _selected(report, view), view.group_by or DEFAULT_KEY)
+    return report.to_dict(_selected(report, view))
+
+
+def _show(report: FleetReport, view: HealthView, fmt: OutputFormat, mode: str) -> None:
+    from fleetctl.views.output import OutputFormat
+
+    if fmt is OutputFormat.json and mode != "summary":
         from fleetctl.views.console import print_json  # without rich: --json stays light
 
-        report.sort(sort)
-        print_json(report.to_json_bytes())
+        print_json(report.to_json_bytes(hosts=_selected(report, view)))
         return
+    if fmt in (OutputFormat.json, OutputFormat.yaml):
+        from fleetctl.views.output import emit
+
+        emit(fmt, doc=lambda: _document(report, view, mode), names=list, table=lambda wide: None)
+        return
+    if fmt is OutputFormat.name:
+        from fleetctl.views.output import print_names
+
+        if mode == "table":
+            from fleetctl.views.health import names
+
+            print_names(names(report, view))
+        else:
+            print_names(h.name for h in _selected(report, view))
+        return
+    _print_view(report, view, mode)
+
+
+def _print_view(report: FleetReport, view: HealthView, mode: str) -> None:
+    from fleetctl.views.console import show, stdout_console
     from fleetctl.views.health import print_report
 
-    print_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort)
+    if mode == "table":
+        print_report(report, view)
+        return
+    console = stdout_console()
+    show(_view_renderable(report, view, mode, console.width if console.is_terminal else None), console)
 
 
-def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, chips: bool, unhealthy: bool,
-           group_by: str | None, sort: str) -> int:
+def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *, fmt: OutputFormat,
+           mode: str) -> int:
     """Redraw in place until Ctrl-C; the exit code is the last completed round's."""
     from fleetctl.speedups import release_frozen
 
     code = 0
     with _CtrlC() as ctrl_c, contextlib.ExitStack() as stack:
-        draw = _watch_drawer(stack, as_json=as_json, chips=chips, unhealthy=unhealthy, group_by=group_by,
-                             sort=sort, every=every)
+        draw = _watch_drawer(stack, view, fmt=fmt, mode=mode, every=every)
         try:
             while not ctrl_c.pressed:
                 report = collect()
@@ -136,15 +264,40 @@ def _watch(collect: Callable[[], FleetReport], every: float, *, as_json: bool, c
     return code
 
 
-def _watch_drawer(stack: contextlib.ExitStack, *, as_json: bool, chips: bool, unhealthy: bool,
-                  group_by: str | None, sort: str, every: float) -> Callable[[FleetReport], None]:
-    """How one round is shown: a JSON document per line, or a table redrawn in place."""
-    if as_json:
-        return lambda report: _show(report, as_json=True, chips=chips, unhealthy=unhealthy,
-                                    group_by=group_by, sort=sort)
+def _watch_drawer(stack: contextlib.ExitStack, view: HealthView, *, fmt: OutputFormat, mode: str,
+                  every: float) -> Callable[[FleetReport], None]:
+    """How one round is shown: a JSON document per line (YAML: one document each), the table redrawn
+    in place on a terminal, or each round after a time-stamped line in a pipe."""
+    from fleetctl.views.output import OutputFormat
+
+    if fmt is OutputFormat.yaml:
+        def yaml_round(report: FleetReport) -> None:
+            print("---", flush=True)
+            _show(report, view, fmt, mode)
+
+        return yaml_round
+    if fmt is OutputFormat.json:
+        return lambda report: _show(report, view, fmt, mode)
     from fleetctl.views.health import live_drawer
 
-    return live_drawer(stack, chips=chips, unhealthy=unhealthy, group_by=group_by, sort=sort, every=every)
+    return live_drawer(stack, view, every=every,
+                       body=None if mode == "table" else lambda r, w: _view_renderable(r, view, mode, w))
+
+
+def _view_renderable(report: FleetReport, view: HealthView, mode: str, width: int | None) -> RenderableType:
+    """--summary or --map for this round; ``width`` None: for a pipe."""
+    hosts = _selected(report, view)
+    if mode == "summary":
+        from rich.console import Group
+
+        from fleetctl.views.health import summary_line
+        from fleetctl.views.summary import DEFAULT_KEY, render_summary
+
+        key = view.group_by or DEFAULT_KEY
+        return Group(summary_line(report), render_summary(hosts, key, wide=view.wide, width=width))
+    from fleetctl.views.map import render_fleet_map
+
+    return render_fleet_map(report, hosts, view.group_by, width=width)
 
 
 class _CtrlC:

@@ -16,7 +16,7 @@ import msgspec
 from fleet_agent.schema import ChipReport, Problem, Status
 from fleet_agent.verdict import HOST_HEALTH_ORDER, HostHealth
 
-from fleetctl.errors import EXIT_OK, EXIT_PROBLEMS
+from fleetctl.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 
 REPORT_SCHEMA = "fleet.report/v1"
 
@@ -90,7 +90,10 @@ class HostRow:
         return sum(total) if total else None
 
     def group_key(self, key: str) -> str:
-        """The value ``--group-by key`` files this host under (see :func:`group_value`)."""
+        """The value ``--group-by key`` files this host under (see :func:`group_value`); ``model``,
+        unless the inventory defines it, is the chip model the agent reports."""
+        if key == "model" and key not in self.vars:
+            return host_model(self)
         return group_value(self.groups, self.vars, key)
 
 
@@ -105,6 +108,41 @@ def group_value(groups: tuple[str, ...], host_vars: Mapping[str, Any], key: str)
         if g.startswith(key):
             return g
     return "-"
+
+
+def group_keys(hosts: Iterable[HostRow]) -> list[str]:
+    """What ``--group-by`` accepts for these hosts: ``group``, ``model``, the inventory variables set
+    on them and the prefixes of their group names (``rack`` for ``rack12``, ``gpu`` for ``gpu_nodes``)."""
+    keys: dict[str, None] = {"group": None, "model": None}
+    names: dict[str, None] = {}
+    for h in hosts:
+        keys.update(dict.fromkeys(h.vars))
+        names.update(dict.fromkeys(h.groups))
+    for g in names:
+        stem = g.rstrip("0123456789-_")
+        for cut in range(1, len(stem) + 1):
+            if cut == len(stem) or not stem[cut].isalnum():
+                keys.setdefault(stem[:cut], None)
+    return list(keys)
+
+
+def check_group_by(key: str, hosts: Iterable[HostRow]) -> str:
+    """``key`` when it groups these hosts by something they have, else a usage error with the closest
+    known keys (an unknown key would put every host in one group named ``-``)."""
+    import difflib
+
+    hosts = list(hosts)
+    known = group_keys(hosts)
+    if key in known or any(g.startswith(key) for h in hosts for g in h.groups):
+        return key
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(k) for k in close)}? " if close else ""
+    raise UsageError(f"--group-by {key!r}: no such variable or group prefix on the selected hosts; {hint}"
+                     f"known: {', '.join(_short_list(known))}")
+
+
+def _short_list(items: list[str], limit: int = 12) -> list[str]:
+    return items[:limit] + ([f"... ({len(items) - limit} more)"] if len(items) > limit else [])
 
 
 @dataclass
@@ -143,7 +181,9 @@ class FleetReport:
         """0 when every host is healthy, else 1 (degraded, unhealthy, unknown, unreachable...)."""
         return EXIT_OK if all(h.status is HostHealth.HEALTHY for h in self.hosts) else EXIT_PROBLEMS
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, hosts: list[HostRow] | None = None) -> dict[str, Any]:
+        """The JSON document; ``hosts``: list only these (``--status``), the summary and exit code
+        still the whole fleet's."""
         s = self.summary()
         return {
             "schema": REPORT_SCHEMA,
@@ -155,13 +195,13 @@ class FleetReport:
             "exit_code": self.exit_code,
             "summary": {"hosts": {"total": s.total_hosts, **s.hosts},
                         "chips": {"total": s.total_chips, **s.chips}},
-            "hosts": [_host_dict(h) for h in self.hosts],
+            "hosts": [_host_dict(h) for h in (self.hosts if hosts is None else hosts)],
         }
 
-    def to_json_bytes(self, *, indent: bool = False) -> bytes:
+    def to_json_bytes(self, *, indent: bool = False, hosts: list[HostRow] | None = None) -> bytes:
         """The report as UTF-8 JSON (msgspec: far faster than json.dumps on a large fleet; non-finite
         numbers never reach it, see _num)."""
-        data = _ENCODER.encode(self.to_dict())
+        data = _ENCODER.encode(self.to_dict(hosts))
         return msgspec.json.format(data, indent=2) if indent else data
 
     def to_json(self, *, indent: bool = False) -> str:
@@ -182,22 +222,122 @@ def _builtin(value: Any) -> Any:
 
 _ENCODER = msgspec.json.Encoder(enc_hook=_builtin)
 
-SORT_KEYS = ("status", "name", "temp", "util", "age")
+SORT_KEYS = ("status", "name", "temp", "power", "memory", "xid", "util", "age")
+XID_CHECK = "xid"
+
+
+def _desc(value: float | None) -> float:
+    """A descending sort's key: the largest first, a missing value last."""
+    return -(value if value is not None else -math.inf)
+
+
+def host_power_w(h: HostRow) -> float | None:
+    powers = [c.power_w for c in h.chips if c.power_w is not None]
+    return sum(powers) if powers else None
+
+
+def xid_count(problems: Iterable[ProblemRow | Problem]) -> int:
+    return sum(1 for p in problems if p.check == XID_CHECK)
 
 
 def sort_key(key: str) -> Any:
+    """Hosts: ``status`` worst first, ``name`` A to Z, every figure largest first (``age``: oldest)."""
     if key not in SORT_KEYS:
         raise ValueError(f"unknown sort key {key!r} (one of {', '.join(SORT_KEYS)})")
     if key == "name":
         return lambda h: h.name
     if key == "temp":
-        return lambda h: (-(h.max_temperature_c if h.max_temperature_c is not None else -math.inf), h.name)
+        return lambda h: (_desc(h.max_temperature_c), h.name)
     if key == "util":
-        return lambda h: (-(h.mean_utilization_pct if h.mean_utilization_pct is not None else -math.inf),
-                          h.name)
+        return lambda h: (_desc(h.mean_utilization_pct), h.name)
+    if key == "power":
+        return lambda h: (_desc(host_power_w(h)), h.name)
+    if key == "memory":
+        return lambda h: (_desc(h.memory_used_bytes), h.name)
+    if key == "xid":
+        return lambda h: (-xid_count(h.problems), -h.status.rank, h.name)
     if key == "age":
         return lambda h: (-(h.age_s if h.age_s is not None else math.inf), h.name)
     return lambda h: (-h.status.rank, -len(h.problems), h.name)
+
+
+ChipRow = tuple[HostRow, ChipReport]
+
+
+def chip_sort_key(key: str) -> Any:
+    """Chips (``--chips --sort``): as :func:`sort_key`, on each chip's own figures; ties by host, index."""
+    if key not in SORT_KEYS:
+        raise ValueError(f"unknown sort key {key!r} (one of {', '.join(SORT_KEYS)})")
+    figure: dict[str, Any] = {
+        "temp": lambda r: _desc(r[1].temperature_c),
+        "util": lambda r: _desc(r[1].utilization_pct),
+        "power": lambda r: _desc(r[1].power_w),
+        "memory": lambda r: _desc(r[1].memory_used_bytes),
+        "xid": lambda r: (-xid_count(r[1].problems), -r[1].status.rank),
+        "status": lambda r: (-r[1].status.rank, -len(r[1].problems)),
+        "age": lambda r: -(r[0].age_s if r[0].age_s is not None else math.inf),
+    }
+    if key == "name":
+        return lambda r: (r[0].name, r[1].index)
+    first = figure[key]
+    return lambda r: (first(r), r[0].name, r[1].index)
+
+
+def sorted_chips(hosts: Iterable[HostRow], key: str, *, reverse: bool = False) -> list[ChipRow]:
+    rows = [(h, c) for h in hosts for c in h.chips]
+    rows.sort(key=chip_sort_key(key))
+    if reverse:
+        rows.reverse()
+    return rows
+
+
+def sorted_hosts(hosts: Iterable[HostRow], key: str, *, reverse: bool = False) -> list[HostRow]:
+    """``reverse`` turns the whole order round (ties included), as ``sort -r`` would."""
+    rows = sorted(hosts, key=sort_key(key))
+    if reverse:
+        rows.reverse()
+    return rows
+
+
+@dataclass(frozen=True)
+class HealthView:
+    """What ``fleetctl health`` shows: which rows, in which order, how wide."""
+
+    chips: bool = False
+    unhealthy: bool = False  # only what is wrong (``no problems`` when nothing is)
+    statuses: frozenset[str] | None = None  # --status: hosts (chips with --chips) in these states
+    group_by: str | None = None
+    sort: str = "status"
+    reverse: bool = False
+    wide: bool = False  # -o wide: more columns, every problem
+
+
+def selected_hosts(hosts: Iterable[HostRow], view: HealthView) -> list[HostRow]:
+    """The hosts a view lists, in its order (``--unhealthy``, ``--status``, ``--sort``, ``--reverse``)."""
+    rows = sorted_hosts(hosts, view.sort, reverse=view.reverse)
+    if view.unhealthy:
+        rows = [h for h in rows if h.status is not HostHealth.HEALTHY]
+    return filter_hosts(rows, view.statuses)
+
+
+def filter_hosts(hosts: Iterable[HostRow], statuses: frozenset[str] | None) -> list[HostRow]:
+    """The hosts whose status is one of ``statuses`` (all of them when ``None``)."""
+    return [h for h in hosts if statuses is None or h.status.value in statuses]
+
+
+def chip_matches(chip: ChipReport, statuses: frozenset[str] | None) -> bool:
+    """Chips are healthy, degraded, unknown or unhealthy; a host-only state (unreachable) matches none."""
+    return statuses is None or chip.status.value in statuses
+
+
+def host_model(h: HostRow) -> str:
+    """The host's chip model (the first chip's; ``-`` without a report), vendor prefix left out."""
+    for c in h.chips:
+        for prefix in ("NVIDIA ", "Google "):
+            if c.model.startswith(prefix):
+                return str(c.model[len(prefix):])
+        return str(c.model)
+    return "-"
 
 
 def summarize(hosts: Iterable[HostRow]) -> Summary:

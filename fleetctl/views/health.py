@@ -10,24 +10,32 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
+from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 
 from fleetctl.report import (
     HOST_HEALTH_ORDER,
     FleetReport,
+    HealthView,
     HostHealth,
     HostRow,
     ProblemRow,
-    sort_key,
+    chip_matches,
+    host_power_w,
+    selected_hosts,
+    sorted_chips,
+    sorted_hosts,
     summarize,
 )
-from fleetctl.views.console import stdout_console
-from fleetctl.views.text import CELL_LIMIT, cell, ident, outside
+from fleetctl.views.console import show, stdout_console
+from fleetctl.views.text import CELL_LIMIT, cell, clip, ident, outside
 
 STATUS_STYLE = {
     "healthy": "green",
@@ -85,22 +93,23 @@ def short_model(model: str) -> str:
     return model
 
 
-def problems_short(problems: list[ProblemRow], limit: int = MAX_PROBLEMS_SHOWN) -> str:
+def problems_short(problems: list[ProblemRow], limit: int | None = MAX_PROBLEMS_SHOWN) -> str:
     """``#3 xid, #5 temperature, chip_count +2``: worst first, same check on many chips folded."""
     labels: list[str] = []
     for p in problems:
         label = p.short()
         if label not in labels:
             labels.append(label)
-    shown = ", ".join(labels[:limit])
-    return shown + (f" +{len(labels) - limit}" if len(labels) > limit else "")
+    if limit is None or len(labels) <= limit:
+        return ", ".join(labels)
+    return ", ".join(labels[:limit]) + f" +{len(labels) - limit}"
 
 
-def host_problems(h: HostRow) -> Text:
+def host_problems(h: HostRow, limit: int | None = MAX_PROBLEMS_SHOWN) -> Text:
     """The PROBLEMS cell: why there is no report, or the problems' short labels (outside text)."""
     if h.reason_kind is not None:
         return cell(f"{h.reason_kind}: {h.reason}" if h.reason else h.reason_kind)
-    text = problems_short(h.problems)
+    text = problems_short(h.problems, limit)
     if h.drained:
         text = "drained" + (f", {text}" if text else "")
     return cell(text)
@@ -130,58 +139,137 @@ def summary_line(report: FleetReport) -> Text:
     return text
 
 
-def hosts_table(hosts: Iterable[HostRow], *, title: Text | None = None) -> Table:
+@dataclass
+class Col:
+    """A table column as :func:`fitted_table` sees it: ``drop`` > 0 may go on a narrow screen
+    (highest first)."""
+
+    header: str
+    justify: JustifyMethod = "left"
+    drop: int = 0
+    flex: bool = False  # the one column that wraps (PROBLEMS): never dropped, never cut to a stub
+    cells: list[Text | str] = field(default_factory=list)
+    min_width: int = 0  # set by _fit for the flex column
+
+
+DEFAULT_VIEW = HealthView()
+FLEX_MIN = 24  # PROBLEMS gets at least this (or its longest word) before other columns are dropped
+
+
+def _cell_len(value: Text | str) -> int:
+    return value.cell_len if isinstance(value, Text) else len(value)
+
+
+def _fit(cols: list[Col], width: int | None) -> tuple[list[Col], bool]:
+    """The columns that fit ``width`` (None: all of them), dropping the least useful first; and
+    whether they fit (then no column need be cut: each gets its width as a minimum)."""
+    natural = {id(c): _longest(c) for c in cols}
+
+    def need(c: Col) -> int:
+        if not c.flex:
+            return natural[id(c)]
+        words = [len(w) for v in c.cells for w in (v.plain if isinstance(v, Text) else v).split()]
+        return min(natural[id(c)], max(FLEX_MIN, len(c.header), *words))
+
+    kept = list(cols)
+
+    def total() -> int:
+        return sum(need(c) for c in kept) + 2 * (len(kept) - 1)
+
+    while width is not None and total() > width:
+        droppable = [c for c in kept if c.drop]
+        if not droppable:
+            break
+        kept.remove(max(droppable, key=lambda c: c.drop))
+    for c in kept:
+        c.min_width = need(c)
+    return kept, width is not None and total() <= width
+
+
+def fitted_table(cols: list[Col], width: int | None, title: Text | None) -> Table:
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    table.add_column("HOST", overflow="fold")  # a name too long for the screen folds: its row only
-    table.add_column("STATUS", no_wrap=True)
-    table.add_column("CHIPS", justify="right", no_wrap=True)
-    table.add_column("MAX TEMP", justify="right", no_wrap=True)
-    table.add_column("UTIL", justify="right", no_wrap=True)
-    table.add_column("MEMORY", justify="right", no_wrap=True)
-    table.add_column("PROBLEMS", overflow="fold", min_width=12)
-    table.add_column("AGE", justify="right", no_wrap=True)
-    for h in hosts:
-        chips = f"{h.chips_ok}/{h.chips_total}" if h.reachable else "-"
-        table.add_row(
-            ident(h.name), status_text(h.status.value), chips, fmt_temp(h.max_temperature_c),
-            fmt_pct(h.mean_utilization_pct), fmt_memory(h.memory_used_bytes, h.memory_total_bytes),
-            host_problems(h), fmt_age(h.age_s),
-        )
+    kept, fits = _fit(cols, width)
+    for c in kept:
+        if c.flex:
+            table.add_column(c.header, overflow="fold", min_width=c.min_width if fits else 12)
+        elif c is cols[0]:  # folds (its own row only) when even the fewest columns do not fit
+            table.add_column(c.header, overflow="fold", min_width=c.min_width if fits else None)
+        else:
+            table.add_column(c.header, justify=c.justify, no_wrap=True)
+    for i in range(len(cols[0].cells)):
+        table.add_row(*(c.cells[i] for c in kept))
     return table
 
 
-def chips_table(hosts: Iterable[HostRow], *, unhealthy_only: bool = False,
-                title: Text | None = None) -> Table:
-    """One row per chip; a host without a report (or with node-level problems) gets a ``-`` row."""
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    table.add_column("HOST", overflow="fold")  # a name too long for the screen folds: its row only
-    table.add_column("CHIP", justify="right", no_wrap=True)
-    table.add_column("KIND", no_wrap=True)
-    table.add_column("MODEL", no_wrap=True, overflow="ellipsis", max_width=MODEL_WIDTH)
-    for name in ("TEMP", "UTIL", "MEMORY", "POWER"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("STATUS", no_wrap=True)
-    table.add_column("PROBLEMS", overflow="fold", min_width=12)
+def _longest(c: Col) -> int:
+    return max([len(c.header), *(_cell_len(v) for v in c.cells)])
+
+
+def hosts_table(hosts: Iterable[HostRow], *, title: Text | None = None, width: int | None = None,
+                wide: bool = False, problems_limit: int | None = MAX_PROBLEMS_SHOWN) -> Table:
+    """One row per host; on a narrow screen MEMORY, UTIL, AGE, MAX TEMP and CHIPS give way to PROBLEMS."""
+    cols = [Col("HOST"), Col("STATUS"), Col("CHIPS", "right", drop=1), Col("MAX TEMP", "right", drop=2),
+            Col("UTIL", "right", drop=4), Col("MEMORY", "right", drop=5)]
+    if wide:
+        cols += [Col("POWER", "right", drop=6), Col("ADDRESS", drop=7), Col("AGENT", drop=8)]
+    problems = Col("PROBLEMS", flex=True)
+    age = Col("AGE", "right", drop=3)
+    cols += [problems, age]
     for h in hosts:
+        values: list[Text | str] = [
+            ident(h.name), status_text(h.status.value),
+            f"{h.chips_ok}/{h.chips_total}" if h.reachable else "-",
+            fmt_temp(h.max_temperature_c), fmt_pct(h.mean_utilization_pct),
+            fmt_memory(h.memory_used_bytes, h.memory_total_bytes)]
+        if wide:
+            values += [fmt_power(host_power_w(h)), ident(f"{h.address}:{h.port}"),
+                       ident(h.agent_version or "-")]
+        values += [host_problems(h, problems_limit), fmt_age(h.age_s)]
+        for c, v in zip(cols, values, strict=True):
+            c.cells.append(v)
+    return fitted_table(cols, width, title)
+
+
+def _chip_cols() -> list[Col]:
+    return [Col("HOST"), Col("CHIP", "right"), Col("KIND", drop=3), Col("MODEL", drop=5),
+            Col("TEMP", "right", drop=1), Col("UTIL", "right", drop=4), Col("MEMORY", "right", drop=6),
+            Col("POWER", "right", drop=7), Col("STATUS"), Col("PROBLEMS", flex=True)]
+
+
+def chips_table(hosts: Iterable[HostRow], view: HealthView = DEFAULT_VIEW, *, title: Text | None = None,
+                width: int | None = None) -> Table:
+    """One row per chip, sorted by the chips' own figures (``--sort``); a host without a report, or
+    with node-level problems, first gets a ``-`` row."""
+    hosts = list(hosts)
+    cols = _chip_cols()
+    dashes = ["-"] * 6
+    for h in sorted_hosts(hosts, view.sort, reverse=view.reverse):
+        if (view.statuses is not None and h.status.value not in view.statuses) or (
+                view.unhealthy and h.status is HostHealth.HEALTHY):
+            continue
         if not h.reachable:
-            table.add_row(ident(h.name), "-", "-", "-", "-", "-", "-", "-", status_text(h.status.value),
-                          host_problems(h))
+            _add(cols, [ident(h.name), "-", *dashes, status_text(h.status.value), host_problems(h, None)])
             continue
         node_problems = [p for p in h.problems if p.chip is None]
-        if node_problems or (h.drained and not unhealthy_only):
-            table.add_row(ident(h.name), "-", "-", "-", "-", "-", "-", "-", status_text(h.status.value),
-                          cell(problems_short(node_problems) or ("drained" if h.drained else "")))
-        for c in h.chips:
-            if unhealthy_only and c.status.value == "healthy":
-                continue
-            table.add_row(
-                ident(h.name), str(c.index), ident(c.kind), ident(short_model(c.model)),
-                fmt_temp(c.temperature_c), fmt_pct(c.utilization_pct),
-                fmt_memory(c.memory_used_bytes, c.memory_total_bytes, short=True),
-                fmt_power(c.power_w), status_text(c.status.value),
-                cell(", ".join(dict.fromkeys(p.check for p in c.problems)) or ("error" if c.error else "")),
-            )
-    return table
+        if node_problems or (h.drained and not view.unhealthy):
+            text = problems_short(node_problems, limit=None) or ("drained" if h.drained else "")
+            _add(cols, [ident(h.name), "-", *dashes, status_text(h.status.value), cell(text)])
+    for h, c in sorted_chips(hosts, view.sort, reverse=view.reverse):
+        if not chip_matches(c, view.statuses) or (view.unhealthy and c.status.value == "healthy"):
+            continue
+        _add(cols, [
+            ident(h.name), str(c.index), ident(c.kind), ident(clip(short_model(c.model), MODEL_WIDTH)),
+            fmt_temp(c.temperature_c), fmt_pct(c.utilization_pct),
+            fmt_memory(c.memory_used_bytes, c.memory_total_bytes, short=True),
+            fmt_power(c.power_w), status_text(c.status.value),
+            cell(", ".join(dict.fromkeys(p.check for p in c.problems)) or ("error" if c.error else "")),
+        ])
+    return fitted_table(cols, width, title)
+
+
+def _add(cols: list[Col], values: list[Text | str]) -> None:
+    for c, v in zip(cols, values, strict=True):
+        c.cells.append(v)
 
 
 def problem_details(hosts: Iterable[HostRow], *, unhealthy_only: bool = False) -> Text:
@@ -210,56 +298,104 @@ def problem_details(hosts: Iterable[HostRow], *, unhealthy_only: bool = False) -
 _SEVERITY_STATUS = {"critical": "unhealthy", "warning": "degraded", "info": "healthy"}
 
 
-def render_report(report: FleetReport, *, chips: bool = False, unhealthy: bool = False,
-                  group_by: str | None = None, sort: str = "status") -> RenderableType:
-    """The summary line and the table(s); ``group_by`` gives one titled table per group."""
-    hosts = sorted(report.hosts, key=sort_key(sort))
-    if unhealthy:
-        hosts = [h for h in hosts if h.status is not HostHealth.HEALTHY]
+def render_report(report: FleetReport, view: HealthView | None = None, *, width: int | None = None,
+                  terminal: bool = True, **options: Any) -> RenderableType:
+    """The summary line and the table(s); ``group_by`` gives one titled table per group. ``width``: the
+    screen's (columns give way to PROBLEMS); not ``terminal``: every problem, for a pipe. ``options``:
+    HealthView's fields, instead of ``view``."""
+    view = view or HealthView(**options)
+    limit = None if view.wide or not terminal else MAX_PROBLEMS_SHOWN
+    hosts = report.hosts if view.chips else selected_hosts(report.hosts, view)
     parts: list[RenderableType] = [summary_line(report)]
-    if unhealthy and not hosts:
+    if view.unhealthy and not selected_hosts(report.hosts, view):
         parts.append(Text("no problems", style="green"))
         return Group(*parts)
     sections: list[tuple[str | None, list[HostRow]]]
-    if group_by:
-        keyed = sorted(hosts, key=lambda h: h.group_key(group_by))  # stable: keeps the sort inside
-        sections = [(k, list(g)) for k, g in groupby(keyed, key=lambda h: h.group_key(group_by))]
+    if view.group_by:
+        key = view.group_by
+        keyed = sorted(hosts, key=lambda h: h.group_key(key))  # stable: keeps the sort inside
+        sections = [(k, list(g)) for k, g in groupby(keyed, key=lambda h: h.group_key(key))]
     else:
         sections = [(None, hosts)]
-    for key, rows in sections:
+    for value, rows in sections:
         title: Text | None = None
-        if key is not None:
+        if value is not None:
             s = summarize(rows)
             counts = ", ".join(f"{n} {name}" for name, n in s.hosts.items() if n)
-            title = outside(f"{group_by}={key} ({counts})", limit=CELL_LIMIT)
-        if chips:
-            parts.append(chips_table(rows, unhealthy_only=unhealthy, title=title))
-            details = problem_details(rows, unhealthy_only=unhealthy)
+            title = outside(f"{view.group_by}={value} ({counts})", limit=CELL_LIMIT)
+        if view.chips:
+            parts.append(chips_table(rows, view, title=title, width=width))
+            details = problem_details(rows, unhealthy_only=view.unhealthy)
             if details:
                 parts.append(details)
         else:
-            parts.append(hosts_table(rows, title=title))
+            parts.append(hosts_table(rows, title=title, width=width, wide=view.wide, problems_limit=limit))
     return Group(*parts)
 
 
+def print_report(report: FleetReport, view: HealthView) -> None:
+    """The summary line and table(s) on stdout: drawn on a terminal, one line per row in a pipe."""
+    console = stdout_console()
+    terminal = console.is_terminal
+    show(render_report(report, view, width=console.width if terminal else None, terminal=terminal), console)
 
-def print_report(report: FleetReport, *, chips: bool, unhealthy: bool, group_by: str | None,
-                 sort: str) -> None:
-    """The summary line and table(s) on stdout."""
-    stdout_console().print(render_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by,
-                                         sort=sort))
+
+def names(report: FleetReport, view: HealthView) -> list[str]:
+    """``-o name``: the hosts the view would list, one name each (chips: the hosts with a chip listed)."""
+    if not view.chips:
+        return [h.name for h in selected_hosts(report.hosts, view)]
+    shown: dict[str, None] = {}
+    for h, c in sorted_chips(report.hosts, view.sort, reverse=view.reverse):
+        if chip_matches(c, view.statuses) and not (view.unhealthy and c.status.value == "healthy"):
+            shown.setdefault(h.name, None)
+    return list(shown)
 
 
-def live_drawer(stack: contextlib.ExitStack, *, chips: bool, unhealthy: bool, group_by: str | None,
-                sort: str, every: float) -> Callable[[FleetReport], None]:
-    """``--watch``: the tables redrawn in place each round, under a time stamp; the live display
-    lasts as long as ``stack``."""
-    live = stack.enter_context(Live(Text("asking the fleet..."), console=stdout_console(), auto_refresh=False,
+Body = Callable[[FleetReport, "int | None"], RenderableType]
+
+
+def live_drawer(stack: contextlib.ExitStack, view: HealthView | None = None, *, every: float,
+                body: Body | None = None, **options: Any) -> Callable[[FleetReport], None]:
+    """``--watch``: on a terminal the tables redrawn in place each round under a time stamp, with a
+    last line that says how many rows the screen hides; in a pipe each round printed in full after a
+    time-stamped line (a log of rounds). ``body(report, width)``: another view than the tables."""
+    view = view or HealthView(**options)
+    console = stdout_console()
+
+    def render(report: FleetReport, width: int | None) -> RenderableType:
+        if body is not None:
+            return body(report, width)
+        return render_report(report, view, width=width, terminal=width is not None)
+
+    if not console.is_terminal:
+        def log(report: FleetReport) -> None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            show(Text(f"--- {stamp} every {every:g}s"), console)
+            show(render(report, None), console)
+
+        return log
+    live = stack.enter_context(Live(Text("asking the fleet..."), console=console, auto_refresh=False,
                                     redirect_stdout=False, redirect_stderr=False))
 
     def draw(report: FleetReport) -> None:
         stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
-        live.update(Group(stamp, render_report(report, chips=chips, unhealthy=unhealthy, group_by=group_by,
-                                               sort=sort)), refresh=True)
+        shown = Group(stamp, render(report, console.width))
+        live.update(fit_screen(console, shown, console.height), refresh=True)
 
     return draw
+
+
+def fit_screen(console: Console, body: RenderableType, height: int) -> RenderableType:
+    """``body`` cut to ``height`` lines, its last line saying how many it hides (Live would cut silently)."""
+    lines = console.render_lines(body, console.options.update(height=None), pad=False)
+    if len(lines) <= height:
+        return body
+    keep = max(height - 1, 0)
+    hidden = len(lines) - keep
+    segments: list[Segment] = []
+    for line in lines[:keep]:
+        segments.extend(line)
+        segments.append(Segment.line())
+    note = Text(f"... {hidden} more lines below: a taller terminal, --unhealthy, --status or --summary",
+                style="dim")
+    return Group(Segments(segments), note)

@@ -135,7 +135,7 @@ def fleetctl(*args: str, cache: Path, timeout: float = 60) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimFleet]:
-    f = start_sim_fleet(tmp_path_factory.mktemp("simfleet"), SCENARIO, 6, lo=19100, hi=19199)
+    f = start_sim_fleet(tmp_path_factory.mktemp("simfleet"), SCENARIO, 6, lo=36000, hi=36499)
     yield f
     stop(f)
 
@@ -176,7 +176,9 @@ def test_tables_and_patterns(fleet: SimFleet, tmp_path: Path) -> None:
     chips = fleetctl("health", "-i", inv, "--unhealthy", "--chips", cache=tmp_path)
     assert chips.returncode == 1
     rows = [line.split() for line in chips.stdout.splitlines()[2:] if line.startswith(("h100", "v5e"))]
-    assert ["h100-0001", "5", "gpu"] == rows[0][:3]
+    # host-level rows (no chip) first, then the chips worst first
+    assert rows[0][:2] == ["v5e-0001", "-"]
+    assert ["h100-0001", "5", "gpu"] == next(r for r in rows if r[1] != "-")[:3]
     assert any(r[:2] == ["v5e-0001", "-"] and "chip_count" in r for r in rows)
     assert not any(r[0] in ("h100-0000", "h100-0003") for r in rows)
     healthy = fleetctl("health", "-i", inv, "h100-0000,h100-0003", cache=tmp_path)
@@ -209,7 +211,7 @@ def test_inventory_command_lists_the_fleet(fleet: SimFleet, tmp_path: Path) -> N
 
 
 def test_token_from_group_vars(tmp_path: Path) -> None:
-    f = start_sim_fleet(tmp_path, SCENARIO, 6, lo=19200, hi=19299, args=("--token", "s3cret-t0ken"))
+    f = start_sim_fleet(tmp_path, SCENARIO, 6, lo=36500, hi=36899, args=("--token", "s3cret-t0ken"))
     try:
         # sim-fleet's inventory carries the token; take it out to see the agents refuse.
         inv = yaml.safe_load(f.inventory.read_text())
@@ -242,3 +244,38 @@ def test_inventory_json_masks_secrets(tmp_path: Path) -> None:
     bad = fleetctl("inventory", "-i", str(inv), "nosuch", cache=tmp_path / "c")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "matches no host" in bad.stderr
+
+
+def test_pipes_get_one_line_per_host_and_the_on_call_views(fleet: SimFleet, tmp_path: Path) -> None:
+    inv = str(fleet.inventory)
+    table = fleetctl("health", "-i", inv, cache=tmp_path)  # stdout is a pipe here
+    hot = [line for line in table.stdout.splitlines() if line.startswith("h100-0001 ")]
+    assert len(hot) == 1 and "#5 temperature" in hot[0]  # its problems on its own line, whole
+    assert len(table.stdout.splitlines()) == 2 + len(EXPECTED)
+    names = fleetctl("health", "-i", inv, "--status", "degraded,unhealthy", "-o", "name", cache=tmp_path)
+    assert names.returncode == 1 and names.stdout.split() == ["h100-0001", "v5e-0001", "h100-0002"]
+    # several patterns, joined as Ansible joins them
+    some = fleetctl("health", "-i", inv, "h100", "!h100-0001", "-o", "name", "--sort", "name", cache=tmp_path)
+    assert some.stdout.split() == ["h100-0000", "h100-0002", "h100-0003"], some.stderr
+    summary = fleetctl("health", "-i", inv, "--summary", "--group-by", "group", "-o", "json", cache=tmp_path)
+    groups = {g["key"]: g for g in json.loads(summary.stdout)["groups"]}
+    gpus = groups["gpu_nodes"]
+    assert gpus["hostlist"] == "h100-[0000-0003]" and gpus["by_status"]["unhealthy"] == "h100-0001"
+    fleet_map = fleetctl("health", "-i", inv, "--map", cache=tmp_path)
+    assert "gpu_nodes " in fleet_map.stdout and "· healthy 3  o degraded 1  X unhealthy 2" in fleet_map.stdout
+    chips = fleetctl("health", "-i", inv, "--chips", "--sort", "temp", "-o", "name", cache=tmp_path)
+    assert chips.stdout.split()[0] == "h100-0001"  # the throttled chip is the hottest of all
+    bad = fleetctl("health", "-i", inv, "--group-by", "rak", cache=tmp_path)
+    assert bad.returncode == 2 and "--group-by 'rak'" in bad.stderr
+
+
+def test_watch_in_a_pipe_prints_rounds_with_time_stamps(fleet: SimFleet, tmp_path: Path) -> None:
+    proc = subprocess.Popen([FLEETCTL, "health", "-i", str(fleet.inventory), "--watch", "0.3", "--unhealthy"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FLEETCTL_CACHE_DIR": str(tmp_path)})
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    stamps = [line for line in out.splitlines() if line.startswith("--- ")]
+    assert len(stamps) >= 2, out + err
+    assert out.count("h100-0001  unhealthy") == len(stamps)

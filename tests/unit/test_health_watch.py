@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from fleetctl.commands.health import _watch
-from fleetctl.report import FleetReport
+from fleetctl.report import FleetReport, HealthView
+from fleetctl.views.output import OutputFormat
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +47,8 @@ def test_a_ctrl_c_lost_in_a_finalizer_still_ends_the_watch(as_json: bool,
         return FleetReport(generated_at=time.time(), source="agents", hosts=[])
 
     before = signal.getsignal(signal.SIGINT)
-    code = _watch(collect, 0.01, as_json=as_json, chips=False, unhealthy=False, group_by=None, sort="status")
+    code = _watch(collect, 0.01, HealthView(), fmt=OutputFormat.json if as_json else OutputFormat.table,
+                  mode="table")
     assert rounds == 1 and code == 0
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
     if as_json:
@@ -65,7 +67,7 @@ def test_ctrl_c_while_waiting_ends_the_watch_at_once() -> None:
     previous = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         started = time.monotonic()
-        _watch(collect, 30.0, as_json=True, chips=False, unhealthy=False, group_by=None, sort="status")
+        _watch(collect, 30.0, HealthView(), fmt=OutputFormat.json, mode="table")
         assert rounds == 1 and time.monotonic() - started < 10
     finally:
         signal.signal(signal.SIGALRM, previous)
@@ -83,5 +85,5 @@ def test_a_watch_started_with_ctrl_c_ignored_leaves_it_ignored() -> None:
             raise KeyboardInterrupt  # ends the test's watch the way Ctrl-C would
         return FleetReport(generated_at=time.time(), source="agents", hosts=[])
 
-    _watch(collect, 0.01, as_json=True, chips=False, unhealthy=False, group_by=None, sort="status")
+    _watch(collect, 0.01, HealthView(), fmt=OutputFormat.json, mode="table")
     assert rounds == 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN

@@ -237,3 +237,38 @@ def test_impossible_numbers_from_one_agent_leave_the_table_and_json_whole() -> N
     console.print(render_report(report, chips=True))
     text = console.export_text()
     assert not re.search(r"\d{20}", text) and "fine" in text
+
+
+def test_host_sorts_by_power_memory_and_xid_largest_first_and_reversed() -> None:
+    from fleetctl.report import sorted_hosts
+
+    small, big, xids = node(chips=1), node(chips=4), node(chip_problem=XID)
+    hosts = [row(small, name="small"), row(big, name="big"), row(xids, name="xids"),
+             host_row_failed("dead", "127.0.0.1", 1, (), reachable=False, kind="timeout", reason="t")]
+    assert [h.name for h in sorted_hosts(hosts, "power")] == ["big", "xids", "small", "dead"]
+    assert [h.name for h in sorted_hosts(hosts, "memory")] == ["big", "xids", "small", "dead"]
+    assert next(h.name for h in sorted_hosts(hosts, "xid")) == "xids"
+    assert [h.name for h in sorted_hosts(hosts, "power", reverse=True)] == ["dead", "small", "xids", "big"]
+
+
+def test_chip_sorts_order_chips_across_hosts() -> None:
+    from fleetctl.report import sorted_chips
+
+    a, b = node(chips=2), node(chips=3, chip_problem=XID)
+    hosts = [row(a, name="a"), row(b, name="b")]
+    # temperatures: a 50, 60; b 50, 60, 70
+    assert [(h.name, c.index) for h, c in sorted_chips(hosts, "temp")] == [
+        ("b", 2), ("a", 1), ("b", 1), ("a", 0), ("b", 0)]
+    assert next((h.name, c.index) for h, c in sorted_chips(hosts, "xid")) == ("b", 1)
+    assert next((h.name, c.index) for h, c in sorted_chips(hosts, "status")) == ("b", 1)
+    assert next((h.name, c.index) for h, c in sorted_chips(hosts, "name", reverse=True)) == ("b", 2)
+
+
+def test_view_selection_filters_by_state() -> None:
+    from fleetctl.report import HealthView, selected_hosts
+
+    hosts = fleet().hosts
+    chosen = selected_hosts(hosts, HealthView(statuses=frozenset({"unreachable", "healthy"}), sort="name"))
+    assert {h.status.value for h in chosen} <= {"unreachable", "healthy"} and chosen
+    assert [h.name for h in chosen] == sorted(h.name for h in chosen)
+    assert all(h.status is not HostHealth.HEALTHY for h in selected_hosts(hosts, HealthView(unhealthy=True)))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import textwrap
 
 from fleet_agent.schema import Action, ChipReport, HostMetrics, NodeReport, Problem, Severity, Status
-from rich.console import Console
+from rich.console import Console, Group
+from rich.table import Table
 
 from fleetctl.report import FleetReport, HostRow, ProblemRow
 from fleetctl.report.build import host_row_failed, host_row_from_node
@@ -45,8 +46,9 @@ def fleet() -> FleetReport:
 
 
 def render(width: int = 130, **kwargs: object) -> str:
+    """The report drawn for a terminal ``width`` columns wide (the columns fitted to it)."""
     console = Console(width=width, record=True, color_system=None, force_terminal=False, file=open("/dev/null", "w"))
-    console.print(render_report(fleet(), **kwargs))  # type: ignore[arg-type]
+    console.print(render_report(fleet(), width=width, **kwargs))  # type: ignore[arg-type]
     return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
 
 
@@ -71,9 +73,9 @@ def test_unhealthy_chips_view_with_details() -> None:
     assert render(chips=True, unhealthy=True) == expected("""
         6 hosts: 2 healthy, 1 degraded, 1 error, 1 unreachable, 1 unhealthy; 8 chips: 6 healthy, 1 degraded, 1 unhealthy (0.42s)
         HOST       CHIP  KIND  MODEL           TEMP  UTIL  MEMORY  POWER  STATUS       PROBLEMS
-        h100-0002     1  gpu   H100 80GB HBM3  80°C   50%  40/80G  350 W  unhealthy    xid
         h100-0004     -  -     -                  -     -       -      -  unreachable  timeout: no response within 5s
         v5e-0002      -  -     -                  -     -       -      -  error        unauthorized: HTTP 401
+        h100-0002     1  gpu   H100 80GB HBM3  80°C   50%  40/80G  350 W  unhealthy    xid
         h100-0003     0  gpu   H100 80GB HBM3  80°C   50%  40/80G  350 W  degraded     temperature
         h100-0002 #1 xid: XID 79: GPU has fallen off the bus (action: reboot)
         h100-0003 #0 temperature: core at 88 C (action: check_cooling)
@@ -109,3 +111,104 @@ def test_small_formatters() -> None:
     assert fmt_memory(None, None) == "-" and fmt_memory(2**30, None) == "1/? GiB"
     rows = [ProblemRow("xid", "critical", "m", "reboot", chip) for chip in (1, 2, 3, 4)]
     assert problems_short(rows) == "#1 xid, #2 xid, #3 xid +1"
+
+
+# --- narrow terminals, pipes, chip-level sorting and filters (issue 16) ----------------------------
+
+
+def test_at_80_and_60_columns_problems_stay_whole_and_other_columns_give_way() -> None:
+    at80 = render(80)
+    assert "MEMORY" not in at80 and "PROBLEMS" in at80 and "#0 temperature" in at80
+    assert all(len(line) <= 80 for line in at80.splitlines())
+    at60 = render(60)
+    header = next(line for line in at60.splitlines() if line.startswith("HOST"))
+    assert header.split() == ["HOST", "STATUS", "CHIPS", "PROBLEMS"]
+    assert "#0 temperature" in at60 and "unauthorized: HTTP 401" in at60
+    # every host name whole on its own row
+    assert {line.split()[0] for line in at60.splitlines()[3:] if line.strip()} >= {
+        "h100-0001", "h100-0002", "h100-0003", "h100-0004", "v5e-0001", "v5e-0002"}
+
+
+def test_pipe_lines_are_one_host_each_with_every_problem() -> None:
+    from fleetctl.views.console import plain_lines
+
+    many = [ProblemRow("xid", "critical", "m", "reboot", chip) for chip in range(5)]
+    report = fleet()
+    report.hosts[1].problems = many
+    group = render_report(report, terminal=False)
+    assert isinstance(group, Group)
+    table = group.renderables[1]
+    assert isinstance(table, Table)
+    lines = plain_lines(table)
+    row = next(line for line in lines if line.startswith("h100-0002"))
+    assert "#0 xid, #1 xid, #2 xid, #3 xid, #4 xid" in row and "+2" not in row
+    assert len(lines) == 1 + len(report.hosts)
+
+
+def test_wide_adds_power_address_and_agent() -> None:
+    out = render(200, wide=True)
+    header = next(line for line in out.splitlines() if line.startswith("HOST"))
+    assert header.split()[7:11] == ["POWER", "ADDRESS", "AGENT", "PROBLEMS"]
+    assert "127.0.0.1:19001" in out and "700 W" in out
+
+
+def test_chips_sorted_by_temperature_are_chips_not_hosts() -> None:
+    out = render(chips=True, sort="temp")
+    chip_rows = [line.split()[:2] for line in out.splitlines()[2:] if line[:1] in "hv" and " #" not in line]
+    chips = [r for r in chip_rows if r[1] != "-"]
+    # the two hot chips (80 C) of two different hosts first, then the cool ones by host and index
+    assert chips[:2] == [["h100-0002", "1"], ["h100-0003", "0"]]
+    assert chips[2] == ["h100-0001", "0"]
+    reverse = render(chips=True, sort="temp", reverse=True)
+    last = [line.split()[:2] for line in reverse.splitlines()
+            if line.startswith("h100-0002 ") and " #" not in line][-1]
+    assert last == ["h100-0002", "1"]
+
+
+def test_status_filter_applies_to_hosts_and_with_chips_to_chips() -> None:
+    hosts_out = render(statuses=frozenset({"degraded", "error"}))
+    assert [line.split()[0] for line in hosts_out.splitlines()[2:]] == ["v5e-0002", "h100-0003"]
+    chips_out = render(chips=True, statuses=frozenset({"unhealthy"}))
+    rows = [line.split()[:2] for line in chips_out.splitlines()[2:] if "#" not in line]
+    assert rows == [["h100-0002", "1"]]
+
+
+def test_names_follow_the_filters() -> None:
+    from fleetctl.report import HealthView
+    from fleetctl.views.health import names
+
+    # worst first: unhealthy ranks above unreachable (fleet_agent.verdict's order)
+    assert names(fleet(), HealthView(statuses=frozenset({"unhealthy", "unreachable"}))) == [
+        "h100-0002", "h100-0004"]
+    assert names(fleet(), HealthView(sort="name", unhealthy=True)) == [
+        "h100-0002", "h100-0003", "h100-0004", "v5e-0002"]
+    assert names(fleet(), HealthView(chips=True, statuses=frozenset({"degraded"}))) == ["h100-0003"]
+
+
+def test_the_live_view_says_how_many_lines_it_hides() -> None:
+    from fleetctl.views.health import fit_screen
+
+    console = Console(width=130, record=True, color_system=None, file=open("/dev/null", "w"))
+    body = render_report(fleet())
+    whole = fit_screen(console, body, 50)
+    assert whole is body
+    console.print(fit_screen(console, body, 5))
+    lines = console.export_text().splitlines()
+    assert len(lines) == 5 and lines[-1].startswith("... 4 more lines below")
+
+
+def test_watch_in_a_pipe_prints_each_round_after_a_time_stamp(capsys: object) -> None:
+    import contextlib
+    import re
+
+    from fleetctl.report import HealthView
+    from fleetctl.views.health import live_drawer
+
+    with contextlib.ExitStack() as stack:
+        draw = live_drawer(stack, HealthView(), every=2.0)
+        draw(fleet())
+        draw(fleet())
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    stamps = re.findall(r"^--- \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* every 2s$", out, re.M)
+    assert len(stamps) == 2
+    assert out.count("h100-0002  unhealthy") == 2
