@@ -55,7 +55,15 @@ fi
 
 if ! docker_up; then
     echo "system-deps: starting dockerd"
-    nohup dockerd >/var/log/dockerd.log 2>&1 &
+    # Only stdin/stdout/stderr go with it: a long-lived daemon that inherits its caller's other
+    # descriptors holds them for ever (a `flock LOCK make test` would never release LOCK).
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            n=${fd##*/}
+            if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi
+        done
+        exec nohup dockerd </dev/null >/var/log/dockerd.log 2>&1
+    ) &
     for _ in $(seq 60); do docker_up && break; sleep 1; done
     docker_up || { echo "system-deps: dockerd did not start (see /var/log/dockerd.log)" >&2; exit 1; }
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -212,7 +213,12 @@ def test_sigterm_with_open_keep_alive_scrapes_is_clean(
         c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
         sockets.append(c)
     _stall(agent.port, 4, sockets)
-    time.sleep(0.5)
+    # Wait until the agent holds them all (events, not a pause): an answer has begun on each unread
+    # pipeline, and a probe opened after the stalled connections is answered (the agent accepts
+    # connections in the order they came).
+    for c in sockets[12:16]:
+        assert select.select([c], [], [], 10)[0], "no answer began on a pipelined connection"
+    assert agent.get("/healthz").status == 200
     t0 = time.monotonic()
     agent.proc.send_signal(signal.SIGTERM)
     rc = agent.proc.wait(10)

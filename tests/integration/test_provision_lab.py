@@ -90,3 +90,59 @@ def test_provision_site_over_ssh_then_health_shows_three_healthy_hosts(lab_env: 
     assert {h["name"]: h["status"] for h in report["hosts"]} == dict.fromkeys(LAB_HOSTS, "healthy")
     assert all(h["chips_present"] > 0 and h["chips_ok"] == h["chips_present"] for h in report["hosts"])
 
+
+
+BATCH_PLAYBOOK = """\
+- name: A rollout that breaks on lab-node1
+  hosts: lab
+  gather_facts: false
+  tasks:
+    - name: Leave a mark where this run got to
+      ansible.builtin.copy:
+        content: "{{ marker }}\\n"
+        dest: "{{ marker }}"
+        mode: "0644"
+    - name: Fail on lab-node1
+      ansible.builtin.fail:
+        msg: "lab-node1 breaks the rollout"
+      when: inventory_hostname == 'lab-node1'
+"""
+
+
+def _marked(lab: ModuleType, marker: str) -> set[str]:
+    """The lab hosts on which ``marker`` exists (read through docker, not through Ansible)."""
+    return {host.name for host in lab.lab_hosts()
+            if subprocess.run(["docker", "exec", host.container, "test", "-e", marker],
+                              check=False).returncode == 0}
+
+
+def test_batch_rollout_stops_after_the_batch_in_which_a_host_failed(lab_env: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    # Real ansible-runner over real SSH: batches of 2, lab-node1 fails in batch 1 (lab-node1 and
+    # lab-node2), so batch 2 (lab-node3) is never started: the host is not touched at all.
+    lab = _lab_module()
+    playbook = tmp_path / "rollout.yml"
+    playbook.write_text(BATCH_PLAYBOOK)
+    marker = f"/tmp/fleetctl-batch-{tmp_path.name}-{os.getpid()}"
+    try:
+        done = fleetctl(lab_env, "provision", "lab", "--playbook", str(playbook), "--batch", "2",
+                        "-e", f"marker={marker}", "--json")
+        assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-4000:]
+        result = json.loads(done.stdout)
+        assert result["status"] == "failed"
+        assert result["message"] == "stopped after batch 1 of 2: a host failed"
+        hosts = {h["host"]: h for h in result["hosts"]}
+        assert hosts["lab-node1"]["state"] == "failed" and hosts["lab-node1"]["failed"] == 1
+        assert hosts["lab-node2"]["state"] in ("ok", "changed") and hosts["lab-node2"]["failed"] == 0
+        assert "lab-node3" not in hosts or hosts["lab-node3"]["ok"] + hosts["lab-node3"]["changed"] == 0
+        assert _marked(lab, marker) == {"lab-node1", "lab-node2"}
+
+        record = json.loads(fleetctl(lab_env, "runs", "show", result["run_id"], "--json").stdout)
+        assert record["status"] == "failed"
+        assert record["message"] == "stopped after batch 1 of 2: a host failed"
+        # one ansible-runner run per started batch (its artifacts under the batch's ident), none for 2
+        artifacts = Path(record["artifacts"])
+        assert (artifacts / "batch-1").is_dir() and not (artifacts / "batch-2").exists()
+    finally:
+        for host in lab.lab_hosts():
+            subprocess.run(["docker", "exec", host.container, "rm", "-f", marker], check=False)

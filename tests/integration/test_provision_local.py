@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,7 +195,16 @@ def test_vault_secrets_never_reach_records_artifacts_or_output(tmp_path: Path) -
 
     wrong = fleetctl(tmp_path, "provision", "-i", str(inventory), "-p", str(TINY), "--ask-vault-pass",
                      "--tags", "marker", stdin="not-the-password\n")
-    assert wrong.returncode != 0
+    # A wrong password is a failed run (exit 1) that names the cause on the host's line: not a crash,
+    # not a usage error, not a hang at a second prompt.
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "Traceback" not in wrong.stderr, wrong.stderr
+    decryption = [line for line in wrong.stdout.splitlines()
+                  if line.startswith("  a: failed: Write a marker file: ")]
+    assert len(decryption) == 1, wrong.stdout
+    assert decryption[0].endswith("Decryption failed (no vault secrets were found that could decrypt)."), \
+        decryption
+    assert re.search(r"^run \S+ failed: 1 failed$", wrong.stdout, re.MULTILINE), wrong.stdout
 
     state = tmp_path / "state"
     for text in (by_file.stdout, by_file.stderr, prompted.stdout, prompted.stderr, wrong.stdout):

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
     (keys / "known_hosts").write_text(known)
     (keys / "stranger_known_hosts").write_text("")
     # paramiko ignores ssh options and reads ~/.ssh/known_hosts: only p2 is known there
-    home_ssh = tmp_path / "home" / ".ssh"
+    home = tempfile.mkdtemp(prefix="fp-")  # short: ssh's ControlPath socket lives under it (108 bytes)
+    home_ssh = Path(home) / ".ssh"
     home_ssh.mkdir(parents=True)
     (home_ssh / "known_hosts").write_text(known.splitlines(keepends=True)[1])
     containers: list[str] = []
@@ -79,9 +81,10 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "FLEETCTL_"))}
         (tmp_path / "state").mkdir(exist_ok=True)  # fleetctl creates no directory named by --db
         env.update(FLEETCTL_DB=str(tmp_path / "state" / "fleetctl.db"), FLEETCTL_INVENTORY=str(inventory),
-                   FLEETCTL_CACHE_DIR=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
+                   FLEETCTL_CACHE_DIR=str(tmp_path / "cache"), HOME=home)
         yield {"tmp": tmp_path, "env": env, "keys": keys}
     finally:
+        shutil.rmtree(home, ignore_errors=True)
         for cname in containers:
             docker("rm", "-f", cname, check=False)
 

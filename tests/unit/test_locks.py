@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
 import subprocess
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +97,55 @@ def test_concurrent_acquires_from_two_connections_have_one_winner(tmp_path: Path
     locks.acquire(first, ["n1", "n2"], holder("run-1"))
     with pytest.raises(locks.LocksHeld):
         locks.acquire(second, ["n2"], holder("run-2"))
+
+
+ROUNDS = 200
+WORKERS = 4
+
+
+def _race_worker(path: str, name: str, barrier: Any, results: Any) -> None:
+    """One contender: each round, wait for every other one, then grab that round's host."""
+    conn = db.connect(Path(path), schema=locks.SCHEMA)
+    me = holder(name)
+    for round_no in range(ROUNDS):
+        barrier.wait(timeout=60)
+        try:
+            locks.acquire(conn, [f"n{round_no}", "shared"], me)
+        except locks.LocksHeld:
+            won = False
+        else:
+            won = True
+            # hold the round's host until every contender has tried, then hand "shared" back
+        barrier.wait(timeout=60)
+        if won:
+            locks.release(conn, name, ["shared"])
+        results.put((round_no, name, won))
+    conn.close()
+
+
+def test_processes_racing_for_a_host_never_both_win(tmp_path: Path) -> None:
+    # Real processes on one SQLite file released together by a barrier each round: the transaction
+    # around the read-check-write in acquire is what keeps this at exactly one winner.
+    path = tmp_path / "state.db"
+    db.connect(path, schema=locks.SCHEMA).close()
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(WORKERS)
+    results = ctx.Queue()
+    names = [f"run-{i}" for i in range(WORKERS)]
+    procs = [ctx.Process(target=_race_worker, args=(str(path), n, barrier, results)) for n in names]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=120) for _ in range(ROUNDS * WORKERS)]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    winners: dict[int, list[str]] = {r: [] for r in range(ROUNDS)}
+    for round_no, name, won in outcomes:
+        if won:
+            winners[round_no].append(name)
+    assert {r: len(w) for r, w in winners.items() if len(w) != 1} == {}
+    # no lost acquisition: the database names each round's winner as the holder of its host
+    conn = db.connect(path, schema=locks.SCHEMA)
+    # (include_stale: the contenders have exited, so their locks no longer count as live)
+    held_by = {lk.host: lk.holder.id for lk in locks.held(conn, include_stale=True)}
+    assert held_by == {f"n{r}": winners[r][0] for r in range(ROUNDS)}
