@@ -1,9 +1,13 @@
 """Build the fleet report from a Prometheus server that scrapes the agents (for very large fleets).
 
-A handful of instant queries (``/api/v1/query``) over the agent's metrics (docs/metrics.md) replace
-one request per host. Hosts are matched by the ``host`` label that ``fleetctl prometheus targets``
-puts on every file_sd target. The metrics are turned back into node reports, so the controller's
-own checks (expected chips, sample age) run exactly as for direct fan-out.
+Instant queries (``/api/v1/query``) over the agent's metrics (docs/metrics.md) replace one request per
+host. Hosts are matched by the ``host`` label that ``fleetctl prometheus targets`` puts on every file_sd
+target. With the recording rules of deploy/prometheus/rules/fleetctl-report.rules.yml loaded, the fleet-
+sized part is a few series per host (``up`` and the per-host summaries); only the hosts whose summary is
+not clean (and every host of a small selection) are read chip by chip. Prometheus's cost follows the
+series a query selects, so this keeps the per-chip selections the size of the faults. Without the rules,
+the per-chip queries cover the whole fleet, as before. Either way the metrics are turned back into node
+reports where chips matter, so the controller's own checks run exactly as for direct fan-out.
 """
 
 from __future__ import annotations
@@ -11,17 +15,19 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import http.client
-import json
 import math
+import os
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 from fleet_agent.schema import (
     SCHEMA_VERSION,
     Action,
@@ -32,13 +38,15 @@ from fleet_agent.schema import (
     Severity,
     Status,
 )
+from fleet_agent.verdict import STALE_MIN_S
 
 from fleetctl.errors import UsageError
 from fleetctl.inventory import Host
-from fleetctl.report import FleetReport, HostRow
+from fleetctl.report import FleetReport, HostHealth, HostRow
 from fleetctl.report.build import host_row_failed, host_row_from_node
 
 ENV_URL = "FLEETCTL_PROMETHEUS_URL"
+ENV_DETAIL = "FLEETCTL_PROMETHEUS_DETAIL_HOSTS"
 
 # Metric name -> ChipReport field, for the per-chip gauges we show.
 _CHIP_GAUGES = {
@@ -50,17 +58,72 @@ _CHIP_GAUGES = {
     "fleet_chip_stale": "stale",
 }
 _NODE_GAUGES = ("fleet_sample_timestamp_seconds", "fleet_node_chips_expected", "fleet_node_drained")
-QUERIES: tuple[str, ...] = (
-    "up", "fleet_node_status == 1", "fleet_chip_status == 1", "fleet_health_check_failing == 1",
-    "fleet_agent_info", *_NODE_GAUGES, *_CHIP_GAUGES,
+# Per-host detail: (metric, what follows the selector). Without the rules: over every host.
+_DETAIL: tuple[tuple[str, str], ...] = (
+    ("fleet_node_status", " == 1"), ("fleet_chip_status", " == 1"), ("fleet_health_check_failing", " == 1"),
+    ("fleet_agent_info", ""), *((name, "") for name in _NODE_GAUGES), *((name, "") for name in _CHIP_GAUGES),
 )
+QUERIES: tuple[str, ...] = ("up", *(name + tail for name, tail in _DETAIL))
+
+# The recording rules' series (deploy/prometheus/rules/fleetctl-report.rules.yml).
+RULES_INFO = "fleetctl:report_rules:info"
+SUMMARY = "fleetctl:host_summary"
+MODELS = "fleetctl:host_chip_models"
+AGENT_JOBS = "fleetctl:agent_jobs"
+RULE_QUERIES: tuple[str, ...] = (RULES_INFO, "up", SUMMARY, MODELS, AGENT_JOBS)
+NO_RULES = ("Prometheus has no fleetctl-report recording rules (deploy/prometheus/rules/"
+            "fleetctl-report.rules.yml): reading every chip's series instead (slow past ~10,000 hosts)")
+# A selection this small is read chip by chip even when every summary is clean.
+DETAIL_ALL_MAX_HOSTS = 1000
+# Hosts per detail query: the names travel in a POST body, in one regex matcher.
+_DETAIL_CHUNK = 2000
+
+DEFAULT_QUERY_TIMEOUT_S = 25.0
 
 
 class PrometheusError(UsageError):
     """Prometheus could not be queried (exit 2: the URL or the server is misconfigured)."""
 
 
-Sample = tuple[dict[str, str], float]
+class Labels(msgspec.Struct, frozen=True):
+    """The labels this module reads; every other label of an answer is skipped while decoding."""
+
+    host: str | None = None
+    job: str | None = None
+    instance: str | None = None
+    chip: str | None = None
+    kind: str | None = None
+    vendor: str | None = None
+    model: str | None = None
+    uuid: str | None = None
+    status: str | None = None
+    check: str | None = None
+    severity: str | None = None
+    version: str | None = None
+    summary: str | None = None
+
+
+Sample = tuple[Labels, float]
+
+
+class _Series(msgspec.Struct):
+    metric: Labels
+    value: tuple[float, str]
+
+
+class _Data(msgspec.Struct):
+    resultType: str
+    result: list[_Series] = []
+
+
+class _Answer(msgspec.Struct):
+    status: str
+    data: _Data | None = None
+    error: str | None = None
+    errorType: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Answer)
 
 
 class PromQuery(Protocol):
@@ -73,16 +136,17 @@ class PromQuery(Protocol):
 
 # An instant query's answer for 10,000 hosts x 8 chips is tens of MB; past this, something is wrong.
 MAX_ANSWER_BYTES = 512 * 1024 * 1024
-_READ_CHUNK = 1024 * 1024
 
 
 class HttpPrometheus:
-    """``GET {url}/api/v1/query?query=...`` with a timeout; errors name the URL (without credentials).
+    """``POST {url}/api/v1/query`` with a per-query time limit; errors name the URL (without credentials)
+    and the query.
 
-    ``user:password@`` in the URL is sent as HTTP basic auth (urllib would take it for the host).
+    The limit goes to Prometheus too (its ``timeout`` parameter), so a query past it is stopped there
+    rather than left running. ``user:password@`` in the URL is sent as HTTP basic auth.
     """
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, timeout_s: float = DEFAULT_QUERY_TIMEOUT_S) -> None:
         parsed = urllib.parse.urlsplit(url)
         shown = _without_credentials(parsed)
         try:
@@ -93,7 +157,7 @@ class HttpPrometheus:
             raise PrometheusError(f"--prometheus-url {shown!r}: expected http(s)://host[:port][/prefix]")
         self.url = shown.rstrip("/")
         self.timeout_s = timeout_s
-        self._headers = {"Accept": "application/json"}
+        self._headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
         if parsed.username is not None:
             user = urllib.parse.unquote(parsed.username)
             password = urllib.parse.unquote(parsed.password or "")
@@ -101,32 +165,43 @@ class HttpPrometheus:
             self._headers["Authorization"] = f"Basic {token}"
 
     def query(self, promql: str) -> list[Sample]:
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        request = urllib.request.Request(url, headers=self._headers)  # noqa: S310 - http(s) only, see __init__
+        shown = _shown(promql)
+        body = urllib.parse.urlencode({"query": promql, "timeout": f"{self.timeout_s:g}s"}).encode()
+        request = urllib.request.Request(f"{self.url}/api/v1/query", data=body, headers=self._headers)  # noqa: S310
+        slow = (f"{self.url}: query {shown} took longer than the {self.timeout_s:g}s query timeout "
+                f"(--query-timeout)")
         try:
-            # The scheme was checked in __init__ (http/https only).
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:  # noqa: S310
-                body = resp.read(MAX_ANSWER_BYTES + 1)
+            # The scheme was checked in __init__ (http/https only). Prometheus stops the query at
+            # timeout_s; the socket waits a little longer for that answer.
+            with urllib.request.urlopen(request, timeout=self.timeout_s + 2.0) as resp:  # noqa: S310
+                raw = resp.read(MAX_ANSWER_BYTES + 1)
                 missing = resp.length  # what Content-Length promised and the connection did not bring
         except urllib.error.HTTPError as exc:
-            raise PrometheusError(f"{self.url}: query {promql!r}: HTTP {exc.code} {exc.reason}"
-                                  + _error_text(exc)) from None
+            text = _error_text(exc)
+            if (exc.code == 503 and "timeout" in text.lower()) or "timed out" in text.lower():
+                raise PrometheusError(slow) from None
+            raise PrometheusError(f"{self.url}: query {shown}: HTTP {exc.code} {exc.reason}" + text) from None
+        except TimeoutError:
+            raise PrometheusError(slow) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError):
+                raise PrometheusError(slow) from None
             raise PrometheusError(f"{self.url}: cannot query Prometheus: {reason}") from None
         except http.client.HTTPException as exc:  # not HTTP, or the answer cut short
-            raise PrometheusError(f"{self.url}: query {promql!r}: broken HTTP answer "
+            raise PrometheusError(f"{self.url}: query {shown}: broken HTTP answer "
                                   f"({type(exc).__name__})") from None
         if missing:
-            raise PrometheusError(f"{self.url}: query {promql!r}: broken HTTP answer (cut short, "
+            raise PrometheusError(f"{self.url}: query {shown}: broken HTTP answer (cut short, "
                                   f"{missing} bytes missing)")
-        if len(body) > MAX_ANSWER_BYTES:
-            raise PrometheusError(f"{self.url}: query {promql!r}: answer over {MAX_ANSWER_BYTES} bytes")
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise PrometheusError(f"{self.url}: query {promql!r}: the answer is not JSON") from None
-        return parse_vector(doc, f"{self.url}: query {promql!r}")
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise PrometheusError(f"{self.url}: query {shown}: answer over {MAX_ANSWER_BYTES} bytes")
+        return parse_vector(raw, f"{self.url}: query {shown}")
+
+
+def _shown(promql: str) -> str:
+    """A query as named in messages: a detail query's long host list is clipped."""
+    return repr(promql if len(promql) <= 120 else promql[:100] + "...")
 
 
 def _without_credentials(parsed: urllib.parse.SplitResult) -> str:
@@ -138,30 +213,31 @@ def _without_credentials(parsed: urllib.parse.SplitResult) -> str:
 def _error_text(exc: urllib.error.HTTPError) -> str:
     """Prometheus's own ``error`` text from an error answer (a bad query: HTTP 400), if any."""
     try:
-        doc = json.loads(exc.read(64 * 1024))
-    except (ValueError, OSError, http.client.HTTPException):
+        answer = msgspec.json.decode(exc.read(64 * 1024), type=_Answer)
+    except (msgspec.DecodeError, OSError, http.client.HTTPException):
         return ""
-    error = doc.get("error") if isinstance(doc, dict) else None
-    return f": {str(error)[:200]}" if error else ""
+    return f": {answer.error[:200]}" if answer.error else ""
 
 
-def parse_vector(doc: Any, where: str) -> list[Sample]:
-    if not isinstance(doc, dict) or doc.get("status") != "success":
-        error = doc.get("error") if isinstance(doc, dict) else None
-        raise PrometheusError(f"{where}: {error or 'not a successful Prometheus answer'}")
-    data = doc.get("data")
-    if not isinstance(data, dict) or data.get("resultType") != "vector":
-        got = data.get("resultType") if isinstance(data, dict) else type(data).__name__
+def parse_vector(raw: bytes, where: str) -> list[Sample]:
+    """An instant query's JSON answer, decoded straight into typed samples."""
+    try:
+        answer = _DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise PrometheusError(f"{where}: malformed answer ({str(exc)[:120]})") from None
+    except msgspec.DecodeError:
+        raise PrometheusError(f"{where}: the answer is not JSON") from None
+    if answer.status != "success":
+        raise PrometheusError(f"{where}: {answer.error or 'not a successful Prometheus answer'}")
+    if answer.data is None or answer.data.resultType != "vector":
+        got = None if answer.data is None else answer.data.resultType
         raise PrometheusError(f"{where}: expected a vector, got {got!r}")
-    result = data.get("result")
-    if not isinstance(result, list):
-        raise PrometheusError(f"{where}: expected a list of series, got {type(result).__name__}")
     out: list[Sample] = []
-    for item in result:
+    for series in answer.data.result:
         try:
-            out.append((dict(item["metric"]), float(item["value"][1])))
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise PrometheusError(f"{where}: malformed series {str(item)[:80]}") from None
+            out.append((series.metric, float(series.value[1])))
+        except ValueError:
+            raise PrometheusError(f"{where}: malformed value {series.value[1][:40]!r}") from None
     return out
 
 
@@ -184,9 +260,9 @@ class _HostData:
         return max(ups) if ups else None
 
 
-def _chip_index(labels: dict[str, str]) -> int | None:
+def _chip_index(labels: Labels) -> int | None:
     try:
-        return int(labels.get("chip", ""))
+        return int(labels.chip or "")
     except ValueError:
         return None
 
@@ -201,20 +277,20 @@ def _gather(answers: dict[str, list[Sample]], wanted: set[str]) -> tuple[dict[st
     data: dict[str, _HostData] = defaultdict(_HostData)
     agent_jobs: set[str] = set()
     for promql, samples in answers.items():
-        name = promql.split(" ", 1)[0]
+        name = promql.split(" ", 1)[0].split("{", 1)[0]
         for labels, value in samples:
-            host = labels.get("host")
+            host = labels.host
             if host is None or host not in wanted or not math.isfinite(value):
                 continue
             d = data[host]
             if name == "up":
-                d.ups.append((labels.get("job"), labels.get("instance"), value))
+                d.ups.append((labels.job, labels.instance, value))
             elif name == "fleet_node_status":
-                d.status = _worst(d.status, labels.get("status"))
+                d.status = _worst(d.status, labels.status)
             elif name == "fleet_agent_info":
-                d.version = labels.get("version") or d.version
-                if "job" in labels:
-                    agent_jobs.add(labels["job"])
+                d.version = labels.version or d.version
+                if labels.job is not None:
+                    agent_jobs.add(labels.job)
             elif name in _NODE_GAUGES:
                 d.gauges[name] = value
             else:
@@ -234,10 +310,10 @@ def _gather(answers: dict[str, list[Sample]], wanted: set[str]) -> tuple[dict[st
                     continue
                 chip = d.chips.setdefault(idx, {})
                 for key in ("kind", "model", "uuid", "vendor"):
-                    if labels.get(key):
-                        chip.setdefault(key, labels[key])
+                    if getattr(labels, key):
+                        chip.setdefault(key, getattr(labels, key))
                 if name == "fleet_chip_status":
-                    chip["status"] = _worst(chip.get("status"), labels.get("status"))
+                    chip["status"] = _worst(chip.get("status"), labels.status)
                 elif name in _CHIP_GAUGES:
                     chip[_CHIP_GAUGES[name]] = value
     return data, agent_jobs
@@ -248,10 +324,10 @@ def _worst(current: Status | None, label: str | None) -> Status:
     return new if current is None else Status.worst([current, new])
 
 
-def _problem(labels: dict[str, str]) -> Problem:
-    check = labels.get("check", "?")
+def _problem(labels: Labels) -> Problem:
+    check = labels.check or "?"
     # Metrics carry no message nor action; the check's name is the message.
-    raw = labels.get("severity", "warning")
+    raw = labels.severity or "warning"
     try:
         return Problem(check=check, severity=Severity(raw), message=check, action=Action.NONE)
     except ValueError:  # a newer agent's severity: shown, as a warning, rather than dropped
@@ -292,24 +368,28 @@ def _node(host: Host, d: _HostData, now: float) -> NodeReport:
     )
 
 
-def _query_all(client: PromQuery, deadline_s: float) -> dict[str, list[Sample]]:
-    """Every query of :data:`QUERIES`, four at a time, all within ``deadline_s``."""
+def _query_all(client: PromQuery, queries: Sequence[str], deadline_s: float) -> dict[str, list[Sample]]:
+    """Every query, four at a time, all within ``deadline_s``; past it, the message names the
+    queries still unanswered."""
     # Daemon threads: a server trickling its answer (each read within the timeout) must not hold
     # the command past its deadline, at exit included (concurrent.futures joins its own threads).
     from fleet_agent.sampler import DaemonThreadPool
 
     pool = DaemonThreadPool(4, "prometheus")
-    futures = [pool.submit(client.query, q) for q in QUERIES]
+    futures = [pool.submit(client.query, q) for q in queries]
     try:
-        done, late = concurrent.futures.wait(futures, timeout=deadline_s,
+        done, late = concurrent.futures.wait(futures, timeout=max(deadline_s, 0.0),
                                              return_when=concurrent.futures.FIRST_EXCEPTION)
         for f in futures:
             if f in done and f.exception() is not None:
                 raise f.exception()  # type: ignore[misc]  # the first query that failed, as it failed
         if late:
             where = getattr(client, "url", "Prometheus")
-            raise PrometheusError(f"{where}: no complete answer within the {deadline_s:g}s deadline")
-        return {q: f.result() for q, f in zip(QUERIES, futures, strict=True)}
+            slow = [_shown(q) for q, f in zip(queries, futures, strict=True) if f in late]
+            more = f" and {len(slow) - 2} more" if len(slow) > 2 else ""
+            raise PrometheusError(f"{where}: no answer within the {deadline_s:g}s deadline (--deadline) to "
+                                  f"query {', '.join(slow[:2])}{more}")
+        return {q: f.result() for q, f in zip(queries, futures, strict=True)}
     finally:
         # Queries not started are dropped and the threads end once idle (`--watch` calls this
         # every round: nothing may accumulate).
@@ -318,13 +398,143 @@ def _query_all(client: PromQuery, deadline_s: float) -> dict[str, list[Sample]]:
         pool.shutdown(wait=False)
 
 
+def _regex_value(name: str) -> str:
+    """``name`` as a literal inside a PromQL regex in a double-quoted string (RE2 metacharacters
+    escaped, then the string's own escapes)."""
+    escaped = "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in name)
+    return escaped.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def detail_queries(names: Iterable[str]) -> list[str]:
+    """The per-chip queries restricted to ``names`` (sorted, in chunks): a set of literal names in
+    one regex, which Prometheus resolves from its index without scanning other hosts' series."""
+    ordered = sorted(set(names))
+    out: list[str] = []
+    for i in range(0, len(ordered), _DETAIL_CHUNK):
+        matcher = "|".join(_regex_value(n) for n in ordered[i:i + _DETAIL_CHUNK])
+        out.extend(f'{name}{{host=~"{matcher}"}}{tail}' for name, tail in _DETAIL)
+    return out
+
+
+@dataclass
+class _Summary:
+    """One host's line of ``fleetctl:host_summary`` (and ``fleetctl:host_chip_models``)."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    models: list[tuple[str, str, str, int]] = field(default_factory=list)  # kind, vendor, model, count
+    version: str | None = None
+
+
+class SummaryRow(HostRow):
+    """A host whose summary is clean (healthy, every chip healthy and present, a fresh sample):
+    its figures come from the recording rules, without per-chip detail."""
+
+    def __init__(self, base: HostRow, s: _Summary) -> None:
+        super().__init__(**{f: getattr(base, f) for f in HostRow.__dataclass_fields__})
+        self.summary_values = s.values
+        self.models = s.models
+
+    @property
+    def chips_present(self) -> int:
+        return int(self.summary_values.get("chips_present", 0))
+
+    @property
+    def chips_total(self) -> int:
+        return max(self.chips_present, self.chips_expected or 0)
+
+    @property
+    def chips_ok(self) -> int:
+        return int(self.summary_values.get("chips_healthy", 0))
+
+    @property
+    def max_temperature_c(self) -> float | None:
+        return self.summary_values.get("max_temperature_celsius")
+
+    @property
+    def mean_utilization_pct(self) -> float | None:
+        util = self.summary_values.get("mean_utilization_ratio")
+        return None if util is None else util * 100.0
+
+    @property
+    def memory_used_bytes(self) -> int | None:
+        used = self.summary_values.get("memory_used_bytes")
+        return None if used is None else int(used)
+
+    @property
+    def memory_total_bytes(self) -> int | None:
+        total = self.summary_values.get("memory_total_bytes")
+        return None if total is None else int(total)
+
+    @property
+    def power_w(self) -> float | None:
+        return self.summary_values.get("power_watts")
+
+
+def _summaries(answers: dict[str, list[Sample]], wanted: set[str]) -> dict[str, _Summary]:
+    out: dict[str, _Summary] = defaultdict(_Summary)
+    for labels, value in answers.get(SUMMARY, []):
+        if labels.host in wanted and labels.summary is not None and math.isfinite(value):
+            out[labels.host].values[labels.summary] = value
+    for labels, value in answers.get(MODELS, []):
+        if labels.host in wanted and math.isfinite(value):
+            s = out[labels.host]
+            s.models.append((labels.kind or "?", labels.vendor or "", labels.model or "?", int(value)))
+            s.version = labels.version or s.version
+    return out
+
+
+def _clean(h: Host, s: _Summary | None, now: float) -> bool:
+    """A summary that leaves nothing to look at: any doubt sends the host to the per-chip detail."""
+    if s is None:
+        return False
+    v = s.values
+    present, ts = v.get("chips_present"), v.get("sample_timestamp_seconds")
+    expected = h.expected_chips if h.expected_chips is not None else v.get("chips_expected")
+    return (v.get("node_healthy") == 1.0 and present is not None and ts is not None
+            and v.get("chips_healthy", 0.0) == present
+            and (expected is None or present >= expected)
+            and not v.get("drained") and 0.0 <= now - ts < STALE_MIN_S)
+
+
 def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: str = "", pattern: str = "all",
-                      now: float | None = None, deadline_s: float = 30.0) -> FleetReport:
-    """The fleet report for ``hosts`` from what Prometheus scraped last."""
+                      now: float | None = None, deadline_s: float = 30.0, use_rules: bool = True,
+                      detail_all: bool | None = None,
+                      notice: Callable[[str], None] | None = None) -> FleetReport:
+    """The fleet report for ``hosts`` from what Prometheus scraped last.
+
+    ``detail_all`` (default: a selection of at most :data:`DETAIL_ALL_MAX_HOSTS`) reads every host
+    chip by chip; otherwise hosts with a clean summary get a :class:`SummaryRow`. ``notice`` hears the
+    one line saying the rules are missing (stderr by default).
+    """
     started = time.monotonic()
-    answers = _query_all(client, deadline_s)
+    wanted = {h.name for h in hosts}
+    rules = False
+    if use_rules:
+        answers = _query_all(client, RULE_QUERIES, deadline_s)
+        rules = bool(answers[RULES_INFO])
+        if not rules:
+            (notice or _stderr)(NO_RULES)
+    if not rules:
+        answers = _query_all(client, QUERIES, deadline_s - (time.monotonic() - started))
+        summaries: dict[str, _Summary] = {}
+        detail = wanted
+    else:
+        now_s = time.time() if now is None else now
+        summaries = _summaries(answers, wanted)
+        if detail_all is None:
+            detail_all = len(hosts) <= _detail_max()
+        detail = wanted if detail_all else {h.name for h in hosts
+                                             if not _clean(h, summaries.get(h.name), now_s)}
+        ups = answers["up"]
+        jobs = [labels for labels, _ in answers[AGENT_JOBS]]
+        answers = _query_all(client, detail_queries(detail), deadline_s - (time.monotonic() - started)) \
+            if detail else {}
+        answers["up"] = ups
+        # The agent jobs come from the rules: the detail's fleet_agent_info covers the detail hosts only.
+        answers["fleet_agent_info"] = [*answers.get("fleet_agent_info", []),
+                                       *((labels, 1.0) for labels in jobs)]
     now = time.time() if now is None else now
-    data, agent_jobs = _gather(answers, {h.name for h in hosts})
+    data, agent_jobs = _gather(answers, wanted)
     rows: list[HostRow] = []
     for h in hosts:
         d = data.get(h.name)
@@ -337,6 +547,8 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=False,
                                         kind="scrape_failed", reason="Prometheus cannot scrape it (up=0)",
                                         expected_chips=h.expected_chips, host_vars=h.vars))
+        elif h.name not in detail:
+            rows.append(_summary_row(h, summaries[h.name], now))
         elif d.status is None:
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=True,
                                         kind="no_metrics", reason="scraped, but no fleet_node_status",
@@ -350,6 +562,31 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
             rows.append(row)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
                        pattern=pattern, duration_s=time.monotonic() - started)
+
+
+def _summary_row(h: Host, s: _Summary, now: float) -> SummaryRow:
+    ts = s.values["sample_timestamp_seconds"]
+    expected = h.expected_chips
+    if expected is None and "chips_expected" in s.values:
+        expected = int(s.values["chips_expected"])
+    base = HostRow(name=h.name, address=h.address, port=h.agent_port, groups=h.groups,
+                   status=HostHealth.HEALTHY, agent_version=s.version, sampled_at=ts,
+                   age_s=max(0.0, now - ts),
+                   chips_expected=expected, vars=h.vars)
+    return SummaryRow(base, s)
+
+
+def _detail_max() -> int:
+    """Up to this many selected hosts are read chip by chip (``$FLEETCTL_PROMETHEUS_DETAIL_HOSTS``)."""
+    raw = os.environ.get(ENV_DETAIL, "")
+    try:
+        return int(raw) if raw else DETAIL_ALL_MAX_HOSTS
+    except ValueError:
+        raise PrometheusError(f"${ENV_DETAIL} {raw!r}: expected a number of hosts") from None
+
+
+def _stderr(line: str) -> None:
+    print(f"fleetctl health: {line}", file=sys.stderr, flush=True)
 
 
 def file_sd_targets(hosts: Sequence[Host]) -> list[dict[str, Any]]:

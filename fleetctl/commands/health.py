@@ -116,6 +116,9 @@ def health(
     prometheus_url: Annotated[str | None, typer.Option(
         "--prometheus-url", envvar="FLEETCTL_PROMETHEUS_URL", show_envvar=True,
         help="Prometheus base URL")] = None,
+    query_timeout: Annotated[float, typer.Option(
+        "--query-timeout", help="With --source prometheus: time limit of each query, seconds",
+        min=0.01)] = 25.0,
 ) -> int:
     """Ask every agent for its health and show the fleet, worst first.
 
@@ -138,7 +141,7 @@ def health(
     view = HealthView(chips=chips, unhealthy=unhealthy, statuses=parse_states(status), group_by=group_by,
                       sort=sort.value, reverse=reverse, wide=fmt is OutputFormat.wide)
     collect, hosts = _collector(pattern, inventory, source.value, prometheus_url, timeout, deadline,
-                                concurrency)
+                                concurrency, query_timeout)
     if group_by is not None:
         _check_group_by(group_by, hosts)
     if watch is None:
@@ -159,7 +162,7 @@ def _check_group_by(key: str, hosts: list[Host]) -> None:
 
 def _collector(pattern: str, inventory: str | None, source: str, prometheus_url: str | None,
                timeout: float, deadline: float,
-               concurrency: int) -> tuple[Callable[[], FleetReport], list[Host]]:
+               concurrency: int, query_timeout: float = 25.0) -> tuple[Callable[[], FleetReport], list[Host]]:
     """Load the inventory once; return a function that takes one fresh fleet report, and the hosts."""
     from fleetctl.inventory import load_inventory
 
@@ -171,7 +174,7 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
         url = prometheus_url or os.environ.get(ENV_URL)
         if not url:
             raise UsageError(f"--source prometheus needs --prometheus-url (or ${ENV_URL})")
-        client = HttpPrometheus(url, timeout_s=timeout)
+        client = HttpPrometheus(url, timeout_s=query_timeout)
 
         def from_prometheus() -> FleetReport:
             return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern, deadline_s=deadline)

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 FLEETCTL = str(BIN / "fleetctl")
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+RULES = Path(__file__).parents[2] / "deploy/prometheus/rules/fleetctl-report.rules.yml"
 
 
 def query(url: str, promql: str) -> list[dict]:  # type: ignore[type-arg]
@@ -59,6 +60,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
     assert len(json.loads(targets.read_text())) == 7
     (work / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: ['{RULES}']\n"
         "scrape_configs:\n"
         "  - job_name: fleet\n"
         f"    file_sd_configs: [{{files: ['{targets}'], refresh_interval: 1s}}]\n"
@@ -85,7 +87,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
             try:
                 up = query(url, "up")
                 status = query(url, "fleet_node_status == 1")
-                if len(up) == 7 and len(status) == 6:
+                summaries = query(url, 'fleetctl:host_summary{summary="chips_healthy"}')
+                if len(up) == 7 and len(status) == 6 and len(summaries) == 6:
                     break
             except OSError:
                 pass
@@ -98,15 +101,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
         stop(fleet)
 
 
-def health(*args: str, cache: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
+def health(*args: str, cache: Path, env: dict[str, str] | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
     out = subprocess.run(
         [FLEETCTL, "health", "--json", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)},
+        env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache), **(env or {})},
     )
     assert out.returncode in (0, 1), out.stderr
+    assert "recording rules" not in out.stderr  # the rules are loaded: no fallback
     return out.returncode, json.loads(out.stdout)
 
 
@@ -139,3 +143,62 @@ def test_pattern_applies_to_prometheus_source(setup: tuple[Path, str, Path]) -> 
         "-i", str(inv), "h100-0000,h100-0003", "--source", "prometheus", "--prometheus-url", url, cache=cache
     )
     assert rc == 0 and [h["name"] for h in doc["hosts"]] == ["h100-0000", "h100-0003"]
+
+
+def test_summary_rows_from_the_recording_rules_agree_with_direct_fan_out(
+        setup: tuple[Path, str, Path]) -> None:
+    # Past this many selected hosts only doubtful summaries are read chip by chip: 0 forces it here.
+    inv, url, cache = setup
+    _, direct = health("-i", str(inv), "--timeout", "2", cache=cache)
+    rc, via_rules = health("-i", str(inv), "--source", "prometheus", "--prometheus-url", url, cache=cache,
+                           env={"FLEETCTL_PROMETHEUS_DETAIL_HOSTS": "0"})
+    assert rc == 1
+    got = {h["name"]: (h["status"], h["chips_ok"], h["max_temperature_c"]) for h in via_rules["hosts"]}
+    want = {h["name"]: (h["status"], h["chips_ok"], h["max_temperature_c"]) for h in direct["hosts"]}
+    assert got == want
+    healthy = [h for h in via_rules["hosts"] if h["status"] == "healthy"]
+    assert healthy and all(h["chips"] == [] for h in healthy)  # summary rows: no per-chip detail
+    hot = next(h for h in via_rules["hosts"] if h["name"] == "h100-0001")
+    assert ("temperature", 5) in {(p["check"], p["chip"]) for p in hot["problems"]} and hot["chips"]
+
+
+def test_without_the_rules_one_line_says_so_and_the_report_is_the_same(
+        setup: tuple[Path, str, Path]) -> None:
+    inv, _, cache = setup
+    # A second Prometheus without rules would take a minute to fill; a proxy that hides the rules'
+    # series is the same to fleetctl: ask for a metric that does not exist.
+    import http.server
+    import threading
+
+    _, url, _ = setup
+
+    class NoRules(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = self.rfile.read(int(self.headers["Content-Length"]))
+            form = form.replace(b"fleetctl%3A", b"absent%3A")
+            req = urllib.request.Request(f"{url}/api/v1/query", data=form,
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                body = r.read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoRules)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = subprocess.run(
+            [FLEETCTL, "health", "--json", "-i", str(inv), "--source", "prometheus", "--prometheus-url",
+             f"http://127.0.0.1:{server.server_address[1]}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.count("\n") == 1 and "no fleetctl-report recording rules" in out.stderr
+    statuses = {h["name"]: h["status"] for h in json.loads(out.stdout)["hosts"]}
+    assert statuses == {**EXPECTED, "dead-0000": "unreachable"}

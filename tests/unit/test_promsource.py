@@ -15,10 +15,15 @@ import pytest
 
 from fleetctl.inventory import Host
 from fleetctl.promsource import (
+    NO_RULES,
     QUERIES,
+    RULE_QUERIES,
     HttpPrometheus,
+    Labels,
     PrometheusError,
     Sample,
+    SummaryRow,
+    detail_queries,
     file_sd_targets,
     parse_vector,
     prometheus_report,
@@ -53,7 +58,7 @@ class FakePrometheus:
 
     def query(self, promql: str) -> list[Sample]:
         self.queries.append(promql)
-        series: dict[str, list[Sample]] = {
+        series: dict[str, list[tuple[dict[str, str], float]]] = {
             "up": [
                 ({"host": "good"}, 1.0),
                 ({"host": "hot"}, 1.0),
@@ -84,14 +89,18 @@ class FakePrometheus:
             "fleet_chip_memory_used_bytes": [(chip_labels("good", 0), 2.0**30)],
             "fleet_chip_memory_total_bytes": [(chip_labels("good", 0), 80 * 2.0**30)],
         }
-        return series.get(promql, [])
+        return typed(series.get(promql, []))
+
+
+def typed(series: list[tuple[dict[str, str], float]]) -> list[Sample]:
+    return [(Labels(**labels), value) for labels, value in series]
 
 
 def test_report_from_prometheus() -> None:
     fake = FakePrometheus()
     hosts = [host("good", 1), host("hot", 2), host("down", 3), host("unknown", 4)]
     report = prometheus_report(hosts, fake, now=NOW)
-    assert sorted(fake.queries) == sorted(QUERIES)
+    assert sorted(fake.queries) == sorted(RULE_QUERIES + QUERIES)  # no rules: the per-chip queries
     rows = {h.name: h for h in report.hosts}
     assert set(rows) == {"good", "hot", "down", "unknown"}  # the stranger is not in the selection
     good, hot = rows["good"], rows["hot"]
@@ -114,13 +123,27 @@ def test_parse_vector_errors_name_the_query() -> None:
         "status": "success",
         "data": {"resultType": "vector", "result": [{"metric": {"host": "a"}, "value": [1, "0.5"]}]},
     }
-    assert parse_vector(doc, "q") == [({"host": "a"}, 0.5)]
+    assert parse_vector(raw(doc), "q") == [(Labels(host="a"), 0.5)]
     with pytest.raises(PrometheusError, match="q: parse error"):
-        parse_vector({"status": "error", "error": "parse error"}, "q")
+        parse_vector(raw({"status": "error", "error": "parse error"}), "q")
     with pytest.raises(PrometheusError, match="expected a vector"):
-        parse_vector({"status": "success", "data": {"resultType": "matrix", "result": []}}, "q")
-    with pytest.raises(PrometheusError, match="malformed series"):
-        parse_vector({"status": "success", "data": {"resultType": "vector", "result": [{"x": 1}]}}, "q")
+        parse_vector(raw({"status": "success", "data": {"resultType": "matrix", "result": []}}), "q")
+    with pytest.raises(PrometheusError, match="q: malformed answer"):
+        parse_vector(raw({"status": "success", "data": {"resultType": "vector", "result": [{"x": 1}]}}), "q")
+    with pytest.raises(PrometheusError, match="q: malformed value 'many'"):
+        parse_vector(raw({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {}, "value": [1, "many"]}]}}), "q")
+    with pytest.raises(PrometheusError, match="q: the answer is not JSON"):
+        parse_vector(b"<html>", "q")
+    # Labels fleetctl does not read are skipped while decoding, and special values parse.
+    big = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"host": "a", "pci_bus_id": "0000:01:00.0", "__name__": "x"}, "value": [1, "NaN"]}]}}
+    [(labels, value)] = parse_vector(raw(big), "q")
+    assert labels == Labels(host="a") and value != value
+
+
+def raw(doc: object) -> bytes:
+    return json.dumps(doc).encode()
 
 
 def test_bad_url_and_unreachable_server() -> None:
@@ -147,15 +170,18 @@ NAN, INF = float("nan"), float("inf")
 class SeriesPrometheus:
     """Answers from a dict: query -> series; absent queries answer an empty vector."""
 
-    def __init__(self, series: dict[str, list[Sample]]) -> None:
+    def __init__(self, series: dict[str, list[tuple[dict[str, str], float]]]) -> None:
         self.series = series
 
     def query(self, promql: str) -> list[Sample]:
-        return self.series.get(promql, [])
+        return typed(self.series.get(promql, []))
 
 
-def healthy_series(name: str = "a", /, **override: Any) -> dict[str, list[Sample]]:
-    series: dict[str, list[Sample]] = {
+Series = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def healthy_series(name: str = "a", /, **override: Any) -> Series:
+    series: Series = {
         "up": [({"host": name, "job": "fleet-agent", "instance": "127.0.0.1:1"}, 1.0)],
         "fleet_node_status == 1": [({"host": name, "status": "healthy"}, 1.0)],
         "fleet_chip_status == 1": [(chip_labels(name, 0, status="healthy"), 1.0),
@@ -166,7 +192,7 @@ def healthy_series(name: str = "a", /, **override: Any) -> dict[str, list[Sample
     return series | override
 
 
-def one_row(series: dict[str, list[Sample]], name: str = "a") -> HostRow:
+def one_row(series: Series, name: str = "a") -> HostRow:
     return prometheus_report([host(name, 1)], SeriesPrometheus(series), now=NOW).hosts[0]
 
 
@@ -241,6 +267,9 @@ def serve() -> Iterator[Callable[[Responder], str]]:
             def do_GET(self) -> None:
                 responder(self)
 
+            def do_POST(self) -> None:
+                responder(self)
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -294,6 +323,7 @@ def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(
 
 def broken(kind: str) -> Responder:
     def respond(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.rfile.read(int(h.headers.get("Content-Length") or 0))
         if kind == "not http":
             h.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
         elif kind == "cut short":
@@ -315,8 +345,8 @@ def broken(kind: str) -> Responder:
 @pytest.mark.parametrize(("kind", "message"), [
     ("not http", "broken HTTP answer"),
     ("cut short", "broken HTTP answer"),
-    ("data is a list", "expected a vector, got 'list'"),
-    ("result is null", "expected a list of series, got NoneType"),
+    ("data is a list", "malformed answer (Expected `object | null`, got `array`"),
+    ("result is null", "malformed answer (Expected `array`, got `null` - at `$.data.result`)"),
     ("bad query", "HTTP 400 Bad Request: parse error at char 3"),
 ])
 def test_a_broken_answer_is_a_one_line_error_naming_the_server(serve: Callable[[Responder], str], kind: str,
@@ -345,7 +375,8 @@ def test_the_deadline_bounds_a_server_that_trickles_its_answers(serve: Callable[
 
     client = HttpPrometheus(serve(trickle), timeout_s=1)
     started = time.monotonic()
-    with pytest.raises(PrometheusError, match="no complete answer within the 1s deadline"):
+    late = r"no answer within the 1s deadline \(--deadline\) to query 'fleetctl:report_rules:info'"
+    with pytest.raises(PrometheusError, match=late):
         prometheus_report([host("a", 1)], client, deadline_s=1.0)
     assert time.monotonic() - started < 3.0
 
@@ -377,3 +408,129 @@ def test_a_sample_stamped_in_the_future_is_clock_skew_not_a_fresh_sample() -> No
     row = one_row(healthy_series(fleet_sample_timestamp_seconds=[({"host": "a"}, NOW + 300)]))
     assert row.status is HostHealth.UNKNOWN and row.age_s is None
     assert [p.check for p in row.problems] == ["clock_skew"]
+
+
+# --- with the fleetctl-report recording rules loaded ---------------------------------------------------
+
+
+def summary(h: str, **values: float) -> list[tuple[dict[str, str], float]]:
+    base = {"node_healthy": 1.0, "sample_timestamp_seconds": NOW - 3, "chips_present": 2.0,
+            "chips_healthy": 2.0, "max_temperature_celsius": 44.0, "mean_utilization_ratio": 0.25,
+            "memory_used_bytes": 3.0 * 2**30, "memory_total_bytes": 160.0 * 2**30} | values
+    return [({"host": h, "summary": k}, v) for k, v in base.items()]
+
+
+class RulesPrometheus(SeriesPrometheus):
+    """The rules' series for clean hosts c0..c9 and one hot host; per-chip series for the hot one only
+    when asked with its name."""
+
+    def __init__(self, **hot: float) -> None:
+        names = [f"c{i}" for i in range(10)]
+        hot_series = healthy_series("hot", **{
+            "fleet_chip_status == 1": [(chip_labels("hot", 0, status="healthy"), 1.0),
+                                       (chip_labels("hot", 1, status="unhealthy"), 1.0)],
+            "fleet_node_status == 1": [({"host": "hot", "status": "unhealthy"}, 1.0)],
+            "fleet_health_check_failing == 1": [
+                (chip_labels("hot", 1, check="xid", severity="critical"), 1.0)],
+        })
+        self.hot = {k: v for k, v in hot_series.items() if k != "up"}
+        super().__init__({
+            "fleetctl:report_rules:info": [({}, 1.0)],
+            "up": [({"host": n, "job": "fleet-agent"}, 1.0) for n in [*names, "hot"]],
+            "fleetctl:agent_jobs": [({"job": "fleet-agent"}, 1.0)],
+            "fleetctl:host_chip_models": [({"host": n, "kind": "gpu", "vendor": "nvidia", "model": "H100",
+                                            "version": "0.2.0"}, 2.0) for n in names],
+            "fleetctl:host_summary": [s for n in names for s in summary(n, **(hot if n == "c0" else {}))]
+            + summary("hot", node_healthy=0.0, chips_healthy=1.0),
+        })
+        self.queries: list[str] = []
+
+    def query(self, promql: str) -> list[Sample]:
+        self.queries.append(promql)
+        name, _, rest = promql.partition("{")
+        if rest.startswith('host=~"'):
+            hosts = rest[len('host=~"'):].split('"', 1)[0].split("|")
+            tail = rest.split("}", 1)[1]
+            return typed([(lab, v) for lab, v in self.hot.get(name + tail, []) if lab["host"] in hosts])
+        return super().query(promql)
+
+
+def rules_report(fake: RulesPrometheus, **kw: Any) -> dict[str, HostRow]:
+    hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
+    notes: list[str] = []
+    report = prometheus_report(hosts, fake, now=NOW, detail_all=False, notice=notes.append, **kw)
+    assert notes == []
+    return {r.name: r for r in report.hosts}
+
+
+def test_with_the_rules_only_hosts_with_a_doubtful_summary_are_read_chip_by_chip() -> None:
+    fake = RulesPrometheus()
+    rows = rules_report(fake)
+    detail = [q for q in fake.queries if q not in RULE_QUERIES]
+    assert detail and all('{host=~"hot"}' in q for q in detail)  # the clean hosts' chips are never asked
+    assert len(detail) == len(QUERIES) - 1  # every per-chip query once, `up` came with the rules
+    hot, c1 = rows["hot"], rows["c1"]
+    assert hot.status is HostHealth.UNHEALTHY and [(p.check, p.chip) for p in hot.problems] == [("xid", 1)]
+    assert c1.status is HostHealth.HEALTHY and c1.agent_version == "0.2.0" and c1.age_s == 3.0
+    assert (c1.chips_ok, c1.chips_total, c1.max_temperature_c) == (2, 2, 44.0)
+    assert c1.mean_utilization_pct == pytest.approx(25.0) and c1.memory_used_bytes == 3 * 2**30
+
+
+@pytest.mark.parametrize("doubt", [
+    {"sample_timestamp_seconds": NOW - 300},  # stale: the verdict must say so
+    {"chips_present": 1.0, "chips_healthy": 1.0},  # a chip missing (the inventory expects 2)
+    {"chips_healthy": 1.0},  # a chip not healthy although the node says healthy
+    {"drained": 1.0},
+    {"node_healthy": 0.0},
+])
+def test_a_summary_with_any_doubt_sends_the_host_to_the_chip_detail(doubt: dict[str, float]) -> None:
+    fake = RulesPrometheus(**doubt)
+    rows = rules_report(fake)
+    assert any('host=~"c0|hot"' in q for q in fake.queries)
+    assert not isinstance(rows["c0"], SummaryRow)  # built from per-chip series (here: none -> no_metrics)
+    assert rows["c0"].status is not HostHealth.HEALTHY
+
+
+def test_a_small_selection_is_read_chip_by_chip_and_missing_rules_are_said_once() -> None:
+    fake = RulesPrometheus()
+    report = prometheus_report([host("hot", 1), host("c1", 1)], fake, now=NOW, notice=print)
+    assert all(not isinstance(r, SummaryRow) for r in report.hosts)
+    assert any('host=~"c1|hot"' in q for q in fake.queries)
+    notes: list[str] = []
+    prometheus_report([host("a", 1)], SeriesPrometheus(healthy_series()), now=NOW, notice=notes.append)
+    assert notes == [NO_RULES]
+
+
+def test_detail_queries_escape_names_and_chunk() -> None:
+    [first, *_] = detail_queries(["a.b", 'q"x', "c|d"])
+    assert first == 'fleet_node_status{host=~"a\\\\.b|c\\\\|d|q\\"x"} == 1'
+    many = detail_queries(f"h{i}" for i in range(4500))
+    assert len(many) == 3 * (len(QUERIES) - 1)
+
+
+def test_a_slow_query_is_named_with_the_query_timeout(serve: Callable[[Responder], str]) -> None:
+    bodies: list[str] = []
+
+    def slow(h: http.server.BaseHTTPRequestHandler) -> None:
+        bodies.append(h.path)
+        time.sleep(3.0)
+        reply(h, EMPTY)
+
+    client = HttpPrometheus(serve(slow), timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(PrometheusError) as err:
+        client.query("fleetctl:host_summary")
+    assert time.monotonic() - started < 2.9
+    assert str(err.value).endswith("query 'fleetctl:host_summary' took longer than the 0.5s query timeout "
+                                   "(--query-timeout)")
+
+
+def test_prometheus_stopping_a_query_at_its_timeout_is_named_too(serve: Callable[[Responder], str]) -> None:
+    def timed_out(h: http.server.BaseHTTPRequestHandler) -> None:
+        form = h.rfile.read(int(h.headers["Content-Length"])).decode()
+        assert "timeout=7s" in form  # the limit travels to Prometheus
+        reply(h, {"status": "error", "errorType": "timeout", "error": "query timed out in expression "
+                  "evaluation"}, 503)
+
+    with pytest.raises(PrometheusError, match="query 'up' took longer than the 7s query timeout"):
+        HttpPrometheus(serve(timed_out), timeout_s=7).query("up")
