@@ -44,7 +44,7 @@ from fleetctl.schedulers.base import (
     tag_reason,
 )
 from fleetctl.state import hosts as hstate
-from fleetctl.state import locks
+from fleetctl.state import lifecycle, locks
 from fleetctl.state.hosts import DrainState, HostRecord
 from fleetctl.validation import Size, require_reason, scheduler_input_problem
 
@@ -290,6 +290,7 @@ def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[Ho
                               owner=opts.owner, run_id=opts.run_id,
                               note=None if before.state is DrainState.CORDONED
                               else f"resumed from {before.state}")
+        lifecycle.on_drain(conn, name, actor=opts.actor, reason=f"drain: {opts.reason}", run_id=opts.run_id)
         echo(f"{name}: draining ({sched.kind})")
         pending.append(name)
 
@@ -413,6 +414,8 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
     verdicts: Mapping[str, str | None] = {}
     if candidates and health is not None and not force:
         verdicts = health(candidates)
+        lifecycle.record_health(conn, {h.name: verdicts.get(h.name, "no answer") for h in candidates},
+                                source="undrain")
     for h in candidates:
         problem = verdicts.get(h.name)
         rec = records[h.name]
@@ -436,6 +439,7 @@ def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: 
             hstate.restore(conn, before, actor=actor, note=f"undrain failed: {why}")
             outcomes.append(Outcome(h.name, False, before.state.value, f"undrain failed: {why}"))
             continue
+        lifecycle.on_undrain(conn, h.name, actor=actor, reason=note + (" --force" if force else ""))
         echo(f"{h.name}: back in service")
         outcomes.append(Outcome(h.name, True, DrainState.ACTIVE.value, "back in service"))
     order = {h.name: i for i, h in enumerate(hosts)}

@@ -33,7 +33,7 @@ from fleetctl.drain import DrainOptions, Echo, HealthCheck, Outcome, SchedulerFo
 from fleetctl.errors import FleetctlError, UsageError
 from fleetctl.schedulers.base import HostLike, tag_reason
 from fleetctl.state import hosts as hstate
-from fleetctl.state import locks
+from fleetctl.state import lifecycle, locks
 from fleetctl.state.hosts import DrainState
 from fleetctl.state.runs import this_machine
 from fleetctl.validation import Size, batch_limit_problem, require_reason
@@ -241,7 +241,8 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
         for h in provision:
             problem = results.get(h.name, "no result from the provision run")
             if problem:
-                done[h.name] = _quarantine(conn, h.name, actor, f"provision failed: {problem}", echo)
+                done[h.name] = _quarantine(conn, h.name, actor, f"provision failed: {problem}", echo,
+                                           run_id=run_id)
             else:
                 hstate.transition(conn, h.name, DrainState.VERIFYING, actor=actor, owner=owner, run_id=run_id,
                                   expect={DrainState.MAINTAINING}, note="provisioned")
@@ -250,10 +251,12 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
     healthy: list[HostLike] = []
     if verify:
         verdicts = _verify(verifier, verify, opts, sleep=sleep, clock=clock)
+        lifecycle.record_health(conn, {h.name: verdicts.get(h.name) for h in verify}, source="maintain")
         for h in verify:
             problem = verdicts.get(h.name)
             if problem:
-                done[h.name] = _quarantine(conn, h.name, actor, f"verification failed: {problem}", echo)
+                done[h.name] = _quarantine(conn, h.name, actor, f"verification failed: {problem}", echo,
+                                           run_id=run_id)
             else:
                 healthy.append(h)
     # 4. back into service
@@ -263,6 +266,8 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
                                     lock_holder=lock_holder_id(run_id)):
             done[o.host] = o if not o.ok else Outcome(o.host, True, o.state,
                                                       "maintained, verified, back in service")
+            if o.ok:
+                lifecycle.on_maintain_result(conn, o.host, ok=True, actor=actor, run_id=run_id)
     return [done[h.name] for h in batch]
 
 
@@ -283,8 +288,10 @@ def _verify(verifier: HealthCheck, hosts: Sequence[HostLike], opts: MaintainOpti
         sleep(max(0.0, min(opts.poll_s, deadline - clock())))
 
 
-def _quarantine(conn: sqlite3.Connection, host: str, actor: str, why: str, echo: Echo) -> Outcome:
+def _quarantine(conn: sqlite3.Connection, host: str, actor: str, why: str, echo: Echo, *,
+                run_id: str) -> Outcome:
     hstate.transition(conn, host, DrainState.QUARANTINED, actor=actor, note=why)
+    lifecycle.on_maintain_result(conn, host, ok=False, actor=actor, run_id=run_id, why=why)
     echo(f"{host}: quarantined ({why})")
     return Outcome(host, False, DrainState.QUARANTINED.value, why)
 

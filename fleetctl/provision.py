@@ -57,7 +57,7 @@ from fleetctl.runner import (
     PlaybookRunner,
     worst_first,
 )
-from fleetctl.state import db, locks, runs
+from fleetctl.state import db, lifecycle, locks, runs
 from fleetctl.validation import Size
 
 REDACTED = "********"
@@ -720,6 +720,9 @@ def _run_locked(
     if notes:
         message = "; ".join([*([message] if message else []), *notes])[:1000]
     runs.finish(conn, run_id, status, hosts, message=message)
+    if status != "canceled":
+        lifecycle.on_provision_result(conn, run_id, {h.host: h.state for h in hosts}, actor=user,
+                                      playbook=the_plan.playbook.name)
     exit_code = {"successful": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_PROBLEMS)
     if message and tally.plays_started == 0 and status == "failed":
         exit_code = EXIT_USAGE

@@ -13,6 +13,9 @@ them may be missing): step 1 creates whatever is missing and stamps the file. A 
 *newer* fleetctl is opened read-only: reading commands (``status``, ``runs list``) work, the first
 write is refused with one line naming both versions (:func:`require_writable`).
 
+Version 2 adds the host lifecycle (``host_lifecycle``, ``lifecycle_audit``, ``host_health``:
+:mod:`fleetctl.state.lifecycle`).
+
 Privacy. The file holds who drained what and why, and provision options: it is created ``0600``,
 and an existing file (or its ``-wal``/``-shm``) readable by others is tightened to owner-only when
 this user owns it (nothing else needs the access, and refusing would only stop the SRE), else refused
@@ -31,7 +34,7 @@ from pathlib import Path
 from fleetctl.errors import StateDatabaseError
 
 ENV_VAR = "FLEETCTL_DB"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # "FLTC": marks the file as fleetctl's state (sqlite's application_id, shown by `file(1)`).
 APPLICATION_ID = 0x464C5443
 _OURS = ("host_state", "host_audit", "host_locks", "provision_runs", "provision_run_hosts")
@@ -65,8 +68,8 @@ def require_writable(conn: sqlite3.Connection) -> None:
     if isinstance(conn, StateConnection) and conn.newer:
         raise StateDatabaseError(
             f"state database {conn.path} is schema version {conn.version}, written by a newer fleetctl; "
-            f"this fleetctl knows up to version {SCHEMA_VERSION}: it can read it (status, runs list) but "
-            "changes nothing: upgrade fleetctl")
+            f"this fleetctl knows up to version {SCHEMA_VERSION}: it can read it (status, hosts, runs list) "
+            "but changes nothing: upgrade fleetctl")
 
 
 def _layout_v1() -> list[str]:
@@ -81,9 +84,16 @@ def _step_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _step_2(conn: sqlite3.Connection) -> None:
+    from fleetctl.state import lifecycle
+
+    for statement in lifecycle.SCHEMA:  # new tables only: nothing to copy
+        conn.execute(statement)
+
+
 # MIGRATIONS[n] takes a file from version n to n + 1. A new version appends a step (ALTER TABLE,
 # a data copy) and raises SCHEMA_VERSION; a step never edits a table's earlier DDL in place.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _step_1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _step_1, 1: _step_2}
 
 
 def _tighten(path: Path) -> None:

@@ -1,0 +1,97 @@
+"""Host lifecycle through real parts: a real drain/undrain on a real Slurm moves it, and
+``fleetctl hosts show`` asks a real sim-fleet agent (JSON)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+
+# This helper's ports (37000-37999): a cluster beside other modules' clusters.
+SLURM_OPTIONS = ClusterOptions(ctld_port=37817, node_ports=(37801, 37802, 37803))
+FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
+
+SCENARIO = """\
+description: three Slurm nodes, the third with an XID 79
+seed: 7
+groups:
+  - name: gpu
+    count: 3
+    kind: gpu
+    model: H100-SXM5-80GB
+    chips: 2
+    load: {base_pct: 40, amplitude_pct: 0, period_s: 600, memory_used_pct: 40}
+faults:
+  - {kind: xid, group: gpu, hosts: [2], chips: [0], code: 79}
+"""
+
+
+class Env:
+    def __init__(self, tmp: Path, cluster: SlurmCluster, agent_base_port: int) -> None:
+        inventory = tmp / "inventory.yml"
+        hosts = {n: {"ansible_host": "127.0.0.1", "fleet_agent_port": agent_base_port + i,
+                     "fleet_agent_expected_chips": 2} for i, n in enumerate(NODES)}
+        inventory.write_text(yaml.safe_dump({"all": {
+            "vars": {"fleet_scheduler": "slurm", "ansible_connection": "local"},
+            "children": {"slurm_nodes": {"hosts": hosts}}}}))
+        self.env = {**cluster.env, "FLEETCTL_DB": str(tmp / "fleetctl.db"),
+                    "FLEETCTL_INVENTORY": str(inventory), "FLEETCTL_CACHE_DIR": str(tmp / "cache"),
+                    "USER": "sre1", "SUDO_USER": "sre1"}
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([FLEETCTL, *args], env=self.env, capture_output=True, text=True, timeout=120)
+
+    def json(self, *args: str) -> Any:
+        done = self.run(*args, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture()
+def env(slurm: SlurmCluster, tmp_path: Path, start_sim_fleet: Any) -> Env:  # noqa: F811
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    agents = start_sim_fleet(hosts=3, scenario=str(scenario), args=["--interval", "3"], inventory=False)
+    return Env(tmp_path, slurm, agents.port)
+
+
+def test_a_real_drain_and_undrain_move_the_lifecycle_and_show_reads_the_real_agent(
+        env: Env, slurm: SlurmCluster) -> None:  # noqa: F811
+    assert env.run("hosts", "set", "node1", "in_service", "-r", "racked and burned in").returncode == 0
+    assert env.run("hosts", "set", "node3", "in_service", "-r", "racked").returncode == 0
+
+    drained = env.run("drain", "node1", "node3", "--reason", "GPU fell off the bus", "--timeout", "60",
+                      "--max-unavailable", "2")
+    assert drained.returncode == 0, drained.stderr
+    assert slurm.node_state("node1") == "drain"
+    rows = {h["host"]: h for h in env.json("hosts")["hosts"]}
+    assert rows["node1"]["state"] == "repairing" and rows["node1"]["reason"] == "drain: GPU fell off the bus"
+    assert rows["node1"]["actor"].startswith("sre1@") and rows["node1"]["drain_state"] == "drained"
+    assert rows["node2"]["state"] == "new" and rows["node2"]["drain_state"] == "active"
+
+    # node3's agent reports XID 79: undrain refuses it and records the verdict; node1 goes back
+    undrained = env.run("undrain", "node1", "node3")
+    assert undrained.returncode == 1
+    rows = {h["host"]: h for h in env.json("hosts")["hosts"]}
+    assert rows["node1"]["state"] == "in_service" and rows["node1"]["health"]["healthy"] is True
+    assert rows["node3"]["state"] == "repairing" and rows["node3"]["health"]["healthy"] is False
+    assert slurm.node_state("node1") == "idle"
+
+    page = env.json("hosts", "show", "node3", "--timeout", "5")
+    assert [(e["from_state"], e["to_state"], e["source"]) for e in page["history"]] == [
+        ("new", "in_service", "person"), ("in_service", "repairing", "drain")]
+    assert [e["to_state"] for e in page["drains"]] == ["cordoned", "draining", "drained"]
+    agent = page["agent"]
+    # the third sim agent answers (it names itself gpu-0002: the sim fleet's own host names)
+    assert agent["reachable"] and agent["host"] == "gpu-0002" and agent["status"] == "unhealthy"
+    assert agent["driver_version"]  # the simulated driver's version
+    assert any(c["last_xid"] == 79 and c["xid_counts"].get("79") == 1 for c in agent["chips"])
+    assert any("79" in p["message"] for p in agent["problems"])
