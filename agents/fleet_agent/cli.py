@@ -255,6 +255,7 @@ def render_table(report: NodeReport) -> str:
         f"host {report.host}  status {report.status.value}  chips {len(report.chips)}"
         + (f"/{report.chips_expected}" if report.chips_expected is not None else "")
         + (f"  driver {report.driver_version}" if report.driver_version else "")
+        + (f"  cuda {report.cuda_driver_version}" if report.cuda_driver_version else "")
         + ("  DRAINED" + (f" ({report.drained_reason})" if report.drained_reason else "")
            if report.drained else ""),
     ]

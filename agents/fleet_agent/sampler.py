@@ -215,6 +215,7 @@ class Sampler:
         self._wall0 = 0.0
         self._mono0 = 0.0
         self._driver: str | None = None
+        self._cuda: str | None = None
 
     def _timeout_message(self, collector: str) -> str:
         return f"{display_name(collector)} {TIMED_OUT} {self.timeout_s:.1f}s"
@@ -293,6 +294,7 @@ class Sampler:
             host_metrics=host_metrics,
             collectors=states,
             driver_version=self._driver,
+            cuda_driver_version=self._cuda,
             drained=drained,
             drained_reason=reason,
         )
@@ -319,18 +321,27 @@ class Sampler:
         return chip
 
     def _update_driver(self) -> None:
-        if self._driver is not None:
+        """The driver's version and the CUDA version it supports, each kept once a collector gave it."""
+        if self._driver is not None and self._cuda is not None:
             return
         for c in self.collectors:
             # driver_version() is a collector call like any other: only trust a quick answer,
-            # and only ask once it has answered a discover (the library is initialised).
+            # and only ask once it has answered a discover (the library is initialised). Both
+            # questions share one deadline: the probe costs no more than the driver's alone did.
             if not self._known.get(c.name):
                 continue
-            future = self.guard.start((c.name, "driver"), c.driver_version)
-            outcome = self.guard.wait(future, time.monotonic() + min(0.5, self.timeout_s))
-            if outcome.ok and outcome.value:
-                self._driver = str(outcome.value)
+            ask = getattr(c, "cuda_driver_version", None)  # optional: a collector written before it
+            driver = None if self._driver else self.guard.start((c.name, "driver"), c.driver_version)
+            cuda = None if self._cuda or not callable(ask) else self.guard.start((c.name, "cuda"), ask)
+            deadline = time.monotonic() + min(0.5, self.timeout_s)
+            self._driver = self._driver or self._answer(driver, deadline)
+            self._cuda = self._cuda or self._answer(cuda, deadline)
+            if self._driver is not None:
                 return
+
+    def _answer(self, future: cf.Future[Any] | None, deadline: float) -> str | None:
+        outcome = self.guard.wait(future, deadline)  # no future (not asked, or still in flight): None
+        return str(outcome.value) if outcome.ok and outcome.value else None
 
     def _drained(self) -> tuple[bool, str | None]:
         if not self.drained_file:

@@ -232,6 +232,9 @@ class NodeReport:
     schema: str = SCHEMA_VERSION
     # Why the host is drained (the drained file's content, scheduler `none`); optional.
     drained_reason: str | None = None
+    # The CUDA version the driver supports ("12.2": what nvidia-smi shows as "CUDA Version"; NVML
+    # nvmlSystemGetCudaDriverVersion). Optional: older agents and TPU hosts send none.
+    cuda_driver_version: str | None = None
     # Seconds from the end of the sample to this answer, on the agent's monotonic clock, set when the
     # answer is sent (:func:`with_sample_age`): with sample_duration_s, the sample's age measured
     # without either machine's wall clock. Must stay the last field (see with_sample_age).
@@ -502,6 +505,7 @@ def parse_node_report(doc: Any) -> NodeReport:
         driver_version=_get(doc, "driver_version", str, w, optional=True),
         drained=_get(doc, "drained", bool, w, optional=True, default=False),
         drained_reason=_get(doc, "drained_reason", str, w, optional=True),
+        cuda_driver_version=_get(doc, "cuda_driver_version", str, w, optional=True),
         sample_duration_s=_get(doc, "sample_duration_s", _NUM, w, optional=True),
         sample_age_s=_get(doc, "sample_age_s", _NUM, w, optional=True),
     )

@@ -207,6 +207,6 @@ def agent_doc(host: Host, result: FetchResult) -> dict[str, Any]:
                  "action": p.action.value} for p in every]
     return {**base, "host": report.host, "agent_version": report.agent_version,
             "status": report.status.value, "driver_version": report.driver_version,
-            # not in fleet.node/v1 yet: shown once an agent reports it
-            "cuda_version": getattr(report, "cuda_version", None),
+            # the CUDA version the driver supports; None from an agent too old to report it
+            "cuda_driver_version": report.cuda_driver_version,
             "sampled_at": report.sampled_at, "chips": chips, "problems": problems}

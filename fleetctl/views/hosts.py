@@ -109,7 +109,7 @@ def _agent(agent: Mapping[str, Any]) -> list[Any]:
         ("status", agent["status"]),
         ("agent version", agent["agent_version"]),
         ("driver", agent["driver_version"]),
-        ("cuda", agent["cuda_version"]),
+        ("cuda", agent.get("cuda_driver_version")),
         ("sampled", when(agent["sampled_at"])),
     ])]
     parts += _titled("chips", ["CHIP", "MODEL", "STATUS", "XIDS", "LAST XID"], [

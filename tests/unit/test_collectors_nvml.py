@@ -655,3 +655,72 @@ def test_gpm_failing_leaves_the_fields_empty_and_the_chip_readable() -> None:
         assert len(live) <= 2  # NVML's buffers are not garbage-collected: none may be dropped
     col.close()
     assert live == set()
+
+
+# --- the CUDA version the driver supports ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("number", "text"), [
+    (12020, "12.2"), (11040, "11.4"), (12080, "12.8"), (13000, "13.0"), (12090, "12.9"),
+    (0, None), (-1, None), (True, None), ("12020", None), (12.2, None), (None, None),
+])
+def test_nvmls_cuda_number_reads_as_nvidia_smi_shows_it(number: Any, text: str | None) -> None:
+    from fleet_agent.collectors.nvml import cuda_version_text
+
+    assert cuda_version_text(number) == text
+
+
+def test_the_cuda_version_is_read_with_the_driver_version() -> None:
+    doc = scenario_doc([])
+    doc["groups"][0]["driver_version"] = "550.54.15"
+    col, _ = collector_for(doc)
+    assert col.cuda_driver_version() is None  # NVML not initialised yet: nothing asked
+    col.discover()
+    assert (col.driver_version(), col.cuda_driver_version()) == ("550.54.15", "12.4")
+
+
+def test_a_driver_branch_without_a_cuda_version_leaves_it_none_and_the_chips_readable() -> None:
+    doc = scenario_doc([])
+    doc["groups"][0]["driver_version"] = "999.1"
+    col, _ = collector_for(doc)
+    chips = col.discover()
+    assert len(chips) == 8 and col.driver_version() == "999.1" and col.cuda_driver_version() is None
+    assert col.sample_chip(chips[0]).temperature_c is not None
+
+
+class CudaLibNvml(FakeLibNvml):
+    """The stand-in library, with the CUDA version calls a driver has (``_v2`` only in newer ones)."""
+
+    def __init__(self, gpus: list[tuple[str, str, str]], *, v1: int | None, v2: int | None) -> None:
+        super().__init__(gpus)
+        self.v1, self.v2 = v1, v2
+
+    def __getattr__(self, name: str) -> Any:
+        # pynvml looks each function up by name: one this driver lacks is FUNCTION_NOT_FOUND
+        value = {"nvmlSystemGetCudaDriverVersion": self.v1,
+                 "nvmlSystemGetCudaDriverVersion_v2": self.v2}.get(name)
+        if value is None:
+            raise AttributeError(name)
+
+        def call(out: Any) -> int:
+            self.calls.append(name)
+            out._obj.value = value
+            return NVML_SUCCESS
+        return call
+
+
+@pytest.mark.parametrize(("v1", "v2", "said", "asked"), [
+    (12040, 12040, "12.4", ["nvmlSystemGetCudaDriverVersion_v2"]),
+    (12040, None, "12.4", ["nvmlSystemGetCudaDriverVersion"]),  # an older driver: no _v2
+    (None, None, None, []),
+])
+def test_the_real_pynvml_reads_the_cuda_version_v2_first(
+        monkeypatch: pytest.MonkeyPatch, v1: int | None, v2: int | None, said: str | None,
+        asked: list[str]) -> None:
+    gpus = [("GPU-6e3f1c2a-0000-4000-8000-000000000001", "NVIDIA H100 80GB HBM3", "00000000:1B:00.0")]
+    lib = CudaLibNvml(gpus, v1=v1, v2=v2)
+    col = NvmlCollector(real_pynvml_over(monkeypatch, lib), xid_events="off")
+    assert len(col.discover()) == 1
+    assert (col.driver_version(), col.cuda_driver_version()) == ("550.54.15", said)
+    assert [c for c in lib.calls if c.startswith("nvmlSystemGetCuda")] == asked
+    col.close()

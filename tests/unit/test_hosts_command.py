@@ -97,7 +97,7 @@ def test_hosts_show_json_with_an_unreachable_agent_is_not_an_error(env: Path) ->
 
 def test_hosts_show_renders_the_agents_report(env: Path) -> None:
     body = json.loads(node_json("h1"))
-    body["driver_version"] = "535.216.01"
+    body["driver_version"], body["cuda_driver_version"] = "535.216.01", "12.2"
     body["chips"][0]["gpu"] = {"xid_counts": {"79": 1}, "xid_total": 1, "last_xid": 79}
     with threaded_agent(json.dumps(body).encode()) as port:
         (env / "hosts.yml").write_text((env / "hosts.yml").read_text().replace(str(UNUSED_PORT), str(port)))
@@ -105,6 +105,7 @@ def test_hosts_show_renders_the_agents_report(env: Path) -> None:
         assert code == 0, err
         agent = json.loads(out)["agent"]
         assert agent["reachable"] and agent["driver_version"] == "535.216.01"
+        assert agent["cuda_driver_version"] == "12.2"
         assert agent["chips"][0]["xid_counts"] == {"79": 1} and agent["chips"][0]["last_xid"] == 79
         code, out, err = fleetctl("hosts", "show", "h1")
     assert code == 0, err
@@ -113,8 +114,26 @@ def test_hosts_show_renders_the_agents_report(env: Path) -> None:
     assert "since        - (implied)" in out
     assert "lifecycle history: none" in out and "drains: none" in out and "provision runs: none" in out
     assert any(line.split() == ["driver", "535.216.01"] for line in lines)
+    assert any(line.split() == ["cuda", "12.2"] for line in lines)
     chip0 = next(line for line in lines if line.startswith("0 "))
     assert "79 x1" in chip0 and chip0.split()[-1] == "79"
+
+
+def test_hosts_show_of_an_agent_from_before_the_cuda_version(env: Path) -> None:
+    body = json.loads(node_json("h1"))
+    body["driver_version"] = "535.216.01"
+    del body["cuda_driver_version"]  # an older agent does not send the field at all
+    with threaded_agent(json.dumps(body).encode()) as port:
+        (env / "hosts.yml").write_text((env / "hosts.yml").read_text().replace(str(UNUSED_PORT), str(port)))
+        code, out, err = fleetctl("hosts", "show", "h1", "-o", "json")
+        assert code == 0, err
+        agent = json.loads(out)["agent"]
+        assert agent["reachable"] and agent["cuda_driver_version"] is None
+        code, out, err = fleetctl("hosts", "show", "h1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.split() == ["driver", "535.216.01"] for line in lines)
+    assert any(line.split() == ["cuda", "-"] for line in lines)
 
 
 def test_hosts_show_escapes_a_hostile_reason(env: Path) -> None:

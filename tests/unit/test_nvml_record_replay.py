@@ -137,3 +137,57 @@ def test_cli_refuses_what_cannot_work(args: list[str], message: str) -> None:
                           check=False)
     assert done.returncode == 2
     assert done.stderr.startswith(f"fleet-agent: {message}") and done.stderr.count("\n") == 1
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures/hw/simulated-h100/nvml-recording.json"
+
+
+def test_the_cuda_version_call_is_recorded_and_replayed(tmp_path: Path) -> None:
+    _roundtrip(_fake(), tmp_path)
+    calls = json.loads((tmp_path / "rec.json").read_text())["calls"]
+    cuda = [c for c in calls if c["fn"].startswith("nvmlSystemGetCudaDriverVersion")]
+    assert [(c["fn"], c["result"]) for c in cuda] == [("nvmlSystemGetCudaDriverVersion_v2", 12020)]
+    collector = NvmlCollector(NvmlReplay.load(tmp_path / "rec.json"), xid_events="off")
+    collector.discover()
+    assert (collector.driver_version(), collector.cuda_driver_version()) == ("535.183.06", "12.2")
+
+
+def test_a_recording_from_before_the_cuda_version_replays_without_it() -> None:
+    assert "CudaDriverVersion" not in FIXTURE.read_text()  # the committed fixture is such a recording
+    replay = NvmlReplay.load(FIXTURE)
+    collector = NvmlCollector(replay, xid_events="off")
+    assert len(collector.discover()) == 8
+    assert (collector.driver_version(), collector.cuda_driver_version()) == ("535.183.06", None)
+    assert [u.split("[")[0] for u in replay.unmatched] == ["nvmlSystemGetCudaDriverVersion_v2",
+                                                           "nvmlSystemGetCudaDriverVersion"]
+
+
+def test_bindings_without_v2_fall_back_to_the_older_call() -> None:
+    replay = NvmlReplay({"format": FORMAT, "absent": ["nvmlSystemGetCudaDriverVersion_v2"], "calls": [
+        {"fn": "nvmlInit", "args": [], "result": None},
+        {"fn": "nvmlSystemGetDriverVersion", "args": [], "result": "470.256.02"},
+        {"fn": "nvmlSystemGetCudaDriverVersion", "args": [], "result": 11040},
+        {"fn": "nvmlDeviceGetCount", "args": [], "result": 0},
+    ]})
+    collector = NvmlCollector(replay, xid_events="off")
+    assert collector.discover() == []
+    assert collector.cuda_driver_version() == "11.4" and replay.unmatched == []
+
+
+@pytest.mark.parametrize(("args", "cuda"), [
+    (["--replay-nvml", str(FIXTURE)], None),
+    (["--scenario", "healthy"], "12.2"),
+])
+def test_once_shows_the_cuda_version_next_to_the_driver(tmp_path: Path, args: list[str],
+                                                        cuda: str | None) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    base = [*AGENT, "once", "--config", str(config), *args]
+    done = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode in (0, 1), done.stderr  # 1: the sample is judged unhealthy, still a report
+    report = json.loads(done.stdout)
+    assert report["driver_version"] == "535.183.06" and report["cuda_driver_version"] == cuda
+    done = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False)
+    first = done.stdout.splitlines()[0]
+    assert "  driver 535.183.06" in first
+    assert (f"  driver 535.183.06  cuda {cuda}" in first) if cuda else ("cuda" not in first)

@@ -219,3 +219,65 @@ def test_a_stale_chips_age_is_counted_on_the_monotonic_clock(pool: cf.ThreadPool
     for c in report.chips:
         assert c.sampled_at is not None and 0.0 < report.sampled_at - c.sampled_at < 10.0
         assert "1h" not in c.problems[0].message and "3600" not in c.problems[0].message
+
+
+class CudaCollector(FakeCollector):
+    """A collector that also answers the CUDA version; ``cuda_hang`` holds that call until set."""
+
+    def __init__(self, cuda: str | None = "12.4") -> None:
+        super().__init__()
+        self.cuda = cuda
+        self.cuda_calls = 0
+        self.cuda_hang: threading.Event | None = None
+
+    def cuda_driver_version(self) -> str | None:
+        self.cuda_calls += 1
+        if self.cuda_hang is not None:
+            self.cuda_hang.wait(10)
+        return self.cuda
+
+
+def test_the_cuda_version_is_asked_with_the_driver_and_kept(pool: cf.ThreadPoolExecutor) -> None:
+    fake = CudaCollector()
+    sampler = _sampler(fake, pool)
+    reports = [sampler.sample_once() for _ in range(3)]
+    assert [(r.driver_version, r.cuda_driver_version) for r in reports] == [("550.54.15", "12.4")] * 3
+    assert fake.cuda_calls == 1  # read once, like the driver's version
+
+
+def test_a_collector_without_the_cuda_call_still_gives_the_driver(pool: cf.ThreadPoolExecutor) -> None:
+    report = _sampler(FakeCollector(), pool).sample_once()  # a collector written before the call
+    assert (report.driver_version, report.cuda_driver_version) == ("550.54.15", None)
+
+
+def test_no_cuda_version_is_asked_again_at_the_next_sample(pool: cf.ThreadPoolExecutor) -> None:
+    fake = CudaCollector(cuda=None)
+    sampler = _sampler(fake, pool)
+    sampler.sample_once()
+    fake.cuda = "12.2"  # e.g. the library answered later
+    assert sampler.sample_once().cuda_driver_version == "12.2" and fake.cuda_calls == 2
+
+
+def test_a_hung_cuda_call_costs_the_driver_probes_deadline_once(pool: cf.ThreadPoolExecutor) -> None:
+    fake = CudaCollector()
+    release = threading.Event()
+    fake.cuda_hang = release
+    sampler = _sampler(fake, pool)
+    try:
+        first = sampler.sample_once()
+        # the probe waited its half second for the CUDA call, not longer, and the rest stands
+        assert first.sample_duration_s is not None and first.sample_duration_s < 0.5 + TIMEOUT
+        assert (first.driver_version, first.cuda_driver_version) == ("550.54.15", None)
+        assert first.status is Status.HEALTHY
+        second = sampler.sample_once()  # still hung: not asked again beside the call in flight
+        assert second.cuda_driver_version is None and fake.cuda_calls == 1
+    finally:
+        release.set()
+    pause = threading.Event()  # never set: a wait that only times out
+    for _ in range(50):  # the released call's thread finishes; the next sample asks again
+        if sampler.sample_once().cuda_driver_version == "12.4":
+            break
+        pause.wait(0.05)
+    else:
+        pytest.fail("the CUDA version was not read after the hung call ended")
+    assert fake.cuda_calls == 2

@@ -296,3 +296,24 @@ def test_a_gpus_serial_is_text_on_both_paths(read: Reader) -> None:
     chip["gpu"]["serial"] = 42
     with pytest.raises(SchemaError, match=r"^chips\[0\]\.gpu\.serial: expected a string"):
         read(node(chips=[chip]))
+
+
+def test_the_cuda_driver_version_is_optional_text_and_round_trips(read: Reader) -> None:
+    older = read(node())  # an agent from before the field: absent reads as None
+    assert older.cuda_driver_version is None and older.driver_version == "550.54.15"
+    assert read(node(cuda_driver_version=None)).cuda_driver_version is None
+    newer = read(node(cuda_driver_version="12.4"))
+    assert newer.cuda_driver_version == "12.4"
+    assert read(json.loads(json.dumps(newer.to_dict()))) == newer
+    assert json.loads(json.dumps(older.to_dict()))["cuda_driver_version"] is None
+    with pytest.raises(SchemaError, match=r"^report\.cuda_driver_version: expected str, got float"):
+        read(node(cuda_driver_version=12.4))
+
+
+def test_the_cuda_driver_version_rides_in_a_stamped_answer() -> None:
+    from fleet_agent.schema import with_sample_age
+    from fleet_agent.server import render_json
+
+    body = with_sample_age(render_json(parse_node_report(node(cuda_driver_version="12.2"))), 1.0)
+    report = decode_node_report(body)
+    assert report.cuda_driver_version == "12.2" and report.sample_age_s == 1.0

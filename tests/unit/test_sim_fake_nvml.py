@@ -151,3 +151,24 @@ def test_field_values_have_pynvml_shape() -> None:
     assert mem_temp.valueType == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
     assert links.value.uiVal == 18
     assert other.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
+
+
+@pytest.mark.parametrize(("driver", "cuda"), [
+    ("535.183.06", 12020), ("550.54.15", 12040), ("570.124.06", 12080), ("470.256.02", 11040),
+    ("580.65.06", 13000),
+])
+def test_the_cuda_version_follows_the_drivers_branch(driver: str, cuda: int) -> None:
+    groups = [{**DOC["groups"][0], "driver_version": driver}]
+    nv = parse_scenario({**DOC, "groups": groups}).host(0).nvml
+    with pytest.raises(nv.NVMLError_Uninitialized):
+        nv.nvmlSystemGetCudaDriverVersion_v2()
+    nv.nvmlInit()
+    assert nv.nvmlSystemGetDriverVersion() == driver
+    assert nv.nvmlSystemGetCudaDriverVersion_v2() == nv.nvmlSystemGetCudaDriverVersion() == cuda
+
+
+def test_an_unknown_driver_branch_has_no_cuda_version() -> None:
+    nv = parse_scenario({**DOC, "groups": [{**DOC["groups"][0], "driver_version": "999.1"}]}).host(0).nvml
+    nv.nvmlInit()
+    with pytest.raises(nv.NVMLError_NotSupported):
+        nv.nvmlSystemGetCudaDriverVersion_v2()

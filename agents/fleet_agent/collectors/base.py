@@ -50,5 +50,9 @@ class ChipCollector(Protocol):
     def driver_version(self) -> str | None:
         ...
 
+    def cuda_driver_version(self) -> str | None:
+        """The CUDA version the driver supports ("12.2"); None where there is none (TPUs)."""
+        ...
+
     def close(self) -> None:
         ...

@@ -109,5 +109,8 @@ class UnavailableCollector:
     def driver_version(self) -> str | None:
         return None
 
+    def cuda_driver_version(self) -> str | None:
+        return None
+
     def close(self) -> None:
         pass

@@ -108,6 +108,25 @@ def _field_number(fv: Any) -> float | None:
     return None if name is None else float(getattr(fv.value, name))
 
 
+def cuda_version_text(number: Any) -> str | None:
+    """NVML's CUDA driver version (1000 * major + 10 * minor: 12020) as nvidia-smi shows it ("12.2");
+    None for anything else (not an int, zero or less: no CUDA driver)."""
+    if number.__class__ is not int or number <= 0:
+        return None
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def _cuda_driver_version(nv: Any) -> str | None:
+    """The CUDA version the driver supports: ``_v2`` first, then the older call (bindings or a
+    library without ``_v2``); None when neither answers (NotSupported, not in the bindings)."""
+    for name in ("nvmlSystemGetCudaDriverVersion_v2", "nvmlSystemGetCudaDriverVersion"):
+        try:
+            return cuda_version_text(getattr(nv, name)())
+        except (AttributeError, nv.NVMLError):
+            continue
+    return None
+
+
 def _field_int(fv: Any) -> int | None:
     number = _field_number(fv)
     return None if number is None else int(number)
@@ -133,6 +152,7 @@ class NvmlCollector:
         self._lock = threading.Lock()
         self._initialised = False
         self._driver: str | None = None
+        self._cuda: str | None = None
         self._known: dict[int, _Known] = {}
         self._static: dict[str, _Static] = {}
         self._watcher = (NvmlXidWatcher(nvml, self.xids, wait_ms=event_wait_ms)
@@ -169,10 +189,14 @@ class NvmlCollector:
                 self._driver = _text(nv.nvmlSystemGetDriverVersion())
             except nv.NVMLError:
                 self._driver = None
+            self._cuda = _cuda_driver_version(nv)
             self._initialised = True
 
     def driver_version(self) -> str | None:
         return self._driver
+
+    def cuda_driver_version(self) -> str | None:
+        return self._cuda
 
     def close(self) -> None:
         if self._watcher is not None:

@@ -313,5 +313,8 @@ class TpuCollector:
     def driver_version(self) -> str | None:
         return None
 
+    def cuda_driver_version(self) -> str | None:
+        return None
+
     def close(self) -> None:
         self.metrics.close()

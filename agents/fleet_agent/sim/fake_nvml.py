@@ -86,6 +86,20 @@ def _err(code: int) -> NVMLError:
 # the kernel module not the library's version.
 _DRIVER_FAULTS = {"driver_missing": 12, "driver_not_loaded": 9, "driver_mismatch": 18}
 _DRIVER_ORDER = (12, 18, 9)
+# Driver branch -> the CUDA version its libcuda supports (NVML's 1000 * major + 10 * minor), as
+# nvidia-smi's "CUDA Version" shows it for every release of the branch. A branch not listed
+# answers Not Supported (the report's field stays empty) rather than a guessed version.
+CUDA_BY_BRANCH: dict[int, int] = {
+    450: 11000, 455: 11010, 460: 11020, 465: 11030, 470: 11040, 495: 11050, 510: 11060,
+    515: 11070, 520: 11080, 525: 12000, 530: 12010, 535: 12020, 545: 12030, 550: 12040,
+    555: 12050, 560: 12060, 565: 12070, 570: 12080, 575: 12090, 580: 13000,
+}
+
+
+def cuda_for_driver(driver_version: str) -> int | None:
+    """The CUDA driver version (12020) of a driver version ("535.183.06"); None for an unknown branch."""
+    branch = driver_version.split(".", 1)[0]
+    return CUDA_BY_BRANCH.get(int(branch)) if branch.isdigit() else None
 
 
 # --- small result objects with pynvml's attribute names ---------------------------------------
@@ -387,6 +401,17 @@ class FakeNvml:
         if self._refcount == 0:
             raise _err(1)
         return self._driver
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        if self._refcount == 0:
+            raise _err(1)
+        cuda = cuda_for_driver(self._driver)
+        if cuda is None:
+            raise _err(3)
+        return cuda
+
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
+        return self.nvmlSystemGetCudaDriverVersion()
 
     def nvmlSystemGetNVMLVersion(self) -> str:
         if self._refcount == 0:
