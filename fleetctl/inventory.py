@@ -19,7 +19,9 @@ Parsing a 10,000-host inventory through Ansible takes seconds, so the result is 
 inventory came from (including ``group_vars/`` and ``host_vars/``). Executable (dynamic) sources
 and inventory plugin configs are never cached. Host patterns that are plain names (``all``, a group,
 a host) are answered from the cache directly; any other pattern (``&``, ``!``, wildcards, regexes,
-subscripts) goes through Ansible's own pattern code over the cached groups.
+subscripts) goes through Ansible's own pattern code over the cached groups. Slurm host lists
+(``h100-[0003,0007-0009]``, what ``health --summary`` prints) are expanded first: see
+:func:`expand_hostlists` for when a bracket is read the Slurm way.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class Inventory:
         pattern = (pattern or "all").strip()
         if not pattern:
             pattern = "all"
+        pattern = expand_hostlists(pattern, self)
         if pattern in ("all", "*"):
             names = list(self.hosts)
         elif _SIMPLE_PATTERN.match(pattern):
@@ -189,6 +192,98 @@ class Inventory:
             return ""
         shown = [f"group {c!r}" if c in self.groups else repr(c) for c in close]
         return f"; did you mean {' or '.join(shown)}?"
+
+
+# --- Slurm host lists in patterns ---------------------------------------------------------------
+#
+# ``fleetctl health --summary`` writes Slurm hostlists (``h100-[0003,0007-0009]``); on-call pastes them
+# into ``drain``. Ansible reads ``name[...]`` as a subscript of a group (``webservers[0]``,
+# ``webservers[0:2]``) or a glob class (``h100-000[1-3]``), so a bracket is read the Slurm way only
+# when it holds digits with ``-`` and ``,`` and the text before it is not a group name; then it is
+# expanded into the names (zero padding kept: the lower bound's width) before Ansible sees the pattern.
+# With ``&`` the names become one regex (Ansible intersects each ``&`` part on its own).
+
+_SLURM_BRACKET = re.compile(r"\[([0-9][0-9,-]*)\]")
+_SLURM_ITEM = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+HOSTLIST_MAX = 100_000  # names one pattern may expand into
+
+
+def expand_hostlists(pattern: str, inventory: Inventory) -> str:
+    """``pattern`` with its Slurm host lists expanded (see above); unchanged when it has none."""
+    if "[" not in pattern and "]" not in pattern:
+        return pattern
+    parts = _components(pattern)
+    out: list[str] = []
+    changed = False
+    for part in parts:
+        op = part[:1] if part[:1] in ("&", "!") else ""
+        names = _slurm_names(part[len(op):], inventory)
+        if names is None:
+            out.append(part)
+            continue
+        changed = True
+        if op == "&":
+            out.append("&~^(" + "|".join(re.escape(n) for n in names) + ")$")
+        else:
+            out.extend(op + n for n in names)
+    return ",".join(out) if changed else pattern
+
+
+def _components(pattern: str) -> list[str]:
+    """``pattern`` split at ``,`` and ``:`` outside brackets; unbalanced brackets are an error."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(pattern):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch in ",:" and depth == 0:
+            parts.append(pattern[start:i])
+            start = i + 1
+        if depth < 0 or depth > 1:
+            break
+    if depth != 0:
+        raise InventoryError(f"pattern {pattern!r}: unbalanced brackets")
+    parts.append(pattern[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _slurm_names(part: str, inventory: Inventory) -> list[str] | None:
+    """The names a Slurm host list stands for, or None when ``part`` is not one (see above)."""
+    first = _SLURM_BRACKET.search(part)
+    if first is None or part.startswith("~") or part[:first.start()] in inventory.groups:
+        return None
+    if part.count("[") != len(_SLURM_BRACKET.findall(part)):  # another bracket is Ansible's
+        return None
+    names = [""]
+    pos = 0
+    for m in _SLURM_BRACKET.finditer(part):
+        numbers = _slurm_numbers(m.group(1), part)
+        names = [n + part[pos:m.start()] + x for n in names for x in numbers]
+        if len(names) > HOSTLIST_MAX:
+            raise InventoryError(f"pattern {part!r}: more than {HOSTLIST_MAX} names")
+        pos = m.end()
+    names = [n + part[pos:] for n in names]
+    missing = [n for n in names if n not in inventory.hosts and n not in inventory.groups]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InventoryError(f"{inventory.label}: pattern {part!r}: {missing[0]!r}{more} "
+                             "matches no host or group")
+    return list(dict.fromkeys(names))
+
+
+def _slurm_numbers(body: str, part: str) -> list[str]:
+    numbers: list[str] = []
+    for item in body.split(","):
+        m = _SLURM_ITEM.fullmatch(item)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise InventoryError(f"pattern {part!r}: [{body}] is not a host list "
+                                 "(expected e.g. [0001-0004,0007])")
+        lo, hi = m.group(1), m.group(2) or m.group(1)
+        if int(hi) - int(lo) >= HOSTLIST_MAX:
+            raise InventoryError(f"pattern {part!r}: more than {HOSTLIST_MAX} names")
+        numbers += [f"{n:0{len(lo)}d}" for n in range(int(lo), int(hi) + 1)]
+    return numbers
 
 
 def join_patterns(patterns: Sequence[str] | None) -> str:

@@ -134,6 +134,8 @@ def health(
         raise UsageError("--summary and --map are two views: give one")
     if chips and (summary or fleet_map):
         raise UsageError(f"--chips and {'--summary' if summary else '--map'} are two views: give one")
+    if fleet_map and fmt is OutputFormat.name:
+        raise UsageError("--map and -o name are two views: give one")
     if watch is not None and fmt is OutputFormat.name:
         raise UsageError("-o name lists the hosts once: drop --watch")
     mode = "summary" if summary else "map" if fleet_map else "table"

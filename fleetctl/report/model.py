@@ -66,6 +66,11 @@ class HostRow:
         return max(len(self.chips), self.chips_expected or 0)
 
     @property
+    def chips_present(self) -> int:
+        """Chips the source reported (a Prometheus summary row counts them without listing them)."""
+        return len(self.chips)
+
+    @property
     def chips_ok(self) -> int:
         return sum(1 for c in self.chips if c.status is Status.HEALTHY)
 
@@ -232,6 +237,10 @@ def _desc(value: float | None) -> float:
 
 
 def host_power_w(h: HostRow) -> float | None:
+    """The chips' power summed; a row without chips listed (a Prometheus summary) may carry its own."""
+    if not h.chips:
+        power: float | None = getattr(h, "power_w", None)
+        return power
     powers = [c.power_w for c in h.chips if c.power_w is not None]
     return sum(powers) if powers else None
 
@@ -332,11 +341,14 @@ def chip_matches(chip: ChipReport, statuses: frozenset[str] | None) -> bool:
 
 def host_model(h: HostRow) -> str:
     """The host's chip model (the first chip's; ``-`` without a report), vendor prefix left out."""
-    for c in h.chips:
+    models = [c.model for c in h.chips[:1]]
+    if not models:  # a Prometheus summary row: (kind, vendor, model, count) per model, no chips listed
+        models = [m[2] for m in (getattr(h, "models", None) or [])[:1]]
+    for model in models:
         for prefix in ("NVIDIA ", "Google "):
-            if c.model.startswith(prefix):
-                return str(c.model[len(prefix):])
-        return str(c.model)
+            if model.startswith(prefix):
+                return str(model[len(prefix):])
+        return str(model)
     return "-"
 
 
@@ -345,6 +357,8 @@ def summarize(hosts: Iterable[HostRow]) -> Summary:
     chip_counts = dict.fromkeys(CHIP_STATES, 0)
     for h in hosts:
         host_counts[h.status.value] += 1
+        if not h.chips:  # a Prometheus summary row counts its (healthy) chips without listing them
+            chip_counts["healthy"] += h.chips_ok
         for c in h.chips:
             chip_counts[c.status.value] += 1
     return Summary(hosts=host_counts, chips=chip_counts)
@@ -374,7 +388,7 @@ def _host_dict(h: HostRow) -> dict[str, Any]:
         "age_s": _num(h.age_s, 1),
         "drained": h.drained,
         "chips_expected": h.chips_expected,
-        "chips_present": len(h.chips),
+        "chips_present": h.chips_present,
         "chips_ok": h.chips_ok,
         "max_temperature_c": _num(h.max_temperature_c),
         "mean_utilization_pct": _num(h.mean_utilization_pct),

@@ -70,6 +70,8 @@ def is_terminal() -> bool:
 
 def plain_lines(table: Table) -> list[str]:
     """``table`` as lines for a pipe: title, header, one line per row; whole cells, no colour, no wrap."""
+    from rich.cells import cell_len
+
     from fleetctl.views.text import unclipped
 
     columns = table.columns
@@ -78,13 +80,20 @@ def plain_lines(table: Table) -> list[str]:
         rows.append([unclipped(c.header) or "-" for c in columns])
     for i in range(table.row_count):
         rows.append([(unclipped(c._cells[i]) if i < len(c._cells) else "") or "-" for c in columns])
-    widths = [max((len(r[j]) for r in rows), default=0) for j in range(len(columns))]
+    # Padded by display width: a wide (CJK) character takes two columns of the terminal reading the pipe.
+    widths = [max((cell_len(r[j]) for r in rows), default=0) for j in range(len(columns))]
     lines = [unclipped(table.title)] if table.title else []
     for r in rows:
-        parts = [v.rjust(w) if c.justify == "right" else v.ljust(w)
-                 for v, w, c in zip(r, widths, columns, strict=True)]
+        parts = [_pad(v, w, right=c.justify == "right") for v, w, c in zip(r, widths, columns, strict=True)]
         lines.append("  ".join(parts).rstrip())
     return lines
+
+
+def _pad(value: str, width: int, *, right: bool) -> str:
+    from rich.cells import cell_len
+
+    fill = " " * max(width - cell_len(value), 0)
+    return fill + value if right else value + fill
 
 
 def show(renderable: RenderableType, console: Console | None = None) -> None:

@@ -8,12 +8,14 @@ them into a fixed-width Console and compare text.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.live import Live
 from rich.segment import Segment, Segments
@@ -76,13 +78,14 @@ def fmt_memory(used: int | None, total: int | None, *, short: bool = False) -> s
 
 
 def fmt_age(age_s: float | None) -> str:
+    """At most three characters below a hundred days (``9s``, ``99s``, ``2m``, ``5h``, ``3d``): the AGE
+    column keeps its width from one --watch round to the next."""
     if age_s is None:
         return "-"
-    if age_s < 120:
-        return f"{age_s:.0f}s"
-    if age_s < 7200:
-        return f"{age_s / 60:.0f}m"
-    return f"{age_s / 3600:.0f}h"
+    for unit, size in (("s", 1), ("m", 60), ("h", 3600)):
+        if round(age_s / size) < 100:
+            return f"{age_s / size:.0f}{unit}"
+    return f"{age_s / 86400:.0f}d"
 
 
 def short_model(model: str) -> str:
@@ -149,60 +152,142 @@ class Col:
     drop: int = 0
     flex: bool = False  # the one column that wraps (PROBLEMS): never dropped, never cut to a stub
     cells: list[Text | str] = field(default_factory=list)
-    min_width: int = 0  # set by _fit for the flex column
+    short: str = ""  # a shorter header for a narrow screen
 
 
 DEFAULT_VIEW = HealthView()
 FLEX_MIN = 24  # PROBLEMS gets at least this (or its longest word) before other columns are dropped
+FLEX_FALLBACK = 12  # PROBLEMS' minimum when rich fits the table itself (no width given)
+WRAP_MIN = 12  # the first and the flex column keep this many columns while headers can still fold
+GAP = 2  # rich's padding between two columns (pad_edge off: none at the table's edges)
 
 
 def _cell_len(value: Text | str) -> int:
-    return value.cell_len if isinstance(value, Text) else len(value)
+    return value.cell_len if isinstance(value, Text) else cell_len(value)
 
 
-def _fit(cols: list[Col], width: int | None) -> tuple[list[Col], bool]:
-    """The columns that fit ``width`` (None: all of them), dropping the least useful first; and
-    whether they fit (then no column need be cut: each gets its width as a minimum)."""
+def _plain(value: Text | str) -> str:
+    return value.plain if isinstance(value, Text) else value
+
+
+def _fit(cols: list[Col], width: int | None) -> tuple[list[Col], list[int] | None]:
+    """The columns that fit ``width`` (None: all of them, at their own width), dropping the least
+    useful first, and the width of each.
+
+    Every width is given to rich explicitly and their sum never exceeds the screen: a minimum wider
+    than the space rich has left makes it fold a cell at one width and crop it at another, and a
+    character of a host name is lost.
+    """
     natural = {id(c): _longest(c) for c in cols}
 
     def need(c: Col) -> int:
         if not c.flex:
             return natural[id(c)]
-        words = [len(w) for v in c.cells for w in (v.plain if isinstance(v, Text) else v).split()]
-        return min(natural[id(c)], max(FLEX_MIN, len(c.header), *words))
+        words = [cell_len(w) for v in c.cells for w in _plain(v).split()]
+        return min(natural[id(c)], max(FLEX_MIN, cell_len(c.header), *words))
 
     kept = list(cols)
 
-    def total() -> int:
-        return sum(need(c) for c in kept) + 2 * (len(kept) - 1)
+    def space() -> int:
+        return 0 if width is None else width - GAP * (len(kept) - 1)
 
-    while width is not None and total() > width:
+    while width is not None and sum(need(c) for c in kept) > space():
         droppable = [c for c in kept if c.drop]
         if not droppable:
             break
         kept.remove(max(droppable, key=lambda c: c.drop))
-    for c in kept:
-        c.min_width = need(c)
-    return kept, width is not None and total() <= width
+    if width is None:
+        return kept, None
+    if sum(need(c) for c in kept) > space():  # the short headers (a summary's states) before any folding
+        for c in kept:
+            if c.short:
+                c.header = c.short
+                natural[id(c)] = _longest(c)
+    first = [i for i, c in enumerate(kept) if c.flex or c is cols[0]]
+    every = list(range(len(kept)))
+    cells = [max([1, *(_cell_len(v) for v in c.cells)]) for c in kept]
+    words = [max(cells[i], *(cell_len(w) for w in c.header.split())) for i, c in enumerate(kept)]
+    widths = [natural[id(c)] for c in kept]
+    # Least harm first: the flex column wraps (down to what it needs); headers wrap at their spaces;
+    # the first column and the flex one wrap (each keeps a few columns); headers fold; those two
+    # fold to one column; then every column folds.
+    _shrink(widths, every, space(), [need(c) for c in kept])
+    _shrink(widths, every, space(), words)
+    _shrink(widths, first, space(), [min(widths[i], WRAP_MIN) for i in every])
+    _shrink(widths, every, space(), cells)
+    _shrink(widths, first, space(), [1] * len(kept))
+    _shrink(widths, every, space(), [1] * len(kept))
+    return kept, widths
+
+
+def _shrink(widths: list[int], which: list[int], space: int, floor: list[int]) -> None:
+    """Narrow the widest of ``which`` one column at a time until ``widths`` fit ``space``, none below
+    its ``floor``."""
+    while sum(widths) > space:
+        candidates = [i for i in which if widths[i] > floor[i]]
+        if not candidates:
+            return
+        widest = max(candidates, key=lambda i: (widths[i], i))
+        widths[widest] -= 1
+
+
+def folded(value: Text | str, width: int) -> Text | str:
+    """``value`` broken into lines of at most ``width`` columns after a space or a comma (a Slurm
+    host list has no spaces), a longer piece cut anywhere: joined again, the lines give back the
+    text (less the spaces a line ends on). Rich itself would cut a host list anywhere."""
+    text = value if isinstance(value, Text) else Text(value)
+    if width < 1 or text.cell_len <= width or "\n" in text.plain:
+        return value
+    plain = text.plain
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for m in _PIECE.finditer(plain):
+        a, b = m.span()
+        body_end = a + len(plain[a:b].rstrip(" "))
+        if a == b:
+            continue
+        if start < a and cell_len(plain[start:body_end]) > width:  # the piece starts a new line
+            spans.append((start, a))
+            start = a
+        while cell_len(plain[start:body_end]) > width:  # longer than a line: cut where the line is full
+            cut = start + 1
+            while cut < body_end and cell_len(plain[start:cut + 1]) <= width:
+                cut += 1
+            spans.append((start, cut))
+            start = cut
+    if start < len(plain):
+        spans.append((start, len(plain)))
+    lines = []
+    for s, e in spans:
+        line = text[s:e]
+        line.rstrip()
+        lines.append(line)
+    return Text("\n").join(lines)
+
+
+_PIECE = re.compile(r"[^ ,[]*[ ,[]*")
 
 
 def fitted_table(cols: list[Col], width: int | None, title: Text | None) -> Table:
+    """The columns of ``cols`` that fit ``width`` (see :func:`_fit`); None: every column at its own
+    width (a pipe: :func:`fleetctl.views.console.show` prints each row on one line)."""
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    kept, fits = _fit(cols, width)
-    for c in kept:
-        if c.flex:
-            table.add_column(c.header, overflow="fold", min_width=c.min_width if fits else 12)
-        elif c is cols[0]:  # folds (its own row only) when even the fewest columns do not fit
-            table.add_column(c.header, overflow="fold", min_width=c.min_width if fits else None)
+    kept, widths = _fit(cols, width)
+    for i, c in enumerate(kept):
+        if widths is None:  # rich fits the console it is printed on (the terminal views pass a width)
+            wraps = c.flex or c is cols[0]
+            table.add_column(c.header, justify=c.justify, overflow="fold", no_wrap=not wraps,
+                             min_width=FLEX_FALLBACK if c.flex else None)
         else:
-            table.add_column(c.header, justify=c.justify, no_wrap=True)
-    for i in range(len(cols[0].cells)):
-        table.add_row(*(c.cells[i] for c in kept))
+            table.add_column(c.header, justify=c.justify, overflow="fold", width=widths[i])
+    for r in range(len(cols[0].cells)):
+        row = [c.cells[r] for c in kept]
+        table.add_row(*(row if widths is None else (folded(v, w) for v, w in zip(row, widths, strict=True))))
     return table
 
 
 def _longest(c: Col) -> int:
-    return max([len(c.header), *(_cell_len(v) for v in c.cells)])
+    return max([cell_len(c.header), *(_cell_len(v) for v in c.cells)])
 
 
 def hosts_table(hosts: Iterable[HostRow], *, title: Text | None = None, width: int | None = None,

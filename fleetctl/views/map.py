@@ -81,22 +81,31 @@ def render_map(hosts: list[HostRow], group_by: str, *, width: int | None) -> Tex
                 status = h.status.value
                 text.append(GLYPH.get(status, "?"), style=STATUS_STYLE.get(status, ""))
             text.append("\n")
-    text.append_text(legend(hosts))
+    text.append_text(legend(hosts, width))
     return text
 
 
-def legend(hosts: list[HostRow]) -> Text:
-    """``· healthy 950  o degraded 30  X unhealthy 12``: every glyph with its count (healthy always)."""
+def legend(hosts: list[HostRow], width: int | None = None) -> Text:
+    """``· healthy 950  o degraded 30  X unhealthy 12``: every glyph with its count (healthy always);
+    on a screen ``width`` wide an item that would not fit starts a new line (never split in two)."""
     counts = summarize(hosts).hosts
     text = Text()
+    used = 0
     for state in HOST_HEALTH_ORDER:
         name = state.value
         if name != "healthy" and not counts[name]:
             continue
-        if text:
+        item = f" {name} {counts[name]}"
+        size = 1 + len(item)
+        if used and width is not None and used + 2 + size > width:
+            text.append("\n")
+            used = 0
+        elif used:
             text.append("  ")
+            used += 2
         text.append(GLYPH[name], style=STATUS_STYLE[name])
-        text.append(f" {name} {counts[name]}")
+        text.append(item)
+        used += size
     return text
 
 

@@ -19,8 +19,12 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 SUMMARY_SCHEMA = "fleet.summary/v1"
+# The state columns' headers on a narrow screen (sinfo abbreviates its states too).
+SHORT_STATE = {"healthy": "OK", "degraded": "DEGR", "unknown": "UNKN", "error": "ERR", "unreachable": "UNRCH",
+               "unhealthy": "UNHLT"}
 DEFAULT_KEY = "model"
 _NUMBERED = re.compile(r"(.*?)([0-9]+)")
+_SPECIAL = re.compile(r"[\[\],:\s]")
 
 
 def _natural(name: str) -> tuple[str, int, str]:
@@ -32,13 +36,15 @@ def hostlist(names: Iterable[str]) -> str:
     """Host names as Slurm writes a hostlist: ``h100-[0001-0004,0007],v5e-0001``.
 
     Names that end in digits share brackets with those of the same prefix (zero padding is kept:
-    ``n01`` and ``n1`` are two hosts, in two lists); other names are listed as they are. Sorted,
-    duplicates dropped.
+    ``n01`` and ``n1`` are two hosts, in two lists); other names (and any with ``[``, ``]``, ``,`` or
+    ``:``) are listed as they are. Sorted, duplicates dropped. fleetctl's host patterns read the
+    result back (:func:`fleetctl.inventory.expand_hostlists`).
     """
     numbered: dict[tuple[str, int], list[int]] = {}  # (prefix, padded width or 0) -> numbers
     plain: list[str] = []
     for name in dict.fromkeys(names):
-        m = _NUMBERED.fullmatch(name)
+        # a name with a bracket, comma or colon of its own is listed as it is (a pattern reads those)
+        m = None if _SPECIAL.search(name) else _NUMBERED.fullmatch(name)
         if m is None:
             plain.append(name)
             continue
@@ -136,7 +142,7 @@ def render_summary(hosts: list[HostRow], key: str = DEFAULT_KEY, *, wide: bool =
     rows = summary_rows(hosts, key)
     states = states_shown(rows)
     cols = [Col(key.upper()), Col("HOSTS", "right"), Col("CHIPS OK", "right", drop=2)]
-    cols += [Col(s.upper(), "right") for s in states]
+    cols += [Col(s.upper(), "right", short=SHORT_STATE.get(s, "")) for s in states]
     cols.append(Col("NOT HEALTHY", flex=True))
     if wide:
         cols.append(Col("HOSTLIST", drop=1))

@@ -1,10 +1,12 @@
-"""``fleetctl health`` as a person sees it: the real command in a real terminal (tmux) at 80, 120 and
-200 columns, against a deterministic simulated fleet, compared with golden captures.
+"""``fleetctl health`` as a person sees it: the real command in a real terminal (tmux) at 50, 60, 80,
+120 and 200 columns, against a deterministic simulated fleet, compared with golden captures.
 
 The captures are tests/golden/health/<view>-<columns>.txt. What changes from one run to the next is
-masked in both the capture and the comparison (see :func:`mask`): the digits of temperatures, memory
-in use and power (the simulated chips drift a little around their load), of ages (seconds since the
-agent sampled) and of the run's duration. Widths stay the same, so a column that moves still fails the test.
+masked in both the capture and the comparison (see :func:`mask`): temperatures, memory in use and
+power (the simulated chips drift a little around their load), ages (seconds since the agent sampled)
+and the run's duration. Each is masked as a whole token with the padding before it, so a late sample
+or a value that gains a digit inside its column masks the same, while a column that moves (a layout
+change) still fails the test; statuses, problems, host names and the layout are compared as they are.
 
 Regenerate after an intended change of the views (then read the diff as a person would):
 ``FLEETCTL_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/integration/test_health_terminal.py``.
@@ -17,7 +19,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,19 +66,30 @@ VIEWS = {
     "summary": ["--summary", "--group-by", "rack"],
     "map": ["--map"],
 }
-WIDTHS = (80, 120, 200)
+WIDTHS = (50, 60, 80, 120, 200)
 
-_MASKS = (
-    (re.compile(r"\(\d+\.\d\ds"), lambda m: re.sub(r"\d", "#", m.group())),  # the run's duration
-    (re.compile(r"\d+(?=°C)"), lambda m: "#" * len(m.group())),  # temperatures
-    (re.compile(r"(?<= )\d+(?=[smh]$)"), lambda m: "#" * len(m.group())),  # AGE, the last column
-    (re.compile(r"\d+(?=/\d+ ?G)"), lambda m: "#" * len(m.group())),  # memory in use
-    (re.compile(r"\d+(?= W\b)"), lambda m: "#" * len(m.group())),  # power
+def _token(keep: int) -> Callable[[re.Match[str]], str]:
+    """A drifting number and the spaces before it (its column's padding) as ``keep`` hashes, right
+    aligned in the same width: a value with one digit more or less, inside the same column, masks
+    the same."""
+    def repl(m: re.Match[str]) -> str:
+        width = len(m.group())
+        return "#" * width if width <= keep else " " * (width - keep) + "#" * keep
+
+    return repl
+
+
+_MASKS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str], ...] = (
+    (re.compile(r"\(\d+\.\d+s"), "(#s"),  # the run's duration, on the summary line (nothing after it aligns)
+    (re.compile(r" *\d+(?=°C)"), _token(3)),  # temperatures
+    (re.compile(r"(?<= ) *\d+[smhd]$"), _token(3)),  # AGE, the last column (at most three characters)
+    (re.compile(r" *\d+(?=/\d+ ?G)"), _token(4)),  # memory in use
+    (re.compile(r" *\d+(?= W\b)"), _token(4)),  # power
 )
 
 
 def mask(text: str) -> str:
-    """The capture with its run-to-run figures masked, widths kept (see the module doc)."""
+    """The capture with its run-to-run figures masked (see the module doc)."""
     lines = []
     for line in text.splitlines():
         for pattern, repl in _MASKS:
@@ -85,6 +98,15 @@ def mask(text: str) -> str:
     while lines and not lines[-1]:
         lines.pop()
     return "\n".join(lines) + "\n"
+
+
+def test_masks_hide_a_number_that_gains_a_digit_but_not_the_layout() -> None:
+    before = "h100-0001  healthy  8/8  45°C  50%  320/640 GiB  #5 temperature   9s\n6 hosts (0.03s)\n"
+    after = "h100-0001  healthy  8/8 100°C  50% 1320/640 GiB  #5 temperature  10s\n6 hosts (10.25s)\n"
+    assert mask(before) == mask(after)
+    assert "#5 temperature" in mask(before) and "healthy" in mask(before)
+    moved = "h100-0001  healthy  8/8  45°C  50%  320/640 GiB  #5 temperature    9s\n6 hosts (0.03s)\n"
+    assert mask(moved) != mask(before)  # a column that moved still differs
 
 
 def racked_inventory(fleet: SimFleet, path: Path) -> Path:

@@ -90,6 +90,18 @@ def test_plain_lines_keep_whole_names_pad_columns_and_mark_empty_cells() -> None
     ]
 
 
+def test_plain_lines_pad_by_display_width() -> None:
+    from rich.cells import cell_len
+
+    # a CJK name takes two terminal columns per character: the next column still starts in one place
+    table = table_with("計算ノード-01")
+    lines = plain_lines(table)[1:]
+    tokens = ("CHIPS", "8", "10")
+    ends = {cell_len(line[:line.index(t) + len(t)]) for line, t in zip(lines, tokens, strict=True)}
+    assert ends == {cell_len("計算ノード-01") + 2 + len("CHIPS")}, lines  # CHIPS is right-aligned
+    assert lines[1].startswith("計算ノード-01  ")
+
+
 def test_plain_lines_escape_controls_in_the_whole_text() -> None:
     hostile = "h\x1b[2J" + "y" * 100
     [_, row, _] = plain_lines(table_with(hostile))[1:]

@@ -59,6 +59,7 @@ def test_bad_choices_are_refused_before_any_agent_is_asked(argv: list[str], mess
 @pytest.mark.parametrize(("argv", "message"), [
     (["--summary", "--map"], "--summary and --map are two views"),
     (["--chips", "--map"], "--chips and --map are two views"),
+    (["--map", "-o", "name"], "--map and -o name are two views"),
     (["-o", "name", "--watch", "2"], "-o name lists the hosts once"),
     (["--json", "-o", "yaml"], "two formats"),
 ])

@@ -462,3 +462,46 @@ def test_join_patterns_joins_as_ansible_does() -> None:
     assert join_patterns(["gpu_nodes", "&rack1", "!h100-0003"]) == "gpu_nodes:&rack1:!h100-0003"
     assert join_patterns(["a,b", " c "]) == "a,b:c"
     assert join_patterns([]) == join_patterns(None) == join_patterns(["", "  "]) == "all"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("h100-[0001,0003]", ["h100-0001", "h100-0003"]),
+        ("h100-[0002-0003],v5e-0001", ["h100-0002", "h100-0003", "v5e-0001"]),
+        ("all:!h100-[0001-0002]", ["h100-0003", "v5e-0001"]),
+        ("gpu_nodes:&h100-[0002-0003]", ["h100-0002", "h100-0003"]),
+        ("h100-000[3]", ["h100-0003"]),
+        ("rack[1]", ["h100-0001", "v5e-0001"]),  # 'rack' is no group: the Slurm way, a name that is a group
+        ("gpu_nodes[1]", ["h100-0002"]),  # a group: Ansible's subscript, as before
+        ("gpu_nodes[0-1]", ["h100-0001", "h100-0002"]),
+        ("h100-000[!1]", ["h100-0002", "h100-0003"]),  # a glob class: Ansible's
+    ],
+)
+def test_slurm_host_lists_in_patterns(inv: Path, cache: Path, pattern: str, expected: list[str]) -> None:
+    assert names(load_inventory(str(inv), cache_dir=cache).select(pattern)) == expected
+
+
+@pytest.mark.parametrize(("pattern", "message"), [
+    ("h100-[0003-0001]", "[0003-0001] is not a host list"),
+    ("h100-[0001,,2]", "[0001,,2] is not a host list"),
+    ("h100-[0001-0003", "unbalanced brackets"),
+    ("h100-[0001-0009]", "'h100-0004' (and 5 more) matches no host or group"),
+])
+def test_a_malformed_or_unknown_host_list_is_a_one_line_error(inv: Path, cache: Path, pattern: str,
+                                                             message: str) -> None:
+    with pytest.raises(InventoryError) as err:
+        load_inventory(str(inv), cache_dir=cache).select(pattern)
+    assert message in str(err.value) and "\n" not in str(err.value) and err.value.exit_code == EXIT_USAGE
+
+
+def test_summary_host_lists_round_trip_as_patterns(tmp_path: Path, cache: Path) -> None:
+    from fleetctl.views.summary import hostlist
+
+    hosts = ["n1", "n2", "n10", "n01", "h100-0999", "h100-1000", "gw"]
+    path = tmp_path / "round.yml"
+    path.write_text("all:\n  hosts:\n" + "".join(f"    '{h}': {{}}\n" for h in hosts))
+    inventory = load_inventory(str(path), cache_dir=cache)
+    for chosen in (hosts, hosts[:3], ["n01", "n10", "h100-1000"]):
+        text = hostlist(chosen)
+        assert sorted(names(inventory.select(text))) == sorted(chosen), text

@@ -272,3 +272,22 @@ def test_view_selection_filters_by_state() -> None:
     assert {h.status.value for h in chosen} <= {"unreachable", "healthy"} and chosen
     assert [h.name for h in chosen] == sorted(h.name for h in chosen)
     assert all(h.status is not HostHealth.HEALTHY for h in selected_hosts(hosts, HealthView(unhealthy=True)))
+
+
+def test_a_prometheus_summary_row_counts_its_chips_in_json_and_the_summary() -> None:
+    from fleetctl.promsource import SummaryRow, _Summary
+    from fleetctl.report import HostRow, host_model, host_power_w
+    from fleetctl.views.summary import summary_doc, summary_rows
+
+    s = _Summary(values={"chips_present": 8.0, "chips_healthy": 8.0, "power_watts": 2800.0},
+                 models=[("gpu", "nvidia", "NVIDIA H100 80GB HBM3", 8)])
+    clean = SummaryRow(HostRow("h100-0001", "10.0.0.1", 9400, ("gpu_nodes",), HostHealth.HEALTHY,
+                               chips_expected=8), s)
+    report = FleetReport(generated_at=1.0, source="prometheus", hosts=[clean])
+    doc = json.loads(report.to_json())
+    assert doc["hosts"][0]["chips_present"] == 8 and doc["hosts"][0]["chips_ok"] == 8
+    assert doc["summary"]["chips"] == {"total": 8, "healthy": 8, "degraded": 0, "unknown": 0, "unhealthy": 0}
+    assert host_model(clean) == "H100 80GB HBM3" and host_power_w(clean) == 2800.0
+    [by_model] = summary_rows(report.hosts)
+    assert (by_model.key, by_model.chips, by_model.chips_ok) == ("H100 80GB HBM3", 8, 8)
+    assert summary_doc(report, report.hosts)["groups"][0]["chips_ok"] == 8

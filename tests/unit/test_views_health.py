@@ -8,6 +8,7 @@ import textwrap
 from fleet_agent.schema import Action, ChipReport, HostMetrics, NodeReport, Problem, Severity, Status
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from fleetctl.report import FleetReport, HostRow, ProblemRow
 from fleetctl.report.build import host_row_failed, host_row_from_node
@@ -108,6 +109,8 @@ def test_unhealthy_when_all_is_well() -> None:
 
 def test_small_formatters() -> None:
     assert [fmt_age(a) for a in (None, 5, 600, 9000)] == ["-", "5s", "10m", "2h"]
+    # never wider than three characters (the AGE column keeps its width): a unit up, not "100s"
+    assert [fmt_age(a) for a in (99.4, 100, 119, 5999, 356_000, 360_000)] == ["99s", "2m", "2m", "2h", "99h", "4d"]
     assert fmt_memory(None, None) == "-" and fmt_memory(2**30, None) == "1/? GiB"
     rows = [ProblemRow("xid", "critical", "m", "reboot", chip) for chip in (1, 2, 3, 4)]
     assert problems_short(rows) == "#1 xid, #2 xid, #3 xid +1"
@@ -212,3 +215,65 @@ def test_watch_in_a_pipe_prints_each_round_after_a_time_stamp(capsys: object) ->
     stamps = re.findall(r"^--- \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* every 2s$", out, re.M)
     assert len(stamps) == 2
     assert out.count("h100-0002  unhealthy") == 2
+
+
+# --- nothing lost when a cell folds (review of issue 16) -------------------------------------------
+
+
+def _column_texts(table: Table, width: int) -> list[str]:
+    """Each column of ``table`` drawn ``width`` wide, read top to bottom at its own place on the
+    screen, its lines joined without whitespace (what a person reads back from the folded cells)."""
+    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= width for line in lines), "\n".join(lines)
+    widths = [c.width for c in table.columns]
+    assert all(w is not None for w in widths) and sum(widths) + 2 * (len(widths) - 1) <= width  # type: ignore[arg-type]
+    texts, x = [], 0
+    for w in widths:
+        assert w is not None
+        texts.append("".join(line[x:x + w] for line in lines).replace(" ", ""))
+        x += w + 2
+    return texts
+
+
+def _whole(table: Table) -> list[str]:
+    """Each column's header and cells as a pipe gets them, without whitespace."""
+    from fleetctl.views.text import unclipped
+
+    return ["".join([str(c.header), *(unclipped(v) for v in c._cells)]).replace(" ", "").replace("\n", "")
+            for c in table.columns]
+
+
+def _narrow_fleet() -> list[HostRow]:
+    many = {i: Problem("temperature" if i % 2 else "xid", Severity.CRITICAL, "m", Action.REBOOT) for i in range(6)}
+    hosts = [host(f"h100-{i:04d}", ("gpu_nodes", "rack1"), Status.UNHEALTHY if i in (3, 7, 11) else Status.HEALTHY,
+                  many if i == 3 else {1: XID} if i in (7, 11) else None, chips=6 if i == 3 else 2)
+             for i in range(1, 16)]
+    return [*hosts, *fleet().hosts]
+
+
+def test_joined_folded_lines_give_back_every_cell_at_every_width() -> None:
+    from fleetctl.views.health import chips_table, hosts_table
+    from fleetctl.views.summary import render_summary
+
+    rows = _narrow_fleet()
+    for width in range(30, 201):
+        tables = [hosts_table(rows, width=width), chips_table(rows, width=width)]
+        summary = render_summary(rows, "model", width=width)
+        assert isinstance(summary, Table)
+        for table in [*tables, summary]:
+            shown = _column_texts(table, width)
+            whole = _whole(table)
+            # a folded cell keeps its text: columns compared whole (header and every cell, in order)
+            assert shown == whole, f"at {width} columns: {shown} != {whole}"
+
+
+def test_a_host_list_folds_at_its_commas() -> None:
+    from fleetctl.views.health import folded
+
+    out = folded("h100-[0003,0007,0011]", 10)
+    assert isinstance(out, Text) and out.plain.split("\n") == ["h100-[", "0003,0007,", "0011]"]
+    assert folded("h100-[0003,0007,0011]", 30) == "h100-[0003,0007,0011]"
+    long = folded("#1 xid, #2 temperature", 8)
+    assert isinstance(long, Text) and long.plain.split("\n") == ["#1 xid,", "#2", "temperat", "ure"]

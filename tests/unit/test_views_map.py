@@ -73,3 +73,11 @@ def test_racks_when_the_inventory_has_them() -> None:
     assert default_group_by(fleet(40)) == "rack"
     assert default_group_by([HostRow("a", "x", 1, ("gpu_nodes",), HostHealth.HEALTHY)]) == "group"
     assert sorted(["rack10", "rack9", "rack1"], key=natural_key) == ["rack1", "rack9", "rack10"]
+
+
+def test_at_40_columns_the_legend_keeps_each_item_whole() -> None:
+    lines = draw(fleet(), 40)
+    assert all(len(line) <= 40 for line in lines)
+    start = next(i for i, line in enumerate(lines) if line.startswith("· healthy"))
+    legend = lines[start:]
+    assert legend == ["· healthy 985  o degraded 1", "! unreachable 1  X unhealthy 13"]
