@@ -6,9 +6,12 @@ bastion) carries the same three trees as ``fleetctl/_assets/`` (pyproject.toml m
 two layouts keep the three trees siblings: the fleet_agent role finds the agent's source at
 ``{{ role_path }}/../../agents`` in both.
 
-Roles resolve through ``ANSIBLE_ROLES_PATH`` (:func:`ansible_roles_path`): the user's own roles path
-first (the environment's, else the one ansible.cfg sets, else Ansible's default), then fleetctl's,
-so a role of one's own with the same name wins, as it would with a plain ansible-playbook.
+Roles resolve through ``ANSIBLE_ROLES_PATH`` (:func:`ansible_roles_path`), built from fleetctl's roles
+and the user's own roles path (the environment's, else the one ansible.cfg sets, else Ansible's
+default). Which comes first depends on the playbook, as Ansible's own rule (roles next to the
+playbook win) would have it: fleetctl's own playbooks get fleetctl's roles first, so a user's role
+that happens to be called ``base`` cannot replace fleetctl's inside site.yml; a playbook of one's own
+gets the user's path first, so a role of one's own with the same name wins there.
 """
 
 from __future__ import annotations
@@ -91,9 +94,19 @@ def user_roles_path(environ: Mapping[str, str] | None = None, cwd: Path | None =
     return [str(Path(home).expanduser() / "roles"), *_ANSIBLE_SYSTEM_ROLES]
 
 
-def ansible_roles_path(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
-    """The value for ``ANSIBLE_ROLES_PATH`` when fleetctl runs a playbook: the user's roles path,
-    then fleetctl's roles, listed once and last."""
+def is_own_playbook(playbook: Path) -> bool:
+    """Whether ``playbook`` is one of fleetctl's own (under :func:`playbooks_dir`)."""
+    return Path(playbook).expanduser().resolve().is_relative_to(playbooks_dir().resolve())
+
+
+def ansible_roles_path(
+    environ: Mapping[str, str] | None = None, cwd: Path | None = None, playbook: Path | None = None
+) -> str:
+    """The value for ``ANSIBLE_ROLES_PATH`` when fleetctl runs ``playbook``: fleetctl's roles then
+    the user's roles path for fleetctl's own playbooks, the other way round for any other playbook
+    (or none given); fleetctl's roles listed once."""
     ours = str(roles_dir())
     entries = [p for p in user_roles_path(environ, cwd) if Path(p).expanduser().resolve() != Path(ours)]
+    if playbook is not None and is_own_playbook(playbook):
+        return os.pathsep.join([ours, *entries])
     return os.pathsep.join([*entries, ours])

@@ -13,17 +13,24 @@ So each run marks its jobs, records them, and on a cancel stops them on the host
   or inventory that sets ``ansible_async_dir`` itself wins over the environment and defeats the
   marker: then only jobs already named by an event are found.
 - Recording: ``AsyncJobs`` keeps, per host, the job ids (``ansible_job_id``) and job files
-  (``results_file``) the run's events named (``runner_on_ok`` of a ``poll: 0`` task,
-  ``runner_on_async_poll``/``_ok``/``_failed``), and the hosts any task started on. It saves them
-  atomically under the run's private directory for the watchdog.
+  (``results_file``) the run's events named (``runner_on_ok`` of a ``poll: 0`` task, loop items
+  included, ``runner_on_async_poll``/``_ok``/``_failed``), and which hosts were last unreachable.
+  It saves them atomically under the run's private directory for the watchdog. The events do not
+  say whether a task is async (they carry the action and its arguments, not its keywords), and a
+  polled job is named only at its first poll: so a callback plugin of fleetctl's (``CALLBACK``,
+  loaded into the run's ansible-playbook) appends each host an async task starts on to
+  ``starts.jsonl``, and takes it back when the task was skipped, unreachable, or polled to its end.
 - Stopping: ``stop_remote_jobs`` runs a small internal playbook through ansible-runner against the
-  run's hosts, with the run's inventory and connection options (``--connection``, ``--user``,
-  ``--private-key``, vault options, the same extra-vars files), never a shell string. Its module
+  hosts where an async job may still run (named by an event or by the plugin; never one last seen
+  unreachable), with the run's inventory, ``--forks`` and connection options (``--connection``,
+  ``--user``, ``--private-key``, vault options, the same extra-vars files), never a shell string.
+  A run that started no async task dials no host. Its module
   (``fleetctl/async_stop.py``, copied into the playbook's ``library/``) SIGTERMs then SIGKILLs every
   marked or named job process with its descendants and removes the run's job directory and the
   named job files. ``async_status mode=cleanup`` would only delete the job file, not stop the job.
-  Job ids are validated before use. The whole step is bounded (``CLEANUP_TIMEOUT_S``); a host that
-  does not answer is named in one line and the run is recorded as it would have been.
+  Job ids are validated before use. The whole step is bounded (``CLEANUP_TIMEOUT_S``) and a second
+  Ctrl-C skips it (the caller's ``skip``); a host that does not answer, or was skipped, is named in
+  one line and the run is recorded as it would have been.
 - A killed fleetctl (SIGKILL, OOM) runs no code: its watchdog (``orphan_guard``), which already stops
   the controller-side processes, then runs ``python -m fleetctl.async_jobs <spec>`` with the spec
   saved when the run started; the outcome lines land in ``async-stop/outcome.txt`` under the run's
@@ -57,7 +64,70 @@ DIR_NAME = "async-stop"
 # A job file path as the wrapper reports it; anything else (a value a host sent back) is not used.
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./~-]{1,4096}$")
 _JOB_EVENTS = ("runner_on_ok", "runner_on_async_poll", "runner_on_async_ok", "runner_on_async_failed",
-               "runner_on_failed")
+               "runner_on_failed", "runner_item_on_ok", "runner_item_on_failed")
+# A host that answers again (ignore_unreachable) is no longer taken as unreachable.
+_ANSWERED = ("runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_async_poll",
+             "runner_on_async_ok", "runner_on_async_failed")
+STARTS_ENV = "FLEETCTL_ASYNC_STARTS"  # the file the callback plugin appends to
+
+# A callback plugin written next to the run (``<directory>/callback_plugins``) and loaded without
+# being enabled: it appends one JSON line per change, a single write() to an O_APPEND file (a
+# rewrite per event would cost a fleet's size squared; a torn last line is skipped on reading).
+CALLBACK = """\
+# Written by fleetctl (fleetctl/async_jobs.py): notes the hosts an async task starts on.
+import json
+import os
+
+from ansible.plugins.callback import CallbackBase
+
+
+def _number(value, default):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default  # not templated yet: counted as async, so its host is cleaned
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "fleetctl_async_starts"
+    CALLBACK_NEEDS_ENABLED = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._path = os.environ.get("FLEETCTL_ASYNC_STARTS")
+        self._open = set()
+
+    def _note(self, host, task, running):
+        key = (host, str(task._uuid))
+        if not self._path or (key in self._open) == running:
+            return
+        (self._open.add if running else self._open.discard)(key)
+        line = json.dumps({"host": host, "task": key[1], "running": running}) + "\\n"
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def v2_runner_on_start(self, host, task):
+        if _number(task.async_val, 1) > 0:
+            self._note(host.get_name(), task, True)
+
+    def _ended(self, result):
+        self._note(result._host.get_name(), result._task, False)
+
+    def v2_runner_on_ok(self, result):
+        task = result._task
+        if _number(task.async_val, 1) <= 0 or _number(task.poll, 0) > 0:
+            self._ended(result)  # not async after all, or polled to its end: nothing runs
+
+    v2_runner_on_skipped = v2_runner_on_unreachable = _ended
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._ended(result)
+"""
 
 PLAYBOOK = """\
 # Written by fleetctl (fleetctl/async_jobs.py): stops a canceled run's async jobs.
@@ -106,14 +176,16 @@ class HostJobs:
 
 
 class AsyncJobs:
-    """The async jobs one ansible-playbook run started, fed from its events (thread-safe).
+    """The async jobs one ansible-playbook run's events named, fed from its events (thread-safe).
 
-    ``save_to``: a file rewritten atomically whenever a host or job is first seen, for the watchdog.
+    ``save_to``: a file rewritten atomically whenever a job or a host's reachability changes, for
+    the watchdog.
     """
 
     def __init__(self, token: str, async_dir: str, save_to: Path | None = None) -> None:
         self.token, self.async_dir, self.save_to = token, async_dir, save_to
         self.hosts: dict[str, HostJobs] = {}
+        self.unreachable: set[str] = set()
         self._lock = threading.Lock()
 
     def feed(self, event: Mapping[str, Any]) -> None:
@@ -123,33 +195,51 @@ class AsyncJobs:
         if not name.startswith("runner_") or not isinstance(host, str) or not host:
             return
         res = data.get("res") if name in _JOB_EVENTS else None
-        jid = valid_job_id(res.get("ansible_job_id")) if isinstance(res, Mapping) else None
-        path = res.get("results_file") if isinstance(res, Mapping) else None
+        found = _named_jobs(res) if isinstance(res, Mapping) else []
         with self._lock:
-            changed = host not in self.hosts
-            jobs = self.hosts.setdefault(host, HostJobs())
-            if jid and jid not in jobs.jobs:
-                jobs.jobs.append(jid)
+            changed = False
+            if name == "runner_on_unreachable" and host not in self.unreachable:
+                self.unreachable.add(host)
                 changed = True
-            if (isinstance(path, str) and _SAFE_PATH.match(path) and JOB_ID.match(os.path.basename(path))
-                    and path not in jobs.files):
-                jobs.files.append(path)
+            elif name in _ANSWERED and host in self.unreachable:
+                self.unreachable.discard(host)
                 changed = True
-            if changed and self.save_to is not None:
-                self._save(self.save_to)
+            for jid, path in found:
+                jobs = self.hosts.setdefault(host, HostJobs())
+                if jid and jid not in jobs.jobs:
+                    jobs.jobs.append(jid)
+                    changed = True
+                if path and path not in jobs.files:
+                    jobs.files.append(path)
+                    changed = True
+            if changed:
+                self._save()
+
+    def save(self) -> None:
+        """Write ``save_to`` now (the run's token, for the watchdog, before any event)."""
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
+        if self.save_to is not None:
+            write_atomic(self.save_to, json.dumps(self._dict()))
 
     def snapshot(self) -> dict[str, HostJobs]:
         with self._lock:
             return {h: HostJobs(list(j.jobs), list(j.files)) for h, j in self.hosts.items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"token": self.token, "async_dir": self.async_dir,
-                "hosts": {h: asdict(j) for h, j in self.snapshot().items()}}
+    def unreachable_hosts(self) -> set[str]:
+        with self._lock:
+            return set(self.unreachable)
 
-    def _save(self, path: Path) -> None:
-        data = {"token": self.token, "async_dir": self.async_dir,
-                "hosts": {h: asdict(j) for h, j in self.hosts.items()}}
-        write_atomic(path, json.dumps(data))
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return self._dict()
+
+    def _dict(self) -> dict[str, Any]:
+        return {"token": self.token, "async_dir": self.async_dir,
+                "hosts": {h: asdict(j) for h, j in self.hosts.items()},
+                "unreachable": sorted(self.unreachable)}
 
     @classmethod
     def load(cls, path: Path) -> AsyncJobs:
@@ -160,7 +250,39 @@ class AsyncJobs:
                 [j for j in entry.get("jobs", []) if valid_job_id(j)],
                 [f for f in entry.get("files", []) if isinstance(f, str) and _SAFE_PATH.match(f)],
             )
+        jobs.unreachable = {str(h) for h in data.get("unreachable") or []}
         return jobs
+
+
+def _named_jobs(res: Mapping[str, Any]) -> list[tuple[str | None, str | None]]:
+    """(job id, job file) pairs a result names: its own, and each loop item's (``results``)."""
+    items = [res, *(r for r in res.get("results") or [] if isinstance(r, Mapping))]
+    found: list[tuple[str | None, str | None]] = []
+    for item in items:
+        jid = valid_job_id(item.get("ansible_job_id"))
+        path = item.get("results_file")
+        safe = (path if isinstance(path, str) and _SAFE_PATH.match(path)
+                and JOB_ID.match(os.path.basename(path)) else None)
+        if jid or safe:
+            found.append((jid, safe))
+    return found
+
+
+def read_starts(path: Path) -> set[str]:
+    """The hosts the callback plugin (``CALLBACK``) saw an async task start on and not end."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return set()
+    running: dict[tuple[str, str], bool] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a killed ansible-playbook
+        if isinstance(entry, dict) and isinstance(entry.get("host"), str) and entry["host"]:
+            running[(entry["host"], str(entry.get("task")))] = bool(entry.get("running"))
+    return {host for (host, _), on in running.items() if on}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -189,10 +311,24 @@ class CleanupSpec:
     directory: str  # the run's private ``async-stop`` directory
     timeout_s: int = CLEANUP_TIMEOUT_S
     grace_s: float = GRACE_S
+    forks: int | None = None  # the run's --forks: the cleanup reaches as many hosts at once
 
     @property
     def jobs_file(self) -> Path:
         return Path(self.directory) / "jobs.json"
+
+    @property
+    def starts_file(self) -> Path:
+        return Path(self.directory) / "starts.jsonl"
+
+    def install_callback(self) -> dict[str, str]:
+        """Write the callback plugin for the run; return the environment that loads it."""
+        plugins = Path(self.directory) / "callback_plugins"
+        plugins.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(plugins / "fleetctl_async_starts.py", CALLBACK)
+        inherited = os.environ.get("ANSIBLE_CALLBACK_PLUGINS", "")
+        return {"ANSIBLE_CALLBACK_PLUGINS": os.pathsep.join(filter(None, [inherited, str(plugins)])),
+                STARTS_ENV: str(self.starts_file)}
 
     def save(self) -> Path:
         path = Path(self.directory) / "spec.json"
@@ -233,18 +369,38 @@ class CleanupReport:
         return list(self.problems)
 
 
+def cleanup_hosts(spec: CleanupSpec, jobs: AsyncJobs) -> tuple[list[str], list[str]]:
+    """(hosts to clean: an event named a job there or an async task started there; hosts last seen
+    unreachable where an event named a job, which are not dialed again)."""
+    named = jobs.snapshot()
+    unreachable = jobs.unreachable_hosts()
+    candidates = set(named) | read_starts(spec.starts_file)
+    return sorted(candidates - unreachable), sorted(set(named) & unreachable)
+
+
 def stop_remote_jobs(
     spec: CleanupSpec, jobs: AsyncJobs, passwords: Mapping[str, str] | None = None,
-    run: Callable[..., Any] | None = None,
+    run: Callable[..., Any] | None = None, say: Callable[[str], None] | None = None,
+    skip: Callable[[], bool] | None = None,
 ) -> CleanupReport:
-    """Run the internal cleanup playbook on every host a task of the run started on."""
+    """Run the internal cleanup playbook on every host where an async job of the run may run.
+
+    ``say`` gets the one line announcing the cleanup; ``skip`` is polled while it runs (a second
+    Ctrl-C): once true, the cleanup stops and the hosts not done yet are named as skipped.
+    """
     report = CleanupReport()
-    hosts = sorted(jobs.snapshot())
+    hosts, lost = cleanup_hosts(spec, jobs)
+    if lost:
+        report.problems.append(f"async jobs not stopped on {', '.join(lost)}: unreachable during the run")
     if not hosts:
         return report
     import ansible_runner  # heavy: only when there is something to stop
 
     run = run or ansible_runner.run
+    if say is not None:
+        hint = "; Ctrl-C again to skip" if skip is not None else ""
+        say(f"stopping async jobs on {len(hosts)} host{'s' if len(hosts) != 1 else ''} "
+            f"(up to {spec.timeout_s} s{hint})")
     base = Path(spec.directory)
     work = base / "play"
     shutil.rmtree(work, ignore_errors=True)
@@ -258,6 +414,7 @@ def stop_remote_jobs(
     vault_prompt = any("Vault password" in prompt for prompt in passwords or {})
     cmdline = [*cleanup_cmdline(spec.cmdline, vault_prompt), "--extra-vars", f"@{work / 'vars.json'}"]
     answered: set[str] = set()
+    skipped = False
 
     def handle(event: dict[str, Any]) -> bool:
         name = str(event.get("event", ""))
@@ -276,6 +433,11 @@ def stop_remote_jobs(
             report.problems.append(f"{host}: async jobs not stopped ({why}): {message}")
         return False  # nothing of the cleanup is kept in the artifacts
 
+    def cancel() -> bool:
+        nonlocal skipped
+        skipped = skipped or (skip is not None and skip())
+        return skipped
+
     try:
         result = run(
             private_data_dir=str(base / "runner"),
@@ -283,6 +445,7 @@ def stop_remote_jobs(
             playbook=str(work / "stop.yml"),
             inventory=list(spec.inventory),
             limit=f"@{work / 'hosts.txt'}",
+            forks=spec.forks,
             cmdline=shlex.join(cmdline),
             envvars={**spec.envvars},
             passwords=dict(passwords or {}),
@@ -292,6 +455,9 @@ def stop_remote_jobs(
             suppress_env_files=True,
             quiet=True,
             event_handler=handle,
+            # Always given: without one, ansible-runner installs SIGINT/SIGTERM handlers of its own
+            # in the main thread and leaves them there, swallowing every later Ctrl-C.
+            cancel_callback=cancel,
         )
         status = str(getattr(result, "status", ""))
     except Exception as exc:  # noqa: BLE001 - the run is recorded anyway; the cause is named
@@ -299,7 +465,12 @@ def stop_remote_jobs(
         return report
     silent = [h for h in hosts if h not in answered]
     if silent:
-        why = f"no answer within {spec.timeout_s} s" if status == "timeout" else f"cleanup ended {status}"
+        if skipped:
+            why = "skipped (Ctrl-C)"
+        elif status == "timeout":
+            why = f"no answer within {spec.timeout_s} s"
+        else:
+            why = f"cleanup ended {status}"
         report.problems.append(f"async jobs not stopped on {', '.join(silent)}: {why}")
     return report
 
@@ -312,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     spec = CleanupSpec.load(Path(args[0]))
     if not spec.jobs_file.is_file():
-        return 0  # no task started on any host
+        return 0  # fleetctl died before ansible-playbook started
     from fleetctl.runner import HOST_KEY_PROMPT
 
     report = stop_remote_jobs(spec, AsyncJobs.load(spec.jobs_file), {HOST_KEY_PROMPT: "no"})

@@ -10,7 +10,8 @@ before any event named it:
 - the marker: every process async_wrapper starts carries ``ANSIBLE_ASYNC_DIR`` (Ansible puts it
   in the module's environment) and fleetctl gave each run its own directory, ``fleetctl-<token>``;
 - the job ids the run's events named (a playbook that sets ``ansible_async_dir`` itself defeats
-  the marker): async_wrapper's argv carries the id's first part, its children descend from it.
+  the marker): async_wrapper's argv carries the id's first part right after the wrapper's own path
+  (``python3 .../async_wrapper.py j123 3600 .../AnsiballZ_x.py _``), its children descend from it.
 Every such process and its descendants get SIGTERM, then SIGKILL after ``grace`` seconds; then
 the run's job directory and the named job files go. A process of another user can be neither read
 nor signalled: such async_wrapper processes are counted in ``hidden`` and fleetctl retries with
@@ -30,7 +31,9 @@ from collections.abc import Iterable
 
 # WANT_JSON (Ansible passes the module's arguments as a JSON file, argv[1])
 
-JOB_ID = re.compile(r"^j?[0-9]{1,12}\.[0-9]{1,10}$")
+# ansible-core names every job "j<random>.<pid>" (async_wrapper since 2.10); the "j" keeps an id
+# from ever equalling a bare number of the wrapper's argv (its time limit).
+JOB_ID = re.compile(r"^j[0-9]{1,12}\.[0-9]{1,10}$")
 TOKEN = re.compile(r"^[0-9a-f]{8,64}$")
 MARK_PREFIX = "fleetctl-"
 
@@ -66,9 +69,15 @@ def marked_by_dir(environ: bytes, token: str) -> bool:
 
 
 def names_job(cmdline: bytes, prefixes: Iterable[str]) -> bool:
-    """Whether an argv (``/proc/PID/cmdline``) is async_wrapper's for one of the job id prefixes."""
+    """Whether an argv (``/proc/PID/cmdline``) is async_wrapper's for one of the job id prefixes:
+    the argument right after the wrapper's path is the job id (``python3 WRAPPER JID LIMIT ...``,
+    or ``WRAPPER JID ...`` run through its shebang), never any other argument."""
     argv = [a.decode(errors="replace") for a in cmdline.split(b"\0")]
-    return any("async_wrapper" in a for a in argv) and any(p in argv for p in prefixes)
+    wanted = set(prefixes)
+    for index, arg in enumerate(argv[:-1]):
+        if os.path.basename(arg).startswith("async_wrapper"):
+            return argv[index + 1] in wanted
+    return False
 
 
 def find(proc: str, token: str, prefixes: list[str]) -> tuple[set[int], int]:

@@ -15,12 +15,13 @@ import contextlib
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -130,10 +131,11 @@ class AnsibleRunner:
             inventory=list(request.inventory), cmdline=list(request.cmdline),
             envvars={"PATH": _runner_path(), **request.envvars}, cwd=str(request.cwd),
             directory=str(request.private_data_dir / async_jobs.DIR_NAME / request.ident),
-            timeout_s=self.cleanup_timeout,
+            timeout_s=self.cleanup_timeout, forks=request.forks,
         )
         spec_path = spec.save()
         jobs = async_jobs.AsyncJobs(token, async_jobs.async_dir_for(token), save_to=spec.jobs_file)
+        jobs.save()
 
         def handle(event: dict[str, Any]) -> bool:
             jobs.feed(event)
@@ -143,8 +145,8 @@ class AnsibleRunner:
         guard = OrphanGuard(self.termination_grace,
                             then=[sys.executable, "-P", "-m", "fleetctl.async_jobs", str(spec_path)])
         envvars = {"PATH": _runner_path(), "ANSIBLE_ASYNC_DIR": jobs.async_dir,
-                   "ANSIBLE_ROLES_PATH": ansible_roles_path(cwd=request.cwd), **request.envvars,
-                   **guard.envvars}
+                   "ANSIBLE_ROLES_PATH": ansible_roles_path(cwd=request.cwd, playbook=request.playbook),
+                   **spec.install_callback(), **request.envvars, **guard.envvars}
         stopped = False
 
         def cancel_check() -> bool:
@@ -184,10 +186,31 @@ class AnsibleRunner:
             thread.join()
         notes: tuple[str, ...] = ()
         if stopped:  # the guard has stopped this machine's part; now the hosts' part
-            report = async_jobs.stop_remote_jobs(spec, jobs, {HOST_KEY_PROMPT: "no", **request.passwords})
-            notes = tuple(report.lines())
+            notes = self._stop_remote_jobs(spec, jobs, request.passwords)
         return RunOutcome(status=str(runner.status), rc=runner.rc, artifacts_dir=request.artifacts_dir,
                           notes=notes)
+
+    def _stop_remote_jobs(
+        self, spec: async_jobs.CleanupSpec, jobs: async_jobs.AsyncJobs, passwords: Mapping[str, str]
+    ) -> tuple[str, ...]:
+        """The remote cleanup after a cancel, which a second Ctrl-C (or SIGTERM) skips."""
+        with _second_interrupt() as again:
+            halted = False
+
+            def skip() -> bool:
+                nonlocal halted
+                if again is None or not again.is_set():
+                    return False
+                if not halted:  # ansible-runner kills the process group; Ansible's workers left it
+                    halted = True
+                    stop_ansible_processes(self.termination_grace)
+                return True
+
+            report = async_jobs.stop_remote_jobs(
+                spec, jobs, {HOST_KEY_PROMPT: "no", **passwords}, say=_say,
+                skip=skip if again is not None else None,
+            )
+        return tuple(report.lines())
 
     def list_tags(self, request: PlaybookRequest) -> set[str]:
         argv = [ansible_bin("ansible-playbook"), "--list-tags", str(request.playbook)]
@@ -202,7 +225,8 @@ class AnsibleRunner:
             argv.append("--vault-password-file=/dev/stdin")
             argv = [a for a in argv if a != "--ask-vault-pass"]
             stdin = next(iter(request.passwords.values())) + "\n"
-        env = {**os.environ, "ANSIBLE_ROLES_PATH": ansible_roles_path(cwd=request.cwd), **request.envvars,
+        roles = ansible_roles_path(cwd=request.cwd, playbook=request.playbook)
+        env = {**os.environ, "ANSIBLE_ROLES_PATH": roles, **request.envvars,
                "PATH": _runner_path(), "ANSIBLE_NOCOLOR": "1"}
         proc = subprocess.run(
             argv, cwd=request.cwd, env=env, input=stdin, capture_output=True, text=True, check=False
@@ -210,6 +234,30 @@ class AnsibleRunner:
         if proc.returncode != 0:
             raise ListTagsError(_ansible_error_line(proc.stderr or proc.stdout))
         return parse_list_tags(proc.stdout)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _second_interrupt() -> Iterator[threading.Event | None]:
+    """An event a Ctrl-C (or SIGTERM) sets while inside; None where no handler can be installed
+    (not the main thread, or both signals ignored, as under nohup). The caller's handlers (the
+    CLI's, which set the first cancel) are back on leaving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    event = threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda _signum, _frame: event.set())
+    try:
+        yield event if previous else None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def stop_ansible_processes(grace: float) -> None:

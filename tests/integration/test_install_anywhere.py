@@ -157,18 +157,43 @@ def test_a_playbook_of_ones_own_runs_a_packaged_role(elsewhere: tuple[Path, dict
         assert "fleet_agent/cli.py" in zf.namelist()
 
 
-def test_the_roles_path_keeps_the_users_own_first(fresh: Path, tmp_path: Path) -> None:
+def test_the_roles_path_keeps_the_users_own_first_in_the_users_playbooks(fresh: Path, tmp_path: Path) -> None:
     (tmp_path / "ansible.cfg").write_text("[defaults]\nroles_path = my-roles:/srv/roles\n")
     code = ("from pathlib import Path; from fleetctl import assets; import sys; "
-            "print(assets.ansible_roles_path({}, cwd=Path(sys.argv[1]))); "
-            "print(assets.ansible_roles_path({'ANSIBLE_ROLES_PATH': '/a:/b'}, cwd=Path(sys.argv[1])))")
+            "mine = Path(sys.argv[1]) / 'site.yml'; site = assets.playbooks_dir() / 'site.yml'; "
+            "print(assets.ansible_roles_path({}, cwd=Path(sys.argv[1]), playbook=mine)); "
+            "print(assets.ansible_roles_path({'ANSIBLE_ROLES_PATH': '/a:/b'}, cwd=Path(sys.argv[1]))); "
+            "print(assets.ansible_roles_path({}, cwd=Path(sys.argv[1]), playbook=site))")
     out = _run([str(fresh / "bin" / "python"), "-c", code, str(tmp_path)], cwd="/")
     assert out.returncode == 0, out.stderr
-    from_cfg, from_env = out.stdout.split()
+    from_cfg, from_env, for_site = out.stdout.split()
     ours = from_cfg.split(":")[-1]
     assert ours.startswith(str(fresh))
     assert from_cfg == f"{tmp_path}/my-roles:/srv/roles:{ours}"
     assert from_env == f"/a:/b:{ours}"
+    assert for_site == f"{ours}:{tmp_path}/my-roles:/srv/roles"  # fleetctl's own playbook: its roles first
+
+
+def test_a_users_role_named_like_fleetctls_wins_only_in_the_users_playbook(
+    elsewhere: tuple[Path, dict[str, str]], fresh: Path
+) -> None:
+    work, env = elsewhere
+    tasks = work / "roles" / "base" / "tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "main.yml").write_text("- name: The user's own base role\n  ansible.builtin.debug:\n"
+                                    "    msg: my own base\n  tags: [my_own_base]\n")
+    (work / "ansible.cfg").write_text("[defaults]\nroles_path = roles\n")
+    (work / "mine.yml").write_text("- name: Mine\n  hosts: all\n  gather_facts: false\n  roles: [base]\n")
+    fleetctl = str(fresh / "bin" / "fleetctl")
+    # fleetctl's site.yml keeps fleetctl's base role: the user's tag is not one of its tags.
+    site = _run([fleetctl, "provision", "-i", "hosts.ini", "-p", "site", "--tags", "my_own_base"],
+                cwd=work, env=env)
+    assert site.returncode == 2 and "unknown tag(s) my_own_base in site.yml" in site.stdout + site.stderr, (
+        site.stdout + site.stderr)
+    # the user's own playbook gets the user's base role (Ansible's rule: the user's roles path first).
+    mine = _run([fleetctl, "provision", "-i", "hosts.ini", "-p", "mine.yml", "--tags", "my_own_base"],
+                cwd=work, env=env)
+    assert mine.returncode == 0, mine.stdout + mine.stderr
 
 
 # --- the distributions' metadata ---------------------------------------------------------------

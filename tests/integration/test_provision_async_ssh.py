@@ -34,7 +34,7 @@ FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 IMAGE = "fleetctl/debian12-systemd:latest"
 PLAYBOOK = Path(__file__).parent / "provision_local" / "async_jobs.yml"
 HOSTS = ("a1", "a2")
-PORTS = (37000, 37999)
+PORTS = (37800, 37999)
 SLEEPS = ("sleep 301.37", "sleep 302.73")
 
 
@@ -145,6 +145,7 @@ def test_ctrl_c_stops_the_async_jobs_on_the_hosts(lab: dict[str, Any]) -> None:
     leftovers = {c: _job_processes(c) for c in lab["containers"].values()}
     assert not any(leftovers.values()), (leftovers, err)
     assert proc.returncode == 130, out + err
+    assert "stopping async jobs on 2 hosts (up to 60 s; Ctrl-C again to skip)" in err, err
     for cname in lab["containers"].values():
         listing = docker("exec", cname, "sh", "-c", "ls -A /root/.ansible_async 2>/dev/null", check=False)
         assert "fleetctl-" not in listing.stdout  # the run's job directory went with its jobs

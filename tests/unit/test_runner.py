@@ -216,17 +216,19 @@ def _job_event(name: str, host: str, jid: object, results_file: object = None) -
 def test_async_jobs_record_the_ids_and_files_the_events_name(tmp_path: Path) -> None:
     saved = tmp_path / "jobs.json"
     jobs = AsyncJobs("ab12cd34ef56ab78", async_dir_for("ab12cd34ef56ab78", {}), save_to=saved)
-    jobs.feed(fake_event("runner_on_start", "n3", task="polled"))  # in flight: no id yet, still a host
+    jobs.feed(fake_event("runner_on_start", "n3", task="polled"))  # no id: the callback plugin's part
+    jobs.feed(fake_event("runner_on_unreachable", "n4", res={"msg": "timed out"}))
     jobs.feed(_job_event("runner_on_ok", "n1", "j416.1234", "/root/.ansible_async/j416.1234"))  # poll: 0
     jobs.feed(_job_event("runner_on_async_poll", "n2", "j77.99"))
     jobs.feed(_job_event("runner_on_async_poll", "n2", "j77.99"))  # each poll names it again
     jobs.feed(_job_event("runner_on_ok", "n1", "1; rm -rf /", "/root/.ansible_async/{{ x }}"))
     jobs.feed(_job_event("runner_on_ok", "n1", "j5.6", "/etc/passwd"))  # not a job file: never removed
     assert jobs.async_dir == "~/.ansible_async/fleetctl-ab12cd34ef56ab78"
-    expected = {"n3": HostJobs(), "n1": HostJobs(["j416.1234", "j5.6"], ["/root/.ansible_async/j416.1234"]),
+    expected = {"n1": HostJobs(["j416.1234", "j5.6"], ["/root/.ansible_async/j416.1234"]),
                 "n2": HostJobs(["j77.99"])}
     assert jobs.snapshot() == expected
-    assert AsyncJobs.load(saved).snapshot() == expected  # what the watchdog reads after a SIGKILL
+    # what the watchdog reads after a SIGKILL
+    assert AsyncJobs.load(saved).snapshot() == expected and AsyncJobs.load(saved).unreachable == {"n4"}
 
 
 def test_the_runs_async_dir_sits_under_an_inherited_one() -> None:
