@@ -263,21 +263,11 @@ def _judged_chip(chip: ChipReport, node_sampled_at: float) -> ChipReport:
     if not found:
         return chip
     new = [p for p in map(readings.problem, found) if p not in chip.problems]
-    blank: dict[str, Any] = {}
-    gpu = chip.gpu
-    for f in found:
-        if f.field.startswith("gpu.xid_counts[") and gpu is not None:
-            gpu = replace(gpu, xid_counts={k: v for k, v in gpu.xid_counts.items()
-                                           if not readings.out_of_range(v, *readings.COUNT_RANGE)})
-        elif f.field.startswith("gpu.") and gpu is not None:
-            gpu = replace(gpu, **{f.field[4:]: None})  # type: ignore[arg-type]  # a number field
-        elif f.field.startswith("tpu.") and chip.tpu is not None:
-            blank["tpu"] = replace(blank.get("tpu", chip.tpu), **{f.field[4:]: None})
-        else:
-            blank[f.field] = None
+    # Only the chip's own shown fields: the GPU's and TPU's are the agent's to judge (details=False).
+    blank: dict[str, Any] = {f.field: None for f in found}
     problems = sort_problems([*chip.problems, *new])
     status = Status.worst([chip.status, problems_status(new)])
-    return replace(chip, **blank, gpu=gpu, problems=problems, status=status)
+    return replace(chip, **blank, problems=problems, status=status)
 
 
 def _has_check(node: NodeReport, check: str) -> bool:

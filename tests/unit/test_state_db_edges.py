@@ -63,5 +63,5 @@ def test_a_newer_database_is_refused_for_writes_naming_both_versions(tmp_path: P
             pass
     assert str(err.value) == (
         f"state database {path} is schema version {db.SCHEMA_VERSION + 3}, written by a newer fleetctl; "
-        f"this fleetctl knows up to version {db.SCHEMA_VERSION}: it can read it (status, hosts, runs list) but "
-        "changes nothing: upgrade fleetctl")
+        f"this fleetctl knows up to version {db.SCHEMA_VERSION}: it can read it (status, hosts, runs list) "
+        "but changes nothing: upgrade fleetctl")
