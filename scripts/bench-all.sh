@@ -22,6 +22,7 @@ quick_args() {
     bench_agent) echo "--quick" ;;
     bench_cli) echo "--runs 3" ;;
     bench_health) echo "--quick --no-ssh-lab" ;;
+    bench_prometheus) echo "--quick" ;;
     bench_provision) echo "--quick --local" ;;
     bench_site_rerun) echo "SKIP" ;;
     bench_soak) echo "--quick --duration 30" ;;
