@@ -255,13 +255,19 @@ def _slurm_names(part: str, inventory: Inventory) -> list[str] | None:
         return None
     if part.count("[") != len(_SLURM_BRACKET.findall(part)):  # another bracket is Ansible's
         return None
+    if any(ch in _SLURM_BRACKET.sub("", part) for ch in "*?"):  # a glob (h000[1-3]*): Ansible's
+        return None
+    brackets = list(_SLURM_BRACKET.finditer(part))
+    total = 1
+    for m in brackets:  # counted from the bounds before anything is built: a typo must not fill memory
+        total *= _slurm_count(m.group(1), part)
+        if total > HOSTLIST_MAX:
+            raise InventoryError(f"pattern {part!r}: more than {HOSTLIST_MAX} names")
     names = [""]
     pos = 0
-    for m in _SLURM_BRACKET.finditer(part):
+    for m in brackets:
         numbers = _slurm_numbers(m.group(1), part)
         names = [n + part[pos:m.start()] + x for n in names for x in numbers]
-        if len(names) > HOSTLIST_MAX:
-            raise InventoryError(f"pattern {part!r}: more than {HOSTLIST_MAX} names")
         pos = m.end()
     names = [n + part[pos:] for n in names]
     missing = [n for n in names if n not in inventory.hosts and n not in inventory.groups]
@@ -272,18 +278,24 @@ def _slurm_names(part: str, inventory: Inventory) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
-def _slurm_numbers(body: str, part: str) -> list[str]:
-    numbers: list[str] = []
+def _slurm_ranges(body: str, part: str) -> list[tuple[str, str]]:
+    """``0001-0004,0007`` -> [('0001', '0004'), ('0007', '0007')]; a malformed list is an error."""
+    ranges: list[tuple[str, str]] = []
     for item in body.split(","):
         m = _SLURM_ITEM.fullmatch(item)
         if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
             raise InventoryError(f"pattern {part!r}: [{body}] is not a host list "
                                  "(expected e.g. [0001-0004,0007])")
-        lo, hi = m.group(1), m.group(2) or m.group(1)
-        if int(hi) - int(lo) >= HOSTLIST_MAX:
-            raise InventoryError(f"pattern {part!r}: more than {HOSTLIST_MAX} names")
-        numbers += [f"{n:0{len(lo)}d}" for n in range(int(lo), int(hi) + 1)]
-    return numbers
+        ranges.append((m.group(1), m.group(2) or m.group(1)))
+    return ranges
+
+
+def _slurm_count(body: str, part: str) -> int:
+    return sum(int(hi) - int(lo) + 1 for lo, hi in _slurm_ranges(body, part))
+
+
+def _slurm_numbers(body: str, part: str) -> list[str]:
+    return [f"{n:0{len(lo)}d}" for lo, hi in _slurm_ranges(body, part) for n in range(int(lo), int(hi) + 1)]
 
 
 def join_patterns(patterns: Sequence[str] | None) -> str:

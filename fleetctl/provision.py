@@ -720,9 +720,10 @@ def _run_locked(
     if notes:
         message = "; ".join([*([message] if message else []), *notes])[:1000]
     runs.finish(conn, run_id, status, hosts, message=message)
-    if status != "canceled":
+    if status != "canceled" and not the_plan.options.check:  # a dry run says nothing about a host's life
         lifecycle.on_provision_result(conn, run_id, {h.host: h.state for h in hosts}, actor=user,
-                                      playbook=the_plan.playbook.name)
+                                      playbook=the_plan.playbook.name,
+                                      partial=bool(the_plan.options.tags or the_plan.options.skip_tags))
     exit_code = {"successful": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_PROBLEMS)
     if message and tally.plays_started == 0 and status == "failed":
         exit_code = EXIT_USAGE

@@ -251,7 +251,8 @@ def _second_interrupt() -> Iterator[threading.Event | None]:
     event = threading.Event()
     previous: dict[signal.Signals, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
+        # None: a handler installed from C, which Python cannot put back: leave that signal alone
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None):
             previous[sig] = signal.signal(sig, lambda _signum, _frame: event.set())
     try:
         yield event if previous else None

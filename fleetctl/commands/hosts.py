@@ -40,7 +40,8 @@ class HostsGroup(TyperGroup):
 
 
 # The options of the hosts subcommands that take a value (the value is not the first word).
-_VALUED = frozenset({"-i", "--inventory", "--db", "-o", "--output", "-r", "--reason", "--timeout"})
+_VALUED = frozenset({"-i", "--inventory", "--db", "-o", "--output", "-r", "--reason", "--timeout",
+                     "--history"})
 
 
 def _first_word(args: list[str]) -> int | None:

@@ -203,13 +203,22 @@ def _provisioned(conn: sqlite3.Connection, hosts: Sequence[str]) -> dict[str, tu
     for chunk in _chunks(hosts):
         marks = ",".join("?" * len(chunk))
         rows = conn.execute(
-            "SELECT h.host, h.result, r.id, r.ended_at FROM provision_run_hosts h "  # noqa: S608
+            "SELECT h.host, h.result, r.id, r.ended_at, r.options FROM provision_run_hosts h "  # noqa: S608
             f"JOIN provision_runs r ON r.id = h.run_id WHERE h.host IN ({marks}) "
             "AND r.status IN ('successful', 'failed') ORDER BY r.started_at", list(chunk)).fetchall()
         for row in rows:
-            if _host_result(row["result"]) in ("ok", "changed"):
+            if _host_result(row["result"]) in ("ok", "changed") and _whole_run(row["options"]):
                 found[row["host"]] = (row["id"], row["ended_at"])
     return found
+
+
+def _whole_run(options: str) -> bool:
+    """A run that did the whole playbook for real: not --check, no --tags/--skip-tags."""
+    try:
+        o = json.loads(options)
+    except ValueError:
+        return False
+    return isinstance(o, dict) and not o.get("check") and not o.get("tags") and not o.get("skip_tags")
 
 
 def _host_result(text: str) -> str:
@@ -292,7 +301,9 @@ def advance(conn: sqlite3.Connection, host: str, to: LifeState, *, frm: Collecti
 
 # --- the hooks the verbs call: every automatic move of a host is here --------------------------
 
-_WORKING = frozenset({L.BURN_IN, L.IN_SERVICE, L.SUSPECT})
+# A person's drain of a burning-in host is how burn-in jobs are run, not a repair: it stays burn_in
+# (undrain then must not take it to in_service without the burn-in passing).
+_WORKING = frozenset({L.IN_SERVICE, L.SUSPECT})
 
 
 def on_drain(conn: sqlite3.Connection, host: str, *, actor: str, reason: str, run_id: str | None) -> bool:
@@ -311,11 +322,12 @@ def on_undrain(conn: sqlite3.Connection, host: str, *, actor: str, reason: str) 
 
 
 def on_provision_result(conn: sqlite3.Connection, run_id: str, results: Mapping[str, str], *,
-                        actor: str, playbook: str) -> None:
-    """Per host of a finished run (host -> ok/changed/failed/unreachable/pending): a success takes a
-    ``new`` host to ``in_service``; a failure makes a working host ``suspect``; pending moves nothing."""
+                        actor: str, playbook: str, partial: bool = False) -> None:
+    """Per host of a finished run (host -> ok/changed/failed/unreachable/pending): a success of a whole
+    run (no ``--tags``/``--skip-tags``: ``partial``) takes a ``new`` host to ``in_service``; a failure
+    makes a working host ``suspect``; pending moves nothing. Check-mode runs are not reported here."""
     for host, result in results.items():
-        if result in ("ok", "changed"):
+        if result in ("ok", "changed") and not partial:
             advance(conn, host, L.IN_SERVICE, frm={L.NEW}, actor=actor,
                     reason=f"provisioned by run {run_id} ({playbook})", source="provision")
         elif result in ("failed", "unreachable"):

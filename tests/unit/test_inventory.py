@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -476,10 +477,36 @@ def test_join_patterns_joins_as_ansible_does() -> None:
         ("gpu_nodes[1]", ["h100-0002"]),  # a group: Ansible's subscript, as before
         ("gpu_nodes[0-1]", ["h100-0001", "h100-0002"]),
         ("h100-000[!1]", ["h100-0002", "h100-0003"]),  # a glob class: Ansible's
+        ("h100-000[1-2]*", ["h100-0001", "h100-0002"]),  # a glob around the bracket: Ansible's
+        ("h100-00[0][1-2]?", []),  # (no such host, but Ansible's glob, not a host-list error)
     ],
 )
 def test_slurm_host_lists_in_patterns(inv: Path, cache: Path, pattern: str, expected: list[str]) -> None:
-    assert names(load_inventory(str(inv), cache_dir=cache).select(pattern)) == expected
+    inventory = load_inventory(str(inv), cache_dir=cache)
+    if not expected:
+        with pytest.raises(InventoryError, match=re.escape(f"{pattern!r} matches no host;")):
+            inventory.select(pattern)
+        return
+    assert names(inventory.select(pattern)) == expected
+
+
+@pytest.mark.parametrize("pattern", [
+    "h[0-1999]x[0-999]",  # 2,000,000 names from two brackets
+    "h[" + ",".join(f"{i * 100000}-{i * 100000 + 99998}" for i in range(20)) + "]",  # 20 items of 99,999
+    "h[0-99999]x[0-99999]",  # 10**10: counted, never built
+])
+def test_a_host_list_too_long_is_refused_before_it_is_built(inv: Path, cache: Path, pattern: str) -> None:
+    import tracemalloc
+
+    inventory = load_inventory(str(inv), cache_dir=cache)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InventoryError, match=r"more than 100000 names"):
+            inventory.select(pattern)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * 1024 * 1024  # the names were never built (2M of them take > 100 MB)
 
 
 @pytest.mark.parametrize(("pattern", "message"), [
