@@ -41,8 +41,13 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def collections(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("installed")
-    proc = _run([str(BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(path),
-                 str(artifact)])
+    home = tmp_path_factory.mktemp("galaxy-home")
+    # --force and a bare HOME/cwd: a copy installed elsewhere (ansible-lint puts the project's own
+    # collection in ~/.ansible/collections and ./.ansible) must not make this one "already installed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(HOME=str(home), ANSIBLE_COLLECTIONS_PATH=str(path))
+    proc = _run([str(BIN / "ansible-galaxy"), "collection", "install", "--force", "--no-deps",
+                 "-p", str(path), str(artifact)], cwd=home, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return path
 

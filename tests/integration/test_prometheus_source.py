@@ -153,9 +153,16 @@ def test_summary_rows_from_the_recording_rules_agree_with_direct_fan_out(
     rc, via_rules = health("-i", str(inv), "--source", "prometheus", "--prometheus-url", url, cache=cache,
                            env={"FLEETCTL_PROMETHEUS_DETAIL_HOSTS": "0"})
     assert rc == 1
-    got = {h["name"]: (h["status"], h["chips_ok"], h["max_temperature_c"]) for h in via_rules["hosts"]}
-    want = {h["name"]: (h["status"], h["chips_ok"], h["max_temperature_c"]) for h in direct["hosts"]}
+    got = {h["name"]: (h["status"], h["chips_ok"]) for h in via_rules["hosts"]}
+    want = {h["name"]: (h["status"], h["chips_ok"]) for h in direct["hosts"]}
     assert got == want
+    # The two reads are seconds apart (scrape, rule evaluation): a simulated temperature drifts a little.
+    for h in direct["hosts"]:
+        rules_temp = next(r["max_temperature_c"] for r in via_rules["hosts"] if r["name"] == h["name"])
+        if h["max_temperature_c"] is None:
+            assert rules_temp is None, h["name"]
+        else:
+            assert rules_temp is not None and abs(rules_temp - h["max_temperature_c"]) <= 3.0, h["name"]
     healthy = [h for h in via_rules["hosts"] if h["status"] == "healthy"]
     assert healthy and all(h["chips"] == [] for h in healthy)  # summary rows: no per-chip detail
     hot = next(h for h in via_rules["hosts"] if h["name"] == "h100-0001")
