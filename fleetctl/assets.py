@@ -47,11 +47,6 @@ def roles_dir() -> Path:
     return assets_root() / "roles"
 
 
-def agent_source_dir() -> Path:
-    """The agent's distribution source, which the fleet_agent role builds its wheel from."""
-    return assets_root() / "agents"
-
-
 def _ansible_cfg(environ: Mapping[str, str], cwd: Path) -> Path | None:
     # Ansible's own search order for its configuration file.
     candidates = [environ.get("ANSIBLE_CONFIG"), str(cwd / "ansible.cfg"),

@@ -30,7 +30,12 @@ class HostsGroup(TyperGroup):
     """A group whose first word may be a host pattern: anything but a subcommand or --help lists."""
 
     def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
-        first = _first_word(args)
+        # The subcommands' options that take a value (that value is not the first word), from
+        # their own declarations, so a new option cannot be forgotten here.
+        valued = {opt for cmd in self.commands.values() for p in cmd.params
+                  if p.param_type_name == "option" and not getattr(p, "is_flag", False)
+                  and not getattr(p, "count", False) for opt in p.opts}
+        first = _first_word(args, valued)
         if first is not None and args[first] in self.commands:
             # `fleetctl hosts -i INV set ...`: options may come before the subcommand, as elsewhere
             args = [args[first], *args[:first], *args[first + 1:]]
@@ -39,13 +44,8 @@ class HostsGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-# The options of the hosts subcommands that take a value (the value is not the first word).
-_VALUED = frozenset({"-i", "--inventory", "--db", "-o", "--output", "-r", "--reason", "--timeout",
-                     "--history"})
-
-
-def _first_word(args: list[str]) -> int | None:
-    """The index of the first argument that is neither an option nor an option's value."""
+def _first_word(args: list[str], valued: set[str]) -> int | None:
+    """The index of the first argument that is neither an option nor the value of one in ``valued``."""
     value_next = False
     for i, arg in enumerate(args):
         if value_next:
@@ -53,7 +53,7 @@ def _first_word(args: list[str]) -> int | None:
         elif arg == "--":  # what follows is patterns, even a word like "show"
             return None
         elif arg.startswith("-") and arg != "-":
-            value_next = arg in _VALUED
+            value_next = arg in valued
         else:
             return i
     return None

@@ -34,14 +34,6 @@ def resolve(output: OutputFormat | None, *, as_json: bool = False) -> OutputForm
     return output or OutputFormat.table
 
 
-def stdout_is_terminal() -> bool:
-    """Whether a person is reading: tables, colour and live views; otherwise one record per line."""
-    try:
-        return sys.stdout.isatty()
-    except (AttributeError, ValueError):  # closed or replaced stdout
-        return False
-
-
 def print_yaml(doc: Any) -> None:
     """A YAML document on stdout (block style, keys in the document's order)."""
     import yaml

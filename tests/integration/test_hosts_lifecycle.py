@@ -17,6 +17,7 @@ import yaml
 from conftest import FLEET_AGENT, free_port_block, http_get
 from fleet_agent.schema import parse_node_report
 from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
+from test_slurm_drain import SCENARIO, Fleet
 
 pytestmark = pytest.mark.integration
 
@@ -24,35 +25,9 @@ pytestmark = pytest.mark.integration
 SLURM_OPTIONS = ClusterOptions(ctld_port=37817, node_ports=(37801, 37802, 37803))
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 
-SCENARIO = """\
-description: three Slurm nodes, the third with an XID 79
-seed: 7
-groups:
-  - name: gpu
-    count: 3
-    kind: gpu
-    model: H100-SXM5-80GB
-    chips: 2
-    load: {base_pct: 40, amplitude_pct: 0, period_s: 600, memory_used_pct: 40}
-faults:
-  - {kind: xid, group: gpu, hosts: [2], chips: [0], code: 79}
-"""
 
-
-class Env:
-    def __init__(self, tmp: Path, cluster: SlurmCluster, agent_base_port: int) -> None:
-        inventory = tmp / "inventory.yml"
-        hosts = {n: {"ansible_host": "127.0.0.1", "fleet_agent_port": agent_base_port + i,
-                     "fleet_agent_expected_chips": 2} for i, n in enumerate(NODES)}
-        inventory.write_text(yaml.safe_dump({"all": {
-            "vars": {"fleet_scheduler": "slurm", "ansible_connection": "local"},
-            "children": {"slurm_nodes": {"hosts": hosts}}}}))
-        self.env = {**cluster.env, "FLEETCTL_DB": str(tmp / "fleetctl.db"),
-                    "FLEETCTL_INVENTORY": str(inventory), "FLEETCTL_CACHE_DIR": str(tmp / "cache"),
-                    "USER": "sre1", "SUDO_USER": "sre1"}
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([FLEETCTL, *args], env=self.env, capture_output=True, text=True, timeout=120)
+class Env(Fleet):
+    """test_slurm_drain's fleet (node1..node3 on Slurm, node3's agent with an XID 79), read as JSON."""
 
     def json(self, *args: str) -> Any:
         done = self.run(*args, "-o", "json")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_drain import Clock
 
 from fleetctl import drain as core
 from fleetctl.drain import Outcome
@@ -73,19 +74,6 @@ class Sched:
 
     def running_workloads(self, host: HostLike) -> list[str]:
         return list(self.jobs.get(host.name, []))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 H = [Host(f"h{i}") for i in range(8)]
