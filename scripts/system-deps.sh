@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Make sure the system services the tests use are present: Docker (a running dockerd), Slurm and
-# munge, Prometheus/promtool, debootstrap (for the test images, tests/images/build.sh). As root on
+# munge, Prometheus/promtool, PostgreSQL (shared state tests), VictoriaMetrics (the Prometheus-compatible
+# engine test), debootstrap (for the test images, tests/images/build.sh). As root on
 # Debian/Ubuntu, missing ones are installed with apt and dockerd is started; otherwise ONE line
 # says everything that is missing and the target stops (it never skips tests).
 set -euo pipefail
 
-PACKAGES=(docker.io debootstrap slurm-wlm slurm-client munge prometheus openssh-client rsync)
+PACKAGES=(docker.io debootstrap slurm-wlm slurm-client munge prometheus postgresql victoria-metrics openssh-client rsync)
 ROOTFS_IMAGE="${ROOTFS_IMAGE:-fleetctl/debian12-rootfs:latest}"
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
@@ -14,6 +15,8 @@ command -v slurmctld >/dev/null || need+=(slurm-wlm)
 command -v scontrol >/dev/null || need+=(slurm-client)
 command -v munged >/dev/null || need+=(munge)
 command -v promtool >/dev/null || need+=(prometheus)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
 command -v ssh-keyscan >/dev/null || need+=(openssh-client)
 command -v rsync >/dev/null || need+=(rsync)
 
@@ -49,6 +52,8 @@ if ((${#need[@]})); then
 fi
 
 # The Prometheus package starts a server on :9090 when installed; the tests run their own.
+# (PostgreSQL and VictoriaMetrics servers the packages start are left alone: the tests start their
+# own on other ports.)
 if pgrep -x prometheus >/dev/null && command -v systemctl >/dev/null; then
     systemctl stop prometheus 2>/dev/null || true
 fi
