@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +44,7 @@ from fleetctl.schedulers.base import (
 )
 from fleetctl.state import hosts as hstate
 from fleetctl.state import lifecycle, locks
+from fleetctl.state.db import Connection
 from fleetctl.state.hosts import DrainState, HostRecord
 from fleetctl.validation import Size, require_reason, scheduler_input_problem
 
@@ -197,7 +197,7 @@ def _unexpected(exc: Exception) -> str:
     return f"unexpected error: {type(exc).__name__}: {exc}"
 
 
-def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
+def plan_drain(conn: Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
                scheduler_for: SchedulerFor, opts: DrainOptions) -> DrainPlan:
     require_reason(opts.reason)
     scheds = scheduler_map(list({h.name: h for h in [*hosts, *pool]}.values()), scheduler_for)
@@ -238,14 +238,14 @@ def plan_drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequen
                      current, records)
 
 
-def _locked_by_others(conn: sqlite3.Connection, names: Sequence[str],
+def _locked_by_others(conn: Connection, names: Sequence[str],
                       own: str | None) -> dict[str, locks.Lock]:
     """Live host locks (a provision or maintain run at work) on ``names`` not held by ``own``."""
     wanted = set(names)
     return {lk.host: lk for lk in locks.held(conn) if lk.host in wanted and lk.holder.id != own}
 
 
-def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
+def drain(conn: Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
           scheduler_for: SchedulerFor, opts: DrainOptions, *, echo: Echo = _quiet,
           sleep: Callable[[float], None] = time.sleep,
           clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
@@ -302,7 +302,7 @@ def drain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[Ho
     return outcomes
 
 
-def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: SchedulerFor,
+def wait_drained(conn: Connection, hosts: Sequence[HostLike], scheduler_for: SchedulerFor,
                  reason: str, opts: DrainOptions, *, echo: Echo = _quiet,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
@@ -376,7 +376,7 @@ def wait_drained(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_
 # --- undrain ----------------------------------------------------------------------------------
 
 
-def undrain(conn: sqlite3.Connection, hosts: Sequence[HostLike], scheduler_for: SchedulerFor,
+def undrain(conn: Connection, hosts: Sequence[HostLike], scheduler_for: SchedulerFor,
             health: HealthCheck | None, *, actor: str | None = None, force: bool = False,
             echo: Echo = _quiet, note: str = "undrain", lock_holder: str | None = None) -> list[Outcome]:
     """Put hosts back into service: only drains fleetctl made, only healthy hosts unless ``force``."""
@@ -488,7 +488,7 @@ def _note(rec: HostRecord, st: NodeState) -> str | None:
     return None
 
 
-def status(conn: sqlite3.Connection, hosts: Sequence[HostLike],
+def status(conn: Connection, hosts: Sequence[HostLike],
            scheduler_for: SchedulerFor) -> list[HostStatus]:
     scheds = scheduler_map(hosts, scheduler_for)
     current = probe(hosts, scheds, tolerate=True)

@@ -499,7 +499,7 @@ def _private_vars_file(directory: Path, values: Mapping[str, Any]) -> Iterator[P
         path.unlink(missing_ok=True)
 
 
-def remove_stale_vars_files(conn: sqlite3.Connection, directory: Path) -> list[Path]:
+def remove_stale_vars_files(conn: db.Connection, directory: Path) -> list[Path]:
     """Delete the private extra-vars files that killed runs (SIGKILL, power loss) left behind.
 
     Only files of runs whose record has ended (after reaping the dead ones) go; a live run's file,
@@ -529,7 +529,7 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         # A dead heartbeat would get a live run reaped as interrupted and its locks expired, so
         # store errors (e.g. "database is locked") are reported and retried on the next beat.
-        conn: sqlite3.Connection | None = None
+        conn: db.Connection | None = None
         failing = lost_locks = False
         try:
             while not self.stop.wait(HEARTBEAT_INTERVAL_S):
@@ -558,7 +558,7 @@ def _warn(line: str) -> None:
     print(f"fleetctl: warning: {visible(line)}", file=sys.stderr, flush=True)
 
 
-def _connect(db_path: Path) -> sqlite3.Connection:
+def _connect(db_path: Path) -> db.Connection:
     return db.connect(db_path, schema=(*runs.SCHEMA, *locks.SCHEMA))
 
 
@@ -627,7 +627,7 @@ def run(
 def _run_locked(
     the_plan: Plan,
     runner: PlaybookRunner,
-    conn: sqlite3.Connection,
+    conn: db.Connection,
     db_path: Path,
     run_id: str,
     lock_id: str,

@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from fleetctl.inventory import Host, Inventory
     from fleetctl.schedulers import SchedulerFactory
+    from fleetctl.state.db import Connection
 
 
 @dataclass
 class DrainContext:
     inventory: Inventory
     db_path: Path
-    conn: sqlite3.Connection
+    conn: Connection
     schedulers: SchedulerFactory
 
     def select(self, pattern: str) -> list[Host]:
@@ -40,9 +39,10 @@ class DrainContext:
 @contextlib.contextmanager
 def drain_context(inventory: str | None, db_path: Path | None, *,
                   write: bool = True) -> Iterator[DrainContext]:
-    """Open what the command needs. A database that cannot be opened (naming it) or read and written
-    later (the first line of sqlite's message) is a :class:`~fleetctl.errors.StateDatabaseError`;
-    so is one a newer fleetctl wrote when the command would ``write``: refused before any work."""
+    """Open what the command needs. A database that cannot be opened (naming it, a PostgreSQL URL with
+    its password masked) or read and written later (the first line of the driver's message) is a
+    :class:`~fleetctl.errors.StateDatabaseError`; so is one a newer fleetctl wrote when the command
+    would ``write``: refused before any work."""
     from fleetctl.errors import state_database
     from fleetctl.inventory import load_inventory
     from fleetctl.schedulers import SchedulerFactory

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from fleetctl.state.location import StateLocation
 from fleetctl.views.output import OutputFormat
 
 PatternArg = Annotated[str, typer.Argument(help="Host name or Ansible pattern (gpu_nodes:&rack1, h100-*)")]
@@ -22,9 +23,10 @@ PatternsRequiredArg = Annotated[list[str], typer.Argument(
 InventoryOpt = Annotated[str | None, typer.Option(
     "-i", "--inventory", envvar="FLEETCTL_INVENTORY", show_envvar=True,
     help="Inventory (default: $ANSIBLE_INVENTORY, else ansible.cfg's)")]
+# path_type: a PostgreSQL URL must reach fleetctl whole (a plain Path collapses its //).
 DbOpt = Annotated[Path | None, typer.Option(
-    "--db", envvar="FLEETCTL_DB", show_envvar=True, dir_okay=False,
-    help="State database (default: ~/.local/state/fleetctl/fleetctl.db)")]
+    "--db", envvar="FLEETCTL_DB", show_envvar=True, dir_okay=False, path_type=StateLocation,
+    help="State database: a file (default: ~/.local/state/fleetctl/fleetctl.db) or postgresql://user@host/db")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON")]
 MaxUnavailableOpt = Annotated[str, typer.Option(
     "--max-unavailable", metavar="N|N%",

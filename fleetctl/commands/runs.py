@@ -14,7 +14,7 @@ from fleetctl.commands import add, group
 from fleetctl.commands.params import DbOpt, JsonOpt, OutputOpt
 
 if TYPE_CHECKING:
-    import sqlite3
+    from fleetctl.state.db import Connection
 
 
 class RunStatus(StrEnum):
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
 
 @contextlib.contextmanager
-def _database(db_path: Path | None) -> Iterator[sqlite3.Connection]:
+def _database(db_path: Path | None) -> Iterator[Connection]:
     """The run database; a missing, corrupt or unreadable one is one line naming it (exit 2)."""
     from fleetctl.errors import state_database
     from fleetctl.state import db, runs

@@ -1,6 +1,12 @@
-"""The embedded SQLite database that holds fleetctl's state.
+"""The database that holds fleetctl's state: an embedded SQLite file (the default), or PostgreSQL.
 
-One file, WAL mode (readers never block the writer), a busy timeout so concurrent fleetctl
+``--db``/``FLEETCTL_DB`` may name a PostgreSQL URL (``postgresql://user@host/db``) so that a team
+shares its locks, leases, lifecycle and budgets (docs/state.md): the same schema, migrations and
+semantics through :mod:`fleetctl.state.pg`, with a transaction-scoped advisory lock where SQLite has
+its single writer, and the schema version in a small meta table. Callers see one interface,
+:class:`Connection`.
+
+SQLite: one file, WAL mode (readers never block the writer), a busy timeout so concurrent fleetctl
 invocations queue instead of failing, and every write in a transaction (atomic). The default
 location follows XDG; ``FLEETCTL_DB`` or a command's ``--db`` flag overrides it.
 
@@ -12,6 +18,11 @@ old file at once migrate it once). Version 0 is the layout of fleetctl before ve
 them may be missing): step 1 creates whatever is missing and stamps the file. A file written by a
 *newer* fleetctl is opened read-only: reading commands (``status``, ``runs list``) work, the first
 write is refused with one line naming both versions (:func:`require_writable`).
+
+On PostgreSQL the version and the identity live in the ``fleetctl_meta`` table (PostgreSQL has no
+``user_version``/``application_id``); migrations run under the writer lock, so two processes opening
+an old database migrate it once; a newer version is read-only the same way; a database holding
+other tables and no ``fleetctl_meta`` is refused.
 
 Version 2 adds the host lifecycle (``host_lifecycle``, ``lifecycle_audit``, ``host_health``:
 :mod:`fleetctl.state.lifecycle`).
@@ -28,10 +39,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 from fleetctl.errors import StateDatabaseError
+from fleetctl.state import pg
+from fleetctl.state.location import local_state_dir, location, url_of
 
 ENV_VAR = "FLEETCTL_DB"
 SCHEMA_VERSION = 2
@@ -41,15 +55,50 @@ _OURS = ("host_state", "host_audit", "host_locks", "provision_runs", "provision_
 
 
 def _xdg_path() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fleetctl" / "fleetctl.db"
+    return local_state_dir() / "fleetctl.db"
 
 
 def default_path() -> Path:
-    """``$FLEETCTL_DB``, else ``$XDG_STATE_HOME/fleetctl/fleetctl.db`` (~/.local/state/...)."""
+    """``$FLEETCTL_DB`` (a path or a PostgreSQL URL: :class:`StateLocation`), else
+    ``$XDG_STATE_HOME/fleetctl/fleetctl.db`` (~/.local/state/...)."""
     if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR])
+        return location(os.environ[ENV_VAR])
     return _xdg_path()
+
+
+class Cursor(Protocol):
+    """What a query returns on either backend (``sqlite3.Cursor``, psycopg's cursor)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Row(Protocol):
+    """A result row, by position or by column name (``sqlite3.Row``, :class:`pg.Row`)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Connection(Protocol):
+    """A state connection: SQLite's (:class:`StateConnection`) or PostgreSQL's (:class:`pg.PgConnection`).
+
+    Rows are indexable by position and by column name on both. Autocommit: writes go in
+    ``with transaction(conn):``.
+    """
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+    def close(self) -> None: ...
 
 
 class StateConnection(sqlite3.Connection):
@@ -63,9 +112,14 @@ class StateConnection(sqlite3.Connection):
         return self.version > SCHEMA_VERSION
 
 
-def require_writable(conn: sqlite3.Connection) -> None:
+def read_only(conn: Connection) -> bool:
+    """A database written by a newer fleetctl: read, never changed."""
+    return isinstance(conn, StateConnection | pg.PgConnection) and conn.newer
+
+
+def require_writable(conn: Connection) -> None:
     """Refuse (one line, exit 2) to change a database written by a newer fleetctl."""
-    if isinstance(conn, StateConnection) and conn.newer:
+    if isinstance(conn, StateConnection | pg.PgConnection) and conn.newer:
         raise StateDatabaseError(
             f"state database {conn.path} is schema version {conn.version}, written by a newer fleetctl; "
             f"this fleetctl knows up to version {SCHEMA_VERSION}: it can read it (status, hosts, runs list) "
@@ -79,12 +133,12 @@ def _layout_v1() -> list[str]:
     return [*hosts.SCHEMA, *locks.SCHEMA, *runs.SCHEMA]
 
 
-def _step_1(conn: sqlite3.Connection) -> None:
+def _step_1(conn: Connection) -> None:
     for statement in _layout_v1():
         conn.execute(statement)
 
 
-def _step_2(conn: sqlite3.Connection) -> None:
+def _step_2(conn: Connection) -> None:
     from fleetctl.state import lifecycle
 
     for statement in lifecycle.SCHEMA:  # new tables only: nothing to copy
@@ -93,7 +147,7 @@ def _step_2(conn: sqlite3.Connection) -> None:
 
 # MIGRATIONS[n] takes a file from version n to n + 1. A new version appends a step (ALTER TABLE,
 # a data copy) and raises SCHEMA_VERSION; a step never edits a table's earlier DDL in place.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _step_1, 1: _step_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {0: _step_1, 1: _step_2}
 
 
 def _tighten(path: Path) -> None:
@@ -155,7 +209,61 @@ def _refuse_foreign(conn: StateConnection) -> None:
                                  f"tables {', '.join(sorted(tables)[:5])}); use another --db")
 
 
-def connect(path: Path | None = None, *, schema: Iterable[str] = ()) -> sqlite3.Connection:
+def _layout() -> set[str]:
+    from fleetctl.state import lifecycle
+
+    return {" ".join(s.split()) for s in (*_layout_v1(), *lifecycle.SCHEMA)}
+
+
+def _connect_pg(url: str, schema: Iterable[str]) -> pg.PgConnection:
+    conn = pg.connect(url)
+    try:
+        conn.version = _pg_version(conn, pg.read_meta(conn))
+        conn.newer = conn.version > SCHEMA_VERSION
+        if conn.newer:
+            conn.execute("SET default_transaction_read_only = on")  # a backstop behind require_writable
+            return conn
+        # A current database needs no DDL: a role with only the data privileges can use it.
+        extra = [s for s in schema if " ".join(s.split()) not in _layout()]
+        if conn.version < SCHEMA_VERSION or extra:
+            with transaction(conn, check=False):  # under the writer lock: one migration, no DDL race
+                version = _pg_version(conn, pg.read_meta(conn))
+                if version == 0:
+                    _refuse_foreign_pg(conn)
+                start = version
+                while version < SCHEMA_VERSION:
+                    MIGRATIONS[version](conn)
+                    version += 1
+                if version != start:
+                    pg.write_meta(conn, version)
+                if version == SCHEMA_VERSION:
+                    for statement in extra:
+                        conn.execute(statement)
+            conn.version = version
+            conn.newer = version > SCHEMA_VERSION
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _pg_version(conn: pg.PgConnection, meta: dict[str, str] | None) -> int:
+    if meta is None:
+        return 0
+    if meta.get("application") != pg.APPLICATION or not meta.get("schema_version", "").isdigit():
+        raise StateDatabaseError(f"state database {conn.path}: not a fleetctl state database (its "
+                                 f"{pg.META_TABLE} table is another program's); use another --db")
+    return int(meta["schema_version"])
+
+
+def _refuse_foreign_pg(conn: pg.PgConnection) -> None:
+    tables = pg.tables(conn) - {pg.META_TABLE}
+    if tables and not tables & set(_OURS):
+        raise StateDatabaseError(f"state database {conn.path}: not a fleetctl state database (it has "
+                                 f"tables {', '.join(sorted(tables)[:5])}); use another --db")
+
+
+def connect(path: Path | str | None = None, *, schema: Iterable[str] = ()) -> Connection:
     """Open (creating if needed) the database at ``path``, migrated to :data:`SCHEMA_VERSION`.
 
     ``schema`` holds idempotent DDL (``CREATE TABLE IF NOT EXISTS ...``) owned by the module that
@@ -163,8 +271,14 @@ def connect(path: Path | None = None, *, schema: Iterable[str] = ()) -> sqlite3.
     table of the current version exists after the migration anyway. A file of a newer version is
     opened read-only and ``schema`` is not applied. The connection is in autocommit mode; use
     ``with transaction(conn):`` for atomic writes.
+
+    ``path`` may be a PostgreSQL URL (a :class:`StateLocation` or the text): then the database is
+    that server's, opened the same way (:func:`_connect_pg`).
     """
-    path = path or default_path()
+    path = location(path) if path else default_path()
+    url = url_of(path)
+    if url is not None:
+        return _connect_pg(url, schema)
     _prepare_file(path)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, factory=StateConnection)
     assert isinstance(conn, StateConnection)
@@ -197,21 +311,25 @@ def connect(path: Path | None = None, *, schema: Iterable[str] = ()) -> sqlite3.
 
 
 class transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error).
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error); on PostgreSQL ``BEGIN`` and
+    ``pg_advisory_xact_lock`` (:meth:`pg.PgConnection.begin_write`).
 
-    IMMEDIATE takes the write lock up front, so a read-check-write sequence (e.g. counting
+    IMMEDIATE (the advisory lock) takes the write lock up front, so a read-check-write sequence (e.g. counting
     unavailable hosts before draining one more) is serialised across processes. A database of a
     newer schema version refuses here, before anything is written.
     """
 
-    def __init__(self, conn: sqlite3.Connection, *, check: bool = True) -> None:
+    def __init__(self, conn: Connection, *, check: bool = True) -> None:
         self.conn = conn
         self.check = check
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> Connection:
         if self.check:
             require_writable(self.conn)
-        self.conn.execute("BEGIN IMMEDIATE")
+        if isinstance(self.conn, pg.PgConnection):
+            self.conn.begin_write()
+        else:
+            self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -9,7 +9,7 @@ fleetctl killed at any step leaves a record saying what it was about to do; ``st
 next to what the scheduler says, and a re-run resumes from it. Each transition appends an audit
 row: who, when, reason, from → to.
 
-``reserve`` is the max-unavailable gate: inside one ``BEGIN IMMEDIATE`` transaction it counts the
+``reserve`` is the max-unavailable gate: inside one writing transaction (``db.transaction``) it counts the
 hosts of the pool that are unavailable (any state but active here, or drained/down according to
 the scheduler) and moves the requested hosts to ``cordoned`` only if the total stays within the
 limit, so concurrent fleetctl invocations can never exceed it together.
@@ -25,13 +25,12 @@ from __future__ import annotations
 import enum
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from fleetctl.errors import FleetctlError, StateConflict
-from fleetctl.state.db import transaction
+from fleetctl.state.db import Connection, Row, transaction
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS host_state (
@@ -165,7 +164,7 @@ def owner_alive(owner: str | None) -> bool:
 _KNOWN = {s.value: s for s in DrainState if s is not DrainState.UNKNOWN}
 
 
-def _row(row: sqlite3.Row) -> HostRecord:
+def _row(row: Row) -> HostRecord:
     raw = str(row["state"])
     state = _KNOWN.get(raw, S.UNKNOWN)
     updated = row["updated_at"]
@@ -174,12 +173,12 @@ def _row(row: sqlite3.Row) -> HostRecord:
                       stored=raw if state is S.UNKNOWN else None)
 
 
-def get(conn: sqlite3.Connection, host: str) -> HostRecord:
+def get(conn: Connection, host: str) -> HostRecord:
     row = conn.execute("SELECT * FROM host_state WHERE host = ?", (host,)).fetchone()
     return _row(row) if row else HostRecord(host, DrainState.ACTIVE)
 
 
-def get_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, HostRecord]:
+def get_many(conn: Connection, hosts: Iterable[str]) -> dict[str, HostRecord]:
     wanted = list(hosts)
     found: dict[str, HostRecord] = {}
     for i in range(0, len(wanted), 500):  # stay under SQLite's bound-parameter limit
@@ -190,7 +189,7 @@ def get_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, HostRe
     return {h: found.get(h, HostRecord(h, DrainState.ACTIVE)) for h in wanted}
 
 
-def _write(conn: sqlite3.Connection, host: str, current: HostRecord, to: DrainState, *, actor: str,
+def _write(conn: Connection, host: str, current: HostRecord, to: DrainState, *, actor: str,
            reason: str | None, note: str | None, owner: str | None, run_id: str | None) -> None:
     if current.unknown:
         raise TransitionError(f"{host}: {current.unknown_message()}")
@@ -213,7 +212,7 @@ def _write(conn: sqlite3.Connection, host: str, current: HostRecord, to: DrainSt
     )
 
 
-def transition(conn: sqlite3.Connection, host: str, to: DrainState, *, actor: str,
+def transition(conn: Connection, host: str, to: DrainState, *, actor: str,
                expect: Collection[DrainState] | None = None, reason: str | None = None,
                note: str | None = None, owner: str | None = None, run_id: str | None = None) -> HostRecord:
     """Move ``host`` to ``to`` (committed, audited). ``expect`` guards against a concurrent change.
@@ -228,7 +227,7 @@ def transition(conn: sqlite3.Connection, host: str, to: DrainState, *, actor: st
     return current
 
 
-def restore(conn: sqlite3.Connection, record: HostRecord, *, actor: str, note: str) -> None:
+def restore(conn: Connection, record: HostRecord, *, actor: str, note: str) -> None:
     """Put back ``record`` (the state before a transition whose action then failed), audited."""
     with transaction(conn):
         current = get(conn, record.host)
@@ -251,7 +250,7 @@ def restore(conn: sqlite3.Connection, record: HostRecord, *, actor: str, note: s
         )
 
 
-def reserve(conn: sqlite3.Connection, hosts: Collection[str], *, pool: Collection[str], limit: int,
+def reserve(conn: Connection, hosts: Collection[str], *, pool: Collection[str], limit: int,
             scheduler_unavailable: Collection[str], actor: str, reason: str, force: bool = False,
             owner: str | None = None, run_id: str | None = None) -> list[str]:
     """Atomically check max-unavailable and move the requested active hosts to ``cordoned``.
@@ -282,7 +281,7 @@ def reserve(conn: sqlite3.Connection, hosts: Collection[str], *, pool: Collectio
     return moved
 
 
-def audit(conn: sqlite3.Connection, host: str | None = None, limit: int = 100) -> list[AuditEntry]:
+def audit(conn: Connection, host: str | None = None, limit: int = 100) -> list[AuditEntry]:
     """The latest audit entries (newest last), for one host or all."""
     if host is None:
         rows = conn.execute("SELECT * FROM host_audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
@@ -293,5 +292,5 @@ def audit(conn: sqlite3.Connection, host: str | None = None, limit: int = 100) -
             for r in reversed(rows)]
 
 
-def unavailable_count(conn: sqlite3.Connection, pool: Iterable[str]) -> int:
+def unavailable_count(conn: Connection, pool: Iterable[str]) -> int:
     return sum(1 for r in get_many(conn, pool).values() if r.state is not S.ACTIVE)

@@ -11,7 +11,7 @@ A host with no row is ``new``, or ``in_service`` when a provision run recorded h
 it (a fleet that had fleetctl before lifecycles existed does not show every host as new): such a
 state is *implied*; the first transition writes it down.
 
-Transitions are written inside ``BEGIN IMMEDIATE`` with an audit row (who as ``user@machine``,
+Transitions are written inside one writing transaction with an audit row (who as ``user@machine``,
 why, when, from → to, the source: a person, drain, undrain, provision, maintain). A person's
 transition that the table below does not allow is refused with one line naming both states, unless
 ``force``. The verbs' hooks (``on_*``) never force and never fail their verb: each names the states
@@ -29,14 +29,13 @@ import difflib
 import enum
 import json
 import socket
-import sqlite3
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from fleetctl.errors import StateConflict, UsageError
-from fleetctl.state.db import transaction
+from fleetctl.state.db import Connection, Row, transaction
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS host_lifecycle (
@@ -185,7 +184,7 @@ def parse_state(text: str) -> LifeState:
     raise UsageError(f"STATE {text!r}: not a lifecycle state; {hint}expected one of {', '.join(KNOWN)}")
 
 
-def _record(row: sqlite3.Row) -> LifeRecord:
+def _record(row: Row) -> LifeRecord:
     raw = str(row["state"])
     state = _BY_VALUE.get(raw, L.UNKNOWN)
     return LifeRecord(row["host"], state, row["reason"], row["actor"], row["since"], row["source"],
@@ -197,7 +196,7 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
         yield items[i:i + size]
 
 
-def _provisioned(conn: sqlite3.Connection, hosts: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+def _provisioned(conn: Connection, hosts: Sequence[str]) -> dict[str, tuple[str, str | None]]:
     """Hosts with a provision run here that succeeded on them: host -> (run id, ended at)."""
     found: dict[str, tuple[str, str | None]] = {}
     for chunk in _chunks(hosts):
@@ -238,7 +237,7 @@ def _implied(host: str, provisioned: Mapping[str, tuple[str, str | None]]) -> Li
     return LifeRecord(host, L.NEW, None, None, None, None, implied=True)
 
 
-def get_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, LifeRecord]:
+def get_many(conn: Connection, hosts: Iterable[str]) -> dict[str, LifeRecord]:
     wanted = list(dict.fromkeys(hosts))
     found: dict[str, LifeRecord] = {}
     for chunk in _chunks(wanted):
@@ -250,11 +249,11 @@ def get_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, LifeRe
     return {h: found.get(h) or _implied(h, provisioned) for h in wanted}
 
 
-def get(conn: sqlite3.Connection, host: str) -> LifeRecord:
+def get(conn: Connection, host: str) -> LifeRecord:
     return get_many(conn, [host])[host]
 
 
-def _write(conn: sqlite3.Connection, current: LifeRecord, to: LifeState, *, actor: str, reason: str | None,
+def _write(conn: Connection, current: LifeRecord, to: LifeState, *, actor: str, reason: str | None,
            source: str, forced: bool) -> None:
     now = time.time()
     conn.execute(
@@ -268,7 +267,7 @@ def _write(conn: sqlite3.Connection, current: LifeRecord, to: LifeState, *, acto
         (current.host, now, actor, current.label, to.value, reason, source, int(forced)))
 
 
-def set_state(conn: sqlite3.Connection, host: str, to: LifeState, *, actor: str, reason: str,
+def set_state(conn: Connection, host: str, to: LifeState, *, actor: str, reason: str,
               force: bool = False, source: str = "person") -> LifeRecord:
     """A person's transition (``fleetctl hosts set``). Returns the record as it was before."""
     if to is L.UNKNOWN:
@@ -288,7 +287,7 @@ def set_state(conn: sqlite3.Connection, host: str, to: LifeState, *, actor: str,
     return current
 
 
-def advance(conn: sqlite3.Connection, host: str, to: LifeState, *, frm: Collection[LifeState], actor: str,
+def advance(conn: Connection, host: str, to: LifeState, *, frm: Collection[LifeState], actor: str,
             reason: str | None, source: str) -> bool:
     """A verb's move: only from the states in ``frm``, else nothing. Whether it moved."""
     with transaction(conn):
@@ -306,7 +305,7 @@ def advance(conn: sqlite3.Connection, host: str, to: LifeState, *, frm: Collecti
 _WORKING = frozenset({L.IN_SERVICE, L.SUSPECT})
 
 
-def on_drain(conn: sqlite3.Connection, host: str, *, actor: str, reason: str, run_id: str | None) -> bool:
+def on_drain(conn: Connection, host: str, *, actor: str, reason: str, run_id: str | None) -> bool:
     """A person's drain (``fleetctl drain``) takes a working host to ``repairing``; a maintain run's
     drain (``run_id``) is planned work on a healthy host and moves nothing."""
     if run_id is not None:
@@ -314,14 +313,14 @@ def on_drain(conn: sqlite3.Connection, host: str, *, actor: str, reason: str, ru
     return advance(conn, host, L.REPAIRING, frm=_WORKING, actor=actor, reason=reason, source="drain")
 
 
-def on_undrain(conn: sqlite3.Connection, host: str, *, actor: str, reason: str) -> bool:
+def on_undrain(conn: Connection, host: str, *, actor: str, reason: str) -> bool:
     """Back in service after the agent said it is fit (or a person forced it): suspect or repairing
     hosts are ``in_service`` again."""
     return advance(conn, host, L.IN_SERVICE, frm={L.SUSPECT, L.REPAIRING}, actor=actor, reason=reason,
                    source="undrain")
 
 
-def on_provision_result(conn: sqlite3.Connection, run_id: str, results: Mapping[str, str], *,
+def on_provision_result(conn: Connection, run_id: str, results: Mapping[str, str], *,
                         actor: str, playbook: str, partial: bool = False) -> None:
     """Per host of a finished run (host -> ok/changed/failed/unreachable/pending): a success of a whole
     run (no ``--tags``/``--skip-tags``: ``partial``) takes a ``new`` host to ``in_service``; a failure
@@ -335,7 +334,7 @@ def on_provision_result(conn: sqlite3.Connection, run_id: str, results: Mapping[
                     reason=f"provision run {run_id} ({playbook}): {result}", source="provision")
 
 
-def on_maintain_result(conn: sqlite3.Connection, host: str, *, ok: bool, actor: str, run_id: str,
+def on_maintain_result(conn: Connection, host: str, *, ok: bool, actor: str, run_id: str,
                        why: str | None = None) -> bool:
     """Maintained and verified: suspect, repairing and new hosts are ``in_service``. Quarantined by
     maintain (provision or verify failed): a working host is ``suspect``."""
@@ -349,7 +348,7 @@ def on_maintain_result(conn: sqlite3.Connection, host: str, *, ok: bool, actor: 
 # --- health, history, runs ------------------------------------------------------------------------
 
 
-def record_health(conn: sqlite3.Connection, verdicts: Mapping[str, str | None], *, source: str) -> None:
+def record_health(conn: Connection, verdicts: Mapping[str, str | None], *, source: str) -> None:
     """The agents' verdicts (host -> None when fit, else why not) as each host's last health."""
     if not verdicts:
         return
@@ -362,7 +361,7 @@ def record_health(conn: sqlite3.Connection, verdicts: Mapping[str, str | None], 
             [(h, int(v is None), v, now, source) for h, v in verdicts.items()])
 
 
-def health_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, Health]:
+def health_many(conn: Connection, hosts: Iterable[str]) -> dict[str, Health]:
     found: dict[str, Health] = {}
     for chunk in _chunks(list(dict.fromkeys(hosts))):
         marks = ",".join("?" * len(chunk))
@@ -371,7 +370,7 @@ def health_many(conn: sqlite3.Connection, hosts: Iterable[str]) -> dict[str, Hea
     return found
 
 
-def history(conn: sqlite3.Connection, host: str, limit: int = 50) -> list[LifeEntry]:
+def history(conn: Connection, host: str, limit: int = 50) -> list[LifeEntry]:
     """The host's lifecycle transitions, oldest first (the latest ``limit``)."""
     rows = conn.execute("SELECT * FROM lifecycle_audit WHERE host = ? ORDER BY id DESC LIMIT ?",
                         (host, limit)).fetchall()
@@ -379,10 +378,10 @@ def history(conn: sqlite3.Connection, host: str, limit: int = 50) -> list[LifeEn
                       r["source"], bool(r["forced"])) for r in reversed(rows)]
 
 
-def runs_for(conn: sqlite3.Connection, host: str, limit: int = 10) -> list[HostRun]:
+def runs_for(conn: Connection, host: str, limit: int = 10) -> list[HostRun]:
     """The provision runs that touched ``host``, newest first."""
     rows = conn.execute(
-        "SELECT r.id, r.status, r.playbook, r.user, r.started_at, r.ended_at, h.result "
+        'SELECT r.id, r.status, r.playbook, r."user", r.started_at, r.ended_at, h.result '
         "FROM provision_run_hosts h JOIN provision_runs r ON r.id = h.run_id WHERE h.host = ? "
         "ORDER BY r.started_at DESC, r.id DESC LIMIT ?", (host, limit)).fetchall()
     return [HostRun(r["id"], r["status"], r["playbook"], r["user"], r["started_at"], r["ended_at"],
@@ -410,7 +409,7 @@ class HostOverview:
                 "drain_state": self.drain, "drain_reason": self.drain_reason}
 
 
-def overview(conn: sqlite3.Connection, hosts: Sequence[str]) -> list[HostOverview]:
+def overview(conn: Connection, hosts: Sequence[str]) -> list[HostOverview]:
     from fleetctl.state import hosts as hstate
 
     life = get_many(conn, hosts)

@@ -4,17 +4,16 @@ A lock names its holder (an id such as a run id, the user, machine and pid, what
 refused command can say who is in the way. A lock stops counting once it expires (the holder
 refreshes it while alive) or once its holder's process is gone on this machine — a crashed
 fleetctl never blocks the fleet for longer than the expiry. Acquiring takes every host or none,
-inside one ``BEGIN IMMEDIATE`` transaction, so two concurrent runs cannot both win.
+inside one writing transaction (``db.transaction``), so two concurrent runs cannot both win.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fleetctl.state.db import transaction
+from fleetctl.state.db import Connection, Row, transaction
 from fleetctl.state.runs import pid_alive, this_machine
 
 SCHEMA = (
@@ -22,7 +21,7 @@ SCHEMA = (
         host TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
         purpose TEXT NOT NULL,
-        user TEXT NOT NULL,
+        "user" TEXT NOT NULL,          -- quoted: a reserved word in PostgreSQL
         machine TEXT NOT NULL,
         pid INTEGER NOT NULL,
         acquired_at TEXT NOT NULL,
@@ -76,7 +75,7 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
 
 
-def _lock(row: sqlite3.Row) -> Lock:
+def _lock(row: Row) -> Lock:
     holder = Holder(row["holder"], row["purpose"], row["user"], row["machine"], row["pid"])
     return Lock(row["host"], holder, row["acquired_at"], row["expires_at"])
 
@@ -92,7 +91,7 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
         yield items[start : start + size]
 
 
-def _existing(conn: sqlite3.Connection, hosts: Sequence[str]) -> list[Lock]:
+def _existing(conn: Connection, hosts: Sequence[str]) -> list[Lock]:
     found: list[Lock] = []
     for chunk in _chunks(hosts):
         marks = ",".join("?" * len(chunk))
@@ -102,7 +101,7 @@ def _existing(conn: sqlite3.Connection, hosts: Sequence[str]) -> list[Lock]:
 
 
 def acquire(
-    conn: sqlite3.Connection,
+    conn: Connection,
     hosts: Iterable[str],
     holder: Holder,
     *,
@@ -122,9 +121,10 @@ def acquire(
         if taken and not force:
             raise LocksHeld(taken)
         conn.executemany(
-            "INSERT OR REPLACE INTO host_locks"
-            " (host, holder, purpose, user, machine, pid, acquired_at, expires_at)"
-            " VALUES (?,?,?,?,?,?,?,?)",
+            'INSERT INTO host_locks (host, holder, purpose, "user", machine, pid, acquired_at, expires_at)'
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (host) DO UPDATE SET holder = excluded.holder,"
+            ' purpose = excluded.purpose, "user" = excluded."user", machine = excluded.machine,'
+            " pid = excluded.pid, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at",
             [
                 (host, holder.id, holder.purpose, holder.user, holder.machine, holder.pid,
                  _iso(now), _iso(now + ttl))
@@ -134,7 +134,7 @@ def acquire(
     return taken
 
 
-def refresh(conn: sqlite3.Connection, holder_id: str, *, ttl: timedelta = DEFAULT_TTL) -> int:
+def refresh(conn: Connection, holder_id: str, *, ttl: timedelta = DEFAULT_TTL) -> int:
     """Push the expiry of every lock ``holder_id`` holds; returns how many it still holds."""
     with transaction(conn):
         cursor = conn.execute(
@@ -143,7 +143,7 @@ def refresh(conn: sqlite3.Connection, holder_id: str, *, ttl: timedelta = DEFAUL
     return cursor.rowcount
 
 
-def release(conn: sqlite3.Connection, holder_id: str, hosts: Iterable[str] | None = None) -> None:
+def release(conn: Connection, holder_id: str, hosts: Iterable[str] | None = None) -> None:
     """Drop ``holder_id``'s locks (all, or those on ``hosts``); never someone else's."""
     with transaction(conn):
         if hosts is None:
@@ -155,7 +155,7 @@ def release(conn: sqlite3.Connection, holder_id: str, hosts: Iterable[str] | Non
             )
 
 
-def held(conn: sqlite3.Connection, *, include_stale: bool = False) -> list[Lock]:
+def held(conn: Connection, *, include_stale: bool = False) -> list[Lock]:
     rows = conn.execute("SELECT * FROM host_locks ORDER BY host").fetchall()
     locks = [_lock(row) for row in rows]
     return locks if include_stale else [lk for lk in locks if is_live(lk)]

@@ -1,4 +1,4 @@
-"""Provision run records in the shared SQLite store.
+"""Provision run records in the state database.
 
 A run row is written when the run starts (status ``running``), its per-host results are replaced
 on every heartbeat, and the final status is written in one transaction at the end. A process that
@@ -13,19 +13,18 @@ import json
 import os
 import secrets
 import socket
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fleetctl.runner import HostResult
-from fleetctl.state.db import transaction
+from fleetctl.state.db import Connection, Row, transaction
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS provision_runs (
         id TEXT PRIMARY KEY,
-        user TEXT NOT NULL,
+        "user" TEXT NOT NULL,          -- quoted: a reserved word in PostgreSQL
         machine TEXT NOT NULL,
         pid INTEGER NOT NULL,
         started_at TEXT NOT NULL,
@@ -115,7 +114,7 @@ class RunRecord:
         }
 
 
-def connect(path: Any = None) -> sqlite3.Connection:
+def connect(path: Any = None) -> Connection:
     from fleetctl.state import db
 
     return db.connect(path, schema=SCHEMA)
@@ -131,10 +130,10 @@ def is_dead(record: RunRecord, *, now: datetime | None = None) -> bool:
     return record.machine == this_machine() and not pid_alive(record.pid)
 
 
-def start(conn: sqlite3.Connection, record: RunRecord) -> None:
+def start(conn: Connection, record: RunRecord) -> None:
     with transaction(conn):
         conn.execute(
-            "INSERT INTO provision_runs (id, user, machine, pid, started_at, heartbeat_at, inventory,"
+            'INSERT INTO provision_runs (id, "user", machine, pid, started_at, heartbeat_at, inventory,'
             " pattern, playbook, options, status, artifacts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 record.id, record.user, record.machine, record.pid, record.started_at,
@@ -145,7 +144,7 @@ def start(conn: sqlite3.Connection, record: RunRecord) -> None:
         _replace_hosts(conn, record.id, record.hosts)
 
 
-def _replace_hosts(conn: sqlite3.Connection, run_id: str, hosts: Sequence[HostResult]) -> None:
+def _replace_hosts(conn: Connection, run_id: str, hosts: Sequence[HostResult]) -> None:
     conn.execute("DELETE FROM provision_run_hosts WHERE run_id = ?", (run_id,))
     conn.executemany(
         "INSERT INTO provision_run_hosts (run_id, host, result) VALUES (?,?,?)",
@@ -153,7 +152,7 @@ def _replace_hosts(conn: sqlite3.Connection, run_id: str, hosts: Sequence[HostRe
     )
 
 
-def heartbeat(conn: sqlite3.Connection, run_id: str, hosts: Sequence[HostResult]) -> None:
+def heartbeat(conn: Connection, run_id: str, hosts: Sequence[HostResult]) -> None:
     """Proof of life plus the per-host results so far (what an interrupted run keeps)."""
     with transaction(conn):
         conn.execute(
@@ -164,7 +163,7 @@ def heartbeat(conn: sqlite3.Connection, run_id: str, hosts: Sequence[HostResult]
 
 
 def finish(
-    conn: sqlite3.Connection,
+    conn: Connection,
     run_id: str,
     status: str,
     hosts: Sequence[HostResult],
@@ -182,7 +181,7 @@ def finish(
         _replace_hosts(conn, run_id, hosts)
 
 
-def _record(row: sqlite3.Row, hosts: list[HostResult]) -> RunRecord:
+def _record(row: Row, hosts: list[HostResult]) -> RunRecord:
     return RunRecord(
         id=row["id"],
         user=row["user"],
@@ -202,10 +201,10 @@ def _record(row: sqlite3.Row, hosts: list[HostResult]) -> RunRecord:
     )
 
 
-def _read_only(conn: sqlite3.Connection) -> bool:
-    from fleetctl.state.db import StateConnection
+def _read_only(conn: Connection) -> bool:
+    from fleetctl.state.db import read_only
 
-    return isinstance(conn, StateConnection) and conn.newer
+    return read_only(conn)
 
 
 def _shown(record: RunRecord) -> RunRecord:
@@ -216,7 +215,7 @@ def _shown(record: RunRecord) -> RunRecord:
     return record
 
 
-def reap(conn: sqlite3.Connection) -> list[str]:
+def reap(conn: Connection) -> list[str]:
     """Mark dead ``running`` runs ``interrupted``; return their ids. A database written by a newer
     fleetctl is left as it is (readers show such runs as interrupted without writing)."""
     rows = conn.execute("SELECT * FROM provision_runs WHERE status = 'running'").fetchall()
@@ -232,20 +231,20 @@ def reap(conn: sqlite3.Connection) -> list[str]:
     return dead
 
 
-def status_of(conn: sqlite3.Connection, run_id: str) -> str | None:
+def status_of(conn: Connection, run_id: str) -> str | None:
     """The stored status of the run with exactly this id (no prefix match, no reaping)."""
     row = conn.execute("SELECT status FROM provision_runs WHERE id = ?", (run_id,)).fetchone()
     return None if row is None else str(row["status"])
 
 
-def _hosts(conn: sqlite3.Connection, run_id: str) -> list[HostResult]:
+def _hosts(conn: Connection, run_id: str) -> list[HostResult]:
     rows = conn.execute(
         "SELECT result FROM provision_run_hosts WHERE run_id = ? ORDER BY host", (run_id,)
     ).fetchall()
     return [HostResult.from_dict(json.loads(row["result"])) for row in rows]
 
 
-def get(conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
+def get(conn: Connection, run_id: str) -> RunRecord | None:
     """One run by id or by a unique id prefix."""
     reap(conn)
     rows = conn.execute(
@@ -265,7 +264,7 @@ def _like_prefix(text: str) -> str:
 
 
 def list_runs(
-    conn: sqlite3.Connection, *, limit: int = 20, status: str | None = None
+    conn: Connection, *, limit: int = 20, status: str | None = None
 ) -> list[RunRecord]:
     """Newest first, with per-host results."""
     reap(conn)

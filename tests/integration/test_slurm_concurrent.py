@@ -1,17 +1,20 @@
-"""20 ``fleetctl drain`` processes at once against a real Slurm never exceed max-unavailable."""
+"""20 ``fleetctl drain`` processes at once against a real Slurm never exceed max-unavailable, with the state
+in SQLite and in a real PostgreSQL (as if from several machines sharing it)."""
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from postgres_server import pg_server, pg_url  # noqa: F401 - fixtures
 from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
+
+from fleetctl.state import db, lifecycle
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +24,22 @@ SLURM_OPTIONS = ClusterOptions(ctld_port=38827, node_ports=(38811, 38812, 38813)
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 
 
-def test_twenty_concurrent_drains_never_exceed_max_unavailable(slurm: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_twenty_concurrent_drains_never_exceed_max_unavailable(
+        slurm: SlurmCluster, tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:  # noqa: F811
+    database = str(tmp_path / "fleetctl.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {
         "vars": {"fleet_scheduler": "slurm", "ansible_connection": "local"},
         "hosts": {n: {"ansible_host": "127.0.0.1"} for n in NODES},
     }}))
-    env = {**slurm.env, "FLEETCTL_DB": str(tmp_path / "fleetctl.db"), "FLEETCTL_INVENTORY": str(inventory),
+    env = {**slurm.env, "FLEETCTL_DB": database, "FLEETCTL_INVENTORY": str(inventory),
            "FLEETCTL_CACHE_DIR": str(tmp_path / "cache")}
     # one status first: parses (and caches) the inventory, creates the database
     assert subprocess.run([FLEETCTL, "status"], env=env, capture_output=True, timeout=120).returncode == 0
+    conn = db.connect(database)
+    for n in NODES:  # in service: a person's drain takes each to repairing, once
+        lifecycle.set_state(conn, n, lifecycle.LifeState.IN_SERVICE, actor="ci", reason="burned in")
 
     limit = 2
     procs = [subprocess.Popen([FLEETCTL, "drain", NODES[i % len(NODES)], "--reason", f"race {i}",
@@ -51,7 +60,6 @@ def test_twenty_concurrent_drains_never_exceed_max_unavailable(slurm: SlurmClust
     counted = {n for m in refusals for n in re.findall(r"node\d+", m.split("already unavailable", 1)[-1])}
     assert counted <= set(drained_in_slurm), (counted, refusals)
     assert len(drained_in_slurm) == limit, ([slurm.node_state(n) for n in NODES], refusals[:3])
-    conn = sqlite3.connect(tmp_path / "fleetctl.db")
     states = dict(conn.execute("SELECT host, state FROM host_state").fetchall())
     assert sorted(h for h, s in states.items() if s != "active") == sorted(drained_in_slurm)
     # every request for a node that got the budget succeeded; every other one was refused with the numbers
@@ -65,3 +73,7 @@ def test_twenty_concurrent_drains_never_exceed_max_unavailable(slurm: SlurmClust
     # the audit log shows exactly one cordon per drained node, whoever won the race
     cordons = conn.execute("SELECT host FROM host_audit WHERE to_state = 'cordoned'").fetchall()
     assert sorted(h for (h,) in cordons) == sorted(drained_in_slurm)
+    # and one lifecycle move per drained node: in_service -> repairing, never twice
+    moves = conn.execute("SELECT host, from_state FROM lifecycle_audit WHERE to_state = ?", ("repairing",))
+    assert sorted((h, f) for h, f in moves.fetchall()) == sorted((n, "in_service") for n in drained_in_slurm)
+    conn.close()

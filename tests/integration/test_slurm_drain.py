@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from postgres_server import pg_server, pg_url  # noqa: F401 - fixtures
 from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,21 @@ class Fleet:
         doc: dict[str, Any] = json.loads(done.stdout)
         return {**doc["hosts"][0], "audit": doc.get("audit", [])}
 
+    def use_postgresql(self, url: str) -> None:
+        """The state in this PostgreSQL database instead of the SQLite file."""
+        self.env["FLEETCTL_DB"] = url
+
     def db_state(self, host: str) -> str | None:
+        url = self.env["FLEETCTL_DB"]
+        if url.startswith("postgresql://"):
+            from fleetctl.state import db
+
+            conn = db.connect(url)
+            try:
+                row = conn.execute("SELECT state FROM host_state WHERE host = ?", (host,)).fetchone()
+                return str(row[0]) if row else None
+            finally:
+                conn.close()
         if not self.db.exists():
             return None
         conn = sqlite3.connect(self.db)
@@ -160,8 +175,11 @@ def test_a_drain_set_by_someone_else_is_reported_never_touched(fleet: Fleet, slu
     assert done.returncode == 1 and "1 already unavailable (node2)" in done.stdout
 
 
-def test_kill_9_mid_drain_then_status_shows_the_truth_and_a_rerun_resumes(fleet: Fleet,
-                                                                         slurm: SlurmCluster) -> None:  # noqa: F811
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_kill_9_mid_drain_then_status_shows_the_truth_and_a_rerun_resumes(
+        fleet: Fleet, slurm: SlurmCluster, backend: str, request: pytest.FixtureRequest) -> None:  # noqa: F811
+    if backend == "postgresql":
+        fleet.use_postgresql(request.getfixturevalue("pg_url"))
     job = slurm.submit_sleep("node1", 10)
     proc = fleet.popen("drain", "node1", "--reason", "firmware", "--timeout", "120")
     wait_for(lambda: fleet.db_state("node1") == "draining", "fleetctl state draining")
