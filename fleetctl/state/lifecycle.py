@@ -12,7 +12,7 @@ it (a fleet that had fleetctl before lifecycles existed does not show every host
 state is *implied*; the first transition writes it down.
 
 Transitions are written inside one writing transaction with an audit row (who as ``user@machine``,
-why, when, from → to, the source: a person, drain, undrain, provision, maintain). A person's
+why, when, from → to, the source: a person, drain, undrain, provision, maintain, burn_in). A person's
 transition that the table below does not allow is refused with one line naming both states, unless
 ``force``. The verbs' hooks (``on_*``) never force and never fail their verb: each names the states
 it moves a host from, and a host in any other state (retired, rma, one a newer fleetctl wrote) is
@@ -343,6 +343,26 @@ def on_maintain_result(conn: Connection, host: str, *, ok: bool, actor: str, run
                        reason=f"maintain {run_id}: verified healthy", source="maintain")
     return advance(conn, host, L.SUSPECT, frm={L.IN_SERVICE, L.BURN_IN, L.REPAIRING}, actor=actor,
                    reason=f"maintain {run_id}: {why or 'failed'}", source="maintain")
+
+
+def on_burn_in_start(conn: Connection, host: str, *, actor: str, run_id: str, level: int) -> bool:
+    """``fleetctl burn-in`` starts its checks: new, repairing, suspect and rma hosts are ``burn_in``
+    (an in-service host is checked where it stands)."""
+    return advance(conn, host, L.BURN_IN, frm={L.NEW, L.REPAIRING, L.SUSPECT, L.RMA}, actor=actor,
+                   reason=f"burn-in {run_id}: level {level} started", source="burn_in")
+
+
+def on_burn_in_result(conn: Connection, host: str, *, status: str, actor: str, run_id: str,
+                      why: str) -> bool:
+    """Passed: a ``burn_in`` host is ``in_service``. Failed (``why`` names the test and GPU): a
+    burn_in or in_service host is ``suspect``. Incomplete (a check could not run): no move."""
+    if status == "pass":
+        return advance(conn, host, L.IN_SERVICE, frm={L.BURN_IN}, actor=actor,
+                       reason=f"burn-in {run_id}: passed ({why})", source="burn_in")
+    if status == "fail":
+        return advance(conn, host, L.SUSPECT, frm={L.BURN_IN, L.IN_SERVICE}, actor=actor,
+                       reason=f"burn-in {run_id}: failed: {why}", source="burn_in")
+    return False
 
 
 # --- health, history, runs ------------------------------------------------------------------------

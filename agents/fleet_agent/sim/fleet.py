@@ -146,7 +146,7 @@ def run_sim_fleet(cfg: AgentConfig, *, scenario: str, hosts: int, base_port: int
 
     def ready() -> None:
         if inventory is not None:
-            write_inventory(inventory, runtimes, token=cfg.token)
+            write_inventory(inventory, runtimes, token=cfg.token, scenario=str(scen.path))
         print(f"ready: {hosts} agents on {cfg.listen_address}:{base_port}-{base_port + hosts - 1}",
               flush=True)
 
