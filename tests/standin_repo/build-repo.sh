@@ -51,7 +51,8 @@ standin() {
         printf '[Unit]\nDescription=%s (stand-in)\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n' \
             "$4" >"$dir/lib/systemd/system/$4.service"
     fi
-    dpkg-deb --root-owner-group --build "$dir" "$repo/pool/$1_$2_$arch.deb" >/dev/null
+    # The file name leaves out the epoch, as Debian archives do.
+    dpkg-deb --root-owner-group --build "$dir" "$repo/pool/$1_${2#*:}_$arch.deb" >/dev/null
 }
 
 # shellcheck source=/dev/null
