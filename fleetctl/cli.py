@@ -120,7 +120,7 @@ app = typer.Typer(
 
 # The command modules under fleetctl/commands/; their order is the help order.
 _COMMAND_MODULES = ("health", "inventory", "prometheus", "provision", "runs", "drain", "maintain",
-                    "burnin", "hosts")
+                    "remediate", "burnin", "hosts")
 
 
 def version_text() -> str:

@@ -24,6 +24,7 @@ quick_args() {
     bench_health) echo "--quick --no-ssh-lab" ;;
     bench_prometheus) echo "--quick" ;;
     bench_provision) echo "--quick --local" ;;
+    bench_remediate) echo "--quick" ;;
     bench_site_rerun) echo "SKIP" ;;
     bench_soak) echo "--quick --duration 30" ;;
     bench_speedups) echo "--quick --skip-parse" ;;

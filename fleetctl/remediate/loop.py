@@ -1,0 +1,250 @@
+"""The remediation loop: observe, plan, act; every step recorded before it starts and after it ends.
+
+One round (:meth:`Engine.round`): each host's fleet-report row becomes an observation (recorded),
+remediations left open by a loop that died or was interrupted are resumed, then
+:func:`fleetctl.remediate.plan.plan` decides and, with ``apply``, each planned remediation runs its
+steps in order through :class:`Steps` (drain, the repair, burn-in, undrain; or drain and mark for
+quarantine / RMA). A step that fails quarantines the host (it stays drained); nothing after it runs.
+
+Resume. The store says which step is next and whether it had started. A step that started and was
+not seen to end is run again when it is idempotent (:data:`IDEMPOTENT`): drain (fleetctl's drain
+resumes from its own record and never drains twice), reset_gpu (it resets only a chip with no
+compute process left; a second reset of an idle chip changes nothing), reprovision (playbooks are
+idempotent), burn_in (it only reads), undrain, quarantine, rma. A reboot is not: one that started
+and was not seen to end is not repeated, and burn-in decides whether the host came back fit.
+
+The engine reads no clock but the one it is handed and does no I/O of its own: ``Store`` and
+``Steps`` are small interfaces (:class:`fleetctl.state.remediation.SqlStore`,
+:class:`fleetctl.remediate.actions.FleetSteps`; fakes in the unit tests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleetctl.remediate import budget
+from fleetctl.remediate.flap import Started
+from fleetctl.remediate.hysteresis import Observation, missing, observe
+from fleetctl.remediate.plan import HostHistory, Plan, PlannedAction, plan
+from fleetctl.remediate.policy import Policy
+from fleetctl.report.model import HostRow
+from fleetctl.state.remediation import (
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    QUARANTINED,
+    RemediationRecord,
+    chips_of,
+)
+
+# Steps that may run again when a loop died after starting them (see the module docstring).
+IDEMPOTENT = frozenset({"drain", "reset_gpu", "reprovision", "burn_in", "undrain", "quarantine", "rma"})
+Echo = Callable[[str], None]
+StepHook = Callable[[str, str], None]  # (step, host) as a step starts: a test's kill point
+
+
+class Store(Protocol):
+    def record_observations(self, observations: Mapping[str, Observation]) -> None: ...
+
+    def observations(self, since: float) -> dict[str, list[Observation]]: ...
+
+    def prune(self, before: float) -> None: ...
+
+    def start(self, host: str, action: str, kind: str, steps: Sequence[str], chips: Sequence[int], *,
+              reason: str, actor: str, at: float) -> RemediationRecord: ...
+
+    def get(self, rid: str) -> RemediationRecord: ...
+
+    def open(self) -> list[RemediationRecord]: ...
+
+    def history(self, since: float) -> list[Started]: ...
+
+    def step_started(self, rec: RemediationRecord, index: int, *, detail: str | None = None) -> None: ...
+
+    def step_ended(self, rec: RemediationRecord, index: int, *, ok: bool, detail: str | None = None,
+                   phase: str | None = None) -> None: ...
+
+    def finish(self, rec: RemediationRecord, state: str, outcome: str, *,
+               at: float | None = None) -> None: ...
+
+
+class Steps(Protocol):
+    """The actions. Each returns None when the step succeeded, else why it failed."""
+
+    def out_of_service(self, hosts: Sequence[str]) -> Mapping[str, str]:
+        """Hosts out of service now (fleetctl's records or the scheduler's) -> their state."""
+        ...
+
+    def run(self, step: str, rec: RemediationRecord) -> str | None:
+        """One step of ``rec`` (drain, reset_gpu, reboot, reprovision, burn_in, undrain, quarantine, rma)."""
+        ...
+
+    def quarantine(self, rec: RemediationRecord, why: str) -> None:
+        """After a failed step: the host stays drained, marked quarantined (never undrained)."""
+        ...
+
+    def released(self, rec: RemediationRecord) -> None:
+        """The remediation ended (any way): drop what it held (host locks)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What became of one remediation this round."""
+
+    id: str
+    host: str
+    remediation: str
+    state: str  # done, quarantined, failed, interrupted
+    message: str
+    resumed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.state == DONE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "host": self.host, "remediation": self.remediation, "state": self.state,
+                "message": self.message, "resumed": self.resumed}
+
+
+@dataclass
+class RoundResult:
+    plan: Plan
+    finished: list[Finished] = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.plan.to_dict(), "finished": [f.to_dict() for f in self.finished],
+                "interrupted": self.interrupted}
+
+
+def keep_window_s(policy: Policy, interval_s: float) -> float:
+    """How long observations are kept: the longest hysteresis (its span, or its count of rounds)."""
+    rules = [policy.hysteresis, *(r.hysteresis for r in policy.actions.values() if r.hysteresis)]
+    return max(max(h.span_s, h.count * interval_s) for h in rules) * 2 + interval_s
+
+
+class Engine:
+    def __init__(self, policy: Policy, store: Store, steps: Steps, *, actor: str, interval_s: float = 30.0,
+                 echo: Echo = lambda _: None, stop: Callable[[], bool] = lambda: False,
+                 on_step: StepHook | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.policy, self.store, self.steps = policy, store, steps
+        self.actor, self.interval_s, self.echo = actor, interval_s, echo
+        self.stop, self.on_step, self.clock = stop, on_step, clock
+
+    # --- observe and plan ---------------------------------------------------------------------
+    def observe(self, rows: Sequence[HostRow], now: float) -> None:
+        self.store.record_observations({r.name: observe(r, now) for r in rows})
+        self.store.prune(now - keep_window_s(self.policy, self.interval_s))
+
+    def plan(self, rows: Sequence[HostRow], now: float, *,
+             unrecorded: Mapping[str, Observation] | None = None) -> Plan:
+        """``unrecorded``: this round's observations when they are not stored (see :meth:`round`)."""
+        seen = self.store.observations(now - keep_window_s(self.policy, self.interval_s))
+        for host, obs in (unrecorded or {}).items():
+            seen.setdefault(host, []).append(obs)
+        keys = self.policy.scope_keys()
+        hosts = [HostHistory(r.name, seen.get(r.name) or [missing(now)], budget.host_scopes(r, keys))
+                 for r in rows]
+        history = self.store.history(now - max(self.policy.flap.window_s, budget.HOUR_S))
+        # Who is out of service matters only to a round with an unhealthy host (nothing else starts
+        # or stops anything): a healthy fleet's round asks no scheduler.
+        acting = any(r.status.value in self.policy.act_on for r in rows)
+        out = self.steps.out_of_service([r.name for r in rows]) if acting else {}
+        return plan(self.policy, hosts, history, out, now)
+
+    # --- act ----------------------------------------------------------------------------------
+    def round(self, rows: Sequence[HostRow], now: float, *, apply: bool, record: bool = True) -> RoundResult:
+        """Observe, resume what is open (``apply``), plan, and start the planned remediations (``apply``).
+
+        ``record`` False (a plan-only look while another loop runs): this round's observations are
+        planned with but not stored, so that they never hasten that loop's hysteresis."""
+        if record or apply:
+            self.observe(rows, now)
+            result = RoundResult(self.plan(rows, now))
+        else:
+            result = RoundResult(self.plan(rows, now, unrecorded={r.name: observe(r, now) for r in rows}))
+        if not apply:
+            return result
+        for rec in self.store.open():
+            if self.stop():
+                result.interrupted = True
+                return result
+            result.finished.append(self.execute(rec, resumed=True))
+        if result.finished:  # resumed work changed who is out of service: plan again
+            result.plan = self.plan(rows, now)
+        by_name = {r.name: r for r in rows}
+        for action in result.plan.actions:
+            if self.stop():
+                result.interrupted = True
+                break
+            rec = self.store.start(action.host, action.action, action.remediation.value, action.steps,
+                                   _chips(by_name.get(action.host), action), reason=action.reason,
+                                   actor=self.actor, at=now)
+            self.echo(f"{action.host}: remediation {rec.id} started: {action.remediation.value} "
+                      f"({' → '.join(action.steps)}) for {action.reason}")
+            result.finished.append(self.execute(rec))
+        result.interrupted = result.interrupted or any(f.state == INTERRUPTED for f in result.finished)
+        return result
+
+    def execute(self, rec: RemediationRecord, *, resumed: bool = False) -> Finished:
+        """Run ``rec``'s steps from the recorded one on; every step recorded as it starts and ends."""
+        if resumed:
+            self.echo(f"{rec.host}: resuming remediation {rec.id} at step {rec.steps[rec.next_step]}"
+                      if rec.next_step < len(rec.steps) else f"{rec.host}: finishing remediation {rec.id}")
+        index = rec.next_step
+        try:
+            while index < len(rec.steps):
+                step = rec.steps[index]
+                if self.stop() and index > rec.next_step:
+                    why = f"interrupted before {step}"
+                    self.store.finish(rec, INTERRUPTED, why)
+                    return Finished(rec.id, rec.host, rec.kind, INTERRUPTED, why, resumed)
+                if index == rec.next_step and rec.step_open and step not in IDEMPOTENT:
+                    # Started by a loop that died: not repeated (burn-in checks what it left).
+                    self.store.step_ended(rec, index, ok=True, phase="skipped",
+                                          detail=f"{step} started by a loop that stopped; not repeated "
+                                                 "(not idempotent): burn-in checks the host")
+                    index += 1
+                    continue
+                self.store.step_started(rec, index)
+                if self.on_step is not None:
+                    self.on_step(step, rec.host)
+                problem = self.steps.run(step, rec)
+                self.store.step_ended(rec, index, ok=problem is None, detail=problem)
+                if problem is not None:
+                    return self._failed(rec, step, problem, resumed)
+                index += 1
+            outcome = {"repair": "repaired, burned in, back in service" if rec.steps[-1] == "undrain"
+                       else "repaired, left drained for a person",
+                       "quarantine": "quarantined: drained until a person returns it",
+                       "rma": "marked for RMA: drained until a person returns it"}.get(rec.kind, "done")
+            state = QUARANTINED if rec.kind in ("quarantine", "rma") else DONE
+            self.store.finish(rec, state, outcome, at=self.clock())
+            self.echo(f"{rec.host}: remediation {rec.id}: {outcome}")
+            return Finished(rec.id, rec.host, rec.kind, state, outcome, resumed)
+        finally:
+            self.steps.released(rec)
+
+    def _failed(self, rec: RemediationRecord, step: str, problem: str, resumed: bool) -> Finished:
+        why = f"{step} failed: {problem}"
+        if step == "drain":
+            # Never drained: nothing to quarantine (drain left its own record: drain_failed, refused).
+            self.store.finish(rec, FAILED, why, at=self.clock())
+            self.echo(f"{rec.host}: remediation {rec.id} failed: {why}")
+            return Finished(rec.id, rec.host, rec.kind, FAILED, why, resumed)
+        self.steps.quarantine(rec, why)
+        self.store.finish(rec, QUARANTINED, why, at=self.clock())
+        self.echo(f"{rec.host}: remediation {rec.id}: quarantined ({why})")
+        return Finished(rec.id, rec.host, rec.kind, QUARANTINED, why, resumed)
+
+
+def _chips(row: HostRow | None, action: PlannedAction) -> tuple[int, ...]:
+    """The chips whose problems carry the action being remediated (reset_gpu resets those only)."""
+    if row is None:
+        return ()
+    return chips_of(p.chip for p in row.problems if p.action == action.action)
