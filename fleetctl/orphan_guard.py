@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from fleetctl.errors import FleetctlError
+from fleetctl.state.location import child_env
 
 MARK = "FLEETCTL_GUARD"
 DONE = b"done\n"
@@ -74,7 +75,8 @@ class OrphanGuard:
         return {MARK: self.token}
 
     def __enter__(self) -> OrphanGuard:
-        env = {k: v for k, v in os.environ.items() if k != MARK}
+        # No secret of fleetctl's for the watchdog, nor the cleanup it runs (``then``).
+        env = {**{k: v for k, v in os.environ.items() if k != MARK}, **child_env()}
         self._proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

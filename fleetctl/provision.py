@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -66,6 +66,7 @@ _SECRET_KEY = re.compile(r"pass|secret|token|key|credential|vault|auth", re.I)
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 HostSelector = Callable[[Sequence[str], str], list[str]]
+T = TypeVar("T")
 
 
 class HostsLocked(FleetctlError):
@@ -528,7 +529,9 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         # A dead heartbeat would get a live run reaped as interrupted and its locks expired, so
-        # store errors (e.g. "database is locked") are reported and retried on the next beat.
+        # store errors (e.g. "database is locked", a server that refuses connections for a while)
+        # are reported and retried on the next beat, on a fresh connection: the failed one may be
+        # a session the server has ended.
         conn: db.Connection | None = None
         failing = lost_locks = False
         try:
@@ -537,10 +540,12 @@ class _Heartbeat(threading.Thread):
                     conn = conn or _connect(self.db_path)
                     held = locks.refresh(conn, self.lock_id)
                     runs.heartbeat(conn, self.run_id, self.tally.snapshot())
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, FleetctlError) as exc:
                     if not failing:  # one line per failure streak, not one per beat
                         _warn(f"run {self.run_id}: heartbeat failed, retrying: {_one_line(exc)}")
                     failing = True
+                    _close_quietly(conn)
+                    conn = None
                     continue
                 failing = False
                 if held == 0 and not lost_locks:
@@ -548,8 +553,7 @@ class _Heartbeat(threading.Thread):
                     _warn(f"run {self.run_id}: its host locks were taken over (--force by another run);"
                           " this run goes on but no longer holds the hosts")
         finally:
-            if conn is not None:
-                conn.close()
+            _close_quietly(conn)
 
 
 def _warn(line: str) -> None:
@@ -560,6 +564,34 @@ def _warn(line: str) -> None:
 
 def _connect(db_path: Path) -> db.Connection:
     return db.connect(db_path, schema=(*runs.SCHEMA, *locks.SCHEMA))
+
+
+def _close_quietly(conn: db.Connection | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):  # a lost session may fail even to close
+            conn.close()
+
+
+class _Store:
+    """The run's connection. A write that fails (a PostgreSQL session the server ended during a
+    long playbook, a busy SQLite file) is tried once more on a fresh connection, so that a run
+    whose playbook succeeded is recorded as such and its locks are released, not left to be
+    reaped as interrupted."""
+
+    def __init__(self, db_path: Path, conn: db.Connection) -> None:
+        self.db_path, self.conn = db_path, conn
+
+    def write(self, what: Callable[[db.Connection], T]) -> T:
+        try:
+            return what(self.conn)
+        except sqlite3.Error:
+            _close_quietly(self.conn)
+            with state_database(self.db_path):
+                self.conn = _connect(self.db_path)
+            return what(self.conn)
+
+    def close(self) -> None:
+        _close_quietly(self.conn)
 
 
 class _NullObserver:
@@ -607,6 +639,7 @@ def run(
     with state_database(db_path):  # nothing has run yet: a database that fails is one line, exit 2
         conn = _connect(db_path)
         db.require_writable(conn)  # a newer fleetctl's database: refused before any lock or run
+    store = _Store(db_path, conn)
     try:
         with state_database(db_path):
             remove_stale_vars_files(conn, state_dir(db_path))
@@ -615,20 +648,19 @@ def run(
             except locks.LocksHeld as exc:
                 raise HostsLocked(f"refused: {exc}") from exc
         try:
-            return _run_locked(the_plan, runner, conn, db_path, run_id, holder.id, user, observer, cancel,
+            return _run_locked(the_plan, runner, store, run_id, holder.id, user, observer, cancel,
                                overridden)
         finally:
             if held_by is None:
-                locks.release(conn, run_id)
+                store.write(lambda c: locks.release(c, run_id))
     finally:
-        conn.close()
+        store.close()
 
 
 def _run_locked(
     the_plan: Plan,
     runner: PlaybookRunner,
-    conn: db.Connection,
-    db_path: Path,
+    store: _Store,
     run_id: str,
     lock_id: str,
     user: str,
@@ -636,6 +668,7 @@ def _run_locked(
     cancel: threading.Event,
     overridden: Sequence[locks.Lock],
 ) -> ProvisionResult:
+    db_path = store.db_path
     # ansible-runner's artifacts hold the whole environment of the run: private to the user.
     state_dir(db_path).mkdir(parents=True, exist_ok=True, mode=0o700)
     private_dir = state_dir(db_path) / run_id
@@ -652,7 +685,7 @@ def _run_locked(
         playbook=str(the_plan.playbook), options=options, artifacts=str(artifacts),
         hosts=tally.snapshot(),
     )
-    runs.start(conn, record)
+    runs.start(store.conn, record)
     observer.started(run_id, the_plan.hosts, the_plan.playbook.name)
 
     stop = threading.Event()
@@ -709,7 +742,8 @@ def _run_locked(
         # An adapter error or a KeyboardInterrupt with no signal handler installed (library use):
         # the record still ends, with the results so far, instead of waiting to look interrupted.
         ended = "canceled" if isinstance(exc, KeyboardInterrupt) else "failed"
-        runs.finish(conn, run_id, ended, tally.snapshot(), message=the_plan.redact(_one_line(exc))[:500])
+        said = the_plan.redact(_one_line(exc))[:500]
+        store.write(lambda c: runs.finish(c, run_id, ended, tally.snapshot(), message=said))
         raise
     finally:
         stop.set()
@@ -719,11 +753,11 @@ def _run_locked(
         status = "failed"
     if notes:
         message = "; ".join([*([message] if message else []), *notes])[:1000]
-    runs.finish(conn, run_id, status, hosts, message=message)
+    store.write(lambda c: runs.finish(c, run_id, status, hosts, message=message))
     if status != "canceled" and not the_plan.options.check:  # a dry run says nothing about a host's life
-        lifecycle.on_provision_result(conn, run_id, {h.host: h.state for h in hosts}, actor=user,
-                                      playbook=the_plan.playbook.name,
-                                      partial=bool(the_plan.options.tags or the_plan.options.skip_tags))
+        store.write(lambda c: lifecycle.on_provision_result(
+            c, run_id, {h.host: h.state for h in hosts}, actor=user, playbook=the_plan.playbook.name,
+            partial=bool(the_plan.options.tags or the_plan.options.skip_tags)))
     exit_code = {"successful": EXIT_OK, "canceled": EXIT_CANCELED}.get(status, EXIT_PROBLEMS)
     if message and tally.plays_started == 0 and status == "failed":
         exit_code = EXIT_USAGE

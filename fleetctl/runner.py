@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from fleetctl import async_jobs
 from fleetctl.assets import ansible_roles_path
 from fleetctl.orphan_guard import OrphanGuard
+from fleetctl.state.location import child_env
 
 Event = Mapping[str, Any]
 EventCallback = Callable[[Event], None]
@@ -127,9 +128,11 @@ class AnsibleRunner:
         # Async jobs run on their hosts beyond any local signal: mark, record and, on a cancel (or
         # through the guard, if this process dies), stop them there (see fleetctl.async_jobs).
         token = async_jobs.new_token()
+        # ansible-runner copies this process's environment into Ansible's and into its `command`
+        # artifact, and adds to it only: a secret there (FLEETCTL_DB's password) is masked.
         spec = async_jobs.CleanupSpec(
             inventory=list(request.inventory), cmdline=list(request.cmdline),
-            envvars={"PATH": _runner_path(), **request.envvars}, cwd=str(request.cwd),
+            envvars={"PATH": _runner_path(), **request.envvars, **child_env()}, cwd=str(request.cwd),
             directory=str(request.private_data_dir / async_jobs.DIR_NAME / request.ident),
             timeout_s=self.cleanup_timeout, forks=request.forks,
         )
@@ -146,7 +149,7 @@ class AnsibleRunner:
                             then=[sys.executable, "-P", "-m", "fleetctl.async_jobs", str(spec_path)])
         envvars = {"PATH": _runner_path(), "ANSIBLE_ASYNC_DIR": jobs.async_dir,
                    "ANSIBLE_ROLES_PATH": ansible_roles_path(cwd=request.cwd, playbook=request.playbook),
-                   **spec.install_callback(), **request.envvars, **guard.envvars}
+                   **spec.install_callback(), **request.envvars, **guard.envvars, **child_env()}
         stopped = False
 
         def cancel_check() -> bool:
@@ -227,7 +230,7 @@ class AnsibleRunner:
             stdin = next(iter(request.passwords.values())) + "\n"
         roles = ansible_roles_path(cwd=request.cwd, playbook=request.playbook)
         env = {**os.environ, "ANSIBLE_ROLES_PATH": roles, **request.envvars,
-               "PATH": _runner_path(), "ANSIBLE_NOCOLOR": "1"}
+               "PATH": _runner_path(), "ANSIBLE_NOCOLOR": "1", **child_env()}
         proc = subprocess.run(
             argv, cwd=request.cwd, env=env, input=stdin, capture_output=True, text=True, check=False
         )

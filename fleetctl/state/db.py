@@ -45,9 +45,9 @@ from typing import Any, Protocol
 
 from fleetctl.errors import StateDatabaseError
 from fleetctl.state import pg
+from fleetctl.state.location import ENV_VAR as ENV_VAR  # re-exported: db.ENV_VAR
 from fleetctl.state.location import local_state_dir, location, url_of
 
-ENV_VAR = "FLEETCTL_DB"
 SCHEMA_VERSION = 2
 # "FLTC": marks the file as fleetctl's state (sqlite's application_id, shown by `file(1)`).
 APPLICATION_ID = 0x464C5443
@@ -221,7 +221,7 @@ def _connect_pg(url: str, schema: Iterable[str]) -> pg.PgConnection:
         conn.version = _pg_version(conn, pg.read_meta(conn))
         conn.newer = conn.version > SCHEMA_VERSION
         if conn.newer:
-            conn.execute("SET default_transaction_read_only = on")  # a backstop behind require_writable
+            conn.set_session("SET default_transaction_read_only = on")  # a backstop behind require_writable
             return conn
         # A current database needs no DDL: a role with only the data privileges can use it.
         extra = [s for s in schema if " ".join(s.split()) not in _layout()]
@@ -335,5 +335,7 @@ class transaction:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             self.conn.execute("COMMIT")
+        elif isinstance(self.conn, pg.PgConnection):
+            self.conn.rollback()  # nothing to send on a lost session: the server discarded it
         else:
             self.conn.execute("ROLLBACK")

@@ -18,14 +18,15 @@ retry) handles PostgreSQL's the same way. Messages never carry the password.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetctl.errors import StateDatabaseError, first_line
-from fleetctl.state.location import StateLocation, mask
+from fleetctl.state.location import StateLocation, mask, redact, valid
 
 if TYPE_CHECKING:
     import psycopg
@@ -37,15 +38,47 @@ APPLICATION = "fleetctl"
 CONNECT_TIMEOUT_S = 10
 # As SQLite's busy timeout: a writer waits this long for another's transaction, then fails in one line.
 LOCK_TIMEOUT = "30s"
+# A session that sits in a transaction this long (a stopped or frozen fleetctl) is ended by the
+# server, and the writer lock with it: fleetctl's transactions last milliseconds.
+IDLE_IN_TRANSACTION_TIMEOUT = "60s"
+# TCP keepalives, both ways: a vanished bastion's session (and lock) ends, and a vanished server is
+# noticed, within about idle + interval x count seconds instead of the kernel's two hours. Each may
+# be set in the URL (?keepalives_idle=N ...); the server side follows the client's values.
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+              "keepalives_count": "3"}
+_SERVER_KEEPALIVES = {"keepalives_idle": "tcp_keepalives_idle",
+                      "keepalives_interval": "tcp_keepalives_interval",
+                      "keepalives_count": "tcp_keepalives_count"}
+
+T = TypeVar("T")
 
 
 class PostgresError(sqlite3.OperationalError):
     """A PostgreSQL error, in the DB-API class every state-database error handler already catches."""
 
 
+class TranslationError(ValueError):
+    """SQL that fleetctl's translation cannot carry to PostgreSQL faithfully (a bug in fleetctl's SQL)."""
+
+
 # --- SQL translation -------------------------------------------------------------------------------
 
-_TOKENS = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|--[^\n]*|\?|%")
+# Order matters: an E'' or dollar-quoted string must be seen before the plain quote inside it.
+_TOKENS = re.compile(
+    r"(?P<estring>(?<![\w$])[Ee]')"
+    r"|(?P<dollar>(?<![\w$])\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$)"
+    r"|(?P<string>'(?:[^']|'')*')"
+    r"|(?P<ident>\"(?:[^\"]|\"\")*\")"
+    r"|(?P<line>--[^\n]*)"
+    r"|(?P<block>/\*.*?\*/)"
+    r"|(?P<open>/\*|['\"])",
+    re.DOTALL,
+)
+_REFUSED = {
+    "estring": "an E'' string (backslash escapes: SQLite has none; write a standard '' string)",
+    "dollar": "a dollar-quoted string (PostgreSQL's only; write a standard '' string)",
+    "open": "an unterminated quote or comment",
+}
 _DDL = re.compile(r"^\s*(CREATE\s+TABLE|ALTER\s+TABLE)\b", re.IGNORECASE)
 _TYPES = (
     (re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b"),
@@ -56,25 +89,40 @@ _TYPES = (
 )
 
 
-def _token(match: re.Match[str]) -> str:
-    text = match.group(0)
-    if text == "?":
-        return "%s"
-    if text == "%":
-        return "%%"  # psycopg reads % anywhere in the text, string literals included
-    if text.startswith("--"):
-        return ""  # a comment may hold a quote or a placeholder-like mark: gone before it misleads
-    return text.replace("%", "%%") if text.startswith("'") else text
+def _code(text: str, ddl: bool) -> str:
+    """SQL outside any literal, identifier or comment: types (in table DDL), ``%`` and ``?``."""
+    if ddl:
+        for pattern, replacement in _TYPES:
+            text = pattern.sub(replacement, text)
+    return text.replace("%", "%%").replace("?", "%s")
 
 
 @functools.lru_cache(maxsize=512)
 def translate(sql: str) -> str:
-    """SQLite-flavoured SQL as the modules write it, for psycopg and PostgreSQL."""
-    out = _TOKENS.sub(_token, sql)
-    if _DDL.match(out):
-        for pattern, replacement in _TYPES:
-            out = pattern.sub(replacement, out)
-    return out
+    """SQLite-flavoured SQL as the modules write it, for psycopg and PostgreSQL.
+
+    Literals and quoted names pass unchanged (but for ``%``, which psycopg reads anywhere);
+    comments go (a quote or ``?`` in one must not mislead); what could mean something else on
+    PostgreSQL than on SQLite raises :class:`TranslationError`."""
+    pieces: list[tuple[bool, str]] = []  # (is code, text)
+    at = 0
+    for match in _TOKENS.finditer(sql):
+        kind = match.lastgroup or ""
+        if kind in _REFUSED:
+            raise TranslationError(f"SQL for PostgreSQL: {_REFUSED[kind]} at offset {match.start()}: "
+                                   f"{' '.join(sql.split())[:80]}")
+        pieces.append((True, sql[at:match.start()]))
+        if kind == "block" and "/*" in match.group(0)[2:]:
+            # PostgreSQL nests block comments, SQLite does not: the two would end it differently
+            raise TranslationError(f"SQL for PostgreSQL: a nested /* comment: {' '.join(sql.split())[:80]}")
+        if kind in ("line", "block"):
+            pieces.append((True, " " if kind == "block" else ""))
+        else:
+            pieces.append((False, match.group(0).replace("%", "%%")))
+        at = match.end()
+    pieces.append((True, sql[at:]))
+    ddl = bool(_DDL.match("".join(text for code, text in pieces if code)))
+    return "".join(_code(text, ddl) if code else text for code, text in pieces)
 
 
 # --- rows and the connection -----------------------------------------------------------------------
@@ -110,40 +158,82 @@ def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Row]:
     return make
 
 
+_BEGINS = ("BEGIN", "START")
+_ENDS = ("COMMIT", "ROLLBACK", "END", "ABORT")
+
+
 class PgConnection:
-    """One psycopg connection in autocommit mode; ``transaction()`` brackets the writes."""
+    """One psycopg connection in autocommit mode; ``transaction()`` brackets the writes.
+
+    A session the server or the network ended (a restart, a failover, ``pg_terminate_backend``, a
+    keepalive timeout) is replaced once, transparently, when no transaction is open: the same URL,
+    the same session settings, then the statement again. Outside a transaction fleetctl only reads
+    or begins one, so running a statement again cannot apply a change twice. Inside one the error
+    is raised: the server has discarded the transaction, and its writer lock with it."""
 
     def __init__(self, raw: psycopg.Connection[Any], url: str) -> None:
         self._raw = raw
         self._url = url
+        self._session: list[str] = []  # SETs made after connecting, made again on a new session
+        self._in_transaction = False
         self.path = StateLocation(url)  # str() masks the password
         self.version = 0
         self.newer = False
 
-    def _fail(self, exc: Exception) -> PostgresError:
-        text = first_line(exc)
-        password = _password(self._url)
-        if password:
-            text = text.replace(password, "***")
-        return PostgresError(text)
+    def _fail(self, exc: BaseException) -> PostgresError:
+        return PostgresError(redact(first_line(exc), self._url))
+
+    def _lost(self) -> bool:
+        return bool(self._raw.closed or self._raw.broken)
+
+    def _run(self, call: Callable[[], T], sql: str) -> T:
+        import psycopg
+
+        head = sql.lstrip()[:8].upper()
+        try:
+            try:
+                result = call()
+            except psycopg.Error as exc:
+                if self._in_transaction or not self._lost():
+                    raise self._fail(exc) from exc
+                self._reconnect()
+                try:
+                    result = call()
+                except psycopg.Error as again:
+                    raise self._fail(again) from again
+        finally:
+            if head.startswith(_ENDS):
+                self._in_transaction = False  # ended either way: committed, rolled back or lost
+        if head.startswith(_BEGINS):
+            self._in_transaction = True
+        return result
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self._raw.close()
+        try:
+            self._raw = _open(self._url, self._session)
+        except StateDatabaseError as exc:
+            raise PostgresError(str(exc)) from None
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        import psycopg
-
-        try:
-            return self._raw.execute(translate(sql), list(parameters))
-        except psycopg.Error as exc:
-            raise self._fail(exc) from exc
+        query, values = translate(sql), list(parameters)
+        return self._run(lambda: self._raw.execute(query, values), sql)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Any:
-        import psycopg
+        query, values = translate(sql), [list(p) for p in seq_of_parameters]
 
-        cursor = self._raw.cursor()
-        try:
-            cursor.executemany(translate(sql), [list(p) for p in seq_of_parameters])
-        except psycopg.Error as exc:
-            raise self._fail(exc) from exc
-        return cursor
+        def run() -> Any:
+            cursor = self._raw.cursor()
+            cursor.executemany(query, values)
+            return cursor
+
+        return self._run(run, sql)
+
+    def set_session(self, statement: str) -> None:
+        """A ``SET`` for this session, made again on every session that replaces a lost one."""
+        self.execute(statement)
+        self._session.append(statement)
 
     def begin_write(self) -> None:
         """``BEGIN`` and fleetctl's writer lock: the read-check-write that follows is serialised
@@ -154,8 +244,16 @@ class PgConnection:
         try:
             self.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
         except BaseException:
-            self.execute("ROLLBACK")
+            self.rollback()
             raise
+
+    def rollback(self) -> None:
+        """End the open transaction, discarding it. On a lost session there is nothing to send:
+        the server discarded it (and released the lock) when the session ended."""
+        if self._in_transaction and self._lost():
+            self._in_transaction = False
+            return
+        self.execute("ROLLBACK")
 
     def commit(self) -> None:
         """Nothing to commit: autocommit outside ``transaction()``, as SQLite's (where it is a no-op)."""
@@ -164,18 +262,28 @@ class PgConnection:
         self._raw.close()
 
 
-def _password(url: str) -> str | None:
-    try:
-        from psycopg.conninfo import conninfo_to_dict
+def _settings(params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """What fleetctl adds to the URL's connection parameters, and the session's ``SET``s. Whatever
+    the URL says wins: a parameter it names, a setting its ``options`` (``-c name=value``) name."""
+    defaults = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "fleetctl", **KEEPALIVES}
+    extra: dict[str, Any] = {k: v for k, v in defaults.items() if k not in params}
+    chosen = {**extra, **params}
+    options = str(params.get("options") or "")
+    wanted = {"lock_timeout": LOCK_TIMEOUT,
+              "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT}
+    if str(chosen.get("keepalives")) != "0":
+        wanted |= {server: str(chosen[client]) for client, server in _SERVER_KEEPALIVES.items()
+                   if str(chosen.get(client, "")).isdigit()}
+    # NOTICEs ("relation already exists, skipping") are not for the operator.
+    sets = ["SET client_min_messages = warning"]
+    sets += [f"SET {name} = '{value}'" for name, value in wanted.items() if name not in options]
+    return extra, sets
 
-        value = conninfo_to_dict(url).get("password")
-    except Exception:  # noqa: BLE001 - an unparsable URL has no password to hide beyond mask()
-        return None
-    return str(value) if value else None
 
-
-def connect(url: str) -> PgConnection:
-    """Connect (bounded by a connect timeout) or raise :class:`StateDatabaseError` naming the masked URL."""
+def _open(url: str, session: Sequence[str] = ()) -> psycopg.Connection[Any]:
+    """A psycopg connection to ``url`` with fleetctl's session settings, or :class:`StateDatabaseError`
+    naming the masked URL. libpq's own words are left out where the URL does not parse: they would
+    quote it, password included."""
     shown = mask(url)
     try:
         import psycopg
@@ -183,27 +291,31 @@ def connect(url: str) -> PgConnection:
     except ImportError:
         raise StateDatabaseError(f"state database {shown}: PostgreSQL needs psycopg: "
                                  "install fleetctl[postgres]") from None
+    invalid = StateDatabaseError(f"state database {url.split('//', 1)[0]}//***: not a valid PostgreSQL URL "
+                                 "(a user name or password must percent-encode @ and /, as %40 and %2F)")
+    if not valid(url):
+        raise invalid
     try:
         params = conninfo_to_dict(url)
-        extra: dict[str, Any] = {} if "connect_timeout" in params else {"connect_timeout": CONNECT_TIMEOUT_S}
-        if "application_name" not in params:
-            extra["application_name"] = "fleetctl"
+    except psycopg.Error:
+        raise invalid from None
+    extra, sets = _settings(params)
+    try:
         raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory, **extra)
     except psycopg.Error as exc:
-        text = first_line(exc)
-        password = _password(url)
-        if password:
-            text = text.replace(password, "***")
-        raise StateDatabaseError(f"state database {shown}: {text}") from None
-    conn = PgConnection(raw, url)
+        raise StateDatabaseError(f"state database {shown}: {redact(first_line(exc), url)}") from None
     try:
-        # NOTICEs ("relation already exists, skipping") are not for the operator.
-        conn.execute("SET client_min_messages = warning")
-        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+        for statement in (*sets, *session):
+            raw.execute(statement)  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        raw.close()
+        raise StateDatabaseError(f"state database {shown}: {redact(first_line(exc), url)}") from None
+    return raw
+
+
+def connect(url: str) -> PgConnection:
+    """Connect (bounded by a connect timeout) or raise :class:`StateDatabaseError` naming the masked URL."""
+    return PgConnection(_open(url), url)
 
 
 # --- schema version and identity -------------------------------------------------------------------

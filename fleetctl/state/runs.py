@@ -217,18 +217,26 @@ def _shown(record: RunRecord) -> RunRecord:
 
 def reap(conn: Connection) -> list[str]:
     """Mark dead ``running`` runs ``interrupted``; return their ids. A database written by a newer
-    fleetctl is left as it is (readers show such runs as interrupted without writing)."""
-    rows = conn.execute("SELECT * FROM provision_runs WHERE status = 'running'").fetchall()
+    fleetctl is left as it is (readers show such runs as interrupted without writing).
+
+    The first read, outside the writer lock, only says whether there is anything to do: a run may
+    beat (or finish) between it and the write, from another process or machine. So the decision is
+    made again inside the transaction, and the UPDATE also names the heartbeat it judged."""
+    query = "SELECT * FROM provision_runs WHERE status = 'running'"
+    rows = conn.execute(query).fetchall()
     dead = [row["id"] for row in rows if is_dead(_record(row, []))]
-    if dead and not _read_only(conn):
-        with transaction(conn):
-            conn.executemany(
-                "UPDATE provision_runs SET status = 'interrupted', ended_at = heartbeat_at,"
-                " message = 'the fleetctl process ended without finishing the run'"
-                " WHERE id = ? AND status = 'running'",
-                [(run_id,) for run_id in dead],
-            )
-    return dead
+    if not dead or _read_only(conn):
+        return dead
+    with transaction(conn):
+        rows = conn.execute(query).fetchall()
+        judged = [(row["id"], row["heartbeat_at"]) for row in rows if is_dead(_record(row, []))]
+        conn.executemany(
+            "UPDATE provision_runs SET status = 'interrupted', ended_at = heartbeat_at,"
+            " message = 'the fleetctl process ended without finishing the run'"
+            " WHERE id = ? AND status = 'running' AND heartbeat_at = ?",
+            judged,
+        )
+    return [run_id for run_id, _ in judged]
 
 
 def status_of(conn: Connection, run_id: str) -> str | None:

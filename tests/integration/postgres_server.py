@@ -2,7 +2,8 @@
 
 ``initdb`` + ``postgres`` from ``/usr/lib/postgresql/<version>/bin`` (the newest installed), with the
 data directory and the Unix socket in a private temp directory, listening on 127.0.0.1 on a port of
-39540-39559. PostgreSQL refuses to run as root: as root it runs as the ``postgres`` user (setpriv).
+39540-39559 (``FLEETCTL_TEST_PG_PORTS=LO-HI`` picks another range). PostgreSQL refuses to run as
+root: as root it runs as the ``postgres`` user (setpriv).
 Password authentication over TCP (scram), so a test can also get a wrong password refused.
 
 Fixtures: ``pg_server`` (one server for the whole session, shared by every module that imports it,
@@ -30,7 +31,14 @@ from types import MappingProxyType
 
 import pytest
 
-PORT_LO, PORT_HI = 39540, 39559
+
+def _port_range() -> tuple[int, int]:
+    """39540-39559, or FLEETCTL_TEST_PG_PORTS=LO-HI (several test runs on one machine at once)."""
+    lo, _, hi = os.environ.get("FLEETCTL_TEST_PG_PORTS", "39540-39559").partition("-")
+    return int(lo), int(hi or lo)
+
+
+PORT_LO, PORT_HI = _port_range()
 USER = "fleet"
 PASSWORD = "s3cret-pw"  # only ever on loopback, for a throwaway server
 
@@ -159,6 +167,19 @@ def pg_server() -> Iterator[PostgresServer]:
         _shared.pop()
         if len(_shared) == 1:
             _shared.pop().stop()
+
+
+def end_sessions(server: PostgresServer, application_name: str = "fleetctl") -> int:
+    """End every session of ``application_name`` as the server does on a restart or a failover
+    (``pg_terminate_backend``); how many there were."""
+    import psycopg
+
+    with psycopg.connect(server.url(), autocommit=True, connect_timeout=10,
+                         application_name="fleetctl-tests") as conn:
+        row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                           (application_name,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def new_database(server: PostgresServer) -> str:

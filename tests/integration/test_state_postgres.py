@@ -235,7 +235,7 @@ def _cli_error(url: str, *args: str, timeout: float = 60) -> tuple[float, str]:
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "hunter2" not in done.stderr and PASSWORD not in done.stderr
+    assert "hunter2" not in done.stderr and PASSWORD not in done.stderr and "Zq9" not in done.stderr
     return took, lines[0]
 
 
@@ -249,6 +249,17 @@ def test_connection_errors_are_one_line_naming_the_masked_url(pg_server: Postgre
     assert "password authentication failed" in line
     _, line = _cli_error(pg_server.url("no_such_db"))
     assert "postgresql://fleet:***@" in line and '"no_such_db" does not exist' in line
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://fleet:Zq9x@[::1/postgres", "postgresql://fleet:Zq9%zz@127.0.0.1/postgres",
+    "postgresql://fleet:Zq9%00x@127.0.0.1/postgres", "postgresql://fleet:Zq9@x@127.0.0.1/postgres",
+])
+def test_a_url_libpq_cannot_parse_is_one_line_that_quotes_nothing_of_it(url: str) -> None:
+    """libpq's parse errors quote the URL, password and all: none of its words are shown."""
+    _, line = _cli_error(url)
+    assert line == ("fleetctl runs: state database postgresql://***: not a valid PostgreSQL URL "
+                    "(a user name or password must percent-encode @ and /, as %40 and %2F)")
 
 
 def test_a_server_that_never_answers_fails_within_the_connect_timeout() -> None:

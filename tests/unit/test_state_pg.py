@@ -113,3 +113,144 @@ def test_a_row_reads_by_position_and_by_name() -> None:
     assert tuple(row) == ("h1", 3)
     with pytest.raises(IndexError, match="no such column: nope"):
         row["nope"]
+
+
+# --- translation: what could mean something else on PostgreSQL is refused -------------------------
+
+
+def test_a_block_comment_goes_with_its_quote_and_question_mark() -> None:
+    sql = "SELECT a /* fleetctl's ? note */ FROM t WHERE b = ?"
+    assert pg.translate(sql) == "SELECT a   FROM t WHERE b = %s"
+    ddl = "/* v3 */ CREATE TABLE t (\n  a TEXT /* it's text */,\n  b INTEGER)"
+    assert pg.translate(ddl) == '  CREATE TABLE t (\n  a TEXT COLLATE "C"  ,\n  b BIGINT)'
+
+
+def test_the_ddl_type_rewrite_never_reaches_a_literal_or_a_quoted_name() -> None:
+    ddl = "CREATE TABLE t (kind TEXT NOT NULL DEFAULT 'TEXT', n INTEGER DEFAULT 0, \"REAL\" REAL)"
+    assert pg.translate(ddl) == ('CREATE TABLE t (kind TEXT COLLATE "C" NOT NULL DEFAULT \'TEXT\', '
+                                 'n BIGINT DEFAULT 0, "REAL" DOUBLE PRECISION)')
+    # a percent in a quoted name is doubled too: psycopg reads % anywhere
+    assert pg.translate('SELECT "50%" FROM t WHERE a = ?') == 'SELECT "50%%" FROM t WHERE a = %s'
+
+
+@pytest.mark.parametrize(("sql", "why"), [
+    ("SELECT E'it\\'s ?' , ?", "an E'' string"),
+    ("SELECT e'x'", "an E'' string"),
+    ("SELECT $$it's ?$$, ?", "a dollar-quoted string"),
+    ("SELECT $body$ x $body$", "a dollar-quoted string"),
+    ("SELECT 'open ?", "an unterminated quote or comment"),
+    ("SELECT 1 /* never closed", "an unterminated quote or comment"),
+    ("SELECT 1 /* a /* nested */ comment */", "a nested /\\* comment"),
+])
+def test_sql_whose_meaning_differs_on_postgresql_is_refused_naming_why(sql: str, why: str) -> None:
+    with pytest.raises(pg.TranslationError, match=f"^SQL for PostgreSQL: {why}"):
+        pg.translate(sql)
+
+
+def test_names_and_words_that_look_like_the_refused_forms_pass() -> None:
+    assert pg.translate("SELECT name FROM t WHERE type = 'e' AND price$ = ?") == (
+        "SELECT name FROM t WHERE type = 'e' AND price$ = %s")
+    assert pg.translate("SELECT 'x' || some_e, ? FROM t") == "SELECT 'x' || some_e, %s FROM t"
+
+
+# --- a URL is not a path ---------------------------------------------------------------------------
+
+
+def test_what_a_path_derives_from_a_url_location_is_refused_never_a_sqlite_path() -> None:
+    import copy
+    import os
+    import pickle
+    from pathlib import PurePosixPath
+
+    from fleetctl.state.location import NotAFilePath
+
+    loc = location("postgresql://bob:s3cret@db.example/fleet")
+    derived = [lambda: Path(loc), lambda: PurePosixPath(loc), lambda: loc / "runs", lambda: "x" / loc,
+               lambda: loc.with_suffix(".db"), lambda: loc.with_name("x"), lambda: loc.parts,
+               lambda: loc.name, lambda: loc.as_posix(), lambda: loc.exists(), lambda: os.fspath(loc),
+               lambda: bytes(loc), lambda: open(loc), lambda: loc.joinpath("x"), lambda: loc.resolve()]
+    for make in derived:
+        with pytest.raises(NotAFilePath, match=r"^state database postgresql://bob:\*\*\*@db.example/fleet "
+                                               r"is a PostgreSQL URL, not a file path") as info:
+            make()
+        assert "s3cret" not in str(info.value)
+    # what it does answer
+    assert loc.url == "postgresql://bob:s3cret@db.example/fleet" and loc.parent == local_state_dir()
+    assert repr(loc) == "StateLocation('postgresql://bob:***@db.example/fleet')"
+    assert loc == location("postgresql://bob:s3cret@db.example/fleet") != location("postgresql://bob@db/x")
+    assert len({loc, location("postgresql://bob:s3cret@db.example/fleet")}) == 1
+    assert pickle.loads(pickle.dumps(loc)).url == loc.url and copy.deepcopy(loc).url == loc.url
+    # a file location is an ordinary path
+    plain = StateLocation("/var/tmp/state.db")
+    assert plain / "x" == Path("/var/tmp/state.db/x") and plain.with_suffix(".bak").name == "state.bak"
+    assert Path(plain) == Path("/var/tmp/state.db") and os.fspath(plain) == "/var/tmp/state.db"
+    assert pickle.loads(pickle.dumps(plain)) == plain
+
+
+# --- passwords never shown -------------------------------------------------------------------------
+
+# The reviewer's cases: libpq quotes an unparsable URL (password included) in its error.
+_LEAKY = ["postgresql://fleet:Zq9x@[::1/postgres", "postgresql://fleet:Zq9%zz@127.0.0.1/postgres",
+          "postgresql://fleet:Zq9%00x@127.0.0.1/postgres", "postgresql://fleet:Zq9@x@127.0.0.1/postgres",
+          "postgresql://fleet:Zq9/x@127.0.0.1/postgres"]
+
+
+@pytest.mark.parametrize("url", _LEAKY)
+def test_a_url_libpq_cannot_read_as_it_looks_is_refused_without_libpqs_words(url: str) -> None:
+    with pytest.raises(StateDatabaseError) as info:
+        db.connect(url)
+    message = str(info.value)
+    assert message.startswith("state database postgresql://***: not a valid PostgreSQL URL")
+    assert "Zq9" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://fleet:Zq9%zz@127.0.0.1/postgres", "postgresql://***"),
+    ("postgresql://fleet:Zq9@x@127.0.0.1/postgres", "postgresql://***"),
+    ("postgresql://fleet:Zq9/x@127.0.0.1/postgres", "postgresql://***"),
+    ("postgresql://fleet:Zq9x@[::1/postgres", "postgresql://fleet:***@[::1/postgres"),
+    # libpq takes a password up to the @ (a URL parser would cut it at ? or #)
+    ("postgresql://fleet:a?b#c@h/db", "postgresql://fleet:***@h/db"),
+    ("postgresql://h/db?sslmode=require&password=a%26b", "postgresql://h/db?sslmode=require&password=***"),
+])
+def test_the_mask_reads_a_url_as_libpq_does(url: str, shown: str) -> None:
+    assert mask(url) == shown
+
+
+def test_one_redaction_blanks_the_password_as_typed_and_decoded() -> None:
+    from fleetctl.state.location import redact
+
+    url = "postgresql://fleet:p%40ss%3Fw@h/db?password=q%2Fx"
+    said = f'invalid token "p%40ss%3Fw" near p@ss?w; {url}; param q%2Fx = q/x'
+    shown = redact(said, url)
+    assert shown == 'invalid token "***" near ***; postgresql://fleet:***@h/db?password=***; param *** = ***'
+
+
+def test_a_child_gets_fleetctl_db_and_pgpassword_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetctl.state.location import child_env
+
+    assert child_env({"FLEETCTL_DB": "postgresql://fleet:s3cret@h/db", "PGPASSWORD": "s3cret",
+                      "HOME": "/root"}) == {"FLEETCTL_DB": "postgresql://fleet:***@h/db", "PGPASSWORD": "***"}
+    assert child_env({"FLEETCTL_DB": "/var/tmp/state.db"}) == {}  # a file: nothing to hide
+    monkeypatch.setenv("FLEETCTL_DB", "postgres://u:pw@h/d")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    assert child_env() == {"FLEETCTL_DB": "postgres://u:***@h/d"}
+
+
+# --- session safety ---------------------------------------------------------------------------------
+
+
+def test_keepalives_and_timeouts_are_set_unless_the_url_sets_them() -> None:
+    extra, sets = pg._settings({"host": "h"})
+    assert extra == {"connect_timeout": 10, "application_name": "fleetctl", "keepalives": "1",
+                     "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
+    assert sets == ["SET client_min_messages = warning", "SET lock_timeout = '30s'",
+                    "SET idle_in_transaction_session_timeout = '60s'", "SET tcp_keepalives_idle = '30'",
+                    "SET tcp_keepalives_interval = '10'", "SET tcp_keepalives_count = '3'"]
+    extra, sets = pg._settings({"keepalives_idle": "7", "application_name": "mine",
+                                "options": "-c idle_in_transaction_session_timeout=5s"})
+    assert "keepalives_idle" not in extra and "application_name" not in extra
+    assert "SET tcp_keepalives_idle = '7'" in sets  # the server follows the client's value
+    assert not any("idle_in_transaction" in s for s in sets)  # the URL's options win
+    _, sets = pg._settings({"keepalives": "0"})
+    assert not any("tcp_keepalives" in s for s in sets)
