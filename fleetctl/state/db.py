@@ -25,7 +25,8 @@ an old database migrate it once; a newer version is read-only the same way; a da
 other tables and no ``fleetctl_meta`` is refused.
 
 Version 2 adds the host lifecycle (``host_lifecycle``, ``lifecycle_audit``, ``host_health``:
-:mod:`fleetctl.state.lifecycle`).
+:mod:`fleetctl.state.lifecycle`). Version 3 adds burn-in results (:mod:`fleetctl.state.burnin`) and
+the remediation loop's observations, records, steps and lease (:mod:`fleetctl.state.remediation`).
 
 Privacy. The file holds who drained what and why, and provision options: it is created ``0600``,
 and an existing file (or its ``-wal``/``-shm``) readable by others is tightened to owner-only when
@@ -48,7 +49,7 @@ from fleetctl.state import pg
 from fleetctl.state.location import ENV_VAR as ENV_VAR  # re-exported: db.ENV_VAR
 from fleetctl.state.location import local_state_dir, location, url_of
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # "FLTC": marks the file as fleetctl's state (sqlite's application_id, shown by `file(1)`).
 APPLICATION_ID = 0x464C5443
 _OURS = ("host_state", "host_audit", "host_locks", "provision_runs", "provision_run_hosts")
@@ -145,9 +146,21 @@ def _step_2(conn: Connection) -> None:
         conn.execute(statement)
 
 
+def _layout_v3() -> list[str]:
+    """Version 3's new tables: burn-in results and the remediation loop's records and lease."""
+    from fleetctl.state import burnin, remediation
+
+    return [*burnin.SCHEMA, *remediation.SCHEMA]
+
+
+def _step_3(conn: Connection) -> None:
+    for statement in _layout_v3():  # new tables only: nothing to copy
+        conn.execute(statement)
+
+
 # MIGRATIONS[n] takes a file from version n to n + 1. A new version appends a step (ALTER TABLE,
 # a data copy) and raises SCHEMA_VERSION; a step never edits a table's earlier DDL in place.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {0: _step_1, 1: _step_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {0: _step_1, 1: _step_2, 2: _step_3}
 
 
 def _tighten(path: Path) -> None:
@@ -212,7 +225,7 @@ def _refuse_foreign(conn: StateConnection) -> None:
 def _layout() -> set[str]:
     from fleetctl.state import lifecycle
 
-    return {" ".join(s.split()) for s in (*_layout_v1(), *lifecycle.SCHEMA)}
+    return {" ".join(s.split()) for s in (*_layout_v1(), *lifecycle.SCHEMA, *_layout_v3())}
 
 
 def _connect_pg(url: str, schema: Iterable[str]) -> pg.PgConnection:

@@ -113,13 +113,16 @@ def _v1_file(path: Path) -> None:
     raw.close()
 
 
-def test_a_version_1_file_migrates_to_2_keeping_its_rows(tmp_path: Path) -> None:
+def test_a_version_1_file_migrates_to_the_current_version_keeping_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     _v1_file(path)
     c = db.connect(path)
-    assert c.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 2
+    assert c.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 3
     tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"host_lifecycle", "lifecycle_audit", "host_health", "host_state"} <= tables
+    # version 3: burn-in results and the remediation loop's records and lease
+    assert {"burn_in_results", "remediation_observations", "remediations", "remediation_steps",
+            "remediation_lease"} <= tables
     assert hs.get(c, "h2").state is hs.DrainState.DRAINED
     life = lifecycle.get_many(c, ["h1", "h2", "h3"])
     # h1 succeeded in a recorded run: in service, implied; h3 failed in it and h2 was never provisioned
