@@ -1,4 +1,4 @@
-"""Rolling maintenance: batch by batch, drain (and wait) → provision → verify → undrain.
+"""Rolling maintenance: batch by batch, drain (and wait) → provision → reboot → verify → undrain.
 
 A host that fails provisioning or verification stays drained and is marked ``quarantined``
 (never undrained automatically); a host whose drain times out stays ``drain_failed``. Each of
@@ -11,16 +11,25 @@ Each batch's hosts are locked (``fleetctl.state.locks``, holder ``maintain:<run 
 the drain until after the undrain, so a concurrent ``fleetctl provision`` or ``drain`` of the same
 hosts is refused; the provision step runs under those locks.
 
+The reboot step (``--reboot``) is kured-style by default: a host reboots only when its provision
+run left ``nvidia_driver_reboot_needed`` true (the nvidia_driver role sets it with ``set_fact``;
+the provisioner reads it from the run's events); ``always`` reboots every provisioned host,
+``never`` none. A host that does not come back is quarantined as a failed verify is. Hosts stay
+``maintaining`` while they reboot (an audited maintaining → maintaining row says so).
+
 Resuming after a kill: hosts left ``maintaining`` by a fleetctl that is gone are provisioned again
-(playbooks are idempotent), hosts left ``verifying`` are verified again, drained ones carry on.
+(playbooks are idempotent; the driver role computes the reboot fact afresh, so a host whose reboot
+was done is not rebooted again in auto mode), hosts left ``verifying`` are verified again, drained
+and draining ones carry on.
 """
 
 from __future__ import annotations
 
+import enum
 import getpass
+import json
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,19 +43,59 @@ from fleetctl.errors import FleetctlError, UsageError
 from fleetctl.schedulers.base import HostLike, tag_reason
 from fleetctl.state import hosts as hstate
 from fleetctl.state import lifecycle, locks
+from fleetctl.state.db import Connection
 from fleetctl.state.hosts import DrainState
 from fleetctl.state.runs import this_machine
 from fleetctl.validation import Size, batch_limit_problem, require_reason
 
+REBOOT_FACT = "nvidia_driver_reboot_needed"
+STEPS = ("drain", "wait", "provision", "reboot", "verify", "undrain")
+# Called with a step's name and its hosts as each step of a batch starts (a test's kill point).
+StepHook = Callable[[str, Sequence[str]], None]
+
+
+class RebootMode(enum.StrEnum):
+    AUTO = "auto"  # only hosts whose provision run left REBOOT_FACT true
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """One host's provision result: why it failed (None: it succeeded), whether it needs a reboot."""
+
+    problem: str | None = None
+    reboot_needed: bool = False
+
 
 class Provisioner(Protocol):
-    """Run ``playbook`` on ``hosts``; per host ``None`` when it succeeded, else why it failed.
+    """Run ``playbook`` on ``hosts``; per host ``None`` when it succeeded, else why it failed (or a
+    :class:`Provisioned`, which also says whether the run left the host needing a reboot).
 
     ``held_by``: the lock holder id under which the caller already holds the hosts' locks.
     """
 
     def __call__(self, hosts: Sequence[HostLike], playbook: str, *,
-                 held_by: str) -> Mapping[str, str | None]: ...
+                 held_by: str) -> Mapping[str, str | Provisioned | None]: ...
+
+
+class Rebooter(Protocol):
+    """Reboot ``hosts`` and wait up to ``timeout_s`` for each to come back; per host ``None`` when it
+    did, else why not."""
+
+    def __call__(self, hosts: Sequence[HostLike], *, held_by: str,
+                 timeout_s: float) -> Mapping[str, str | None]: ...
+
+
+def _provisioned(value: str | Provisioned | None) -> Provisioned:
+    return value if isinstance(value, Provisioned) else Provisioned(problem=value)
+
+
+def truthy(value: object) -> bool:
+    """A fact's value as Ansible would test it (``set_fact`` may leave "True" or a bool)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    return bool(value)
 
 
 def lock_holder_id(run_id: str) -> str:
@@ -65,6 +114,30 @@ class MaintainOptions:
     drain_timeout_s: float = 3600.0
     verify_timeout_s: float = 120.0
     poll_s: float = 2.0
+    reboot: RebootMode = RebootMode.AUTO
+    reboot_timeout_s: float = 900.0
+    # What the provision step passes to the playbook, as shown and recorded (secret values masked:
+    # the real ones go to the provisioner only).
+    extra_vars: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    skip_tags: Sequence[str] = ()
+
+    def recorded(self) -> dict[str, Any]:
+        return {"playbook": self.playbook, "batch": str(self.batch),
+                "max_unavailable": str(self.max_unavailable), "max_failures": self.max_failures,
+                "reboot": self.reboot.value,
+                "reboot_timeout_s": self.reboot_timeout_s, "extra_vars": list(self.extra_vars),
+                "tags": list(self.tags), "skip_tags": list(self.skip_tags)}
+
+    def provision_note(self) -> str:
+        extras = self.passed()
+        return f"provision {self.playbook}" + (f" ({' '.join(extras)})" if extras else "")
+
+    def passed(self) -> list[str]:
+        """The playbook options, as a command line would show them."""
+        return ([f"--tags {','.join(self.tags)}"] * bool(self.tags)
+                + [f"--skip-tags {','.join(self.skip_tags)}"] * bool(self.skip_tags)
+                + [f"-e {v}" for v in self.extra_vars])
 
 
 @dataclass
@@ -81,8 +154,13 @@ class MaintainPlan:
                f"{self.pool}; stop after {opts.max_failures} failures"]
         out += [f"  batch {i}: {', '.join(b)}" for i, b in enumerate(self.batches, start=1)]
         out += [f"  skip {o.host}: {o.message}" for o in self.skipped]
-        out.append("  each batch: drain (wait) → provision → verify agent health → undrain; "
+        reboot = {RebootMode.AUTO: f"reboot when {REBOOT_FACT} → ", RebootMode.ALWAYS: "reboot → ",
+                  RebootMode.NEVER: ""}[opts.reboot]
+        out.append(f"  each batch: drain (wait) → provision → {reboot}verify agent health → undrain; "
                    "failures stay drained as quarantined")
+        passed = opts.passed()
+        if passed:
+            out.append(f"  playbook options: {' '.join(passed)}")
         return out
 
 
@@ -91,17 +169,19 @@ class MaintainResult:
     run_id: str
     outcomes: list[Outcome]
     stopped: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    rebooted: list[str] = field(default_factory=list)  # hosts this run rebooted and saw come back
 
     @property
     def ok(self) -> bool:
         return self.stopped is None and all(o.ok for o in self.outcomes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "ok": self.ok, "stopped": self.stopped,
-                "hosts": [o.to_dict() for o in self.outcomes]}
+        return {"run_id": self.run_id, "ok": self.ok, "stopped": self.stopped, "options": self.options,
+                "rebooted": self.rebooted, "hosts": [o.to_dict() for o in self.outcomes]}
 
 
-def plan_maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
+def plan_maintain(conn: Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
                   opts: MaintainOptions) -> MaintainPlan:
     if opts.max_failures < 0:
         raise UsageError(f"--max-failures {opts.max_failures}: must be 0 or more")
@@ -141,11 +221,16 @@ def plan_maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Seq
     return MaintainPlan(batches, skipped, limit, pool_size, size)
 
 
-def maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
+def maintain(conn: Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
              scheduler_for: SchedulerFor, provisioner: Provisioner, verifier: HealthCheck,
              opts: MaintainOptions, *, echo: Echo = drain_core._quiet,
              sleep: Callable[[float], None] = time.sleep,
-             clock: Callable[[], float] = time.monotonic) -> MaintainResult:
+             clock: Callable[[], float] = time.monotonic, rebooter: Rebooter | None = None,
+             on_step: StepHook | None = None) -> MaintainResult:
+    """``rebooter`` runs the reboot step (without one, a host that needs a reboot is quarantined);
+    ``on_step`` is told as each step of a batch starts (see STEPS)."""
+    if opts.reboot is RebootMode.ALWAYS and rebooter is None:
+        raise UsageError("--reboot always: this maintain has no way to reboot hosts")
     plan = plan_maintain(conn, hosts, pool, opts)
     run_id = f"m-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
     reason = opts.reason or f"maintain {Path(opts.playbook).name} (run {run_id})"
@@ -154,8 +239,10 @@ def maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence
     for line in plan.lines(opts):
         echo(line)
     if opts.dry_run:
-        return MaintainResult(run_id, plan.skipped)
+        return MaintainResult(run_id, plan.skipped, options=opts.recorded())
     by_name = {h.name: h for h in hosts}
+    rebooted: list[str] = []
+    steps = _Steps(on_step, rebooter, rebooted)
     owner = hstate.this_process()
     outcomes: dict[str, Outcome] = {o.host: o for o in plan.skipped}
     failures = 0
@@ -182,7 +269,7 @@ def maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence
             try:
                 results = _run_batch(conn, batch_hosts, pool, scheduler_for, provisioner, verifier, opts,
                                      reason=reason, owner=owner, run_id=run_id, echo=echo, sleep=sleep,
-                                     clock=clock)
+                                     clock=clock, steps=steps)
             finally:
                 locks.release(conn, holder.id, batch)
         for o in results:
@@ -194,29 +281,52 @@ def maintain(conn: sqlite3.Connection, hosts: Sequence[HostLike], pool: Sequence
     if stopped is None and failures > opts.max_failures:
         stopped = f"{failures} failures exceed --max-failures {opts.max_failures}"
     order = {h.name: i for i, h in enumerate(hosts)}
-    return MaintainResult(run_id, sorted(outcomes.values(), key=lambda o: order[o.host]), stopped)
+    return MaintainResult(run_id, sorted(outcomes.values(), key=lambda o: order[o.host]), stopped,
+                          options=opts.recorded(), rebooted=rebooted)
 
 
-def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequence[HostLike],
+@dataclass
+class _Steps:
+    """What a batch needs besides the verbs: the step hook, the rebooter, the hosts rebooted so far."""
+
+    hook: StepHook | None
+    rebooter: Rebooter | None
+    rebooted: list[str]
+
+    def start(self, step: str, hosts: Sequence[HostLike]) -> None:
+        if self.hook is not None and hosts:
+            self.hook(step, [h.name for h in hosts])
+
+
+def _run_batch(conn: Connection, batch: Sequence[HostLike], pool: Sequence[HostLike],
                scheduler_for: SchedulerFor, provisioner: Provisioner, verifier: HealthCheck,
                opts: MaintainOptions, *, reason: str, owner: str, run_id: str, echo: Echo,
-               sleep: Callable[[float], None], clock: Callable[[], float]) -> list[Outcome]:
+               sleep: Callable[[float], None], clock: Callable[[], float], steps: _Steps) -> list[Outcome]:
     actor = opts.actor
     done: dict[str, Outcome] = {}
     records = hstate.get_many(conn, [h.name for h in batch])
-    # 1. drain (hosts already in maintaining/verifying from an interrupted run skip it)
+    # 1. drain, 2. wait (hosts already in maintaining/verifying from an interrupted run skip both)
     resuming = (DrainState.MAINTAINING, DrainState.VERIFYING)
     to_drain = [h for h in batch if records[h.name].state not in resuming]
     if to_drain:
-        dopts = DrainOptions(reason=reason, actor=actor, wait=True, timeout_s=opts.drain_timeout_s,
+        dopts = DrainOptions(reason=reason, actor=actor, wait=False, timeout_s=opts.drain_timeout_s,
                              max_unavailable=opts.max_unavailable, poll_s=opts.poll_s, owner=owner,
                              run_id=run_id, lock_holder=lock_holder_id(run_id))
-        for o in drain_core.drain(conn, to_drain, pool, scheduler_for, dopts, echo=echo, sleep=sleep,
-                                  clock=clock):
+        steps.start("drain", to_drain)
+        outs = drain_core.drain(conn, to_drain, pool, scheduler_for, dopts, echo=echo, sleep=sleep,
+                                clock=clock)
+        draining = {o.host for o in outs if o.ok and o.state == DrainState.DRAINING.value}
+        waiting = [h for h in to_drain if h.name in draining]
+        steps.start("wait", waiting)
+        if waiting:
+            outs = [o for o in outs if o.host not in draining] + drain_core.wait_drained(
+                conn, waiting, scheduler_for, tag_reason(actor, reason), dopts, echo=echo, sleep=sleep,
+                clock=clock)
+        for o in outs:
             if not o.ok:
                 done[o.host] = Outcome(o.host, False, o.state, o.message if o.message.startswith("refused")
                                        else f"drain: {o.message}")
-    # 2. provision the drained hosts (and resume those left maintaining)
+    # 3. provision the drained hosts (and resume those left maintaining)
     provision: list[HostLike] = []
     verify: list[HostLike] = []
     for h in batch:
@@ -227,29 +337,45 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
             verify.append(h)
             continue
         hstate.transition(conn, h.name, DrainState.MAINTAINING, actor=actor, owner=owner, run_id=run_id,
-                          expect={DrainState.DRAINED, DrainState.MAINTAINING},
-                          note=f"provision {opts.playbook}")
+                          expect={DrainState.DRAINED, DrainState.MAINTAINING}, note=opts.provision_note())
         provision.append(h)
     if provision:
+        steps.start("provision", provision)
         echo(f"provisioning {', '.join(h.name for h in provision)} with {opts.playbook}")
         try:
-            results = provisioner(provision, opts.playbook, held_by=lock_holder_id(run_id))
+            raw = provisioner(provision, opts.playbook, held_by=lock_holder_id(run_id))
+            results = {h.name: _provisioned(raw.get(h.name, "no result from the provision run"))
+                       for h in provision}
         except FleetctlError as exc:
-            results = {h.name: f"provision did not run: {exc}" for h in provision}
-        locks.refresh(conn, lock_holder_id(run_id),
-                      ttl=timedelta(seconds=opts.verify_timeout_s) + locks.DEFAULT_TTL)
+            results = {h.name: Provisioned(f"provision did not run: {exc}") for h in provision}
+        provisioned: list[HostLike] = []
         for h in provision:
-            problem = results.get(h.name, "no result from the provision run")
+            problem = results[h.name].problem
             if problem:
                 done[h.name] = _quarantine(conn, h.name, actor, f"provision failed: {problem}", echo,
                                            run_id=run_id)
             else:
-                hstate.transition(conn, h.name, DrainState.VERIFYING, actor=actor, owner=owner, run_id=run_id,
-                                  expect={DrainState.MAINTAINING}, note="provisioned")
-                verify.append(h)
-    # 3. verify through the agents (retried: an agent restarted by the playbook needs a moment)
+                provisioned.append(h)
+        # 4. reboot where needed (the hosts stay maintaining until they are back)
+        reboot = [h for h in provisioned if opts.reboot is RebootMode.ALWAYS
+                  or (opts.reboot is RebootMode.AUTO and results[h.name].reboot_needed)]
+        back = _reboot(conn, reboot, opts, steps, actor=actor, owner=owner, run_id=run_id, echo=echo)
+        rebooting = {h.name for h in reboot}
+        locks.refresh(conn, lock_holder_id(run_id),
+                      ttl=timedelta(seconds=opts.verify_timeout_s) + locks.DEFAULT_TTL)
+        for h in provisioned:
+            if h.name in rebooting and back[h.name]:
+                done[h.name] = _quarantine(conn, h.name, actor, f"reboot failed: {back[h.name]}", echo,
+                                           run_id=run_id)
+                continue
+            hstate.transition(conn, h.name, DrainState.VERIFYING, actor=actor, owner=owner, run_id=run_id,
+                              expect={DrainState.MAINTAINING},
+                              note="provisioned, rebooted" if h.name in rebooting else "provisioned")
+            verify.append(h)
+    # 5. verify through the agents (retried: an agent restarted by the playbook needs a moment)
     healthy: list[HostLike] = []
     if verify:
+        steps.start("verify", verify)
         verdicts = _verify(verifier, verify, opts, sleep=sleep, clock=clock)
         lifecycle.record_health(conn, {h.name: verdicts.get(h.name) for h in verify}, source="maintain")
         for h in verify:
@@ -259,16 +385,42 @@ def _run_batch(conn: sqlite3.Connection, batch: Sequence[HostLike], pool: Sequen
                                            run_id=run_id)
             else:
                 healthy.append(h)
-    # 4. back into service
+    # 6. back into service
     if healthy:
+        steps.start("undrain", healthy)
         for o in drain_core.undrain(conn, healthy, scheduler_for, None, actor=actor, echo=echo,
                                     note=f"maintain {run_id}: verified healthy",
                                     lock_holder=lock_holder_id(run_id)):
-            done[o.host] = o if not o.ok else Outcome(o.host, True, o.state,
-                                                      "maintained, verified, back in service")
+            message = ("maintained, rebooted, verified, back in service" if o.host in steps.rebooted
+                       else "maintained, verified, back in service")
+            done[o.host] = o if not o.ok else Outcome(o.host, True, o.state, message)
             if o.ok:
                 lifecycle.on_maintain_result(conn, o.host, ok=True, actor=actor, run_id=run_id)
     return [done[h.name] for h in batch]
+
+
+def _reboot(conn: Connection, hosts: Sequence[HostLike], opts: MaintainOptions, steps: _Steps, *,
+            actor: str, owner: str, run_id: str, echo: Echo) -> dict[str, str | None]:
+    """Reboot ``hosts`` through the rebooter; per host None when it came back, else why not."""
+    if not hosts:
+        return {}
+    why = "--reboot always" if opts.reboot is RebootMode.ALWAYS else f"{REBOOT_FACT} after provisioning"
+    for h in hosts:  # audited before the reboot is asked for: a kill from here on leaves the trace
+        hstate.transition(conn, h.name, DrainState.MAINTAINING, actor=actor, owner=owner, run_id=run_id,
+                          expect={DrainState.MAINTAINING}, note=f"reboot ({why})")
+    steps.start("reboot", hosts)
+    if steps.rebooter is None:
+        return {h.name: "a reboot is needed but this maintain cannot reboot hosts" for h in hosts}
+    locks.refresh(conn, lock_holder_id(run_id),
+                  ttl=timedelta(seconds=opts.reboot_timeout_s + opts.verify_timeout_s) + locks.DEFAULT_TTL)
+    echo(f"rebooting {', '.join(h.name for h in hosts)} ({why}; waiting up to {opts.reboot_timeout_s:.0f}s)")
+    try:
+        got = steps.rebooter(hosts, held_by=lock_holder_id(run_id), timeout_s=opts.reboot_timeout_s)
+        back = {h.name: got.get(h.name, "no result from the reboot run") for h in hosts}
+    except FleetctlError as exc:
+        back = {h.name: f"reboot did not run: {exc}" for h in hosts}
+    steps.rebooted += [h.name for h in hosts if not back[h.name]]
+    return back
 
 
 def _verify(verifier: HealthCheck, hosts: Sequence[HostLike], opts: MaintainOptions, *,
@@ -288,7 +440,7 @@ def _verify(verifier: HealthCheck, hosts: Sequence[HostLike], opts: MaintainOpti
         sleep(max(0.0, min(opts.poll_s, deadline - clock())))
 
 
-def _quarantine(conn: sqlite3.Connection, host: str, actor: str, why: str, echo: Echo, *,
+def _quarantine(conn: Connection, host: str, actor: str, why: str, echo: Echo, *,
                 run_id: str) -> Outcome:
     hstate.transition(conn, host, DrainState.QUARANTINED, actor=actor, note=why)
     lifecycle.on_maintain_result(conn, host, ok=False, actor=actor, run_id=run_id, why=why)
@@ -296,29 +448,123 @@ def _quarantine(conn: sqlite3.Connection, host: str, actor: str, why: str, echo:
     return Outcome(host, False, DrainState.QUARANTINED.value, why)
 
 
-def ansible_provisioner(inventory: Sequence[str], db_path: Path | None, *,
-                        cwd: Path | None = None) -> Provisioner:
-    """The real provisioner: ``fleetctl.provision.run`` (ansible-runner), limited to the batch."""
+@dataclass(frozen=True)
+class PlaybookArgs:
+    """What maintain passes through to ansible-playbook: ``-e`` as ``fleetctl provision`` takes them
+    (the real values), ``--tags``/``--skip-tags`` (the provision step only)."""
 
-    def run(hosts: Sequence[HostLike], playbook: str, *, held_by: str) -> Mapping[str, str | None]:
+    extra_vars: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    skip_tags: Sequence[str] = ()
+
+
+def reboot_facts(event: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """(host, value) when an Ansible event is a task result that set REBOOT_FACT (the nvidia_driver
+    role's ``set_fact``), else None."""
+    if event.get("event") != "runner_on_ok":
+        return None
+    data = event.get("event_data") or {}
+    res = data.get("res") if isinstance(data, Mapping) else None
+    facts = res.get("ansible_facts") if isinstance(res, Mapping) else None
+    if not isinstance(facts, Mapping) or REBOOT_FACT not in facts or not data.get("host"):
+        return None
+    return str(data["host"]), truthy(facts[REBOOT_FACT])
+
+
+class _RebootFactWatcher:
+    """A provision run's observer that keeps each host's last REBOOT_FACT."""
+
+    def __init__(self) -> None:
+        self.needed: dict[str, bool] = {}
+
+    def started(self, run_id: str, hosts: Sequence[str], playbook: str) -> None:
+        pass
+
+    def batch(self, index: int, total: int, hosts: Sequence[str]) -> None:
+        pass
+
+    def event(self, event: Mapping[str, Any], tally: object) -> None:
+        found = reboot_facts(event)
+        if found is not None:
+            self.needed[found[0]] = found[1]
+
+    def finished(self, result: object) -> None:
+        pass
+
+
+def check_playbook_args(inventory: Sequence[str], pattern: str, playbook: str, args: PlaybookArgs, *,
+                        cwd: Path | None = None) -> None:
+    """Refuse bad ``-e`` values and unknown tags (UsageError, exit 2) before anything is drained."""
+    if not (args.extra_vars or args.tags or args.skip_tags):
+        return
+    from fleetctl.provision import ProvisionOptions, plan
+    from fleetctl.runner import AnsibleRunner
+
+    plan(ProvisionOptions(inventory=list(inventory), pattern=pattern, playbook=playbook,
+                          extra_vars=list(args.extra_vars), tags=list(args.tags),
+                          skip_tags=list(args.skip_tags)),
+         AnsibleRunner(), cwd=cwd)
+
+
+def _verdicts(result: Any, names: Sequence[str]) -> dict[str, str | None]:
+    by_host = {r.host: r for r in result.hosts}
+    verdicts: dict[str, str | None] = {}
+    for name in names:
+        r = by_host.get(name)
+        if r is None or r.state == "pending":
+            verdicts[name] = f"run {result.run_id}: no task ran ({result.message or result.status})"
+        elif r.failed or r.unreachable:
+            verdicts[name] = f"run {result.run_id}: {r.state}: {r.first_failure or r.last_task or ''}"
+        else:
+            verdicts[name] = None
+    return verdicts
+
+
+def ansible_provisioner(inventory: Sequence[str], db_path: Path | None, *, cwd: Path | None = None,
+                        args: PlaybookArgs = PlaybookArgs()) -> Provisioner:
+    """The real provisioner: ``fleetctl.provision.run`` (ansible-runner), limited to the batch; each
+    host's REBOOT_FACT is read from the run's events."""
+
+    def run(hosts: Sequence[HostLike], playbook: str, *, held_by: str) -> Mapping[str, Provisioned]:
         from fleetctl.provision import ProvisionOptions
         from fleetctl.provision import run as provision_run
         from fleetctl.runner import AnsibleRunner
 
         names = [h.name for h in hosts]
+        watcher = _RebootFactWatcher()
         result = provision_run(ProvisionOptions(inventory=list(inventory), pattern=",".join(names),
-                                                playbook=playbook),
+                                                playbook=playbook, extra_vars=list(args.extra_vars),
+                                                tags=list(args.tags), skip_tags=list(args.skip_tags)),
+                               AnsibleRunner(), db_path=db_path, cwd=cwd, held_by=held_by,
+                               observer=watcher)
+        return {name: Provisioned(problem, watcher.needed.get(name, False))
+                for name, problem in _verdicts(result, names).items()}
+
+    return run
+
+
+def reboot_playbook() -> Path:
+    from fleetctl import assets
+
+    return assets.playbooks_dir() / "system_reboot.yml"
+
+
+def ansible_rebooter(inventory: Sequence[str], db_path: Path | None, *, cwd: Path | None = None,
+                     extra_vars: Sequence[str] = ()) -> Rebooter:
+    """The real rebooter: playbooks/system_reboot.yml (``ansible.builtin.reboot``) as a recorded run
+    under the batch's locks; the maintain's ``-e`` go with it (connection settings, reboot_command)."""
+
+    def run(hosts: Sequence[HostLike], *, held_by: str, timeout_s: float) -> Mapping[str, str | None]:
+        from fleetctl.provision import ProvisionOptions
+        from fleetctl.provision import run as provision_run
+        from fleetctl.runner import AnsibleRunner
+
+        names = [h.name for h in hosts]
+        timeout = json.dumps({"fleetctl_reboot_timeout": max(1, round(timeout_s))})
+        result = provision_run(ProvisionOptions(inventory=list(inventory), pattern=",".join(names),
+                                                playbook=str(reboot_playbook()),
+                                                extra_vars=[*extra_vars, timeout]),
                                AnsibleRunner(), db_path=db_path, cwd=cwd, held_by=held_by)
-        by_host = {r.host: r for r in result.hosts}
-        verdicts: dict[str, str | None] = {}
-        for name in names:
-            r = by_host.get(name)
-            if r is None or r.state == "pending":
-                verdicts[name] = f"run {result.run_id}: no task ran ({result.message or result.status})"
-            elif r.failed or r.unreachable:
-                verdicts[name] = f"run {result.run_id}: {r.state}: {r.first_failure or r.last_task or ''}"
-            else:
-                verdicts[name] = None
-        return verdicts
+        return _verdicts(result, names)
 
     return run

@@ -122,9 +122,17 @@ def _ensure_key() -> str:
     return KEY.with_suffix(".pub").read_text(encoding="utf-8").strip()
 
 
+# A reboot inside a container ends its PID 1 (systemd) and with it the container; Docker starts it
+# again, as a host's firmware would (sshd and the agent come back as enabled units). `maintain
+# --reboot` is tested that way.
+RESTART_POLICY = "unless-stopped"
+
+
 def _start_container(host: LabHost) -> None:
     state = _container_state(host)
     if state == "running":
+        # A lab started before the policy existed gets it now (docker update applies it live).
+        _run(["docker", "update", "--restart", RESTART_POLICY, host.container])
         return
     if state is not None:
         _run(["docker", "rm", "-f", host.container])
@@ -133,7 +141,8 @@ def _start_container(host: LabHost) -> None:
         if _port_open(port):
             raise LabError(f"{host.name}: port 127.0.0.1:{port} is already in use")
     _run(["docker", "run", "-d", "--name", host.container, "--hostname", host.name,
-          "--label", "fleetctl.lab=1", *SYSTEMD_RUN_ARGS, IMAGE, "/lib/systemd/systemd"])
+          "--label", "fleetctl.lab=1", "--restart", RESTART_POLICY, *SYSTEMD_RUN_ARGS, IMAGE,
+          "/lib/systemd/systemd"])
 
 
 def _configure_sshd(host: LabHost, pubkey: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from fleetctl.errors import UsageError
 from fleetctl.schedulers.base import HostLike, NodeState, SchedState
 from fleetctl.state import db, locks
 from fleetctl.state import hosts as hs
+from fleetctl.state.db import Connection
 from fleetctl.state.hosts import DrainState as S
 from fleetctl.state.runs import this_machine
 from fleetctl.validation import Size
@@ -56,7 +56,7 @@ class FakeProvisioner:
     """Records each batch and, given the state database, who held its hosts' locks at the time."""
 
     def __init__(self, log: list[tuple[str, str]], fail: Mapping[str, str] | None = None,
-                 conn: sqlite3.Connection | None = None) -> None:
+                 conn: Connection | None = None) -> None:
         self.log = log
         self.fail = dict(fail or {})
         self.batches: list[list[str]] = []
@@ -88,11 +88,11 @@ HOSTS = [FakeHost(f"h{i}") for i in range(4)]
 
 
 @pytest.fixture()
-def conn(tmp_path: Path) -> sqlite3.Connection:
+def conn(tmp_path: Path) -> Connection:
     return db.connect(tmp_path / "state.db", schema=hs.SCHEMA)
 
 
-def run(conn: sqlite3.Connection, sched: FakeScheduler, prov: FakeProvisioner, health: FakeHealth,
+def run(conn: Connection, sched: FakeScheduler, prov: FakeProvisioner, health: FakeHealth,
         hosts: Sequence[FakeHost] = HOSTS, **kw: Any) -> mcore.MaintainResult:
     now = [0.0]
 
@@ -104,7 +104,7 @@ def run(conn: sqlite3.Connection, sched: FakeScheduler, prov: FakeProvisioner, h
                           clock=lambda: now[0])
 
 
-def test_one_host_failing_verification_is_quarantined_the_rest_come_back(conn: sqlite3.Connection) -> None:
+def test_one_host_failing_verification_is_quarantined_the_rest_come_back(conn: Connection) -> None:
     log: list[tuple[str, str]] = []
     sched, prov = FakeScheduler(log), FakeProvisioner(log)
     health = FakeHealth({"h1": "agent reports unhealthy (XID 79)"})
@@ -125,7 +125,7 @@ def test_one_host_failing_verification_is_quarantined_the_rest_come_back(conn: s
                      ("drained", "maintaining"), ("maintaining", "verifying"), ("verifying", "active")]
 
 
-def test_failures_past_the_limit_stop_new_batches(conn: sqlite3.Connection) -> None:
+def test_failures_past_the_limit_stop_new_batches(conn: Connection) -> None:
     log: list[tuple[str, str]] = []
     sched, prov = FakeScheduler(log), FakeProvisioner(log, {"h0": "task 'install driver' failed"})
     result = run(conn, sched, prov, FakeHealth(), max_unavailable=Size(2), max_failures=0)
@@ -136,7 +136,7 @@ def test_failures_past_the_limit_stop_new_batches(conn: sqlite3.Connection) -> N
     assert result.stopped and "--max-failures 0" in result.stopped
 
 
-def test_quarantined_hosts_count_against_max_unavailable(conn: sqlite3.Connection) -> None:
+def test_quarantined_hosts_count_against_max_unavailable(conn: Connection) -> None:
     log: list[tuple[str, str]] = []
     sched, prov = FakeScheduler(log), FakeProvisioner(log)
     result = run(conn, sched, prov, FakeHealth({"h0": "unhealthy"}), max_unavailable=Size(1), max_failures=5)
@@ -145,14 +145,14 @@ def test_quarantined_hosts_count_against_max_unavailable(conn: sqlite3.Connectio
     assert ("drain", "h1") not in log
 
 
-def test_batch_larger_than_max_unavailable_is_a_usage_error(conn: sqlite3.Connection) -> None:
+def test_batch_larger_than_max_unavailable_is_a_usage_error(conn: Connection) -> None:
     log: list[tuple[str, str]] = []
     with pytest.raises(UsageError, match=r"--batch 2 .* more than --max-unavailable 1"):
         run(conn, FakeScheduler(log), FakeProvisioner(log), FakeHealth(), batch=Size(2))
     assert log == []
 
 
-def test_dry_run_prints_the_plan_and_touches_nothing(conn: sqlite3.Connection) -> None:
+def test_dry_run_prints_the_plan_and_touches_nothing(conn: Connection) -> None:
     log: list[tuple[str, str]] = []
     lines: list[str] = []
     opts = mcore.MaintainOptions(playbook="site.yml", batch=Size(50, percent=True), max_unavailable=Size(2),
@@ -164,7 +164,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(conn: sqlite3.Connection) -
     assert "  batch 1: h0, h1" in lines and "  batch 2: h2, h3" in lines
 
 
-def test_resume_after_kill_provisions_hosts_left_maintaining(conn: sqlite3.Connection) -> None:
+def test_resume_after_kill_provisions_hosts_left_maintaining(conn: Connection) -> None:
     log: list[tuple[str, str]] = []
     sched = FakeScheduler(log)
     sched.nodes["h0"] = NodeState(SchedState.DRAINED, "fleetctl:sre: maintain", "idle+drain")
@@ -183,7 +183,7 @@ def test_resume_after_kill_provisions_hosts_left_maintaining(conn: sqlite3.Conne
     assert ("drain", "h0") not in log and ("undrain", "h0") in log
 
 
-def test_each_batch_is_locked_for_the_run_and_provisioned_under_that_lock(conn: sqlite3.Connection) -> None:
+def test_each_batch_is_locked_for_the_run_and_provisioned_under_that_lock(conn: Connection) -> None:
     log: list[tuple[str, str]] = []
     prov = FakeProvisioner(log, conn=conn)
     result = run(conn, FakeScheduler(log), prov, FakeHealth(), batch=Size(2), max_unavailable=Size(2))
@@ -194,7 +194,7 @@ def test_each_batch_is_locked_for_the_run_and_provisioned_under_that_lock(conn: 
     assert locks.held(conn, include_stale=True) == []  # released after the undrain
 
 
-def test_a_host_under_a_live_provision_lock_is_refused_and_untouched(conn: sqlite3.Connection) -> None:
+def test_a_host_under_a_live_provision_lock_is_refused_and_untouched(conn: Connection) -> None:
     import os
 
     for statement in locks.SCHEMA:
@@ -211,7 +211,7 @@ def test_a_host_under_a_live_provision_lock_is_refused_and_untouched(conn: sqlit
     assert [lk.holder.id for lk in locks.held(conn)] == ["r-provision-1"]  # theirs is left alone
 
 
-def test_a_host_drained_by_hand_is_left_out_not_put_back_into_service(conn: sqlite3.Connection) -> None:
+def test_a_host_drained_by_hand_is_left_out_not_put_back_into_service(conn: Connection) -> None:
     from fleetctl import drain as dcore
 
     log: list[tuple[str, str]] = []
@@ -227,7 +227,7 @@ def test_a_host_drained_by_hand_is_left_out_not_put_back_into_service(conn: sqli
     assert [by[h].state for h in ("h0", "h2", "h3")] == ["active"] * 3
 
 
-def test_a_host_in_a_state_this_fleetctl_does_not_know_is_left_out(conn: sqlite3.Connection) -> None:
+def test_a_host_in_a_state_this_fleetctl_does_not_know_is_left_out(conn: Connection) -> None:
     conn.execute("INSERT INTO host_state VALUES "
                  "('h1', 'rebooting', 'fleetctl:bob: fw', 'bob', 1.0, NULL, NULL)")
     log: list[tuple[str, str]] = []
@@ -240,7 +240,7 @@ def test_a_host_in_a_state_this_fleetctl_does_not_know_is_left_out(conn: sqlite3
     assert conn.execute("SELECT state FROM host_state WHERE host = 'h1'").fetchone()[0] == "rebooting"
 
 
-def test_inputs_past_the_tools_limits_are_refused_before_the_first_batch(conn: sqlite3.Connection) -> None:
+def test_inputs_past_the_tools_limits_are_refused_before_the_first_batch(conn: Connection) -> None:
     from fleetctl.validation import MAX_ARG_BYTES
 
     log: list[tuple[str, str]] = []
