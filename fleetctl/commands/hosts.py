@@ -22,6 +22,7 @@ from fleetctl.commands.params import DbOpt, InventoryOpt, JsonOpt, OutputOpt, Pa
 if TYPE_CHECKING:
     from fleetctl.fanout import FetchResult
     from fleetctl.inventory import Host
+    from fleetctl.state.db import Connection
 
 _LIST = "list"
 
@@ -144,10 +145,11 @@ def hosts_show(
     output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> int:
-    """One host's page: lifecycle and its history, drains, provision runs, the agent's report now."""
+    """One host's page: lifecycle and its history, drains, provision runs, the last burn-in,
+    remediations, the agent's report now."""
     from fleetctl.commands.context import drain_context
+    from fleetctl.state import burnin, lifecycle
     from fleetctl.state import hosts as hstate
-    from fleetctl.state import lifecycle
     from fleetctl.views.output import emit, resolve
 
     fmt = resolve(output, as_json=as_json)
@@ -160,6 +162,9 @@ def hosts_show(
             "drains": [vars(e) for e in hstate.audit(ctx.conn, target.name, history)],
             "runs": [r.to_dict() for r in lifecycle.runs_for(ctx.conn, target.name, history)],
         }
+        last = burnin.last_many(ctx.conn, [target.name]).get(target.name)
+        doc["burn_in"] = last.to_dict() if last else None
+        doc["remediations"] = _remediations(ctx.conn, target.name, history)
     doc["agent"] = agent_doc(target, _ask_agent(target, timeout))
 
     def table(wide: bool) -> None:
@@ -181,6 +186,22 @@ def _one_host(selected: list[Host], typed: str) -> Host:
         return selected[0]
     shown = ", ".join(h.name for h in selected[:5]) + (" ..." if len(selected) > 5 else "")
     raise UsageError(f"HOST {typed!r} selects {len(selected)} hosts ({shown}): give one host")
+
+
+def _remediations(conn: Connection, host: str, limit: int) -> list[dict[str, Any]]:
+    """The host's remediations, newest first, each with ``open`` (not ended: running, failing or
+    interrupted) and ``step_name`` (the step it is at; None past the last)."""
+    from fleetctl.state import remediation as rstate
+
+    store = rstate.SqlStore(conn)  # read only: no lease holder, nothing written
+    rows = conn.execute("SELECT id FROM remediations WHERE host = ? ORDER BY started_at DESC, id DESC "
+                        "LIMIT ?", (host, limit)).fetchall()
+    out = []
+    for row in rows:
+        rec = store.get(row["id"])
+        step = rec.steps[rec.next_step] if 0 <= rec.next_step < len(rec.steps) else None
+        out.append({**rec.to_dict(), "open": rec.state in rstate.OPEN_STATES, "step_name": step})
+    return out
 
 
 def _ask_agent(host: Host, timeout: float) -> FetchResult:

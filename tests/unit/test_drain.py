@@ -522,8 +522,9 @@ def test_a_database_of_a_newer_schema_reads_for_status_and_refuses_drain_in_one_
         refused = CliRunner().invoke(app, [*args, *common])
         assert refused.exit_code == 2, refused.output
         assert refused.output.strip().splitlines() == [
-            f"fleetctl {args[0]}: state database {path} is schema version 3, written by a newer fleetctl; "
-            "this fleetctl knows up to version 2: it can read it (status, hosts, runs list) "
+            f"fleetctl {args[0]}: state database {path} is schema version {db.SCHEMA_VERSION + 1}, "
+            f"written by a newer fleetctl; this fleetctl knows up to version {db.SCHEMA_VERSION}: "
+            "it can read it (status, hosts, runs list) "
             "but changes nothing: upgrade fleetctl"]
     assert not (tmp_path / "drained").exists()  # the scheduler was never told
 

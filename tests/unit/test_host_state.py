@@ -158,7 +158,7 @@ def test_an_unversioned_file_is_detected_and_migrated_forward_keeping_its_rows(t
     path = tmp_path / "old.db"
     _v0_file(path)
     c = db.connect(path)
-    assert c.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 2
+    assert c.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 3
     assert c.execute("PRAGMA application_id").fetchone()[0] == db.APPLICATION_ID
     tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"host_state", "host_audit", "host_locks", "provision_runs", "provision_run_hosts"} <= tables
@@ -168,7 +168,7 @@ def test_an_unversioned_file_is_detected_and_migrated_forward_keeping_its_rows(t
     hs.transition(c, "h1", S.ACTIVE, actor="alice")  # and it is writable as before
     c.close()
     again = db.connect(path)  # a second open finds it current: nothing to do
-    assert again.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert again.execute("PRAGMA user_version").fetchone()[0] == 3
     assert [e.to_state for e in hs.audit(again, "h1")] == ["drained", "active"]
 
 
@@ -199,14 +199,15 @@ def test_a_newer_schema_version_reads_but_refuses_writes_naming_both_versions(tm
     _newer_file(path)
     c = db.connect(path, schema=hs.SCHEMA)
     assert hs.get(c, "h1").state is S.DRAINING  # reading works
-    with pytest.raises(StateDatabaseError, match=r"schema version 3, written by a newer fleetctl; this "
-                                                 r"fleetctl knows up to version 2") as refused:
+    newer = (rf"schema version {db.SCHEMA_VERSION + 1}, written by a newer fleetctl; "
+             rf"this fleetctl knows up to version {db.SCHEMA_VERSION}")
+    with pytest.raises(StateDatabaseError, match=newer) as refused:
         hs.transition(c, "h1", S.ACTIVE, actor="alice")
     assert "\n" not in str(refused.value)
     with pytest.raises(sqlite3.OperationalError):  # a write outside a transaction is stopped too
         c.execute("DELETE FROM host_state")
     assert _raw(path).execute("SELECT state FROM host_state").fetchone()[0] == "draining"
-    assert _raw(path).execute("PRAGMA user_version").fetchone()[0] == 3  # never migrated "back"
+    assert _raw(path).execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION + 1  # never "back"
 
 
 def test_a_state_a_newer_fleetctl_wrote_is_shown_counted_and_left_alone(conn: sqlite3.Connection) -> None:

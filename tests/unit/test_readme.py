@@ -41,6 +41,8 @@ EXPECTED_SKIPS = [
      "changes real hosts over SSH with sudo"),
     ('fleetctl drain -i inventory/prod gpu-h100-003 --reason "XID 79, RMA ticket 4411" --wait --timeout 3600',
      "drains real hosts through their scheduler over SSH"),
+    ("fleetctl burn-in -i inventory/prod h100-0003 --level 2", "real hosts: DCGM over SSH"),
+    ("fleetctl remediate -i inventory/prod", "acts on real hosts through their scheduler"),
     ("fleetctl health -i inventory/prod --source prometheus --prometheus-url http://prometheus:9090",
      "needs a Prometheus server scraping the agents"),
     ("fleet-agent run [--config /etc/fleet-agent/config.yaml]",
@@ -54,7 +56,7 @@ MARKER = re.compile(r"^\s*<!-- readme-test: skip \((.+)\) -->\s*$")
 ANY_MARKER = re.compile(r"^\s*<!--.*readme-test")
 # Variable prefixes of the roles and of the inventory variables fleetctl reads.
 VARIABLE = re.compile(
-    r"`((?:fleet_agent|nvidia_driver|cuda_toolkit|tpu_runtime|container_runtime|base|fleet_slurm"
+    r"`((?:fleet_agent|nvidia_driver|cuda_toolkit|dcgm|tpu_runtime|container_runtime|base|fleet_slurm"
     r"|fleet_kubernetes)_[a-z0-9_]+|fleet_scheduler|fleet_kubeconfig)\b"
 )
 # Local facts the roles set (not variables a user sets), each with the role that sets it.
