@@ -92,6 +92,9 @@ class DrainOptions:
     owner: str | None = None  # maintain marks its hosts
     run_id: str | None = None
     lock_holder: str | None = None  # the caller's own host locks (maintain) do not block it
+    # Further max-unavailable limits over parts of ``pool`` (remediate's per-rack rules), checked in
+    # the same transaction as max_unavailable.
+    scoped: Sequence[hstate.ScopedLimit] = ()
 
 
 @dataclass
@@ -261,9 +264,9 @@ def drain(conn: Connection, hosts: Sequence[HostLike], pool: Sequence[HostLike],
     try:
         hstate.reserve(conn, plan.hosts, pool=[p.name for p in pool] + plan.hosts, limit=plan.limit,
                        scheduler_unavailable=plan.unavailable, actor=opts.actor, reason=reason,
-                       force=opts.force, owner=opts.owner, run_id=opts.run_id)
+                       force=opts.force, owner=opts.owner, run_id=opts.run_id, scoped=opts.scoped)
     except hstate.BudgetExceeded as exc:
-        msg = f"{exc} (--max-unavailable {opts.max_unavailable})"
+        msg = str(exc) if exc.scope else f"{exc} (--max-unavailable {opts.max_unavailable})"
         return plan.skipped + [Outcome(h, False, plan.records[h].state.value, msg) for h in plan.hosts]
 
     outcomes = list(plan.skipped)

@@ -191,7 +191,10 @@ def host_result(host: str, fact: Mapping[str, Any], level: int) -> HostBurnIn:
         status, why = Status.UNKNOWN, f"dcgmi exited {rc} but its results show no failure ({why})"
     expected = _as_int(fact.get("expected_gpus"))
     seen = len(report.gpus) or len(report.gpus_tested)
-    if expected is not None and seen and seen < expected and status is not Status.UNKNOWN:
+    if expected and not seen and status is not Status.FAIL:
+        # Results that name no GPU prove nothing about the GPUs expected: never a pass.
+        status, why = Status.UNKNOWN, f"DCGM's results name none of the {expected} expected GPUs ({why})"
+    elif expected is not None and seen and seen < expected and status is not Status.UNKNOWN:
         status = Status.FAIL
         why = f"DCGM saw {seen} of {expected} expected GPUs" + ("" if why.endswith("passed") else f"; {why}")
     return HostBurnIn(host, level, status, why, ran=(check,), rc=rc, report=report)

@@ -176,9 +176,9 @@ def remediate(
     actor = current_user()
     with _database(db) as (conn, db_path), _Stop() as stop:
         keeper: LeaseKeeper | None = None
+        holder = rstate.LeaseHolder(f"{this_machine()}:{os.getpid()}", actor, this_machine(), os.getpid())
         if acting:
-            keeper = LeaseKeeper(db_path, rstate.LeaseHolder(f"{this_machine()}:{os.getpid()}", actor,
-                                                             this_machine(), os.getpid()))
+            keeper = LeaseKeeper(db_path, holder)
             taken = keeper.take(conn)
             if taken is not None:
                 _err(f"fleetctl remediate: took over the lease of {taken.describe()} (gone)")
@@ -190,14 +190,18 @@ def remediate(
                 actions.ansible_playbook_run(list(inv.sources), db_path),
                 actions.burn_in_with(conn, everyone, list(inv.sources), timeout_s=verify_timeout,
                                      level=burn_in_level, allow_missing=missing),
-                assets.playbooks_dir() / "remediate", echo=_err)
+                assets.playbooks_dir() / "remediate", echo=_err, loop_id=holder.id if acting else "")
             pause_at = os.environ.get(PAUSE_ENV)
 
             def stopped() -> bool:
                 return stop.pressed or (keeper is not None and keeper.lost is not None)
 
-            engine = Engine(pol, rstate.SqlStore(conn), steps, actor=actor, interval_s=watch or 30.0,
-                            echo=_err, stop=stopped, on_step=_pause_hook(pause_at) if pause_at else None)
+            # Writes are fenced by the lease (a loop presumed dead writes nothing more); each new start
+            # and each step is preceded by a fresh observation.
+            engine = Engine(pol, rstate.SqlStore(conn, holder=holder.id if acting else None), steps,
+                            actor=actor, interval_s=watch or 30.0, echo=_err, stop=stopped,
+                            on_step=_pause_hook(pause_at) if pause_at else None,
+                            rows_now=(lambda: collect().hosts) if acting else None)
             # Planning only while a loop runs: its observations are its own (ours would hasten them).
             record = acting or (lease := rstate.current_lease(conn)) is None or not lease.live(time.time())
             code = 0
@@ -228,7 +232,10 @@ def _err(line: str) -> None:
 
 
 def _code(result: RoundResult) -> int:
-    if result.plan.fleet_stopped or any(not f.ok and f.state != "interrupted" for f in result.finished):
+    from fleetctl.remediate.loop import HELD, WAITING_LOCK
+
+    left_open = ("interrupted", HELD, WAITING_LOCK)
+    if result.plan.fleet_stopped or any(not f.ok and f.state not in left_open for f in result.finished):
         return 1
     return 0
 

@@ -33,7 +33,9 @@ from fleetctl import drain as drain_core
 from fleetctl.drain import DrainOptions, SchedulerFor
 from fleetctl.errors import FleetctlError
 from fleetctl.inventory import Host
+from fleetctl.remediate.budget import NO_VALUE
 from fleetctl.remediate.policy import SCOPE_ALL, Policy
+from fleetctl.report.model import group_value
 from fleetctl.state import hosts as hstate
 from fleetctl.state import lifecycle, locks
 from fleetctl.state.db import Connection
@@ -54,8 +56,10 @@ PlaybookRun = Callable[[Host, str, Sequence[str], str], "str | None"]
 BurnIn = Callable[[Host], "str | None"]
 
 
-def lock_holder_id(rid: str) -> str:
-    return f"remediate:{rid}"
+def lock_holder_id(rid: str, loop: str = "") -> str:
+    """The host locks' holder: the remediation and the loop working on it, so that a second loop
+    resuming the remediation (the first presumed dead) cannot enter the first's live locks."""
+    return f"remediate:{rid}:{loop}" if loop else f"remediate:{rid}"
 
 
 def drain_reason(rec: RemediationRecord) -> str:
@@ -85,6 +89,7 @@ class FleetSteps:
     burn_in: BurnIn
     playbooks_dir: Path
     echo: Echo = lambda _: None
+    loop_id: str = ""  # the lease holder id of this loop (lock_holder_id)
     _locked: set[str] = field(default_factory=set)
 
     # --- who is out of service (the planner's `unavailable`) ----------------------------------
@@ -112,10 +117,10 @@ class FleetSteps:
         host = self.hosts.get(rec.host)
         if host is None:
             return f"{rec.host} is not in the inventory"
+        busy = self.claim(rec)
+        if busy is not None:
+            return busy
         try:
-            if rec.id not in self._locked:  # a fresh remediation, or one resumed after a kill
-                locks.acquire(self.conn, [host.name], self._holder(rec), ttl=self._ttl())
-                self._locked.add(rec.id)
             if step == "drain":
                 return self._drain(host, rec)
             if step in ("reset_gpu", "reboot", "reprovision"):
@@ -132,8 +137,23 @@ class FleetSteps:
             return exc.one_line()
         return f"unknown step {step!r}"
 
+    def claim(self, rec: RemediationRecord) -> str | None:
+        """This loop's host lock on ``rec``'s host; why not when another holder's (a loop presumed
+        dead that still works, a person's maintain) is live."""
+        if rec.id in self._locked or rec.host not in self.hosts:
+            return None
+        try:
+            locks.acquire(self.conn, [rec.host], self._holder(rec), ttl=self._ttl())
+        except locks.LocksHeld as exc:
+            return f"refused: {exc}"
+        self._locked.add(rec.id)
+        return None
+
+    def _lock_id(self, rec: RemediationRecord) -> str:
+        return lock_holder_id(rec.id, self.loop_id)
+
     def _holder(self, rec: RemediationRecord) -> locks.Holder:
-        return locks.Holder(lock_holder_id(rec.id), f"remediate {rec.action}", getpass.getuser(),
+        return locks.Holder(self._lock_id(rec), f"remediate {rec.action}", getpass.getuser(),
                             this_machine(), os.getpid())
 
     def _ttl(self) -> timedelta:
@@ -143,7 +163,8 @@ class FleetSteps:
         limit = next((r.max for r in self.policy.max_unavailable if r.scope == SCOPE_ALL), Size(100, True))
         opts = DrainOptions(reason=drain_reason(rec), actor=self.opts.actor, wait=True,
                             timeout_s=self.opts.drain_timeout_s, max_unavailable=limit,
-                            owner=hstate.this_process(), run_id=rec.id, lock_holder=lock_holder_id(rec.id))
+                            owner=hstate.this_process(), run_id=rec.id, lock_holder=self._lock_id(rec),
+                            scoped=self.scoped_limits(host))
         outcomes = drain_core.drain(self.conn, [host], self.pool, self.scheduler_for, opts, echo=self.echo)
         bad = [o for o in outcomes if not o.ok]
         if bad:
@@ -154,6 +175,21 @@ class FleetSteps:
                           actor=self.opts.actor, reason=f"remediate {rec.id}: {rec.action}", source=SOURCE)
         return None
 
+    def scoped_limits(self, host: Host) -> list[hstate.ScopedLimit]:
+        """Every per-scope rule of the policy over ``host``'s pool for that scope (its rack), so that
+        the drain re-checks them all in its transaction: a person's drain since the plan counts."""
+        out = []
+        for rule in self.policy.max_unavailable:
+            if rule.scope == SCOPE_ALL:
+                continue
+            value = group_value(host.groups, host.vars, rule.scope)
+            if value == NO_VALUE:  # a host without a rack is under no rack rule (as the planner says)
+                continue
+            members = frozenset(p.name for p in self.pool
+                                if group_value(p.groups, p.vars, rule.scope) == value) | {host.name}
+            out.append(hstate.ScopedLimit(f"{rule.scope}={value}", members, rule.max.of(len(members))))
+        return out
+
     def _to(self, host: str, rec: RemediationRecord, state: DrainState, note: str) -> None:
         """The drain state while the remediation works on the host (as maintain's), audited."""
         hstate.transition(self.conn, host, state, actor=self.opts.actor, owner=hstate.this_process(),
@@ -162,7 +198,7 @@ class FleetSteps:
 
     def _repair(self, step: str, host: Host, rec: RemediationRecord) -> str | None:
         self._to(host.name, rec, DrainState.MAINTAINING, step)
-        locks.refresh(self.conn, lock_holder_id(rec.id), ttl=self._ttl())
+        locks.refresh(self.conn, self._lock_id(rec), ttl=self._ttl())
         if step == "reprovision":
             playbook = self.opts.reprovision_playbook
             extra: list[str] = []
@@ -172,7 +208,7 @@ class FleetSteps:
                                  "fleetctl_remediate_id": rec.id,
                                  "fleetctl_reboot_timeout": max(1, round(self.opts.repair_timeout_s))})]
         self.echo(f"{host.name}: {step} ({Path(playbook).name}) for remediation {rec.id}")
-        return self.playbook(host, playbook, [*self.opts.extra_vars, *extra], lock_holder_id(rec.id))
+        return self.playbook(host, playbook, [*self.opts.extra_vars, *extra], self._lock_id(rec))
 
     def _burn_in(self, host: Host, rec: RemediationRecord) -> str | None:
         self._to(host.name, rec, DrainState.VERIFYING, "burn-in")
@@ -185,7 +221,7 @@ class FleetSteps:
     def _undrain(self, host: Host, rec: RemediationRecord) -> str | None:
         outs = drain_core.undrain(self.conn, [host], self.scheduler_for, None, actor=self.opts.actor,
                                   echo=self.echo, note=f"remediate {rec.id}: burned in",
-                                  lock_holder=lock_holder_id(rec.id))
+                                  lock_holder=self._lock_id(rec))
         bad = [o for o in outs if not o.ok]
         if bad:
             return bad[0].message
@@ -217,7 +253,7 @@ class FleetSteps:
         self._mark_quarantined(rec, f"remediate {rec.id}: {why}")
 
     def released(self, rec: RemediationRecord) -> None:
-        locks.release(self.conn, lock_holder_id(rec.id))
+        locks.release(self.conn, self._lock_id(rec))
         self._locked.discard(rec.id)
 
 

@@ -2,13 +2,17 @@
 
 A step can run for long (a drain waits for jobs to leave, a reboot for the host to come back), so
 the lease is renewed every ``ttl_s / 3`` seconds on a connection of its own, whatever the loop is
-doing; if another loop took it meanwhile (this one was presumed dead), :attr:`LeaseKeeper.lost`
-says so and the loop stops after its current step.
+doing; if another loop took it meanwhile (this one was presumed dead), or it could not be renewed
+for a whole TTL (the database unreachable), :attr:`LeaseKeeper.lost` says so and the loop stops
+after its current step, writing nothing more to the records (the store checks the lease in each
+write). The expiry is on the database's clock, so machines with skewed clocks agree on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from pathlib import Path
 
 from fleetctl.state import db
@@ -35,16 +39,26 @@ class LeaseKeeper:
 
     def _renew(self) -> None:
         conn: db.Connection | None = None
+        renewed = time.monotonic()
         try:
             while not self._stop.wait(self.ttl_s / 3):
                 try:
                     conn = conn or db.connect(self.db_path, schema=rstate.SCHEMA)
                     rstate.renew_lease(conn, self.holder, ttl_s=self.ttl_s)
+                    renewed = time.monotonic()
                 except rstate.LeaseHeld as exc:
                     self.lost = str(exc)
                     return
-                except Exception:  # noqa: BLE001, S112 - a busy or restarting database: the next beat
-                    continue
+                except Exception as exc:  # noqa: BLE001 - a busy or restarting database: the next beat
+                    # A dropped connection stays dropped: open a new one at the next beat.
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
+                    if time.monotonic() - renewed >= self.ttl_s:
+                        # Not renewed for a whole TTL: another loop may hold it now. Stop acting.
+                        self.lost = f"the lease could not be renewed for {self.ttl_s:g} s: {exc}"
+                        return
         finally:
             if conn is not None:
                 conn.close()

@@ -4,7 +4,15 @@ One round (:meth:`Engine.round`): each host's fleet-report row becomes an observ
 remediations left open by a loop that died or was interrupted are resumed, then
 :func:`fleetctl.remediate.plan.plan` decides and, with ``apply``, each planned remediation runs its
 steps in order through :class:`Steps` (drain, the repair, burn-in, undrain; or drain and mark for
-quarantine / RMA). A step that fails quarantines the host (it stays drained); nothing after it runs.
+quarantine / RMA). A step that fails quarantines the host (it stays drained); nothing after it runs:
+the failure is recorded with its consequence (state ``failing``) in one transaction, so a loop
+killed before quarantining resumes by quarantining, never by running the failed step again.
+
+New starts run one at a time, and before each (and between the steps of a remediation) the loop
+observes the fleet again (``rows_now``) and plans again: a remediation takes minutes, and the plan
+it was chosen from is stale by its end. A stop (fleet-wide, or a rack's) covering a host holds its
+open remediation where it is (the host stays drained, the record ``interrupted`` with the stop's
+message) until the stop is gone.
 
 Resume. The store says which step is next and whether it had started. A step that started and was
 not seen to end is run again when it is idempotent (:data:`IDEMPOTENT`): drain (fleetctl's drain
@@ -34,8 +42,10 @@ from fleetctl.report.model import HostRow
 from fleetctl.state.remediation import (
     DONE,
     FAILED,
+    FAILING,
     INTERRUPTED,
     QUARANTINED,
+    LeaseLost,
     RemediationRecord,
     chips_of,
 )
@@ -44,6 +54,10 @@ from fleetctl.state.remediation import (
 IDEMPOTENT = frozenset({"drain", "reset_gpu", "reprovision", "burn_in", "undrain", "quarantine", "rma"})
 Echo = Callable[[str], None]
 StepHook = Callable[[str, str], None]  # (step, host) as a step starts: a test's kill point
+RowsNow = Callable[[], Sequence[HostRow]]  # a fresh fleet report (the loop's collector)
+# What became of a remediation that is left open, not ended (Finished.state; never a stored state):
+# held under a fleet-wide (or scope) stop, or waiting for a host lock another loop still holds.
+HELD, WAITING_LOCK = "held", "waiting"
 
 
 class Store(Protocol):
@@ -65,7 +79,7 @@ class Store(Protocol):
     def step_started(self, rec: RemediationRecord, index: int, *, detail: str | None = None) -> None: ...
 
     def step_ended(self, rec: RemediationRecord, index: int, *, ok: bool, detail: str | None = None,
-                   phase: str | None = None) -> None: ...
+                   phase: str | None = None, outcome: str | None = None) -> None: ...
 
     def finish(self, rec: RemediationRecord, state: str, outcome: str, *,
                at: float | None = None) -> None: ...
@@ -76,6 +90,11 @@ class Steps(Protocol):
 
     def out_of_service(self, hosts: Sequence[str]) -> Mapping[str, str]:
         """Hosts out of service now (fleetctl's records or the scheduler's) -> their state."""
+        ...
+
+    def claim(self, rec: RemediationRecord) -> str | None:
+        """Take what ``rec`` holds while it works (host locks, this loop's own); None when taken,
+        else who holds them (another loop still at work: the remediation waits, nothing written)."""
         ...
 
     def run(self, step: str, rec: RemediationRecord) -> str | None:
@@ -131,10 +150,17 @@ def keep_window_s(policy: Policy, interval_s: float) -> float:
 class Engine:
     def __init__(self, policy: Policy, store: Store, steps: Steps, *, actor: str, interval_s: float = 30.0,
                  echo: Echo = lambda _: None, stop: Callable[[], bool] = lambda: False,
-                 on_step: StepHook | None = None, clock: Callable[[], float] = time.time) -> None:
+                 on_step: StepHook | None = None, clock: Callable[[], float] = time.time,
+                 rows_now: RowsNow | None = None) -> None:
         self.policy, self.store, self.steps = policy, store, steps
         self.actor, self.interval_s, self.echo = actor, interval_s, echo
         self.stop, self.on_step, self.clock = stop, on_step, clock
+        # Observe again before each new start and between steps (see :meth:`round`); without it the
+        # round's rows are planned with again.
+        self.rows_now = rows_now
+        self._rows: Sequence[HostRow] = ()
+        self._plan: Plan | None = None
+        self._scopes: dict[str, dict[str, str]] = {}
 
     # --- observe and plan ---------------------------------------------------------------------
     def observe(self, rows: Sequence[HostRow], now: float) -> None:
@@ -148,14 +174,30 @@ class Engine:
         for host, obs in (unrecorded or {}).items():
             seen.setdefault(host, []).append(obs)
         keys = self.policy.scope_keys()
-        hosts = [HostHistory(r.name, seen.get(r.name) or [missing(now)], budget.host_scopes(r, keys))
-                 for r in rows]
+        self._scopes = {r.name: budget.host_scopes(r, keys) for r in rows}
+        hosts = [HostHistory(r.name, seen.get(r.name) or [missing(now)], self._scopes[r.name]) for r in rows]
         history = self.store.history(now - max(self.policy.flap.window_s, budget.HOUR_S))
         # Who is out of service matters only to a round with an unhealthy host (nothing else starts
         # or stops anything): a healthy fleet's round asks no scheduler.
         acting = any(r.status.value in self.policy.act_on for r in rows)
         out = self.steps.out_of_service([r.name for r in rows]) if acting else {}
-        return plan(self.policy, hosts, history, out, now)
+        self._rows, self._plan = rows, plan(self.policy, hosts, history, out, now)
+        return self._plan
+
+    def _replan(self) -> Plan:
+        """Plan again on a fresh observation (``rows_now``), or on the round's rows when there is none."""
+        if self.rows_now is None:
+            return self.plan(self._rows, self.clock())
+        rows, now = self.rows_now(), self.clock()
+        self.observe(rows, now)
+        return self.plan(rows, now)
+
+    def _stop_for(self, host: str) -> str | None:
+        """The message of the latest plan's stop covering ``host`` (fleet-wide, or its rack's)."""
+        for s in self._plan.stops if self._plan is not None else ():
+            if budget.scope_value(self._scopes, host, s.scope) == s.value:
+                return s.message()
+        return None
 
     # --- act ----------------------------------------------------------------------------------
     def round(self, rows: Sequence[HostRow], now: float, *, apply: bool, record: bool = True) -> RoundResult:
@@ -170,68 +212,135 @@ class Engine:
             result = RoundResult(self.plan(rows, now, unrecorded={r.name: observe(r, now) for r in rows}))
         if not apply:
             return result
+        # Open remediations first. One under a stop covering its host goes no further than it is
+        # (a drained host stays drained): a fleet-wide event is a person's call.
         for rec in self.store.open():
             if self.stop():
                 result.interrupted = True
                 return result
             result.finished.append(self.execute(rec, resumed=True))
         if result.finished:  # resumed work changed who is out of service: plan again
-            result.plan = self.plan(rows, now)
+            result.plan = self._replan()
+        # New starts, one at a time, each on a fresh plan: a remediation takes minutes (a reboot, a
+        # drain waiting for jobs), and what the round saw before it (a rack going hot meanwhile, a
+        # host that recovered) must not decide the next one.
+        handled = {f.host for f in result.finished}
         by_name = {r.name: r for r in rows}
-        for action in result.plan.actions:
+        started: list[PlannedAction] = []
+        while True:
+            action = next((a for a in result.plan.actions if a.host not in handled), None)
+            if action is None:
+                break
             if self.stop():
                 result.interrupted = True
                 break
-            rec = self.store.start(action.host, action.action, action.remediation.value, action.steps,
-                                   _chips(by_name.get(action.host), action), reason=action.reason,
-                                   actor=self.actor, at=now)
+            handled.add(action.host)
+            started.append(action)
+            row = next((r for r in self._rows if r.name == action.host), by_name.get(action.host))
+            try:
+                rec = self.store.start(action.host, action.action, action.remediation.value, action.steps,
+                                       _chips(row, action), reason=action.reason, actor=self.actor,
+                                       at=result.plan.at)  # the time of the plan that chose it
+            except LeaseLost as exc:
+                self.echo(f"{action.host}: not started: {exc}")
+                result.interrupted = True
+                break
             self.echo(f"{action.host}: remediation {rec.id} started: {action.remediation.value} "
                       f"({' → '.join(action.steps)}) for {action.reason}")
-            result.finished.append(self.execute(rec))
+            done = self.execute(rec)
+            result.finished.append(done)
+            if done.state == INTERRUPTED:
+                break
+            result.plan = self._replan()
+        if started:  # the round's plan as shown: what it started, then the latest plan's word on the rest
+            names = {a.host for a in started}
+            latest = result.plan
+            result.plan = Plan(now, started + [a for a in latest.actions if a.host not in names],
+                               [s for s in latest.skipped if s.host not in names], latest.stops)
         result.interrupted = result.interrupted or any(f.state == INTERRUPTED for f in result.finished)
         return result
 
     def execute(self, rec: RemediationRecord, *, resumed: bool = False) -> Finished:
-        """Run ``rec``'s steps from the recorded one on; every step recorded as it starts and ends."""
+        """Run ``rec``'s steps from the recorded one on; every step recorded as it starts and ends.
+        A loop that lost the lease (:class:`LeaseLost` from the store) stops and writes nothing more."""
+        busy = self.steps.claim(rec)
+        if busy is not None:
+            self.echo(f"{rec.host}: remediation {rec.id} waits: {busy}")
+            return Finished(rec.id, rec.host, rec.kind, WAITING_LOCK, busy, resumed)
+        try:
+            return self._execute(rec, resumed)
+        except LeaseLost as exc:
+            self.echo(f"{rec.host}: remediation {rec.id}: stopped: {exc}")
+            return Finished(rec.id, rec.host, rec.kind, INTERRUPTED, str(exc), resumed)
+        finally:
+            self.steps.released(rec)
+
+    def _execute(self, rec: RemediationRecord, resumed: bool) -> Finished:
+        if rec.state == FAILING:
+            # A step failed and the loop stopped before carrying out what that decided: carry it out
+            # (quarantine, idempotent), never run the failed step again.
+            self.echo(f"{rec.host}: remediation {rec.id}: completing after a failure: {rec.outcome}")
+            return self._failed(rec, rec.steps[min(rec.next_step, len(rec.steps) - 1)],
+                                rec.outcome or "failed", resumed)
         if resumed:
             self.echo(f"{rec.host}: resuming remediation {rec.id} at step {rec.steps[rec.next_step]}"
                       if rec.next_step < len(rec.steps) else f"{rec.host}: finishing remediation {rec.id}")
         index = rec.next_step
-        try:
-            while index < len(rec.steps):
-                step = rec.steps[index]
-                if self.stop() and index > rec.next_step:
-                    why = f"interrupted before {step}"
-                    self.store.finish(rec, INTERRUPTED, why)
-                    return Finished(rec.id, rec.host, rec.kind, INTERRUPTED, why, resumed)
-                if index == rec.next_step and rec.step_open and step not in IDEMPOTENT:
-                    # Started by a loop that died: not repeated (burn-in checks what it left).
-                    self.store.step_ended(rec, index, ok=True, phase="skipped",
-                                          detail=f"{step} started by a loop that stopped; not repeated "
-                                                 "(not idempotent): burn-in checks the host")
-                    index += 1
-                    continue
-                self.store.step_started(rec, index)
-                if self.on_step is not None:
-                    self.on_step(step, rec.host)
-                problem = self.steps.run(step, rec)
-                self.store.step_ended(rec, index, ok=problem is None, detail=problem)
-                if problem is not None:
-                    return self._failed(rec, step, problem, resumed)
+        while index < len(rec.steps):
+            step = rec.steps[index]
+            held = self._held(rec, step, resumed=resumed, first=index == rec.next_step)
+            if held is not None:
+                return held
+            if index == rec.next_step and rec.step_open and step not in IDEMPOTENT:
+                # Started by a loop that died: not repeated (burn-in checks what it left).
+                self.store.step_ended(rec, index, ok=True, phase="skipped",
+                                      detail=f"{step} started by a loop that stopped; not repeated "
+                                             "(not idempotent): burn-in checks the host")
                 index += 1
-            outcome = {"repair": "repaired, burned in, back in service" if rec.steps[-1] == "undrain"
-                       else "repaired, left drained for a person",
-                       "quarantine": "quarantined: drained until a person returns it",
-                       "rma": "marked for RMA: drained until a person returns it"}.get(rec.kind, "done")
-            state = QUARANTINED if rec.kind in ("quarantine", "rma") else DONE
-            self.store.finish(rec, state, outcome, at=self.clock())
-            self.echo(f"{rec.host}: remediation {rec.id}: {outcome}")
-            return Finished(rec.id, rec.host, rec.kind, state, outcome, resumed)
-        finally:
-            self.steps.released(rec)
+                continue
+            self.store.step_started(rec, index)
+            if self.on_step is not None:
+                self.on_step(step, rec.host)
+            problem = self.steps.run(step, rec)
+            if problem is not None:
+                why = f"{step} failed: {problem}"
+                # The failure and its consequence in one transaction: see FAILING.
+                self.store.step_ended(rec, index, ok=False, detail=problem, outcome=why)
+                return self._failed(rec, step, why, resumed)
+            self.store.step_ended(rec, index, ok=True)
+            index += 1
+        outcome = {"repair": "repaired, burned in, back in service" if rec.steps[-1] == "undrain"
+                   else "repaired, left drained for a person",
+                   "quarantine": "quarantined: drained until a person returns it",
+                   "rma": "marked for RMA: drained until a person returns it"}.get(rec.kind, "done")
+        state = QUARANTINED if rec.kind in ("quarantine", "rma") else DONE
+        self.store.finish(rec, state, outcome, at=self.clock())
+        self.echo(f"{rec.host}: remediation {rec.id}: {outcome}")
+        return Finished(rec.id, rec.host, rec.kind, state, outcome, resumed)
 
-    def _failed(self, rec: RemediationRecord, step: str, problem: str, resumed: bool) -> Finished:
-        why = f"{step} failed: {problem}"
+    def _held(self, rec: RemediationRecord, step: str, *, resumed: bool, first: bool) -> Finished | None:
+        """Before a step: Ctrl-C or a lost lease (between steps), or a stop covering the host (for a
+        resumed remediation before its first step too; between steps after a fresh observation).
+        The record is left interrupted: the next run resumes it once the stop is gone."""
+        if not first and self.stop():
+            why = f"interrupted before {step}"
+            self.store.finish(rec, INTERRUPTED, why)
+            return Finished(rec.id, rec.host, rec.kind, INTERRUPTED, why, resumed)
+        if first and not resumed:
+            return None  # just planned: the plan had no stop over this host
+        if not first:
+            self._replan()
+        message = self._stop_for(rec.host)
+        if message is None:
+            return None
+        why = f"held, the host left as it is: {message}"
+        self.store.finish(rec, INTERRUPTED, why)
+        self.echo(f"{rec.host}: remediation {rec.id} {why}")
+        return Finished(rec.id, rec.host, rec.kind, HELD, why, resumed)
+
+    def _failed(self, rec: RemediationRecord, step: str, why: str, resumed: bool) -> Finished:
+        """After a failed step (recorded ``failing`` already): drain never drained, so the remediation
+        failed; any later step leaves the host drained and quarantined."""
         if step == "drain":
             # Never drained: nothing to quarantine (drain left its own record: drain_failed, refused).
             self.store.finish(rec, FAILED, why, at=self.clock())

@@ -26,7 +26,7 @@ import enum
 import os
 import socket
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from fleetctl.errors import FleetctlError, StateConflict
@@ -96,13 +96,26 @@ class BudgetExceeded(FleetctlError):
     """Draining the requested hosts would exceed max-unavailable; the message has the numbers (exit 1:
     refused)."""
 
-    def __init__(self, *, limit: int, pool: int, unavailable: list[str], requested: list[str]) -> None:
+    def __init__(self, *, limit: int, pool: int, unavailable: list[str], requested: list[str],
+                 scope: str | None = None) -> None:
         self.limit, self.pool, self.unavailable, self.requested = limit, pool, unavailable, requested
+        self.scope = scope
         shown = ", ".join(unavailable[:5]) + (" ..." if len(unavailable) > 5 else "")
+        where = f" in {scope}" if scope else ""
         super().__init__(
-            f"refused: max-unavailable is {limit} of {pool} hosts; {len(unavailable)} already unavailable"
+            f"refused: max-unavailable{where} is {limit} of {pool} hosts; "
+            f"{len(unavailable)} already unavailable"
             f"{f' ({shown})' if unavailable else ''} + {len(requested)} requested = "
             f"{len(unavailable) + len(requested)}")
+
+
+@dataclass(frozen=True)
+class ScopedLimit:
+    """A max-unavailable over part of the fleet (``rack=r07``): at most ``limit`` of ``pool`` out."""
+
+    label: str
+    pool: frozenset[str]
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -252,26 +265,33 @@ def restore(conn: Connection, record: HostRecord, *, actor: str, note: str) -> N
 
 def reserve(conn: Connection, hosts: Collection[str], *, pool: Collection[str], limit: int,
             scheduler_unavailable: Collection[str], actor: str, reason: str, force: bool = False,
-            owner: str | None = None, run_id: str | None = None) -> list[str]:
+            owner: str | None = None, run_id: str | None = None,
+            scoped: Sequence[ScopedLimit] = ()) -> list[str]:
     """Atomically check max-unavailable and move the requested active hosts to ``cordoned``.
 
     Hosts already unavailable (here or in the scheduler) don't add to the count, and a request of
-    only such hosts (a resumed drain) is never refused. Returns the hosts
-    it moved. Raises :class:`BudgetExceeded` (nothing written) unless ``force``.
+    only such hosts (a resumed drain) is never refused. ``scoped``: further limits, each over a
+    part of the fleet (a rack), checked in the same transaction for the requested hosts in it.
+    Returns the hosts it moved. Raises :class:`BudgetExceeded` (nothing written) unless ``force``.
     """
     pool_set = set(pool) | set(hosts)
+    everyone = pool_set.union(*(s.pool for s in scoped))
     with transaction(conn):
-        records = get_many(conn, sorted(pool_set))
+        records = get_many(conn, sorted(everyone))
         down = {h for h, r in records.items() if r.state is not S.ACTIVE}
-        down |= set(scheduler_unavailable) & pool_set
-        unavailable = sorted(down - set(hosts))
+        down |= set(scheduler_unavailable) & everyone
         requested = sorted(hosts)
-        # Resuming hosts that are already out of service takes nothing more from the budget.
-        adds = any(h not in down for h in requested)
-        over = adds and len(unavailable) + len(requested) > limit
-        if over and not force:
-            raise BudgetExceeded(limit=limit, pool=len(pool_set), unavailable=unavailable,
-                                 requested=requested)
+        over = False
+        limits = [(None, pool_set, limit), *((s.label, set(s.pool), s.limit) for s in scoped)]
+        for label, members, most in limits:
+            mine = [h for h in requested if h in members]
+            unavailable = sorted((down & members) - set(requested))
+            # Resuming hosts that are already out of service takes nothing more from the budget.
+            if any(h not in down for h in mine) and len(unavailable) + len(mine) > most:
+                if not force:
+                    raise BudgetExceeded(limit=most, pool=len(members), unavailable=unavailable,
+                                         requested=mine, scope=label)
+                over = True
         moved = []
         for h in requested:
             if records[h].state is S.ACTIVE:

@@ -27,6 +27,7 @@ from typing import Any
 from fleetctl.errors import StateConflict
 from fleetctl.remediate.flap import Started
 from fleetctl.remediate.hysteresis import Observation
+from fleetctl.state import pg
 from fleetctl.state.db import Connection, Row, transaction
 from fleetctl.state.runs import pid_alive, this_machine
 
@@ -48,7 +49,7 @@ SCHEMA = (
         chips       TEXT NOT NULL,     -- JSON list of chip indexes the problem named
         next_step   INTEGER NOT NULL,  -- index into steps of the step to run next
         step_open   INTEGER NOT NULL,  -- 1: next_step started and was not seen to end
-        state       TEXT NOT NULL,     -- running, done, failed, quarantined, interrupted
+        state       TEXT NOT NULL,     -- running, failing, done, failed, quarantined, interrupted
         started_at  REAL NOT NULL,
         ended_at    REAL,
         reason      TEXT,
@@ -79,7 +80,10 @@ SCHEMA = (
 )
 
 RUNNING, DONE, FAILED, QUARANTINED, INTERRUPTED = "running", "done", "failed", "quarantined", "interrupted"
-OPEN_STATES = (RUNNING, INTERRUPTED)
+# A step failed and its consequence (quarantine, or failed for a drain) is decided and recorded with
+# that failure, not yet carried out: a resume carries it out and never runs the step again.
+FAILING = "failing"
+OPEN_STATES = (RUNNING, INTERRUPTED, FAILING)
 LEASE_NAME = "remediate"
 
 
@@ -135,11 +139,38 @@ def new_id() -> str:
     return f"r-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
 
 
-class SqlStore:
-    """The loop's store (:class:`fleetctl.remediate.loop.Store`) over a state connection."""
+def db_now(conn: Connection) -> float:
+    """The database's clock (epoch seconds): PostgreSQL's, shared by every machine that uses it, so
+    that a lease expiry written by one machine is compared on the same clock by another; SQLite's
+    database is on this machine, whose clock it is."""
+    if isinstance(conn, pg.PgConnection):
+        row = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp()) AS now").fetchone()
+        return float(row["now"])
+    return time.time()
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+
+class LeaseLost(StateConflict):
+    """This loop no longer holds the lease: another loop owns the remediation records now."""
+
+
+class SqlStore:
+    """The loop's store (:class:`fleetctl.remediate.loop.Store`) over a state connection.
+
+    ``holder``: the lease holder id of the loop that writes through it. Every write to a remediation
+    then checks, in its own transaction, that this loop still holds the lease (:class:`LeaseLost`
+    when not, nothing written), so a loop presumed dead never writes over records another owns."""
+
+    def __init__(self, conn: Connection, *, holder: str | None = None) -> None:
+        self.conn, self.holder = conn, holder
+
+    def _fence(self) -> None:
+        if self.holder is None:
+            return
+        row = self.conn.execute("SELECT holder FROM remediation_lease WHERE name = ?",
+                                (LEASE_NAME,)).fetchone()
+        if row is None or row["holder"] != self.holder:
+            raise LeaseLost(f"the remediation lease is no longer this loop's ({self.holder}): "
+                            f"{'held by ' + row['holder'] if row else 'released'}; nothing written")
 
     # --- observations ---------------------------------------------------------------------------
     def record_observations(self, observations: Mapping[str, Observation]) -> None:
@@ -171,6 +202,7 @@ class SqlStore:
         rec = RemediationRecord(new_id(), host, action, kind, tuple(steps), tuple(chips), 0, False, RUNNING,
                                 at, reason=reason, actor=actor)
         with transaction(self.conn):
+            self._fence()
             self.conn.execute(
                 "INSERT INTO remediations (id, host, action, kind, steps, chips, next_step, step_open, "
                 "state, started_at, reason, actor) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
@@ -186,8 +218,8 @@ class SqlStore:
 
     def open(self) -> list[RemediationRecord]:
         """Remediations that have not ended (running when a loop died, or interrupted), oldest first."""
-        rows = self.conn.execute("SELECT * FROM remediations WHERE state IN (?, ?) ORDER BY started_at, id",
-                                 OPEN_STATES).fetchall()
+        rows = self.conn.execute("SELECT * FROM remediations WHERE state IN (?, ?, ?) "
+                                 "ORDER BY started_at, id", OPEN_STATES).fetchall()
         return [_record(r) for r in rows]
 
     def recent(self, limit: int = 50) -> list[RemediationRecord]:
@@ -199,7 +231,7 @@ class SqlStore:
         """Remediations started at or after ``since`` (the flap window), as the planner reads them:
         ``ended_at`` only for one that returned its host to service."""
         rows = self.conn.execute("SELECT host, kind, state, started_at, ended_at FROM remediations "
-                                 "WHERE started_at >= ? OR state IN (?, ?) ORDER BY started_at",
+                                 "WHERE started_at >= ? OR state IN (?, ?, ?) ORDER BY started_at",
                                  (since, *OPEN_STATES)).fetchall()
         return [Started(r["host"], float(r["started_at"]), r["kind"],
                         float(r["ended_at"]) if r["state"] == DONE and r["ended_at"] is not None else None)
@@ -209,16 +241,22 @@ class SqlStore:
         self._step(rec, index, "started", detail, next_step=index, step_open=1)
 
     def step_ended(self, rec: RemediationRecord, index: int, *, ok: bool, detail: str | None = None,
-                   phase: str | None = None) -> None:
+                   phase: str | None = None, outcome: str | None = None) -> None:
+        """A step's end. A failure (``ok`` False) records, in the same transaction, the remediation
+        as ``failing`` with ``outcome`` (why), so a loop killed before it quarantines the host
+        resumes by quarantining it, never by running the failed step again."""
         self._step(rec, index, phase or ("ended" if ok else "failed"), detail,
-                   next_step=index + 1 if ok else index, step_open=0)
+                   next_step=index + 1 if ok else index, step_open=0, state=RUNNING if ok else FAILING,
+                   outcome=None if ok else outcome or f"{rec.steps[index]} failed: {detail}")
 
     def _step(self, rec: RemediationRecord, index: int, phase: str, detail: str | None, *, next_step: int,
-              step_open: int) -> None:
+              step_open: int, state: str = RUNNING, outcome: str | None = None) -> None:
         now = time.time()
         with transaction(self.conn):
-            self.conn.execute("UPDATE remediations SET next_step = ?, step_open = ?, state = ? WHERE id = ?",
-                              (next_step, step_open, RUNNING, rec.id))
+            self._fence()
+            self.conn.execute("UPDATE remediations SET next_step = ?, step_open = ?, state = ?, "
+                              "outcome = COALESCE(?, outcome) WHERE id = ?",
+                              (next_step, step_open, state, outcome, rec.id))
             self.conn.execute(
                 "INSERT INTO remediation_steps (remediation, host, step_index, step, phase, at, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -227,6 +265,7 @@ class SqlStore:
     def finish(self, rec: RemediationRecord, state: str, outcome: str, *, at: float | None = None) -> None:
         ended = None if state == INTERRUPTED else (time.time() if at is None else at)
         with transaction(self.conn):
+            self._fence()
             self.conn.execute("UPDATE remediations SET state = ?, ended_at = ?, outcome = ? WHERE id = ?",
                               (state, ended, outcome, rec.id))
 
@@ -284,9 +323,10 @@ def current_lease(conn: Connection) -> Lease | None:
 def acquire_lease(conn: Connection, holder: LeaseHolder, *, ttl_s: float,
                   now: float | None = None) -> Lease | None:
     """Take the lease (or renew it when ``holder`` has it); :class:`LeaseHeld` naming the live holder.
-    Returns the lease taken over from a holder that is gone, if any."""
-    now = time.time() if now is None else now
+    Returns the lease taken over from a holder that is gone, if any. The expiry is written and
+    compared on the database's clock (:func:`db_now`; ``now`` only for tests)."""
     with transaction(conn):
+        now = db_now(conn) if now is None else now
         found = current_lease(conn)
         if found is not None and found.holder.id != holder.id and found.live(now):
             raise LeaseHeld(f"another remediation loop holds the state database: {found.describe()} "
@@ -303,8 +343,16 @@ def acquire_lease(conn: Connection, holder: LeaseHolder, *, ttl_s: float,
 
 
 def renew_lease(conn: Connection, holder: LeaseHolder, *, ttl_s: float, now: float | None = None) -> None:
-    """Push the expiry; :class:`LeaseHeld` when another loop took the lease meanwhile."""
-    acquire_lease(conn, holder, ttl_s=ttl_s, now=now)
+    """Push the expiry; :class:`LeaseHeld` when another loop took the lease meanwhile (even one that
+    has since gone: what this loop did in between is unknown to it)."""
+    with transaction(conn):
+        found = current_lease(conn)
+        if found is None or found.holder.id != holder.id:
+            raise LeaseHeld("the lease was taken over by "
+                            f"{found.describe() if found else 'another loop, then released'}")
+        now = db_now(conn) if now is None else now
+        conn.execute("UPDATE remediation_lease SET expires_at = ? WHERE name = ? AND holder = ?",
+                     (now + ttl_s, LEASE_NAME, holder.id))
 
 
 def release_lease(conn: Connection, holder: LeaseHolder) -> None:

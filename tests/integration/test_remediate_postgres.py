@@ -53,3 +53,45 @@ def test_the_lease_is_refused_across_connections_on_postgresql(pg_url: str) -> N
     assert rstate.acquire_lease(b_conn, b, ttl_s=60) is None
     lease = rstate.current_lease(a_conn)
     assert lease is not None and lease.holder == b
+
+
+def test_the_lease_expiry_is_on_the_database_clock_so_a_skewed_machine_cannot_take_it(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import time
+
+    a_conn = db.connect(pg_url, schema=rstate.SCHEMA)
+    b_conn = db.connect(pg_url, schema=rstate.SCHEMA)
+    a = rstate.LeaseHolder("a", "sre1", "bastion1", 4242)
+    b = rstate.LeaseHolder("b", "sre2", "bastion2", 777)
+    rstate.acquire_lease(a_conn, a, ttl_s=20)
+    lease = rstate.current_lease(a_conn)
+    assert lease is not None and abs(lease.expires_at - (rstate.db_now(a_conn) + 20)) < 5
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 45)  # the taker's clock runs 45 s ahead
+    with pytest.raises(rstate.LeaseHeld, match="sre1@bastion1 pid 4242"):
+        rstate.acquire_lease(b_conn, b, ttl_s=20)
+
+
+def test_the_lease_keeper_reconnects_after_the_database_drops_its_connection(
+        pg_url: str, pg_server) -> None:  # noqa: F811
+    import time
+
+    import psycopg
+
+    from fleetctl.remediate.lease_keeper import LeaseKeeper
+
+    conn = db.connect(pg_url, schema=rstate.SCHEMA)
+    keeper = LeaseKeeper(pg_url, rstate.LeaseHolder("a", "sre1", "elsewhere-a", 1), ttl_s=3.0)
+    keeper.take(conn)
+    try:
+        time.sleep(1.5)  # the renewer has its own connection now
+        with psycopg.connect(pg_url, autocommit=True) as admin:  # a restart, an idle timeout, a failover
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+        time.sleep(5.0)
+        other = db.connect(pg_url, schema=rstate.SCHEMA)
+        with pytest.raises(rstate.LeaseHeld):
+            rstate.acquire_lease(other, rstate.LeaseHolder("b", "sre2", "elsewhere-b", 2), ttl_s=60)
+        assert keeper.lost is None
+    finally:
+        keeper.release(db.connect(pg_url, schema=rstate.SCHEMA))

@@ -27,7 +27,8 @@ def test_the_inventory_carries_the_burn_in_vars_only_with_a_scenario() -> None:
     doc = inventory_doc(rts, token="t0k", scenario="/s/fleet.yaml")
     assert doc["all"]["vars"]["fleet_agent_token"] == "t0k"
     assert doc["all"]["vars"]["burn_in_connection"] == "local"
-    assert "ansible_connection" not in doc["all"]["vars"]  # provision on this inventory stays off this machine
+    # only the burn-in play runs here: provision on this inventory stays off this machine
+    assert "ansible_connection" not in doc["all"]["vars"]
     assert doc["all"]["vars"]["burn_in_dcgmi"] == [
         sys.executable, "-m", "fleet_agent.sim.dcgmi", "--scenario", "/s/fleet.yaml", "--hosts", "2",
         "--host", "{{ inventory_hostname }}"]

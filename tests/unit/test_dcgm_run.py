@@ -120,3 +120,14 @@ def test_run_passes_level_and_command_and_reads_the_events(tmp_path: Path) -> No
 def test_bad_requests_are_usage_errors(tmp_path: Path, level: int, dcgmi: list[str] | None) -> None:
     with pytest.raises(UsageError):
         run_dcgm_diagnostics(["inv.yml"], workdir=tmp_path, level=level, dcgmi=dcgmi, runner=FakeRunner())
+
+
+def test_a_pass_that_names_no_gpu_is_unknown_when_gpus_are_expected() -> None:
+    doc = json.loads(PASS8)
+    for category in doc["DCGM GPU Diagnostic"]["test_categories"]:
+        for test in category.get("tests") or ():
+            for result in (test or {}).get("results") or ():
+                result.pop("gpu_ids", None)
+    result = host_result("gpu-1", ran(json.dumps(doc), expected_gpus=8), 1)
+    assert result.status is Status.UNKNOWN
+    assert result.reason.startswith("DCGM's results name none of the 8 expected GPUs")

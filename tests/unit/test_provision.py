@@ -115,7 +115,8 @@ def test_unreachable_host_exits_1(env: Path) -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"playbook": "nope"}, "unknown playbook 'nope': not a file, not in playbooks/ (available: burn_in, site"),
+        ({"playbook": "nope"},
+         "unknown playbook 'nope': not a file, not in playbooks/ (available: burn_in, site"),
         ({"extra_vars": ["novalue"]}, "--extra-vars #1, word 1: not key=value"),
         ({"extra_vars": ["a=1", "b=2 1x=2"]}, "--extra-vars #2, word 2: not key=value"),
         ({"extra_vars": ["{not json"]}, "--extra-vars #1 (a JSON object): malformed JSON: "),

@@ -47,8 +47,13 @@ class FakeSteps:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     out: dict[str, str] = field(default_factory=dict)
 
+    busy: str | None = None  # claim's answer: another loop's live host lock
+
     def out_of_service(self, hosts: Sequence[str]) -> Mapping[str, str]:
         return {h: s for h, s in self.out.items() if h in hosts}
+
+    def claim(self, rec: RemediationRecord) -> str | None:
+        return self.busy
 
     def run(self, step: str, rec: RemediationRecord) -> str | None:
         if step == self.kill_at:
@@ -328,3 +333,166 @@ def test_a_plan_only_look_while_a_loop_runs_never_hastens_its_hysteresis(store: 
     assert [o.at for o in store.observations(0.0)["h2"]] == [1000.0]
     e.round(fleet(["h2"]), 1030.0, apply=True)
     assert steps.calls == []  # still two real observations: waiting
+
+
+# --- regressions of the issue 19 review -----------------------------------------------------------
+
+
+class KillIn(FakeSteps):
+    """'Killed' as a failed step's consequence is carried out (quarantine), or as the end is recorded."""
+
+    kill_quarantine: bool = True
+
+    def quarantine(self, rec: RemediationRecord, why: str) -> None:
+        if self.kill_quarantine:
+            raise Killed("quarantine")
+        super().quarantine(rec, why)
+
+
+def _to_failure(store: SqlStore, failing_step: str) -> RemediationRecord:
+    steps = KillIn(fail={failing_step: f"{failing_step}: GPU 1 memory test FAIL"})
+    e = engine(store, steps)
+    with pytest.raises(Killed):
+        for t in (0.0, 30.0, 60.0):
+            e.round(fleet(["h2"]), 1000.0 + t, apply=True)
+    [rec] = store.open()
+    return rec
+
+
+@pytest.mark.parametrize("failing_step", ["burn_in", "reset_gpu"])
+def test_a_failed_step_killed_before_quarantine_is_quarantined_on_resume_never_run_again(
+        store: SqlStore, failing_step: str) -> None:
+    rec = _to_failure(store, failing_step)
+    assert rec.state == "failing" and rec.outcome and failing_step in rec.outcome
+    steps = FakeSteps(out={"h2": "drained"})  # the step would pass now: it must not run
+    result = engine(store, steps).round(fleet(["h2"]), 1090.0, apply=True)
+    assert steps.calls == [] and [h for h, _ in steps.quarantined] == ["h2"]
+    [done] = result.finished
+    assert done.state == "quarantined" and done.resumed and f"{failing_step} failed" in done.message
+    assert store.get(rec.id).state == "quarantined" and store.open() == []
+
+
+def test_a_quarantine_done_but_not_recorded_is_done_again_once_and_recorded(store: SqlStore) -> None:
+    rec = _to_failure(store, "burn_in")
+    steps = KillIn(out={"h2": "drained"})
+    steps.kill_quarantine = False
+
+    class KillAtFinish(SqlStore):
+        def finish(self, rec: RemediationRecord, state: str, outcome: str, *,
+                   at: float | None = None) -> None:
+            raise Killed("finish")
+
+    with pytest.raises(Killed):  # the host is quarantined, the record not yet ended
+        engine(KillAtFinish(store.conn), steps).round(fleet(["h2"]), 1090.0, apply=True)
+    assert store.get(rec.id).state == "failing"
+    again = FakeSteps(out={"h2": "quarantined"})
+    result = engine(store, again).round(fleet(["h2"]), 1120.0, apply=True)
+    assert again.calls == [] and [f.state for f in result.finished] == ["quarantined"]
+
+
+def test_every_step_done_but_the_end_not_recorded_finishes_without_running_a_step(store: SqlStore) -> None:
+    class KillAtFinish(SqlStore):
+        def finish(self, rec: RemediationRecord, state: str, outcome: str, *,
+                   at: float | None = None) -> None:
+            raise Killed("finish")
+
+    steps = FakeSteps()
+    with pytest.raises(Killed):
+        for t in (0.0, 30.0, 60.0):
+            engine(KillAtFinish(store.conn), steps).round(fleet(["h2"]), 1000.0 + t, apply=True)
+    [rec] = store.open()
+    assert rec.next_step == 4 and not rec.step_open
+    again = FakeSteps()
+    result = engine(store, again).round(fleet(["h2"]), 1090.0, apply=True)
+    assert again.calls == [] and [f.state for f in result.finished] == ["done"]
+
+
+def test_a_loop_that_lost_the_lease_writes_nothing_more_to_the_record(tmp_path: Path) -> None:
+    conn = db.connect(tmp_path / "s.db", schema=rstate.SCHEMA)
+    a = rstate.LeaseHolder("a", "sre1", "elsewhere-a", 1)
+    rstate.acquire_lease(conn, a, ttl_s=60, now=1000.0)
+    steps = FakeSteps(kill_at="reset_gpu")
+    with pytest.raises(Killed):
+        for t in (0.0, 30.0, 60.0):
+            engine(SqlStore(conn, holder="a"), steps).round(fleet(["h2"]), 1000.0 + t, apply=True)
+    [rec] = store_open = SqlStore(conn).open()
+    assert store_open[0].steps[rec.next_step] == "reset_gpu"
+    # a second loop takes the expired lease; the first (alive after all) goes on with its record
+    rstate.acquire_lease(conn, rstate.LeaseHolder("b", "sre2", "elsewhere-b", 2), ttl_s=60, now=2000.0)
+    before = [(s.step, s.phase) for s in SqlStore(conn).steps(rec.id)]
+    result = engine(SqlStore(conn, holder="a"), FakeSteps(out={"h2": "drained"})).round(
+        fleet(["h2"]), 1090.0, apply=True)
+    assert [f.state for f in result.finished] == ["interrupted"] and "lease" in result.finished[0].message
+    assert [(s.step, s.phase) for s in SqlStore(conn).steps(rec.id)] == before
+    assert SqlStore(conn).get(rec.id).state == "running"  # not finish(INTERRUPTED) over b's record
+
+
+def test_a_remediation_whose_host_lock_another_loop_holds_waits_and_writes_nothing(store: SqlStore) -> None:
+    steps = FakeSteps(kill_at="reset_gpu")
+    with pytest.raises(Killed):
+        for t in (0.0, 30.0, 60.0):
+            engine(store, steps).round(fleet(["h2"]), 1000.0 + t, apply=True)
+    [rec] = store.open()
+    busy = FakeSteps(out={"h2": "drained"}, busy="refused: h2 held by remediate:r-1:a")
+    result = engine(store, busy).round(fleet(["h2"]), 1090.0, apply=True)
+    assert busy.calls == [] and [f.state for f in result.finished] == ["waiting"]
+    assert not result.interrupted and store.get(rec.id).step_open  # left as the other loop has it
+
+
+def test_each_new_start_is_planned_on_a_fresh_observation(store: SqlStore) -> None:
+    """Two hosts planned; while the first is remediated a third of the fleet goes bad (a fleet-wide
+    event): the second is not started on the stale plan."""
+    steps = FakeSteps()
+    now_rows: list[list[HostRow]] = [fleet(["h2", "h3"])]
+    e = engine(store, steps, rows_now=lambda: now_rows[-1])
+    for t in (0.0, 30.0):
+        e.round(fleet(["h2", "h3"]), 1000.0 + t, apply=True)
+    real_run = steps.run
+
+    def run(step: str, rec: RemediationRecord) -> str | None:
+        if step == "undrain":  # the event begins while h2 is worked on
+            now_rows.append(fleet(["h3", "h4", "h5", "h6"]))
+        return real_run(step, rec)
+
+    steps.run = run  # type: ignore[method-assign]
+    result = e.round(fleet(["h2", "h3"]), 1060.0, apply=True)
+    assert [f.host for f in result.finished] == ["h2"]
+    assert ("drain", "h3") not in steps.calls
+    assert result.plan.fleet_stopped and [a.host for a in result.plan.actions] == ["h2"]
+
+
+def test_an_open_remediation_under_a_fleet_wide_stop_is_held_with_its_host_drained(store: SqlStore) -> None:
+    steps = FakeSteps(kill_at="reset_gpu")
+    with pytest.raises(Killed):
+        for t in (0.0, 30.0, 60.0):
+            engine(store, steps).round(fleet(["h2"]), 1000.0 + t, apply=True)
+    [rec] = store.open()
+    held = FakeSteps(out={"h2": "drained"})
+    result = engine(store, held).round(fleet(["h1", "h2", "h3", "h4"]), 1090.0, apply=True)
+    assert result.plan.fleet_stopped and held.calls == []
+    [f] = result.finished
+    assert f.state == "held" and "automatic action stopped" in f.message and not result.interrupted
+    assert store.get(rec.id).state == "interrupted"
+    # the stop is gone: the next round resumes it where it was
+    later = FakeSteps(out={"h2": "drained"})
+    result = engine(store, later).round(fleet(["h2"]), 1120.0, apply=True)
+    assert later.calls == [("reset_gpu", "h2"), ("burn_in", "h2"), ("undrain", "h2")]
+
+
+def test_a_stop_that_begins_between_steps_holds_the_remediation_after_its_step(store: SqlStore) -> None:
+    steps = FakeSteps()
+    now_rows: list[list[HostRow]] = [fleet(["h2"])]
+    e = engine(store, steps, rows_now=lambda: now_rows[-1])
+    for t in (0.0, 30.0):
+        e.round(fleet(["h2"]), 1000.0 + t, apply=True)
+    real_run = steps.run
+
+    def run(step: str, rec: RemediationRecord) -> str | None:
+        if step == "reset_gpu":
+            now_rows.append(fleet(["h2", "h3", "h4"]))
+        return real_run(step, rec)
+
+    steps.run = run  # type: ignore[method-assign]
+    result = e.round(fleet(["h2"]), 1060.0, apply=True)
+    assert [s for s, _ in steps.calls] == ["drain", "reset_gpu"]
+    assert [f.state for f in result.finished] == ["held"]

@@ -37,7 +37,10 @@ def test_default_policy_maps_the_agents_actions():
     # Unreachable is its own entry, reported, with a longer hysteresis than the policy's.
     unreachable = p.remediation("unreachable")
     assert unreachable.kind is Kind.REPORT and unreachable.hysteresis == Hysteresis(5, 300.0)
-    assert p.hysteresis == Hysteresis(3, 120.0)
+    assert p.hysteresis == Hysteresis(3, 48.0)
+    # `--watch 30`: the count's rounds (two intervals apart, a round 12 s late or early) meet the span,
+    # so detection-to-drain is within interval x count + 1 s, not more rounds.
+    assert (p.hysteresis.count - 1) * 30.0 - 12.0 >= p.hysteresis.span_s
     assert p.act_on == {"unhealthy", "unreachable"}
     assert [(r.scope, r.max) for r in p.max_unavailable] == [("all", Size(5, True)), ("rack", Size(1))]
     assert p.scope_keys() == ["rack"]
