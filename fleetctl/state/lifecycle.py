@@ -196,8 +196,10 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
         yield items[i:i + size]
 
 
-def _provisioned(conn: Connection, hosts: Sequence[str]) -> dict[str, tuple[str, str | None]]:
-    """Hosts with a provision run here that succeeded on them: host -> (run id, ended at)."""
+def _provisioned(conn: Connection, hosts: Sequence[str], *,
+                 exclude_run: str | None = None) -> dict[str, tuple[str, str | None]]:
+    """Hosts with a provision run here that succeeded on them: host -> (run id, ended at) of the last
+    such run (``exclude_run`` left out)."""
     found: dict[str, tuple[str, str | None]] = {}
     for chunk in _chunks(hosts):
         marks = ",".join("?" * len(chunk))
@@ -206,6 +208,8 @@ def _provisioned(conn: Connection, hosts: Sequence[str]) -> dict[str, tuple[str,
             f"JOIN provision_runs r ON r.id = h.run_id WHERE h.host IN ({marks}) "
             "AND r.status IN ('successful', 'failed') ORDER BY r.started_at", list(chunk)).fetchall()
         for row in rows:
+            if row["id"] == exclude_run:
+                continue
             if _host_result(row["result"]) in ("ok", "changed") and _whole_run(row["options"]):
                 found[row["host"]] = (row["id"], row["ended_at"])
     return found
@@ -327,11 +331,26 @@ def on_provision_result(conn: Connection, run_id: str, results: Mapping[str, str
     makes a working host ``suspect``; pending moves nothing. Check-mode runs are not reported here."""
     for host, result in results.items():
         if result in ("ok", "changed") and not partial:
-            advance(conn, host, L.IN_SERVICE, frm={L.NEW}, actor=actor,
-                    reason=f"provisioned by run {run_id} ({playbook})", source="provision")
+            _provisioned_in_service(conn, host, run_id, actor=actor, playbook=playbook)
         elif result in ("failed", "unreachable"):
             advance(conn, host, L.SUSPECT, frm={L.IN_SERVICE, L.BURN_IN}, actor=actor,
                     reason=f"provision run {run_id} ({playbook}): {result}", source="provision")
+
+
+def _provisioned_in_service(conn: Connection, host: str, run_id: str, *, actor: str, playbook: str) -> None:
+    """new -> in_service, audited. The run is recorded before this hook runs, so a host with no row
+    already *reads* in_service (implied by this very run): it was new unless an earlier run succeeded
+    on it, and that move is written down rather than left implied."""
+    reason = f"provisioned by run {run_id} ({playbook})"
+    with transaction(conn):
+        current = get(conn, host)
+        if current.implied:
+            if _provisioned(conn, [host], exclude_run=run_id):
+                return  # in service since an earlier run: nothing moved now
+            current = LifeRecord(host, L.NEW, None, None, None, None, implied=True)
+        if current.state is not L.NEW:
+            return
+        _write(conn, current, L.IN_SERVICE, actor=who(actor), reason=reason, source="provision", forced=False)
 
 
 def on_maintain_result(conn: Connection, host: str, *, ok: bool, actor: str, run_id: str,

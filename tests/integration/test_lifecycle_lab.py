@@ -64,9 +64,8 @@ def test_provision_runs_move_hosts_through_their_lives(lab: dict[str, Any]) -> N
 
     result = provision(lab)
     assert result["status"] == "successful"
-    # in service from then on: implied by the recorded run (lifecycle.get), not yet written down
-    now = {name: state for name, (state, _) in states(lab).items()}
-    assert now == dict.fromkeys(lab["hosts"], "in_service")
+    # in service from then on, the move new -> in_service written down (audited), not only implied
+    assert states(lab) == dict.fromkeys(lab["hosts"], ("in_service", False))
 
     # lab-node1's run fails, lab-node3 cannot be reached: both in service → suspect
     ssh3 = lab["hosts"]["lab-node3"].container
@@ -78,7 +77,7 @@ def test_provision_runs_move_hosts_through_their_lives(lab: dict[str, Any]) -> N
         subprocess.run(["docker", "exec", ssh3, "systemctl", "start", "ssh.service"], check=True)
     by = {h["host"]: h["state"] for h in result["hosts"]}
     assert by == {"lab-node1": "failed", "lab-node2": "ok", "lab-node3": "unreachable"}, result
-    assert states(lab) == {"lab-node1": ("suspect", False), "lab-node2": ("in_service", True),
+    assert states(lab) == {"lab-node1": ("suspect", False), "lab-node2": ("in_service", False),
                            "lab-node3": ("suspect", False)}
 
     # who, why and the run, in the host's page

@@ -247,3 +247,27 @@ def test_runs_for_lists_the_runs_that_touched_a_host(tmp_path: Path) -> None:
     got = [(r.run_id, r.status, r.result) for r in lifecycle.runs_for(c, "h3")]
     assert got == [("r1", "failed", "failed")]
     assert lifecycle.runs_for(c, "h2") == []
+
+
+def test_the_first_whole_run_that_provisions_a_new_host_writes_the_move_down(
+        conn: sqlite3.Connection) -> None:
+    """The run is recorded before the hook: the host already reads in_service (implied by this run);
+    the move new -> in_service is audited all the same, once, and a later run adds nothing."""
+    from fleetctl.state import runs
+    from fleetctl.state.runs import HostResult
+
+    def record(run_id: str, started: str) -> None:
+        hosts = [HostResult("h1", ok=5)]
+        runs.start(conn, runs.RunRecord(id=run_id, user="ann", machine="m", pid=1, started_at=started,
+                                        heartbeat_at=started, inventory="inv", pattern="all",
+                                        playbook="site.yml", options={}, hosts=hosts))
+        runs.finish(conn, run_id, "successful", hosts)
+        lifecycle.on_provision_result(conn, run_id, {"h1": "ok"}, actor="ann", playbook="site.yml")
+
+    record("r1", "2026-01-01T00:00:00+00:00")
+    rec = lifecycle.get(conn, "h1")
+    assert (rec.state, rec.implied, rec.source) == (L.IN_SERVICE, False, "provision")
+    assert [(e.from_state, e.to_state, e.reason) for e in lifecycle.history(conn, "h1")] == [
+        ("new", "in_service", "provisioned by run r1 (site.yml)")]
+    record("r2", "2026-01-02T00:00:00+00:00")
+    assert len(lifecycle.history(conn, "h1")) == 1
