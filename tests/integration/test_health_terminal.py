@@ -19,8 +19,9 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -88,11 +89,11 @@ _MASKS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str], ...]
 )
 
 
-def mask(text: str) -> str:
+def mask(text: str, masks: Sequence[tuple[re.Pattern[str], Any]] = _MASKS) -> str:
     """The capture with its run-to-run figures masked (see the module doc)."""
     lines = []
     for line in text.splitlines():
-        for pattern, repl in _MASKS:
+        for pattern, repl in masks:
             line = pattern.sub(repl, line)
         lines.append(line.rstrip())
     while lines and not lines[-1]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from test_health_simfleet import FLEETCTL, start_sim_fleet, stop
 from test_health_terminal import in_tmux
+from test_health_terminal import mask as terminal_mask
 
 from fleetctl.runner import HostResult
 from fleetctl.state import burnin, db, lifecycle, runs
@@ -61,14 +62,7 @@ _MASKS = (
 
 def mask(text: str) -> str:
     """The capture with what the test does not choose masked (see the module doc), same widths."""
-    lines = []
-    for line in text.splitlines():
-        for pattern, repl in _MASKS:
-            line = pattern.sub(repl, line)
-        lines.append(line.rstrip())
-    while lines and not lines[-1]:
-        lines.pop()
-    return "\n".join(lines) + "\n"
+    return terminal_mask(text, _MASKS)
 
 
 def test_the_masks_keep_the_layout() -> None:
