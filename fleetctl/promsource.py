@@ -8,12 +8,18 @@ not clean (and every host of a small selection) are read chip by chip. Prometheu
 series a query selects, so this keeps the per-chip selections the size of the faults. Without the rules,
 the per-chip queries cover the whole fleet, as before. Either way the metrics are turned back into node
 reports where chips matter, so the controller's own checks run exactly as for direct fan-out.
+
+A summary is as old as the rules' last evaluation: how much older than "now" it may be comes from the
+rule group's interval and last evaluation (``/api/v1/rules``), and the freshness of each host's sample
+is judged against the time the evaluation saw the fleet at (the rules record it), so a 60 s evaluation
+interval or VictoriaMetrics's query latency offset does not send every host to the per-chip queries.
 """
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
+import datetime
 import http.client
 import math
 import os
@@ -25,7 +31,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 from fleet_agent.schema import (
@@ -67,10 +73,19 @@ QUERIES: tuple[str, ...] = ("up", *(name + tail for name, tail in _DETAIL))
 
 # The recording rules' series (deploy/prometheus/rules/fleetctl-report.rules.yml).
 RULES_INFO = "fleetctl:report_rules:info"
+# When the rules were last evaluated (the info sample's own timestamp), for servers without a rules API.
+RULES_EVALUATED = f"timestamp({RULES_INFO})"
+RULES_GROUP = "fleetctl-report"
+# From this version on the info's value is the evaluation's time(): the instant it saw the fleet at.
+RULES_VERSION_DATA_TIME = 2
+# The group interval assumed when no rules API tells it (a common evaluation interval).
+ASSUMED_INTERVAL_S = 30.0
+# Evaluation time and clock jitter allowed on top of two intervals before the rules count as stopped.
+EVALUATION_SLACK_S = 5.0
 SUMMARY = "fleetctl:host_summary"
 MODELS = "fleetctl:host_chip_models"
 AGENT_JOBS = "fleetctl:agent_jobs"
-RULE_QUERIES: tuple[str, ...] = (RULES_INFO, "up", SUMMARY, MODELS, AGENT_JOBS)
+RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", SUMMARY, MODELS, AGENT_JOBS)
 NO_RULES = ("Prometheus has no fleetctl-report recording rules (deploy/prometheus/rules/"
             "fleetctl-report.rules.yml): reading every chip's series instead (slow past ~10,000 hosts)")
 # A selection this small is read chip by chip even when every summary is clean.
@@ -134,6 +149,71 @@ class PromQuery(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RuleGroup:
+    """A rule group as ``/api/v1/rules`` describes it: its interval, when it last ran (epoch s) and
+    how long that took."""
+
+    interval_s: float | None
+    last_evaluation: float | None
+    evaluation_s: float = 0.0
+
+
+@runtime_checkable
+class PromRules(Protocol):
+    """Optional: a client that can also read the rules API."""
+
+    def rule_group(self, name: str) -> RuleGroup | None:
+        """The group called ``name``, or None when the server does not say (no rules API, no such group)."""
+        ...
+
+
+class _ApiGroup(msgspec.Struct):
+    name: str
+    interval: float | None = None
+    lastEvaluation: datetime.datetime | None = None
+    evaluationTime: float | None = None
+
+
+class _ApiRules(msgspec.Struct):
+    groups: list[_ApiGroup] = []
+
+
+class _RulesAnswer(msgspec.Struct):
+    status: str
+    data: _ApiRules | None = None
+
+
+_RULES_DECODER = msgspec.json.Decoder(_RulesAnswer)
+# A rules API answer lists every rule of the server (not per series): small, but bounded anyway.
+MAX_RULES_BYTES = 32 * 1024 * 1024
+
+
+def rule_group_from(raw: bytes, name: str) -> RuleGroup | None:
+    """The group ``name`` from a ``/api/v1/rules`` answer (Prometheus, Thanos, vmalert); when several
+    servers report it (replicated rulers), the one evaluated last. None if absent or unreadable."""
+    try:
+        answer = _RULES_DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if answer.status != "success" or answer.data is None:
+        return None
+    best: RuleGroup | None = None
+    for g in answer.data.groups:
+        if g.name != name:
+            continue
+        last = None
+        if g.lastEvaluation is not None:
+            when = g.lastEvaluation
+            last = (when if when.tzinfo else when.replace(tzinfo=datetime.UTC)).timestamp()
+            last = last if last > 0 else None  # Prometheus says 0001-01-01 before the first evaluation
+        interval = g.interval if g.interval is not None and g.interval > 0 else None
+        took = g.evaluationTime if g.evaluationTime is not None and g.evaluationTime > 0 else 0.0
+        if best is None or (last or 0.0) > (best.last_evaluation or 0.0):
+            best = RuleGroup(interval, last, took)
+    return best
+
+
 # An instant query's answer for 10,000 hosts x 8 chips is tens of MB; past this, something is wrong.
 MAX_ANSWER_BYTES = 512 * 1024 * 1024
 
@@ -166,7 +246,10 @@ class HttpPrometheus:
 
     def query(self, promql: str) -> list[Sample]:
         shown = _shown(promql)
-        body = urllib.parse.urlencode({"query": promql, "timeout": f"{self.timeout_s:g}s"}).encode()
+        # nocache=1: VictoriaMetrics otherwise answers an instant query "now" as of its latency offset
+        # (30 s by default), every sample that much older; Prometheus and Thanos ignore the parameter.
+        body = urllib.parse.urlencode({"query": promql, "timeout": f"{self.timeout_s:g}s",
+                                       "nocache": "1"}).encode()
         request = urllib.request.Request(f"{self.url}/api/v1/query", data=body, headers=self._headers)  # noqa: S310
         slow = (f"{self.url}: query {shown} took longer than the {self.timeout_s:g}s query timeout "
                 f"(--query-timeout)")
@@ -197,6 +280,19 @@ class HttpPrometheus:
         if len(raw) > MAX_ANSWER_BYTES:
             raise PrometheusError(f"{self.url}: query {shown}: answer over {MAX_ANSWER_BYTES} bytes")
         return parse_vector(raw, f"{self.url}: query {shown}")
+
+
+    def rule_group(self, name: str) -> RuleGroup | None:
+        """``GET {url}/api/v1/rules?type=record``: the group's interval and last evaluation. Optional
+        information: any failure (no rules API, as on VictoriaMetrics without vmalert) is None."""
+        headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        request = urllib.request.Request(f"{self.url}/api/v1/rules?type=record", headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:  # noqa: S310
+                raw = resp.read(MAX_RULES_BYTES + 1)
+        except (OSError, http.client.HTTPException, ValueError):
+            return None
+        return None if len(raw) > MAX_RULES_BYTES else rule_group_from(raw, name)
 
 
 def _shown(promql: str) -> str:
@@ -483,17 +579,72 @@ def _summaries(answers: dict[str, list[Sample]], wanted: set[str]) -> dict[str, 
     return out
 
 
-def _clean(h: Host, s: _Summary | None, now: float) -> bool:
-    """A summary that leaves nothing to look at: any doubt sends the host to the per-chip detail."""
+@dataclass(frozen=True)
+class RulesClock:
+    """How far the summaries can be trusted in time.
+
+    ``seen_at``: the instant the last evaluation saw the fleet at; a host's sample must have been
+    fresh then (younger than STALE_MIN_S). ``current``: whether that evaluation is recent enough for
+    its group interval; if not, ``why`` says so and every selected host is read chip by chip.
+    """
+
+    seen_at: float
+    current: bool = True
+    why: str = ""
+
+
+def rules_clock(answers: dict[str, list[Sample]], group: RuleGroup | None, now: float) -> RulesClock:
+    """The rules' clock from the info series, its timestamp and the rules API's group (if any).
+
+    The evaluation's own ``time()`` (rules version 2) is when its data stood: VictoriaMetrics answers
+    vmalert as of its latency offset, so that is earlier than the evaluation itself. Without an
+    evaluation time at all, today's rule holds: samples fresh against now.
+    """
+    stamps = [v for _labels, v in answers.get(RULES_EVALUATED, []) if math.isfinite(v) and v > 0]
+    evaluated = group.last_evaluation if group is not None and group.last_evaluation else None
+    evaluated = evaluated or (max(stamps) if stamps else None)
+    if evaluated is None:
+        return RulesClock(seen_at=now)
+    interval = group.interval_s if group is not None and group.interval_s else None
+    # An evaluation is stamped with its start and counts once it ends, and the one running now can
+    # take much longer than the last (a loaded server: 46 s, then over 110 s, at 30,000 hosts on two
+    # cores): two intervals and three times the last evaluation's time before the rules count as
+    # stopped. Stopped rules are what this catches, not slow ones.
+    took = group.evaluation_s if group is not None else 0.0
+    allowed = 2 * (interval or ASSUMED_INTERVAL_S) + 3 * took + EVALUATION_SLACK_S
+    age = now - evaluated
+    if age > allowed:
+        every = f"every {interval:g}s" if interval else f"no interval known, {ASSUMED_INTERVAL_S:g}s assumed"
+        return RulesClock(seen_at=now, current=False,
+                          why=f"the fleetctl-report rules were last evaluated {age:.0f}s ago ({every}): "
+                              "reading every selected host chip by chip")
+    seen = [v for labels, v in answers.get(RULES_INFO, [])
+            if _version(labels.version) >= RULES_VERSION_DATA_TIME and math.isfinite(v)
+            and evaluated - 3600 < v <= evaluated + EVALUATION_SLACK_S]
+    return RulesClock(seen_at=max(seen) if seen else evaluated)
+
+
+def _version(raw: str | None) -> int:
+    try:
+        return int(raw or "0")
+    except ValueError:
+        return 0
+
+
+def _clean(h: Host, s: _Summary | None, now: float, seen_at: float | None = None) -> bool:
+    """A summary that leaves nothing to look at: any doubt sends the host to the per-chip detail.
+    The sample must have been fresh when the rules saw it (``seen_at``, default now) and not be
+    stamped in the future."""
     if s is None:
         return False
     v = s.values
     present, ts = v.get("chips_present"), v.get("sample_timestamp_seconds")
     expected = h.expected_chips if h.expected_chips is not None else v.get("chips_expected")
+    seen_at = now if seen_at is None else seen_at
     return (v.get("node_healthy") == 1.0 and present is not None and ts is not None
             and v.get("chips_healthy", 0.0) == present
             and (expected is None or present >= expected)
-            and not v.get("drained") and 0.0 <= now - ts < STALE_MIN_S)
+            and not v.get("drained") and 0.0 <= now - ts and seen_at - ts < STALE_MIN_S)
 
 
 def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: str = "", pattern: str = "all",
@@ -509,9 +660,21 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
     started = time.monotonic()
     wanted = {h.name for h in hosts}
     rules = False
+    group: RuleGroup | None = None
     if use_rules:
+        # The rules API beside the queries, in its own thread: optional, so it never fails the command.
+        from fleet_agent.sampler import DaemonThreadPool
+
+        side = DaemonThreadPool(1, "prometheus-rules")
+        asked = side.submit(client.rule_group, RULES_GROUP) if isinstance(client, PromRules) else None
         answers = _query_all(client, RULE_QUERIES, deadline_s)
         rules = bool(answers[RULES_INFO])
+        if asked is not None:
+            try:
+                group = asked.result(timeout=max(0.0, deadline_s - (time.monotonic() - started)))
+            except concurrent.futures.TimeoutError:  # optional (rule_group catches its own errors)
+                group = None
+        side.shutdown(wait=False)
         if not rules:
             (notice or _stderr)(NO_RULES)
     if not rules:
@@ -523,8 +686,12 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
         summaries = _summaries(answers, wanted)
         if detail_all is None:
             detail_all = len(hosts) <= _detail_max()
+        clock = rules_clock(answers, group, now_s)
+        if not detail_all and not clock.current:
+            (notice or _stderr)(clock.why)
+            detail_all = True
         detail = wanted if detail_all else {h.name for h in hosts
-                                             if not _clean(h, summaries.get(h.name), now_s)}
+                                             if not _clean(h, summaries.get(h.name), now_s, clock.seen_at)}
         ups = answers["up"]
         jobs = [labels for labels, _ in answers[AGENT_JOBS]]
         answers = _query_all(client, detail_queries(detail), deadline_s - (time.monotonic() - started)) \
