@@ -53,7 +53,9 @@ def test_sim_fleet_hosts_ports_and_inventory(start_sim_fleet: Callable[..., Agen
     assert set(children["dgx"]["hosts"]) == set(children["gpu_nodes"]["hosts"])
     assert set(children["tpu_v5e"]["hosts"]) == {"tpu-v5e-0000"}
     # The token travels with the inventory, so `fleetctl health -i` on it authenticates.
-    assert inv["all"]["vars"] == {"fleet_agent_token": "tok"}
+    assert inv["all"]["vars"]["fleet_agent_token"] == "tok"
+    # burn-in and repair plays run here (their stand-ins); every other playbook stays off this machine
+    assert "ansible_connection" not in inv["all"]["vars"]
     assert Path(fleet.extra["inventory"]).stat().st_mode & 0o777 == 0o600
 
     for i, (name, hv) in enumerate(hosts.items()):

@@ -7,9 +7,9 @@ skipped and why, the budget, the fleet-wide stop, the audit records (drain state
 per-step remediation log), the lease refusal naming its holder, and resume after kill -9 with no
 double drain and one end per remediation.
 
-The sim chips cannot see a GPU reset (NVML is simulated below the agent, and nothing tells it of the
-stand-in's reset), so the XID stays: burn-in fails and the host is quarantined, still drained. The
-undrain path is covered by tests/unit/test_remediate_loop.py.
+Here the stand-in only logs: the XID stays, burn-in fails and the host is quarantined, still drained.
+The way back to service (a reset the simulated chips honour, burn-in passing, undrain) and a flapping
+host are tests/integration/test_remediate_path.py.
 """
 
 from __future__ import annotations
@@ -97,7 +97,10 @@ class Lab:
         env = {k: v for k, v in cluster.env.items() if not k.startswith(("ANSIBLE_", "FLEETCTL_"))}
         self.env = {**env, "FLEETCTL_DB": str(self.db), "FLEETCTL_INVENTORY": str(inventory),
                     "FLEETCTL_CACHE_DIR": str(tmp / "cache"), "HOME": str(tmp), "USER": "sre1",
-                    "SUDO_USER": "sre1"}
+                    "SUDO_USER": "sre1",
+                    # USER names no real account: Ansible's ~ paths would land beside the playbooks
+                    "ANSIBLE_ASYNC_DIR": str(tmp / "async"), "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+                    "ANSIBLE_REMOTE_TMP": str(tmp / "ansible-remote")}
         self.extra = json.dumps({"fleetctl_nvidia_smi": str(smi), "fleetctl_remediate_become": False,
                                  "fleetctl_reset_wait_delay": 0})
 

@@ -12,7 +12,9 @@ missing driver stops it before any test (docs/burn-in.md has the fault-to-test t
 A host is found as the simulated fleet's agents find theirs: the ``simulation:`` section of an agent
 config (``--config``), or a scenario with a host index or name (``--hosts`` as ``sim-fleet --hosts``).
 Fault times (``at``) count from the stand-in's start, as for ``fleet-agent once``; ``--elapsed S``
-answers as if the scenario had started S seconds ago.
+answers as if the scenario had started S seconds ago. With ``--state-dir`` (the sim fleet's, which its
+inventory names) they count from the fleet's start and the GPU resets the ``nvidia-smi`` stand-in
+recorded apply: the stand-in sees what the fleet's agents see.
 """
 
 from __future__ import annotations
@@ -290,6 +292,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", metavar="NAME", help="the host's name in the scenario (with --scenario)")
     p.add_argument("--host-index", type=int, metavar="I", help="the host's index (with --scenario)")
     p.add_argument("--hosts", type=int, metavar="N", help="fleet size, as sim-fleet --hosts")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="the sim fleet's state directory: its clock and the recorded GPU resets")
     p.add_argument("--elapsed", type=float, default=0.0, metavar="S",
                    help="answer as if the scenario had started S seconds ago (default 0)")
     p.add_argument("--layout", choices=("3", "4"), default="4", help="DCGM JSON layout (default 4)")
@@ -305,7 +309,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _find_host(args: argparse.Namespace) -> Any:
-    from fleet_agent.sim.lookup import load_scenario_or_fail, resolve_scenario
+    from fleet_agent.sim.lookup import load_scenario_or_fail, resolve_scenario, standin_host
+
+    if args.config and args.state_dir:
+        raise ConfigError("--state-dir: only with --scenario")
+    if args.scenario and args.state_dir:
+        if (args.host is None) == (args.host_index is None):
+            raise ConfigError("--scenario: give the host as --host NAME or --host-index I")
+        return standin_host(str(resolve_scenario(args.scenario)), hosts=args.hosts, name=args.host,
+                            index=args.host_index, state_dir=args.state_dir, elapsed=args.elapsed)
 
     if args.config:
         from fleet_agent.config import load_config
@@ -369,8 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     version = args.dcgm_version or ("3.3.8" if args.layout == "3" else "4.2.3")
 
     def xids(handle: Any) -> list[int]:
-        now = scen.clock() - scen.start
-        return [code for at, code in getattr(handle, "xids", ()) if at <= now]
+        # The XIDs of the faults still on: one a reset ended is history to a new diagnostic run.
+        seen: Callable[[float], list[int]] | None = getattr(handle, "xids_seen", None)
+        return seen(scen.clock() - scen.start) if seen is not None else []
 
     try:
         run = probe(host.nvml, level, dcgm_version=version, xids=xids, only=only)

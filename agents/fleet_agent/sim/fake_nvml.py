@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fleet_agent.health.xid_codes import clears_on
 from fleet_agent.sim.models import GpuModel
-from fleet_agent.sim.specs import FaultSpec, Load
+from fleet_agent.sim.specs import FaultSpec, Load, ResetLookup
 
 # --- errors, shaped like pynvml's -------------------------------------------------------------
 
@@ -94,6 +95,15 @@ CUDA_BY_BRANCH: dict[int, int] = {
     515: 11070, 520: 11080, 525: 12000, 530: 12010, 535: 12020, 545: 12030, 550: 12040,
     555: 12050, 560: 12060, 565: 12070, 570: 12080, 575: 12090, 580: 13000,
 }
+
+
+# NVML's field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (nvmlDeviceGpuRecoveryAction_t: 0 none, 1 GPU
+# reset, 2 node reboot), the field behind XID 154. Answered from this driver branch on (NVIDIA's XID
+# catalog for R570 and later documents XID 154 and its recovery actions); Not Supported before.
+FI_GPU_RECOVERY_ACTION = 230
+RECOVERY_FIELD_BRANCH = 570
+# XID events a repeating fault materialises per chip: far more than any run of the simulation sees.
+MAX_XID_EVENTS = 10_000
 
 
 def cuda_for_driver(driver_version: str) -> int | None:
@@ -191,28 +201,71 @@ class _EventData:
 class FakeGpu:
     """One simulated GPU; also its NVML handle."""
 
-    __slots__ = ("bus", "by_kind", "faulty", "index", "load", "model", "phase", "uuid", "xids")
+    __slots__ = ("bus", "by_kind", "faulty", "index", "load", "model", "phase", "reset_at", "uuid", "xids")
 
     def __init__(self, index: int, model: GpuModel, uuid: str, phase: float, load: Load,
-                 faults: Iterable[FaultSpec]) -> None:
+                 faults: Iterable[FaultSpec], reset_at: ResetLookup | None = None) -> None:
         self.index, self.model, self.uuid, self.phase, self.load = index, model, uuid, phase, load
         self.bus = model.bus_ids[index % len(model.bus_ids)] + index // len(model.bus_ids)
         self.by_kind: dict[str, list[FaultSpec]] = {}
         for f in faults:
             self.by_kind.setdefault(f.kind, []).append(f)
         self.faulty = bool(self.by_kind)
+        # When this chip was last reset (a simulated nvidia-smi -r), or None: no reset ever seen.
+        self.reset_at: ResetLookup = reset_at or (lambda _chip: None)
         # XID events this chip raises: (seconds after start, code), in time order.
         xids: list[tuple[float, int]] = []
         for f in self.by_kind.get("xid", []):
-            xids += [(f.at + k * f.params["interval_s"], f.params["code"]) for k in range(f.params["count"])]
+            xids += [(at, f.params["code"]) for at, _ in _xid_events(f)]
         xids += [(f.at, 79) for f in self.by_kind.get("gpu_lost", [])]  # falling off the bus is XID 79
-        self.xids = sorted(xids)
+        self.xids = sorted(xids)[:MAX_XID_EVENTS]
 
     def active(self, kind: str, t: float) -> FaultSpec | None:
-        for f in self.by_kind.get(kind, ()):
-            if f.at <= t:
+        """The fault of ``kind`` that is on at ``t`` (a reset ends those it clears), or None."""
+        faults = self.by_kind.get(kind)
+        if not faults:
+            return None
+        reset = self.reset_at(self.index)
+        for f in faults:
+            if f.on(t, reset) is not None:
                 return f
         return None
+
+    def xids_seen(self, t: float) -> list[int]:
+        """The XID codes raised by the occurrences still on at ``t`` (those a reset did not end):
+        what a diagnostic run now still finds on the chip."""
+        reset = self.reset_at(self.index)
+        codes: list[int] = []
+        for f in self.by_kind.get("xid", ()):
+            start = f.on(t, reset)
+            if start is not None:
+                codes += [f.params["code"] for at, _ in _xid_events(f, only=start) if at <= t]
+        codes += [79 for f in self.by_kind.get("gpu_lost", ()) if f.on(t) is not None]
+        return codes
+
+    def recovery_action(self, t: float) -> int:
+        """NVML's GPU recovery action now: what the XIDs still on ask for (2 a reboot, 1 a reset)."""
+        seen = self.xids_seen(t)
+        wanted = {clears_on(code) for code in seen}
+        return 2 if "reboot" in wanted else 1 if "reset" in wanted else 0
+
+
+def _xid_events(f: FaultSpec, only: float | None = None) -> list[tuple[float, float]]:
+    """An ``xid`` fault's events as (time, occurrence start): ``count`` per occurrence, ``interval_s``
+    apart, within the occurrence; ``only``: that occurrence's."""
+    out: list[tuple[float, float]] = []
+    start = f.at if only is None else only
+    while len(out) < MAX_XID_EVENTS and (f.until is None or start < f.until):
+        end = f.occurrence_end(start)
+        for k in range(f.params["count"]):
+            at = start + k * f.params["interval_s"]
+            if at >= end or len(out) >= MAX_XID_EVENTS:
+                break
+            out.append((at, start))
+        if only is not None or f.repeat_every is None:
+            break
+        start += f.repeat_every
+    return out
 
 
 class _EventSet:
@@ -319,6 +372,8 @@ class FakeNvml:
         self._driver = driver_version
         self._library = library_present
         self._driver_faults = [f for f in host_faults if f.kind in _DRIVER_FAULTS]
+        branch = driver_version.split(".", 1)[0]
+        self._recovery_field = branch.isdigit() and int(branch) >= RECOVERY_FIELD_BRANCH
         self._release = release or threading.Event()
         self._lock = threading.Lock()
         self._refcount = 0
@@ -348,14 +403,16 @@ class FakeNvml:
         if fn not in _IDENTITY:
             for f in d.by_kind.get("hang", ()):
                 seconds = f.params.get("seconds")
-                if f.at <= t and (seconds is None or t < f.at + seconds) and not self._release.is_set():
+                began = f.occurrence(t)
+                if began is not None and (seconds is None or t < began + seconds) \
+                        and not self._release.is_set():
                     # Block like a wedged driver call: until released or the hang's time is up.
-                    self._release.wait(None if seconds is None else f.at + seconds - t)
+                    self._release.wait(None if seconds is None else began + seconds - t)
         ns = d.active("not_supported", t)
         if ns is not None and fn in ns.params["functions"]:
             raise _err(3)
         for f in d.by_kind.get("nvml_error", ()):
-            if f.at <= t and fn in f.params["functions"]:
+            if f.occurrence(t) is not None and fn in f.params["functions"]:
                 raise _err(ERROR_NAMES[f.params["error"]])
 
     def _util(self, d: FakeGpu, t: float) -> float:
@@ -382,7 +439,7 @@ class FakeNvml:
             raise _err(12)
         t = self._t()
         # A real host is in one state; given several, a missing library hides the others.
-        broken = [_DRIVER_FAULTS[f.kind] for f in self._driver_faults if f.at <= t]
+        broken = [_DRIVER_FAULTS[f.kind] for f in self._driver_faults if f.occurrence(t) is not None]
         if broken:
             raise _err(min(broken, key=_DRIVER_ORDER.index))
         with self._lock:
@@ -417,6 +474,10 @@ class FakeNvml:
         if self._refcount == 0:
             raise _err(1)
         return "12." + self._driver
+
+    def present_gpus(self) -> list[FakeGpu]:
+        """The GPUs enumerated now, in index order (what a stand-in tool numbers them by)."""
+        return self._present()
 
     def _present(self) -> list[FakeGpu]:
         t = self._t()
@@ -488,6 +549,8 @@ class FakeNvml:
                 out.append(_FieldValue(field_id, scope, 0, self._temp(d, self._t()) + 7))
             elif field_id == 91 and d.model.nvlinks:
                 out.append(_FieldValue(field_id, scope, 0, d.model.nvlinks))
+            elif field_id == FI_GPU_RECOVERY_ACTION and self._recovery_field:
+                out.append(_FieldValue(field_id, scope, 0, d.recovery_action(self._t()) if d.faulty else 0))
             else:
                 out.append(_FieldValue(field_id, scope, 3, 0))
         return out
@@ -528,7 +591,11 @@ class FakeNvml:
         if errorType == 0:  # corrected: a few over the chip's life, none since the driver loaded
             return int(d.phase * 7) % 4 if counterType == 1 else 0
         t = self._t()
-        return sum(f.params["count"] for f in d.by_kind.get("ecc_uncorrectable", ()) if f.at <= t)
+        faults = d.by_kind.get("ecc_uncorrectable", ())
+        if counterType == 0:  # volatile: since the last reset (or driver load), so a reset zeroes it
+            reset = d.reset_at(d.index) if faults else None
+            return sum(f.params["count"] for f in faults if f.on(t, reset) is not None)
+        return sum(f.params["count"] * f.occurrences(t) for f in faults)
 
     def nvmlDeviceGetRemappedRows(self, device: Any) -> tuple[int, int, int, int]:
         d = self._dev(device, "nvmlDeviceGetRemappedRows")

@@ -43,7 +43,7 @@ class FakeTpuChip:
 
     def active(self, kind: str, t: float) -> FaultSpec | None:
         for f in self.by_kind.get(kind, ()):
-            if f.at <= t:
+            if f.occurrence(t) is not None:
                 return f
         return None
 
@@ -85,13 +85,15 @@ class FakeTpuMetrics:
 
     def get_metric(self, name: str) -> list[tuple[int, float]]:
         t = self._clock() - self._start
-        if not self._serving or any(f.at <= t for f in self._down):
+        if not self._serving or any(f.occurrence(t) is not None for f in self._down):
             raise MetricsUnavailable("connection refused (no workload is running)")
         for c in self._chips:
             for f in c.by_kind.get("hang", ()):
                 seconds = f.params.get("seconds")
-                if f.at <= t and (seconds is None or t < f.at + seconds) and not self._release.is_set():
-                    self._release.wait(None if seconds is None else f.at + seconds - t)
+                began = f.occurrence(t)
+                if began is not None and (seconds is None or t < began + seconds) \
+                        and not self._release.is_set():
+                    self._release.wait(None if seconds is None else began + seconds - t)
         known = (METRIC_HBM_TOTAL, METRIC_HBM_USAGE, METRIC_DUTY_CYCLE)
         if name not in known and not (name == METRIC_HBM_BW_UTIL and self._hbm_bandwidth):
             raise MetricsUnavailable(f"metric {name!r} is not served")

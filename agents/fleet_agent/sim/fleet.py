@@ -12,8 +12,10 @@ import asyncio
 import concurrent.futures as cf
 import heapq
 import resource
+import shutil
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from fleet_agent.collectors.factory import real_host_source
 from fleet_agent.config import AgentConfig, ConfigError
@@ -23,6 +25,7 @@ from fleet_agent.schema import HostMetrics
 from fleet_agent.server import ConnectionLimiter
 from fleet_agent.sim.inventory import write_inventory
 from fleet_agent.sim.lookup import load_scenario_or_fail
+from fleet_agent.sim.resets import RESETS_DIR, ResetLog, state_dir_for, write_start
 
 # Collector calls of all agents in the process share one pool. A hung call holds its thread until
 # it returns, and the sampler keeps at most one call in flight per chip, so this caps the threads
@@ -130,6 +133,15 @@ def run_sim_fleet(cfg: AgentConfig, *, scenario: str, hosts: int, base_port: int
         raise ConfigError(f"--base-port: ports {base_port}..{base_port + hosts - 1} are out of range")
     _check_fd_budget(hosts)
     scen = load_scenario_or_fail(scenario, hosts)
+    state_dir: str | None = None
+    if inventory is not None:
+        # Beside the inventory: the scenario's start and the GPU resets the stand-ins it names record
+        # (a previous fleet's resets, on its own clock, are gone).
+        state = state_dir_for(Path(inventory).absolute())
+        shutil.rmtree(state / RESETS_DIR, ignore_errors=True)
+        write_start(state, scen.start)
+        scen = scen.sharing(ResetLog(state))
+        state_dir = str(state)
     interval = fleet_interval(hosts, interval_s, cfg.interval_s)
     call_pool = DaemonThreadPool(CALL_POOL_MAX, "collector")
     concurrency = max(1, min(8, hosts))
@@ -146,7 +158,8 @@ def run_sim_fleet(cfg: AgentConfig, *, scenario: str, hosts: int, base_port: int
 
     def ready() -> None:
         if inventory is not None:
-            write_inventory(inventory, runtimes, token=cfg.token, scenario=str(scen.path))
+            write_inventory(inventory, runtimes, token=cfg.token, scenario=str(scen.path),
+                            state_dir=state_dir)
         print(f"ready: {hosts} agents on {cfg.listen_address}:{base_port}-{base_port + hosts - 1}",
               flush=True)
 

@@ -13,7 +13,7 @@ from fleet_agent.collectors.tpu import TpuCollector
 from fleet_agent.sim.fake_nvml import FakeGpu, FakeNvml
 from fleet_agent.sim.fake_tpu import FakeTpuChip, FakeTpuMetrics, FakeTpuPresence
 from fleet_agent.sim.models import GPU_MODELS, TPU_MODELS
-from fleet_agent.sim.specs import PER_CHIP_KINDS, Clock, FaultSpec, GroupSpec
+from fleet_agent.sim.specs import PER_CHIP_KINDS, Clock, FaultSpec, GroupSpec, ResetLookup
 
 
 def _digest(*parts: object) -> bytes:
@@ -25,7 +25,8 @@ class HostSim:
     Chips are built on first use."""
 
     def __init__(self, *, seed: int, clock: Clock, start: float, index: int, group: GroupSpec,
-                 index_in_group: int, name: str, faults: list[FaultSpec]) -> None:
+                 index_in_group: int, name: str, faults: list[FaultSpec],
+                 reset_at: ResetLookup | None = None) -> None:
         self.seed = seed
         self.clock = clock
         self.start = start  # fault times (``at``) count from here
@@ -37,6 +38,7 @@ class HostSim:
         self.faults = faults
         self._spec = group
         self._index_in_group = index_in_group
+        self._reset_at = reset_at  # when each chip was last reset (fleet_agent.sim.resets)
         # Set by release_hangs(): every hung call on this host returns.
         self._release = threading.Event()
 
@@ -59,7 +61,8 @@ class HostSim:
                 phase, d = self._phase(i)
                 h = d.hex()
                 uuid = f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
-                gpus.append(FakeGpu(i, model, uuid, phase, self._spec.load, self._chip_faults(i)))
+                gpus.append(FakeGpu(i, model, uuid, phase, self._spec.load, self._chip_faults(i),
+                                    reset_at=self._reset_at))
         return FakeNvml(gpus, clock=self.clock, start=self.start,
                         driver_version=self._spec.driver_version, library_present=self.kind == "gpu",
                         host_faults=self._host_faults(), release=self._release)

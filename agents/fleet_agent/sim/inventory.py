@@ -3,9 +3,12 @@
 Given the fleet's scenario, the inventory also lets ``fleetctl burn-in`` run on it: the hosts are
 reached on this machine by the burn-in play only (``burn_in_connection: local``, this Python) and
 each GPU host's ``dcgmi`` is the stand-in (``burn_in_dcgmi``), which answers from that host's scenario,
-below the real burn-in playbook and parser. Not ``ansible_connection``: every other playbook run on
-this inventory (``fleetctl provision``) would then act on this machine. Inventory variables, not
-``-e``: an extra var would override every host's.
+below the real burn-in playbook and parser. Likewise ``fleetctl remediate``'s repair plays
+(``playbooks/remediate/*.yml``: ``remediate_connection: local``) run the ``nvidia-smi`` stand-in
+(``remediate_nvidia_smi``), whose resets the fleet's chips honour through the state directory they
+share (``fleet_agent.sim.resets``). Not ``ansible_connection``: every other playbook run on this
+inventory (``fleetctl provision``) would then act on this machine. Inventory variables, not ``-e``:
+an extra var would override every host's.
 """
 
 from __future__ import annotations
@@ -20,22 +23,45 @@ from fleet_agent.atomic import write_atomic
 from fleet_agent.daemon import AgentRuntime
 
 
-def burn_in_vars(scenario: str, hosts: int, *, python: str | None = None) -> dict[str, Any]:
+def _which(scenario: str, hosts: int, state_dir: str | None, host_index: int | None) -> list[str]:
+    """A stand-in's options naming the fleet and the host (by index, or the inventory's own name)."""
+    host = (["--host-index", str(host_index)] if host_index is not None
+            else ["--host", "{{ inventory_hostname }}"])
+    return ["--scenario", scenario, "--hosts", str(hosts), *host,
+            *(["--state-dir", state_dir] if state_dir is not None else [])]
+
+
+def burn_in_vars(scenario: str, hosts: int, *, python: str | None = None, state_dir: str | None = None,
+                 host_index: int | None = None) -> dict[str, Any]:
     """The variables that point ``fleetctl burn-in`` (playbooks/burn_in.yml) at the dcgmi stand-in of
-    a fleet of ``hosts`` hosts over ``scenario`` (a path or a shipped scenario's name)."""
+    a fleet of ``hosts`` hosts over ``scenario`` (a path or a shipped scenario's name). With the
+    fleet's ``state_dir`` the stand-in sees the fleet's clock and its GPU resets; ``host_index`` names
+    the scenario's host where the inventory's names are not the scenario's."""
     py = python or sys.executable
     return {"burn_in_connection": "local", "ansible_python_interpreter": py,
-            "burn_in_dcgmi": [py, "-m", "fleet_agent.sim.dcgmi", "--scenario", scenario,
-                              "--hosts", str(hosts), "--host", "{{ inventory_hostname }}"]}
+            "burn_in_dcgmi": [py, "-m", "fleet_agent.sim.dcgmi",
+                              *_which(scenario, hosts, state_dir, host_index)]}
+
+
+def remediate_vars(scenario: str, hosts: int, state_dir: str, *, python: str | None = None,
+                   host_index: int | None = None) -> dict[str, Any]:
+    """The variables that point ``fleetctl remediate``'s repair plays at the nvidia-smi stand-in: run
+    here, without root, and without stopping this machine's own GPU services."""
+    py = python or sys.executable
+    return {"remediate_connection": "local", "ansible_python_interpreter": py,
+            "fleetctl_remediate_become": False, "fleetctl_reset_stop_services": [],
+            "remediate_nvidia_smi": [py, "-m", "fleet_agent.sim.nvidia_smi",
+                                     *_which(scenario, hosts, state_dir, host_index), "--"]}
 
 
 def inventory_doc(runtimes: Sequence[AgentRuntime], *, token: str | None = None,
-                  scenario: str | None = None) -> dict[str, Any]:
+                  scenario: str | None = None, state_dir: str | None = None) -> dict[str, Any]:
     """An Ansible YAML inventory of the simulated hosts (host vars once, under ``all.hosts``).
 
     With ``token`` the fleet's bearer token goes in ``all.vars.fleet_agent_token`` so that
     ``fleetctl health`` on this inventory authenticates (the file is then written 0600). With
-    ``scenario`` (the fleet's), :func:`burn_in_vars` go in ``all.vars`` too.
+    ``scenario`` (the fleet's), :func:`burn_in_vars` go in ``all.vars`` too, and with its
+    ``state_dir`` (where the fleet records its start and GPU resets) :func:`remediate_vars`.
     """
     hosts: dict[str, Any] = {}
     groups: dict[str, dict[str, None]] = {}
@@ -50,7 +76,11 @@ def inventory_doc(runtimes: Sequence[AgentRuntime], *, token: str | None = None,
         for g in names:
             groups.setdefault(_group_name(g), {})[rt.name] = None
     doc: dict[str, Any] = {"all": {"hosts": hosts}}
-    variables: dict[str, Any] = burn_in_vars(scenario, len(runtimes)) if scenario else {}
+    variables: dict[str, Any] = {}
+    if scenario:
+        variables.update(burn_in_vars(scenario, len(runtimes), state_dir=state_dir))
+        if state_dir is not None:
+            variables.update(remediate_vars(scenario, len(runtimes), state_dir))
     if token:
         variables["fleet_agent_token"] = token
     if variables:
@@ -66,7 +96,7 @@ def _group_name(name: str) -> str:
 
 
 def write_inventory(path: str, runtimes: Sequence[AgentRuntime], *, token: str | None = None,
-                    scenario: str | None = None) -> None:
-    doc = inventory_doc(runtimes, token=token, scenario=scenario)
+                    scenario: str | None = None, state_dir: str | None = None) -> None:
+    doc = inventory_doc(runtimes, token=token, scenario=scenario, state_dir=state_dir)
     text = "# written by fleet-agent sim-fleet\n" + yaml.safe_dump(doc, sort_keys=False)
     write_atomic(path, text, mode=0o600 if token else 0o644)

@@ -25,10 +25,12 @@ import yaml
 from fleet_agent.sim.fake_nvml import DEVICE_FUNCTIONS, ERROR_NAMES
 from fleet_agent.sim.host import HostSim
 from fleet_agent.sim.models import GPU_MODELS, TPU_MODELS
+from fleet_agent.sim.resets import ResetLog
 from fleet_agent.sim.specs import (
     FAULT_KINDS,
     FAULT_PARAMS,
     PER_CHIP_KINDS,
+    TIMING_KEYS,
     Clock,
     FaultSpec,
     GroupSpec,
@@ -171,7 +173,7 @@ def _fault(path: str, doc: Any, where: str, groups: dict[str, GroupSpec]) -> Fau
     kind = r.get_str("kind", required=True, choices=FAULT_KINDS)
     assert kind is not None
     chip_kinds, per_chip, params = FAULT_PARAMS[kind]
-    r.only({"kind", "group", "hosts", "every", "offset", "chips", "at"} | params)
+    r.only({"kind", "group", "hosts", "every", "offset", "chips"} | TIMING_KEYS | params)
     gname = r.get_str("group", required=True, choices=tuple(groups))
     assert gname is not None
     group = groups[gname]
@@ -198,6 +200,14 @@ def _fault(path: str, doc: Any, where: str, groups: dict[str, GroupSpec]) -> Fau
     elif r.has("chips"):
         r.fail(r.key("chips"), f"{kind} is a host-level fault; it takes no chips")
     at = r.get_num("at", 0.0, lo=0) or 0.0
+    until = r.get_num("until", positive=True)
+    if until is not None and until <= at:
+        r.fail(r.key("until"), f"must be after at ({at:g}), got {until:g}")
+    repeat_every = r.get_num("repeat_every", positive=True)
+    for_s = r.get_num("for_s", positive=True)
+    reset_override = r.get_bool("reset_clears", True) if r.has("reset_clears") else None
+    if repeat_every is not None and for_s is not None and for_s >= repeat_every:
+        r.fail(r.key("for_s"), f"must be below repeat_every ({repeat_every:g}), or the fault never goes off")
 
     p: dict[str, Any] = {}
     if kind == "xid":
@@ -236,7 +246,8 @@ def _fault(path: str, doc: Any, where: str, groups: dict[str, GroupSpec]) -> Fau
                        "simulation implements")
         p["functions"] = frozenset(fns)
     return FaultSpec(kind=kind, group=gname, hosts=hosts, every=every, offset=offset, chips=chips,
-                     at=at, params=p, where=where)
+                     at=at, params=p, where=where, until=until, repeat_every=repeat_every, for_s=for_s,
+                     reset_override=reset_override)
 
 
 def _split(total: int, groups: list[GroupSpec], path: str) -> list[int]:
@@ -330,14 +341,19 @@ class Scenario:
     """A validated fleet. ``host(i)`` builds host ``i`` on first use (cheap; nothing per chip runs)."""
 
     def __init__(self, *, path: str, seed: int, groups: tuple[GroupSpec, ...], counts: tuple[int, ...],
-                 faults: tuple[FaultSpec, ...], clock: Clock) -> None:
+                 faults: tuple[FaultSpec, ...], clock: Clock, start: float | None = None,
+                 resets: ResetLog | None = None) -> None:
         self.path = path
         self.seed = seed
         self.groups = groups
         self.counts = counts
         self.faults = faults
         self.clock = clock
-        self.start = clock()  # fault times (``at``) count from here
+        # Fault times (``at``) count from here: now, or the start another process recorded (the
+        # sim fleet's, for its stand-ins).
+        self.start = clock() if start is None else start
+        # GPU resets the chips honour (a fault that a reset clears ends then); None: no resets.
+        self.resets = resets
         self._faults_by_group = {g.name: [f for f in faults if f.group == g.name] for g in groups}
         self._hosts: dict[int, HostSim] = {}
         self._hosts_lock = threading.Lock()  # sim-fleet asks for hosts from many threads
@@ -349,7 +365,15 @@ class Scenario:
         """The same scenario over a fleet of ``hosts`` hosts (groups given by share scale)."""
         return Scenario(path=self.path, seed=self.seed, groups=self.groups,
                         counts=tuple(_split(hosts, list(self.groups), self.path)),
-                        faults=self.faults, clock=self.clock)
+                        faults=self.faults, clock=self.clock, start=self.start, resets=self.resets)
+
+    def sharing(self, resets: ResetLog | None, *, start: float | None = None,
+                clock: Clock | None = None) -> Scenario:
+        """The same fleet whose chips honour ``resets``, its clock and start shared with the process
+        that recorded them (``start``: the sim fleet's; default this scenario's)."""
+        return Scenario(path=self.path, seed=self.seed, groups=self.groups, counts=self.counts,
+                        faults=self.faults, clock=clock or self.clock,
+                        start=self.start if start is None else start, resets=resets)
 
     def _slot(self, i: int) -> _Slot:
         if not 0 <= i < len(self):
@@ -370,9 +394,10 @@ class Scenario:
                 return h
             s = self._slot(i)
             faults = [f for f in self._faults_by_group[s.group.name] if f.applies_to_host(s.index_in_group)]
+            name = f"{s.group.name}-{s.index_in_group:0{s.width}d}"
             h = HostSim(seed=self.seed, clock=self.clock, start=self.start, index=i, group=s.group,
-                        index_in_group=s.index_in_group,
-                        name=f"{s.group.name}-{s.index_in_group:0{s.width}d}", faults=faults)
+                        index_in_group=s.index_in_group, name=name, faults=faults,
+                        reset_at=self.resets.lookup(name) if self.resets is not None else None)
             self._hosts[i] = h
         return h
 

@@ -7,11 +7,17 @@ host -> fakes -> specs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet_agent.health.xid_codes import clears_on
+
 Clock = Callable[[], float]
+# When chip ``chip`` of the host was last reset (seconds on the scenario's clock), or None:
+# what a simulated ``nvidia-smi -r`` recorded (fleet_agent.sim.resets).
+ResetLookup = Callable[[int], "float | None"]
 
 
 class ScenarioError(ValueError):
@@ -42,6 +48,17 @@ FAULT_PARAMS: dict[str, tuple[frozenset[str], bool, frozenset[str]]] = {
 }
 FAULT_KINDS = tuple(FAULT_PARAMS)
 PER_CHIP_KINDS = frozenset(k for k, (_, per_chip, _) in FAULT_PARAMS.items() if per_chip)
+# Keys every fault takes: where it lands and when it is on.
+TIMING_KEYS = frozenset({"at", "until", "repeat_every", "for_s", "reset_clears"})
+
+# Kinds whose occurrence a GPU reset (`nvidia-smi -r`) ends, as on real hardware: a reset applies a
+# pending row remap or page retirement and zeroes the volatile ECC counters, and retrains NVLink
+# (the XID catalog's resolution for NVLink errors 74/136/155 is a GPU reset). A reset does not
+# bring back a GPU off the bus (XID 79: reboot), cool a GPU, restore a degraded PCIe link, free a
+# hung driver, mend a failed row remap (RMA) or fix the driver. `xid` depends on the code: every
+# code but those whose resolution is a reboot (clears_on == "reboot").
+RESET_CLEARS: frozenset[str] = frozenset({"ecc_uncorrectable", "row_remap_pending",
+                                          "retired_pages_pending", "nvlink_down"})
 
 @dataclass(frozen=True)
 class Load:
@@ -77,6 +94,57 @@ class FaultSpec:
     at: float
     params: Mapping[str, Any] = field(default_factory=dict)
     where: str = ""  # "faults[3]", for messages
+    until: float | None = None  # off from then on
+    repeat_every: float | None = None  # comes back every so many seconds after `at`
+    for_s: float | None = None  # each occurrence lasts this long (else until the next one)
+    # The scenario's word on whether a reset ends it (a chip a reset does not mend); None: the kind's.
+    reset_override: bool | None = None
+
+    @property
+    def reset_clears(self) -> bool:
+        """Whether a GPU reset ends the occurrence in progress (see RESET_CLEARS)."""
+        if self.reset_override is not None:
+            return self.reset_override
+        if self.kind == "xid":
+            return clears_on(int(self.params["code"])) != "reboot"
+        return self.kind in RESET_CLEARS
+
+    def occurrence(self, t: float) -> float | None:
+        """The start of the occurrence that is on at ``t`` (seconds after the scenario's start), or
+        None when the fault is off then."""
+        if t < self.at or (self.until is not None and t >= self.until):
+            return None
+        start = self.at
+        if self.repeat_every is not None:
+            start += math.floor((t - self.at) / self.repeat_every) * self.repeat_every
+        if self.for_s is not None and t >= start + self.for_s:
+            return None
+        return start
+
+    def occurrences(self, t: float) -> int:
+        """How many occurrences began by ``t``."""
+        if t < self.at:
+            return 0
+        last = t if self.until is None else min(t, math.nextafter(self.until, -math.inf))
+        if self.repeat_every is None or last < self.at:
+            return 1 if last >= self.at else 0
+        return math.floor((last - self.at) / self.repeat_every) + 1
+
+    def occurrence_end(self, start: float) -> float:
+        """When the occurrence that began at ``start`` ends on its own (inf: never)."""
+        end = math.inf if self.until is None else self.until
+        if self.for_s is not None:
+            end = min(end, start + self.for_s)
+        if self.repeat_every is not None:
+            end = min(end, start + self.repeat_every)
+        return end
+
+    def on(self, t: float, reset_at: float | None = None) -> float | None:
+        """:meth:`occurrence`, unless a reset at ``reset_at`` (the chip's latest) ended it."""
+        start = self.occurrence(t)
+        if start is None or (reset_at is not None and start <= reset_at <= t and self.reset_clears):
+            return None
+        return start
 
     def applies_to_host(self, index_in_group: int) -> bool:
         if self.hosts is not None:
