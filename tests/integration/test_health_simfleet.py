@@ -215,7 +215,7 @@ def test_token_from_group_vars(tmp_path: Path) -> None:
     try:
         # sim-fleet's inventory carries the token; take it out to see the agents refuse.
         inv = yaml.safe_load(f.inventory.read_text())
-        assert inv["all"].pop("vars") == {"fleet_agent_token": "s3cret-t0ken"}
+        assert inv["all"]["vars"].pop("fleet_agent_token") == "s3cret-t0ken"
         f.inventory.write_text(yaml.safe_dump(inv))
         without = fleetctl("health", "-i", str(f.inventory), "--json", cache=tmp_path / "c")
         doc = json.loads(without.stdout)

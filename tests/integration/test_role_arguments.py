@@ -91,7 +91,7 @@ def tasks_run(report: dict[str, Any], host: str) -> list[tuple[str, dict[str, An
 
 def test_bad_values_cover_every_role() -> None:
     # The derivation finds something to reject in every role (else a role would pass vacuously).
-    assert ROLES == ["base", "container_runtime", "cuda_toolkit", "fleet_agent", "nvidia_driver",
+    assert ROLES == ["base", "container_runtime", "cuda_toolkit", "dcgm", "fleet_agent", "nvidia_driver",
                      "tpu_runtime"]
     assert all(bad_values(role) for role in ROLES)
     assert bad_values("nvidia_driver")["nvidia_driver_branch"] == "no-such-choice"
