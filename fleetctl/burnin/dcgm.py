@@ -239,7 +239,8 @@ class DiagReport:
             return "no test results"
         if self.status is Status.UNKNOWN:
             return "every test was skipped"
-        return f"{len(self.tests)} tests passed"
+        n = len(self.tests)
+        return "the one test passed" if n == 1 else f"{n} tests passed"
 
     def to_dict(self) -> dict[str, Any]:
         return {"layout": self.layout, "version": self.version, "driver_version": self.driver_version,
