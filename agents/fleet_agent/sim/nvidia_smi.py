@@ -209,7 +209,9 @@ class Smi:
         for i in chips:
             h = self._handle(i)
             bus = str(self.nvml.nvmlDeviceGetPciInfo_v3(h).busId)
-            self.record(self.host.name, i, self.now)
+            # -i counts the GPUs enumerated now; the chip's own index is what its faults go by (they
+            # differ once a GPU is missing)
+            self.record(self.host.name, h.index, self.now)
             self.out.append(f"GPU {bus} was successfully reset.")
         return EXIT_OK
 
