@@ -17,10 +17,18 @@ the provisioner reads it from the run's events); ``always`` reboots every provis
 ``never`` none. A host that does not come back is quarantined as a failed verify is. Hosts stay
 ``maintaining`` while they reboot (an audited maintaining → maintaining row says so).
 
-Resuming after a kill: hosts left ``maintaining`` by a fleetctl that is gone are provisioned again
-(playbooks are idempotent; the driver role computes the reboot fact afresh, so a host whose reboot
-was done is not rebooted again in auto mode), hosts left ``verifying`` are verified again, drained
-and draining ones carry on.
+With a boot-marker reader (``boot_markers``: the real one is system_reboot.yml's marker and wait
+modes) each host's boot marker (boot id, PID 1's start time) is read before its reboot and kept in
+the audited ``reboot (...)`` note.
+
+Resuming after a kill: a host left ``maintaining`` whose last audit row is that reboot note is not
+provisioned again: the resumed run waits (up to ``--reboot-timeout``) for it to answer and reads its
+marker: changed, the reboot happened and the host goes on to verify; unchanged (or no marker was
+recorded), it is rebooted now; not answering, it is quarantined as a host not back from its reboot.
+Other hosts left ``maintaining`` by a fleetctl that is gone are provisioned again (playbooks are
+idempotent), hosts left ``verifying`` are verified again, drained and draining ones carry on.
+The reboot and marker runs are internal runs (``ProvisionOptions.internal``): recorded, but no
+provision run as far as the lifecycle and burn-in's provision check go.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import enum
 import getpass
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -85,6 +94,42 @@ class Rebooter(Protocol):
 
     def __call__(self, hosts: Sequence[HostLike], *, held_by: str,
                  timeout_s: float) -> Mapping[str, str | None]: ...
+
+
+@dataclass(frozen=True)
+class BootMarker:
+    """A host's boot marker (changes with each boot), or why it could not be read."""
+
+    marker: str | None = None
+    problem: str | None = None
+
+
+class BootMarkers(Protocol):
+    """Read each host's boot marker; with ``wait``, first wait up to ``timeout_s`` for it to answer."""
+
+    def __call__(self, hosts: Sequence[HostLike], *, held_by: str, timeout_s: float,
+                 wait: bool) -> Mapping[str, BootMarker]: ...
+
+
+# The audited note written before a reboot is asked for; the marker is on one line.
+_REBOOT_NOTE = re.compile(r"^reboot \((?P<why>[^;]*)(?:; boot marker (?P<marker>.*))?\)$")
+
+
+def reboot_note(why: str, marker: str | None) -> str:
+    return f"reboot ({why}; boot marker {marker})" if marker else f"reboot ({why})"
+
+
+def interrupted_reboot(conn: Connection, host: str) -> tuple[bool, str | None]:
+    """(whether the host's last audit row is a reboot note, the boot marker it recorded)."""
+    last = hstate.audit(conn, host, limit=1)
+    match = _REBOOT_NOTE.match(last[0].note or "") if last else None
+    if match is None or last[0].to_state != DrainState.MAINTAINING.value:
+        return False, None
+    return True, match["marker"]
+
+
+def one_line(marker: str) -> str:
+    return " ".join(marker.split())
 
 
 def _provisioned(value: str | Provisioned | None) -> Provisioned:
@@ -226,9 +271,10 @@ def maintain(conn: Connection, hosts: Sequence[HostLike], pool: Sequence[HostLik
              opts: MaintainOptions, *, echo: Echo = drain_core._quiet,
              sleep: Callable[[float], None] = time.sleep,
              clock: Callable[[], float] = time.monotonic, rebooter: Rebooter | None = None,
-             on_step: StepHook | None = None) -> MaintainResult:
+             on_step: StepHook | None = None, boot_markers: BootMarkers | None = None) -> MaintainResult:
     """``rebooter`` runs the reboot step (without one, a host that needs a reboot is quarantined);
-    ``on_step`` is told as each step of a batch starts (see STEPS)."""
+    ``on_step`` is told as each step of a batch starts (see STEPS); ``boot_markers`` lets a resumed
+    run tell whether an interrupted reboot happened (without it such a host is rebooted again)."""
     if opts.reboot is RebootMode.ALWAYS and rebooter is None:
         raise UsageError("--reboot always: this maintain has no way to reboot hosts")
     plan = plan_maintain(conn, hosts, pool, opts)
@@ -242,7 +288,7 @@ def maintain(conn: Connection, hosts: Sequence[HostLike], pool: Sequence[HostLik
         return MaintainResult(run_id, plan.skipped, options=opts.recorded())
     by_name = {h.name: h for h in hosts}
     rebooted: list[str] = []
-    steps = _Steps(on_step, rebooter, rebooted)
+    steps = _Steps(on_step, rebooter, rebooted, boot_markers)
     owner = hstate.this_process()
     outcomes: dict[str, Outcome] = {o.host: o for o in plan.skipped}
     failures = 0
@@ -292,6 +338,7 @@ class _Steps:
     hook: StepHook | None
     rebooter: Rebooter | None
     rebooted: list[str]
+    markers: BootMarkers | None = None
 
     def start(self, step: str, hosts: Sequence[HostLike]) -> None:
         if self.hook is not None and hosts:
@@ -329,6 +376,7 @@ def _run_batch(conn: Connection, batch: Sequence[HostLike], pool: Sequence[HostL
     # 3. provision the drained hosts (and resume those left maintaining)
     provision: list[HostLike] = []
     verify: list[HostLike] = []
+    resumed_reboot: dict[str, str | None] = {}  # host -> the marker its interrupted reboot recorded
     for h in batch:
         if h.name in done:
             continue
@@ -336,9 +384,16 @@ def _run_batch(conn: Connection, batch: Sequence[HostLike], pool: Sequence[HostL
         if state is DrainState.VERIFYING:
             verify.append(h)
             continue
+        if records[h.name].state is DrainState.MAINTAINING:
+            was_rebooting, marker = interrupted_reboot(conn, h.name)
+            if was_rebooting:  # killed during the reboot step: finish that, do not provision again
+                resumed_reboot[h.name] = marker
+                continue
         hstate.transition(conn, h.name, DrainState.MAINTAINING, actor=actor, owner=owner, run_id=run_id,
                           expect={DrainState.DRAINED, DrainState.MAINTAINING}, note=opts.provision_note())
         provision.append(h)
+    provisioned: list[HostLike] = []
+    reboot: list[HostLike] = []
     if provision:
         steps.start("provision", provision)
         echo(f"provisioning {', '.join(h.name for h in provision)} with {opts.playbook}")
@@ -348,7 +403,6 @@ def _run_batch(conn: Connection, batch: Sequence[HostLike], pool: Sequence[HostL
                        for h in provision}
         except FleetctlError as exc:
             results = {h.name: Provisioned(f"provision did not run: {exc}") for h in provision}
-        provisioned: list[HostLike] = []
         for h in provision:
             problem = results[h.name].problem
             if problem:
@@ -359,19 +413,27 @@ def _run_batch(conn: Connection, batch: Sequence[HostLike], pool: Sequence[HostL
         # 4. reboot where needed (the hosts stay maintaining until they are back)
         reboot = [h for h in provisioned if opts.reboot is RebootMode.ALWAYS
                   or (opts.reboot is RebootMode.AUTO and results[h.name].reboot_needed)]
-        back = _reboot(conn, reboot, opts, steps, actor=actor, owner=owner, run_id=run_id, echo=echo)
-        rebooting = {h.name for h in reboot}
+    resumed = [h for h in batch if h.name in resumed_reboot]
+    came_back, again, lost = _resume_reboot(conn, resumed, resumed_reboot, opts, steps, run_id=run_id,
+                                            echo=echo)
+    back = _reboot(conn, [*reboot, *again], opts, steps, actor=actor, owner=owner, run_id=run_id, echo=echo)
+    back.update(lost)
+    back.update({h.name: None for h in came_back})
+    rebooting = {h.name for h in (*reboot, *resumed)}
+    if provisioned or resumed:
         locks.refresh(conn, lock_holder_id(run_id),
                       ttl=timedelta(seconds=opts.verify_timeout_s) + locks.DEFAULT_TTL)
-        for h in provisioned:
-            if h.name in rebooting and back[h.name]:
-                done[h.name] = _quarantine(conn, h.name, actor, f"reboot failed: {back[h.name]}", echo,
-                                           run_id=run_id)
-                continue
-            hstate.transition(conn, h.name, DrainState.VERIFYING, actor=actor, owner=owner, run_id=run_id,
-                              expect={DrainState.MAINTAINING},
-                              note="provisioned, rebooted" if h.name in rebooting else "provisioned")
-            verify.append(h)
+    for h in (*provisioned, *resumed):
+        if h.name in rebooting and back[h.name]:
+            done[h.name] = _quarantine(conn, h.name, actor, f"reboot failed: {back[h.name]}", echo,
+                                       run_id=run_id)
+            continue
+        note = ("provisioned, rebooted (the interrupted run's reboot)" if h.name in steps.rebooted
+                and h.name in resumed_reboot
+                else "provisioned, rebooted" if h.name in rebooting else "provisioned")
+        hstate.transition(conn, h.name, DrainState.VERIFYING, actor=actor, owner=owner, run_id=run_id,
+                          expect={DrainState.MAINTAINING}, note=note)
+        verify.append(h)
     # 5. verify through the agents (retried: an agent restarted by the playbook needs a moment)
     healthy: list[HostLike] = []
     if verify:
@@ -399,20 +461,62 @@ def _run_batch(conn: Connection, batch: Sequence[HostLike], pool: Sequence[HostL
     return [done[h.name] for h in batch]
 
 
+def _resume_reboot(conn: Connection, hosts: Sequence[HostLike], recorded: Mapping[str, str | None],
+                   opts: MaintainOptions, steps: _Steps, *, run_id: str,
+                   echo: Echo) -> tuple[list[HostLike], list[HostLike], dict[str, str | None]]:
+    """Hosts whose reboot a killed run had asked for: (back from it, to reboot now, host -> why lost).
+    Each is waited for before its marker is compared: it may still be booting."""
+    if not hosts:
+        return [], [], {}
+    if steps.markers is None:
+        return [], list(hosts), {}
+    locks.refresh(conn, lock_holder_id(run_id),
+                  ttl=timedelta(seconds=opts.reboot_timeout_s + opts.verify_timeout_s) + locks.DEFAULT_TTL)
+    echo(f"{', '.join(h.name for h in hosts)}: an interrupted run rebooted them; waiting up to "
+         f"{opts.reboot_timeout_s:.0f}s for them to answer")
+    try:
+        got = steps.markers(hosts, held_by=lock_holder_id(run_id), timeout_s=opts.reboot_timeout_s, wait=True)
+    except FleetctlError as exc:
+        got = {h.name: BootMarker(problem=f"boot marker not read: {exc}") for h in hosts}
+    came_back: list[HostLike] = []
+    again: list[HostLike] = []
+    lost: dict[str, str | None] = {}
+    for h in hosts:
+        now = got.get(h.name) or BootMarker(problem="no result from the boot marker run")
+        before = recorded.get(h.name)
+        if now.problem or now.marker is None:
+            lost[h.name] = f"not back from the interrupted run's reboot: {now.problem or 'no boot marker'}"
+        elif before is not None and one_line(now.marker) != before:
+            came_back.append(h)
+        else:
+            again.append(h)  # no marker recorded, or the same boot: the reboot never happened
+    steps.rebooted += [h.name for h in came_back]
+    return came_back, again, lost
+
+
 def _reboot(conn: Connection, hosts: Sequence[HostLike], opts: MaintainOptions, steps: _Steps, *,
             actor: str, owner: str, run_id: str, echo: Echo) -> dict[str, str | None]:
     """Reboot ``hosts`` through the rebooter; per host None when it came back, else why not."""
     if not hosts:
         return {}
     why = "--reboot always" if opts.reboot is RebootMode.ALWAYS else f"{REBOOT_FACT} after provisioning"
+    if steps.rebooter is not None:
+        wait = timedelta(seconds=opts.reboot_timeout_s + opts.verify_timeout_s)
+        locks.refresh(conn, lock_holder_id(run_id), ttl=wait + locks.DEFAULT_TTL)
+    markers = _markers_before(hosts, steps, run_id=run_id, timeout_s=opts.reboot_timeout_s)
+    unread = {n: f"boot marker not read before the reboot: {m.problem}" for n, m in markers.items()
+              if m.problem}
+    hosts = [h for h in hosts if h.name not in unread]
     for h in hosts:  # audited before the reboot is asked for: a kill from here on leaves the trace
+        marker = markers[h.name].marker if h.name in markers else None
         hstate.transition(conn, h.name, DrainState.MAINTAINING, actor=actor, owner=owner, run_id=run_id,
-                          expect={DrainState.MAINTAINING}, note=f"reboot ({why})")
+                          expect={DrainState.MAINTAINING},
+                          note=reboot_note(why, one_line(marker) if marker else None))
+    if not hosts:
+        return dict(unread)
     steps.start("reboot", hosts)
     if steps.rebooter is None:
         return {h.name: "a reboot is needed but this maintain cannot reboot hosts" for h in hosts}
-    locks.refresh(conn, lock_holder_id(run_id),
-                  ttl=timedelta(seconds=opts.reboot_timeout_s + opts.verify_timeout_s) + locks.DEFAULT_TTL)
     echo(f"rebooting {', '.join(h.name for h in hosts)} ({why}; waiting up to {opts.reboot_timeout_s:.0f}s)")
     try:
         got = steps.rebooter(hosts, held_by=lock_holder_id(run_id), timeout_s=opts.reboot_timeout_s)
@@ -420,7 +524,20 @@ def _reboot(conn: Connection, hosts: Sequence[HostLike], opts: MaintainOptions, 
     except FleetctlError as exc:
         back = {h.name: f"reboot did not run: {exc}" for h in hosts}
     steps.rebooted += [h.name for h in hosts if not back[h.name]]
-    return back
+    return {**back, **unread}
+
+
+def _markers_before(hosts: Sequence[HostLike], steps: _Steps, *, run_id: str,
+                    timeout_s: float) -> dict[str, BootMarker]:
+    """The hosts' boot markers before their reboot (none without a reader or a rebooter)."""
+    if steps.markers is None or steps.rebooter is None:
+        return {}
+    try:
+        got = steps.markers(hosts, held_by=lock_holder_id(run_id), timeout_s=timeout_s, wait=False)
+    except FleetctlError as exc:
+        return {h.name: BootMarker(problem=str(exc)) for h in hosts}
+    none = BootMarker(problem="no result from the boot marker run")
+    return {h.name: got.get(h.name) or none for h in hosts}
 
 
 def _verify(verifier: HealthCheck, hosts: Sequence[HostLike], opts: MaintainOptions, *,
@@ -521,9 +638,10 @@ def _verdicts(result: Any, names: Sequence[str]) -> dict[str, str | None]:
 
 
 def ansible_provisioner(inventory: Sequence[str], db_path: Path | None, *, cwd: Path | None = None,
-                        args: PlaybookArgs = PlaybookArgs()) -> Provisioner:
+                        args: PlaybookArgs = PlaybookArgs(), internal: bool = False) -> Provisioner:
     """The real provisioner: ``fleetctl.provision.run`` (ansible-runner), limited to the batch; each
-    host's REBOOT_FACT is read from the run's events."""
+    host's REBOOT_FACT is read from the run's events. ``internal``: the runs are no provisioning (a
+    remediation's repair playbooks), see ``ProvisionOptions.internal``."""
 
     def run(hosts: Sequence[HostLike], playbook: str, *, held_by: str) -> Mapping[str, Provisioned]:
         from fleetctl.provision import ProvisionOptions
@@ -534,7 +652,8 @@ def ansible_provisioner(inventory: Sequence[str], db_path: Path | None, *, cwd: 
         watcher = _RebootFactWatcher()
         result = provision_run(ProvisionOptions(inventory=list(inventory), pattern=",".join(names),
                                                 playbook=playbook, extra_vars=list(args.extra_vars),
-                                                tags=list(args.tags), skip_tags=list(args.skip_tags)),
+                                                tags=list(args.tags), skip_tags=list(args.skip_tags),
+                                                internal=internal),
                                AnsibleRunner(), db_path=db_path, cwd=cwd, held_by=held_by,
                                observer=watcher)
         return {name: Provisioned(problem, watcher.needed.get(name, False))
@@ -551,8 +670,9 @@ def reboot_playbook() -> Path:
 
 def ansible_rebooter(inventory: Sequence[str], db_path: Path | None, *, cwd: Path | None = None,
                      extra_vars: Sequence[str] = ()) -> Rebooter:
-    """The real rebooter: playbooks/system_reboot.yml (``ansible.builtin.reboot``) as a recorded run
-    under the batch's locks; the maintain's ``-e`` go with it (connection settings, reboot_command)."""
+    """The real rebooter: playbooks/system_reboot.yml (``ansible.builtin.reboot``) as a recorded
+    internal run under the batch's locks; the maintain's ``-e`` go with it (connection settings,
+    reboot_command)."""
 
     def run(hosts: Sequence[HostLike], *, held_by: str, timeout_s: float) -> Mapping[str, str | None]:
         from fleetctl.provision import ProvisionOptions
@@ -563,8 +683,64 @@ def ansible_rebooter(inventory: Sequence[str], db_path: Path | None, *, cwd: Pat
         timeout = json.dumps({"fleetctl_reboot_timeout": max(1, round(timeout_s))})
         result = provision_run(ProvisionOptions(inventory=list(inventory), pattern=",".join(names),
                                                 playbook=str(reboot_playbook()),
-                                                extra_vars=[*extra_vars, timeout]),
+                                                extra_vars=[*extra_vars, timeout], internal=True),
                                AnsibleRunner(), db_path=db_path, cwd=cwd, held_by=held_by)
         return _verdicts(result, names)
+
+    return run
+
+
+MARKER_FACT = "fleetctl_boot_marker"
+
+
+def marker_facts(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(host, marker) when an Ansible event is system_reboot.yml's ``set_fact`` of MARKER_FACT."""
+    if event.get("event") != "runner_on_ok":
+        return None
+    data = event.get("event_data") or {}
+    res = data.get("res") if isinstance(data, Mapping) else None
+    facts = res.get("ansible_facts") if isinstance(res, Mapping) else None
+    if not isinstance(facts, Mapping) or MARKER_FACT not in facts or not data.get("host"):
+        return None
+    return str(data["host"]), one_line(str(facts[MARKER_FACT]))
+
+
+class _MarkerWatcher(_RebootFactWatcher):
+    """A run's observer that keeps each host's boot marker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.markers: dict[str, str] = {}
+
+    def event(self, event: Mapping[str, Any], tally: object) -> None:
+        found = marker_facts(event)
+        if found is not None:
+            self.markers[found[0]] = found[1]
+
+
+def ansible_boot_markers(inventory: Sequence[str], db_path: Path | None, *, cwd: Path | None = None,
+                         extra_vars: Sequence[str] = ()) -> BootMarkers:
+    """The real boot-marker reader: system_reboot.yml in its ``marker`` mode (or ``wait``: first
+    ``wait_for_connection`` within the timeout), an internal run; the maintain's ``-e`` go with it."""
+
+    def run(hosts: Sequence[HostLike], *, held_by: str, timeout_s: float,
+            wait: bool) -> Mapping[str, BootMarker]:
+        from fleetctl.provision import ProvisionOptions
+        from fleetctl.provision import run as provision_run
+        from fleetctl.runner import AnsibleRunner
+
+        names = [h.name for h in hosts]
+        mode = json.dumps({"fleetctl_reboot_mode": "wait" if wait else "marker",
+                           "fleetctl_reboot_timeout": max(1, round(timeout_s))})
+        watcher = _MarkerWatcher()
+        result = provision_run(ProvisionOptions(inventory=list(inventory), pattern=",".join(names),
+                                                playbook=str(reboot_playbook()),
+                                                extra_vars=[*extra_vars, mode], internal=True),
+                               AnsibleRunner(), db_path=db_path, cwd=cwd, held_by=held_by, observer=watcher)
+        out: dict[str, BootMarker] = {}
+        for name, problem in _verdicts(result, names).items():
+            marker = watcher.markers.get(name)
+            out[name] = BootMarker(marker, problem or (None if marker else "the run reported no marker"))
+        return out
 
     return run

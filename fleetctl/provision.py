@@ -92,6 +92,9 @@ class ProvisionOptions:
     host_key_checking: bool = True
     vault_password_file: Path | None = None
     vault_password: str | None = field(default=None, repr=False)  # prompted; never stored
+    # fleetctl's own run of a playbook (maintain's reboot, a remediation's repair): recorded, but it
+    # says nothing about whether the host is provisioned, so no lifecycle move and no provision count.
+    internal: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ class Plan:
             "host_key_checking": self.envvars.get("ANSIBLE_HOST_KEY_CHECKING") == "True",
             "vault": "password-file" if o.vault_password_file else ("prompt" if o.vault_password else None),
             "vault_password_file": str(o.vault_password_file) if o.vault_password_file else None,
+            # only when set: records of ordinary runs keep their shape
+            **({"internal": True} if o.internal else {}),
         }
 
     def redact(self, text: str) -> str:
@@ -754,7 +759,8 @@ def _run_locked(
     if notes:
         message = "; ".join([*([message] if message else []), *notes])[:1000]
     store.write(lambda c: runs.finish(c, run_id, status, hosts, message=message))
-    if status != "canceled" and not the_plan.options.check:  # a dry run says nothing about a host's life
+    # A dry run or fleetctl's own internal run says nothing about a host's life.
+    if status != "canceled" and not the_plan.options.check and not the_plan.options.internal:
         store.write(lambda c: lifecycle.on_provision_result(
             c, run_id, {h.host: h.state for h in hosts}, actor=user, playbook=the_plan.playbook.name,
             partial=bool(the_plan.options.tags or the_plan.options.skip_tags)))

@@ -1,7 +1,8 @@
 """The burn-in gate: may these hosts take work? Three checks in order, each host's outcome recorded.
 
-1. ``provision``: the host's latest provision run recorded in the state database (not ``--check``)
-   finished and succeeded on it, naming the run; ``--skip-provision-check`` skips it, recorded;
+1. ``provision``: the host's latest provision run recorded in the state database (not ``--check``,
+   not fleetctl's internal reboot/repair runs) finished and succeeded on it, naming the run;
+   ``--skip-provision-check`` skips it, recorded;
 2. ``agent``: the host's agent answers for itself (not another host's agent) with a healthy report
    and every chip the inventory expects (the fleet report's verdict, :func:`agent_check`);
    degraded passes as a warning;
@@ -180,7 +181,8 @@ def _blocked(name: str) -> CheckRecord:
 
 
 def provision_check(conn: Connection) -> ProvisionCheck:
-    """Each host's latest provision run recorded here (a ``--check`` run does not count) must have
+    """Each host's latest provision run recorded here (a ``--check`` run or an internal one does not
+    count) must have
     finished and succeeded on it."""
     from fleetctl.runner import HostResult
 
@@ -191,7 +193,7 @@ def provision_check(conn: Connection) -> ProvisionCheck:
                 "SELECT r.id, r.status, r.playbook, r.ended_at, r.options, h.result "
                 "FROM provision_run_hosts h JOIN provision_runs r ON r.id = h.run_id WHERE h.host = ? "
                 "ORDER BY r.started_at DESC, r.id DESC", (name,)).fetchall()
-            latest = next((r for r in rows if not _check_mode(r["options"])), None)
+            latest = next((r for r in rows if _provision_like(r["options"])), None)
             if latest is None:
                 found[name] = CheckRecord(PROVISION, FAILED, "no provision run recorded for the host in the "
                                           "state database (fleetctl provision, or --skip-provision-check)")
@@ -214,12 +216,14 @@ def provision_check(conn: Connection) -> ProvisionCheck:
     return check
 
 
-def _check_mode(options: object) -> bool:
+def _provision_like(options: object) -> bool:
+    """Not a ``--check`` run, nor one of fleetctl's internal runs (maintain's reboot, a remediation's
+    repair): neither says whether the host is provisioned."""
     try:
         o = json.loads(str(options))
     except ValueError:
-        return False
-    return isinstance(o, dict) and bool(o.get("check"))
+        return True
+    return not (isinstance(o, dict) and (o.get("check") or o.get("internal")))
 
 
 def agent_check(inventory: Sequence[Host], *, timeout_s: float = 5.0) -> AgentCheck:

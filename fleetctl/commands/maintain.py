@@ -128,9 +128,11 @@ def maintain(
                                  args)
         provisioner = core.ansible_provisioner(sources, ctx.db_path, args=args)
         rebooter = core.ansible_rebooter(sources, ctx.db_path, extra_vars=args.extra_vars)
+        markers = core.ansible_boot_markers(sources, ctx.db_path, extra_vars=args.extra_vars)
         health = functools.partial(agent_health, inventory=list(ctx.inventory.hosts.values()))
         result = core.maintain(ctx.conn, selected, ctx.pool(scope), ctx.schedulers,
                                provisioner, health, opts, echo=echo_err, rebooter=rebooter,
+                               boot_markers=markers,
                                on_step=_pause_hook(pause_at) if pause_at else None)
     if dry_run:
         typer.echo("dry run: nothing changed", err=True)

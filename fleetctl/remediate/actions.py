@@ -266,7 +266,9 @@ def ansible_playbook_run(inventory: Sequence[str], db_path: Path | None, *,
     from fleetctl.maintain import PlaybookArgs, ansible_provisioner
 
     def run(host: Host, playbook: str, extra_vars: Sequence[str], held_by: str) -> str | None:
-        provision = ansible_provisioner(inventory, db_path, cwd=cwd, args=PlaybookArgs(extra_vars=extra_vars))
+        # internal: a repair is no provision run (no lifecycle move, not counted by burn-in's check)
+        provision = ansible_provisioner(inventory, db_path, cwd=cwd, args=PlaybookArgs(extra_vars=extra_vars),
+                                        internal=True)
         try:
             got = provision([host], playbook, held_by=held_by)
         except FleetctlError as exc:

@@ -216,12 +216,14 @@ def _provisioned(conn: Connection, hosts: Sequence[str], *,
 
 
 def _whole_run(options: str) -> bool:
-    """A run that did the whole playbook for real: not --check, no --tags/--skip-tags."""
+    """A run that did the whole playbook for real: not --check, no --tags/--skip-tags, and not one of
+    fleetctl's internal runs (maintain's reboot, a remediation's repair playbook)."""
     try:
         o = json.loads(options)
     except ValueError:
         return False
-    return isinstance(o, dict) and not o.get("check") and not o.get("tags") and not o.get("skip_tags")
+    return (isinstance(o, dict) and not o.get("check") and not o.get("tags") and not o.get("skip_tags")
+            and not o.get("internal"))
 
 
 def _host_result(text: str) -> str:

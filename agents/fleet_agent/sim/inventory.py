@@ -22,6 +22,8 @@ import yaml
 from fleet_agent.atomic import write_atomic
 from fleet_agent.daemon import AgentRuntime
 
+SIM_SSH_PORT = 1
+
 
 def _which(scenario: str, hosts: int, state_dir: str | None, host_index: int | None) -> list[str]:
     """A stand-in's options naming the fleet and the host (by index, or the inventory's own name)."""
@@ -66,7 +68,11 @@ def inventory_doc(runtimes: Sequence[AgentRuntime], *, token: str | None = None,
     hosts: dict[str, Any] = {}
     groups: dict[str, dict[str, None]] = {}
     for rt in runtimes:
-        hv: dict[str, Any] = {"ansible_host": "127.0.0.1", "fleet_agent_port": rt.port}
+        # ansible_port: a port nothing listens on (TCP port 1, tcpmux, long unassigned), so a play
+        # without its own connection (site.yml, system_reboot.yml) finds the host unreachable
+        # instead of reaching this machine's sshd.
+        hv: dict[str, Any] = {"ansible_host": "127.0.0.1", "ansible_port": SIM_SSH_PORT,
+                              "fleet_agent_port": rt.port}
         if rt.sampler.expected_chips is not None:
             hv["fleet_agent_expected_chips"] = rt.sampler.expected_chips
         hosts[rt.name] = hv
