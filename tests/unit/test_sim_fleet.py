@@ -98,8 +98,9 @@ def test_inventory_groups_and_atomic_write(tmp_path: Path) -> None:
     runtimes = [_runtime("dgx-0000", stats, group="dgx", kind="gpu", port=18001),
                 _runtime("v5e-0000", stats, group="tpu-v5e", kind="tpu", port=18002)]
     doc = inventory_doc(runtimes)
-    assert doc["all"]["hosts"]["dgx-0000"] == {"ansible_host": "127.0.0.1", "fleet_agent_port": 18001,
-                                               "fleet_agent_expected_chips": 8}
+    # ansible_port 1: nothing listens there, so a play without its own connection cannot reach this machine
+    assert doc["all"]["hosts"]["dgx-0000"] == {"ansible_host": "127.0.0.1", "ansible_port": 1,
+                                               "fleet_agent_port": 18001, "fleet_agent_expected_chips": 8}
     assert set(doc["all"]["children"]) == {"dgx", "gpu_nodes", "tpu_v5e", "tpu_nodes"}
     target = tmp_path / "inv.yml"
     target.write_text("old\n")

@@ -206,6 +206,7 @@ def _fault(path: str, doc: Any, where: str, groups: dict[str, GroupSpec]) -> Fau
     repeat_every = r.get_num("repeat_every", positive=True)
     for_s = r.get_num("for_s", positive=True)
     reset_override = r.get_bool("reset_clears", True) if r.has("reset_clears") else None
+    boot = r.get_str("boot")
     if repeat_every is not None and for_s is not None and for_s >= repeat_every:
         r.fail(r.key("for_s"), f"must be below repeat_every ({repeat_every:g}), or the fault never goes off")
 
@@ -247,7 +248,7 @@ def _fault(path: str, doc: Any, where: str, groups: dict[str, GroupSpec]) -> Fau
         p["functions"] = frozenset(fns)
     return FaultSpec(kind=kind, group=gname, hosts=hosts, every=every, offset=offset, chips=chips,
                      at=at, params=p, where=where, until=until, repeat_every=repeat_every, for_s=for_s,
-                     reset_override=reset_override)
+                     reset_override=reset_override, boot=boot)
 
 
 def _split(total: int, groups: list[GroupSpec], path: str) -> list[int]:

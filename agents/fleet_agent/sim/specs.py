@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet_agent.health.xid_codes import clears_on
+from fleet_agent.sim.boot import boot_marker
 
 Clock = Callable[[], float]
 # When chip ``chip`` of the host was last reset (seconds on the scenario's clock), or None:
@@ -49,7 +50,7 @@ FAULT_PARAMS: dict[str, tuple[frozenset[str], bool, frozenset[str]]] = {
 FAULT_KINDS = tuple(FAULT_PARAMS)
 PER_CHIP_KINDS = frozenset(k for k, (_, per_chip, _) in FAULT_PARAMS.items() if per_chip)
 # Keys every fault takes: where it lands and when it is on.
-TIMING_KEYS = frozenset({"at", "until", "repeat_every", "for_s", "reset_clears"})
+TIMING_KEYS = frozenset({"at", "until", "repeat_every", "for_s", "reset_clears", "boot"})
 
 # Kinds whose occurrence a GPU reset (`nvidia-smi -r`) ends, as on real hardware: a reset applies a
 # pending row remap or page retirement and zeroes the volatile ECC counters, and retrains NVLink
@@ -99,6 +100,8 @@ class FaultSpec:
     for_s: float | None = None  # each occurrence lasts this long (else until the next one)
     # The scenario's word on whether a reset ends it (a chip a reset does not mend); None: the kind's.
     reset_override: bool | None = None
+    # On only while the host runs the boot of this marker (fleet_agent.sim.boot): a reboot clears it.
+    boot: str | None = None
 
     @property
     def reset_clears(self) -> bool:
@@ -113,6 +116,8 @@ class FaultSpec:
         """The start of the occurrence that is on at ``t`` (seconds after the scenario's start), or
         None when the fault is off then."""
         if t < self.at or (self.until is not None and t >= self.until):
+            return None
+        if self.boot is not None and self.boot != boot_marker():
             return None
         start = self.at
         if self.repeat_every is not None:
