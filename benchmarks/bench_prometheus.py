@@ -12,7 +12,7 @@ small feeder in this process (the value is the time of the scrape, as with an ag
 few seconds); without it every host would look stale to fleetctl after 30 s.
 
 Whole commands (interpreter start to exit), warm inventory cache, median of ``--runs``, with the
-child's peak RSS (wait4): direct fan-out over the same agents, through Prometheus, and through
+child's peak RSS (GNU time's %M): direct fan-out over the same agents, through Prometheus, and through
 Prometheus with the code before the recording rules (``--before REF``, default d1d88ca~1, in a
 temporary ``git worktree`` put first on PYTHONPATH; removed at the end; where it fails at its default
 timeout, it is timed again with ``--timeout 300`` as issue 20 did). Prometheus's own CPU seconds per
@@ -32,6 +32,9 @@ expected status is h's. Direct fan-out is timed only at sizes made of real agent
 sizes its figure is absent and the statuses are checked against direct fan-out over the real agents.
 With ``--evaluation-interval`` the rules run less often (60 s keeps Prometheus's rule work over
 millions of series from taking both cores; fleetctl's trust window follows the interval).
+``--rules FILE`` loads another rules file (an older version, say); ``--hold FILE`` keeps Prometheus and
+the agents up after each size, their URL and inventory written to FILE, until FILE is removed, for
+measurements by hand against the same server (rules swapped with SIGHUP, in-process timers).
 
 Targets (issue 20): through Prometheus not slower per host than direct fan-out at 10,000 hosts, and
 10,000 hosts <= 1 s whole command; ``before_vs_after`` is the old path's time over the new one's.
@@ -72,6 +75,7 @@ JOB = "fleet"
 TARGET_10K_S = 1.0  # issue 20: 10,000 hosts through Prometheus, whole command
 BEFORE_REF = "d1d88ca~1"  # the code before the recording rules
 LONG_TIMEOUT = ["--timeout", "300"]
+GNU_TIME = "/usr/bin/time"  # the peak RSS of fleetctl alone (Debian's package 'time')
 # fleetctl/promsource.py: up to this many selected hosts are read chip by chip, unless the variable says
 DETAIL_ALL_MAX_HOSTS = 1000
 ENV_DETAIL = "FLEETCTL_PROMETHEUS_DETAIL_HOSTS"
@@ -247,7 +251,8 @@ def cpu_s(pid: int) -> float:
 
 
 def start_prometheus(work: Path, openmetrics: list[Path], port: int, feeder_port: int, hosts: int,
-                     evaluation_s: int = 10) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
+                     evaluation_s: int = 10, rules: Path = RULES
+                     ) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
     data = work / "data"
     started = time.perf_counter()
     for part in openmetrics:  # one block per part, overlapping in time (Prometheus merges them)
@@ -264,7 +269,7 @@ def start_prometheus(work: Path, openmetrics: list[Path], port: int, feeder_port
         # would mark every sample time stale. Its interval stays well inside the stale window.
         f"global: {{scrape_interval: {5 if small else 15}s, scrape_timeout: {4 if small else 10}s, "
         f"evaluation_interval: {evaluation_s}s}}\n"
-        f"rule_files: ['{RULES}']\n"
+        f"rule_files: ['{rules}']\n"
         "scrape_configs:\n"
         "  - job_name: feeder\n"
         "    honor_labels: true\n"
@@ -307,21 +312,28 @@ class CommandFailed(Exception):
 
 
 class Run:
-    """``fleetctl ARGS`` timed from start to exit, with its peak RSS (wait4) and parsed JSON."""
+    """``fleetctl ARGS`` timed from start to exit, with its peak RSS and parsed JSON."""
 
     def __init__(self, args: list[str], env: dict[str, str], prom_pid: int | None = None) -> None:
         prom_before = cpu_s(prom_pid) if prom_pid else 0.0
         started = time.perf_counter()
         # Output to files, not pipes: the child is reaped by wait4 (its own rusage), not by Popen.
-        with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
-            proc = subprocess.Popen([FLEETCTL, *args], stdout=out_f, stderr=err_f, env=env)
+        # The peak RSS comes from GNU time: a child forked from this (large) process carries this
+        # process's high-water mark through exec into its own ru_maxrss.
+        with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f, \
+                tempfile.NamedTemporaryFile("r") as rss_f:
+            cmd = [FLEETCTL, *args]
+            if Path(GNU_TIME).exists():
+                cmd = [GNU_TIME, "-f", "%M", "-o", rss_f.name, *cmd]
+            proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env)
             _, status, usage = os.wait4(proc.pid, 0)
             self.wall = time.perf_counter() - started
             proc.returncode = os.waitstatus_to_exitcode(status)
             out_f.seek(0)
             err_f.seek(0)
             out, err = out_f.read(), err_f.read()
-        self.rss_mb = round(usage.ru_maxrss / 1024, 1)
+            kb = rss_f.read().strip().splitlines()
+        self.rss_mb = round(int(kb[-1]) / 1024 if kb and kb[-1].isdigit() else usage.ru_maxrss / 1024, 1)
         self.cpu = usage.ru_utime + usage.ru_stime
         self.prom_cpu = (cpu_s(prom_pid) - prom_before) if prom_pid else 0.0
         self.stderr = err.decode(errors="replace").strip()
@@ -358,7 +370,8 @@ def measure(name: str, args: list[str], env: dict[str, str], runs: int, prom_pid
 
 
 def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int,
-               before: Path | None, real_hosts: int = 10000, evaluation_s: int = 10) -> dict[str, Any]:
+               before: Path | None, real_hosts: int = 10000, evaluation_s: int = 10,
+               rules: Path = RULES, hold: Path | None = None) -> dict[str, Any]:
     d = work / f"n{hosts}"
     d.mkdir()
     real = min(hosts, real_hosts)
@@ -385,7 +398,7 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
         log(f"{hosts} hosts: {series} series ({size / 1e6:.0f} MB OpenMetrics in {len(parts)} parts) in "
             f"{time.perf_counter() - started:.1f}s; building blocks")
         feeder = Feeder(targets + [c for cs in copies.values() for c in cs], prom_port + 1)
-        prom, url, setup = start_prometheus(d, parts, prom_port, prom_port + 1, hosts, evaluation_s)
+        prom, url, setup = start_prometheus(d, parts, prom_port, prom_port + 1, hosts, evaluation_s, rules)
         # Its background work (rules, the feeder's scrape) over one evaluation interval, no query:
         # the part of each run's Prometheus CPU that is not the queries'.
         idle_from = cpu_s(prom.pid)
@@ -435,6 +448,13 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
                 break
             else:
                 result["before_vs_after"] = None
+        if hold is not None:
+            # For measurements by hand against the same Prometheus (rules swapped with SIGHUP, say).
+            hold.write_text(json.dumps({"url": url, "inventory": str(inv), "prometheus_pid": prom.pid,
+                                        "cache_dir": env["FLEETCTL_CACHE_DIR"], "rules": str(rules)}))
+            log(f"{hosts} hosts: holding Prometheus until {hold} is removed")
+            while hold.exists():
+                time.sleep(1)
         return result
     finally:
         if prom is not None:
@@ -480,6 +500,11 @@ def main() -> int:
                    help="at most this many real agents; larger sizes copy their exposition (default 10000)")
     p.add_argument("--evaluation-interval", type=int, default=10,
                    help="the recording rules' evaluation interval in seconds (default 10)")
+    p.add_argument("--rules", type=Path, default=RULES,
+                   help="the recording rules file Prometheus loads (default: the shipped one)")
+    p.add_argument("--hold", type=Path,
+                   help="after each size, write its URL and inventory to this file and keep Prometheus and "
+                        "the agents running until the file is removed")
     args = p.parse_args()
     if (problem := missing_tools()) is not None:
         print(f"bench_prometheus: {problem}", file=sys.stderr)
@@ -499,7 +524,8 @@ def main() -> int:
                 "benchmark": "fleetctl health --source prometheus", "cpus": os.cpu_count(),
                 "load_avg_at_start": os.getloadavg()[0], "before_ref": None if before is None else before_ref,
                 "sizes": [bench_size(work, n, runs, args.base_port, args.prometheus_port, before,
-                                     args.real_hosts, args.evaluation_interval) for n in sizes],
+                                     args.real_hosts, args.evaluation_interval, args.rules.resolve(),
+                                     args.hold) for n in sizes],
             }
         finally:
             if before is not None:

@@ -50,6 +50,7 @@ from fleetctl.errors import UsageError
 from fleetctl.inventory import Host
 from fleetctl.report import FleetReport, HostHealth, HostRow
 from fleetctl.report.build import host_row_failed, host_row_from_node
+from fleetctl.speedups import gc_paused
 
 ENV_URL = "FLEETCTL_PROMETHEUS_URL"
 ENV_DETAIL = "FLEETCTL_PROMETHEUS_DETAIL_HOSTS"
@@ -85,7 +86,16 @@ EVALUATION_SLACK_S = 5.0
 SUMMARY = "fleetctl:host_summary"
 MODELS = "fleetctl:host_chip_models"
 AGENT_JOBS = "fleetctl:agent_jobs"
-RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", SUMMARY, MODELS, AGENT_JOBS)
+# The summaries fleetctl reads, one query each: one query of every summary is one answer of a few series
+# per host that Prometheus encodes and fleetctl decodes one after the other; apart, they are answered
+# side by side (Prometheus's cores) and decoded while the next ones are on their way.
+SUMMARY_KEYS: tuple[str, ...] = (
+    "node_healthy", "sample_timestamp_seconds", "chips_expected", "chips_present", "chips_healthy", "drained",
+    "max_temperature_celsius", "mean_utilization_ratio", "memory_used_bytes", "memory_total_bytes",
+    "power_watts",
+)
+SUMMARY_QUERIES: tuple[str, ...] = tuple(f'{SUMMARY}{{summary="{key}"}}' for key in SUMMARY_KEYS)
+RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", *SUMMARY_QUERIES, MODELS, AGENT_JOBS)
 NO_RULES = ("Prometheus has no fleetctl-report recording rules (deploy/prometheus/rules/"
             "fleetctl-report.rules.yml): reading every chip's series instead (slow past ~10,000 hosts)")
 # A selection this small is read chip by chip even when every summary is clean.
@@ -530,6 +540,15 @@ class SummaryRow(HostRow):
         self.summary_values = s.values
         self.models = s.models
 
+    @classmethod
+    def of(cls, s: _Summary, **fields: Any) -> SummaryRow:
+        """The row built from its fields at once (no HostRow first to copy: one per clean host)."""
+        row = cls.__new__(cls)
+        HostRow.__init__(row, **fields)
+        row.summary_values = s.values
+        row.models = s.models
+        return row
+
     @property
     def chips_present(self) -> int:
         return int(self.summary_values.get("chips_present", 0))
@@ -568,9 +587,10 @@ class SummaryRow(HostRow):
 
 def _summaries(answers: dict[str, list[Sample]], wanted: set[str]) -> dict[str, _Summary]:
     out: dict[str, _Summary] = defaultdict(_Summary)
-    for labels, value in answers.get(SUMMARY, []):
-        if labels.host in wanted and labels.summary is not None and math.isfinite(value):
-            out[labels.host].values[labels.summary] = value
+    for key in SUMMARY_QUERIES:
+        for labels, value in answers.get(key, []):
+            if labels.host in wanted and labels.summary is not None and math.isfinite(value):
+                out[labels.host].values[labels.summary] = value
     for labels, value in answers.get(MODELS, []):
         if labels.host in wanted and math.isfinite(value):
             s = out[labels.host]
@@ -657,6 +677,15 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
     chip by chip; otherwise hosts with a clean summary get a :class:`SummaryRow`. ``notice`` hears the
     one line saying the rules are missing (stderr by default).
     """
+    # As for direct fan-out: the decoded answers and the rows all stay alive to the end, so the cyclic
+    # collector's passes over them (in the decoding threads too) would free nothing.
+    with gc_paused():
+        return _report(hosts, client, inventory, pattern, now, deadline_s, use_rules, detail_all, notice)
+
+
+def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: str, now: float | None,
+            deadline_s: float, use_rules: bool, detail_all: bool | None,
+            notice: Callable[[str], None] | None) -> FleetReport:
     started = time.monotonic()
     wanted = {h.name for h in hosts}
     rules = False
@@ -736,11 +765,9 @@ def _summary_row(h: Host, s: _Summary, now: float) -> SummaryRow:
     expected = h.expected_chips
     if expected is None and "chips_expected" in s.values:
         expected = int(s.values["chips_expected"])
-    base = HostRow(name=h.name, address=h.address, port=h.agent_port, groups=h.groups,
-                   status=HostHealth.HEALTHY, agent_version=s.version, sampled_at=ts,
-                   age_s=max(0.0, now - ts),
-                   chips_expected=expected, vars=h.vars)
-    return SummaryRow(base, s)
+    return SummaryRow.of(s, name=h.name, address=h.address, port=h.agent_port, groups=h.groups,
+                         status=HostHealth.HEALTHY, agent_version=s.version, sampled_at=ts,
+                         age_s=max(0.0, now - ts), chips_expected=expected, vars=h.vars)
 
 
 def _detail_max() -> int:

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import base64
+import gc
 import http.server
 import json
 import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from fleetctl.inventory import Host
 from fleetctl.promsource import (
     NO_RULES,
     QUERIES,
     RULE_QUERIES,
+    SUMMARY_KEYS,
+    SUMMARY_QUERIES,
     HttpPrometheus,
     Labels,
     PrometheusError,
@@ -164,6 +169,7 @@ def test_file_sd_targets() -> None:
 
 # --- hostile or odd answers --------------------------------------------------------------------------
 
+REPO = Path(__file__).resolve().parents[2]
 NAN, INF = float("nan"), float("inf")
 
 
@@ -448,6 +454,9 @@ class RulesPrometheus(SeriesPrometheus):
     def query(self, promql: str) -> list[Sample]:
         self.queries.append(promql)
         name, _, rest = promql.partition("{")
+        if name == "fleetctl:host_summary" and rest:  # one summary: {summary="KEY"}
+            key = rest.split('"')[1]
+            return typed([(lab, v) for lab, v in self.series.get(name, []) if lab["summary"] == key])
         if rest.startswith('host=~"'):
             hosts = rest[len('host=~"'):].split('"', 1)[0].split("|")
             tail = rest.split("}", 1)[1]
@@ -474,6 +483,45 @@ def test_with_the_rules_only_hosts_with_a_doubtful_summary_are_read_chip_by_chip
     assert c1.status is HostHealth.HEALTHY and c1.agent_version == "0.2.0" and c1.age_s == 3.0
     assert (c1.chips_ok, c1.chips_total, c1.max_temperature_c) == (2, 2, 44.0)
     assert c1.mean_utilization_pct == pytest.approx(25.0) and c1.memory_used_bytes == 3 * 2**30
+
+
+def test_the_summaries_are_read_one_query_per_summary_never_all_at_once() -> None:
+    # One answer per summary lets Prometheus answer them side by side (issue 20, 10,000 hosts).
+    fake = RulesPrometheus()
+    rows = rules_report(fake)
+    assert "fleetctl:host_summary" not in fake.queries
+    assert [q for q in fake.queries if q.startswith("fleetctl:host_summary")] == list(SUMMARY_QUERIES)
+    assert {q.split('"')[1] for q in SUMMARY_QUERIES} == set(SUMMARY_KEYS)
+    # Every summary the rules record arrives: a clean row has all its figures, none made up.
+    c2 = rows["c2"]
+    assert isinstance(c2, SummaryRow)
+    assert set(c2.summary_values) == {labels["summary"] for labels, _ in fake.series["fleetctl:host_summary"]
+                                      if labels["host"] == "c2"}
+    assert c2.memory_total_bytes == 160 * 2**30 and c2.power_w is None
+
+
+def test_the_report_is_built_without_cyclic_collection_and_restores_it() -> None:
+    # Like direct fan-out: 100,000 decoded summaries stay alive, collection passes would free nothing.
+    seen: list[bool] = []
+
+    class Watching(RulesPrometheus):
+        def query(self, promql: str) -> list[Sample]:
+            seen.append(gc.isenabled())
+            return super().query(promql)
+
+    assert gc.isenabled()
+    try:
+        rules_report(Watching())
+        assert seen and not any(seen)  # in the querying threads too
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+
+def test_every_summary_the_shipped_rules_record_is_one_fleetctl_reads() -> None:
+    rules = yaml.safe_load((REPO / "deploy/prometheus/rules/fleetctl-report.rules.yml").read_text())
+    recorded = [r["labels"]["summary"] for g in rules["groups"] for r in g["rules"]
+                if r.get("record") == "fleetctl:host_summary"]
+    assert sorted(recorded) == sorted(SUMMARY_KEYS)  # a summary added to the rules must be queried too
 
 
 @pytest.mark.parametrize("doubt", [
