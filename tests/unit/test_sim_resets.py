@@ -83,7 +83,7 @@ def test_bad_timing_keys_are_one_line_errors(fault: dict[str, Any], message: str
 def test_a_repeating_xid_raises_its_events_each_time() -> None:
     sc = parse_scenario(doc({"kind": "xid", "code": 95, "at": 4, "repeat_every": 12, "until": 40}),
                         clock=Clock())
-    assert [at for at, _ in sc.host(0).nvml.present_gpus()[1].xids] == [4, 16, 28]
+    assert [at for at, _, _ in sc.host(0).nvml.present_gpus()[1].xids] == [4, 16, 28]
 
 
 # --- which faults a reset ends -------------------------------------------------------------------

@@ -213,12 +213,13 @@ class FakeGpu:
         self.faulty = bool(self.by_kind)
         # When this chip was last reset (a simulated nvidia-smi -r), or None: no reset ever seen.
         self.reset_at: ResetLookup = reset_at or (lambda _chip: None)
-        # XID events this chip raises: (seconds after start, code), in time order.
-        xids: list[tuple[float, int]] = []
+        # XID events this chip raises: (seconds after start, code, the fault), in time order; an event
+        # whose occurrence a reset ended before it came is not raised (see FakeNvml._next_event).
+        xids: list[tuple[float, int, FaultSpec]] = []
         for f in self.by_kind.get("xid", []):
-            xids += [(at, f.params["code"]) for at, _ in _xid_events(f)]
-        xids += [(f.at, 79) for f in self.by_kind.get("gpu_lost", [])]  # falling off the bus is XID 79
-        self.xids = sorted(xids)[:MAX_XID_EVENTS]
+            xids += [(at, f.params["code"], f) for at, _ in _xid_events(f)]
+        xids += [(f.at, 79, f) for f in self.by_kind.get("gpu_lost", [])]  # falling off the bus is XID 79
+        self.xids = sorted(xids, key=lambda e: (e[0], e[1]))[:MAX_XID_EVENTS]
 
     def active(self, kind: str, t: float) -> FaultSpec | None:
         """The fault of ``kind`` that is on at ``t`` (a reset ends those it clears), or None."""
@@ -752,12 +753,15 @@ class FakeNvml:
         with es.lock:
             for d in es.devices:
                 n = es.delivered.get(id(d), 0)
-                if n < len(d.xids):
-                    at, code = d.xids[n]
-                    if at <= t:
-                        es.delivered[id(d)] = n + 1
+                while n < len(d.xids):
+                    at, code, fault = d.xids[n]
+                    if at > t:
+                        soonest = at if soonest is None else min(soonest, at)
+                        break
+                    n += 1
+                    es.delivered[id(d)] = n
+                    if fault.on(at, d.reset_at(d.index)) is not None:  # not ended by a reset before it
                         return _EventData(d, 0x8, code), None
-                    soonest = at if soonest is None else min(soonest, at)
         return None, soonest
 
     def nvmlEventSetWait_v2(self, eventSet: _EventSet, timeoutms: int) -> _EventData:

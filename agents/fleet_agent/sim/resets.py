@@ -97,6 +97,9 @@ def read_resets(path: Path) -> list[float]:
     return out
 
 
+RACY_NS = 2_000_000_000  # coarser than any filesystem's timestamps (FAT's 2 s)
+
+
 class ResetLog:
     """The resets under a state directory, as the chips ask for them: ``latest(host, chip)``.
 
@@ -109,8 +112,8 @@ class ResetLog:
         self.refresh_s = refresh_s
         self._clock = clock
         self._lock = threading.Lock()
-        # host -> (read at, directory mtime, chip -> latest reset)
-        self._hosts: dict[str, tuple[float, int, dict[int, float]]] = {}
+        # host -> (read at, directory mtime or None: not to be trusted, chip -> latest reset)
+        self._hosts: dict[str, tuple[float, int | None, dict[int, float]]] = {}
 
     def latest(self, host: str, chip: int) -> float | None:
         return self._host(host).get(chip)
@@ -140,6 +143,9 @@ class ResetLog:
                         times = read_resets(Path(entry.path))
                         if times:
                             chips[int(entry.name)] = max(times)
+        # A directory changed within the filesystem's timestamp granularity of this read may change
+        # again with the same mtime (git's "racy" entries): read it again next time.
+        racy = mtime != -1 and time.time_ns() - mtime < RACY_NS
         with self._lock:
-            self._hosts[host] = (now, mtime, chips)
+            self._hosts[host] = (now, None if racy else mtime, chips)
         return chips
