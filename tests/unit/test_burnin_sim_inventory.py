@@ -23,7 +23,7 @@ def runtime(name: str, port: int, kind: str) -> Any:
 def test_the_inventory_carries_the_burn_in_vars_only_with_a_scenario() -> None:
     rts = [runtime("h100-0000", 38100, "gpu"), runtime("v5e-0000", 38101, "tpu")]
     plain = inventory_doc(rts, token="t0k")
-    assert plain["all"]["vars"] == {"fleet_agent_token": "t0k"}
+    assert plain["all"]["vars"] == {"ansible_port": 1, "fleet_agent_token": "t0k"}
     doc = inventory_doc(rts, token="t0k", scenario="/s/fleet.yaml")
     assert doc["all"]["vars"]["fleet_agent_token"] == "t0k"
     assert doc["all"]["vars"]["burn_in_connection"] == "local"

@@ -98,9 +98,10 @@ def test_inventory_groups_and_atomic_write(tmp_path: Path) -> None:
     runtimes = [_runtime("dgx-0000", stats, group="dgx", kind="gpu", port=18001),
                 _runtime("v5e-0000", stats, group="tpu-v5e", kind="tpu", port=18002)]
     doc = inventory_doc(runtimes)
+    assert doc["all"]["hosts"]["dgx-0000"] == {"ansible_host": "127.0.0.1", "fleet_agent_port": 18001,
+                                               "fleet_agent_expected_chips": 8}
     # ansible_port 1: nothing listens there, so a play without its own connection cannot reach this machine
-    assert doc["all"]["hosts"]["dgx-0000"] == {"ansible_host": "127.0.0.1", "ansible_port": 1,
-                                               "fleet_agent_port": 18001, "fleet_agent_expected_chips": 8}
+    assert doc["all"]["vars"] == {"ansible_port": 1}
     assert set(doc["all"]["children"]) == {"dgx", "gpu_nodes", "tpu_v5e", "tpu_nodes"}
     target = tmp_path / "inv.yml"
     target.write_text("old\n")
@@ -108,7 +109,7 @@ def test_inventory_groups_and_atomic_write(tmp_path: Path) -> None:
     assert yaml.safe_load(target.read_text()) == doc
     assert [p.name for p in tmp_path.iterdir()] == ["inv.yml"]  # no temporary file left behind
     assert target.stat().st_mode & 0o777 == 0o644
-    assert "vars" not in doc["all"]
+    assert "fleet_agent_token" not in doc["all"]["vars"]  # no token given, none written
 
 
 def test_inventory_carries_the_token_and_is_private(tmp_path: Path) -> None:
@@ -116,5 +117,6 @@ def test_inventory_carries_the_token_and_is_private(tmp_path: Path) -> None:
     runtimes = [_runtime("dgx-0000", stats, group="dgx", kind="gpu", port=18001)]
     target = tmp_path / "inv.yml"
     write_inventory(str(target), runtimes, token="s3cret")
-    assert yaml.safe_load(target.read_text())["all"]["vars"] == {"fleet_agent_token": "s3cret"}
+    written = yaml.safe_load(target.read_text())["all"]["vars"]
+    assert written == {"ansible_port": 1, "fleet_agent_token": "s3cret"}
     assert target.stat().st_mode & 0o777 == 0o600

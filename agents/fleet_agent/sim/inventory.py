@@ -68,11 +68,7 @@ def inventory_doc(runtimes: Sequence[AgentRuntime], *, token: str | None = None,
     hosts: dict[str, Any] = {}
     groups: dict[str, dict[str, None]] = {}
     for rt in runtimes:
-        # ansible_port: a port nothing listens on (TCP port 1, tcpmux, long unassigned), so a play
-        # without its own connection (site.yml, system_reboot.yml) finds the host unreachable
-        # instead of reaching this machine's sshd.
-        hv: dict[str, Any] = {"ansible_host": "127.0.0.1", "ansible_port": SIM_SSH_PORT,
-                              "fleet_agent_port": rt.port}
+        hv: dict[str, Any] = {"ansible_host": "127.0.0.1", "fleet_agent_port": rt.port}
         if rt.sampler.expected_chips is not None:
             hv["fleet_agent_expected_chips"] = rt.sampler.expected_chips
         hosts[rt.name] = hv
@@ -82,15 +78,17 @@ def inventory_doc(runtimes: Sequence[AgentRuntime], *, token: str | None = None,
         for g in names:
             groups.setdefault(_group_name(g), {})[rt.name] = None
     doc: dict[str, Any] = {"all": {"hosts": hosts}}
-    variables: dict[str, Any] = {}
+    # ansible_port (once, for every host): a port nothing listens on (TCP port 1, tcpmux, long
+    # unassigned), so a play without its own connection (site.yml, system_reboot.yml) finds the hosts
+    # unreachable instead of reaching this machine's sshd.
+    variables: dict[str, Any] = {"ansible_port": SIM_SSH_PORT}
     if scenario:
         variables.update(burn_in_vars(scenario, len(runtimes), state_dir=state_dir))
         if state_dir is not None:
             variables.update(remediate_vars(scenario, len(runtimes), state_dir))
     if token:
         variables["fleet_agent_token"] = token
-    if variables:
-        doc["all"]["vars"] = variables
+    doc["all"]["vars"] = variables
     if groups:
         doc["all"]["children"] = {g: {"hosts": members} for g, members in sorted(groups.items())}
     return doc
