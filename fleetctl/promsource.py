@@ -124,6 +124,7 @@ class Labels(msgspec.Struct, frozen=True):
     status: str | None = None
     check: str | None = None
     severity: str | None = None
+    action: str | None = None
     version: str | None = None
     summary: str | None = None
 
@@ -355,7 +356,7 @@ class _HostData:
     gauges: dict[str, float] = field(default_factory=dict)
     chips: dict[int, dict[str, Any]] = field(default_factory=dict)
     node_problems: list[Problem] = field(default_factory=list)
-    seen_problems: set[tuple[int | None, str, str]] = field(default_factory=set)
+    seen_problems: set[tuple[int | None, str, str, str]] = field(default_factory=set)
 
     def up(self, agent_jobs: set[str], endpoint: str) -> float | None:
         """The agent's own ``up``: other jobs scraping the same host (node_exporter, say) do not count.
@@ -403,7 +404,7 @@ def _gather(answers: dict[str, list[Sample]], wanted: set[str]) -> tuple[dict[st
                 idx = _chip_index(labels)
                 if name == "fleet_health_check_failing":
                     problem = _problem(labels)
-                    seen = (idx, problem.check, problem.severity.value)
+                    seen = (idx, problem.check, problem.severity.value, problem.action.value)
                     if seen in d.seen_problems:
                         continue
                     d.seen_problems.add(seen)
@@ -432,13 +433,26 @@ def _worst(current: Status | None, label: str | None) -> Status:
 
 def _problem(labels: Labels) -> Problem:
     check = labels.check or "?"
-    # Metrics carry no message nor action; the check's name is the message.
+    # Metrics carry no message; the check's name is the message.
+    action = _action(labels.action)
     raw = labels.severity or "warning"
     try:
-        return Problem(check=check, severity=Severity(raw), message=check, action=Action.NONE)
+        return Problem(check=check, severity=Severity(raw), message=check, action=action)
     except ValueError:  # a newer agent's severity: shown, as a warning, rather than dropped
         return Problem(check=check, severity=Severity.WARNING, message=f"{check} (severity {raw!r})",
-                       action=Action.NONE)
+                       action=action)
+
+
+def _action(raw: str | None) -> Action:
+    """The ``action`` label as the agent's JSON report would decode it: a plausible name this version
+    does not know stays as sent (the remediation policy reports it, as it does from the agent itself);
+    no label (an agent before it) or a malformed one reads none."""
+    if not raw:
+        return Action.NONE
+    try:
+        return Action(raw)
+    except ValueError:
+        return Action.NONE
 
 
 def _status(value: str | None) -> Status:

@@ -366,15 +366,19 @@ def _escape_label(value: str) -> str:
 
 
 def _health_families(r: NodeReport) -> Iterator[Metric]:
+    # The action is a label because it depends on more than the check (a row remap: reset or RMA),
+    # and `fleetctl remediate --source prometheus` acts on it.
     fam = _gauge("fleet_health_check_failing", "1 per failing health check on a chip (chip=\"node\" for "
-                 "node-level checks).", [*CHIP_LABELS, "check", "severity"])
+                 "node-level checks), with the action it calls for.",
+                 [*CHIP_LABELS, "check", "severity", "action"])
     seen: set[tuple[str, ...]] = set()
-    rows: list[list[str]] = [["node", "", "", "", p.check, p.severity.value] for p in r.problems]
+    rows: list[list[str]] = [["node", "", "", "", p.check, p.severity.value, p.action.value]
+                             for p in r.problems]
     for chip in r.chips:
-        rows.extend([*_chip_labels(chip), p.check, p.severity.value] for p in chip.problems)
+        rows.extend([*_chip_labels(chip), p.check, p.severity.value, p.action.value] for p in chip.problems)
     for labels in rows:
         key = tuple(labels)
-        if key not in seen:  # one series per (chip, check, severity) even if raised twice
+        if key not in seen:  # one series per (chip, check, severity, action) even if raised twice
             seen.add(key)
             fam.add_metric(labels, 1)
     yield fam

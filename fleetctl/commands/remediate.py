@@ -105,8 +105,8 @@ def remediate(
         "--watch", metavar="SECONDS", min=1.0, help="Observe, plan and act every SECONDS until Ctrl-C "
         "(implies --apply); Ctrl-C stops after the step in progress")] = None,
     source: Annotated[str, typer.Option(
-        "--source", help="agents (direct fan-out) or prometheus; through Prometheus every problem's "
-        "action reads none, so nothing but reporting happens")] = "agents",
+        "--source", help="agents (direct fan-out) or prometheus (the action label of "
+        "fleet_health_check_failing; an agent without it reads none: reported only)")] = "agents",
     prometheus_url: Annotated[str | None, typer.Option(
         "--prometheus-url", envvar="FLEETCTL_PROMETHEUS_URL", show_envvar=True,
         help="Prometheus base URL")] = None,

@@ -1,6 +1,6 @@
 """A real Prometheus (Debian's /usr/bin/prometheus) scraping real sim-fleet agents through the file_sd
 targets that ``fleetctl prometheus targets`` writes; ``fleetctl health --source prometheus`` must
-then agree with the direct fan-out."""
+then agree with the direct fan-out, and ``fleetctl remediate --source prometheus`` plan as it does."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ BIN = Path(sys.executable).parent
 FLEETCTL = str(BIN / "fleetctl")
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 RULES = Path(__file__).parents[2] / "deploy/prometheus/rules/fleetctl-report.rules.yml"
+DEFAULT_POLICY = Path(__file__).parents[2] / "fleetctl/remediate/default-policy.yaml"
 
 
 def query(url: str, promql: str) -> list[dict]:  # type: ignore[type-arg]
@@ -40,8 +41,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
     if not Path(PROMETHEUS).exists():
         pytest.fail(f"{PROMETHEUS} is missing: apt-get install prometheus (make system-deps)")
     work = tmp_path_factory.mktemp("prom")
-    fleet = start_sim_fleet(work, SCENARIO, 6, lo=19500, hi=19599)
-    dead_port = port_block(1, 19600, 19699)  # nothing listens there: up == 0
+    fleet = start_sim_fleet(work, SCENARIO, 6, lo=37000, hi=37099)
+    dead_port = port_block(1, 39000, 39049)  # nothing listens there: up == 0
     inv = work / "fleet.yml"
     inv.write_text(
         fleet.inventory.read_text() + f"\n# a host whose agent is down\nungrouped:\n  hosts:\n"
@@ -65,7 +66,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
         "  - job_name: fleet\n"
         f"    file_sd_configs: [{{files: ['{targets}'], refresh_interval: 1s}}]\n"
     )
-    port = port_block(1, 19090, 19099)
+    port = port_block(1, 39050, 39099)
     url = f"http://127.0.0.1:{port}"
     log = work / "prometheus.log"
     prom = subprocess.Popen(
@@ -209,3 +210,52 @@ def test_without_the_rules_one_line_says_so_and_the_report_is_the_same(
     assert out.stderr.count("\n") == 1 and "no fleetctl-report recording rules" in out.stderr
     statuses = {h["name"]: h["status"] for h in json.loads(out.stdout)["hosts"]}
     assert statuses == {**EXPECTED, "dead-0000": "unreachable"}
+
+
+def remediate_plan(*args: str, cache: Path, db: Path, policy: Path) -> dict:  # type: ignore[type-arg]
+    out = subprocess.run(
+        [FLEETCTL, "remediate", "-o", "json", "--db", str(db), "--policy", str(policy), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)},
+    )
+    assert out.returncode in (0, 1), out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def decisions(plan: dict) -> dict[str, tuple[str, ...]]:  # type: ignore[type-arg]
+    """host -> what the plan does with it: the action and remediation it starts, or why it skips it."""
+    out: dict[str, tuple[str, ...]] = {a["host"]: ("start", a["action"], a["remediation"])
+                                       for a in plan["actions"]}
+    out.update({s["host"]: ("skip", s["kind"]) for s in plan["skipped"]})
+    return out
+
+
+def test_remediate_through_prometheus_plans_as_direct_fan_out(
+        setup: tuple[Path, str, Path], tmp_path: Path) -> None:
+    # The shipped policy with one observation enough (count 1) and no fleet-wide stop (three of seven
+    # hosts are unhealthy or unreachable here): the decisions then follow from the problems' actions.
+    import yaml
+
+    inv, url, cache = setup
+    doc = yaml.safe_load(DEFAULT_POLICY.read_text())
+    doc["hysteresis"] = {"count": 1, "span_s": 0}
+    doc["actions"]["unreachable"]["hysteresis"] = {"count": 1, "span_s": 0}
+    doc["fleet_stop"] = [{"scope": "all", "fraction": 1.0, "min_hosts": 100}]
+    doc["budgets"]["max_unavailable"] = [{"scope": "all", "max": "100%"}]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(doc))
+    direct = remediate_plan("-i", str(inv), "--timeout", "2", cache=cache, db=tmp_path / "direct.db",
+                            policy=policy)
+    via_prom = remediate_plan("-i", str(inv), "--source", "prometheus", "--prometheus-url", url, cache=cache,
+                              db=tmp_path / "prom.db", policy=policy)
+    assert not direct["fleet_stopped"] and not via_prom["fleet_stopped"]
+    want = decisions(direct)
+    assert decisions(via_prom) == want
+    # What the scenario calls for: the missing TPU chip a reboot (chip_count), the hot GPU a look at
+    # the cooling (reported only); through Prometheus every action used to read none.
+    assert want["v5e-0001"] == ("start", "reboot", "repair")
+    assert want["h100-0001"] == ("skip", "report") and "dead-0000" in want
+    hot = next(s for s in via_prom["skipped"] if s["host"] == "h100-0001")
+    assert "check_cooling" in hot["why"]

@@ -143,8 +143,22 @@ def test_values_units_and_labels() -> None:
     assert _one(s, "fleet_host_cpu_utilization_ratio") == 0.25
     assert _one(s, "fleet_agent_info", hostname="gpu-01", version="0.1.0") == 1
     # Two problems of one check and severity on one chip: one series, not a duplicate.
-    assert _one(s, "fleet_health_check_failing", check="row_remap", severity="warning", **chip) == 1
-    assert _one(s, "fleet_health_check_failing", chip="node", check="chip_count", severity="critical") == 1
+    assert _one(s, "fleet_health_check_failing", check="row_remap", severity="warning", action="reset_chip",
+                **chip) == 1
+    assert _one(s, "fleet_health_check_failing", chip="node", check="chip_count", severity="critical",
+                action="reboot") == 1
+
+
+def test_health_check_failing_carries_the_action_one_series_per_action() -> None:
+    # One check, two actions (a pending row remap: reset; a failed one: RMA): both series, each
+    # with its action, so a reader of the metrics acts as a reader of the report does.
+    chip = _gpu(0, problems=[Problem("row_remap", Severity.CRITICAL, "failed", Action.RMA),
+                             Problem("row_remap", Severity.CRITICAL, "pending", Action.RESET_CHIP)])
+    s = _samples(render_metrics(_report([chip])))
+    failing = [x for x in s["fleet_health_check_failing"] if x.labels["chip"] == "0"]
+    assert sorted(x.labels["action"] for x in failing) == ["reset_chip", "rma"]
+    assert {x.labels["check"] for x in failing} == {"row_remap"}
+    assert all(x.value == 1 for x in failing)
 
 
 def test_none_yields_no_series() -> None:

@@ -259,6 +259,34 @@ def test_a_check_of_a_severity_fleetctl_does_not_know_is_shown_not_dropped() -> 
     assert "fatal" in row.problems[0].message
 
 
+
+def test_the_action_label_becomes_the_problems_action() -> None:
+    # One check on one chip with two actions (as the agent writes a pending and a failed row remap):
+    # two problems, each with its own action, so remediation plans as it does from the agents.
+    row = one_row(healthy_series(**{"fleet_health_check_failing == 1": [
+        (chip_labels("a", 1, check="row_remap", severity="critical", action="rma"), 1.0),
+        (chip_labels("a", 1, check="row_remap", severity="critical", action="reset_chip"), 1.0),
+        ({"host": "a", "chip": "node", "check": "chip_count", "severity": "critical", "action": "reboot"},
+         1.0),
+    ]}))
+    got = sorted((-1 if p.chip is None else p.chip, p.check, p.action) for p in row.problems)
+    assert got == [(-1, "chip_count", "reboot"), (1, "row_remap", "reset_chip"), (1, "row_remap", "rma")]
+
+
+def test_an_action_fleetctl_does_not_know_or_no_action_label_never_fails() -> None:
+    row = one_row(healthy_series(**{"fleet_health_check_failing == 1": [
+        (chip_labels("a", 0, check="nvlink", severity="critical", action="drain_fabric"), 1.0),  # newer agent
+        (chip_labels("a", 0, check="xid", severity="critical", action="Not An Action!"), 1.0),  # malformed
+        (chip_labels("a", 1, check="xid", severity="critical"), 1.0),  # older agent: no label
+        (chip_labels("a", 1, check="thermal", severity="warning", action=""), 1.0),
+    ]}))
+    got = sorted((p.chip, p.check, p.action) for p in row.problems)
+    # A plausible unknown name stays as sent, as the agent's JSON report decodes it (the policy then
+    # reports it); anything else, or no label, reads none.
+    assert got == [(0, "nvlink", "drain_fabric"), (0, "xid", "none"), (1, "thermal", "none"),
+                   (1, "xid", "none")]
+
+
 # --- the HTTP client against a real local server -------------------------------------------------------
 
 Responder = Callable[[http.server.BaseHTTPRequestHandler], None]
