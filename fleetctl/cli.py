@@ -109,14 +109,18 @@ def _sentence(text: str) -> str:
     return text
 
 
-app = typer.Typer(
-    name="fleetctl",
-    cls=FleetctlGroup,
-    help="Provision, drain and watch bare-metal GPU/TPU fleets.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+def _new_app() -> typer.Typer:
+    return typer.Typer(
+        name="fleetctl",
+        cls=FleetctlGroup,
+        help="Provision, drain and watch bare-metal GPU/TPU fleets.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
+app = _new_app()
 
 # The command modules under fleetctl/commands/; their order is the help order.
 _COMMAND_MODULES = ("health", "inventory", "prometheus", "provision", "runs", "drain", "maintain",
@@ -140,7 +144,6 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True,
@@ -148,6 +151,9 @@ def _root(
     ),
 ) -> None:
     """Provision, drain and watch bare-metal GPU/TPU fleets."""
+
+
+app.callback()(_root)
 
 
 @app.command("completion")
@@ -165,13 +171,45 @@ def completion(shell: Annotated[Shell, typer.Argument(help="The shell to complet
     typer.echo(get_completion_script(prog_name="fleetctl", complete_var=COMPLETE_VAR, shell=shell.value))
 
 
+# Top-level command or group name -> the module that registers it (filled by _register_all).
+_MODULE_OF: dict[str, str] = {}
+
+
+def _top_names(t: typer.Typer) -> set[str]:
+    return ({c.name for c in t.registered_commands if c.name}
+            | {g.name for g in t.registered_groups if g.name})
+
+
 def _register_all() -> None:
     for name in _COMMAND_MODULES:
+        before = _top_names(app)
         importlib.import_module(f"fleetctl.commands.{name}").register(app)
+        _MODULE_OF.update(dict.fromkeys(_top_names(app) - before, name))
 
 
 _register_all()
 
 
+def app_for(args: Sequence[str]) -> typer.Typer:
+    """The app that runs ``args``: for a command named first, an app of that command's module only.
+
+    Typer turns every registered command's signature into click parameters on each start; with a
+    dozen commands that is most of a start-up. A command's run never needs the others', so only its
+    own are built. Anything else (no command, a typo that wants "did you mean", shell completion)
+    gets the whole app.
+    """
+    module = _MODULE_OF.get(args[0]) if args else None
+    if module is None or os.environ.get(COMPLETE_VAR):
+        return app
+    one = _new_app()
+    one.callback()(_root)
+    importlib.import_module(f"fleetctl.commands.{module}").register(one)
+    return one
+
+
 def main() -> None:
-    app()
+    args = sys.argv[1:]
+    if args == ["--version"]:  # nothing to parse: no command tree to build
+        typer.echo(version_text())
+        return
+    app_for(args)()
