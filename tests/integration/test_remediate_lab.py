@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 import pytest
 import yaml
+from remediate_records import Records
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +131,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     module = lab_module()
     module.up()
     hosts = {h.name: h for h in module.lab_hosts()}
+    for h in hosts.values():  # a host another test left drained would be out of service here
+        sh(h.container, f"rm -f {DRAINED}")
     state = tmp_path_factory.mktemp("remediate-lab")
     inventory = state / "inventory"
     shutil.copytree(REPO / "inventory" / "lab", inventory)
@@ -147,12 +149,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     yield {"hosts": hosts, "inventory": inventory, "env": env}
 
 
-class Run:
+class Run(Records):
     """One test's remediation loop: its own state database, policy and host variables."""
 
     def __init__(self, lab: dict[str, Any], tmp: Path, policy: str, host: str,
                  host_vars: dict[str, Any]) -> None:
-        self.tmp, self.db = tmp, tmp / "fleetctl.db"
+        super().__init__(tmp / "fleetctl.db")
+        self.tmp = tmp
         (lab["inventory"] / "host_vars").mkdir(exist_ok=True)
         self.host_vars = lab["inventory"] / "host_vars" / f"{host}.yml"
         self.host_vars.write_text(yaml.safe_dump(host_vars))
@@ -172,34 +175,8 @@ class Run:
         assert loop.returncode == 0, self.err.read_text()[-3000:]
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
-    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        if not self.db.exists():
-            return []
-        conn = sqlite3.connect(self.db)
-        try:
-            return conn.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            conn.close()
-
-    def remediations(self, host: str) -> list[tuple[Any, ...]]:
-        return self.query("SELECT id, state, outcome, kind FROM remediations WHERE host = ? "
-                          "ORDER BY started_at", host)
-
     def ended(self, host: str) -> bool:
         return any(r[1] in ("done", "quarantined", "failed") for r in self.remediations(host))
-
-    def steps(self, rid: str) -> list[tuple[str, str]]:
-        rows = self.query("SELECT step, phase FROM remediation_steps WHERE remediation = ? ORDER BY id", rid)
-        return [(s, p) for s, p in rows]
-
-    def lifecycle(self, host: str) -> list[tuple[str, str]]:
-        rows = self.query("SELECT from_state, to_state FROM lifecycle_audit WHERE host = ? ORDER BY id", host)
-        return [(f, t) for f, t in rows]
-
-    def audit(self, host: str) -> list[str]:
-        return [t for (t,) in self.query("SELECT to_state FROM host_audit WHERE host = ? ORDER BY id", host)]
 
     def runs(self) -> list[dict[str, Any]]:
         done = subprocess.run([FLEETCTL, "runs", "list", "--json"], cwd=REPO, env=self.env,

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import FLEET_AGENT, free_port_block
+from conftest import free_port_block
 from fleet_agent.sim.inventory import burn_in_vars, remediate_vars
+from remediate_records import Records, sandbox_env, sim_agents
 from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -77,10 +77,10 @@ STEPS_OK = [("drain", "started"), ("drain", "ended"), ("reset_gpu", "started"), 
             ("burn_in", "started"), ("burn_in", "ended"), ("undrain", "started"), ("undrain", "ended")]
 
 
-class Lab:
+class Lab(Records):
     def __init__(self, tmp: Path, cluster: SlurmCluster, agent_port: int) -> None:
+        super().__init__(tmp / "fleetctl.db")
         self.tmp = tmp
-        self.db = tmp / "fleetctl.db"
         self.state = tmp / "sim.yml.sim"  # the sim fleet's (sim-fleet --write-inventory sim.yml)
         scenario = str(tmp / "scenario.yaml")
         hosts: dict[str, Any] = {}
@@ -97,13 +97,7 @@ class Lab:
                          "gpu_nodes": {"hosts": hosts}},
         }}))
         (tmp / "policy.yaml").write_text(POLICY)
-        env = {k: v for k, v in cluster.env.items() if not k.startswith(("ANSIBLE_", "FLEETCTL_"))}
-        self.env = {**env, "FLEETCTL_DB": str(self.db), "FLEETCTL_INVENTORY": str(inventory),
-                    "FLEETCTL_CACHE_DIR": str(tmp / "cache"), "HOME": str(tmp), "USER": "sre1",
-                    "SUDO_USER": "sre1",
-                    # user sre1 does not exist here: "~" would not expand (async jobs, remote temp)
-                    "ANSIBLE_ASYNC_DIR": str(tmp / "async"), "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
-                    "ANSIBLE_REMOTE_TMP": str(tmp / "ansible-remote")}
+        self.env = sandbox_env(cluster.env, tmp, self.db, inventory)
 
     def popen(self) -> subprocess.Popen[str]:
         self.err = self.tmp / "loop.err"
@@ -112,33 +106,10 @@ class Lab:
              "json", "--verify-timeout", "8", "--drain-timeout", "60", "--burn-in-level", "2"],
             env=self.env, stdout=subprocess.PIPE, stderr=self.err.open("w"), text=True, cwd=self.tmp)
 
-    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        if not self.db.exists():
-            return []
-        conn = sqlite3.connect(self.db)
-        try:
-            return conn.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            conn.close()
-
-    def remediations(self, host: str) -> list[tuple[Any, ...]]:
-        return self.query("SELECT id, state, outcome, kind FROM remediations WHERE host = ? "
-                          "ORDER BY started_at", host)
-
-    def steps(self, rid: str) -> list[tuple[str, str]]:
-        rows = self.query("SELECT step, phase FROM remediation_steps WHERE remediation = ? ORDER BY id", rid)
-        return [(s, p) for s, p in rows]
-
     def resets(self, host: str) -> dict[str, int]:
         """Chip -> how many resets the nvidia-smi stand-in recorded for the scenario's ``host``."""
         d = self.state / "resets" / host
         return {p.name: len(p.read_text().split()) for p in sorted(d.iterdir())} if d.is_dir() else {}
-
-    def lifecycle(self, host: str) -> list[tuple[str, str]]:
-        rows = self.query("SELECT from_state, to_state FROM lifecycle_audit WHERE host = ? ORDER BY id", host)
-        return [(f, t) for f, t in rows]
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float, loop: subprocess.Popen[str],
@@ -161,32 +132,9 @@ def stop(loop: subprocess.Popen[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def _agents(tmp: Path, scenario: str) -> Generator[int, None, None]:
-    (tmp / "scenario.yaml").write_text(scenario)
-    (tmp / "agent.yaml").write_text("collector_timeout_s: 0.5\n")
-    for _ in range(5):
-        port = free_port_block(3, 38600, 38999)
-        # --write-inventory: the fleet records its start (and reads resets) under sim.yml.sim/
-        proc = subprocess.Popen([str(FLEET_AGENT), "sim-fleet", "--hosts", "3", "--base-port", str(port),
-                                 "--scenario", str(tmp / "scenario.yaml"), "--interval", "1",
-                                 "--config", str(tmp / "agent.yaml"),
-                                 "--write-inventory", str(tmp / "sim.yml")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.startswith("ready:"):
-            try:
-                yield port
-            finally:
-                proc.terminate()
-                proc.wait(10)
-            return
-        proc.wait(10)  # a port taken between the check and the bind: another block
-    raise AssertionError("the sim fleet never started")
-
-
 def _lab(slurm: SlurmCluster, tmp: Path, scenario: str) -> Iterator[Lab]:  # noqa: F811
-    agents = _agents(tmp, scenario)
+    # --write-inventory: the fleet records its start (and reads resets) under sim.yml.sim/
+    agents = sim_agents(tmp, scenario, 38600, 38999, "--write-inventory", str(tmp / "sim.yml"))
     yield Lab(tmp, slurm, next(agents))
     agents.close()
 

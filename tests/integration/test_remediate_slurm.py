@@ -17,17 +17,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import FLEET_AGENT, free_port_block
+from conftest import free_port_block
+from remediate_records import Records, sandbox_env, sim_agents
 from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -78,10 +78,10 @@ esac
 """
 
 
-class Lab:
+class Lab(Records):
     def __init__(self, tmp: Path, cluster: SlurmCluster, agent_port: int) -> None:
+        super().__init__(tmp / "fleetctl.db")
         self.tmp = tmp
-        self.db = tmp / "fleetctl.db"
         inventory = tmp / "inventory.yml"
         hosts = {n: {"ansible_host": "127.0.0.1", "fleet_agent_port": agent_port + i,
                      "fleet_agent_expected_chips": 2} for i, n in enumerate(NODES)}
@@ -94,13 +94,7 @@ class Lab:
         smi = tmp / "nvidia-smi"
         smi.write_text(NVIDIA_SMI)
         smi.chmod(0o755)
-        env = {k: v for k, v in cluster.env.items() if not k.startswith(("ANSIBLE_", "FLEETCTL_"))}
-        self.env = {**env, "FLEETCTL_DB": str(self.db), "FLEETCTL_INVENTORY": str(inventory),
-                    "FLEETCTL_CACHE_DIR": str(tmp / "cache"), "HOME": str(tmp), "USER": "sre1",
-                    "SUDO_USER": "sre1",
-                    # USER names no real account: Ansible's ~ paths would land beside the playbooks
-                    "ANSIBLE_ASYNC_DIR": str(tmp / "async"), "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
-                    "ANSIBLE_REMOTE_TMP": str(tmp / "ansible-remote")}
+        self.env = sandbox_env(cluster.env, tmp, self.db, inventory)
         self.extra = json.dumps({"fleetctl_nvidia_smi": str(smi), "fleetctl_remediate_become": False,
                                  "fleetctl_reset_wait_delay": 0})
 
@@ -118,18 +112,7 @@ class Lab:
         return subprocess.Popen(self.args(*extra), env={**self.env, **(env or {})}, stdout=subprocess.PIPE,
                                 stderr=err, text=True, cwd=self.tmp)
 
-    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        if not self.db.exists():
-            return []
-        conn = sqlite3.connect(self.db)
-        try:
-            return conn.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            conn.close()
-
-    def remediations(self) -> list[tuple[Any, ...]]:
+    def all_remediations(self) -> list[tuple[Any, ...]]:
         return self.query("SELECT id, host, state, next_step, step_open, outcome, started_at "
                           "FROM remediations ORDER BY started_at")
 
@@ -147,39 +130,16 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _agents(tmp: Path, scenario: str) -> Generator[int, None, None]:
-    (tmp / "scenario.yaml").write_text(scenario)
-    # The sim's scenario clock starts here; the agents sample every second.
-    (tmp / "agent.yaml").write_text("collector_timeout_s: 0.5\n")
-    for _ in range(5):
-        port = free_port_block(3, 37200, 37499)
-        proc = subprocess.Popen([str(FLEET_AGENT), "sim-fleet", "--hosts", "3", "--base-port", str(port),
-                                 "--scenario", str(tmp / "scenario.yaml"), "--interval", "1",
-                                 "--config", str(tmp / "agent.yaml")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.startswith("ready:"):
-            try:
-                yield port
-            finally:
-                proc.terminate()
-                proc.wait(10)
-            return
-        proc.wait(10)  # a port taken between the check and the bind: another block
-    raise AssertionError("the sim fleet never started")
-
-
 @pytest.fixture()
 def lab(slurm: SlurmCluster, tmp_path: Path) -> Iterator[Lab]:  # noqa: F811
-    agents = _agents(tmp_path, SCENARIO)
+    agents = sim_agents(tmp_path, SCENARIO, 37200, 37499)
     yield Lab(tmp_path, slurm, next(agents))
     agents.close()
 
 
 @pytest.fixture()
 def event_lab(slurm: SlurmCluster, tmp_path: Path) -> Iterator[Lab]:  # noqa: F811
-    agents = _agents(tmp_path, SCENARIO_EVENT)
+    agents = sim_agents(tmp_path, SCENARIO_EVENT, 37200, 37499)
     yield Lab(tmp_path, slurm, next(agents))
     agents.close()
 
@@ -188,7 +148,7 @@ def test_a_chip_fails_the_loop_drains_after_the_hysteresis_resets_it_and_quarant
         lab: Lab, slurm: SlurmCluster) -> None:  # noqa: F811
     loop = lab.popen("--watch", str(INTERVAL), "-o", "json")
     try:
-        wait_for(lambda: any(r[2] == "quarantined" for r in lab.remediations()), "node3 quarantined")
+        wait_for(lambda: any(r[2] == "quarantined" for r in lab.all_remediations()), "node3 quarantined")
         # a second loop on the same state database is refused, naming the holder
         second = lab.run("--apply")
         assert second.returncode == 1, second.stderr
@@ -203,7 +163,7 @@ def test_a_chip_fails_the_loop_drains_after_the_hysteresis_resets_it_and_quarant
     rounds = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     # the decision: node3 only, once, after 3 unhealthy observations over >= 1.5 s
-    [(rid, host, state, _, step_open, outcome, started)] = lab.remediations()
+    [(rid, host, state, _, step_open, outcome, started)] = lab.all_remediations()
     assert host == "node3" and state == "quarantined" and not step_open
     assert outcome.startswith("burn_in failed: burn-in: the agent did not report the host fit"), outcome
     assert "agent reports unhealthy" in outcome, outcome
@@ -262,7 +222,7 @@ def test_a_third_of_the_fleet_unhealthy_at_once_stops_automatic_action(event_lab
     doc = json.loads(lab.run("--apply", "-o", "json").stdout)
     assert doc["fleet_stopped"] and doc["actions"] == []
     assert {(s["host"], s["kind"]) for s in doc["skipped"]} == {("node2", "stopped"), ("node3", "stopped")}
-    assert lab.remediations() == [] and lab.smi_calls() == []
+    assert lab.all_remediations() == [] and lab.smi_calls() == []
     assert [slurm.node_state(n) for n in NODES] == ["idle", "idle", "idle"]
 
 
@@ -282,7 +242,7 @@ def test_kill_9_mid_remediation_the_next_run_resumes_from_the_recorded_step(
     finally:
         os.kill(loop.pid, signal.SIGKILL)
         loop.communicate(timeout=30)
-    [(rid, host, state, next_step, step_open, _, _)] = lab.remediations()
+    [(rid, host, state, next_step, step_open, _, _)] = lab.all_remediations()
     steps = ["drain", "reset_gpu", "burn_in", "undrain"]
     assert (host, state, steps[next_step], step_open) == ("node3", "running", kill_at, 1)
     assert slurm.node_state("node3") == "drain"
@@ -295,7 +255,7 @@ def test_kill_9_mid_remediation_the_next_run_resumes_from_the_recorded_step(
     doc = json.loads(done.stdout)
     assert [(f["id"], f["resumed"], f["state"]) for f in doc["finished"]] == [(rid, True, "quarantined")]
     # one remediation, ended once; drained once; the killed step ran once after the kill
-    [(_, _, state, _, step_open, _, _)] = lab.remediations()
+    [(_, _, state, _, step_open, _, _)] = lab.all_remediations()
     assert state == "quarantined" and not step_open
     audit = [to for (to,) in lab.query("SELECT to_state FROM host_audit WHERE host = 'node3' ORDER BY id")]
     assert audit.count("cordoned") == 1 and audit.count("draining") == 1 and audit.count("drained") == 1
