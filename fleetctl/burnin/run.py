@@ -117,6 +117,9 @@ def run_dcgm_diagnostics(
         limit=pattern,
         cmdline=["-e", json.dumps(variables)],
         forks=forks,
+        # Always on: ansible-runner defaults it to False when unset, and an inherited
+        # ANSIBLE_HOST_KEY_CHECKING=False would let a host in the middle answer the diagnostic.
+        envvars={"ANSIBLE_HOST_KEY_CHECKING": "True"},
     )
     events: list[Event] = []
 

@@ -203,7 +203,9 @@ def remediate(
                             on_step=_pause_hook(pause_at) if pause_at else None,
                             rows_now=(lambda: collect().hosts) if acting else None)
             # Planning only while a loop runs: its observations are its own (ours would hasten them).
-            record = acting or (lease := rstate.current_lease(conn)) is None or not lease.live(time.time())
+            # (the lease's expiry is the database's clock, as the loop that holds it wrote it)
+            record = (acting or (lease := rstate.current_lease(conn)) is None
+                      or not lease.live(rstate.db_now(conn)))
             code = 0
             while True:
                 began = time.monotonic()
@@ -211,8 +213,9 @@ def remediate(
                 result = engine.round(report.hosts, time.time(), apply=acting, record=record)
                 _show(result, fmt, apply=acting, watching=watch is not None)
                 code = max(code, _code(result))
-                if keeper is not None and keeper.lost:
-                    _err(f"fleetctl remediate: lease lost: {keeper.lost}; stopped")
+                lost = (keeper.lost if keeper is not None else None) or engine.lease_lost
+                if lost:  # another loop holds the state database now: a failure, not a clean stop
+                    _err(f"fleetctl remediate: lease lost: {lost}; stopped")
                     return 1
                 if watch is None or result.interrupted or stop.pressed:
                     break

@@ -158,6 +158,8 @@ class Engine:
         # Observe again before each new start and between steps (see :meth:`round`); without it the
         # round's rows are planned with again.
         self.rows_now = rows_now
+        # Why the store refused a write because another loop holds the lease now (None: it did not).
+        self.lease_lost: str | None = None
         self._rows: Sequence[HostRow] = ()
         self._plan: Plan | None = None
         self._scopes: dict[str, dict[str, str]] = {}
@@ -243,6 +245,7 @@ class Engine:
                                        at=result.plan.at)  # the time of the plan that chose it
             except LeaseLost as exc:
                 self.echo(f"{action.host}: not started: {exc}")
+                self.lease_lost = str(exc)
                 result.interrupted = True
                 break
             self.echo(f"{action.host}: remediation {rec.id} started: {action.remediation.value} "
@@ -271,6 +274,7 @@ class Engine:
             return self._execute(rec, resumed)
         except LeaseLost as exc:
             self.echo(f"{rec.host}: remediation {rec.id}: stopped: {exc}")
+            self.lease_lost = str(exc)
             return Finished(rec.id, rec.host, rec.kind, INTERRUPTED, str(exc), resumed)
         finally:
             self.steps.released(rec)

@@ -131,3 +131,13 @@ def test_a_pass_that_names_no_gpu_is_unknown_when_gpus_are_expected() -> None:
     result = host_result("gpu-1", ran(json.dumps(doc), expected_gpus=8), 1)
     assert result.status is Status.UNKNOWN
     assert result.reason.startswith("DCGM's results name none of the 8 expected GPUs")
+
+
+def test_burn_in_keeps_host_key_checking_on_whatever_is_inherited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ansible-runner copies os.environ and defaults the setting to False: the request must say True.
+    monkeypatch.setenv("ANSIBLE_HOST_KEY_CHECKING", "False")
+    runner = FakeRunner()
+    run_dcgm_diagnostics(["inv.yml"], workdir=tmp_path / "w", level=1, runner=runner)
+    [request] = runner.requests
+    assert request.envvars["ANSIBLE_HOST_KEY_CHECKING"] == "True"

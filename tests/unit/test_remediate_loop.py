@@ -420,9 +420,11 @@ def test_a_loop_that_lost_the_lease_writes_nothing_more_to_the_record(tmp_path: 
     # a second loop takes the expired lease; the first (alive after all) goes on with its record
     rstate.acquire_lease(conn, rstate.LeaseHolder("b", "sre2", "elsewhere-b", 2), ttl_s=60, now=2000.0)
     before = [(s.step, s.phase) for s in SqlStore(conn).steps(rec.id)]
-    result = engine(SqlStore(conn, holder="a"), FakeSteps(out={"h2": "drained"})).round(
-        fleet(["h2"]), 1090.0, apply=True)
+    loser = engine(SqlStore(conn, holder="a"), FakeSteps(out={"h2": "drained"}))
+    assert loser.lease_lost is None
+    result = loser.round(fleet(["h2"]), 1090.0, apply=True)
     assert [f.state for f in result.finished] == ["interrupted"] and "lease" in result.finished[0].message
+    assert loser.lease_lost is not None and "lease" in loser.lease_lost  # the command exits 1, not 130
     assert [(s.step, s.phase) for s in SqlStore(conn).steps(rec.id)] == before
     assert SqlStore(conn).get(rec.id).state == "running"  # not finish(INTERRUPTED) over b's record
 
