@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import new_database, pg_server  # noqa: F401 - a fixture
 from test_maintain_reboot_lab import lab_env, lab_module, run
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state = tmp_path_factory.mktemp("lifecycle-lab")
     (state / "change.yml").write_text(PLAYBOOK)
     yield {"env": lab_env(state), "playbook": str(state / "change.yml"), "lab": module,
-           "hosts": {h.name: h for h in module.lab_hosts()}}
+           "hosts": {h.name: h for h in module.lab_hosts()}, "state": state}
 
 
 def states(lab: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -56,7 +57,13 @@ def provision(lab: dict[str, Any], *args: str) -> dict[str, Any]:
     return result
 
 
-def test_provision_runs_move_hosts_through_their_lives(lab: dict[str, Any]) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_provision_runs_move_hosts_through_their_lives(lab: dict[str, Any], backend: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    # the same scenario on each state backend: a fresh database each time (the lab is shared)
+    db = (str(lab["state"] / "fleetctl.db") if backend == "sqlite"
+          else new_database(request.getfixturevalue("pg_server")))
+    lab = {**lab, "env": {**lab["env"], "FLEETCTL_DB": db}}
     assert set(states(lab).values()) == {("new", True)}  # nothing recorded yet
     # a run limited by tags says nothing about a whole host: no one leaves new
     assert provision(lab, "--tags", "ping")["status"] == "successful"
