@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import yaml
 from conftest import free_port_block
 from remediate_records import Records, sandbox_env, sim_agents
 from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
+from test_slurm_drain import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -121,15 +122,6 @@ class Lab(Records):
         return log.read_text().splitlines() if log.exists() else []
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture()
 def lab(slurm: SlurmCluster, tmp_path: Path) -> Iterator[Lab]:  # noqa: F811
     agents = sim_agents(tmp_path, SCENARIO, 37200, 37499)
@@ -148,7 +140,8 @@ def test_a_chip_fails_the_loop_drains_after_the_hysteresis_resets_it_and_quarant
         lab: Lab, slurm: SlurmCluster) -> None:  # noqa: F811
     loop = lab.popen("--watch", str(INTERVAL), "-o", "json")
     try:
-        wait_for(lambda: any(r[2] == "quarantined" for r in lab.all_remediations()), "node3 quarantined")
+        wait_for(lambda: any(r[2] == "quarantined" for r in lab.all_remediations()), "node3 quarantined",
+                 timeout=90)
         # a second loop on the same state database is refused, naming the holder
         second = lab.run("--apply")
         assert second.returncode == 1, second.stderr
@@ -238,7 +231,7 @@ def test_kill_9_mid_remediation_the_next_run_resumes_from_the_recorded_step(
     loop = lab.popen("--watch", str(INTERVAL), env={"FLEETCTL_TEST_REMEDIATE_PAUSE_AT": kill_at})
     try:
         wait_for(lambda: f"paused at {kill_at} (node3)" in lab.last_err.read_text(),
-                 f"the pause at {kill_at}")
+                 f"the pause at {kill_at}", timeout=90)
     finally:
         os.kill(loop.pid, signal.SIGKILL)
         loop.communicate(timeout=30)
