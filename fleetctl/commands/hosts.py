@@ -193,12 +193,8 @@ def _remediations(conn: Connection, host: str, limit: int) -> list[dict[str, Any
     interrupted) and ``step_name`` (the step it is at; None past the last)."""
     from fleetctl.state import remediation as rstate
 
-    store = rstate.SqlStore(conn)  # read only: no lease holder, nothing written
-    rows = conn.execute("SELECT id FROM remediations WHERE host = ? ORDER BY started_at DESC, id DESC "
-                        "LIMIT ?", (host, limit)).fetchall()
     out = []
-    for row in rows:
-        rec = store.get(row["id"])
+    for rec in rstate.SqlStore(conn).for_host(host, limit):  # read only: no lease holder, nothing written
         step = rec.steps[rec.next_step] if 0 <= rec.next_step < len(rec.steps) else None
         out.append({**rec.to_dict(), "open": rec.state in rstate.OPEN_STATES, "step_name": step})
     return out

@@ -216,6 +216,12 @@ class SqlStore:
             raise StateConflict(f"remediation {rid}: no such record")
         return _record(row)
 
+    def for_host(self, host: str, limit: int) -> list[RemediationRecord]:
+        """``host``'s remediations, newest first, at most ``limit``."""
+        rows = self.conn.execute("SELECT * FROM remediations WHERE host = ? "
+                                 "ORDER BY started_at DESC, id DESC LIMIT ?", (host, limit)).fetchall()
+        return [_record(r) for r in rows]
+
     def open(self) -> list[RemediationRecord]:
         """Remediations that have not ended (running when a loop died, or interrupted), oldest first."""
         rows = self.conn.execute("SELECT * FROM remediations WHERE state IN (?, ?, ?) "
