@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from simfleet import raise_nofile
 
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 FLEET_AGENT = str(Path(sys.executable).parent / "fleet-agent")
@@ -84,18 +85,12 @@ def start_fleet(work: Path, hosts: int, base: int, text: str,
     hi = next((h for lo, h in PORT_RANGES if lo <= base <= h), base + max(hosts, 1000))
     (work / "scenario.yaml").write_text(text)
     (work / "agent.yaml").write_text("collector_timeout_s: 0.5\n")
-    import resource
-
-    def nofile() -> None:
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
     for _ in range(5):
         port = free_block(hosts, base, hi)
         proc = subprocess.Popen([FLEET_AGENT, "sim-fleet", "--hosts", str(hosts), "--base-port", str(port),
                                  "--scenario", str(work / "scenario.yaml"), "--interval", str(interval),
                                  "--config", str(work / "agent.yaml")], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, preexec_fn=nofile)
+                                stderr=subprocess.DEVNULL, text=True, preexec_fn=raise_nofile)
         assert proc.stdout is not None
         if proc.stdout.readline().startswith("ready:"):
             return proc, port
