@@ -631,7 +631,9 @@ def _parse_with_ansible(sources: Sequence[str]) -> dict[str, Any]:
                 raise InventoryError(_failure_message(failed.group(1) if failed else label, got)) from None
             host_vars = host_vars_reader(loader, manager)
             templar = HostTemplar(loader)
-            hosts = [_host_doc_or_error(h, host_vars, templar, label) for h in manager.get_hosts("all")]
+            copies: dict[int, tuple[Any, Any]] = {}
+            hosts = [_host_doc_or_error(h, host_vars, templar, label, copies)
+                     for h in manager.get_hosts("all")]
             groups = {
                 name: {
                     "hosts": [h.name for h in g.hosts],
@@ -644,13 +646,13 @@ def _parse_with_ansible(sources: Sequence[str]) -> dict[str, Any]:
 
 
 def _host_doc_or_error(host: Any, host_vars: Callable[[Any], dict[str, Any]], templar: HostTemplar,
-                       label: str) -> dict[str, Any]:
+                       label: str, copies: dict[int, tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """:func:`_host_doc`, with whatever Ansible raises while reading the host's vars (a broken
     group_vars/host_vars file, a vault value it cannot open) turned into one line naming the file."""
     from ansible.errors import AnsibleError
 
     try:
-        return _host_doc(host, host_vars(host), templar, label)
+        return _host_doc(host, host_vars(host), templar, label, copies)
     except InventoryError:
         raise
     except AnsibleError as exc:
@@ -669,7 +671,11 @@ _TEMPLATE_MARKS = ("{{", "{%", "{#")  # what makes Ansible render a string
 _INDIRECTION = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\|\s*default\(\s*(?:''|\"\")\s*\)\s*)?\}\}")
 
 
-def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) -> dict[str, Any]:
+def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str,
+              copies: dict[int, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+    """One host's entry of the parsed inventory. ``copies``: plain copies of list and mapping values,
+    by the value's identity, shared by the hosts of one parse (a group's variables are the same
+    objects on each of its hosts: copied once, not once per host)."""
     name = str(host.name)
 
     def templated(key: str) -> Any:
@@ -718,8 +724,17 @@ def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str) 
                 raise InventoryError(f"{label}: host {name}: {TOKEN_VAR}: expected a string")
             # Empty means "no token", as in the fleet_agent role: the agent then serves without one.
             token = {"plain": token_value} if token_value else None
-    plain_vars = {str(k): _plain(templated(k) if _rendered(str(k)) and _ciphertext(v) is None else v)
-                  for k, v in raw.items() if k not in _MAGIC_VARS and k != TOKEN_VAR}
+    def plain(key: str, value: Any) -> Any:
+        if _rendered(key) and _ciphertext(value) is None:
+            return _plain(templated(key))
+        if copies is None or not isinstance(value, (Mapping, list, tuple, set)):
+            return _plain(value)
+        hit = copies.get(id(value))
+        if hit is None or hit[0] is not value:  # the value is held in the entry: its id stays its own
+            hit = copies[id(value)] = (value, _plain(value))
+        return hit[1]
+
+    plain_vars = {str(k): plain(str(k), v) for k, v in raw.items() if k not in _MAGIC_VARS and k != TOKEN_VAR}
     return {
         "name": name,
         "address": address,

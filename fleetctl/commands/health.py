@@ -216,9 +216,11 @@ def _show(report: FleetReport, view: HealthView, fmt: OutputFormat, mode: str) -
     from fleetctl.views.output import OutputFormat
 
     if fmt is OutputFormat.json and mode != "summary":
-        from fleetctl.views.console import print_json  # without rich: --json stays light
+        from fleetctl.speedups import gc_paused
+        from fleetctl.views.console import print_json_pieces  # without rich: --json stays light
 
-        print_json(report.to_json_bytes(hosts=_selected(report, view)))
+        with gc_paused():  # the encoder's objects are short-lived and acyclic: nothing to collect
+            print_json_pieces(report.json_chunks(_selected(report, view)))
         return
     if fmt in (OutputFormat.json, OutputFormat.yaml):
         from fleetctl.views.output import emit

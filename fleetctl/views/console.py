@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,11 +57,20 @@ def print_json(doc: Any) -> None:
     already encoded document (written as they are: any locale, no re-encoding; only the characters a
     terminal would act on are written as ``\\uXXXX`` escapes)."""
     data = doc if isinstance(doc, bytes) else json.dumps(doc, indent=2).encode()
-    if not data.isascii() or b"\x7f" in data:  # two C-speed scans spare the regex on plain ASCII
-        data = _RAW_IN_JSON.sub(_escaped, data)  # exact JSON still, but nothing a terminal would obey
+    print_json_pieces((data,))
+
+
+def print_json_pieces(pieces: Iterable[bytes]) -> None:
+    """A ``--json`` document written piece by piece as its encoder makes them (a large fleet's report
+    never whole in memory); each piece ends outside a string, so each is made safe on its own."""
     sys.stdout.flush()
-    sys.stdout.buffer.write(data + b"\n")
-    sys.stdout.buffer.flush()
+    out = sys.stdout.buffer
+    for data in pieces:
+        if not data.isascii() or b"\x7f" in data:  # two C-speed scans spare the regex on plain ASCII
+            data = _RAW_IN_JSON.sub(_escaped, data)  # exact JSON still, but nothing a terminal would obey
+        out.write(data)
+    out.write(b"\n")
+    out.flush()
 
 
 def is_terminal() -> bool:

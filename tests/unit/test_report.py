@@ -291,3 +291,45 @@ def test_a_prometheus_summary_row_counts_its_chips_in_json_and_the_summary() -> 
     [by_model] = summary_rows(report.hosts)
     assert (by_model.key, by_model.chips, by_model.chips_ok) == ("H100 80GB HBM3", 8, 8)
     assert summary_doc(report, report.hosts)["groups"][0]["chips_ok"] == 8
+
+
+def test_json_pieces_join_to_the_whole_document_at_any_piece_size() -> None:
+    hosts = [row(node(), name=f"n{i:02}") for i in range(7)] + [row(node(chip_problem=XID), name="bad")]
+    report = FleetReport(generated_at=NOW, source="agents", hosts=hosts)
+    whole = report.to_json_bytes()
+    for size in (1, 3, 8, 100):
+        pieces = list(report.json_chunks(per_chunk=size))
+        assert b"".join(pieces) == whole
+        assert len(pieces) == 2 + -(-len(hosts) // size)  # head, the hosts' pieces, the close
+    only = report.hosts[5:]
+    in_pieces = json.loads(b"".join(report.json_chunks(only, per_chunk=2)))
+    assert in_pieces["hosts"] == json.loads(whole)["hosts"][5:]
+    assert report.to_dict(only) == json.loads(b"".join(report.json_chunks(only)))
+    chip = json.loads(whole)["hosts"][0]["chips"][0]
+    assert list(chip) == ["index", "kind", "vendor", "model", "uuid", "status", "stale", "error",
+                          "temperature_c", "utilization_pct", "memory_used_bytes", "memory_total_bytes",
+                          "power_w", "problems"]
+    assert json.loads(whole)["hosts"][7]["chips"][1]["problems"][0]["chip"] == 1
+
+
+def test_figures_json_cannot_hold_are_null_in_json_and_in_the_dict() -> None:
+    h = row(node(), name="odd")
+    h.age_s = float("nan")
+    h.sampled_at = float("inf")
+    h.chips[0].power_w = float("-inf")
+    report = FleetReport(generated_at=NOW, source="agents", hosts=[h])
+    for doc in (json.loads(report.to_json()), report.to_dict()):
+        host = doc["hosts"][0]
+        assert host["age_s"] is None and host["sampled_at"] is None
+        assert host["chips"][0]["power_w"] is None and host["chips"][1]["power_w"] == 300.0
+
+
+def test_json_pieces_are_each_made_safe_for_a_terminal(capsys) -> None:  # type: ignore[no-untyped-def]
+    from fleetctl.views.console import print_json_pieces
+
+    hosts = [row(node(), name="plain"), row(node(), name="evil\u202eexe.\u0085")]
+    report = FleetReport(generated_at=NOW, source="agents", hosts=hosts)
+    print_json_pieces(report.json_chunks(per_chunk=1))
+    out = capsys.readouterr().out
+    assert "\u202e" not in out and "\u0085" not in out and "\\u202e" in out
+    assert json.loads(out)["hosts"][1]["name"] == "evil\u202eexe.\u0085"
