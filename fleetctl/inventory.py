@@ -370,12 +370,13 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
     cache_file = _cache_file(sources, cache_dir) if cacheable else None
     fingerprint = _fingerprint(sources) if cacheable else ""
     if cache_file is not None:
-        doc = _read_cache(cache_file, fingerprint)
-        if doc is not None:
-            try:
-                return _from_doc(sources, doc, from_cache=True)
-            except (KeyError, TypeError, ValueError, AttributeError):
-                pass  # a damaged entry with the right key: parse again (and overwrite it)
+        with gc_paused():  # a large fleet's cached parse is millions of objects, all kept
+            doc = _read_cache(cache_file, fingerprint)
+            if doc is not None:
+                try:
+                    return _from_doc(sources, doc, from_cache=True)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    pass  # a damaged entry with the right key: parse again (and overwrite it)
     with gc_paused():
         doc = _parse_with_ansible(sources)
     if cache_file is not None:

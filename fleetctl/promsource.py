@@ -152,6 +152,26 @@ class _Answer(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_Answer)
 
 
+class _NumericSeries(msgspec.Struct):
+    metric: Labels
+    value: tuple[float, float]
+
+
+class _NumericData(msgspec.Struct):
+    resultType: str
+    result: list[_NumericSeries] = []
+
+
+class _NumericAnswer(msgspec.Struct):
+    status: str
+    data: _NumericData | None = None
+
+
+# Values decoded as numbers straight from their strings (lax mode: "63.5", "NaN", "-Inf"), no Python
+# float() per sample; an answer this refuses ("+Inf", a malformed value) takes the strict path.
+_NUMERIC = msgspec.json.Decoder(_NumericAnswer, strict=False)
+
+
 class PromQuery(Protocol):
     """The one call this module needs; a fake in unit tests, HTTP in real use."""
 
@@ -329,6 +349,13 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
 def parse_vector(raw: bytes, where: str) -> list[Sample]:
     """An instant query's JSON answer, decoded straight into typed samples."""
     try:
+        quick = _NUMERIC.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        quick = None  # the strict path below says what is wrong, or reads what lax mode cannot
+    if quick is not None and quick.status == "success" and quick.data is not None \
+            and quick.data.resultType == "vector":
+        return [(series.metric, series.value[1]) for series in quick.data.result]
+    try:
         answer = _DECODER.decode(raw)
     except msgspec.ValidationError as exc:
         raise PrometheusError(f"{where}: malformed answer ({str(exc)[:120]})") from None
@@ -348,9 +375,11 @@ def parse_vector(raw: bytes, where: str) -> list[Sample]:
     return out
 
 
+Up = tuple[str | None, str | None, float]  # (job, instance, up)
+
+
 @dataclass
 class _HostData:
-    ups: list[tuple[str | None, str | None, float]] = field(default_factory=list)  # (job, instance, up)
     status: Status | None = None
     version: str | None = None
     gauges: dict[str, float] = field(default_factory=dict)
@@ -358,13 +387,32 @@ class _HostData:
     node_problems: list[Problem] = field(default_factory=list)
     seen_problems: set[tuple[int | None, str, str, str]] = field(default_factory=set)
 
-    def up(self, agent_jobs: set[str], endpoint: str) -> float | None:
-        """The agent's own ``up``: other jobs scraping the same host (node_exporter, say) do not count.
-        The agent's target is the one at its endpoint (as ``prometheus targets`` writes it) or in a
-        job that scrapes agents; when no series tells, every ``up`` of the host counts."""
-        own = [v for job, instance, v in self.ups if instance == endpoint or job in agent_jobs]
-        ups = own or [v for _job, _instance, v in self.ups]
-        return max(ups) if ups else None
+
+def _ups(samples: Iterable[Sample], wanted: set[str]) -> dict[str, list[Up]]:
+    """Every ``up`` series of each wanted host (more than one when several jobs scrape it)."""
+    out: dict[str, list[Up]] = {}
+    isfinite = math.isfinite
+    for labels, value in samples:
+        host = labels.host
+        if host in wanted and isfinite(value):
+            seen = out.get(host)
+            if seen is None:
+                out[host] = [(labels.job, labels.instance, value)]
+            else:
+                seen.append((labels.job, labels.instance, value))
+    return out
+
+
+def agent_up(ups: list[Up] | None, agent_jobs: set[str], endpoint: str) -> float | None:
+    """The agent's own ``up``: other jobs scraping the same host (node_exporter, say) do not count.
+    The agent's target is the one at its endpoint (as ``prometheus targets`` writes it) or in a
+    job that scrapes agents; when no series tells, every ``up`` of the host counts."""
+    if not ups:
+        return None
+    if len(ups) == 1:  # its own or, with nothing else to go by, the one there is: the same value
+        return ups[0][2]
+    own = [v for job, instance, v in ups if instance == endpoint or job in agent_jobs]
+    return max(own or [v for _job, _instance, v in ups])
 
 
 def _chip_index(labels: Labels) -> int | None:
@@ -385,14 +433,14 @@ def _gather(answers: dict[str, list[Sample]], wanted: set[str]) -> tuple[dict[st
     agent_jobs: set[str] = set()
     for promql, samples in answers.items():
         name = promql.split(" ", 1)[0].split("{", 1)[0]
+        if name == "up":  # read by _ups
+            continue
         for labels, value in samples:
             host = labels.host
             if host is None or host not in wanted or not math.isfinite(value):
                 continue
             d = data[host]
-            if name == "up":
-                d.ups.append((labels.job, labels.instance, value))
-            elif name == "fleet_node_status":
+            if name == "fleet_node_status":
                 d.status = _worst(d.status, labels.status)
             elif name == "fleet_agent_info":
                 d.version = labels.version or d.version
@@ -599,18 +647,58 @@ class SummaryRow(HostRow):
         return self.summary_values.get("power_watts")
 
 
-def _summaries(answers: dict[str, list[Sample]], wanted: set[str]) -> dict[str, _Summary]:
-    out: dict[str, _Summary] = defaultdict(_Summary)
-    for key in SUMMARY_QUERIES:
-        for labels, value in answers.get(key, []):
-            if labels.host in wanted and labels.summary is not None and math.isfinite(value):
-                out[labels.host].values[labels.summary] = value
-    for labels, value in answers.get(MODELS, []):
-        if labels.host in wanted and math.isfinite(value):
-            s = out[labels.host]
-            s.models.append((labels.kind or "?", labels.vendor or "", labels.model or "?", int(value)))
-            s.version = labels.version or s.version
-    return out
+class _SummaryTable:
+    """Each host's summaries (``summary`` -> value), its chip models and agent version.
+
+    A summary's answer lists one series per host; Prometheus lists every summary's hosts in the same
+    order (its label order), so the lines are put together by walking the answers side by side, in
+    memory order. Answers that do not line up (a host without some summary, another engine's order)
+    are merged host by host instead.
+    """
+
+    def __init__(self, answers: dict[str, list[Sample]], wanted: set[str]) -> None:
+        isfinite = math.isfinite
+        columns = [answers.get(query, []) for query in SUMMARY_QUERIES]
+        hosts = [[labels.host for labels, _ in samples] for samples in columns]
+        self.lines: dict[str, dict[str, float]] = {}
+        if all(names == hosts[0] for names in hosts[1:]):
+            values = zip(*([value for _, value in samples] for samples in columns), strict=True)
+            for name, line in zip(hosts[0], values, strict=True):
+                if name is not None:
+                    self.lines[name] = {key: value for key, value in zip(SUMMARY_KEYS, line, strict=True)
+                                        if isfinite(value)}
+        else:
+            for key, samples in zip(SUMMARY_KEYS, columns, strict=True):
+                for labels, value in samples:
+                    if labels.host is not None and isfinite(value):
+                        self.lines.setdefault(labels.host, {})[key] = value
+        self.models: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
+        self.versions: dict[str, str] = {}
+        for labels, value in answers.get(MODELS, []):
+            host = labels.host
+            if host in wanted and isfinite(value):
+                self.models[host].append((labels.kind or "?", labels.vendor or "", labels.model or "?",
+                                          int(value)))
+                if labels.version:
+                    self.versions[host] = labels.version
+
+    def line(self, host: str) -> _Summary:
+        return _Summary(self.lines.get(host, {}), self.models.get(host, []), self.versions.get(host))
+
+    def clean(self, h: Host, now: float, seen_at: float | None = None) -> bool:
+        """A summary that leaves nothing to look at: any doubt sends the host to the per-chip detail.
+        The sample must have been fresh when the rules saw it (``seen_at``, default now) and not be
+        stamped in the future."""
+        v = self.lines.get(h.name)
+        if v is None:
+            return False
+        present, ts = v.get("chips_present"), v.get("sample_timestamp_seconds")
+        if v.get("node_healthy") != 1.0 or present is None or ts is None:
+            return False
+        expected = h.expected_chips if h.expected_chips is not None else v.get("chips_expected")
+        seen_at = now if seen_at is None else seen_at
+        return (v.get("chips_healthy", 0.0) == present and (expected is None or present >= expected)
+                and not v.get("drained") and 0.0 <= now - ts and seen_at - ts < STALE_MIN_S)
 
 
 @dataclass(frozen=True)
@@ -665,22 +753,6 @@ def _version(raw: str | None) -> int:
         return 0
 
 
-def _clean(h: Host, s: _Summary | None, now: float, seen_at: float | None = None) -> bool:
-    """A summary that leaves nothing to look at: any doubt sends the host to the per-chip detail.
-    The sample must have been fresh when the rules saw it (``seen_at``, default now) and not be
-    stamped in the future."""
-    if s is None:
-        return False
-    v = s.values
-    present, ts = v.get("chips_present"), v.get("sample_timestamp_seconds")
-    expected = h.expected_chips if h.expected_chips is not None else v.get("chips_expected")
-    seen_at = now if seen_at is None else seen_at
-    return (v.get("node_healthy") == 1.0 and present is not None and ts is not None
-            and v.get("chips_healthy", 0.0) == present
-            and (expected is None or present >= expected)
-            and not v.get("drained") and 0.0 <= now - ts and seen_at - ts < STALE_MIN_S)
-
-
 def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: str = "", pattern: str = "all",
                       now: float | None = None, deadline_s: float = 30.0, use_rules: bool = True,
                       detail_all: bool | None = None,
@@ -722,11 +794,11 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             (notice or _stderr)(NO_RULES)
     if not rules:
         answers = _query_all(client, QUERIES, deadline_s - (time.monotonic() - started))
-        summaries: dict[str, _Summary] = {}
+        summaries: _SummaryTable | None = None
         detail = wanted
     else:
         now_s = time.time() if now is None else now
-        summaries = _summaries(answers, wanted)
+        summaries = _SummaryTable(answers, wanted)
         if detail_all is None:
             detail_all = len(hosts) <= _detail_max()
         clock = rules_clock(answers, group, now_s)
@@ -734,7 +806,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             (notice or _stderr)(clock.why)
             detail_all = True
         detail = wanted if detail_all else {h.name for h in hosts
-                                             if not _clean(h, summaries.get(h.name), now_s, clock.seen_at)}
+                                             if not summaries.clean(h, now_s, clock.seen_at)}
         ups = answers["up"]
         jobs = [labels for labels, _ in answers[AGENT_JOBS]]
         answers = _query_all(client, detail_queries(detail), deadline_s - (time.monotonic() - started)) \
@@ -745,11 +817,12 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                                        *((labels, 1.0) for labels in jobs)]
     now = time.time() if now is None else now
     data, agent_jobs = _gather(answers, wanted)
+    up_of = _ups(answers["up"], wanted)
     rows: list[HostRow] = []
     for h in hosts:
         d = data.get(h.name)
-        up = d.up(agent_jobs, h.agent_endpoint) if d is not None else None
-        if d is None or up is None:
+        up = agent_up(up_of.get(h.name), agent_jobs, h.agent_endpoint)
+        if up is None:
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=False,
                                         kind="not_scraped", reason="Prometheus has no target for this host",
                                         expected_chips=h.expected_chips, host_vars=h.vars))
@@ -757,9 +830,9 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=False,
                                         kind="scrape_failed", reason="Prometheus cannot scrape it (up=0)",
                                         expected_chips=h.expected_chips, host_vars=h.vars))
-        elif h.name not in detail:
-            rows.append(_summary_row(h, summaries[h.name], now))
-        elif d.status is None:
+        elif h.name not in detail and summaries is not None:
+            rows.append(_summary_row(h, summaries.line(h.name), now))
+        elif d is None or d.status is None:
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=True,
                                         kind="no_metrics", reason="scraped, but no fleet_node_status",
                                         expected_chips=h.expected_chips, host_vars=h.vars))

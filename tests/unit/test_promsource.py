@@ -6,6 +6,7 @@ import base64
 import gc
 import http.server
 import json
+import math
 import socketserver
 import threading
 import time
@@ -610,3 +611,58 @@ def test_prometheus_stopping_a_query_at_its_timeout_is_named_too(serve: Callable
 
     with pytest.raises(PrometheusError, match="query 'up' took longer than the 7s query timeout"):
         HttpPrometheus(serve(timed_out), timeout_s=7).query("up")
+
+
+def test_values_parse_as_numbers_including_the_special_ones_prometheus_writes() -> None:
+    doc = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"host": h}, "value": [1, v]} for h, v in
+        (("a", "63.5"), ("b", "NaN"), ("c", "-Inf"), ("d", "1e3"))]}}
+    values = dict((labels.host, value) for labels, value in parse_vector(raw(doc), "q"))
+    assert values["a"] == 63.5 and values["b"] != values["b"] and values["c"] == -math.inf
+    assert values["d"] == 1000.0
+    # "+Inf" is not a number to the fast decoder: the careful path reads it.
+    doc["data"]["result"].append({"metric": {"host": "e"}, "value": [1, "+Inf"]})  # type: ignore[index]
+    assert dict((labels.host, value) for labels, value in parse_vector(raw(doc), "q"))["e"] == math.inf
+
+
+def _summary_answers(hosts: list[str]) -> dict[str, list[Sample]]:
+    values = {"node_healthy": 1.0, "sample_timestamp_seconds": NOW - 3, "chips_expected": 8.0,
+              "chips_present": 8.0, "chips_healthy": 8.0, "drained": 0.0, "max_temperature_celsius": 61.0,
+              "mean_utilization_ratio": 0.5, "memory_used_bytes": 2.0**34, "memory_total_bytes": 2.0**36,
+              "power_watts": 2400.0}
+    return {query: typed([({"host": h, "summary": key}, values[key] + i) for i, h in enumerate(hosts)])
+            for key, query in zip(SUMMARY_KEYS, SUMMARY_QUERIES, strict=True)}
+
+
+def test_summaries_read_side_by_side_or_host_by_host_give_the_same_lines() -> None:
+    from fleetctl.promsource import _SummaryTable
+
+    names = ["a", "b", "c"]
+    aligned = _summary_answers(names)
+    table = _SummaryTable(aligned, set(names))
+    assert table.lines["b"]["chips_present"] == 9.0 and len(table.lines["b"]) == len(SUMMARY_KEYS)
+    # One host without one summary and another answer in another order: merged host by host.
+    ragged = {q: list(samples) for q, samples in aligned.items()}
+    ragged[SUMMARY_QUERIES[-1]] = [s for s in ragged[SUMMARY_QUERIES[-1]] if s[0].host != "c"]
+    ragged[SUMMARY_QUERIES[0]].reverse()
+    other = _SummaryTable(ragged, set(names))
+    assert other.lines["a"] == table.lines["a"] and other.lines["b"] == table.lines["b"]
+    assert other.lines["c"] == {k: v for k, v in table.lines["c"].items() if k != SUMMARY_KEYS[-1]}
+    # A value no one can use is left out either way, never made up.
+    for answers in (aligned, ragged):
+        answers[SUMMARY_QUERIES[1]] = [(labels, math.nan if labels.host == "a" else v)
+                                       for labels, v in answers[SUMMARY_QUERIES[1]]]
+        again = _SummaryTable(answers, set(names))
+        assert SUMMARY_KEYS[1] == "sample_timestamp_seconds" and SUMMARY_KEYS[1] not in again.lines["a"]
+        assert table.clean(host("a", 1, expected=8), NOW) and not again.clean(host("a", 1, expected=8), NOW)
+
+
+def test_the_agents_own_up_counts_when_several_jobs_scrape_a_host() -> None:
+    from fleetctl.promsource import agent_up
+
+    assert agent_up(None, set(), "h:1") is None and agent_up([], set(), "h:1") is None
+    assert agent_up([("node", "h:9100", 0.0)], set(), "h:1") == 0.0  # nothing else to go by
+    both = [("node", "h:9100", 0.0), ("fleet-agent", "h:1", 1.0)]
+    assert agent_up(both, set(), "h:1") == 1.0  # its endpoint
+    assert agent_up([("node", "h:9100", 1.0), ("agents", "x:2", 0.0)], {"agents"}, "h:1") == 0.0
+    assert agent_up([("a", "x:1", 0.0), ("b", "x:2", 1.0)], set(), "h:1") == 1.0  # no telling: any
