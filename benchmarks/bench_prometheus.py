@@ -65,6 +65,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from prom_replay import Replay
 from simfleet import raise_nofile, start_fleet, stop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -371,7 +372,8 @@ def measure(name: str, args: list[str], env: dict[str, str], runs: int, prom_pid
 
 def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int,
                before: Path | None, real_hosts: int = 10000, evaluation_s: int = 10,
-               rules: Path = RULES, hold: Path | None = None) -> dict[str, Any]:
+               rules: Path = RULES, hold: Path | None = None, replay_sizes: tuple[int, ...] = ()
+               ) -> dict[str, Any]:
     d = work / f"n{hosts}"
     d.mkdir()
     real = min(hosts, real_hosts)
@@ -448,6 +450,9 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
                 break
             else:
                 result["before_vs_after"] = None
+        if replay_sizes and real == hosts:
+            result["replayed"] = bench_replay(d, url, inv, targets, want, replay_sizes, runs, env,
+                                              prom_port + 2)
         if hold is not None:
             # For measurements by hand against the same Prometheus (rules swapped with SIGHUP, say).
             hold.write_text(json.dumps({"url": url, "inventory": str(inv), "prometheus_pid": prom.pid,
@@ -464,6 +469,48 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
             feeder.close()
         stop(fleet)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def bench_replay(work: Path, url: str, inv: Path, targets: list[tuple[str, str, str]], want: dict[str, str],
+                 sizes: tuple[int, ...], runs: int, env: dict[str, str], port: int) -> list[dict[str, Any]]:
+    """fleetctl's own share at fleet sizes past what this machine holds a Prometheus for: the answers
+    of the live server (``url``) to the rule queries, repeated for each host's copies and served at
+    once (benchmarks/prom_replay.py); rebuilt before each run, timed as if the rules had just run."""
+    from fleetctl.promsource import RULE_QUERIES
+
+    replay = Replay(url, RULE_QUERIES)
+    server = replay.serve(port)
+    out: list[dict[str, Any]] = []
+    try:
+        for n in sizes:
+            big, copies, source = add_copies(inv, targets, n)
+            expected = {**want, **{name: want[src] for name, src in source.items()}}
+            via = ["health", "-i", str(big), "--json", "--source", "prometheus",
+                   "--prometheus-url", f"http://127.0.0.1:{port}"]
+            rs: list[Run] = []
+            for i in range(runs + 1):  # the first run parses the inventory (cold): not counted
+                answer_bytes = replay.build(copies)
+                try:
+                    r = Run(via, env)
+                except CommandFailed as exc:
+                    raise SystemExit(f"bench_prometheus: replay of {n} hosts: {exc}") from None
+                if i:
+                    rs.append(r)
+                    log(f"  replay {n} hosts run {i}: {r.wall:.2f}s, RSS {r.rss_mb:.0f} MB, "
+                        f"fleetctl CPU {r.cpu:.2f}s")
+            out.append({
+                "hosts": n, "answers_mb": round(answer_bytes / 1e6, 1),
+                "whole_command_s": median([r.wall for r in rs]), "runs_s": [round(r.wall, 3) for r in rs],
+                "fleetctl_rss_mb": median([r.rss_mb for r in rs]),
+                "fleetctl_cpu_s": median([r.cpu for r in rs]),
+                "statuses": dict(Counter(rs[-1].statuses.values())),
+                "statuses_agree": rs[-1].statuses == expected and len(rs[-1].statuses) == n,
+            })
+            big.unlink()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return out
 
 
 def make_worktree(ref: str, path: Path) -> Path:
@@ -505,12 +552,20 @@ def main() -> int:
     p.add_argument("--hold", type=Path,
                    help="after each size, write its URL and inventory to this file and keep Prometheus and "
                         "the agents running until the file is removed")
+    p.add_argument("--replay-sizes", default="",
+                   help="after the largest size made of real agents, fleetctl alone at these sizes against "
+                        "that server's answers replayed (comma-separated; benchmarks/prom_replay.py)")
     args = p.parse_args()
     if (problem := missing_tools()) is not None:
         print(f"bench_prometheus: {problem}", file=sys.stderr)
         return 2
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [1000] if args.quick else [1000, 10000]
     runs = args.runs or (1 if args.quick else 3)
+    replay = tuple(int(n) for n in args.replay_sizes.split(",") if n)
+    made_of_agents = [n for n in sizes if n <= args.real_hosts]
+    if replay and not made_of_agents:
+        p.error("--replay-sizes needs a size made of real agents alone (<= --real-hosts) to replay")
+    replay_from = max(made_of_agents, default=0)
     before_ref = args.before or ("none" if args.quick else BEFORE_REF)
     raise_nofile()
     for package in (REPO / "fleetctl", REPO / "agents" / "fleet_agent"):
@@ -525,7 +580,7 @@ def main() -> int:
                 "load_avg_at_start": os.getloadavg()[0], "before_ref": None if before is None else before_ref,
                 "sizes": [bench_size(work, n, runs, args.base_port, args.prometheus_port, before,
                                      args.real_hosts, args.evaluation_interval, args.rules.resolve(),
-                                     args.hold) for n in sizes],
+                                     args.hold, replay if n == replay_from else ()) for n in sizes],
             }
         finally:
             if before is not None:

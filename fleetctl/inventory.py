@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from fleet_agent.config import DEFAULT_PORT
 
 from fleetctl.cachefile import write_cache_file
@@ -371,19 +372,16 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
     fingerprint = _fingerprint(sources) if cacheable else ""
     if cache_file is not None:
         with gc_paused():  # a large fleet's cached parse is millions of objects, all kept
-            doc = _read_cache(cache_file, fingerprint)
-            if doc is not None:
-                try:
-                    return _from_doc(sources, doc, from_cache=True)
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    pass  # a damaged entry with the right key: parse again (and overwrite it)
+            cached = _read_cache(cache_file, fingerprint)
+            if cached is not None:
+                return _from_cache(sources, cached)
     with gc_paused():
         doc = _parse_with_ansible(sources)
     if cache_file is not None:
         # Files that changed while Ansible read them would be cached under the old key: re-check.
         if _fingerprint(sources) == fingerprint:
             _write_cache(cache_file, fingerprint, doc)
-    return _from_doc(sources, doc, from_cache=False)
+    return _from_doc(sources, doc)
 
 
 def _is_host_list(source: str) -> bool:
@@ -476,15 +474,86 @@ def _cache_file(sources: Sequence[str], cache_dir: Path | None) -> Path:
     return (cache_dir or cache_dir_default()) / f"inventory-{digest}.json"
 
 
-def _read_cache(path: Path, fingerprint: str) -> dict[str, Any] | None:
+class LazyVars(Mapping[str, Any]):
+    """A host's inventory variables as the cache holds them, decoded on first use: most commands
+    read them for a few hosts or none (``health`` reads none), and a group's variables are
+    repeated on each of its hosts, so decoding every host's up front was most of a cache read."""
+
+    __slots__ = ("_raw", "_vars")
+
+    def __init__(self, raw: msgspec.Raw) -> None:
+        self._raw: msgspec.Raw | None = raw
+        self._vars: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._vars is None:
+            assert self._raw is not None
+            self._vars = msgspec.json.decode(self._raw, type=dict[str, Any])
+            self._raw = None  # the cache file's bytes are freed with the last host's
+        return self._vars
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+
+class _CachedToken(msgspec.Struct):
+    vault: str | None = None
+    plain: str | None = None
+
+
+class _CachedHost(msgspec.Struct):
+    name: str
+    address: str
+    groups: list[str]
+    vars: msgspec.Raw
+    port: int
+    token: _CachedToken | None
+    expected_chips: int | None
+
+
+class _CachedGroup(msgspec.Struct):
+    hosts: list[str]
+    children: list[str]
+    all_hosts: list[str]
+
+
+class _CachedInventory(msgspec.Struct):
+    hosts: list[_CachedHost]
+    groups: dict[str, _CachedGroup]
+    fingerprint: str
+
+
+def _read_cache(path: Path, fingerprint: str) -> _CachedInventory | None:
     try:
         with open(path, "rb") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError):
+            doc = msgspec.json.decode(fh.read(), type=_CachedInventory)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None  # absent or damaged: parse again
-    if not isinstance(doc, dict) or doc.get("fingerprint") != fingerprint:
+    if doc.fingerprint != fingerprint or any(bytes(memoryview(h.vars)[:1]) != b"{" for h in doc.hosts):
         return None
     return doc
+
+
+def _from_cache(sources: Sequence[str], doc: _CachedInventory) -> Inventory:
+    label = ",".join(sources)
+    hosts: dict[str, Host] = {}
+    for h in doc.hosts:
+        token = h.token
+        secret = None if token is None else Secret(vaulted=token.vault, plain=token.plain, source=label)
+        hosts[h.name] = Host(name=h.name, address=h.address, groups=tuple(h.groups), vars=LazyVars(h.vars),
+                             agent_port=h.port, agent_token=secret, expected_chips=h.expected_chips)
+    groups = {name: _GroupData(tuple(g.hosts), tuple(g.children), tuple(g.all_hosts))
+              for name, g in doc.groups.items()}
+    return Inventory(sources=tuple(sources), hosts=hosts, groups=groups, from_cache=True)
 
 
 def _write_cache(path: Path, fingerprint: str, doc: dict[str, Any]) -> None:
@@ -492,7 +561,7 @@ def _write_cache(path: Path, fingerprint: str, doc: dict[str, Any]) -> None:
     write_cache_file(path, json.dumps({**doc, "fingerprint": fingerprint}, separators=(",", ":")))
 
 
-def _from_doc(sources: Sequence[str], doc: dict[str, Any], *, from_cache: bool) -> Inventory:
+def _from_doc(sources: Sequence[str], doc: dict[str, Any]) -> Inventory:
     label = ",".join(sources)
     hosts: dict[str, Host] = {}
     for h in doc["hosts"]:
@@ -508,7 +577,7 @@ def _from_doc(sources: Sequence[str], doc: dict[str, Any], *, from_cache: bool) 
         name: _GroupData(tuple(g["hosts"]), tuple(g["children"]), tuple(g["all_hosts"]))
         for name, g in doc["groups"].items()
     }
-    return Inventory(sources=tuple(sources), hosts=hosts, groups=groups, from_cache=from_cache)
+    return Inventory(sources=tuple(sources), hosts=hosts, groups=groups)
 
 
 # --- Ansible -------------------------------------------------------------------------------------

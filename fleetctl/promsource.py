@@ -180,6 +180,19 @@ class PromQuery(Protocol):
         ...
 
 
+Column = tuple[list[str | None], list[float]]  # one answer's host labels and values, series by series
+
+
+@runtime_checkable
+class PromColumns(Protocol):
+    """Optional: a client that can also decode an answer to its hosts and values alone (the summaries:
+    a series per host, of which nothing else is read)."""
+
+    def query_values(self, promql: str) -> Column:
+        """An instant query's vector as (host label per series, value per series)."""
+        ...
+
+
 @dataclass(frozen=True)
 class RuleGroup:
     """A rule group as ``/api/v1/rules`` describes it: its interval, when it last ran (epoch s) and
@@ -276,6 +289,13 @@ class HttpPrometheus:
             self._headers["Authorization"] = f"Basic {token}"
 
     def query(self, promql: str) -> list[Sample]:
+        return parse_vector(self._answer(promql), f"{self.url}: query {_shown(promql)}")
+
+    def query_values(self, promql: str) -> Column:
+        return parse_values(self._answer(promql), f"{self.url}: query {_shown(promql)}")
+
+    def _answer(self, promql: str) -> bytes:
+        """The raw answer to ``promql``; a PrometheusError naming the query when there is none."""
         shown = _shown(promql)
         # nocache=1: VictoriaMetrics otherwise answers an instant query "now" as of its latency offset
         # (30 s by default), every sample that much older; Prometheus and Thanos ignore the parameter.
@@ -288,7 +308,7 @@ class HttpPrometheus:
             # The scheme was checked in __init__ (http/https only). Prometheus stops the query at
             # timeout_s; the socket waits a little longer for that answer.
             with urllib.request.urlopen(request, timeout=self.timeout_s + 2.0) as resp:  # noqa: S310
-                raw = resp.read(MAX_ANSWER_BYTES + 1)
+                raw: bytes = resp.read(MAX_ANSWER_BYTES + 1)
                 missing = resp.length  # what Content-Length promised and the connection did not bring
         except urllib.error.HTTPError as exc:
             text = _error_text(exc)
@@ -310,7 +330,7 @@ class HttpPrometheus:
                                   f"{missing} bytes missing)")
         if len(raw) > MAX_ANSWER_BYTES:
             raise PrometheusError(f"{self.url}: query {shown}: answer over {MAX_ANSWER_BYTES} bytes")
-        return parse_vector(raw, f"{self.url}: query {shown}")
+        return raw
 
 
     def rule_group(self, name: str) -> RuleGroup | None:
@@ -344,6 +364,46 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
     except (msgspec.DecodeError, OSError, http.client.HTTPException):
         return ""
     return f": {answer.error[:200]}" if answer.error else ""
+
+
+class _HostLabel(msgspec.Struct):
+    host: str | None = None
+
+
+class _HostValue(msgspec.Struct):
+    metric: _HostLabel
+    value: tuple[float, float]
+
+
+class _HostValues(msgspec.Struct):
+    resultType: str
+    result: list[_HostValue] = []
+
+
+class _HostValuesAnswer(msgspec.Struct):
+    status: str
+    data: _HostValues | None = None
+
+
+_HOST_VALUES = msgspec.json.Decoder(_HostValuesAnswer, strict=False)
+
+
+def parse_values(raw: bytes, where: str) -> Column:
+    """An answer's host labels and values alone (every other label skipped while decoding); what
+    the fast decoder refuses goes through :func:`parse_vector`, which reads it or says what is wrong."""
+    try:
+        quick = _HOST_VALUES.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        quick = None
+    if quick is not None and quick.status == "success" and quick.data is not None \
+            and quick.data.resultType == "vector":
+        result = quick.data.result
+        return [series.metric.host for series in result], [series.value[1] for series in result]
+    return columns_of(parse_vector(raw, where))
+
+
+def columns_of(samples: list[Sample]) -> Column:
+    return [labels.host for labels, _ in samples], [value for _, value in samples]
 
 
 def parse_vector(raw: bytes, where: str) -> list[Sample]:
@@ -536,7 +596,8 @@ def _node(host: Host, d: _HostData, now: float) -> NodeReport:
     )
 
 
-def _query_all(client: PromQuery, queries: Sequence[str], deadline_s: float) -> dict[str, list[Sample]]:
+def _query_all(client: PromQuery, queries: Sequence[str], deadline_s: float,
+               columns: Sequence[str] = ()) -> dict[str, Any]:
     """Every query, four at a time, all within ``deadline_s``; past it, the message names the
     queries still unanswered."""
     # Daemon threads: a server trickling its answer (each read within the timeout) must not hold
@@ -544,7 +605,14 @@ def _query_all(client: PromQuery, queries: Sequence[str], deadline_s: float) -> 
     from fleet_agent.sampler import DaemonThreadPool
 
     pool = DaemonThreadPool(4, "prometheus")
-    futures = [pool.submit(client.query, q) for q in queries]
+    by_column = client.query_values if isinstance(client, PromColumns) else None
+
+    def ask(q: str) -> Any:
+        if q not in columns:
+            return client.query(q)
+        return by_column(q) if by_column is not None else columns_of(client.query(q))
+
+    futures = [pool.submit(ask, q) for q in queries]
     try:
         done, late = concurrent.futures.wait(futures, timeout=max(deadline_s, 0.0),
                                              return_when=concurrent.futures.FIRST_EXCEPTION)
@@ -656,22 +724,23 @@ class _SummaryTable:
     are merged host by host instead.
     """
 
-    def __init__(self, answers: dict[str, list[Sample]], wanted: set[str]) -> None:
+    def __init__(self, answers: dict[str, Any], wanted: set[str]) -> None:
         isfinite = math.isfinite
-        columns = [answers.get(query, []) for query in SUMMARY_QUERIES]
-        hosts = [[labels.host for labels, _ in samples] for samples in columns]
+        empty: Column = ([], [])
+        columns: list[Column] = [answers.get(query, empty) for query in SUMMARY_QUERIES]
+        hosts = columns[0][0]
         self.lines: dict[str, dict[str, float]] = {}
-        if all(names == hosts[0] for names in hosts[1:]):
-            values = zip(*([value for _, value in samples] for samples in columns), strict=True)
-            for name, line in zip(hosts[0], values, strict=True):
+        if all(names == hosts for names, _ in columns[1:]):
+            values = zip(*(column_values for _, column_values in columns), strict=True)
+            for name, line in zip(hosts, values, strict=True):
                 if name is not None:
                     self.lines[name] = {key: value for key, value in zip(SUMMARY_KEYS, line, strict=True)
                                         if isfinite(value)}
         else:
-            for key, samples in zip(SUMMARY_KEYS, columns, strict=True):
-                for labels, value in samples:
-                    if labels.host is not None and isfinite(value):
-                        self.lines.setdefault(labels.host, {})[key] = value
+            for key, (names, column_values) in zip(SUMMARY_KEYS, columns, strict=True):
+                for name, value in zip(names, column_values, strict=True):
+                    if name is not None and isfinite(value):
+                        self.lines.setdefault(name, {})[key] = value
         self.models: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
         self.versions: dict[str, str] = {}
         for labels, value in answers.get(MODELS, []):
@@ -782,7 +851,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
 
         side = DaemonThreadPool(1, "prometheus-rules")
         asked = side.submit(client.rule_group, RULES_GROUP) if isinstance(client, PromRules) else None
-        answers = _query_all(client, RULE_QUERIES, deadline_s)
+        answers = _query_all(client, RULE_QUERIES, deadline_s, columns=SUMMARY_QUERIES)
         rules = bool(answers[RULES_INFO])
         if asked is not None:
             try:

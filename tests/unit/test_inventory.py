@@ -532,3 +532,22 @@ def test_summary_host_lists_round_trip_as_patterns(tmp_path: Path, cache: Path) 
     for chosen in (hosts, hosts[:3], ["n01", "n10", "h100-1000"]):
         text = hostlist(chosen)
         assert sorted(names(inventory.select(text))) == sorted(chosen), text
+
+
+def test_cached_vars_read_the_same_as_parsed_ones_and_a_non_mapping_entry_is_parsed_again(
+        inv: Path, cache: Path) -> None:
+    parsed = load_inventory(str(inv), cache_dir=cache)
+    cached = load_inventory(str(inv), cache_dir=cache)
+    assert cached.from_cache
+    for name, host in parsed.hosts.items():
+        again = cached.hosts[name]
+        assert dict(again.vars) == dict(host.vars) and list(again.vars) == list(host.vars)
+        assert (again.address, again.agent_port, again.groups) == (host.address, host.agent_port, host.groups)
+    assert cached.hosts["v5e-0001"].vars["rack_row"] == "b" and "rack_row" in cached.hosts["v5e-0001"].vars
+    assert cached.hosts["v5e-0001"].vars.get("no_such_var", "x") == "x"
+    (entry,) = cache.iterdir()
+    doc = json.loads(entry.read_text())
+    doc["hosts"][0]["vars"] = ["not", "a", "mapping"]
+    entry.write_text(json.dumps(doc))
+    again = load_inventory(str(inv), cache_dir=cache)
+    assert not again.from_cache and isinstance(again.hosts[doc["hosts"][0]["name"]].vars, dict)

@@ -635,26 +635,47 @@ def _summary_answers(hosts: list[str]) -> dict[str, list[Sample]]:
 
 
 def test_summaries_read_side_by_side_or_host_by_host_give_the_same_lines() -> None:
-    from fleetctl.promsource import _SummaryTable
+    from fleetctl.promsource import _SummaryTable, columns_of
+
+    def table_of(answers: dict[str, list[Sample]]) -> _SummaryTable:
+        return _SummaryTable({q: columns_of(samples) for q, samples in answers.items()}, set(names))
 
     names = ["a", "b", "c"]
     aligned = _summary_answers(names)
-    table = _SummaryTable(aligned, set(names))
+    table = table_of(aligned)
     assert table.lines["b"]["chips_present"] == 9.0 and len(table.lines["b"]) == len(SUMMARY_KEYS)
     # One host without one summary and another answer in another order: merged host by host.
     ragged = {q: list(samples) for q, samples in aligned.items()}
     ragged[SUMMARY_QUERIES[-1]] = [s for s in ragged[SUMMARY_QUERIES[-1]] if s[0].host != "c"]
     ragged[SUMMARY_QUERIES[0]].reverse()
-    other = _SummaryTable(ragged, set(names))
+    other = table_of(ragged)
     assert other.lines["a"] == table.lines["a"] and other.lines["b"] == table.lines["b"]
     assert other.lines["c"] == {k: v for k, v in table.lines["c"].items() if k != SUMMARY_KEYS[-1]}
     # A value no one can use is left out either way, never made up.
     for answers in (aligned, ragged):
         answers[SUMMARY_QUERIES[1]] = [(labels, math.nan if labels.host == "a" else v)
                                        for labels, v in answers[SUMMARY_QUERIES[1]]]
-        again = _SummaryTable(answers, set(names))
+        again = table_of(answers)
         assert SUMMARY_KEYS[1] == "sample_timestamp_seconds" and SUMMARY_KEYS[1] not in again.lines["a"]
         assert table.clean(host("a", 1, expected=8), NOW) and not again.clean(host("a", 1, expected=8), NOW)
+
+
+def test_a_summary_answer_decodes_to_hosts_and_values_as_the_full_decoder_reads_it() -> None:
+    from fleetctl.promsource import columns_of, parse_values
+
+    doc = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"__name__": "fleetctl:host_summary", "host": h, "summary": "power_watts"},
+         "value": [1, v]} for h, v in (("a", "2400.5"), ("b", "NaN"), ("c", "+Inf"))]}}
+    hosts, values = parse_values(raw(doc), "q")
+    assert hosts == ["a", "b", "c"] and values[0] == 2400.5 and values[1] != values[1]
+    assert values[2] == math.inf  # through the careful path
+    del doc["data"]["result"][2]  # type: ignore[attr-defined]
+    assert str(parse_values(raw(doc), "q")) == str(columns_of(parse_vector(raw(doc), "q")))
+    with pytest.raises(PrometheusError, match="q: malformed value 'many'"):
+        parse_values(raw({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"host": "a"}, "value": [1, "many"]}]}}), "q")
+    with pytest.raises(PrometheusError, match="q: the answer is not JSON"):
+        parse_values(b"<html>", "q")
 
 
 def test_the_agents_own_up_counts_when_several_jobs_scrape_a_host() -> None:
