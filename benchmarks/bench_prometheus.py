@@ -381,6 +381,7 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
     fleet, inv = start_fleet(d, real, base_port)
     feeder: Feeder | None = None
     prom: subprocess.Popen[bytes] | None = None
+    replay: tuple[Replay, Path, list[tuple[str, str, str]], dict[str, str], dict[str, str]] | None = None
     try:
         env = {**os.environ, "FLEETCTL_CACHE_DIR": str(d / "cache")}
         targets = targets_of(inv, d, env)
@@ -451,8 +452,12 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
             else:
                 result["before_vs_after"] = None
         if replay_sizes and real == hosts:
-            result["replayed"] = bench_replay(d, url, inv, targets, want, replay_sizes, runs, env,
-                                              prom_port + 2)
+            # Captured now, timed once Prometheus and the agents are gone (their background work, the
+            # rules' above all, would share the cores with fleetctl alone).
+            from fleetctl.promsource import RULE_QUERIES
+
+            kept = shutil.copy(inv, work / inv.name)
+            replay = (Replay(url, RULE_QUERIES), Path(kept), targets, want, env)
         if hold is not None:
             # For measurements by hand against the same Prometheus (rules swapped with SIGHUP, say).
             hold.write_text(json.dumps({"url": url, "inventory": str(inv), "prometheus_pid": prom.pid,
@@ -460,7 +465,6 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
             log(f"{hosts} hosts: holding Prometheus until {hold} is removed")
             while hold.exists():
                 time.sleep(1)
-        return result
     finally:
         if prom is not None:
             prom.terminate()
@@ -469,16 +473,19 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
             feeder.close()
         stop(fleet)
         shutil.rmtree(d, ignore_errors=True)
+    if replay is not None:
+        captured, kept_inv, targets, want, env = replay
+        env = {**env, "FLEETCTL_CACHE_DIR": str(work / "replay-cache")}
+        result["replayed"] = bench_replay(captured, kept_inv, targets, want, replay_sizes, runs, env,
+                                          prom_port + 2)
+    return result
 
 
-def bench_replay(work: Path, url: str, inv: Path, targets: list[tuple[str, str, str]], want: dict[str, str],
+def bench_replay(replay: Replay, inv: Path, targets: list[tuple[str, str, str]], want: dict[str, str],
                  sizes: tuple[int, ...], runs: int, env: dict[str, str], port: int) -> list[dict[str, Any]]:
-    """fleetctl's own share at fleet sizes past what this machine holds a Prometheus for: the answers
-    of the live server (``url``) to the rule queries, repeated for each host's copies and served at
+    """fleetctl's own share at fleet sizes past what this machine holds a Prometheus for: a live
+    server's answers to the rule queries (``replay``), repeated for each host's copies and served at
     once (benchmarks/prom_replay.py); rebuilt before each run, timed as if the rules had just run."""
-    from fleetctl.promsource import RULE_QUERIES
-
-    replay = Replay(url, RULE_QUERIES)
     server = replay.serve(port)
     out: list[dict[str, Any]] = []
     try:

@@ -212,4 +212,7 @@ def main() -> None:
     if args == ["--version"]:  # nothing to parse: no command tree to build
         typer.echo(version_text())
         return
+    from fleetctl.speedups import as_program
+
+    as_program()
     app_for(args)()

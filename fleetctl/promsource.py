@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -661,27 +661,51 @@ class _Summary:
     version: str | None = None
 
 
+# A host's summaries as one tuple in SUMMARY_KEYS order, NaN where a summary is missing or unusable.
+Line = tuple[float, ...]
+_AT = {key: i for i, key in enumerate(SUMMARY_KEYS)}
+_HEALTHY, _SAMPLED, _EXPECTED, _PRESENT, _OK, _DRAINED = (
+    _AT[k] for k in ("node_healthy", "sample_timestamp_seconds", "chips_expected", "chips_present",
+                     "chips_healthy", "drained"))
+_TEMP, _UTIL, _USED, _TOTAL, _POWER = (
+    _AT[k] for k in ("max_temperature_celsius", "mean_utilization_ratio", "memory_used_bytes",
+                     "memory_total_bytes", "power_watts"))
+
+
+def _known(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _line_of(values: Mapping[str, float]) -> Line:
+    return tuple(values.get(key, math.nan) for key in SUMMARY_KEYS)
+
+
 class SummaryRow(HostRow):
     """A host whose summary is clean (healthy, every chip healthy and present, a fresh sample):
     its figures come from the recording rules, without per-chip detail."""
 
     def __init__(self, base: HostRow, s: _Summary) -> None:
         super().__init__(**{f: getattr(base, f) for f in HostRow.__dataclass_fields__})
-        self.summary_values = s.values
+        self.line = _line_of(s.values)
         self.models = s.models
 
     @classmethod
-    def of(cls, s: _Summary, **fields: Any) -> SummaryRow:
+    def of(cls, line: Line, models: list[tuple[str, str, str, int]], **fields: Any) -> SummaryRow:
         """The row built from its fields at once (no HostRow first to copy: one per clean host)."""
         row = cls.__new__(cls)
         HostRow.__init__(row, **fields)
-        row.summary_values = s.values
-        row.models = s.models
+        row.line = line
+        row.models = models
         return row
 
     @property
+    def summary_values(self) -> dict[str, float]:
+        """The summaries the rules recorded for this host (those with a usable value)."""
+        return {key: v for key, v in zip(SUMMARY_KEYS, self.line, strict=True) if math.isfinite(v)}
+
+    @property
     def chips_present(self) -> int:
-        return int(self.summary_values.get("chips_present", 0))
+        return int(_known(self.line[_PRESENT]) or 0)
 
     @property
     def chips_total(self) -> int:
@@ -689,34 +713,34 @@ class SummaryRow(HostRow):
 
     @property
     def chips_ok(self) -> int:
-        return int(self.summary_values.get("chips_healthy", 0))
+        return int(_known(self.line[_OK]) or 0)
 
     @property
     def max_temperature_c(self) -> float | None:
-        return self.summary_values.get("max_temperature_celsius")
+        return _known(self.line[_TEMP])
 
     @property
     def mean_utilization_pct(self) -> float | None:
-        util = self.summary_values.get("mean_utilization_ratio")
+        util = _known(self.line[_UTIL])
         return None if util is None else util * 100.0
 
     @property
     def memory_used_bytes(self) -> int | None:
-        used = self.summary_values.get("memory_used_bytes")
+        used = _known(self.line[_USED])
         return None if used is None else int(used)
 
     @property
     def memory_total_bytes(self) -> int | None:
-        total = self.summary_values.get("memory_total_bytes")
+        total = _known(self.line[_TOTAL])
         return None if total is None else int(total)
 
     @property
     def power_w(self) -> float | None:
-        return self.summary_values.get("power_watts")
+        return _known(self.line[_POWER])
 
 
 class _SummaryTable:
-    """Each host's summaries (``summary`` -> value), its chip models and agent version.
+    """Each host's summaries (a :data:`Line`), its chip models and agent version.
 
     A summary's answer lists one series per host; Prometheus lists every summary's hosts in the same
     order (its label order), so the lines are put together by walking the answers side by side, in
@@ -729,18 +753,16 @@ class _SummaryTable:
         empty: Column = ([], [])
         columns: list[Column] = [answers.get(query, empty) for query in SUMMARY_QUERIES]
         hosts = columns[0][0]
-        self.lines: dict[str, dict[str, float]] = {}
+        self.lines: dict[str | None, Line]
         if all(names == hosts for names, _ in columns[1:]):
-            values = zip(*(column_values for _, column_values in columns), strict=True)
-            for name, line in zip(hosts, values, strict=True):
-                if name is not None:
-                    self.lines[name] = {key: value for key, value in zip(SUMMARY_KEYS, line, strict=True)
-                                        if isfinite(value)}
+            self.lines = dict(zip(hosts, zip(*(values for _, values in columns), strict=True), strict=True))
         else:
-            for key, (names, column_values) in zip(SUMMARY_KEYS, columns, strict=True):
-                for name, value in zip(names, column_values, strict=True):
-                    if name is not None and isfinite(value):
-                        self.lines.setdefault(name, {})[key] = value
+            merged: dict[str | None, list[float]] = {}
+            for i, (names, values) in enumerate(columns):
+                for name, value in zip(names, values, strict=True):
+                    merged.setdefault(name, [math.nan] * len(SUMMARY_KEYS))[i] = value
+            self.lines = {name: tuple(line) for name, line in merged.items()}
+        self.lines.pop(None, None)
         self.models: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
         self.versions: dict[str, str] = {}
         for labels, value in answers.get(MODELS, []):
@@ -751,23 +773,33 @@ class _SummaryTable:
                 if labels.version:
                     self.versions[host] = labels.version
 
-    def line(self, host: str) -> _Summary:
-        return _Summary(self.lines.get(host, {}), self.models.get(host, []), self.versions.get(host))
-
     def clean(self, h: Host, now: float, seen_at: float | None = None) -> bool:
         """A summary that leaves nothing to look at: any doubt sends the host to the per-chip detail.
         The sample must have been fresh when the rules saw it (``seen_at``, default now) and not be
         stamped in the future."""
-        v = self.lines.get(h.name)
-        if v is None:
+        line = self.lines.get(h.name)
+        if line is None:
             return False
-        present, ts = v.get("chips_present"), v.get("sample_timestamp_seconds")
-        if v.get("node_healthy") != 1.0 or present is None or ts is None:
+        present, ts = line[_PRESENT], line[_SAMPLED]
+        if line[_HEALTHY] != 1.0 or not math.isfinite(present) or not math.isfinite(ts):
             return False
-        expected = h.expected_chips if h.expected_chips is not None else v.get("chips_expected")
+        expected = h.expected_chips if h.expected_chips is not None else _known(line[_EXPECTED])
+        ok, drained = _known(line[_OK]), _known(line[_DRAINED])
         seen_at = now if seen_at is None else seen_at
-        return (v.get("chips_healthy", 0.0) == present and (expected is None or present >= expected)
-                and not v.get("drained") and 0.0 <= now - ts and seen_at - ts < STALE_MIN_S)
+        return ((ok or 0.0) == present and (expected is None or present >= expected) and not drained
+                and 0.0 <= now - ts and seen_at - ts < STALE_MIN_S)
+
+    def row(self, h: Host, now: float) -> SummaryRow:
+        """A clean host's row (see :meth:`clean`)."""
+        line = self.lines[h.name]
+        ts = line[_SAMPLED]
+        expected = h.expected_chips
+        if expected is None and math.isfinite(line[_EXPECTED]):
+            expected = int(line[_EXPECTED])
+        return SummaryRow.of(line, self.models.get(h.name, []), name=h.name, address=h.address,
+                             port=h.agent_port, groups=h.groups, status=HostHealth.HEALTHY,
+                             agent_version=self.versions.get(h.name), sampled_at=ts, age_s=max(0.0, now - ts),
+                             chips_expected=expected, vars=h.vars)
 
 
 @dataclass(frozen=True)
@@ -900,7 +932,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                                         kind="scrape_failed", reason="Prometheus cannot scrape it (up=0)",
                                         expected_chips=h.expected_chips, host_vars=h.vars))
         elif h.name not in detail and summaries is not None:
-            rows.append(_summary_row(h, summaries.line(h.name), now))
+            rows.append(summaries.row(h, now))
         elif d is None or d.status is None:
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=True,
                                         kind="no_metrics", reason="scraped, but no fleet_node_status",
@@ -914,16 +946,6 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             rows.append(row)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
                        pattern=pattern, duration_s=time.monotonic() - started)
-
-
-def _summary_row(h: Host, s: _Summary, now: float) -> SummaryRow:
-    ts = s.values["sample_timestamp_seconds"]
-    expected = h.expected_chips
-    if expected is None and "chips_expected" in s.values:
-        expected = int(s.values["chips_expected"])
-    return SummaryRow.of(s, name=h.name, address=h.address, port=h.agent_port, groups=h.groups,
-                         status=HostHealth.HEALTHY, agent_version=s.version, sampled_at=ts,
-                         age_s=max(0.0, now - ts), chips_expected=expected, vars=h.vars)
 
 
 def _detail_max() -> int:

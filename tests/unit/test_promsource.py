@@ -640,24 +640,29 @@ def test_summaries_read_side_by_side_or_host_by_host_give_the_same_lines() -> No
     def table_of(answers: dict[str, list[Sample]]) -> _SummaryTable:
         return _SummaryTable({q: columns_of(samples) for q, samples in answers.items()}, set(names))
 
+    def line(t: _SummaryTable, name: str) -> dict[str, float]:
+        return {k: v for k, v in zip(SUMMARY_KEYS, t.lines[name], strict=True) if math.isfinite(v)}
+
     names = ["a", "b", "c"]
     aligned = _summary_answers(names)
     table = table_of(aligned)
-    assert table.lines["b"]["chips_present"] == 9.0 and len(table.lines["b"]) == len(SUMMARY_KEYS)
+    assert line(table, "b")["chips_present"] == 9.0 and len(line(table, "b")) == len(SUMMARY_KEYS)
     # One host without one summary and another answer in another order: merged host by host.
     ragged = {q: list(samples) for q, samples in aligned.items()}
     ragged[SUMMARY_QUERIES[-1]] = [s for s in ragged[SUMMARY_QUERIES[-1]] if s[0].host != "c"]
     ragged[SUMMARY_QUERIES[0]].reverse()
     other = table_of(ragged)
-    assert other.lines["a"] == table.lines["a"] and other.lines["b"] == table.lines["b"]
-    assert other.lines["c"] == {k: v for k, v in table.lines["c"].items() if k != SUMMARY_KEYS[-1]}
-    # A value no one can use is left out either way, never made up.
+    assert line(other, "a") == line(table, "a") and line(other, "b") == line(table, "b")
+    assert line(other, "c") == {k: v for k, v in line(table, "c").items() if k != SUMMARY_KEYS[-1]}
+    # A value no one can use counts as missing either way, never made up.
     for answers in (aligned, ragged):
         answers[SUMMARY_QUERIES[1]] = [(labels, math.nan if labels.host == "a" else v)
                                        for labels, v in answers[SUMMARY_QUERIES[1]]]
         again = table_of(answers)
-        assert SUMMARY_KEYS[1] == "sample_timestamp_seconds" and SUMMARY_KEYS[1] not in again.lines["a"]
+        assert SUMMARY_KEYS[1] == "sample_timestamp_seconds" and SUMMARY_KEYS[1] not in line(again, "a")
         assert table.clean(host("a", 1, expected=8), NOW) and not again.clean(host("a", 1, expected=8), NOW)
+        row = again.row(host("b", 1, expected=None), NOW)
+        assert row.chips_expected == 9 and row.summary_values == line(again, "b")
 
 
 def test_a_summary_answer_decodes_to_hosts_and_values_as_the_full_decoder_reads_it() -> None:

@@ -281,3 +281,25 @@ def test_ctrl_c_during_the_collection_is_raised_after_it_not_lost() -> None:
         gc.unfreeze()
         signal.signal(signal.SIGINT, before)
 
+
+
+# --- the end of a one-shot command ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("off", ["", "fast_exit"])
+def test_exit_now_ends_the_program_with_its_output_flushed_and_only_the_program(off: str) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom fleetctl import speedups\n"
+            "speedups.exit_now(4)\n"  # not the program yet: returns
+            "speedups.as_program()\n"
+            "sys.stdout.write('x' * 200000)\nsys.stderr.write('note')\n"
+            "speedups.exit_now(3)\n"
+            "print('after')\n")
+    env = {**os.environ, ENV_OFF: off}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    if off:
+        assert out.returncode == 0 and out.stdout.endswith("after\n")
+    else:
+        assert out.returncode == 3 and out.stdout == "x" * 200000 and out.stderr == "note"
