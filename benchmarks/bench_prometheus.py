@@ -32,6 +32,13 @@ expected status is h's. Direct fan-out is timed only at sizes made of real agent
 sizes its figure is absent and the statuses are checked against direct fan-out over the real agents.
 With ``--evaluation-interval`` the rules run less often (60 s keeps Prometheus's rule work over
 millions of series from taking both cores; fleetctl's trust window follows the interval).
+``--replay-sizes N[,N...]`` times fleetctl alone at sizes past what this machine can hold a Prometheus
+for (100,000 hosts are 30 million series): after the largest size made of real agents, that server's
+answers to fleetctl's rule queries are captured, each host's series repeated under its copies' names
+(in the server's label order, times moved to the moment of each run), and served at once from this
+process once Prometheus and the agents are stopped (benchmarks/prom_replay.py); with ``--before`` the
+old code's runs alternate with the new. It is fleetctl's share of the command: the server's own time to
+select and encode the answers is not in it.
 ``--rules FILE`` loads another rules file (an older version, say); ``--hold FILE`` keeps Prometheus and
 the agents up after each size, their URL and inventory written to FILE, until FILE is removed, for
 measurements by hand against the same server (rules swapped with SIGHUP, in-process timers).
@@ -477,16 +484,23 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
         captured, kept_inv, targets, want, env = replay
         env = {**env, "FLEETCTL_CACHE_DIR": str(work / "replay-cache")}
         result["replayed"] = bench_replay(captured, kept_inv, targets, want, replay_sizes, runs, env,
-                                          prom_port + 2)
+                                          prom_port + 2, before)
     return result
 
 
 def bench_replay(replay: Replay, inv: Path, targets: list[tuple[str, str, str]], want: dict[str, str],
-                 sizes: tuple[int, ...], runs: int, env: dict[str, str], port: int) -> list[dict[str, Any]]:
+                 sizes: tuple[int, ...], runs: int, env: dict[str, str], port: int,
+                 before: Path | None = None) -> list[dict[str, Any]]:
     """fleetctl's own share at fleet sizes past what this machine holds a Prometheus for: a live
     server's answers to the rule queries (``replay``), repeated for each host's copies and served at
-    once (benchmarks/prom_replay.py); rebuilt before each run, timed as if the rules had just run."""
+    once (benchmarks/prom_replay.py); rebuilt before each run, timed as if the rules had just run.
+    With ``before``, that code's runs alternate with this code's (each with its own cache)."""
     server = replay.serve(port)
+    arms = {"after": env}
+    if before is not None:
+        path = os.pathsep.join([str(before), str(before / "agents"), env.get("PYTHONPATH", "")])
+        arms["before"] = {**env, "PYTHONPATH": path.rstrip(os.pathsep),
+                          "FLEETCTL_CACHE_DIR": env["FLEETCTL_CACHE_DIR"] + "-before"}
     out: list[dict[str, Any]] = []
     try:
         for n in sizes:
@@ -494,25 +508,29 @@ def bench_replay(replay: Replay, inv: Path, targets: list[tuple[str, str, str]],
             expected = {**want, **{name: want[src] for name, src in source.items()}}
             via = ["health", "-i", str(big), "--json", "--source", "prometheus",
                    "--prometheus-url", f"http://127.0.0.1:{port}"]
-            rs: list[Run] = []
+            rs: dict[str, list[Run]] = {arm: [] for arm in arms}
             for i in range(runs + 1):  # the first run parses the inventory (cold): not counted
-                answer_bytes = replay.build(copies)
-                try:
-                    r = Run(via, env)
-                except CommandFailed as exc:
-                    raise SystemExit(f"bench_prometheus: replay of {n} hosts: {exc}") from None
-                if i:
-                    rs.append(r)
-                    log(f"  replay {n} hosts run {i}: {r.wall:.2f}s, RSS {r.rss_mb:.0f} MB, "
-                        f"fleetctl CPU {r.cpu:.2f}s")
-            out.append({
-                "hosts": n, "answers_mb": round(answer_bytes / 1e6, 1),
-                "whole_command_s": median([r.wall for r in rs]), "runs_s": [round(r.wall, 3) for r in rs],
-                "fleetctl_rss_mb": median([r.rss_mb for r in rs]),
-                "fleetctl_cpu_s": median([r.cpu for r in rs]),
-                "statuses": dict(Counter(rs[-1].statuses.values())),
-                "statuses_agree": rs[-1].statuses == expected and len(rs[-1].statuses) == n,
-            })
+                for arm, arm_env in arms.items():
+                    answer_bytes = replay.build(copies)
+                    try:
+                        r = Run(via, arm_env)
+                    except CommandFailed as exc:
+                        raise SystemExit(f"bench_prometheus: replay of {n} hosts ({arm}): {exc}") from None
+                    if i:
+                        rs[arm].append(r)
+                        log(f"  replay {n} hosts {arm} run {i}: {r.wall:.2f}s, RSS {r.rss_mb:.0f} MB, "
+                            f"fleetctl CPU {r.cpu:.2f}s")
+            figures: dict[str, Any] = {"hosts": n, "answers_mb": round(answer_bytes / 1e6, 1)}
+            for arm, arm_runs in rs.items():
+                figures[arm] = {
+                    "whole_command_s": median([r.wall for r in arm_runs]),
+                    "runs_s": [round(r.wall, 3) for r in arm_runs],
+                    "fleetctl_rss_mb": median([r.rss_mb for r in arm_runs]),
+                    "fleetctl_cpu_s": median([r.cpu for r in arm_runs]),
+                    "statuses": dict(Counter(arm_runs[-1].statuses.values())),
+                    "statuses_agree": arm_runs[-1].statuses == expected and len(arm_runs[-1].statuses) == n,
+                }
+            out.append(figures)
             big.unlink()
     finally:
         server.shutdown()
