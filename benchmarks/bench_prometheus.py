@@ -538,6 +538,28 @@ def bench_replay(replay: Replay, inv: Path, targets: list[tuple[str, str, str]],
     return out
 
 
+def table(sizes: list[dict[str, Any]]) -> list[str]:
+    """The figures side by side, one line per fleet size (medians: whole command, fleetctl's RSS)."""
+    def cell(fig: dict[str, Any] | None) -> str:
+        if not fig or "whole_command_s" not in fig:
+            return "-"
+        agree = "" if fig.get("statuses_agree", True) else " (statuses differ)"
+        return f"{fig['whole_command_s']:.2f} s, {fig['fleetctl_rss_mb']:.0f} MB{agree}"
+
+    rows: dict[int, list[str]] = {}
+    for size in sizes:
+        rows[size["hosts"]] = [cell(size.get("direct")), cell(size.get("prometheus")),
+                               cell(size.get("prometheus_before")), "-", "-"]
+        for rep in size.get("replayed", []):
+            line = rows.setdefault(rep["hosts"], ["-"] * 5)
+            line[3], line[4] = cell(rep.get("after")), cell(rep.get("before"))
+    head = ["hosts", "direct fan-out", "through Prometheus", "same, before", "fleetctl alone (replayed)",
+            "same, before"]
+    lines = [" | ".join(head)]
+    lines += [" | ".join([f"{n:,}", *cells]) for n, cells in sorted(rows.items())]
+    return lines
+
+
 def make_worktree(ref: str, path: Path) -> Path:
     out = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), ref],
                          capture_output=True, text=True)
@@ -612,6 +634,8 @@ def main() -> int:
                 remove_worktree(before)
         result["load_avg_at_end"] = os.getloadavg()[0]
         result["elapsed_s"] = round(time.time() - started, 1)
+    for line in table(result["sizes"]):
+        log(line)
     print(json.dumps(result, indent=2))
     return 0
 

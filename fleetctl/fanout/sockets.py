@@ -4,11 +4,13 @@ the addresses the resolver found (:mod:`fleetctl.fanout.resolver`), tried one by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import ipaddress
 import os
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +18,7 @@ from fleetctl.fanout.classify import Failed, FetchKind
 from fleetctl.fanout.http import ResponseReader
 from fleetctl.inventory import Host
 
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 _READ_CHUNK = 256 * 1024
 
 
@@ -141,6 +144,13 @@ class RawSocket:
             self.loop.remove_reader(self.fd)
         if self.writing:
             self.loop.remove_writer(self.fd)
+        # Closed with a reset, not a FIN: nothing is left to say either way (the answer is read, or it
+        # is given up), and a FIN would leave the socket in TIME_WAIT here for a minute. Thousands of
+        # hosts per round (``--watch``) would pile up hundreds of thousands of them: the kernel's
+        # table of them overflows and, towards one address (a lab, a sim fleet), connects stall on
+        # reused ports.
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
         self.sock.close()
 
     def _on_readable(self) -> None:

@@ -200,3 +200,23 @@ def test_a_hung_resolver_holds_neither_the_host_past_its_timeout_nor_the_command
         release.set()
     assert r.kind is FetchKind.TIMEOUT and "name resolution of hung.test timed out after 0.3s" in r.detail
     assert elapsed < 3.0  # asyncio's own resolver pool is joined when the loop closes: 10 s
+
+
+def test_a_connection_is_reset_once_its_answer_is_read_leaving_no_time_wait() -> None:
+    # A FIN would leave each of thousands of sockets per round in TIME_WAIT for a minute.
+    seen: list[str] = []
+
+    async def answers_then_listens(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        body = node_json("n1")
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        try:
+            seen.append("fin" if await asyncio.wait_for(reader.read(), 5) == b"" else "data")
+        except ConnectionResetError:
+            seen.append("reset")
+        writer.close()
+
+    r = classify(answers_then_listens)
+    assert r.kind is FetchKind.OK and r.report is not None
+    assert seen == ["reset"]
