@@ -19,6 +19,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import msgspec
+
 # Queries whose values are times (epoch seconds): moved with the capture's timestamps.
 TIME_VALUED = ('fleetctl:host_summary{summary="sample_timestamp_seconds"}', "fleetctl:report_rules:info",
                "timestamp(fleetctl:report_rules:info)")
@@ -60,7 +62,8 @@ class Replay:
                     if "group" in metric:
                         metric["group"] = group
                     result.append({"metric": metric, "value": [ts + shift, value]})
-            result.sort(key=lambda s: sorted(s["metric"].items()))  # Prometheus answers in label order
+            # Each copy right after its host: in label order where the server answered in label order
+            # (``h`` < ``h-r1`` < ``h-r9`` < the next host), in its own order where it did not.
             answer = {"status": "success", "data": {"resultType": "vector", "result": result}}
             served[q] = json.dumps(answer, separators=(",", ":")).encode()
         rules = json.loads(json.dumps(self.rules))
@@ -110,11 +113,18 @@ class Replay:
 
 
 def _moved(stamp: str | None, shift: float) -> str | None:
-    """An RFC 3339 time from the rules API, ``shift`` seconds later (None stays None)."""
+    """An RFC 3339 time from the rules API (any offset, nanoseconds), ``shift`` seconds later, in
+    UTC; None and Prometheus's year-1 "never" stay as they are."""
     if not stamp:
         return stamp
-    whole, _, rest = stamp.partition(".")
-    when = datetime.datetime.fromisoformat(whole.rstrip("Z")).replace(tzinfo=datetime.UTC)
-    fraction = float("0." + rest.rstrip("Z")) if rest else 0.0
-    moved = when + datetime.timedelta(seconds=fraction + shift)
+    when = msgspec.convert(stamp, datetime.datetime)
+    if when.year < 1970:
+        return stamp
+    moved = when.astimezone(datetime.UTC) + datetime.timedelta(seconds=shift)
     return moved.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def aligned(answers: dict[str, Any], queries: tuple[str, ...]) -> bool:
+    """Whether these answers list the same hosts in the same order (fleetctl's fast merge)."""
+    hosts = [[series["metric"].get("host") for series in answers[q]["data"]["result"]] for q in queries]
+    return all(names == hosts[0] for names in hosts[1:])

@@ -214,5 +214,5 @@ def main() -> None:
         return
     from fleetctl.speedups import as_program
 
-    as_program()
-    app_for(args)()
+    with as_program():
+        app_for(args)()

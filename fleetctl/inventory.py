@@ -128,7 +128,9 @@ class Host:
     name: str
     address: str  # ansible_host, else the name
     groups: tuple[str, ...]  # Ansible's group_names order, without all/ungrouped
-    vars: Mapping[str, Any] = field(repr=False, compare=False)  # inventory vars, token removed
+    # Inventory vars, token removed: a Mapping, not always a dict (LazyVars from the cache): copy it
+    # (dict(...)) before handing it to an encoder.
+    vars: Mapping[str, Any] = field(repr=False, compare=False)
     agent_port: int = DEFAULT_PORT
     agent_token: Secret | None = field(default=None, repr=False)
     expected_chips: int | None = None
@@ -373,8 +375,13 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
     if cache_file is not None:
         with gc_paused():  # a large fleet's cached parse is millions of objects, all kept
             cached = _read_cache(cache_file, fingerprint)
-            if cached is not None:
+            if isinstance(cached, _CachedInventory):
                 return _from_cache(sources, cached)
+            if cached is not None:
+                try:
+                    return _from_doc(sources, cached, from_cache=True)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    pass  # a damaged entry with the right key: parse again (and overwrite it)
     with gc_paused():
         doc = _parse_with_ansible(sources)
     if cache_file is not None:
@@ -486,11 +493,14 @@ class LazyVars(Mapping[str, Any]):
         self._vars: dict[str, Any] | None = None
 
     def _decoded(self) -> dict[str, Any]:
-        if self._vars is None:
-            assert self._raw is not None
-            self._vars = msgspec.json.decode(self._raw, type=dict[str, Any])
+        decoded = self._vars
+        if decoded is None:
+            raw = self._raw
+            if raw is None:  # another thread decoded it between the two reads
+                return self._decoded()
+            decoded = self._vars = msgspec.json.decode(raw, type=dict[str, Any])
             self._raw = None  # the cache file's bytes are freed with the last host's
-        return self._vars
+        return decoded
 
     def __getitem__(self, key: str) -> Any:
         return self._decoded()[key]
@@ -532,12 +542,24 @@ class _CachedInventory(msgspec.Struct):
     fingerprint: str
 
 
-def _read_cache(path: Path, fingerprint: str) -> _CachedInventory | None:
+def _read_cache(path: Path, fingerprint: str) -> _CachedInventory | dict[str, Any] | None:
+    """The cached parse (None: absent, damaged or stale): typed, or as plain JSON when it holds
+    what only Python's JSON reads (``NaN``, ``Infinity``: ``.inf`` in an inventory variable)."""
     try:
         with open(path, "rb") as fh:
-            doc = msgspec.json.decode(fh.read(), type=_CachedInventory)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None  # absent or damaged: parse again
+            raw = fh.read()
+    except OSError:
+        return None
+    try:
+        doc = msgspec.json.decode(raw, type=_CachedInventory)
+    except msgspec.ValidationError:
+        return None
+    except msgspec.DecodeError:
+        try:
+            plain = json.loads(raw)
+        except ValueError:
+            return None
+        return plain if isinstance(plain, dict) and plain.get("fingerprint") == fingerprint else None
     if doc.fingerprint != fingerprint or any(bytes(memoryview(h.vars)[:1]) != b"{" for h in doc.hosts):
         return None
     return doc
@@ -561,7 +583,7 @@ def _write_cache(path: Path, fingerprint: str, doc: dict[str, Any]) -> None:
     write_cache_file(path, json.dumps({**doc, "fingerprint": fingerprint}, separators=(",", ":")))
 
 
-def _from_doc(sources: Sequence[str], doc: dict[str, Any]) -> Inventory:
+def _from_doc(sources: Sequence[str], doc: dict[str, Any], *, from_cache: bool = False) -> Inventory:
     label = ",".join(sources)
     hosts: dict[str, Host] = {}
     for h in doc["hosts"]:
@@ -577,7 +599,7 @@ def _from_doc(sources: Sequence[str], doc: dict[str, Any]) -> Inventory:
         name: _GroupData(tuple(g["hosts"]), tuple(g["children"]), tuple(g["all_hosts"]))
         for name, g in doc["groups"].items()
     }
-    return Inventory(sources=tuple(sources), hosts=hosts, groups=groups)
+    return Inventory(sources=tuple(sources), hosts=hosts, groups=groups, from_cache=from_cache)
 
 
 # --- Ansible -------------------------------------------------------------------------------------
@@ -807,8 +829,8 @@ def _host_doc(host: Any, raw: dict[str, Any], templar: HostTemplar, label: str,
     plain_vars = {str(k): plain(str(k), v) for k, v in raw.items() if k not in _MAGIC_VARS and k != TOKEN_VAR}
     return {
         "name": name,
-        "address": address,
-        "groups": [g.name for g in host.get_groups() if g.name not in ("all", "ungrouped")],
+        "address": str(address),  # plain str: Ansible's are a tagged subclass an encoder may refuse
+        "groups": [str(g.name) for g in host.get_groups() if g.name not in ("all", "ungrouped")],
         "vars": plain_vars,
         "port": port,
         "token": token,

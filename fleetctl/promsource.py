@@ -753,14 +753,18 @@ class _SummaryTable:
         empty: Column = ([], [])
         columns: list[Column] = [answers.get(query, empty) for query in SUMMARY_QUERIES]
         hosts = columns[0][0]
-        self.lines: dict[str | None, Line]
-        if all(names == hosts for names, _ in columns[1:]):
+        self.lines: dict[str | None, Line] = {}
+        aligned = all(names == hosts for names, _ in columns[1:])
+        if aligned:
             self.lines = dict(zip(hosts, zip(*(values for _, values in columns), strict=True), strict=True))
-        else:
+        if not aligned or len(self.lines) != len(hosts):
+            # Not lined up, or a host twice in one answer (replicas that a Thanos without deduplication
+            # passes on): host by host, a usable value never replaced by an unusable one.
             merged: dict[str | None, list[float]] = {}
             for i, (names, values) in enumerate(columns):
                 for name, value in zip(names, values, strict=True):
-                    merged.setdefault(name, [math.nan] * len(SUMMARY_KEYS))[i] = value
+                    if isfinite(value):
+                        merged.setdefault(name, [math.nan] * len(SUMMARY_KEYS))[i] = value
             self.lines = {name: tuple(line) for name, line in merged.items()}
         self.lines.pop(None, None)
         self.models: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)

@@ -338,25 +338,34 @@ class HostTemplar:
 _program = False  # set by the ``fleetctl`` program's entry point; never in-process callers (tests)
 
 
-def as_program() -> None:
-    """Called by the ``fleetctl`` entry point: this process ends when its command ends."""
+@contextlib.contextmanager
+def as_program() -> Iterator[None]:
+    """Around the ``fleetctl`` entry point's command: this process ends when the command ends."""
     global _program
     _program = True
+    try:
+        yield
+    finally:
+        _program = False
 
 
 def exit_now(code: int) -> None:
     """End the ``fleetctl`` process with ``code`` right away (``fast_exit``), its output flushed.
 
-    Relies on: ``os._exit`` (no ansible-core internal). A report over 100,000 hosts is millions of
-    objects whose one-by-one release (reference counts, then the interpreter's own teardown) takes a
-    tenth of the command: none of it is needed once the report is written. Only for a command that
-    has nothing left to do (no file, database or child process still open: ``health`` without
-    ``--watch``), and only in the program itself, never when called in-process.
+    Relies on: ``os._exit`` and CPython's ``atexit._run_exitfuncs`` (no ansible-core internal). A
+    report over 100,000 hosts is millions of objects whose one-by-one release (reference counts, then
+    the interpreter's own teardown) takes a tenth of the command: none of it is needed once the report
+    is written. What was registered to run at exit still runs (Ansible removes its temporary
+    directory so, logging flushes). Only for a command that has nothing left to do (no file,
+    database or child process still open: ``health`` without ``--watch``), and only in the program
+    itself, never when called in-process.
     """
     if not (_program and enabled("fast_exit")):
         return
+    import atexit
     import sys
 
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()

@@ -22,6 +22,16 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RS
 _READ_CHUNK = 256 * 1024
 
 
+def reset_on_close(sock: socket.socket) -> None:
+    """Make ``close()`` send a reset, not a FIN: nothing is left to say either way (the answer is
+    read, or it is given up), and a FIN would leave the socket in TIME_WAIT here for a minute.
+    Thousands of hosts per round (``--watch``) would pile up hundreds of thousands of them: the
+    kernel's table of them overflows and, towards one address (a lab, a sim fleet), connects stall
+    on reused ports."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+
+
 async def connect_any(loop: asyncio.AbstractEventLoop, reader: ResponseReader, host: Host,
                        addresses: Sequence[tuple[int, tuple[Any, ...]]]) -> None:
     """Connect ``reader`` to the first address that accepts (the agent's port on each); refused only
@@ -32,6 +42,7 @@ async def connect_any(loop: asyncio.AbstractEventLoop, reader: ResponseReader, h
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
+            reset_on_close(sock)  # the transport closes it: with a reset, as RawSocket does
             await loop.sock_connect(sock, sockaddr)
             await loop.create_connection(lambda: reader, sock=sock)
             return
@@ -144,13 +155,7 @@ class RawSocket:
             self.loop.remove_reader(self.fd)
         if self.writing:
             self.loop.remove_writer(self.fd)
-        # Closed with a reset, not a FIN: nothing is left to say either way (the answer is read, or it
-        # is given up), and a FIN would leave the socket in TIME_WAIT here for a minute. Thousands of
-        # hosts per round (``--watch``) would pile up hundreds of thousands of them: the kernel's
-        # table of them overflows and, towards one address (a lab, a sim fleet), connects stall on
-        # reused ports.
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        reset_on_close(self.sock)
         self.sock.close()
 
     def _on_readable(self) -> None:

@@ -40,7 +40,7 @@ def host_row_from_node(name: str, address: str, port: int, groups: tuple[str, ..
         agent_version=node.agent_version, sampled_at=verdict.sampled_at,
         age_s=verdict.age_s, drained=node.drained,
         chips_expected=expected_chips if expected_chips is not None else verdict.chips_expected,
-        chips=chips, problems=sort_problem_rows(problems), vars=host_vars or {},
+        chips=chips, problems=sort_problem_rows(problems), vars=host_vars if host_vars is not None else {},
     )
 
 
@@ -52,7 +52,8 @@ def host_row_failed(name: str, address: str, port: int, groups: tuple[str, ...],
     return HostRow(
         name=name, address=address, port=port, groups=groups,
         status=no_report(reachable=reachable),
-        reason_kind=kind, reason=reason, chips_expected=expected_chips, vars=host_vars or {},
+        reason_kind=kind, reason=reason, chips_expected=expected_chips,
+        vars=host_vars if host_vars is not None else {},
         problems=list(problems),
     )
 

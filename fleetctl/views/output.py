@@ -40,7 +40,12 @@ def print_yaml(doc: Any) -> None:
 
     # ASCII only: every character outside it is written as an escape YAML reads back as the same
     # value, so an agent's control characters never reach the terminal raw.
-    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, allow_unicode=False, default_flow_style=False))
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True  # a value shared by many hosts (a group's list) is written out at each, no &id001
+
+    sys.stdout.write(yaml.dump(doc, Dumper=Dumper, sort_keys=False, allow_unicode=False,
+                               default_flow_style=False))
     sys.stdout.flush()
 
 

@@ -209,3 +209,15 @@ def test_environment_variables_are_shown_in_help_and_an_option_wins(tmp_path: Pa
     by_option = subprocess.run([FLEETCTL, "inventory", "-i", str(other), "tpu_nodes", "-o", "name"],
                                capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
     assert by_option.stdout.splitlines() == ["only-me"]
+
+
+def test_inventory_yaml_on_a_fresh_parse_writes_a_groups_shared_values_at_each_host(tmp_path: Path) -> None:
+    inv = tmp_path / "inv.yml"
+    inv.write_text("rack1:\n  vars: {mounts: [x, y]}\n  hosts:\n    n1: {ansible_host: 127.0.0.1}\n"
+                   "    n2: {ansible_host: 127.0.0.2}\n")
+    fresh = piped(tmp_path, "inventory", "-i", str(inv), "-o", "yaml", "--vars")  # nothing cached yet
+    assert fresh.returncode == 0, fresh.stderr
+    assert "&id" not in fresh.stdout and "*id" not in fresh.stdout
+    hosts = yaml.safe_load(fresh.stdout)
+    assert [h["vars"]["mounts"] for h in hosts] == [["x", "y"], ["x", "y"]]
+    assert hosts == json.loads(piped(tmp_path, "inventory", "-i", str(inv), "-o", "json", "--vars").stdout)

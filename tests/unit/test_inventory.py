@@ -551,3 +551,12 @@ def test_cached_vars_read_the_same_as_parsed_ones_and_a_non_mapping_entry_is_par
     entry.write_text(json.dumps(doc))
     again = load_inventory(str(inv), cache_dir=cache)
     assert not again.from_cache and isinstance(again.hosts[doc["hosts"][0]["name"]].vars, dict)
+
+
+def test_an_infinite_or_nan_variable_is_still_read_from_the_cache(tmp_path: Path, cache: Path) -> None:
+    f = tmp_path / "inv.yml"
+    f.write_text("all:\n  hosts:\n    n1: {ansible_host: 127.0.0.1, max_temp: .inf, floor: .nan}\n")
+    parsed = load_inventory(str(f), cache_dir=cache)
+    cached = load_inventory(str(f), cache_dir=cache)
+    assert not parsed.from_cache and cached.from_cache
+    assert cached.hosts["n1"].vars["max_temp"] == float("inf") and cached.hosts["n1"].vars["floor"] != 0

@@ -692,3 +692,17 @@ def test_the_agents_own_up_counts_when_several_jobs_scrape_a_host() -> None:
     assert agent_up(both, set(), "h:1") == 1.0  # its endpoint
     assert agent_up([("node", "h:9100", 1.0), ("agents", "x:2", 0.0)], {"agents"}, "h:1") == 0.0
     assert agent_up([("a", "x:1", 0.0), ("b", "x:2", 1.0)], set(), "h:1") == 1.0  # no telling: any
+
+
+def test_a_host_twice_in_a_summary_answer_keeps_its_usable_value() -> None:
+    # Two replicas' series passed on undeduplicated: a NaN from one never hides the other's value.
+    from fleetctl.promsource import _SummaryTable, columns_of
+
+    answers = {q: columns_of(samples) for q, samples in _summary_answers(["a"]).items()}
+    drained = SUMMARY_QUERIES[SUMMARY_KEYS.index("drained")]
+    for values in ([1.0, math.nan], [math.nan, 1.0]):
+        twice = {q: (hosts * 2, [*vals, *vals]) for q, (hosts, vals) in answers.items()}
+        twice[drained] = (["a", "a"], values)
+        table = _SummaryTable(twice, {"a"})
+        assert table.lines["a"][SUMMARY_KEYS.index("drained")] == 1.0
+        assert not table.clean(host("a", 1, expected=8), NOW)  # drained: read chip by chip
