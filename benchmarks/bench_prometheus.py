@@ -37,9 +37,8 @@ for (100,000 hosts are 30 million series): after the largest size made of real a
 answers to fleetctl's rule queries are captured, each host's series repeated under its copies' names
 (right after it, as a server answering in label order lists them; times moved to the moment of each
 run), and served at once from this process once Prometheus and the agents are stopped
-(benchmarks/prom_replay.py); with ``--before`` the old code's runs alternate with the new, and so do
-the new code's with its ``fast_exit`` trick off. It is fleetctl's share of the command: the server's
-own time to select and encode the answers is not in it.
+(benchmarks/prom_replay.py); with ``--before`` the old code's runs alternate with the new. It is
+fleetctl's share of the command: the server's own time to select and encode the answers is not in it.
 ``--rules FILE`` loads another rules file (an older version, say); ``--hold FILE`` keeps Prometheus and
 the agents up after each size, their URL and inventory written to FILE, until FILE is removed, for
 measurements by hand against the same server (rules swapped with SIGHUP, in-process timers).
@@ -495,13 +494,11 @@ def bench_replay(replay: Replay, inv: Path, targets: list[tuple[str, str, str]],
     """fleetctl's own share at fleet sizes past what this machine holds a Prometheus for: a live
     server's answers to the rule queries (``replay``), repeated for each host's copies and served at
     once (benchmarks/prom_replay.py); rebuilt before each run, timed as if the rules had just run.
-    With ``before``, that code's runs alternate with this code's (each with its own cache); so do
-    this code's with the ``fast_exit`` trick off."""
+    With ``before``, that code's runs alternate with this code's (each with its own cache)."""
     from fleetctl.promsource import SUMMARY_QUERIES
 
     server = replay.serve(port)
-    # The fast_exit trick (fleetctl/speedups.py) pays at these sizes: its saving is measured here.
-    arms = {"after": env, "after_fast_exit_off": {**env, "FLEETCTL_SPEEDUPS_OFF": "fast_exit"}}
+    arms = {"after": env}
     if before is not None:
         path = os.pathsep.join([str(before), str(before / "agents"), env.get("PYTHONPATH", "")])
         arms["before"] = {**env, "PYTHONPATH": path.rstrip(os.pathsep),

@@ -53,7 +53,7 @@ THRESHOLD_SHARE = 0.05
 HEALTH_TARGET_S = {1000: 0.8, 10000: 8.0}
 HELP_TARGET_S = 0.3
 # The tricks that run on each path; the others cannot change its figure.
-WARM_TRICKS = ("gc_pause", "gc_freeze", "fast_exit")
+WARM_TRICKS = ("gc_pause", "gc_freeze")
 COLD_TRICKS = tuple(TRICKS)
 PARSE_TRICKS = tuple(TRICKS)
 

@@ -212,7 +212,4 @@ def main() -> None:
     if args == ["--version"]:  # nothing to parse: no command tree to build
         typer.echo(version_text())
         return
-    from fleetctl.speedups import as_program
-
-    with as_program():
-        app_for(args)()
+    app_for(args)()

@@ -742,31 +742,25 @@ class SummaryRow(HostRow):
 class _SummaryTable:
     """Each host's summaries (a :data:`Line`), its chip models and agent version.
 
-    A summary's answer lists one series per host; Prometheus lists every summary's hosts in the same
-    order (its label order), so the lines are put together by walking the answers side by side, in
-    memory order. Answers that do not line up (a host without some summary, another engine's order)
-    are merged host by host instead.
+    The answers are merged host by host (a server lists each answer's series in its own order: a
+    recording rule's output in the order its series were created). A host twice in one answer
+    (replicas that a Thanos without deduplication passes on) keeps its usable value: an unusable one
+    never replaces it.
     """
 
     def __init__(self, answers: dict[str, Any], wanted: set[str]) -> None:
         isfinite = math.isfinite
         empty: Column = ([], [])
-        columns: list[Column] = [answers.get(query, empty) for query in SUMMARY_QUERIES]
-        hosts = columns[0][0]
-        self.lines: dict[str | None, Line] = {}
-        aligned = all(names == hosts for names, _ in columns[1:])
-        if aligned:
-            self.lines = dict(zip(hosts, zip(*(values for _, values in columns), strict=True), strict=True))
-        if not aligned or len(self.lines) != len(hosts):
-            # Not lined up, or a host twice in one answer (replicas that a Thanos without deduplication
-            # passes on): host by host, a usable value never replaced by an unusable one.
-            merged: dict[str | None, list[float]] = {}
-            for i, (names, values) in enumerate(columns):
-                for name, value in zip(names, values, strict=True):
-                    if isfinite(value):
-                        merged.setdefault(name, [math.nan] * len(SUMMARY_KEYS))[i] = value
-            self.lines = {name: tuple(line) for name, line in merged.items()}
-        self.lines.pop(None, None)
+        merged: dict[str | None, list[float]] = {}
+        for i, query in enumerate(SUMMARY_QUERIES):
+            names, values = answers.get(query, empty)
+            for name, value in zip(names, values, strict=True):
+                if isfinite(value):
+                    line = merged.get(name)
+                    if line is None:
+                        line = merged[name] = [math.nan] * len(SUMMARY_KEYS)
+                    line[i] = value
+        self.lines: dict[str, Line] = {name: tuple(line) for name, line in merged.items() if name is not None}
         self.models: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
         self.versions: dict[str, str] = {}
         for labels, value in answers.get(MODELS, []):

@@ -37,7 +37,6 @@ TRICKS: dict[str, str] = {
     "parse_once": "each inventory source file parsed once per load, not once per inventory plugin",
     "group_vars_once": "host variables: vars plugins asked once per distinct group set, not per host",
     "compile_once": "a template shared by many hosts (a group_vars value) compiled once, not per host",
-    "fast_exit": "health ends once its output is written, without freeing the fleet report object by object",
 }
 
 
@@ -331,42 +330,3 @@ class HostTemplar:
         """``value`` templated with ``variables``, as ``Templar(variables=...).template`` does."""
         self._templar.available_variables = variables
         return self._templar.template(value)
-
-
-# --- the end of a one-shot command -------------------------------------------------------------------
-
-_program = False  # set by the ``fleetctl`` program's entry point; never in-process callers (tests)
-
-
-@contextlib.contextmanager
-def as_program() -> Iterator[None]:
-    """Around the ``fleetctl`` entry point's command: this process ends when the command ends."""
-    global _program
-    _program = True
-    try:
-        yield
-    finally:
-        _program = False
-
-
-def exit_now(code: int) -> None:
-    """End the ``fleetctl`` process with ``code`` right away (``fast_exit``), its output flushed.
-
-    Relies on: ``os._exit`` and CPython's ``atexit._run_exitfuncs`` (no ansible-core internal). A
-    report over 100,000 hosts is millions of objects whose one-by-one release (reference counts, then
-    the interpreter's own teardown) takes a tenth of the command: none of it is needed once the report
-    is written. What was registered to run at exit still runs (Ansible removes its temporary
-    directory so, logging flushes). Only for a command that has nothing left to do (no file,
-    database or child process still open: ``health`` without ``--watch``), and only in the program
-    itself, never when called in-process.
-    """
-    if not (_program and enabled("fast_exit")):
-        return
-    import atexit
-    import sys
-
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)

@@ -147,11 +147,8 @@ def health(
     if group_by is not None:
         _check_group_by(group_by, hosts)
     if watch is None:
-        from fleetctl.speedups import exit_now
-
         report = collect()
         _show(report, view, fmt, mode)
-        exit_now(report.exit_code)  # the program ends here: nothing left to free
         return report.exit_code
     return _watch(collect, watch, view, fmt=fmt, mode=mode)
 

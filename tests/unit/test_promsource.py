@@ -634,7 +634,7 @@ def _summary_answers(hosts: list[str]) -> dict[str, list[Sample]]:
             for key, query in zip(SUMMARY_KEYS, SUMMARY_QUERIES, strict=True)}
 
 
-def test_summaries_read_side_by_side_or_host_by_host_give_the_same_lines() -> None:
+def test_summaries_in_any_order_and_with_gaps_give_the_same_lines() -> None:
     from fleetctl.promsource import _SummaryTable, columns_of
 
     def table_of(answers: dict[str, list[Sample]]) -> _SummaryTable:
@@ -647,7 +647,7 @@ def test_summaries_read_side_by_side_or_host_by_host_give_the_same_lines() -> No
     aligned = _summary_answers(names)
     table = table_of(aligned)
     assert line(table, "b")["chips_present"] == 9.0 and len(line(table, "b")) == len(SUMMARY_KEYS)
-    # One host without one summary and another answer in another order: merged host by host.
+    # One host without one summary and another answer in another order: the same lines.
     ragged = {q: list(samples) for q, samples in aligned.items()}
     ragged[SUMMARY_QUERIES[-1]] = [s for s in ragged[SUMMARY_QUERIES[-1]] if s[0].host != "c"]
     ragged[SUMMARY_QUERIES[0]].reverse()

@@ -281,27 +281,3 @@ def test_ctrl_c_during_the_collection_is_raised_after_it_not_lost() -> None:
         gc.unfreeze()
         signal.signal(signal.SIGINT, before)
 
-
-
-# --- the end of a one-shot command ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("off", ["", "fast_exit"])
-def test_exit_now_ends_the_program_with_its_output_flushed_and_only_the_program(off: str) -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys\nfrom fleetctl import speedups\n"
-            "import atexit\natexit.register(lambda: sys.stderr.write(' at exit'))\n"
-            "speedups.exit_now(4)\n"  # not the program yet: returns
-            "with speedups.as_program():\n"
-            "    sys.stdout.write('x' * 200000)\n    sys.stderr.write('note')\n"
-            "    speedups.exit_now(3)\n"
-            "speedups.exit_now(5)\n"  # the program's command is over: returns
-            "print('after')\n")
-    env = {**os.environ, ENV_OFF: off}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    if off:
-        assert out.returncode == 0 and out.stdout.endswith("after\n") and out.stderr == "note at exit"
-    else:  # what was registered to run at exit ran (Ansible's temporary directory is removed so)
-        assert out.returncode == 3 and out.stdout == "x" * 200000 and out.stderr == "note at exit"
