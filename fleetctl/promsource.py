@@ -31,7 +31,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 from fleet_agent.schema import (
@@ -152,24 +152,43 @@ class _Answer(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_Answer)
 
 
-class _NumericSeries(msgspec.Struct):
-    metric: Labels
+_L = TypeVar("_L")
+
+
+class _LaxSeries(msgspec.Struct, Generic[_L]):
+    metric: _L
     value: tuple[float, float]
 
 
-class _NumericData(msgspec.Struct):
+class _LaxData(msgspec.Struct, Generic[_L]):
     resultType: str
-    result: list[_NumericSeries] = []
+    result: list[_LaxSeries[_L]] = []
 
 
-class _NumericAnswer(msgspec.Struct):
+class _LaxAnswer(msgspec.Struct, Generic[_L]):
     status: str
-    data: _NumericData | None = None
+    data: _LaxData[_L] | None = None
+
+
+class _HostLabel(msgspec.Struct):
+    host: str | None = None
 
 
 # Values decoded as numbers straight from their strings (lax mode: "63.5", "NaN", "-Inf"), no Python
-# float() per sample; an answer this refuses ("+Inf", a malformed value) takes the strict path.
-_NUMERIC = msgspec.json.Decoder(_NumericAnswer, strict=False)
+# float() per sample; an answer these refuse ("+Inf", a malformed value) takes the strict path.
+_NUMERIC = msgspec.json.Decoder(_LaxAnswer[Labels], strict=False)
+_HOST_VALUES = msgspec.json.Decoder(_LaxAnswer[_HostLabel], strict=False)
+
+
+def _lax_vector(decoder: msgspec.json.Decoder[_LaxAnswer[_L]], raw: bytes) -> list[_LaxSeries[_L]] | None:
+    """The answer's series by the fast decoder, or None: not a successful vector it can read."""
+    try:
+        answer = decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if answer.status != "success" or answer.data is None or answer.data.resultType != "vector":
+        return None
+    return answer.data.result
 
 
 class PromQuery(Protocol):
@@ -366,38 +385,11 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
     return f": {answer.error[:200]}" if answer.error else ""
 
 
-class _HostLabel(msgspec.Struct):
-    host: str | None = None
-
-
-class _HostValue(msgspec.Struct):
-    metric: _HostLabel
-    value: tuple[float, float]
-
-
-class _HostValues(msgspec.Struct):
-    resultType: str
-    result: list[_HostValue] = []
-
-
-class _HostValuesAnswer(msgspec.Struct):
-    status: str
-    data: _HostValues | None = None
-
-
-_HOST_VALUES = msgspec.json.Decoder(_HostValuesAnswer, strict=False)
-
-
 def parse_values(raw: bytes, where: str) -> Column:
     """An answer's host labels and values alone (every other label skipped while decoding); what
     the fast decoder refuses goes through :func:`parse_vector`, which reads it or says what is wrong."""
-    try:
-        quick = _HOST_VALUES.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        quick = None
-    if quick is not None and quick.status == "success" and quick.data is not None \
-            and quick.data.resultType == "vector":
-        result = quick.data.result
+    result = _lax_vector(_HOST_VALUES, raw)
+    if result is not None:
         return [series.metric.host for series in result], [series.value[1] for series in result]
     return columns_of(parse_vector(raw, where))
 
@@ -408,14 +400,10 @@ def columns_of(samples: list[Sample]) -> Column:
 
 def parse_vector(raw: bytes, where: str) -> list[Sample]:
     """An instant query's JSON answer, decoded straight into typed samples."""
-    try:
-        quick = _NUMERIC.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        quick = None  # the strict path below says what is wrong, or reads what lax mode cannot
-    if quick is not None and quick.status == "success" and quick.data is not None \
-            and quick.data.resultType == "vector":
-        return [(series.metric, series.value[1]) for series in quick.data.result]
-    try:
+    quick = _lax_vector(_NUMERIC, raw)
+    if quick is not None:
+        return [(series.metric, series.value[1]) for series in quick]
+    try:  # the strict path: says what is wrong, or reads what lax mode cannot
         answer = _DECODER.decode(raw)
     except msgspec.ValidationError as exc:
         raise PrometheusError(f"{where}: malformed answer ({str(exc)[:120]})") from None
