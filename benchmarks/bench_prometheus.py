@@ -72,7 +72,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from prom_replay import Replay, aligned
+from prom_replay import Replay
 from simfleet import raise_nofile, start_fleet, stop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -495,8 +495,6 @@ def bench_replay(replay: Replay, inv: Path, targets: list[tuple[str, str, str]],
     server's answers to the rule queries (``replay``), repeated for each host's copies and served at
     once (benchmarks/prom_replay.py); rebuilt before each run, timed as if the rules had just run.
     With ``before``, that code's runs alternate with this code's (each with its own cache)."""
-    from fleetctl.promsource import SUMMARY_QUERIES
-
     server = replay.serve(port)
     arms = {"after": env}
     if before is not None:
@@ -522,9 +520,7 @@ def bench_replay(replay: Replay, inv: Path, targets: list[tuple[str, str, str]],
                         rs[arm].append(r)
                         log(f"  replay {n} hosts {arm} run {i}: {r.wall:.2f}s, RSS {r.rss_mb:.0f} MB, "
                             f"fleetctl CPU {r.cpu:.2f}s")
-            figures: dict[str, Any] = {
-                "hosts": n, "answers_mb": round(answer_bytes / 1e6, 1),
-                "summaries_in_one_host_order": aligned(replay.answers, SUMMARY_QUERIES)}
+            figures: dict[str, Any] = {"hosts": n, "answers_mb": round(answer_bytes / 1e6, 1)}
             for arm, arm_runs in rs.items():
                 figures[arm] = {
                     "whole_command_s": median([r.wall for r in arm_runs]),

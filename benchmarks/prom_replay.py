@@ -122,9 +122,3 @@ def _moved(stamp: str | None, shift: float) -> str | None:
         return stamp
     moved = when.astimezone(datetime.UTC) + datetime.timedelta(seconds=shift)
     return moved.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def aligned(answers: dict[str, Any], queries: tuple[str, ...]) -> bool:
-    """Whether these answers list the same hosts in the same order (fleetctl's fast merge)."""
-    hosts = [[series["metric"].get("host") for series in answers[q]["data"]["result"]] for q in queries]
-    return all(names == hosts[0] for names in hosts[1:])

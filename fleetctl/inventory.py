@@ -489,18 +489,13 @@ class LazyVars(Mapping[str, Any]):
     __slots__ = ("_raw", "_vars")
 
     def __init__(self, raw: msgspec.Raw) -> None:
-        self._raw: msgspec.Raw | None = raw
+        self._raw = raw
         self._vars: dict[str, Any] | None = None
 
     def _decoded(self) -> dict[str, Any]:
-        decoded = self._vars
-        if decoded is None:
-            raw = self._raw
-            if raw is None:  # another thread decoded it between the two reads
-                return self._decoded()
-            decoded = self._vars = msgspec.json.decode(raw, type=dict[str, Any])
-            self._raw = None  # the cache file's bytes are freed with the last host's
-        return decoded
+        if self._vars is None:  # two threads at once decode it twice, to the same value
+            self._vars = msgspec.json.decode(self._raw, type=dict[str, Any])
+        return self._vars
 
     def __getitem__(self, key: str) -> Any:
         return self._decoded()[key]

@@ -451,7 +451,7 @@ def _ups(samples: Iterable[Sample], wanted: set[str]) -> dict[str, list[Up]]:
     return out
 
 
-def agent_up(ups: list[Up] | None, agent_jobs: set[str], endpoint: str) -> float | None:
+def agent_up(ups: list[Up] | None, agent_jobs: set[str], host: Host) -> float | None:
     """The agent's own ``up``: other jobs scraping the same host (node_exporter, say) do not count.
     The agent's target is the one at its endpoint (as ``prometheus targets`` writes it) or in a
     job that scrapes agents; when no series tells, every ``up`` of the host counts."""
@@ -459,6 +459,7 @@ def agent_up(ups: list[Up] | None, agent_jobs: set[str], endpoint: str) -> float
         return None
     if len(ups) == 1:  # its own or, with nothing else to go by, the one there is: the same value
         return ups[0][2]
+    endpoint = host.agent_endpoint
     own = [v for job, instance, v in ups if instance == endpoint or job in agent_jobs]
     return max(own or [v for _job, _instance, v in ups])
 
@@ -640,15 +641,6 @@ def detail_queries(names: Iterable[str]) -> list[str]:
     return out
 
 
-@dataclass
-class _Summary:
-    """One host's line of ``fleetctl:host_summary`` (and ``fleetctl:host_chip_models``)."""
-
-    values: dict[str, float] = field(default_factory=dict)
-    models: list[tuple[str, str, str, int]] = field(default_factory=list)  # kind, vendor, model, count
-    version: str | None = None
-
-
 # A host's summaries as one tuple in SUMMARY_KEYS order, NaN where a summary is missing or unusable.
 Line = tuple[float, ...]
 _AT = {key: i for i, key in enumerate(SUMMARY_KEYS)}
@@ -672,10 +664,11 @@ class SummaryRow(HostRow):
     """A host whose summary is clean (healthy, every chip healthy and present, a fresh sample):
     its figures come from the recording rules, without per-chip detail."""
 
-    def __init__(self, base: HostRow, s: _Summary) -> None:
+    def __init__(self, base: HostRow, values: Mapping[str, float],
+                 models: list[tuple[str, str, str, int]]) -> None:
         super().__init__(**{f: getattr(base, f) for f in HostRow.__dataclass_fields__})
-        self.line = _line_of(s.values)
-        self.models = s.models
+        self.line = _line_of(values)
+        self.models = models  # (kind, vendor, model, count) per chip model
 
     @classmethod
     def of(cls, line: Line, models: list[tuple[str, str, str, int]], **fields: Any) -> SummaryRow:
@@ -908,7 +901,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
     rows: list[HostRow] = []
     for h in hosts:
         d = data.get(h.name)
-        up = agent_up(up_of.get(h.name), agent_jobs, h.agent_endpoint)
+        up = agent_up(up_of.get(h.name), agent_jobs, h)
         if up is None:
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=False,
                                         kind="not_scraped", reason="Prometheus has no target for this host",

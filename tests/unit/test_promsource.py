@@ -686,12 +686,13 @@ def test_a_summary_answer_decodes_to_hosts_and_values_as_the_full_decoder_reads_
 def test_the_agents_own_up_counts_when_several_jobs_scrape_a_host() -> None:
     from fleetctl.promsource import agent_up
 
-    assert agent_up(None, set(), "h:1") is None and agent_up([], set(), "h:1") is None
-    assert agent_up([("node", "h:9100", 0.0)], set(), "h:1") == 0.0  # nothing else to go by
+    h = Host(name="h", address="h", groups=(), vars={}, agent_port=1)  # its endpoint: h:1
+    assert agent_up(None, set(), h) is None and agent_up([], set(), h) is None
+    assert agent_up([("node", "h:9100", 0.0)], set(), h) == 0.0  # nothing else to go by
     both = [("node", "h:9100", 0.0), ("fleet-agent", "h:1", 1.0)]
-    assert agent_up(both, set(), "h:1") == 1.0  # its endpoint
-    assert agent_up([("node", "h:9100", 1.0), ("agents", "x:2", 0.0)], {"agents"}, "h:1") == 0.0
-    assert agent_up([("a", "x:1", 0.0), ("b", "x:2", 1.0)], set(), "h:1") == 1.0  # no telling: any
+    assert agent_up(both, set(), h) == 1.0  # its endpoint
+    assert agent_up([("node", "h:9100", 1.0), ("agents", "x:2", 0.0)], {"agents"}, h) == 0.0
+    assert agent_up([("a", "x:1", 0.0), ("b", "x:2", 1.0)], set(), h) == 1.0  # no telling: any
 
 
 def test_a_host_twice_in_a_summary_answer_keeps_its_usable_value() -> None:
