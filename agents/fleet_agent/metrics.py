@@ -138,7 +138,8 @@ class ReportCollector(Collector):
         report = self.report
         if report is None:
             return
-        for families in (_node_families(report), _chip_families(report), _health_families(report)):
+        for families in (_node_families(report), _rollup_families(report), _chip_families(report),
+                         _health_families(report)):
             # A family without samples (no chip supports it) is left out entirely.
             yield from (fam for fam in families if fam.samples)
 
@@ -181,6 +182,50 @@ def _node_families(r: NodeReport) -> Iterator[Metric]:
         v = _num(value)
         if v is not None:
             yield GaugeMetricFamily(name, doc, value=v)
+
+
+# (name, help, ChipReport attribute, scale, how) for the per-host rollups of the per-chip gauges.
+_ROLLUPS: list[tuple[str, str, str, float, str]] = [
+    ("fleet_node_chip_temperature_max_celsius", "Hottest chip core temperature on this host.",
+     "temperature_c", 1.0, "max"),
+    ("fleet_node_chip_utilization_mean_ratio", "Mean chip busy share 0..1 over the chips that report one.",
+     "utilization_pct", 0.01, "mean"),
+    ("fleet_node_chip_memory_used_bytes", "Device memory used, summed over the host's chips.",
+     "memory_used_bytes", 1.0, "sum"),
+    ("fleet_node_chip_memory_total_bytes", "Device memory total, summed over the host's chips.",
+     "memory_total_bytes", 1.0, "sum"),
+    ("fleet_node_chip_power_watts", "Power draw, summed over the host's chips.", "power_w", 1.0, "sum"),
+]
+
+
+def _rollup_families(r: NodeReport) -> Iterator[Metric]:
+    """Per-host rollups of the per-chip series this same exposition carries (docs/metrics.md).
+
+    Prometheus pays per series a query selects: a recording rule that folds eight chips' series into
+    one per host selects all of them every evaluation (most of the fleetctl-report rules' cost at
+    100,000 hosts). The agent already holds its chips, so it folds them once per sample, over exactly
+    the values it exports per chip (finite ones; none, no series), and the rules select one series
+    per host.
+    """
+    healthy = sum(1 for chip in r.chips if chip.status is Status.HEALTHY and not chip.stale)
+    yield GaugeMetricFamily("fleet_node_chips_healthy", "Chips whose status is healthy and reading fresh.",
+                            value=healthy)
+    for name, doc, attr, scale, how in _ROLLUPS:
+        values = [v * scale for v in (_num(getattr(chip, attr)) for chip in r.chips)
+                  if v is not None and math.isfinite(v)]
+        if values:
+            total = sum(values)
+            value = max(values) if how == "max" else total / len(values) if how == "mean" else total
+            yield GaugeMetricFamily(name, doc, value=value)
+    models = _gauge("fleet_node_chip_models", "Chips on this host per kind, vendor and model.",
+                    ["kind", "vendor", "model"])
+    counts: dict[tuple[str, str, str], int] = {}
+    for chip in r.chips:
+        key = (chip.kind, chip.vendor, chip.model)
+        counts[key] = counts.get(key, 0) + 1
+    for (kind, vendor, model), n in sorted(counts.items()):
+        models.add_metric([kind, vendor, model], n)
+    yield models
 
 
 def _chip_families(r: NodeReport) -> Iterator[Metric]:

@@ -293,3 +293,43 @@ def test_nvlink_errors_energy_and_video_engines() -> None:
     bare = render_metrics(_report([_gpu(0)]))
     assert "NVLINK_CRC" not in bare.decode() and "ENERGY" not in bare.decode()
     assert b"fleet_chip_nvlink_errors" not in bare and b"fleet_chip_encoder" not in bare
+
+
+def test_node_rollups_equal_their_chips_series() -> None:
+    # What the fleetctl-report rules used to fold per chip, the agent folds: the same figures.
+    chips = [_gpu(0, status=Status.HEALTHY), _gpu(1, temperature_c=77.0, power_w=400.0, utilization_pct=10.0),
+             _gpu(2, status=Status.HEALTHY, stale=True, temperature_c=None, utilization_pct=None,
+                  memory_used_bytes=None, power_w=None), _tpu()]
+    text = render_metrics(_report(chips))
+    s = _samples(text)
+    per_chip = {name: [x.value for x in s[name]] for name in (
+        "fleet_chip_temperature_celsius", "fleet_chip_utilization_ratio", "fleet_chip_memory_used_bytes",
+        "fleet_chip_memory_total_bytes", "fleet_chip_power_watts")}
+    hottest = max(per_chip["fleet_chip_temperature_celsius"])
+    assert _one(s, "fleet_node_chip_temperature_max_celsius") == hottest == 77
+    utils = per_chip["fleet_chip_utilization_ratio"]
+    assert len(utils) == 3  # the stale chip has no reading and weighs nothing in the mean
+    assert _one(s, "fleet_node_chip_utilization_mean_ratio") == sum(utils) / 3
+    for rollup, name in (("fleet_node_chip_memory_used_bytes", "fleet_chip_memory_used_bytes"),
+                         ("fleet_node_chip_memory_total_bytes", "fleet_chip_memory_total_bytes"),
+                         ("fleet_node_chip_power_watts", "fleet_chip_power_watts")):
+        assert _one(s, rollup) == sum(per_chip[name])
+    # healthy and fresh, as the one-hot status and the stale gauge say: chip 0 and the TPU
+    healthy = {x.labels["chip"] + x.labels["kind"] for x in s["fleet_chip_status"]
+               if x.labels["status"] == "healthy" and x.value == 1}
+    stale = {x.labels["chip"] + x.labels["kind"] for x in s["fleet_chip_stale"] if x.value == 1}
+    assert _one(s, "fleet_node_chips_healthy") == len(healthy - stale) == 2
+    assert _one(s, "fleet_node_chip_models", kind="gpu", vendor="nvidia", model="NVIDIA H100 80GB HBM3") == 3
+    assert _one(s, "fleet_node_chip_models", kind="tpu", vendor="google", model="TPU v5e") == 1
+    assert "model=" not in next(line for line in text.decode().splitlines()
+                                if line.startswith("fleet_node_chip_temperature_max_celsius "))
+
+
+def test_no_readings_no_rollup_series_but_a_healthy_count() -> None:
+    s = _samples(render_metrics(_report([_gpu(0, temperature_c=None, power_w=float("nan"))])))
+    assert "fleet_node_chip_temperature_max_celsius" not in s
+    assert "fleet_node_chip_power_watts" not in s  # NaN is not a reading to sum
+    assert _one(s, "fleet_node_chips_healthy") == 0  # the one chip is degraded
+    empty = _samples(render_metrics(_report([])))
+    assert _one(empty, "fleet_node_chips_healthy") == 0
+    assert "fleet_node_chip_models" not in empty and "fleet_node_chip_utilization_mean_ratio" not in empty

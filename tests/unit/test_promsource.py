@@ -568,6 +568,20 @@ def test_a_summary_with_any_doubt_sends_the_host_to_the_chip_detail(doubt: dict[
     assert rows["c0"].status is not HostHealth.HEALTHY
 
 
+def test_a_host_whose_agent_predates_the_rollups_is_read_chip_by_chip() -> None:
+    # Rules version 3 read the agents' per-host rollups: an older agent's host gets node_healthy,
+    # chips_present and its sample time, nothing folded from its chips. Never a clean summary row.
+    fake = RulesPrometheus()
+    rollups = {"chips_healthy", "max_temperature_celsius", "mean_utilization_ratio", "memory_used_bytes",
+               "memory_total_bytes", "power_watts"}
+    fake.series["fleetctl:host_summary"] = [(lab, v) for lab, v in fake.series["fleetctl:host_summary"]
+                                            if not (lab["host"] == "c0" and lab["summary"] in rollups)]
+    rows = rules_report(fake)
+    assert any('host=~"c0|hot"' in q for q in fake.queries)
+    assert not isinstance(rows["c0"], SummaryRow)
+    assert all(isinstance(rows[f"c{i}"], SummaryRow) for i in range(1, 10))
+
+
 def test_a_small_selection_is_read_chip_by_chip_and_missing_rules_are_said_once() -> None:
     fake = RulesPrometheus()
     report = prometheus_report([host("hot", 1), host("c1", 1)], fake, now=NOW, notice=print)
