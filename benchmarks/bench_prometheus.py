@@ -3,9 +3,11 @@
 For each fleet size (1,000 and 10,000 hosts x 8 chips; ``fleet-agent sim-fleet`` in its own process) the
 agents' ``/metrics`` are read once, their ``fleet_*`` series kept with the ``job``/``instance``/``host``/
 ``group`` labels the scrape config adds (``fleetctl prometheus targets``) plus a synthetic ``up``, and
-written as OpenMetrics with one recent timestamp; ``promtool tsdb create-blocks-from openmetrics`` turns
-that into TSDB blocks and Debian's Prometheus serves them with the fleetctl-report recording rules
-loaded. Two adjustments keep one backfilled sample per series usable for the whole measurement:
+written as OpenMetrics with one recent timestamp per part of 5,000 hosts (each part a block range older
+than the last, so no two blocks overlap and Prometheus merges none while it is timed);
+``promtool tsdb create-blocks-from openmetrics`` turns that into TSDB blocks and Debian's Prometheus
+serves them with the fleetctl-report recording rules loaded. Two adjustments keep one backfilled
+sample per series usable for the whole measurement:
 ``--query.lookback-delta`` is long (the backfilled samples stay visible), and the one series that a
 real agent refreshes every few seconds, ``fleet_sample_timestamp_seconds``, is scraped live from a
 small feeder in this process (the value is the time of the scrape, as with an agent sampling every
@@ -148,6 +150,12 @@ def _labelled(line: str, extra: str, ts: str) -> str:
 # Hosts per OpenMetrics file: promtool holds a file's series in memory while it builds blocks (about
 # 2 KB each: 18 GB for 30,000 hosts in one file), so large fleets are backfilled a part at a time.
 BACKFILL_HOSTS = 5000
+# Each part is stamped one block range (2 h) before the previous one, so that its block overlaps no
+# other: overlapping blocks make Prometheus merge them all at start (a vertical compaction), and at
+# 100,000 hosts that merge of 30 million series kept 1.5 of the 2 cores busy through every timed run.
+# Prometheus runs with one block range (no merging of neighbours either) and a lookback that reaches
+# the oldest part (`start_prometheus`).
+BLOCK_S = 7200
 
 
 def write_openmetrics(targets: list[tuple[str, str, str]], prefix: Path, ts: float,
@@ -155,7 +163,6 @@ def write_openmetrics(targets: list[tuple[str, str, str]], prefix: Path, ts: flo
     """Every agent's fleet_* series plus ``up`` as of ``ts``, and the same again under the labels of
     each of its copies (``copies``: real host -> its copies' targets), in files of BACKFILL_HOSTS
     hosts; returns the number of series and the files."""
-    stamp = f"{ts:.3f}"
     series, hosts = 0, 0
     files: list[Path] = []
     out = None
@@ -167,6 +174,7 @@ def write_openmetrics(targets: list[tuple[str, str, str]], prefix: Path, ts: flo
                     if out is not None:
                         out.write("# EOF\n")
                         out.close()
+                    stamp = f"{ts - len(files) * BLOCK_S:.3f}"  # a block range of its own
                     files.append(prefix.with_name(f"{prefix.name}-{len(files)}.om"))
                     out = files[-1].open("w")
                 hosts += 1
@@ -240,17 +248,31 @@ def query(url: str, promql: str) -> list[dict[str, Any]]:
 
 
 def rule_times(url: str) -> dict[str, float]:
-    """The fleetctl-report group's last evaluation time and its costliest rules' (seconds)."""
+    """The fleetctl-report group's last evaluation time ("group"), its costliest rules', and any other
+    group's loaded beside it ("group NAME"), in seconds."""
     with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=60) as r:
         groups = json.loads(r.read())["data"]["groups"]
+    rules: dict[str, float] = {}
     out: dict[str, float] = {}
     for g in groups:
-        if g["name"] == "fleetctl-report":
-            out["group"] = round(g["evaluationTime"], 2)
-            for rule in g["rules"]:
-                key = rule["name"] + "".join(f" {v}" for v in rule.get("labels", {}).values())
-                out[key] = round(out.get(key, 0.0) + rule["evaluationTime"], 2)
-    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:8])
+        if g["name"] != "fleetctl-report":
+            out[f"group {g['name']}"] = round(g["evaluationTime"], 2)
+            continue
+        out["group"] = round(g["evaluationTime"], 2)
+        for rule in g["rules"]:
+            key = rule["name"] + "".join(f" {v}" for v in rule.get("labels", {}).values())
+            rules[key] = round(rules.get(key, 0.0) + rule["evaluationTime"], 2)
+    return out | dict(sorted(rules.items(), key=lambda kv: -kv[1])[:7])
+
+
+def compactions(url: str) -> int:
+    """Block compactions Prometheus has run and is running (its own /metrics): a merge during the timed
+    runs would be the benchmark's backfill, not fleetctl's queries, competing for the cores."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=60) as r:
+        text = r.read().decode()
+    names = ("prometheus_tsdb_compactions_total ", "prometheus_tsdb_vertical_compactions_total ",
+             "prometheus_tsdb_compaction_populating_block ")
+    return sum(int(float(line.split()[-1])) for line in text.splitlines() if line.startswith(names))
 
 
 def cpu_s(pid: int) -> float:
@@ -286,7 +308,11 @@ def start_prometheus(work: Path, openmetrics: list[Path], port: int, feeder_port
     logf = work / "prometheus.log"
     prom = subprocess.Popen(
         [tool("prometheus"), f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
-         f"--web.listen-address=127.0.0.1:{port}", "--query.lookback-delta=2h", "--log.level=warn"],
+         f"--web.listen-address=127.0.0.1:{port}", f"--query.lookback-delta={len(openmetrics) * 2 + 2}h",
+         # One block range, 2 h (hidden flags, as Prometheus's own tests set them): the backfilled
+         # blocks, one range each, are never merged while the benchmark runs (see BLOCK_S).
+         f"--storage.tsdb.min-block-duration={BLOCK_S // 3600}h",
+         f"--storage.tsdb.max-block-duration={BLOCK_S // 3600}h", "--log.level=warn"],
         stdout=logf.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     started = time.perf_counter()
     deadline = time.monotonic() + 600 + 3 * evaluation_s
@@ -417,10 +443,13 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
         setup["rule_evaluation_s"] = rule_times(url)
         log(f"{hosts} hosts: Prometheus ready ({setup})")
         via = ["health", "-i", str(inv), "--json", "--source", "prometheus", "--prometheus-url", url]
+        merges = compactions(url)
         try:
             after, got = measure("prometheus", via, env, runs, prom.pid)
         except CommandFailed as exc:
             raise SystemExit(f"bench_prometheus: {hosts} hosts: {exc}") from None
+        # Compactions run or running, at the first run and after the last: 0 and 0 when none competed.
+        setup["compactions_at_runs"] = [merges, compactions(url)]
         result: dict[str, Any] = {
             "hosts": hosts, "real_agents": real, "chips_per_host": 8, "runs": runs, "series": series,
             "evaluation_interval_s": evaluation_s, "setup": setup, "prometheus": after,
