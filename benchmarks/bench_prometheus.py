@@ -285,7 +285,7 @@ def start_prometheus(work: Path, openmetrics: list[Path], port: int, feeder_port
                      ) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
     data = work / "data"
     started = time.perf_counter()
-    for part in openmetrics:  # one block per part, overlapping in time (Prometheus merges them)
+    for part in openmetrics:  # one block per part, each in a block range of its own (BLOCK_S)
         out = subprocess.run([tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(part),
                               str(data)], capture_output=True, text=True)
         if out.returncode != 0:

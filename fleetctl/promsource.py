@@ -79,6 +79,8 @@ RULES_EVALUATED = f"timestamp({RULES_INFO})"
 RULES_GROUP = "fleetctl-report"
 # From this version on the info's value is the evaluation's time(): the instant it saw the fleet at.
 RULES_VERSION_DATA_TIME = 2
+# From this version on the chip summaries come from the agents' per-host rollups (fleet_node_chip*).
+RULES_VERSION_ROLLUPS = 3
 # The group interval assumed when no rules API tells it (a common evaluation interval).
 ASSUMED_INTERVAL_S = 30.0
 # Evaluation time and clock jitter allowed on top of two intervals before the rules count as stopped.
@@ -768,6 +770,16 @@ class _SummaryTable:
         return ((ok or 0.0) == present and (expected is None or present >= expected) and not drained
                 and 0.0 <= now - ts and seen_at - ts < STALE_MIN_S)
 
+    def without_rollups(self, hosts: Iterable[Host]) -> list[str]:
+        """The hosts whose summary has chips but no chips_healthy: under rules that read the agents'
+        rollups (version 3 on), agents from before the rollups."""
+        out = []
+        for h in hosts:
+            line = self.lines.get(h.name)
+            if line is not None and line[_PRESENT] > 0 and math.isnan(line[_OK]):
+                out.append(h.name)
+        return out
+
     def row(self, h: Host, now: float) -> SummaryRow:
         """A clean host's row (see :meth:`clean`)."""
         line = self.lines[h.name]
@@ -824,6 +836,11 @@ def rules_clock(answers: dict[str, list[Sample]], group: RuleGroup | None, now: 
             if _version(labels.version) >= RULES_VERSION_DATA_TIME and math.isfinite(v)
             and evaluated - 3600 < v <= evaluated + EVALUATION_SLACK_S]
     return RulesClock(seen_at=max(seen) if seen else evaluated)
+
+
+def rules_version(answers: Mapping[str, list[Sample]]) -> int:
+    """The version the recording rules' info series carries (0 without one)."""
+    return max((_version(labels.version) for labels, _ in answers.get(RULES_INFO, [])), default=0)
 
 
 def _version(raw: str | None) -> int:
@@ -887,6 +904,11 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             detail_all = True
         detail = wanted if detail_all else {h.name for h in hosts
                                              if not summaries.clean(h, now_s, clock.seen_at)}
+        if rules_version(answers) >= RULES_VERSION_ROLLUPS and (old := summaries.without_rollups(hosts)):
+            # Correct either way (they are read chip by chip), but slow at scale: say why, once.
+            (notice or _stderr)(f"{len(old)} host(s) ({old[0]}{', ...' if len(old) > 1 else ''}) export no "
+                                "fleet_node_chips_healthy: agents from before the per-host rollups, read "
+                                "chip by chip; upgrade their fleet-agent")
         ups = answers["up"]
         jobs = [labels for labels, _ in answers[AGENT_JOBS]]
         answers = _query_all(client, detail_queries(detail), deadline_s - (time.monotonic() - started)) \

@@ -204,16 +204,16 @@ def _rollup_families(r: NodeReport) -> Iterator[Metric]:
     Prometheus pays per series a query selects: a recording rule that folds eight chips' series into
     one per host selects all of them every evaluation (most of the fleetctl-report rules' cost at
     100,000 hosts). The agent already holds its chips, so it folds them once per sample, over exactly
-    the values it exports per chip (finite ones; none, no series), and the rules select one series
-    per host.
+    the values it exports per chip, and the rules select one series per host. No reading, no series;
+    a reading that is not a number (NaN, an infinity) leaves the rollup out, as it would have made
+    the folded figure NaN.
     """
     healthy = sum(1 for chip in r.chips if chip.status is Status.HEALTHY and not chip.stale)
     yield GaugeMetricFamily("fleet_node_chips_healthy", "Chips whose status is healthy and reading fresh.",
                             value=healthy)
     for name, doc, attr, scale, how in _ROLLUPS:
-        values = [v * scale for v in (_num(getattr(chip, attr)) for chip in r.chips)
-                  if v is not None and math.isfinite(v)]
-        if values:
+        values = [v * scale for v in (_num(getattr(chip, attr)) for chip in r.chips) if v is not None]
+        if values and all(math.isfinite(v) for v in values):
             total = sum(values)
             value = max(values) if how == "max" else total / len(values) if how == "mean" else total
             yield GaugeMetricFamily(name, doc, value=value)

@@ -326,9 +326,12 @@ def test_node_rollups_equal_their_chips_series() -> None:
 
 
 def test_no_readings_no_rollup_series_but_a_healthy_count() -> None:
-    s = _samples(render_metrics(_report([_gpu(0, temperature_c=None, power_w=float("nan"))])))
+    s = _samples(render_metrics(_report([_gpu(0, temperature_c=None, power_w=float("nan")),
+                                         _gpu(1, temperature_c=None, utilization_pct=float("inf"))])))
     assert "fleet_node_chip_temperature_max_celsius" not in s
-    assert "fleet_node_chip_power_watts" not in s  # NaN is not a reading to sum
+    # A chip's NaN or infinite reading would make the folded figure NaN: no rollup, not a partial sum.
+    assert "fleet_node_chip_power_watts" not in s and "fleet_node_chip_utilization_mean_ratio" not in s
+    assert _one(s, "fleet_node_chip_memory_used_bytes") == 2 * 1024 * MIB
     assert _one(s, "fleet_node_chips_healthy") == 0  # the one chip is degraded
     empty = _samples(render_metrics(_report([])))
     assert _one(empty, "fleet_node_chips_healthy") == 0

@@ -576,10 +576,18 @@ def test_a_host_whose_agent_predates_the_rollups_is_read_chip_by_chip() -> None:
                "memory_total_bytes", "power_watts"}
     fake.series["fleetctl:host_summary"] = [(lab, v) for lab, v in fake.series["fleetctl:host_summary"]
                                             if not (lab["host"] == "c0" and lab["summary"] in rollups)]
-    rows = rules_report(fake)
+    rows = rules_report(fake)  # rules of no version: nothing said
     assert any('host=~"c0|hot"' in q for q in fake.queries)
     assert not isinstance(rows["c0"], SummaryRow)
     assert all(isinstance(rows[f"c{i}"], SummaryRow) for i in range(1, 10))
+    # Under rules that read the rollups (version 3), the old agents are named once: slow, not wrong.
+    fake.series["fleetctl:report_rules:info"] = [({"version": "3"}, 1.0)]
+    notes: list[str] = []
+    hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
+    report = prometheus_report(hosts, fake, now=NOW, detail_all=False, notice=notes.append)
+    assert notes == ["1 host(s) (c0) export no fleet_node_chips_healthy: agents from before the per-host "
+                     "rollups, read chip by chip; upgrade their fleet-agent"]
+    assert not isinstance(next(r for r in report.hosts if r.name == "c0"), SummaryRow)
 
 
 def test_a_small_selection_is_read_chip_by_chip_and_missing_rules_are_said_once() -> None:
