@@ -658,23 +658,21 @@ def _known(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _line_of(values: Mapping[str, float]) -> Line:
+def summary_line(values: Mapping[str, float]) -> Line:
+    """A host's summaries by name as a :data:`Line`."""
     return tuple(values.get(key, math.nan) for key in SUMMARY_KEYS)
 
 
 class SummaryRow(HostRow):
     """A host whose summary is clean (healthy, every chip healthy and present, a fresh sample):
-    its figures come from the recording rules, without per-chip detail."""
+    its figures come from the recording rules, without per-chip detail. Built with :meth:`of`."""
 
-    def __init__(self, base: HostRow, values: Mapping[str, float],
-                 models: list[tuple[str, str, str, int]]) -> None:
-        super().__init__(**{f: getattr(base, f) for f in HostRow.__dataclass_fields__})
-        self.line = _line_of(values)
-        self.models = models  # (kind, vendor, model, count) per chip model
+    line: Line
+    models: list[tuple[str, str, str, int]]  # (kind, vendor, model, count) per chip model
 
     @classmethod
     def of(cls, line: Line, models: list[tuple[str, str, str, int]], **fields: Any) -> SummaryRow:
-        """The row built from its fields at once (no HostRow first to copy: one per clean host)."""
+        """The row from its HostRow fields, its summaries and its chip models."""
         row = cls.__new__(cls)
         HostRow.__init__(row, **fields)
         row.line = line

@@ -8,6 +8,7 @@ stale) yields no series: a missing series is honest, a made-up zero is not.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -219,10 +220,7 @@ def _rollup_families(r: NodeReport) -> Iterator[Metric]:
             yield GaugeMetricFamily(name, doc, value=value)
     models = _gauge("fleet_node_chip_models", "Chips on this host per kind, vendor and model.",
                     ["kind", "vendor", "model"])
-    counts: dict[tuple[str, str, str], int] = {}
-    for chip in r.chips:
-        key = (chip.kind, chip.vendor, chip.model)
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter((chip.kind, chip.vendor, chip.model) for chip in r.chips)
     for (kind, vendor, model), n in sorted(counts.items()):
         models.add_metric([kind, vendor, model], n)
     yield models

@@ -275,14 +275,14 @@ def test_view_selection_filters_by_state() -> None:
 
 
 def test_a_prometheus_summary_row_counts_its_chips_in_json_and_the_summary() -> None:
-    from fleetctl.promsource import SummaryRow
-    from fleetctl.report import HostRow, host_model, host_power_w
+    from fleetctl.promsource import SummaryRow, summary_line
+    from fleetctl.report import host_model, host_power_w
     from fleetctl.views.summary import summary_doc, summary_rows
 
-    clean = SummaryRow(HostRow("h100-0001", "10.0.0.1", 9400, ("gpu_nodes",), HostHealth.HEALTHY,
-                               chips_expected=8),
-                       {"chips_present": 8.0, "chips_healthy": 8.0, "power_watts": 2800.0},
-                       [("gpu", "nvidia", "NVIDIA H100 80GB HBM3", 8)])
+    clean = SummaryRow.of(summary_line({"chips_present": 8.0, "chips_healthy": 8.0, "power_watts": 2800.0}),
+                          [("gpu", "nvidia", "NVIDIA H100 80GB HBM3", 8)], name="h100-0001",
+                          address="10.0.0.1", port=9400, groups=("gpu_nodes",), status=HostHealth.HEALTHY,
+                          chips_expected=8)
     report = FleetReport(generated_at=1.0, source="prometheus", hosts=[clean])
     doc = json.loads(report.to_json())
     assert doc["hosts"][0]["chips_present"] == 8 and doc["hosts"][0]["chips_ok"] == 8
