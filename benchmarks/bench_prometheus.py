@@ -321,11 +321,13 @@ def start_prometheus(work: Path, openmetrics: list[Path], port: int, feeder_port
             raise SystemExit(f"bench_prometheus: prometheus exited: {logf.read_text()[-500:]}")
         try:
             if (query(url, "fleetctl:report_rules:info")
-                    and (n := query(url, 'count(fleetctl:host_summary{summary="chips_healthy"})'))
+                    and (n := query(url, "count(count by (host) (fleetctl:host_chip_models))"))
                     and int(n[0]["value"][1]) == hosts
-                    # every sample fresh when the rules saw it (their info's value: the evaluation's time)
-                    and (age := query(url, 'scalar(fleetctl:report_rules:info) - min(fleetctl:host_summary'
-                                            '{summary="sample_timestamp_seconds"})'))
+                    # every sample fresh when the rules saw it (their info's value: the evaluation's time);
+                    # rules of version 4 record clean hosts' sample times, earlier ones every host's
+                    and (age := query(url, "scalar(fleetctl:report_rules:info) - min("
+                                           "fleetctl:clean_host_sample_timestamp_seconds or "
+                                           'fleetctl:host_summary{summary="sample_timestamp_seconds"})'))
                     and float(age[0]["value"][1]) < 20):
                 break
         except OSError:

@@ -22,7 +22,8 @@ from typing import Any
 import msgspec
 
 # Queries whose values are times (epoch seconds): moved with the capture's timestamps.
-TIME_VALUED = ('fleetctl:host_summary{summary="sample_timestamp_seconds"}', "fleetctl:report_rules:info",
+TIME_VALUED = ("fleetctl:clean_host_sample_timestamp_seconds",
+               'fleetctl:host_summary{summary="sample_timestamp_seconds"}', "fleetctl:report_rules:info",
                "timestamp(fleetctl:report_rules:info)")
 Copies = dict[str, list[tuple[str, str, str]]]  # real host -> its copies' (name, group, endpoint)
 

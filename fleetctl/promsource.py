@@ -85,19 +85,37 @@ RULES_VERSION_ROLLUPS = 3
 ASSUMED_INTERVAL_S = 30.0
 # Evaluation time and clock jitter allowed on top of two intervals before the rules count as stopped.
 EVALUATION_SLACK_S = 5.0
-SUMMARY = "fleetctl:host_summary"
+# From this version on the clean hosts are one record (and the readings one record each): see below.
+RULES_VERSION_CLEAN = 4
 MODELS = "fleetctl:host_chip_models"
 AGENT_JOBS = "fleetctl:agent_jobs"
-# The summaries fleetctl reads, one query each: one query of every summary is one answer of a few series
-# per host that Prometheus encodes and fleetctl decodes one after the other; apart, they are answered
-# side by side (Prometheus's cores) and decoded while the next ones are on their way.
+# What a host's summary holds, in this order (a :data:`Line`); rules of every version give the same.
 SUMMARY_KEYS: tuple[str, ...] = (
     "node_healthy", "sample_timestamp_seconds", "chips_expected", "chips_present", "chips_healthy", "drained",
     "max_temperature_celsius", "mean_utilization_ratio", "memory_used_bytes", "memory_total_bytes",
     "power_watts",
 )
+# Version 4 on: the clean hosts (healthy, every chip healthy and present, not drained), valued at their
+# sample time, with label chips_expected "agent" (= the chips present) or "unset"; the readings one record
+# each; the hosts whose agents export no rollups. Eight series per host in all, `up` included.
+CLEAN = "fleetctl:clean_host_sample_timestamp_seconds"
+READINGS: dict[str, str] = {
+    "max_temperature_celsius": "fleetctl:host_chip_temperature_max_celsius",
+    "mean_utilization_ratio": "fleetctl:host_chip_utilization_mean_ratio",
+    "memory_used_bytes": "fleetctl:host_chip_memory_used_bytes",
+    "memory_total_bytes": "fleetctl:host_chip_memory_total_bytes",
+    "power_watts": "fleetctl:host_chip_power_watts",
+}
+WITHOUT_ROLLUPS = "fleetctl:hosts_without_rollups"
+# The first round: the info and the current version's series, one query each (one answer per record lets
+# Prometheus answer them side by side on its cores, and fleetctl decode each while the next are on their
+# way). Rules of an older version answer the version-4 queries with nothing (cheap) and get a second
+# round: their summaries (below).
+RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", CLEAN, *READINGS.values(), MODELS,
+                                 AGENT_JOBS, WITHOUT_ROLLUPS)
+# Versions 1-3: every summary one series per host and `summary` label.
+SUMMARY = "fleetctl:host_summary"
 SUMMARY_QUERIES: tuple[str, ...] = tuple(f'{SUMMARY}{{summary="{key}"}}' for key in SUMMARY_KEYS)
-RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", *SUMMARY_QUERIES, MODELS, AGENT_JOBS)
 NO_RULES = ("Prometheus has no fleetctl-report recording rules (deploy/prometheus/rules/"
             "fleetctl-report.rules.yml): reading every chip's series instead (slow past ~10,000 hosts)")
 # A selection this small is read chip by chip even when every summary is clean.
@@ -129,6 +147,7 @@ class Labels(msgspec.Struct, frozen=True):
     action: str | None = None
     version: str | None = None
     summary: str | None = None
+    chips_expected: str | None = None
 
 
 Sample = tuple[Labels, float]
@@ -721,7 +740,9 @@ class SummaryRow(HostRow):
 
 
 class _SummaryTable:
-    """Each host's summaries (a :data:`Line`), its chip models and agent version.
+    """Each host's summaries (a :data:`Line`), its chip models and agent version, from the rules of
+    ``version``: from version 4 on, only the clean hosts have a line (everything else is read chip by
+    chip anyway).
 
     The answers are merged host by host (a server lists each answer's series in its own order: a
     recording rule's output in the order its series were created). A host twice in one answer
@@ -729,7 +750,27 @@ class _SummaryTable:
     never replaces it.
     """
 
-    def __init__(self, answers: dict[str, Any], wanted: set[str]) -> None:
+    def __init__(self, answers: dict[str, Any], wanted: set[str], version: int) -> None:
+        self.models: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
+        self.versions: dict[str, str] = {}
+        isfinite = math.isfinite
+        for labels, value in answers.get(MODELS, []):
+            host = labels.host
+            if host in wanted and isfinite(value):
+                self.models[host].append((labels.kind or "?", labels.vendor or "", labels.model or "?",
+                                          int(value)))
+                if labels.version:
+                    self.versions[host] = labels.version
+        self.clean_records = version >= RULES_VERSION_CLEAN
+        if self.clean_records:
+            self.lines = self._clean_lines(answers, wanted)
+            self._old = {labels.host for labels, _ in answers.get(WITHOUT_ROLLUPS, [])}
+        else:
+            self.lines = self._summary_lines(answers)
+
+    @staticmethod
+    def _summary_lines(answers: dict[str, Any]) -> dict[str, Line]:
+        """Versions 1-3: every summary of every host, one answer per summary."""
         isfinite = math.isfinite
         empty: Column = ([], [])
         merged: dict[str | None, list[float]] = {}
@@ -741,16 +782,36 @@ class _SummaryTable:
                     if line is None:
                         line = merged[name] = [math.nan] * len(SUMMARY_KEYS)
                     line[i] = value
-        self.lines: dict[str, Line] = {name: tuple(line) for name, line in merged.items() if name is not None}
-        self.models: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
-        self.versions: dict[str, str] = {}
-        for labels, value in answers.get(MODELS, []):
+        return {name: tuple(line) for name, line in merged.items() if name is not None}
+
+    def _clean_lines(self, answers: dict[str, Any], wanted: set[str]) -> dict[str, Line]:
+        """Version 4 on: the clean hosts' lines, as the summaries would have been (healthy, every chip
+        present counted by model and healthy, not drained). Without models, no count: no line."""
+        isfinite = math.isfinite
+        merged: dict[str, list[float]] = {}
+        for labels, ts in answers.get(CLEAN, []):
             host = labels.host
-            if host in wanted and isfinite(value):
-                self.models[host].append((labels.kind or "?", labels.vendor or "", labels.model or "?",
-                                          int(value)))
-                if labels.version:
-                    self.versions[host] = labels.version
+            if host not in wanted or not isfinite(ts) or host in merged:
+                continue
+            models = self.models.get(host)
+            if not models:
+                continue
+            present = float(sum(n for *_model, n in models))
+            line = [math.nan] * len(SUMMARY_KEYS)
+            line[_HEALTHY], line[_SAMPLED], line[_DRAINED] = 1.0, ts, 0.0
+            line[_PRESENT] = line[_OK] = present
+            if labels.chips_expected == "agent":
+                line[_EXPECTED] = present
+            merged[host] = line
+        empty: Column = ([], [])
+        for key, query in READINGS.items():
+            i = _AT[key]
+            names, values = answers.get(query, empty)
+            for name, value in zip(names, values, strict=True):
+                reading = merged.get(name)  # type: ignore[arg-type]  # None is never a key
+                if reading is not None and isfinite(value):
+                    reading[i] = value
+        return {name: tuple(line) for name, line in merged.items()}
 
     def clean(self, h: Host, now: float, seen_at: float | None = None) -> bool:
         """A summary that leaves nothing to look at: any doubt sends the host to the per-chip detail.
@@ -769,8 +830,10 @@ class _SummaryTable:
                 and 0.0 <= now - ts and seen_at - ts < STALE_MIN_S)
 
     def without_rollups(self, hosts: Iterable[Host]) -> list[str]:
-        """The hosts whose summary has chips but no chips_healthy: under rules that read the agents'
-        rollups (version 3 on), agents from before the rollups."""
+        """The hosts whose agents predate the per-host rollups: the rules' record of them (version 4),
+        or (version 3) a summary with chips and no chips_healthy."""
+        if self.clean_records:
+            return [h.name for h in hosts if h.name in self._old]
         out = []
         for h in hosts:
             line = self.lines.get(h.name)
@@ -870,6 +933,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
     started = time.monotonic()
     wanted = {h.name for h in hosts}
     rules = False
+    version = 0
     group: RuleGroup | None = None
     if use_rules:
         # The rules API beside the queries, in its own thread: optional, so it never fails the command.
@@ -877,8 +941,12 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
 
         side = DaemonThreadPool(1, "prometheus-rules")
         asked = side.submit(client.rule_group, RULES_GROUP) if isinstance(client, PromRules) else None
-        answers = _query_all(client, RULE_QUERIES, deadline_s, columns=SUMMARY_QUERIES)
+        answers = _query_all(client, RULE_QUERIES, deadline_s, columns=tuple(READINGS.values()))
         rules = bool(answers[RULES_INFO])
+        version = rules_version(answers)
+        if rules and version < RULES_VERSION_CLEAN:  # older rules: their summaries, a second round
+            answers.update(_query_all(client, SUMMARY_QUERIES, deadline_s - (time.monotonic() - started),
+                                      columns=SUMMARY_QUERIES))
         if asked is not None:
             try:
                 group = asked.result(timeout=max(0.0, deadline_s - (time.monotonic() - started)))
@@ -893,7 +961,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         detail = wanted
     else:
         now_s = time.time() if now is None else now
-        summaries = _SummaryTable(answers, wanted)
+        summaries = _SummaryTable(answers, wanted, version)
         if detail_all is None:
             detail_all = len(hosts) <= _detail_max()
         clock = rules_clock(answers, group, now_s)
@@ -902,7 +970,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             detail_all = True
         detail = wanted if detail_all else {h.name for h in hosts
                                              if not summaries.clean(h, now_s, clock.seen_at)}
-        if rules_version(answers) >= RULES_VERSION_ROLLUPS and (old := summaries.without_rollups(hosts)):
+        if version >= RULES_VERSION_ROLLUPS and (old := summaries.without_rollups(hosts)):
             # Correct either way (they are read chip by chip), but slow at scale: say why, once.
             (notice or _stderr)(f"{len(old)} host(s) ({old[0]}{', ...' if len(old) > 1 else ''}) export no "
                                 "fleet_node_chips_healthy: agents from before the per-host rollups, read "

@@ -88,7 +88,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
             try:
                 up = query(url, "up")
                 status = query(url, "fleet_node_status == 1")
-                summaries = query(url, 'fleetctl:host_summary{summary="chips_healthy"}')
+                summaries = query(url, "count by (host) (fleetctl:host_chip_models)")
                 if len(up) == 7 and len(status) == 6 and len(summaries) == 6:
                     break
             except OSError:

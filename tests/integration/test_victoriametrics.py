@@ -102,7 +102,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             assert all(p.poll() is None for p in procs), logs
             try:
                 if (len(query(url, "up")) == 7 and len(query(bare_url, "fleet_node_status == 1")) == 6
-                        and len(query(url, 'fleetctl:host_summary{summary="chips_healthy"}')) == 6):
+                        and len(query(url, "count by (host) (fleetctl:host_chip_models)")) == 6):
                     break
             except OSError:
                 pass

@@ -19,11 +19,16 @@ import yaml
 
 from fleetctl.inventory import Host
 from fleetctl.promsource import (
+    CLEAN,
     NO_RULES,
     QUERIES,
+    READINGS,
     RULE_QUERIES,
+    RULES_INFO,
+    RULES_VERSION_CLEAN,
     SUMMARY_KEYS,
     SUMMARY_QUERIES,
+    WITHOUT_ROLLUPS,
     HttpPrometheus,
     Labels,
     PrometheusError,
@@ -450,16 +455,19 @@ def test_a_sample_stamped_in_the_future_is_clock_skew_not_a_fresh_sample() -> No
 
 def summary(h: str, **values: float) -> list[tuple[dict[str, str], float]]:
     base = {"node_healthy": 1.0, "sample_timestamp_seconds": NOW - 3, "chips_present": 2.0,
-            "chips_healthy": 2.0, "max_temperature_celsius": 44.0, "mean_utilization_ratio": 0.25,
-            "memory_used_bytes": 3.0 * 2**30, "memory_total_bytes": 160.0 * 2**30} | values
+            "chips_healthy": 2.0, "drained": 0.0, "max_temperature_celsius": 44.0,
+            "mean_utilization_ratio": 0.25, "memory_used_bytes": 3.0 * 2**30,
+            "memory_total_bytes": 160.0 * 2**30} | values
     return [({"host": h, "summary": k}, v) for k, v in base.items()]
 
 
 class RulesPrometheus(SeriesPrometheus):
     """The rules' series for clean hosts c0..c9 and one hot host; per-chip series for the hot one only
-    when asked with its name."""
+    when asked with its name. The summaries are written as rules up to version 3 record them; rules
+    of version 4 (the info's version label, "4" unless set) answer with their records made from them
+    as the shipped rules would (deploy/prometheus/tests/ checks the real rules on the same cases)."""
 
-    def __init__(self, **hot: float) -> None:
+    def __init__(self, version: str | None = "4", **hot: float) -> None:
         names = [f"c{i}" for i in range(10)]
         hot_series = healthy_series("hot", **{
             "fleet_chip_status == 1": [(chip_labels("hot", 0, status="healthy"), 1.0),
@@ -469,28 +477,55 @@ class RulesPrometheus(SeriesPrometheus):
                 (chip_labels("hot", 1, check="xid", severity="critical"), 1.0)],
         })
         self.hot = {k: v for k, v in hot_series.items() if k != "up"}
+        summaries = [s for n in names for s in summary(n, **(hot if n == "c0" else {}))]
+        present = {labels["host"]: v for labels, v in summaries if labels["summary"] == "chips_present"}
         super().__init__({
-            "fleetctl:report_rules:info": [({}, 1.0)],
+            "fleetctl:report_rules:info": [({} if version is None else {"version": version}, 1.0)],
             "up": [({"host": n, "job": "fleet-agent"}, 1.0) for n in [*names, "hot"]],
             "fleetctl:agent_jobs": [({"job": "fleet-agent"}, 1.0)],
             "fleetctl:host_chip_models": [({"host": n, "kind": "gpu", "vendor": "nvidia", "model": "H100",
-                                            "version": "0.2.0"}, 2.0) for n in names],
-            "fleetctl:host_summary": [s for n in names for s in summary(n, **(hot if n == "c0" else {}))]
-            + summary("hot", node_healthy=0.0, chips_healthy=1.0),
+                                            "version": "0.2.0"}, present[n]) for n in names],
+            "fleetctl:host_summary": summaries + summary("hot", node_healthy=0.0, chips_healthy=1.0),
         })
         self.queries: list[str] = []
+
+    def version(self) -> int:
+        return max(int(labels.get("version", "0")) for labels, _ in self.series[RULES_INFO])
 
     def query(self, promql: str) -> list[Sample]:
         self.queries.append(promql)
         name, _, rest = promql.partition("{")
         if name == "fleetctl:host_summary" and rest:  # one summary: {summary="KEY"}
+            if self.version() >= 4:
+                return []  # not recorded from version 4 on
             key = rest.split('"')[1]
             return typed([(lab, v) for lab, v in self.series.get(name, []) if lab["summary"] == key])
+        if name in (CLEAN, WITHOUT_ROLLUPS, *READINGS.values()):
+            return typed(self.records(name) if self.version() >= 4 else [])
         if rest.startswith('host=~"'):
             hosts = rest[len('host=~"'):].split('"', 1)[0].split("|")
             tail = rest.split("}", 1)[1]
             return typed([(lab, v) for lab, v in self.hot.get(name + tail, []) if lab["host"] in hosts])
         return super().query(promql)
+
+    def records(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Version 4's record ``name`` from the summaries."""
+        by_host: dict[str, dict[str, float]] = {}
+        for labels, v in self.series["fleetctl:host_summary"]:
+            by_host.setdefault(labels["host"], {})[labels["summary"]] = v
+        out: list[tuple[dict[str, str], float]] = []
+        for h, s in by_host.items():
+            if name == CLEAN and s.get("node_healthy") == 1 and s.get("drained") == 0 \
+                    and s.get("chips_healthy") == s.get("chips_present") \
+                    and s.get("chips_expected", s.get("chips_present")) == s.get("chips_present"):
+                expected = "agent" if "chips_expected" in s else "unset"
+                out.append(({"host": h, "chips_expected": expected}, s["sample_timestamp_seconds"]))
+            elif name == WITHOUT_ROLLUPS and s.get("chips_present", 0) > 0 and "chips_healthy" not in s:
+                out.append(({"host": h}, s["chips_present"]))
+            for key, record in READINGS.items():
+                if name == record and key in s:
+                    out.append(({"host": h}, s[key]))
+        return out
 
 
 def rules_report(fake: RulesPrometheus, **kw: Any) -> dict[str, HostRow]:
@@ -516,7 +551,7 @@ def test_with_the_rules_only_hosts_with_a_doubtful_summary_are_read_chip_by_chip
 
 def test_the_summaries_are_read_one_query_per_summary_never_all_at_once() -> None:
     # One answer per summary lets Prometheus answer them side by side (issue 20, 10,000 hosts).
-    fake = RulesPrometheus()
+    fake = RulesPrometheus("3")
     rows = rules_report(fake)
     assert "fleetctl:host_summary" not in fake.queries
     assert [q for q in fake.queries if q.startswith("fleetctl:host_summary")] == list(SUMMARY_QUERIES)
@@ -527,6 +562,22 @@ def test_the_summaries_are_read_one_query_per_summary_never_all_at_once() -> Non
     assert set(c2.summary_values) == {labels["summary"] for labels, _ in fake.series["fleetctl:host_summary"]
                                       if labels["host"] == "c2"}
     assert c2.memory_total_bytes == 160 * 2**30 and c2.power_w is None
+
+
+def test_rules_of_version_4_are_read_in_one_round_one_query_per_record() -> None:
+    # 8 series per host instead of 13 (issue 20): the clean hosts in one record, the readings one each.
+    fake = RulesPrometheus("4")
+    rows = rules_report(fake)
+    assert not any(q.startswith("fleetctl:host_summary") for q in fake.queries)  # no second round
+    assert [q for q in fake.queries if not q.startswith("fleet_")] == list(RULE_QUERIES)
+    c2 = rows["c2"]
+    assert isinstance(c2, SummaryRow) and c2.status is HostHealth.HEALTHY and c2.age_s == 3.0
+    # The same figures as the summaries of version 3 give, none made up (no power reading here).
+    three = rules_report(RulesPrometheus("3"))["c2"]
+    assert isinstance(three, SummaryRow)
+    assert c2.summary_values == three.summary_values
+    assert (c2.chips_ok, c2.chips_present, c2.chips_total, c2.chips_expected) == (2, 2, 2, 2)
+    assert c2.power_w is None and c2.memory_total_bytes == 160 * 2**30 and c2.models == three.models
 
 
 def test_the_report_is_built_without_cyclic_collection_and_restores_it() -> None:
@@ -546,13 +597,15 @@ def test_the_report_is_built_without_cyclic_collection_and_restores_it() -> None
     finally:
         gc.unfreeze()
 
-def test_every_summary_the_shipped_rules_record_is_one_fleetctl_reads() -> None:
+def test_every_record_of_the_shipped_rules_is_one_fleetctl_reads() -> None:
     rules = yaml.safe_load((REPO / "deploy/prometheus/rules/fleetctl-report.rules.yml").read_text())
-    recorded = [r["labels"]["summary"] for g in rules["groups"] for r in g["rules"]
-                if r.get("record") == "fleetctl:host_summary"]
-    assert sorted(recorded) == sorted(SUMMARY_KEYS)  # a summary added to the rules must be queried too
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"]}
+    assert recorded == set(RULE_QUERIES) - {"up", f"timestamp({RULES_INFO})"}  # one added must be read
+    info = [r for g in rules["groups"] for r in g["rules"] if r["record"] == RULES_INFO]
+    assert info[0]["labels"]["version"] == str(RULES_VERSION_CLEAN)
 
 
+@pytest.mark.parametrize("version", ["3", "4"])
 @pytest.mark.parametrize("doubt", [
     {"sample_timestamp_seconds": NOW - 300},  # stale: the verdict must say so
     {"chips_present": 1.0, "chips_healthy": 1.0},  # a chip missing (the inventory expects 2)
@@ -560,18 +613,49 @@ def test_every_summary_the_shipped_rules_record_is_one_fleetctl_reads() -> None:
     {"drained": 1.0},
     {"node_healthy": 0.0},
 ])
-def test_a_summary_with_any_doubt_sends_the_host_to_the_chip_detail(doubt: dict[str, float]) -> None:
-    fake = RulesPrometheus(**doubt)
+def test_a_summary_with_any_doubt_sends_the_host_to_the_chip_detail(doubt: dict[str, float],
+                                                                     version: str) -> None:
+    fake = RulesPrometheus(version, **doubt)
     rows = rules_report(fake)
     assert any('host=~"c0|hot"' in q for q in fake.queries)
     assert not isinstance(rows["c0"], SummaryRow)  # built from per-chip series (here: none -> no_metrics)
     assert rows["c0"].status is not HostHealth.HEALTHY
+    assert all(isinstance(rows[f"c{i}"], SummaryRow) for i in range(1, 10))
 
 
-def test_a_host_whose_agent_predates_the_rollups_is_read_chip_by_chip() -> None:
-    # Rules version 3 read the agents' per-host rollups: an older agent's host gets node_healthy,
-    # chips_present and its sample time, nothing folded from its chips. Never a clean summary row.
-    fake = RulesPrometheus()
+def test_the_agents_expected_count_shows_on_a_clean_row_only_when_it_has_one() -> None:
+    # Version 4 says it with the clean record's label; the inventory's count, where set, comes first.
+    fake = RulesPrometheus("4", chips_expected=2.0)  # c0's agent expects its 2 chips; the others unset
+    hosts = [host("c0", 1, expected=None), host("c1", 1, expected=None), host("c2", 1, expected=2)]
+    rows = {r.name: r for r in prometheus_report(hosts, fake, now=NOW, detail_all=False).hosts}
+    assert all(isinstance(r, SummaryRow) for r in rows.values())
+    assert (rows["c0"].chips_expected, rows["c1"].chips_expected, rows["c2"].chips_expected) == (2, None, 2)
+    # An inventory that expects more chips than the models count: not clean, read chip by chip.
+    rows = {r.name: r for r in prometheus_report([host("c1", 1, expected=4)], fake, now=NOW,
+                                                 detail_all=False).hosts}
+    assert not isinstance(rows["c1"], SummaryRow)
+    # An agent that expects other than the chips it has (fewer: one missing; more: a configuration to
+    # look at): no clean record, read chip by chip.
+    for expected in (3.0, 1.0):
+        rows = rules_report(RulesPrometheus("4", chips_expected=expected))
+        assert not isinstance(rows["c0"], SummaryRow) and isinstance(rows["c1"], SummaryRow)
+
+
+def test_a_clean_record_without_chip_models_is_no_summary_row() -> None:
+    # The chips are counted from the models record: without it the count would be made up.
+    fake = RulesPrometheus("4")
+    models = fake.series["fleetctl:host_chip_models"]
+    fake.series["fleetctl:host_chip_models"] = [(lab, v) for lab, v in models if lab["host"] != "c3"]
+    rows = rules_report(fake)
+    assert not isinstance(rows["c3"], SummaryRow) and isinstance(rows["c4"], SummaryRow)
+
+
+@pytest.mark.parametrize("version", ["3", "4"])
+def test_a_host_whose_agent_predates_the_rollups_is_read_chip_by_chip(version: str) -> None:
+    # From rules version 3 on the summaries are the agents' per-host rollups: an older agent's host
+    # gets node_healthy, chips_present and its sample time, nothing folded from its chips. Never a
+    # clean summary row.
+    fake = RulesPrometheus(None)
     rollups = {"chips_healthy", "max_temperature_celsius", "mean_utilization_ratio", "memory_used_bytes",
                "memory_total_bytes", "power_watts"}
     fake.series["fleetctl:host_summary"] = [(lab, v) for lab, v in fake.series["fleetctl:host_summary"]
@@ -580,8 +664,8 @@ def test_a_host_whose_agent_predates_the_rollups_is_read_chip_by_chip() -> None:
     assert any('host=~"c0|hot"' in q for q in fake.queries)
     assert not isinstance(rows["c0"], SummaryRow)
     assert all(isinstance(rows[f"c{i}"], SummaryRow) for i in range(1, 10))
-    # Under rules that read the rollups (version 3), the old agents are named once: slow, not wrong.
-    fake.series["fleetctl:report_rules:info"] = [({"version": "3"}, 1.0)]
+    # Under rules that read the rollups, the old agents are named once: slow, not wrong.
+    fake.series["fleetctl:report_rules:info"] = [({"version": version}, 1.0)]
     notes: list[str] = []
     hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
     report = prometheus_report(hosts, fake, now=NOW, detail_all=False, notice=notes.append)
@@ -660,7 +744,7 @@ def test_summaries_in_any_order_and_with_gaps_give_the_same_lines() -> None:
     from fleetctl.promsource import _SummaryTable, columns_of
 
     def table_of(answers: dict[str, list[Sample]]) -> _SummaryTable:
-        return _SummaryTable({q: columns_of(samples) for q, samples in answers.items()}, set(names))
+        return _SummaryTable({q: columns_of(samples) for q, samples in answers.items()}, set(names), 3)
 
     def line(t: _SummaryTable, name: str) -> dict[str, float]:
         return {k: v for k, v in zip(SUMMARY_KEYS, t.lines[name], strict=True) if math.isfinite(v)}
@@ -726,6 +810,6 @@ def test_a_host_twice_in_a_summary_answer_keeps_its_usable_value() -> None:
     for values in ([1.0, math.nan], [math.nan, 1.0]):
         twice = {q: (hosts * 2, [*vals, *vals]) for q, (hosts, vals) in answers.items()}
         twice[drained] = (["a", "a"], values)
-        table = _SummaryTable(twice, {"a"})
+        table = _SummaryTable(twice, {"a"}, 3)
         assert table.lines["a"][SUMMARY_KEYS.index("drained")] == 1.0
         assert not table.clean(host("a", 1, expected=8), NOW)  # drained: read chip by chip
