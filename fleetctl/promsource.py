@@ -50,6 +50,7 @@ from fleetctl.errors import UsageError
 from fleetctl.inventory import Host
 from fleetctl.report import FleetReport, HostHealth, HostRow
 from fleetctl.report.build import host_row_failed, host_row_from_node
+from fleetctl.report.model import ChipFigures
 from fleetctl.speedups import gc_paused
 
 ENV_URL = "FLEETCTL_PROMETHEUS_URL"
@@ -737,6 +738,16 @@ class SummaryRow(HostRow):
     @property
     def power_w(self) -> float | None:
         return _known(self.line[_POWER])
+
+    def chip_figures(self) -> ChipFigures:
+        # As the properties above, in one call: 100,000 summary rows in a JSON report.
+        line = self.line
+        isfinite = math.isfinite
+        present, ok, temp, util, used, total = (line[_PRESENT], line[_OK], line[_TEMP], line[_UTIL],
+                                                line[_USED], line[_TOTAL])
+        return (int(present) if isfinite(present) else 0, int(ok) if isfinite(ok) else 0,
+                temp if isfinite(temp) else None, util * 100.0 if isfinite(util) else None,
+                int(used) if isfinite(used) else None, int(total) if isfinite(total) else None)
 
 
 class _SummaryTable:

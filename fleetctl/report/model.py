@@ -36,6 +36,10 @@ class ProblemRow:
         return f"{where}{self.check}"
 
 
+# (chips present, chips healthy, max temperature °C, mean utilisation %, memory used, memory total)
+ChipFigures = tuple[int, int, float | None, float | None, int | None, int | None]
+
+
 @dataclass
 class HostRow:
     """One host. ``reason``/``reason_kind`` say why there is no report (error/unreachable)."""
@@ -93,6 +97,11 @@ class HostRow:
     def memory_total_bytes(self) -> int | None:
         total = [c.memory_total_bytes for c in self.chips if c.memory_total_bytes is not None]
         return sum(total) if total else None
+
+    def chip_figures(self) -> ChipFigures:
+        """The chip figures the report prints, at once (a JSON row reads them all)."""
+        return (self.chips_present, self.chips_ok, self.max_temperature_c, self.mean_utilization_pct,
+                self.memory_used_bytes, self.memory_total_bytes)
 
     def group_key(self, key: str) -> str:
         """The value ``--group-by key`` files this host under (see :func:`group_value`); ``model``,
@@ -459,13 +468,14 @@ def _chip_out(c: ChipReport) -> _ChipOut:
 
 
 def _host_out(h: HostRow) -> _HostOut:
+    present, ok, temp, util, used, total = h.chip_figures()
     return _HostOut(
         h.name, h.address, h.port, h.groups, h.status,
         None if h.reason_kind is None else _ReasonOut(h.reason_kind, h.reason),
         h.agent_version, _num(h.sampled_at, 3), _num(h.age_s, 1), h.drained, h.chips_expected,
-        h.chips_present, h.chips_ok, _num(h.max_temperature_c), _num(h.mean_utilization_pct),
-        h.memory_used_bytes, h.memory_total_bytes, [_problem_out(p) for p in h.problems],
-        [_chip_out(c) for c in h.chips],
+        present, ok, _num(temp), _num(util), used, total,
+        [_problem_out(p) for p in h.problems] if h.problems else [],
+        [_chip_out(c) for c in h.chips] if h.chips else [],
     )
 
 

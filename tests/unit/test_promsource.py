@@ -39,7 +39,7 @@ from fleetctl.promsource import (
     parse_vector,
     prometheus_report,
 )
-from fleetctl.report import HostHealth, HostRow
+from fleetctl.report import FleetReport, HostHealth, HostRow
 
 NOW = 1_800_000_000.0
 
@@ -813,3 +813,16 @@ def test_a_host_twice_in_a_summary_answer_keeps_its_usable_value() -> None:
         table = _SummaryTable(twice, {"a"}, 3)
         assert table.lines["a"][SUMMARY_KEYS.index("drained")] == 1.0
         assert not table.clean(host("a", 1, expected=8), NOW)  # drained: read chip by chip
+
+
+@pytest.mark.parametrize("line", [
+    (1.0, NOW - 3, 8.0, 8.0, 8.0, 0.0, 61.5, 0.25, 3.0 * 2**30, 160.0 * 2**30, 2400.0),
+    (1.0, NOW - 3, math.nan, 8.0, 8.0, 0.0, math.nan, math.inf, math.nan, -math.inf, math.nan),
+])
+def test_a_summary_rows_chip_figures_at_once_are_its_properties(line: tuple[float, ...]) -> None:
+    # The JSON report reads them in one call (100,000 rows); the table through the properties.
+    row = SummaryRow.of(line, [], name="a", address="a", port=1, groups=(), status=HostHealth.HEALTHY)
+    assert row.chip_figures() == (row.chips_present, row.chips_ok, row.max_temperature_c,
+                                  row.mean_utilization_pct, row.memory_used_bytes, row.memory_total_bytes)
+    assert json.loads(FleetReport(generated_at=NOW, source="prometheus", hosts=[row]).to_json())["hosts"][0][
+        "mean_utilization_pct"] == (25.0 if line[7] == 0.25 else None)
