@@ -407,13 +407,13 @@ def measure(name: str, args: list[str], env: dict[str, str], runs: int, prom_pid
 
 def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int,
                before: Path | None, real_hosts: int = 10000, evaluation_s: int = 10,
-               rules: Path = RULES, hold: Path | None = None, replay_sizes: tuple[int, ...] = ()
-               ) -> dict[str, Any]:
+               rules: Path = RULES, hold: Path | None = None, replay_sizes: tuple[int, ...] = (),
+               scenario: str = "healthy") -> dict[str, Any]:
     d = work / f"n{hosts}"
     d.mkdir()
     real = min(hosts, real_hosts)
     log(f"{hosts} hosts: starting sim-fleet of {real} on {base_port}..{base_port + real - 1}")
-    fleet, inv = start_fleet(d, real, base_port)
+    fleet, inv = start_fleet(d, real, base_port, scenario=scenario)
     feeder: Feeder | None = None
     prom: subprocess.Popen[bytes] | None = None
     replay: tuple[Replay, Path, list[tuple[str, str, str]], dict[str, str], dict[str, str]] | None = None
@@ -453,7 +453,8 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
         # Compactions run or running, at the first run and after the last: 0 and 0 when none competed.
         setup["compactions_at_runs"] = [merges, compactions(url)]
         result: dict[str, Any] = {
-            "hosts": hosts, "real_agents": real, "chips_per_host": 8, "runs": runs, "series": series,
+            "hosts": hosts, "scenario": scenario, "real_agents": real, "chips_per_host": 8, "runs": runs,
+            "series": series,
             "evaluation_interval_s": evaluation_s, "setup": setup, "prometheus": after,
             "prometheus_per_host_ms": round(after["whole_command_s"] / hosts * 1000, 4),
             "statuses_agree": got == want and len(got) == hosts,
@@ -627,6 +628,9 @@ def main() -> int:
                    help="the recording rules' evaluation interval in seconds (default 10)")
     p.add_argument("--rules", type=Path, default=RULES,
                    help="the recording rules file Prometheus loads (default: the shipped one)")
+    p.add_argument("--scenario", default="healthy",
+                   help="the simulated agents' scenario (default healthy; demo: about 1 host in 6 with a "
+                        "fault, each checked against direct fan-out; copies carry their source's faults)")
     p.add_argument("--hold", type=Path,
                    help="after each size, write its URL and inventory to this file and keep Prometheus and "
                         "the agents running until the file is removed")
@@ -658,7 +662,8 @@ def main() -> int:
                 "load_avg_at_start": os.getloadavg()[0], "before_ref": None if before is None else before_ref,
                 "sizes": [bench_size(work, n, runs, args.base_port, args.prometheus_port, before,
                                      args.real_hosts, args.evaluation_interval, args.rules.resolve(),
-                                     args.hold, replay if n == replay_from else ()) for n in sizes],
+                                     args.hold, replay if n == replay_from else (), args.scenario)
+                          for n in sizes],
             }
         finally:
             if before is not None:

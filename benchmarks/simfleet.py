@@ -23,13 +23,14 @@ def raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def start_fleet(workdir: Path, hosts: int, base: int, *, ready_within_s: float = 600
-                ) -> tuple[subprocess.Popen[bytes], Path]:
-    """``hosts`` healthy simulated agents on ``base``.. and the inventory it wrote, once ready."""
+def start_fleet(workdir: Path, hosts: int, base: int, *, ready_within_s: float = 600,
+                scenario: str = "healthy") -> tuple[subprocess.Popen[bytes], Path]:
+    """``hosts`` simulated agents on ``base``.. (healthy unless ``scenario``, a shipped scenario's name
+    or a file, says otherwise) and the inventory it wrote, once ready."""
     inv = workdir / f"fleet-{hosts}.yml"
     logf = workdir / f"fleet-{hosts}.log"
     proc = subprocess.Popen(
-        [FLEET_AGENT, "sim-fleet", "--hosts", str(hosts), "--base-port", str(base), "--scenario", "healthy",
+        [FLEET_AGENT, "sim-fleet", "--hosts", str(hosts), "--base-port", str(base), "--scenario", scenario,
          "--interval", str(FLEET_INTERVAL_S), "--write-inventory", str(inv)],
         stdout=logf.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=raise_nofile,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
