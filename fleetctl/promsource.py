@@ -23,6 +23,7 @@ import datetime
 import http.client
 import math
 import os
+import queue
 import sys
 import time
 import urllib.error
@@ -493,20 +494,28 @@ def _chip_index(labels: Labels) -> int | None:
         return None
 
 
-def _gather(answers: dict[str, list[Sample]], wanted: set[str]) -> tuple[dict[str, _HostData], set[str]]:
-    """Per-host data, and the jobs that scrape agents (those with ``fleet_agent_info`` series).
+class _Gathered:
+    """Per-host data, and the jobs that scrape agents (those with ``fleet_agent_info`` series), added
+    one answer at a time (:meth:`add`): an answer can be dropped once added.
 
     A host may be scraped by more than one job or instance (a second Prometheus job, a stale
     target): statuses take the worst series, problems count once, gauges the last series.
     NaN and infinite samples are left out: a value we cannot use is absent, never made up.
     """
-    data: dict[str, _HostData] = defaultdict(_HostData)
-    agent_jobs: set[str] = set()
-    for promql, samples in answers.items():
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.wanted = wanted
+        self.data: dict[str, _HostData] = defaultdict(_HostData)
+        self.agent_jobs: set[str] = set()
+
+    def add(self, promql: str, samples: list[Sample]) -> None:
         name = promql.split(" ", 1)[0].split("{", 1)[0]
         if name == "up":  # read by _ups
-            continue
+            return
+        data, agent_jobs, wanted = self.data, self.agent_jobs, self.wanted
         for labels, value in samples:
+            if name == "fleet_agent_info" and labels.job is not None:
+                agent_jobs.add(labels.job)  # any host's, and the rules' (no host label)
             host = labels.host
             if host is None or host not in wanted or not math.isfinite(value):
                 continue
@@ -515,8 +524,6 @@ def _gather(answers: dict[str, list[Sample]], wanted: set[str]) -> tuple[dict[st
                 d.status = _worst(d.status, labels.status)
             elif name == "fleet_agent_info":
                 d.version = labels.version or d.version
-                if labels.job is not None:
-                    agent_jobs.add(labels.job)
             elif name in _NODE_GAUGES:
                 d.gauges[name] = value
             else:
@@ -542,7 +549,6 @@ def _gather(answers: dict[str, list[Sample]], wanted: set[str]) -> tuple[dict[st
                     chip["status"] = _worst(chip.get("status"), labels.status)
                 elif name in _CHIP_GAUGES:
                     chip[_CHIP_GAUGES[name]] = value
-    return data, agent_jobs
 
 
 def _worst(current: Status | None, label: str | None) -> Status:
@@ -609,34 +615,56 @@ def _node(host: Host, d: _HostData, now: float) -> NodeReport:
 
 def _query_all(client: PromQuery, queries: Sequence[str], deadline_s: float,
                columns: Sequence[str] = ()) -> dict[str, Any]:
-    """Every query, four at a time, all within ``deadline_s``; past it, the message names the
-    queries still unanswered."""
+    """Every query's answer by query (see :func:`_query_each`)."""
+    out: dict[str, Any] = {}
+    _query_each(client, queries, deadline_s, out.__setitem__, columns)
+    return out
+
+
+def _query_each(client: PromQuery, queries: Sequence[str], deadline_s: float,
+                take: Callable[[str, Any], None], columns: Sequence[str] = ()) -> None:
+    """Every query, four at a time, all within ``deadline_s``, each answer handed to ``take`` in this
+    thread as it arrives and then dropped (the chip detail of 14,000 hosts is hundreds of MB decoded:
+    never all held at once). The first failure is raised as it failed; past the deadline, the message
+    names the queries still unanswered."""
     # Daemon threads: a server trickling its answer (each read within the timeout) must not hold
     # the command past its deadline, at exit included (concurrent.futures joins its own threads).
     from fleet_agent.sampler import DaemonThreadPool
 
     pool = DaemonThreadPool(4, "prometheus")
     by_column = client.query_values if isinstance(client, PromColumns) else None
+    arrived: queue.SimpleQueue[tuple[int, Any, Exception | None]] = queue.SimpleQueue()
 
-    def ask(q: str) -> Any:
-        if q not in columns:
-            return client.query(q)
-        return by_column(q) if by_column is not None else columns_of(client.query(q))
+    def ask(i: int) -> None:
+        q = queries[i]
+        try:
+            if q not in columns:
+                answer: Any = client.query(q)
+            else:
+                answer = by_column(q) if by_column is not None else columns_of(client.query(q))
+        except Exception as exc:  # noqa: BLE001  # raised again in the caller's thread, as it was
+            arrived.put((i, None, exc))
+        else:
+            arrived.put((i, answer, None))
 
-    futures = [pool.submit(ask, q) for q in queries]
+    futures = [pool.submit(ask, i) for i in range(len(queries))]
+    pending = set(range(len(queries)))
+    end = time.monotonic() + max(deadline_s, 0.0)
     try:
-        done, late = concurrent.futures.wait(futures, timeout=max(deadline_s, 0.0),
-                                             return_when=concurrent.futures.FIRST_EXCEPTION)
-        for f in futures:
-            if f in done and f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]  # the first query that failed, as it failed
-        if late:
-            where = getattr(client, "url", "Prometheus")
-            slow = [_shown(q) for q, f in zip(queries, futures, strict=True) if f in late]
-            more = f" and {len(slow) - 2} more" if len(slow) > 2 else ""
-            raise PrometheusError(f"{where}: no answer within the {deadline_s:g}s deadline (--deadline) to "
-                                  f"query {', '.join(slow[:2])}{more}")
-        return {q: f.result() for q, f in zip(queries, futures, strict=True)}
+        while pending:
+            try:
+                i, answer, exc = arrived.get(timeout=max(end - time.monotonic(), 0.0))
+            except queue.Empty:
+                where = getattr(client, "url", "Prometheus")
+                slow = [_shown(queries[i]) for i in sorted(pending)]
+                more = f" and {len(slow) - 2} more" if len(slow) > 2 else ""
+                raise PrometheusError(f"{where}: no answer within the {deadline_s:g}s deadline (--deadline) "
+                                      f"to query {', '.join(slow[:2])}{more}") from None
+            if exc is not None:
+                raise exc
+            pending.discard(i)
+            take(queries[i], answer)
+            del answer
     finally:
         # Queries not started are dropped and the threads end once idle (`--watch` calls this
         # every round: nothing may accumulate).
@@ -966,8 +994,12 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         side.shutdown(wait=False)
         if not rules:
             (notice or _stderr)(NO_RULES)
+    gathered = _Gathered(wanted)
     if not rules:
         answers = _query_all(client, QUERIES, deadline_s - (time.monotonic() - started))
+        for query, samples in answers.items():
+            gathered.add(query, samples)
+        ups = answers["up"]
         summaries: _SummaryTable | None = None
         detail = wanted
     else:
@@ -987,16 +1019,15 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                                 "fleet_node_chips_healthy: agents from before the per-host rollups, read "
                                 "chip by chip; upgrade their fleet-agent")
         ups = answers["up"]
-        jobs = [labels for labels, _ in answers[AGENT_JOBS]]
-        answers = _query_all(client, detail_queries(detail), deadline_s - (time.monotonic() - started)) \
-            if detail else {}
-        answers["up"] = ups
         # The agent jobs come from the rules: the detail's fleet_agent_info covers the detail hosts only.
-        answers["fleet_agent_info"] = [*answers.get("fleet_agent_info", []),
-                                       *((labels, 1.0) for labels in jobs)]
+        gathered.add("fleet_agent_info", [(labels, 1.0) for labels, _ in answers[AGENT_JOBS]])
+        del answers  # the summaries are in their table: only `up` is read from here on
+        if detail:
+            _query_each(client, detail_queries(detail), deadline_s - (time.monotonic() - started),
+                        gathered.add)
     now = time.time() if now is None else now
-    data, agent_jobs = _gather(answers, wanted)
-    up_of = _ups(answers["up"], wanted)
+    data, agent_jobs = gathered.data, gathered.agent_jobs
+    up_of = _ups(ups, wanted)
     rows: list[HostRow] = []
     for h in hosts:
         d = data.get(h.name)

@@ -826,3 +826,33 @@ def test_a_summary_rows_chip_figures_at_once_are_its_properties(line: tuple[floa
                                   row.mean_utilization_pct, row.memory_used_bytes, row.memory_total_bytes)
     assert json.loads(FleetReport(generated_at=NOW, source="prometheus", hosts=[row]).to_json())["hosts"][0][
         "mean_utilization_pct"] == (25.0 if line[7] == 0.25 else None)
+
+
+def test_the_rules_agent_jobs_decide_a_clean_hosts_up_when_no_host_needs_detail() -> None:
+    # c1 is scraped by the agents' job (down, at an address other than the inventory's) and by a node
+    # exporter's (up): the agents' job, known from the rules alone, is the one that counts.
+    fake = RulesPrometheus("4")
+    fake.series["up"] = [(lab, v) for lab, v in fake.series["up"] if lab["host"] != "c1"] + [
+        ({"host": "c1", "job": "fleet-agent", "instance": "10.0.0.1:10400"}, 0.0),
+        ({"host": "c1", "job": "node", "instance": "10.0.0.1:9100"}, 1.0)]
+    hosts = [host(f"c{i}", 1) for i in range(10)]
+    rows = {r.name: r for r in prometheus_report(hosts, fake, now=NOW, detail_all=False).hosts}
+    assert not any(q.startswith('fleet_node_status{host=~"') for q in fake.queries)  # no detail round
+    assert rows["c1"].reason_kind == "scrape_failed" and isinstance(rows["c2"], SummaryRow)
+
+
+def test_each_answer_is_handed_over_as_it_arrives_and_a_failure_raised_as_it_failed() -> None:
+    from fleetctl.promsource import _query_each
+
+    class Answers:
+        def query(self, promql: str) -> list[Sample]:
+            if promql == "bad":
+                raise PrometheusError("bad: HTTP 400")
+            return typed([({"host": promql}, 1.0)])
+
+    got: list[tuple[str, list[Sample]]] = []
+    _query_each(Answers(), ["a", "b", "c"], 5.0, lambda q, answer: got.append((q, answer)))
+    assert sorted(q for q, _ in got) == ["a", "b", "c"]
+    assert all(answer[0][0].host == q for q, answer in got)
+    with pytest.raises(PrometheusError, match="bad: HTTP 400"):
+        _query_each(Answers(), ["a", "bad"], 5.0, lambda q, answer: None)
