@@ -542,9 +542,14 @@ class _Gathered:
                 if idx is None:
                     continue
                 chip = d.chips.setdefault(idx, {})
+                # The chip's identity from its status series when labels differ between series (two
+                # agent versions), whichever answer came first.
                 for key in ("kind", "model", "uuid", "vendor"):
                     if getattr(labels, key):
-                        chip.setdefault(key, getattr(labels, key))
+                        if name == "fleet_chip_status":
+                            chip[key] = getattr(labels, key)
+                        else:
+                            chip.setdefault(key, getattr(labels, key))
                 if name == "fleet_chip_status":
                     chip["status"] = _worst(chip.get("status"), labels.status)
                 elif name in _CHIP_GAUGES:
@@ -633,7 +638,7 @@ def _query_each(client: PromQuery, queries: Sequence[str], deadline_s: float,
 
     pool = DaemonThreadPool(4, "prometheus")
     by_column = client.query_values if isinstance(client, PromColumns) else None
-    arrived: queue.SimpleQueue[tuple[int, Any, Exception | None]] = queue.SimpleQueue()
+    arrived: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
 
     def ask(i: int) -> None:
         q = queries[i]
@@ -642,7 +647,7 @@ def _query_each(client: PromQuery, queries: Sequence[str], deadline_s: float,
                 answer: Any = client.query(q)
             else:
                 answer = by_column(q) if by_column is not None else columns_of(client.query(q))
-        except Exception as exc:  # noqa: BLE001  # raised again in the caller's thread, as it was
+        except BaseException as exc:  # noqa: BLE001  # raised again in the caller's thread, as it was
             arrived.put((i, None, exc))
         else:
             arrived.put((i, answer, None))
@@ -790,16 +795,21 @@ class _SummaryTable:
     """
 
     def __init__(self, answers: dict[str, Any], wanted: set[str], version: int) -> None:
-        self.models: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
+        # A model once per host (the largest count): replicas passed on undeduplicated must not double
+        # the chips, which a version-4 clean host is counted by.
+        counts: dict[str, dict[tuple[str, str, str], int]] = defaultdict(dict)
         self.versions: dict[str, str] = {}
         isfinite = math.isfinite
         for labels, value in answers.get(MODELS, []):
             host = labels.host
             if host in wanted and isfinite(value):
-                self.models[host].append((labels.kind or "?", labels.vendor or "", labels.model or "?",
-                                          int(value)))
+                model = (labels.kind or "?", labels.vendor or "", labels.model or "?")
+                per_host = counts[host]
+                per_host[model] = max(per_host.get(model, 0), int(value))
                 if labels.version:
                     self.versions[host] = labels.version
+        self.models: dict[str, list[tuple[str, str, str, int]]] = {
+            host: [(*model, n) for model, n in per_host.items()] for host, per_host in counts.items()}
         self.clean_records = version >= RULES_VERSION_CLEAN
         if self.clean_records:
             self.lines = self._clean_lines(answers, wanted)

@@ -856,3 +856,17 @@ def test_each_answer_is_handed_over_as_it_arrives_and_a_failure_raised_as_it_fai
     assert all(answer[0][0].host == q for q, answer in got)
     with pytest.raises(PrometheusError, match="bad: HTTP 400"):
         _query_each(Answers(), ["a", "bad"], 5.0, lambda q, answer: None)
+
+
+def test_replicated_model_answers_count_a_clean_hosts_chips_once() -> None:
+    # A Thanos without deduplication passes each replica's models series on: 7 chips twice is not 14
+    # (14 >= the inventory's 8 would have hidden the missing chip).
+    fake = RulesPrometheus("4", chips_present=7.0, chips_healthy=7.0)  # c0: one chip gone, no agent count
+    models = fake.series["fleetctl:host_chip_models"]
+    fake.series["fleetctl:host_chip_models"] = models + models  # the replica label is not decoded
+    hosts = [host("c0", 1, expected=8), host("c1", 1, expected=2)]
+    rows = {r.name: r for r in prometheus_report(hosts, fake, now=NOW, detail_all=False).hosts}
+    assert not isinstance(rows["c0"], SummaryRow)  # read chip by chip
+    c1 = rows["c1"]
+    assert isinstance(c1, SummaryRow) and (c1.chips_present, c1.chips_total) == (2, 2)
+    assert c1.models == [("gpu", "nvidia", "H100", 2)]
