@@ -513,8 +513,9 @@ class _Gathered:
         if name == "up":  # read by _ups
             return
         data, agent_jobs, wanted = self.data, self.agent_jobs, self.wanted
+        info, status_series = name == "fleet_agent_info", name == "fleet_chip_status"
         for labels, value in samples:
-            if name == "fleet_agent_info" and labels.job is not None:
+            if info and labels.job is not None:
                 agent_jobs.add(labels.job)  # any host's, and the rules' (no host label)
             host = labels.host
             if host is None or host not in wanted or not math.isfinite(value):
@@ -522,7 +523,7 @@ class _Gathered:
             d = data[host]
             if name == "fleet_node_status":
                 d.status = _worst(d.status, labels.status)
-            elif name == "fleet_agent_info":
+            elif info:
                 d.version = labels.version or d.version
             elif name in _NODE_GAUGES:
                 d.gauges[name] = value
@@ -545,12 +546,10 @@ class _Gathered:
                 # The chip's identity from its status series when labels differ between series (two
                 # agent versions), whichever answer came first.
                 for key in ("kind", "model", "uuid", "vendor"):
-                    if getattr(labels, key):
-                        if name == "fleet_chip_status":
-                            chip[key] = getattr(labels, key)
-                        else:
-                            chip.setdefault(key, getattr(labels, key))
-                if name == "fleet_chip_status":
+                    label = getattr(labels, key)
+                    if label and (status_series or key not in chip):
+                        chip[key] = label
+                if status_series:
                     chip["status"] = _worst(chip.get("status"), labels.status)
                 elif name in _CHIP_GAUGES:
                     chip[_CHIP_GAUGES[name]] = value
