@@ -67,12 +67,24 @@ _CHIP_GAUGES = {
     "fleet_chip_stale": "stale",
 }
 _NODE_GAUGES = ("fleet_sample_timestamp_seconds", "fleet_node_chips_expected", "fleet_node_drained")
-# Per-host detail: (metric, what follows the selector). Without the rules: over every host.
-_DETAIL: tuple[tuple[str, str], ...] = (
-    ("fleet_node_status", " == 1"), ("fleet_chip_status", " == 1"), ("fleet_health_check_failing", " == 1"),
-    ("fleet_agent_info", ""), *((name, "") for name in _NODE_GAUGES), *((name, "") for name in _CHIP_GAUGES),
-)
-QUERIES: tuple[str, ...] = ("up", *(name + tail for name, tail in _DETAIL))
+# A chip's status: one-hot (every agent), or one series per chip valued at its rank (agents since the
+# rank): a quarter of the series for Prometheus to select, and no comparison to evaluate.
+ONE_HOT: tuple[str, str] = ("fleet_chip_status", " == 1")
+RANK = "fleet_chip_status_rank"
+_OF_RANK = {float(s.rank): s for s in Status}
+
+
+def _detail_of(chip_status: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """Per-host detail: (metric, what follows the selector), the chips' status read as given."""
+    return (("fleet_node_status", " == 1"), chip_status, ("fleet_health_check_failing", " == 1"),
+            ("fleet_agent_info", ""), *((name, "") for name in _NODE_GAUGES),
+            *((name, "") for name in _CHIP_GAUGES))
+
+
+# With the rules, the detail hosts' chips by rank (then one-hot for the hosts that have none: older
+# agents); without them, every host's, one-hot (every agent version in one round).
+_DETAIL = _detail_of((RANK, ""))
+QUERIES: tuple[str, ...] = ("up", *(name + tail for name, tail in _detail_of(ONE_HOT)))
 
 # The recording rules' series (deploy/prometheus/rules/fleetctl-report.rules.yml).
 RULES_INFO = "fleetctl:report_rules:info"
@@ -508,12 +520,18 @@ class _Gathered:
         self.data: dict[str, _HostData] = defaultdict(_HostData)
         self.agent_jobs: set[str] = set()
 
+    def unranked(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` with a chip whose status no series gave (agents from before the rank)."""
+        data = self.data
+        return [n for n in names if n in data and any("status" not in c for c in data[n].chips.values())]
+
     def add(self, promql: str, samples: list[Sample]) -> None:
         name = promql.split(" ", 1)[0].split("{", 1)[0]
         if name == "up":  # read by _ups
             return
         data, agent_jobs, wanted = self.data, self.agent_jobs, self.wanted
-        info, status_series = name == "fleet_agent_info", name == "fleet_chip_status"
+        info, ranked = name == "fleet_agent_info", name == RANK
+        status_series = ranked or name == "fleet_chip_status"
         for labels, value in samples:
             if info and labels.job is not None:
                 agent_jobs.add(labels.job)  # any host's, and the rules' (no host label)
@@ -549,7 +567,11 @@ class _Gathered:
                     label = getattr(labels, key)
                     if label and (status_series or key not in chip):
                         chip[key] = label
-                if status_series:
+                if ranked:
+                    status = _OF_RANK.get(value, Status.UNKNOWN)
+                    old = chip.get("status")
+                    chip["status"] = status if old is None else Status.worst([old, status])
+                elif status_series:
                     chip["status"] = _worst(chip.get("status"), labels.status)
                 elif name in _CHIP_GAUGES:
                     chip[_CHIP_GAUGES[name]] = value
@@ -684,14 +706,14 @@ def _regex_value(name: str) -> str:
     return escaped.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def detail_queries(names: Iterable[str]) -> list[str]:
-    """The per-chip queries restricted to ``names`` (sorted, in chunks): a set of literal names in
-    one regex, which Prometheus resolves from its index without scanning other hosts' series."""
+def detail_queries(names: Iterable[str], metrics: Sequence[tuple[str, str]] = _DETAIL) -> list[str]:
+    """The per-chip queries (``metrics``) restricted to ``names`` (sorted, in chunks): a set of literal
+    names in one regex, which Prometheus resolves from its index without scanning other hosts' series."""
     ordered = sorted(set(names))
     out: list[str] = []
     for i in range(0, len(ordered), _DETAIL_CHUNK):
         matcher = "|".join(_regex_value(n) for n in ordered[i:i + _DETAIL_CHUNK])
-        out.extend(f'{name}{{host=~"{matcher}"}}{tail}' for name, tail in _DETAIL)
+        out.extend(f'{name}{{host=~"{matcher}"}}{tail}' for name, tail in metrics)
     return out
 
 
@@ -1034,6 +1056,10 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         if detail:
             _query_each(client, detail_queries(detail), deadline_s - (time.monotonic() - started),
                         gathered.add)
+            # Hosts whose agents export no rank (older ones; a fleet mid-upgrade): one-hot, them only.
+            if unranked := gathered.unranked(detail):
+                _query_each(client, detail_queries(unranked, (ONE_HOT,)),
+                            deadline_s - (time.monotonic() - started), gathered.add)
     now = time.time() if now is None else now
     data, agent_jobs = gathered.data, gathered.agent_jobs
     up_of = _ups(ups, wanted)

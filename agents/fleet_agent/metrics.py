@@ -229,6 +229,12 @@ def _rollup_families(r: NodeReport) -> Iterator[Metric]:
 def _chip_families(r: NodeReport) -> Iterator[Metric]:
     info = _gauge("fleet_chip_info", "Chip identity; always 1.", [*CHIP_LABELS, "vendor", "pci_bus_id"])
     status = _gauge("fleet_chip_status", "One-hot chip health status.", [*CHIP_LABELS, "status"])
+    # The same status in one series per chip (the one-hot's four stay for dashboards and alerts):
+    # fleetctl's per-chip read of a faulty host selects a quarter of the series, and max() of it is
+    # the worst chip.
+    rank = _gauge("fleet_chip_status_rank",
+                  "Chip health status ordered best to worst: 0 healthy, 1 degraded, 2 unknown, 3 unhealthy.",
+                  CHIP_LABELS)
     stale = _gauge("fleet_chip_stale", "1 when the chip's reading is stale (a hung or failing call).",
                    CHIP_LABELS)
     for chip in r.chips:
@@ -236,8 +242,9 @@ def _chip_families(r: NodeReport) -> Iterator[Metric]:
         info.add_metric([*labels, chip.vendor, chip.pci_bus_id], 1)
         for s in Status:
             status.add_metric([*labels, s.value], 1.0 if chip.status is s else 0.0)
+        rank.add_metric(labels, chip.status.rank)
         stale.add_metric(labels, 1.0 if chip.stale else 0.0)
-    yield from (info, status, stale)
+    yield from (info, status, rank, stale)
 
     for name, doc, attr, scale in _CHIP_GAUGES:
         fam = _gauge(name, doc, CHIP_LABELS)

@@ -119,6 +119,7 @@ def test_values_units_and_labels() -> None:
     assert _one(s, "fleet_chip_sm_clock_hertz", **chip) == 1980e6
     assert _one(s, "fleet_chip_status", status="degraded", **chip) == 1
     assert _one(s, "fleet_chip_status", status="healthy", **chip) == 0
+    assert _one(s, "fleet_chip_status_rank", **chip) == 1  # degraded, one series
     assert _one(s, "fleet_chip_ecc_errors", type="uncorrected", counter="aggregate", **chip) == 1
     assert _one(s, "fleet_chip_throttle_active", reason="hw_thermal", **chip) == 1
     assert _one(s, "fleet_chip_throttle_active", reason="sw_power_cap", **chip) == 0
@@ -191,6 +192,7 @@ def test_stale_chip_keeps_identity_and_status_only() -> None:
     chip1 = {"chip": "1", "uuid": "GPU-1"}
     assert _one(s, "fleet_chip_stale", **chip1) == 1
     assert _one(s, "fleet_chip_status", status="unknown", **chip1) == 1
+    assert _one(s, "fleet_chip_status_rank", **chip1) == 2  # unknown sorts before unhealthy
     assert not [x for x in s["fleet_chip_temperature_celsius"] if x.labels["chip"] == "1"]
     assert not [x for x in s["DCGM_FI_DEV_GPU_TEMP"] if x.labels["gpu"] == "1"]
 

@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 import yaml
+from fleet_agent.schema import Status
 
 from fleetctl.inventory import Host
 from fleetctl.promsource import (
     CLEAN,
     NO_RULES,
     QUERIES,
+    RANK,
     READINGS,
     RULE_QUERIES,
     RULES_INFO,
@@ -467,7 +469,8 @@ class RulesPrometheus(SeriesPrometheus):
     of version 4 (the info's version label, "4" unless set) answer with their records made from them
     as the shipped rules would (deploy/prometheus/tests/ checks the real rules on the same cases)."""
 
-    def __init__(self, version: str | None = "4", **hot: float) -> None:
+    def __init__(self, version: str | None = "4", unranked: tuple[str, ...] = (), **hot: float) -> None:
+        self.unranked = set(unranked)  # hosts whose agents predate fleet_chip_status_rank
         names = [f"c{i}" for i in range(10)]
         hot_series = healthy_series("hot", **{
             "fleet_chip_status == 1": [(chip_labels("hot", 0, status="healthy"), 1.0),
@@ -505,6 +508,11 @@ class RulesPrometheus(SeriesPrometheus):
         if rest.startswith('host=~"'):
             hosts = rest[len('host=~"'):].split('"', 1)[0].split("|")
             tail = rest.split("}", 1)[1]
+            if name == RANK:  # the one-hot series' status as its rank, one series per chip
+                return typed([({k: x for k, x in lab.items() if k != "status"},
+                               float(Status(lab["status"]).rank))
+                              for lab, v in self.hot.get("fleet_chip_status == 1", [])
+                              if v == 1 and lab["host"] in hosts and lab["host"] not in self.unranked])
             return typed([(lab, v) for lab, v in self.hot.get(name + tail, []) if lab["host"] in hosts])
         return super().query(promql)
 
@@ -682,6 +690,43 @@ def test_a_small_selection_is_read_chip_by_chip_and_missing_rules_are_said_once(
     notes: list[str] = []
     prometheus_report([host("a", 1)], SeriesPrometheus(healthy_series()), now=NOW, notice=notes.append)
     assert notes == [NO_RULES]
+
+
+def test_a_host_whose_agent_exports_no_rank_is_read_one_hot_and_only_it() -> None:
+    fake = RulesPrometheus(unranked=("hot",), node_healthy=0.0)  # c0's node not healthy: detail too
+    rows = rules_report(fake)
+    detail = [q for q in fake.queries if q not in RULE_QUERIES]
+    assert detail[:-1] == detail_queries(["c0", "hot"])  # the rank first, for both
+    assert detail[-1] == 'fleet_chip_status{host=~"hot"} == 1'  # then one-hot for the one without it
+    hot = rows["hot"]
+    assert hot.status is HostHealth.UNHEALTHY and (hot.chips_ok, hot.chips_total) == (1, 2)
+    # From the rank, the same row, and no one-hot query at all.
+    ranked = RulesPrometheus()
+    again = rules_report(ranked)["hot"]
+    assert not any(q.startswith("fleet_chip_status{") for q in ranked.queries)
+    assert (again.status, again.chips_ok, again.chips_total) == (HostHealth.UNHEALTHY, 1, 2)
+    assert [c.status for c in again.chips] == [c.status for c in hot.chips]
+    assert [c.status for c in hot.chips] == [Status.HEALTHY, Status.UNHEALTHY]
+
+
+class DetailPrometheus(SeriesPrometheus):
+    """Rules of version 4 and no clean host: each detail query answered from ``series`` by its metric
+    and what follows the selector, whatever hosts it names."""
+
+    def query(self, promql: str) -> list[Sample]:
+        if promql == RULES_INFO:
+            return typed([({"version": "4"}, NOW)])
+        name, _, rest = promql.partition("{")
+        return super().query(name + rest.split("}", 1)[1] if rest.startswith('host=~"') else promql)
+
+
+def test_a_rank_reads_as_its_status_and_an_unknown_rank_as_unknown() -> None:
+    ranks = [(chip_labels("a", i), float(r)) for i, r in enumerate((0, 1, 2, 3, 7, NAN))]
+    fake = DetailPrometheus(healthy_series(**{"fleet_chip_status == 1": [], RANK: ranks}))
+    row = prometheus_report([host("a", 1, expected=None)], fake, now=NOW, detail_all=True).hosts[0]
+    # A NaN rank is no series: that chip is not there at all.
+    assert [c.status for c in row.chips] == [Status.HEALTHY, Status.DEGRADED, Status.UNKNOWN,
+                                             Status.UNHEALTHY, Status.UNKNOWN]
 
 
 def test_detail_queries_escape_names_and_chunk() -> None:
