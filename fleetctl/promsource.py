@@ -469,6 +469,9 @@ class _HostData:
     chips: dict[int, dict[str, Any]] = field(default_factory=dict)
     node_problems: list[Problem] = field(default_factory=list)
     seen_problems: set[tuple[int | None, str, str, str]] = field(default_factory=set)
+    # The targets (job, instance) that sent chips' stale flags, and those that sent their rank.
+    chip_targets: set[tuple[str | None, str | None]] = field(default_factory=set)
+    ranked_targets: set[tuple[str | None, str | None]] = field(default_factory=set)
 
 
 def _ups(samples: Iterable[Sample], wanted: set[str]) -> dict[str, list[Up]]:
@@ -521,9 +524,15 @@ class _Gathered:
         self.agent_jobs: set[str] = set()
 
     def unranked(self, names: Iterable[str]) -> list[str]:
-        """Those of ``names`` with a chip whose status no series gave (agents from before the rank)."""
-        data = self.data
-        return [n for n in names if n in data and any("status" not in c for c in data[n].chips.values())]
+        """Those of ``names`` scraped from an agent that sent its chips but no rank (an agent from before
+        it; a second target may be new): every agent sends each chip's ``fleet_chip_stale``."""
+        out = []
+        for n in names:
+            d = self.data.get(n)
+            if d is not None and (d.chip_targets - d.ranked_targets
+                                  or any("status" not in c for c in d.chips.values())):
+                out.append(n)
+        return out
 
     def add(self, promql: str, samples: list[Sample]) -> None:
         name = promql.split(" ", 1)[0].split("{", 1)[0]
@@ -568,12 +577,15 @@ class _Gathered:
                     if label and (status_series or key not in chip):
                         chip[key] = label
                 if ranked:
+                    d.ranked_targets.add((labels.job, labels.instance))
                     status = _OF_RANK.get(value, Status.UNKNOWN)
                     old = chip.get("status")
                     chip["status"] = status if old is None else Status.worst([old, status])
                 elif status_series:
                     chip["status"] = _worst(chip.get("status"), labels.status)
                 elif name in _CHIP_GAUGES:
+                    if name == "fleet_chip_stale":
+                        d.chip_targets.add((labels.job, labels.instance))
                     chip[_CHIP_GAUGES[name]] = value
 
 

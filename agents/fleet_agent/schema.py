@@ -37,7 +37,8 @@ class Status(str, enum.Enum):
 
 
 # unknown sorts between degraded and unhealthy: a chip we cannot see is worse than a warning,
-# but not proof of a fault.
+# but not proof of a fault. Exported as fleet_chip_status_rank and read back by fleetctl: a value
+# once given never changes meaning (a new status takes a new number).
 _STATUS_RANK = {Status.HEALTHY: 0, Status.DEGRADED: 1, Status.UNKNOWN: 2, Status.UNHEALTHY: 3}
 
 

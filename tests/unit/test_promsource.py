@@ -200,6 +200,7 @@ def healthy_series(name: str = "a", /, **override: Any) -> Series:
         "fleet_node_status == 1": [({"host": name, "status": "healthy"}, 1.0)],
         "fleet_chip_status == 1": [(chip_labels(name, 0, status="healthy"), 1.0),
                                    (chip_labels(name, 1, status="healthy"), 1.0)],
+        "fleet_chip_stale": [(chip_labels(name, 0), 0.0), (chip_labels(name, 1), 0.0)],  # every agent's
         "fleet_sample_timestamp_seconds": [({"host": name}, NOW - 2)],
         "fleet_agent_info": [({"host": name, "version": "0.1.0", "job": "fleet-agent"}, 1.0)],
     }
@@ -577,7 +578,7 @@ def test_rules_of_version_4_are_read_in_one_round_one_query_per_record() -> None
     fake = RulesPrometheus("4")
     rows = rules_report(fake)
     assert not any(q.startswith("fleetctl:host_summary") for q in fake.queries)  # no second round
-    assert [q for q in fake.queries if not q.startswith("fleet_")] == list(RULE_QUERIES)
+    assert sorted(q for q in fake.queries if not q.startswith("fleet_")) == sorted(RULE_QUERIES)
     c2 = rows["c2"]
     assert isinstance(c2, SummaryRow) and c2.status is HostHealth.HEALTHY and c2.age_s == 3.0
     # The same figures as the summaries of version 3 give, none made up (no power reading here).
@@ -696,7 +697,7 @@ def test_a_host_whose_agent_exports_no_rank_is_read_one_hot_and_only_it() -> Non
     fake = RulesPrometheus(unranked=("hot",), node_healthy=0.0)  # c0's node not healthy: detail too
     rows = rules_report(fake)
     detail = [q for q in fake.queries if q not in RULE_QUERIES]
-    assert detail[:-1] == detail_queries(["c0", "hot"])  # the rank first, for both
+    assert sorted(detail[:-1]) == sorted(detail_queries(["c0", "hot"]))  # the rank first, for both
     assert detail[-1] == 'fleet_chip_status{host=~"hot"} == 1'  # then one-hot for the one without it
     hot = rows["hot"]
     assert hot.status is HostHealth.UNHEALTHY and (hot.chips_ok, hot.chips_total) == (1, 2)
@@ -722,11 +723,32 @@ class DetailPrometheus(SeriesPrometheus):
 
 def test_a_rank_reads_as_its_status_and_an_unknown_rank_as_unknown() -> None:
     ranks = [(chip_labels("a", i), float(r)) for i, r in enumerate((0, 1, 2, 3, 7, NAN))]
-    fake = DetailPrometheus(healthy_series(**{"fleet_chip_status == 1": [], RANK: ranks}))
+    fake = DetailPrometheus(healthy_series(**{
+        RANK: ranks, "fleet_chip_stale": [(chip_labels("a", i), 0.0) for i in range(6)],
+        "fleet_chip_status == 1": [(chip_labels("a", 5, status="degraded"), 1.0)]}))
     row = prometheus_report([host("a", 1, expected=None)], fake, now=NOW, detail_all=True).hosts[0]
-    # A NaN rank is no series: that chip is not there at all.
+    # A NaN rank is no rank: that chip's status comes from the one-hot round.
     assert [c.status for c in row.chips] == [Status.HEALTHY, Status.DEGRADED, Status.UNKNOWN,
-                                             Status.UNHEALTHY, Status.UNKNOWN]
+                                             Status.UNHEALTHY, Status.UNKNOWN, Status.DEGRADED]
+
+
+def test_a_host_with_an_old_and_a_new_target_takes_the_worst_of_both() -> None:
+    old, new, newer = ({"job": j, "instance": "127.0.0.1:1"} for j in ("old", "new", "newer"))
+    ranked = DetailPrometheus(healthy_series(**{
+        RANK: [(chip_labels("a", 0, **new), 0.0), (chip_labels("a", 0, **newer), 3.0),
+               (chip_labels("a", 1, **new), 0.0), (chip_labels("a", 1, **newer), 0.0)],
+        "fleet_chip_stale": [(chip_labels("a", i, **t), 0.0) for i in (0, 1) for t in (new, newer)],
+        "fleet_chip_status == 1": []}))
+    row = prometheus_report([host("a", 1)], ranked, now=NOW, detail_all=True).hosts[0]
+    assert [c.status for c in row.chips] == [Status.UNHEALTHY, Status.HEALTHY]  # two ranks: the worst
+    # The old target sends chips and no rank: its one-hot is read too, and its fault counts.
+    mixed = DetailPrometheus(healthy_series(**{
+        RANK: [(chip_labels("a", i, **new), 0.0) for i in (0, 1)],
+        "fleet_chip_stale": [(chip_labels("a", i, **t), 0.0) for i in (0, 1) for t in (old, new)],
+        "fleet_chip_status == 1": [(chip_labels("a", 0, status="healthy", **old), 1.0),
+                                   (chip_labels("a", 1, status="unhealthy", **old), 1.0)]}))
+    row = prometheus_report([host("a", 1)], mixed, now=NOW, detail_all=True).hosts[0]
+    assert [c.status for c in row.chips] == [Status.HEALTHY, Status.UNHEALTHY]
 
 
 def test_detail_queries_escape_names_and_chunk() -> None:
