@@ -540,7 +540,7 @@ class _Gathered:
             return
         data, agent_jobs, wanted = self.data, self.agent_jobs, self.wanted
         info, ranked = name == "fleet_agent_info", name == RANK
-        status_series = ranked or name == "fleet_chip_status"
+        status_series, stale = ranked or name == "fleet_chip_status", name == "fleet_chip_stale"
         for labels, value in samples:
             if info and labels.job is not None:
                 agent_jobs.add(labels.job)  # any host's, and the rules' (no host label)
@@ -549,7 +549,7 @@ class _Gathered:
                 continue
             d = data[host]
             if name == "fleet_node_status":
-                d.status = _worst(d.status, labels.status)
+                d.status = _worst(d.status, _status(labels.status))
             elif info:
                 d.version = labels.version or d.version
             elif name in _NODE_GAUGES:
@@ -578,19 +578,16 @@ class _Gathered:
                         chip[key] = label
                 if ranked:
                     d.ranked_targets.add((labels.job, labels.instance))
-                    status = _OF_RANK.get(value, Status.UNKNOWN)
-                    old = chip.get("status")
-                    chip["status"] = status if old is None else Status.worst([old, status])
+                    chip["status"] = _worst(chip.get("status"), _OF_RANK.get(value, Status.UNKNOWN))
                 elif status_series:
-                    chip["status"] = _worst(chip.get("status"), labels.status)
+                    chip["status"] = _worst(chip.get("status"), _status(labels.status))
                 elif name in _CHIP_GAUGES:
-                    if name == "fleet_chip_stale":
+                    if stale:
                         d.chip_targets.add((labels.job, labels.instance))
                     chip[_CHIP_GAUGES[name]] = value
 
 
-def _worst(current: Status | None, label: str | None) -> Status:
-    new = _status(label)
+def _worst(current: Status | None, new: Status) -> Status:
     return new if current is None else Status.worst([current, new])
 
 
