@@ -658,54 +658,74 @@ def _query_all(client: PromQuery, queries: Sequence[str], deadline_s: float,
 
 def _query_each(client: PromQuery, queries: Sequence[str], deadline_s: float,
                 take: Callable[[str, Any], None], columns: Sequence[str] = ()) -> None:
-    """Every query, four at a time, all within ``deadline_s``, each answer handed to ``take`` in this
-    thread as it arrives and then dropped (the chip detail of 14,000 hosts is hundreds of MB decoded:
-    never all held at once). The first failure is raised as it failed; past the deadline, the message
-    names the queries still unanswered."""
-    # Daemon threads: a server trickling its answer (each read within the timeout) must not hold
-    # the command past its deadline, at exit included (concurrent.futures joins its own threads).
-    from fleet_agent.sampler import DaemonThreadPool
+    """Every query, all within ``deadline_s``, each answer handed to ``take`` as it arrives (see
+    :class:`_Asking`)."""
+    _Asking(client, queries, columns).each(deadline_s, take)
 
-    pool = DaemonThreadPool(4, "prometheus")
-    by_column = client.query_values if isinstance(client, PromColumns) else None
-    arrived: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
 
-    def ask(i: int) -> None:
-        q = queries[i]
-        try:
-            if q not in columns:
-                answer: Any = client.query(q)
-            else:
-                answer = by_column(q) if by_column is not None else columns_of(client.query(q))
-        except BaseException as exc:  # noqa: BLE001  # raised again in the caller's thread, as it was
-            arrived.put((i, None, exc))
-        else:
-            arrived.put((i, answer, None))
+class _Asking:
+    """Queries asked four at a time from the moment this is made; :meth:`each` hands each answer to
+    ``take`` in the caller's thread as it arrives and then drops it (the chip detail of 14,000 hosts is
+    hundreds of MB decoded: never all held at once). The answers that arrive before :meth:`each` is
+    called wait, decoded, in a queue. ``columns`` are decoded as host labels and values alone."""
 
-    futures = [pool.submit(ask, i) for i in range(len(queries))]
-    pending = set(range(len(queries)))
-    end = time.monotonic() + max(deadline_s, 0.0)
-    try:
-        while pending:
+    def __init__(self, client: PromQuery, queries: Sequence[str], columns: Sequence[str] = ()) -> None:
+        # Daemon threads: a server trickling its answer (each read within the timeout) must not hold
+        # the command past its deadline, at exit included (concurrent.futures joins its own threads).
+        from fleet_agent.sampler import DaemonThreadPool
+
+        self.client, self.queries = client, list(queries)
+        self.started = time.monotonic()
+        self._pool = DaemonThreadPool(4, "prometheus")
+        by_column = client.query_values if isinstance(client, PromColumns) else None
+        wide = set(columns)
+        arrived: queue.SimpleQueue[tuple[int, Any, BaseException | None]] = queue.SimpleQueue()
+        self._arrived = arrived
+
+        def ask(i: int) -> None:
+            q = self.queries[i]
             try:
-                i, answer, exc = arrived.get(timeout=max(end - time.monotonic(), 0.0))
-            except queue.Empty:
-                where = getattr(client, "url", "Prometheus")
-                slow = [_shown(queries[i]) for i in sorted(pending)]
-                more = f" and {len(slow) - 2} more" if len(slow) > 2 else ""
-                raise PrometheusError(f"{where}: no answer within the {deadline_s:g}s deadline (--deadline) "
-                                      f"to query {', '.join(slow[:2])}{more}") from None
-            if exc is not None:
-                raise exc
-            pending.discard(i)
-            take(queries[i], answer)
-            del answer
-    finally:
-        # Queries not started are dropped and the threads end once idle (`--watch` calls this
-        # every round: nothing may accumulate).
-        for f in futures:
+                if q not in wide:
+                    answer: Any = client.query(q)
+                else:
+                    answer = by_column(q) if by_column is not None else columns_of(client.query(q))
+            except BaseException as exc:  # noqa: BLE001  # raised again in the caller's thread, as it was
+                arrived.put((i, None, exc))
+            else:
+                arrived.put((i, answer, None))
+
+        self._futures = [self._pool.submit(ask, i) for i in range(len(self.queries))]
+
+    def each(self, deadline_s: float, take: Callable[[str, Any], None]) -> None:
+        """Every answer to ``take``, all within ``deadline_s`` of the asking. The first failure is raised
+        as it failed; past the deadline, the message names the queries still unanswered."""
+        queries = self.queries
+        pending = set(range(len(queries)))
+        end = self.started + max(deadline_s, 0.0)
+        try:
+            while pending:
+                try:
+                    i, answer, exc = self._arrived.get(timeout=max(end - time.monotonic(), 0.0))
+                except queue.Empty:
+                    where = getattr(self.client, "url", "Prometheus")
+                    slow = [_shown(queries[i]) for i in sorted(pending)]
+                    more = f" and {len(slow) - 2} more" if len(slow) > 2 else ""
+                    raise PrometheusError(f"{where}: no answer within the {deadline_s:g}s deadline "
+                                          f"(--deadline) to query {', '.join(slow[:2])}{more}") from None
+                if exc is not None:
+                    raise exc
+                pending.discard(i)
+                take(queries[i], answer)
+                del answer
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the queries not started; the threads end once idle (`--watch` asks every round:
+        nothing may accumulate)."""
+        for f in self._futures:
             f.cancel()
-        pool.shutdown(wait=False)
+        self._pool.shutdown(wait=False)
 
 
 def _regex_value(name: str) -> str:
@@ -735,6 +755,9 @@ _HEALTHY, _SAMPLED, _EXPECTED, _PRESENT, _OK, _DRAINED = (
 _TEMP, _UTIL, _USED, _TOTAL, _POWER = (
     _AT[k] for k in ("max_temperature_celsius", "mean_utilization_ratio", "memory_used_bytes",
                      "memory_total_bytes", "power_watts"))
+# The line index each version-4 reading record fills; the versions 1-3 summary queries.
+_READING_AT = {query: _AT[key] for key, query in READINGS.items()}
+_SUMMARY_QUERY_SET = frozenset(SUMMARY_QUERIES)
 
 
 def _known(value: float) -> float | None:
@@ -815,40 +838,83 @@ class SummaryRow(HostRow):
 
 class _SummaryTable:
     """Each host's summaries (a :data:`Line`), its chip models and agent version, from the rules of
-    ``version``: from version 4 on, only the clean hosts have a line (everything else is read chip by
-    chip anyway).
+    the version :meth:`finish` is given: from version 4 on, only the clean hosts have a line
+    (everything else is read chip by chip anyway).
 
-    The answers are merged host by host (a server lists each answer's series in its own order: a
-    recording rule's output in the order its series were created). A host twice in one answer
+    Answers are folded in one at a time as they arrive (:meth:`take`), while Prometheus is still
+    answering the others, and merged host by host (a server lists each answer's series in its own
+    order: a recording rule's output in the order its series were created). A host twice in one answer
     (replicas that a Thanos without deduplication passes on) keeps its usable value: an unusable one
     never replaces it.
     """
 
-    def __init__(self, answers: dict[str, Any], wanted: set[str], version: int) -> None:
+    def __init__(self, wanted: set[str]) -> None:
+        self.wanted = wanted
         # A model once per host (the largest count): replicas passed on undeduplicated must not double
         # the chips, which a version-4 clean host is counted by.
-        counts: dict[str, dict[tuple[str, str, str], int]] = defaultdict(dict)
+        self._counts: dict[str, dict[tuple[str, str, str], int]] = defaultdict(dict)
         self.versions: dict[str, str] = {}
-        isfinite = math.isfinite
-        for labels, value in answers.get(MODELS, []):
+        self._clean: dict[str, tuple[float, str | None]] = {}  # version 4: sample time, chips_expected
+        self._readings: dict[int, dict[str | None, float]] = {}  # version 4: line index -> host -> value
+        self._old: set[str | None] = set()
+        self._summaries: dict[str, Column] = {}  # versions 1-3
+        self.models: dict[str, list[tuple[str, str, str, int]]] = {}
+        self.lines: dict[str, Line] = {}
+        self.clean_records = False
+
+    def take(self, query: str, answer: Any) -> bool:
+        """Fold in one answer of the table's queries; False for any other query's (left to the caller)."""
+        if query in _READING_AT:
+            self._take_reading(_READING_AT[query], answer)
+        elif query == CLEAN:
+            self._take_clean(answer)
+        elif query == MODELS:
+            self._take_models(answer)
+        elif query == WITHOUT_ROLLUPS:
+            self._old.update(labels.host for labels, _ in answer)
+        elif query in _SUMMARY_QUERY_SET:
+            self._summaries[query] = answer
+        else:
+            return False
+        return True
+
+    def _take_models(self, samples: list[Sample]) -> None:
+        counts, versions, wanted, isfinite = self._counts, self.versions, self.wanted, math.isfinite
+        for labels, value in samples:
             host = labels.host
             if host in wanted and isfinite(value):
                 model = (labels.kind or "?", labels.vendor or "", labels.model or "?")
                 per_host = counts[host]
                 per_host[model] = max(per_host.get(model, 0), int(value))
                 if labels.version:
-                    self.versions[host] = labels.version
-        self.models: dict[str, list[tuple[str, str, str, int]]] = {
-            host: [(*model, n) for model, n in per_host.items()] for host, per_host in counts.items()}
+                    versions[host] = labels.version
+
+    def _take_clean(self, samples: list[Sample]) -> None:
+        clean, wanted, isfinite = self._clean, self.wanted, math.isfinite
+        for labels, ts in samples:
+            host = labels.host
+            if host in wanted and isfinite(ts) and host not in clean:
+                clean[host] = (ts, labels.chips_expected)
+
+    def _take_reading(self, i: int, column: Column) -> None:
+        names, values = column
+        by_host = dict(zip(names, values, strict=True))
+        if len(by_host) < len(names):  # a host twice (replicas passed on): its usable value wins
+            by_host = {}
+            for name, value in zip(names, values, strict=True):
+                if math.isfinite(value) or name not in by_host:
+                    by_host[name] = value
+        self._readings[i] = by_host
+
+    def finish(self, version: int) -> None:
+        """The lines and models, once every answer is in (rules of ``version``)."""
+        self.models = {host: [(*model, n) for model, n in per_host.items()]
+                       for host, per_host in self._counts.items()}
         self.clean_records = version >= RULES_VERSION_CLEAN
-        if self.clean_records:
-            self.lines = self._clean_lines(answers, wanted)
-            self._old = {labels.host for labels, _ in answers.get(WITHOUT_ROLLUPS, [])}
-        else:
-            self.lines = self._summary_lines(answers)
+        self.lines = self._clean_lines() if self.clean_records else self._summary_lines(self._summaries)
 
     @staticmethod
-    def _summary_lines(answers: dict[str, Any]) -> dict[str, Line]:
+    def _summary_lines(answers: Mapping[str, Column]) -> dict[str, Line]:
         """Versions 1-3: every summary of every host, one answer per summary."""
         isfinite = math.isfinite
         empty: Column = ([], [])
@@ -863,34 +929,28 @@ class _SummaryTable:
                     line[i] = value
         return {name: tuple(line) for name, line in merged.items() if name is not None}
 
-    def _clean_lines(self, answers: dict[str, Any], wanted: set[str]) -> dict[str, Line]:
+    def _clean_lines(self) -> dict[str, Line]:
         """Version 4 on: the clean hosts' lines, as the summaries would have been (healthy, every chip
         present counted by model and healthy, not drained). Without models, no count: no line."""
-        isfinite = math.isfinite
-        merged: dict[str, list[float]] = {}
-        for labels, ts in answers.get(CLEAN, []):
-            host = labels.host
-            if host not in wanted or not isfinite(ts) or host in merged:
+        out: dict[str, Line] = {}
+        models, readings, isfinite = self.models, self._readings.items(), math.isfinite
+        width = len(SUMMARY_KEYS)
+        for host, (ts, chips_expected) in self._clean.items():
+            per_model = models.get(host)
+            if not per_model:
                 continue
-            models = self.models.get(host)
-            if not models:
-                continue
-            present = float(sum(n for *_model, n in models))
-            line = [math.nan] * len(SUMMARY_KEYS)
+            present = float(sum(n for *_model, n in per_model))
+            line = [math.nan] * width
+            for i, by_host in readings:
+                value = by_host.get(host)
+                if value is not None and isfinite(value):
+                    line[i] = value
             line[_HEALTHY], line[_SAMPLED], line[_DRAINED] = 1.0, ts, 0.0
             line[_PRESENT] = line[_OK] = present
-            if labels.chips_expected == "agent":
+            if chips_expected == "agent":
                 line[_EXPECTED] = present
-            merged[host] = line
-        empty: Column = ([], [])
-        for key, query in READINGS.items():
-            i = _AT[key]
-            names, values = answers.get(query, empty)
-            for name, value in zip(names, values, strict=True):
-                reading = merged.get(name)  # type: ignore[arg-type]  # None is never a key
-                if reading is not None and isfinite(value):
-                    reading[i] = value
-        return {name: tuple(line) for name, line in merged.items()}
+            out[host] = tuple(line)
+        return out
 
     def clean(self, h: Host, now: float, seen_at: float | None = None) -> bool:
         """A summary that leaves nothing to look at: any doubt sends the host to the per-chip detail.
@@ -990,78 +1050,116 @@ def _version(raw: str | None) -> int:
         return 0
 
 
+class FirstRound:
+    """The first round: the rules' series (one query each) and, beside them in a thread of its own, the
+    rules API. It asks from the moment it is made and needs no inventory, so a command can start it
+    before reading the fleet's inventory and Prometheus answers while fleetctl reads it."""
+
+    def __init__(self, client: PromQuery) -> None:
+        from fleet_agent.sampler import DaemonThreadPool
+
+        self.asking = _Asking(client, RULE_QUERIES, columns=tuple(READINGS.values()))
+        self._side = DaemonThreadPool(1, "prometheus-rules")
+        # Optional, so it never fails the command (rule_group catches its own errors).
+        self._group = (self._side.submit(client.rule_group, RULES_GROUP) if isinstance(client, PromRules)
+                       else None)
+
+    def group(self, timeout_s: float) -> RuleGroup | None:
+        """The rules API's view of the group, waited for at most ``timeout_s``; None without one."""
+        try:
+            return None if self._group is None else self._group.result(timeout=max(0.0, timeout_s))
+        except concurrent.futures.TimeoutError:
+            return None
+        finally:
+            self._side.shutdown(wait=False)
+
+    def close(self) -> None:
+        """Abandon the round (the command failed before reading it)."""
+        self.asking.close()
+        self._side.shutdown(wait=False)
+
+
 def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: str = "", pattern: str = "all",
                       now: float | None = None, deadline_s: float = 30.0, use_rules: bool = True,
-                      detail_all: bool | None = None,
+                      detail_all: bool | None = None, first: FirstRound | None = None,
                       notice: Callable[[str], None] | None = None) -> FleetReport:
     """The fleet report for ``hosts`` from what Prometheus scraped last.
 
     ``detail_all`` (default: a selection of at most :data:`DETAIL_ALL_MAX_HOSTS`) reads every host
-    chip by chip; otherwise hosts with a clean summary get a :class:`SummaryRow`. ``notice`` hears the
-    one line saying the rules are missing (stderr by default).
+    chip by chip; otherwise hosts with a clean summary get a :class:`SummaryRow`. ``first`` is the
+    first round if it was started already (its start counts toward ``deadline_s``). ``notice`` hears
+    the one line saying the rules are missing (stderr by default).
     """
     # As for direct fan-out: the decoded answers and the rows all stay alive to the end, so the cyclic
     # collector's passes over them (in the decoding threads too) would free nothing.
     with gc_paused():
-        return _report(hosts, client, inventory, pattern, now, deadline_s, use_rules, detail_all, notice)
+        return _report(hosts, client, inventory, pattern, now, deadline_s, use_rules, detail_all, first,
+                       notice)
 
 
 def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: str, now: float | None,
-            deadline_s: float, use_rules: bool, detail_all: bool | None,
+            deadline_s: float, use_rules: bool, detail_all: bool | None, first: FirstRound | None,
             notice: Callable[[str], None] | None) -> FleetReport:
-    started = time.monotonic()
+    started = time.monotonic() if first is None else first.asking.started
     wanted = {h.name for h in hosts}
     rules = False
     version = 0
     group: RuleGroup | None = None
-    if use_rules:
-        # The rules API beside the queries, in its own thread: optional, so it never fails the command.
-        from fleet_agent.sampler import DaemonThreadPool
+    gathered = _Gathered(wanted)
+    summaries = _SummaryTable(wanted)
+    answers: dict[str, Any] = {}
+    up_of: dict[str, list[Up]] = {}
 
-        side = DaemonThreadPool(1, "prometheus-rules")
-        asked = side.submit(client.rule_group, RULES_GROUP) if isinstance(client, PromRules) else None
-        answers = _query_all(client, RULE_QUERIES, deadline_s, columns=tuple(READINGS.values()))
+    def take(query: str, answer: Any) -> None:
+        # Folded in as they arrive, while Prometheus works on the rest; the few small ones kept whole.
+        nonlocal up_of
+        if query == "up":
+            up_of = _ups(answer, wanted)
+        elif not summaries.take(query, answer):
+            answers[query] = answer
+
+    def take_detail(query: str, answer: Any) -> None:
+        nonlocal up_of
+        if query == "up":
+            up_of = _ups(answer, wanted)
+        else:
+            gathered.add(query, answer)
+
+    if first is not None and not use_rules:
+        first.close()
+    elif use_rules:
+        first = first or FirstRound(client)
+        first.asking.each(deadline_s, take)
         rules = bool(answers[RULES_INFO])
         version = rules_version(answers)
         if rules and version < RULES_VERSION_CLEAN:  # older rules: their summaries, a second round
-            answers.update(_query_all(client, SUMMARY_QUERIES, deadline_s - (time.monotonic() - started),
-                                      columns=SUMMARY_QUERIES))
-        if asked is not None:
-            try:
-                group = asked.result(timeout=max(0.0, deadline_s - (time.monotonic() - started)))
-            except concurrent.futures.TimeoutError:  # optional (rule_group catches its own errors)
-                group = None
-        side.shutdown(wait=False)
+            _query_each(client, SUMMARY_QUERIES, deadline_s - (time.monotonic() - started), take,
+                        columns=SUMMARY_QUERIES)
+        group = first.group(deadline_s - (time.monotonic() - started))
         if not rules:
             (notice or _stderr)(NO_RULES)
-    gathered = _Gathered(wanted)
     if not rules:
-        answers = _query_all(client, QUERIES, deadline_s - (time.monotonic() - started))
-        for query, samples in answers.items():
-            gathered.add(query, samples)
-        ups = answers["up"]
-        summaries: _SummaryTable | None = None
+        _query_each(client, QUERIES, deadline_s - (time.monotonic() - started), take_detail)
         detail = wanted
+        table: _SummaryTable | None = None
     else:
+        table = summaries
+        table.finish(version)
         now_s = time.time() if now is None else now
-        summaries = _SummaryTable(answers, wanted, version)
         if detail_all is None:
             detail_all = len(hosts) <= _detail_max()
         clock = rules_clock(answers, group, now_s)
         if not detail_all and not clock.current:
             (notice or _stderr)(clock.why)
             detail_all = True
-        detail = wanted if detail_all else {h.name for h in hosts
-                                             if not summaries.clean(h, now_s, clock.seen_at)}
-        if version >= RULES_VERSION_ROLLUPS and (old := summaries.without_rollups(hosts)):
+        detail = wanted if detail_all else {h.name for h in hosts if not table.clean(h, now_s, clock.seen_at)}
+        if version >= RULES_VERSION_ROLLUPS and (old := table.without_rollups(hosts)):
             # Correct either way (they are read chip by chip), but slow at scale: say why, once.
             (notice or _stderr)(f"{len(old)} host(s) ({old[0]}{', ...' if len(old) > 1 else ''}) export no "
                                 "fleet_node_chips_healthy: agents from before the per-host rollups, read "
                                 "chip by chip; upgrade their fleet-agent")
-        ups = answers["up"]
         # The agent jobs come from the rules: the detail's fleet_agent_info covers the detail hosts only.
         gathered.add("fleet_agent_info", [(labels, 1.0) for labels, _ in answers[AGENT_JOBS]])
-        del answers  # the summaries are in their table: only `up` is read from here on
         if detail:
             _query_each(client, detail_queries(detail), deadline_s - (time.monotonic() - started),
                         gathered.add)
@@ -1071,7 +1169,6 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                             deadline_s - (time.monotonic() - started), gathered.add)
     now = time.time() if now is None else now
     data, agent_jobs = gathered.data, gathered.agent_jobs
-    up_of = _ups(ups, wanted)
     rows: list[HostRow] = []
     for h in hosts:
         d = data.get(h.name)
@@ -1084,8 +1181,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=False,
                                         kind="scrape_failed", reason="Prometheus cannot scrape it (up=0)",
                                         expected_chips=h.expected_chips, host_vars=h.vars))
-        elif h.name not in detail and summaries is not None:
-            rows.append(summaries.row(h, now))
+        elif h.name not in detail and table is not None:
+            rows.append(table.row(h, now))
         elif d is None or d.status is None:
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=True,
                                         kind="no_metrics", reason="scraped, but no fleet_node_status",

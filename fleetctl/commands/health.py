@@ -168,20 +168,31 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
     """Load the inventory once; return a function that takes one fresh fleet report, and the hosts."""
     from fleetctl.inventory import load_inventory
 
-    inv = load_inventory(inventory)
-    hosts = inv.select(pattern)
     if source == "prometheus":
-        from fleetctl.promsource import ENV_URL, HttpPrometheus, prometheus_report
+        from fleetctl.promsource import ENV_URL, FirstRound, HttpPrometheus, prometheus_report
 
         url = prometheus_url or os.environ.get(ENV_URL)
         if not url:
             raise UsageError(f"--source prometheus needs --prometheus-url (or ${ENV_URL})")
         client = HttpPrometheus(url, timeout_s=query_timeout)
+        # The first round's queries need no inventory: Prometheus answers them while it is read.
+        started = [FirstRound(client)]
+        try:
+            inv = load_inventory(inventory)
+            hosts = inv.select(pattern)
+        except BaseException:
+            started.pop().close()
+            raise
 
         def from_prometheus() -> FleetReport:
-            return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern, deadline_s=deadline)
+            first = started.pop() if started else None  # later rounds (--watch) ask afresh
+            return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern, deadline_s=deadline,
+                                     first=first)
 
         return from_prometheus, hosts
+
+    inv = load_inventory(inventory)
+    hosts = inv.select(pattern)
 
     from fleetctl.fanout import FanoutOptions, raise_fd_limit
     from fleetctl.report.build import agents_report

@@ -21,6 +21,7 @@ from fleet_agent.schema import Status
 from fleetctl.inventory import Host
 from fleetctl.promsource import (
     CLEAN,
+    MODELS,
     NO_RULES,
     QUERIES,
     RANK,
@@ -31,6 +32,7 @@ from fleetctl.promsource import (
     SUMMARY_KEYS,
     SUMMARY_QUERIES,
     WITHOUT_ROLLUPS,
+    Column,
     HttpPrometheus,
     Labels,
     PrometheusError,
@@ -807,11 +809,22 @@ def _summary_answers(hosts: list[str]) -> dict[str, list[Sample]]:
             for key, query in zip(SUMMARY_KEYS, SUMMARY_QUERIES, strict=True)}
 
 
+def _table(answers: dict[str, Any], wanted: set[str], version: int) -> Any:
+    """A summary table fed ``answers`` one at a time, as they arrive."""
+    from fleetctl.promsource import _SummaryTable
+
+    table = _SummaryTable(wanted)
+    for query, answer in answers.items():
+        assert table.take(query, answer)
+    table.finish(version)
+    return table
+
+
 def test_summaries_in_any_order_and_with_gaps_give_the_same_lines() -> None:
     from fleetctl.promsource import _SummaryTable, columns_of
 
     def table_of(answers: dict[str, list[Sample]]) -> _SummaryTable:
-        return _SummaryTable({q: columns_of(samples) for q, samples in answers.items()}, set(names), 3)
+        return _table({q: columns_of(samples) for q, samples in answers.items()}, set(names), 3)
 
     def line(t: _SummaryTable, name: str) -> dict[str, float]:
         return {k: v for k, v in zip(SUMMARY_KEYS, t.lines[name], strict=True) if math.isfinite(v)}
@@ -870,16 +883,34 @@ def test_the_agents_own_up_counts_when_several_jobs_scrape_a_host() -> None:
 
 def test_a_host_twice_in_a_summary_answer_keeps_its_usable_value() -> None:
     # Two replicas' series passed on undeduplicated: a NaN from one never hides the other's value.
-    from fleetctl.promsource import _SummaryTable, columns_of
+    from fleetctl.promsource import columns_of
 
     answers = {q: columns_of(samples) for q, samples in _summary_answers(["a"]).items()}
     drained = SUMMARY_QUERIES[SUMMARY_KEYS.index("drained")]
     for values in ([1.0, math.nan], [math.nan, 1.0]):
         twice = {q: (hosts * 2, [*vals, *vals]) for q, (hosts, vals) in answers.items()}
         twice[drained] = (["a", "a"], values)
-        table = _SummaryTable(twice, {"a"}, 3)
+        table = _table(twice, {"a"}, 3)
         assert table.lines["a"][SUMMARY_KEYS.index("drained")] == 1.0
         assert not table.clean(host("a", 1, expected=8), NOW)  # drained: read chip by chip
+
+
+def test_a_host_twice_in_a_reading_record_keeps_its_usable_value_in_either_order() -> None:
+    # Version 4's readings, one record each: the same rule as the summaries above.
+    clean = typed([({"host": "a", "chips_expected": "unset"}, NOW - 3),
+                   ({"host": "b", "chips_expected": "agent"}, NOW - 4)])
+    models = typed([({"host": h, "kind": "gpu", "vendor": "nvidia", "model": "H100"}, 8.0) for h in "ab"])
+    temperature = READINGS["max_temperature_celsius"]
+    at = SUMMARY_KEYS.index("max_temperature_celsius")
+    for names, values in ((["a", "a", "b"], [math.nan, 61.0, 50.0]),
+                          (["a", "b", "a"], [61.0, 50.0, math.nan]), (["b", "a"], [50.0, 61.0])):
+        table = _table({CLEAN: clean, MODELS: models, temperature: (names, values)}, {"a", "b"}, 4)
+        assert table.lines["a"][at] == 61.0 and table.lines["b"][at] == 50.0
+        assert table.lines["b"][SUMMARY_KEYS.index("chips_expected")] == 8.0
+        assert math.isnan(table.lines["a"][SUMMARY_KEYS.index("chips_expected")])
+    nans: Column = (["a", "a"], [math.nan, math.nan])
+    only_nan = _table({CLEAN: clean, MODELS: models, temperature: nans}, {"a"}, 4)
+    assert math.isnan(only_nan.lines["a"][at]) and set(only_nan.lines) == {"a"}  # b: not wanted
 
 
 @pytest.mark.parametrize("line", [
