@@ -648,14 +648,6 @@ def _node(host: Host, d: _HostData, now: float) -> NodeReport:
     )
 
 
-def _query_all(client: PromQuery, queries: Sequence[str], deadline_s: float,
-               columns: Sequence[str] = ()) -> dict[str, Any]:
-    """Every query's answer by query (see :func:`_query_each`)."""
-    out: dict[str, Any] = {}
-    _query_each(client, queries, deadline_s, out.__setitem__, columns)
-    return out
-
-
 def _query_each(client: PromQuery, queries: Sequence[str], deadline_s: float,
                 take: Callable[[str, Any], None], columns: Sequence[str] = ()) -> None:
     """Every query, all within ``deadline_s``, each answer handed to ``take`` as it arrives (see
@@ -696,12 +688,13 @@ class _Asking:
 
         self._futures = [self._pool.submit(ask, i) for i in range(len(self.queries))]
 
-    def each(self, deadline_s: float, take: Callable[[str, Any], None]) -> None:
-        """Every answer to ``take``, all within ``deadline_s`` of the asking. The first failure is raised
-        as it failed; past the deadline, the message names the queries still unanswered."""
+    def each(self, deadline_s: float, take: Callable[[str, Any], None], since: float | None = None) -> None:
+        """Every answer to ``take``, all within ``deadline_s`` of ``since`` (default: the asking; a round
+        asked early has its head start free). The first failure is raised as it failed; past the
+        deadline, the message names the queries still unanswered."""
         queries = self.queries
         pending = set(range(len(queries)))
-        end = self.started + max(deadline_s, 0.0)
+        end = (self.started if since is None else since) + max(deadline_s, 0.0)
         try:
             while pending:
                 try:
@@ -912,6 +905,11 @@ class _SummaryTable:
                        for host, per_host in self._counts.items()}
         self.clean_records = version >= RULES_VERSION_CLEAN
         self.lines = self._clean_lines() if self.clean_records else self._summary_lines(self._summaries)
+        # What the lines were made from is not needed again (every host's, at 100,000 hosts).
+        self._counts.clear()
+        self._clean.clear()
+        self._readings.clear()
+        self._summaries.clear()
 
     @staticmethod
     def _summary_lines(answers: Mapping[str, Column]) -> dict[str, Line]:
@@ -1064,18 +1062,23 @@ class FirstRound:
         self._group = (self._side.submit(client.rule_group, RULES_GROUP) if isinstance(client, PromRules)
                        else None)
 
+    @property
+    def started(self) -> float:
+        """When it was asked (``time.monotonic()``)."""
+        return self.asking.started
+
     def group(self, timeout_s: float) -> RuleGroup | None:
         """The rules API's view of the group, waited for at most ``timeout_s``; None without one."""
         try:
             return None if self._group is None else self._group.result(timeout=max(0.0, timeout_s))
         except concurrent.futures.TimeoutError:
             return None
-        finally:
-            self._side.shutdown(wait=False)
 
     def close(self) -> None:
-        """Abandon the round (the command failed before reading it)."""
+        """Done with the round, read or not: queries not started are dropped, the threads end once idle."""
         self.asking.close()
+        if self._group is not None:
+            self._group.cancel()
         self._side.shutdown(wait=False)
 
 
@@ -1087,49 +1090,56 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
 
     ``detail_all`` (default: a selection of at most :data:`DETAIL_ALL_MAX_HOSTS`) reads every host
     chip by chip; otherwise hosts with a clean summary get a :class:`SummaryRow`. ``first`` is the
-    first round if it was started already (its start counts toward ``deadline_s``). ``notice`` hears
-    the one line saying the rules are missing (stderr by default).
+    first round if ``client`` was asked it already (while the inventory was read: that time is not
+    counted against ``deadline_s``); it is closed here. ``notice`` hears the one line saying the rules
+    are missing (stderr by default).
     """
     # As for direct fan-out: the decoded answers and the rows all stay alive to the end, so the cyclic
     # collector's passes over them (in the decoding threads too) would free nothing.
-    with gc_paused():
-        return _report(hosts, client, inventory, pattern, now, deadline_s, use_rules, detail_all, first,
-                       notice)
+    try:
+        with gc_paused():
+            return _report(hosts, client, inventory, pattern, now, deadline_s, use_rules, detail_all, first,
+                           notice)
+    finally:
+        if first is not None:
+            first.close()
 
 
 def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: str, now: float | None,
             deadline_s: float, use_rules: bool, detail_all: bool | None, first: FirstRound | None,
             notice: Callable[[str], None] | None) -> FleetReport:
-    started = time.monotonic() if first is None else first.asking.started
+    started = time.monotonic()
     wanted = {h.name for h in hosts}
     rules = False
     version = 0
     group: RuleGroup | None = None
     gathered = _Gathered(wanted)
-    summaries = _SummaryTable(wanted)
-    answers: dict[str, Any] = {}
+    table = _SummaryTable(wanted)
+    answers: dict[str, Any] = {}  # the rules' few small answers (info, its time, agent jobs)
     up_of: dict[str, list[Up]] = {}
 
-    def take(query: str, answer: Any) -> None:
-        # Folded in as they arrive, while Prometheus works on the rest; the few small ones kept whole.
+    def take_up(answer: list[Sample]) -> None:
         nonlocal up_of
+        up_of = _ups(answer, wanted)
+
+    def take(query: str, answer: Any) -> None:
+        # With the rules: each answer folded in as it arrives, while Prometheus works on the rest.
         if query == "up":
-            up_of = _ups(answer, wanted)
-        elif not summaries.take(query, answer):
+            take_up(answer)
+        elif not table.take(query, answer):
             answers[query] = answer
 
-    def take_detail(query: str, answer: Any) -> None:
-        nonlocal up_of
+    def take_every(query: str, answer: Any) -> None:
+        # Without them: every host's series.
         if query == "up":
-            up_of = _ups(answer, wanted)
+            take_up(answer)
         else:
             gathered.add(query, answer)
 
-    if first is not None and not use_rules:
-        first.close()
-    elif use_rules:
-        first = first or FirstRound(client)
-        first.asking.each(deadline_s, take)
+    if use_rules:
+        if first is None:
+            first = FirstRound(client)
+        first.asking.each(deadline_s, take, since=started)
         rules = bool(answers[RULES_INFO])
         version = rules_version(answers)
         if rules and version < RULES_VERSION_CLEAN:  # older rules: their summaries, a second round
@@ -1138,12 +1148,11 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         group = first.group(deadline_s - (time.monotonic() - started))
         if not rules:
             (notice or _stderr)(NO_RULES)
+    summary_rows = rules
     if not rules:
-        _query_each(client, QUERIES, deadline_s - (time.monotonic() - started), take_detail)
+        _query_each(client, QUERIES, deadline_s - (time.monotonic() - started), take_every)
         detail = wanted
-        table: _SummaryTable | None = None
     else:
-        table = summaries
         table.finish(version)
         now_s = time.time() if now is None else now
         if detail_all is None:
@@ -1181,7 +1190,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=False,
                                         kind="scrape_failed", reason="Prometheus cannot scrape it (up=0)",
                                         expected_chips=h.expected_chips, host_vars=h.vars))
-        elif h.name not in detail and table is not None:
+        elif summary_rows and h.name not in detail:
             rows.append(table.row(h, now))
         elif d is None or d.status is None:
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=True,

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -142,10 +143,9 @@ def health(
     pattern = join_patterns(patterns)
     view = HealthView(chips=chips, unhealthy=unhealthy, statuses=parse_states(status), group_by=group_by,
                       sort=sort.value, reverse=reverse, wide=fmt is OutputFormat.wide)
-    collect, hosts = _collector(pattern, inventory, source.value, prometheus_url, timeout, deadline,
-                                concurrency, query_timeout)
-    if group_by is not None:
-        _check_group_by(group_by, hosts)
+    collect, _hosts = _collector(pattern, inventory, source.value, prometheus_url, timeout, deadline,
+                                 concurrency, query_timeout, ask_early=True,
+                                 check=None if group_by is None else partial(_check_group_by, group_by))
     if watch is None:
         report = collect()
         _show(report, view, fmt, mode)
@@ -163,37 +163,53 @@ def _check_group_by(key: str, hosts: list[Host]) -> None:
 
 
 def _collector(pattern: str, inventory: str | None, source: str, prometheus_url: str | None,
-               timeout: float, deadline: float,
-               concurrency: int, query_timeout: float = 25.0) -> tuple[Callable[[], FleetReport], list[Host]]:
-    """Load the inventory once; return a function that takes one fresh fleet report, and the hosts."""
+               timeout: float, deadline: float, concurrency: int, query_timeout: float = 25.0, *,
+               ask_early: bool = False, check: Callable[[list[Host]], None] | None = None,
+               ) -> tuple[Callable[[], FleetReport], list[Host]]:
+    """Load the inventory once (``check`` sees its selection); return a function that takes one fresh
+    fleet report, and the hosts.
+
+    ``ask_early``: for a report taken at once, Prometheus is asked its first round before the inventory
+    is read (those queries need none), so it answers while fleetctl reads; a bad --prometheus-url is
+    then said before a bad inventory. A caller that does more before its first report leaves it off.
+    """
     from fleetctl.inventory import load_inventory
 
-    if source == "prometheus":
-        from fleetctl.promsource import ENV_URL, FirstRound, HttpPrometheus, prometheus_report
+    if source != "prometheus":
+        inv = load_inventory(inventory)
+        hosts = inv.select(pattern)
+        if check is not None:
+            check(hosts)
+        return _agents_collector(inv.label, pattern, hosts, timeout, deadline, concurrency), hosts
 
-        url = prometheus_url or os.environ.get(ENV_URL)
-        if not url:
-            raise UsageError(f"--source prometheus needs --prometheus-url (or ${ENV_URL})")
-        client = HttpPrometheus(url, timeout_s=query_timeout)
-        # The first round's queries need no inventory: Prometheus answers them while it is read.
-        started = [FirstRound(client)]
-        try:
-            inv = load_inventory(inventory)
-            hosts = inv.select(pattern)
-        except BaseException:
-            started.pop().close()
-            raise
+    from fleetctl.promsource import ENV_URL, FirstRound, HttpPrometheus, prometheus_report
 
-        def from_prometheus() -> FleetReport:
-            first = started.pop() if started else None  # later rounds (--watch) ask afresh
-            return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern, deadline_s=deadline,
-                                     first=first)
+    url = prometheus_url or os.environ.get(ENV_URL)
+    if not url:
+        raise UsageError(f"--source prometheus needs --prometheus-url (or ${ENV_URL})")
+    client = HttpPrometheus(url, timeout_s=query_timeout)
+    early = [FirstRound(client)] if ask_early else []
+    try:
+        inv = load_inventory(inventory)
+        hosts = inv.select(pattern)
+        if check is not None:
+            check(hosts)
+    except BaseException:
+        for first in early:
+            first.close()
+        raise
 
-        return from_prometheus, hosts
+    def from_prometheus() -> FleetReport:
+        first = early.pop() if early else None  # the first report only: later ones (--watch) ask afresh
+        return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern, deadline_s=deadline,
+                                 first=first)
 
-    inv = load_inventory(inventory)
-    hosts = inv.select(pattern)
+    return from_prometheus, hosts
 
+
+def _agents_collector(label: str, pattern: str, hosts: list[Host], timeout: float, deadline: float,
+                      concurrency: int) -> Callable[[], FleetReport]:
+    """Reports by direct fan-out to the agents."""
     from fleetctl.fanout import FanoutOptions, raise_fd_limit
     from fleetctl.report.build import agents_report
 
@@ -203,9 +219,9 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
                             max_open=max_open)
 
     def from_agents() -> FleetReport:
-        return agents_report(hosts, options, inventory=inv.label, pattern=pattern)
+        return agents_report(hosts, options, inventory=label, pattern=pattern)
 
-    return from_agents, hosts
+    return from_agents
 
 
 def _selected(report: FleetReport, view: HealthView) -> list[HostRow]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gc
 import http.server
+import itertools
 import json
 import math
 import socketserver
@@ -911,6 +912,29 @@ def test_a_host_twice_in_a_reading_record_keeps_its_usable_value_in_either_order
     nans: Column = (["a", "a"], [math.nan, math.nan])
     only_nan = _table({CLEAN: clean, MODELS: models, temperature: nans}, {"a"}, 4)
     assert math.isnan(only_nan.lines["a"][at]) and set(only_nan.lines) == {"a"}  # b: not wanted
+
+
+def test_version_4_answers_give_the_same_table_in_whatever_order_they_arrive() -> None:
+    # Folded in as each arrives: the readings and the models may come before the clean record.
+    clean = typed([({"host": "a", "chips_expected": "agent"}, NOW - 3), ({"host": "b"}, NOW - 5),
+                   ({"host": "old"}, NOW - 4)])
+    models = typed([({"host": "a", "kind": "gpu", "vendor": "nvidia", "model": "H100", "version": "0.3.0"},
+                     8.0), ({"host": "a", "kind": "gpu", "vendor": "nvidia", "model": "H200"}, 2.0),
+                    ({"host": "dirty", "kind": "gpu", "vendor": "nvidia", "model": "H100"}, 8.0)])
+    answers: dict[str, Any] = {
+        CLEAN: clean, MODELS: models, WITHOUT_ROLLUPS: typed([({"host": "old"}, 8.0)]),
+        READINGS["max_temperature_celsius"]: (["dirty", "a", "b"], [90.0, 61.0, 50.0]),
+        READINGS["power_watts"]: (["a"], [2400.0]),
+    }
+    wanted = {"a", "b", "dirty", "old"}
+    tables = [_table(dict(order), wanted, 4) for order in itertools.permutations(answers.items())]
+    first = tables[0]
+    assert set(first.lines) == {"a"}  # b and old: no models (no count); dirty: not clean
+    assert first.lines["a"][SUMMARY_KEYS.index("chips_present")] == 10.0
+    assert first.lines["a"][SUMMARY_KEYS.index("power_watts")] == 2400.0
+    assert first.versions == {"a": "0.3.0"} and first.without_rollups([host("old", 1)]) == ["old"]
+    for other in tables[1:]:
+        assert str(other.lines) == str(first.lines) and other.models == first.models
 
 
 @pytest.mark.parametrize("line", [
