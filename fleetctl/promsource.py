@@ -1094,20 +1094,26 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
     counted against ``deadline_s``); it is closed here. ``notice`` hears the one line saying the rules
     are missing (stderr by default).
     """
+    if not use_rules and first is not None:
+        first.close()
+        first = None
     # As for direct fan-out: the decoded answers and the rows all stay alive to the end, so the cyclic
-    # collector's passes over them (in the decoding threads too) would free nothing.
-    try:
-        with gc_paused():
-            return _report(hosts, client, inventory, pattern, now, deadline_s, use_rules, detail_all, first,
-                           notice)
-    finally:
-        if first is not None:
-            first.close()
+    # collector's passes over them (in the decoding threads too) would free nothing. (A round asked
+    # early decodes while the inventory is read, which pauses the collector too.)
+    with gc_paused():
+        if use_rules and first is None:
+            first = FirstRound(client)
+        try:
+            return _report(hosts, client, inventory, pattern, now, deadline_s, detail_all, first, notice)
+        finally:
+            if first is not None:  # its threads end (`--watch` reports every round: nothing may pile up)
+                first.close()
 
 
 def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: str, now: float | None,
-            deadline_s: float, use_rules: bool, detail_all: bool | None, first: FirstRound | None,
+            deadline_s: float, detail_all: bool | None, first: FirstRound | None,
             notice: Callable[[str], None] | None) -> FleetReport:
+    """The report; ``first`` is the rules' first round, None to read every host's series without them."""
     started = time.monotonic()
     wanted = {h.name for h in hosts}
     rules = False
@@ -1136,9 +1142,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         else:
             gathered.add(query, answer)
 
-    if use_rules:
-        if first is None:
-            first = FirstRound(client)
+    if first is not None:
         first.asking.each(deadline_s, take, since=started)
         rules = bool(answers[RULES_INFO])
         version = rules_version(answers)

@@ -37,6 +37,7 @@ from fleetctl.promsource import (
     HttpPrometheus,
     Labels,
     PrometheusError,
+    RuleGroup,
     Sample,
     SummaryRow,
     detail_queries,
@@ -427,11 +428,19 @@ def test_the_deadline_bounds_a_server_that_trickles_its_answers(serve: Callable[
     assert time.monotonic() - started < 3.0
 
 
-def test_repeated_reports_leave_no_threads_behind() -> None:
+class RulesApiPrometheus(SeriesPrometheus):
+    """Also asked for the rule group, beside the queries (in a thread of its own), as over HTTP."""
+
+    def rule_group(self, name: str) -> RuleGroup | None:
+        return None
+
+
+@pytest.mark.parametrize("client_type", [SeriesPrometheus, RulesApiPrometheus])
+def test_repeated_reports_leave_no_threads_behind(client_type: type[SeriesPrometheus]) -> None:
     # `health --watch --source prometheus` builds a report every round.
     before = threading.active_count()
     for _ in range(20):
-        prometheus_report([host("a", 1)], SeriesPrometheus(healthy_series()), now=NOW)
+        prometheus_report([host("a", 1)], client_type(healthy_series()), now=NOW)
     for _ in range(100):
         if threading.active_count() <= before:
             break
