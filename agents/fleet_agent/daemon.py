@@ -43,9 +43,11 @@ from fleet_agent.server import (
 
 CLOSE_TIMEOUT_S = 3.0
 # Open files kept out of the connection cap: the agent's own (listening socket, event loop,
-# collectors, kernel log, state files) and a turn's worth of accepted connections, which asyncio
-# opens before the limiter can evict anyone for them.
-RESERVED_FDS = 64 + BACKLOG
+# collectors, kernel log, state files) and the accepted connections asyncio holds before the limiter
+# has made room for them. Under a flood that is several turns' worth: a turn accepts up to BACKLOG,
+# the next makes their transports, the one after admits them (evicting others), and the evicted
+# connections' files close a turn later still, while every turn accepts BACKLOG more.
+RESERVED_FDS = 64 + 4 * BACKLOG
 
 XidEvents = Literal["thread", "poll", "off"]
 # The collector (as the config's ``collectors:`` names it) that reads each chip kind.

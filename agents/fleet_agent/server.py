@@ -39,8 +39,9 @@ from fleet_agent.schema import NodeReport, with_sample_age
 
 MAX_HEADER_BYTES = 8192
 # Pending connections the kernel queues per listening socket; asyncio accepts up to as many in one
-# turn, before it can evict anyone: the open-file budget keeps this many spare.
-BACKLOG = 128
+# turn, before it can evict anyone: the open-file budget keeps room for a few turns of them
+# (daemon.RESERVED_FDS). An agent has few clients (Prometheus, fleetctl): 64 is plenty.
+BACKLOG = 64
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"

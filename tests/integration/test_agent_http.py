@@ -266,8 +266,8 @@ def test_the_connection_cap_fits_the_open_file_limit(scenario: str, tmp_path: Pa
     try:
         agent.wait_for(lambda: agent.get("/v1/node", timeout=1).status == 200, 30, "the agent")
         notices = [line for line in agent.stderr().splitlines() if "max_connections" in line]
-        assert notices == ["fleet-agent: max_connections 5000 does not fit the open-file limit (400, 192 "
-                           "kept for the agent's own files): serving at most 208 connections "
+        assert notices == ["fleet-agent: max_connections 5000 does not fit the open-file limit (400, 320 "
+                           "kept for the agent's own files): serving at most 80 connections "
                            "(raise LimitNOFILE for more)"]
         # More stalled connections than the process has files for: the cap keeps accept() working.
         _stall(port, 450, sockets)
