@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import dataclasses
 import datetime
 import http.client
 import math
@@ -30,7 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -164,30 +165,32 @@ class Labels(msgspec.Struct, frozen=True):
     chips_expected: str | None = None
 
 
+class NamedLabels(Labels, frozen=True):
+    """The labels, and the metric's name: decoded only for a selector of several metrics (a string per
+    series that the fleet-sized answers need not pay for)."""
+
+    name: str | None = msgspec.field(default=None, name="__name__")
+
+
 Sample = tuple[Labels, float]
+_L = TypeVar("_L")
 
 
-class _Series(msgspec.Struct):
-    metric: Labels
+class _Series(msgspec.Struct, Generic[_L]):
+    metric: _L
     value: tuple[float, str]
 
 
-class _Data(msgspec.Struct):
+class _Data(msgspec.Struct, Generic[_L]):
     resultType: str
-    result: list[_Series] = []
+    result: list[_Series[_L]] = []
 
 
-class _Answer(msgspec.Struct):
+class _Answer(msgspec.Struct, Generic[_L]):
     status: str
-    data: _Data | None = None
+    data: _Data[_L] | None = None
     error: str | None = None
     errorType: str | None = None
-
-
-_DECODER = msgspec.json.Decoder(_Answer)
-
-
-_L = TypeVar("_L")
 
 
 class _LaxSeries(msgspec.Struct, Generic[_L]):
@@ -212,6 +215,10 @@ class _HostLabel(msgspec.Struct):
 # Values decoded as numbers straight from their strings (lax mode: "63.5", "NaN", "-Inf"), no Python
 # float() per sample; an answer these refuse ("+Inf", a malformed value) takes the strict path.
 _NUMERIC = msgspec.json.Decoder(_LaxAnswer[Labels], strict=False)
+_NUMERIC_NAMED = msgspec.json.Decoder(_LaxAnswer[NamedLabels], strict=False)
+# The strict path: says what is wrong, or reads what lax mode cannot.
+_DECODER = msgspec.json.Decoder(_Answer[Labels])
+_DECODER_NAMED = msgspec.json.Decoder(_Answer[NamedLabels])
 _HOST_VALUES = msgspec.json.Decoder(_LaxAnswer[_HostLabel], strict=False)
 
 
@@ -343,7 +350,9 @@ class HttpPrometheus:
             self._headers["Authorization"] = f"Basic {token}"
 
     def query(self, promql: str) -> list[Sample]:
-        return parse_vector(self._answer(promql), f"{self.url}: query {_shown(promql)}")
+        # A selector without a metric name (`{__name__=~"a|b",...}`): each series's name is read too.
+        return parse_vector(self._answer(promql), f"{self.url}: query {_shown(promql)}",
+                            named=promql.startswith("{"))
 
     def query_values(self, promql: str) -> Column:
         return parse_values(self._answer(promql), f"{self.url}: query {_shown(promql)}")
@@ -433,13 +442,15 @@ def columns_of(samples: list[Sample]) -> Column:
     return [labels.host for labels, _ in samples], [value for _, value in samples]
 
 
-def parse_vector(raw: bytes, where: str) -> list[Sample]:
-    """An instant query's JSON answer, decoded straight into typed samples."""
-    quick = _lax_vector(_NUMERIC, raw)
+def parse_vector(raw: bytes, where: str, *, named: bool = False) -> list[Sample]:
+    """An instant query's JSON answer, decoded straight into typed samples (``named``: their labels
+    as :class:`NamedLabels`)."""
+    quick: list[_LaxSeries[Labels]] | list[_LaxSeries[NamedLabels]] | None = (
+        _lax_vector(_NUMERIC_NAMED, raw) if named else _lax_vector(_NUMERIC, raw))
     if quick is not None:
         return [(series.metric, series.value[1]) for series in quick]
     try:  # the strict path: says what is wrong, or reads what lax mode cannot
-        answer = _DECODER.decode(raw)
+        answer = (_DECODER_NAMED if named else _DECODER).decode(raw)
     except msgspec.ValidationError as exc:
         raise PrometheusError(f"{where}: malformed answer ({str(exc)[:120]})") from None
     except msgspec.DecodeError:
@@ -472,6 +483,11 @@ class _HostData:
     # The targets (job, instance) that sent chips' stale flags, and those that sent their rank.
     chip_targets: set[tuple[str | None, str | None]] = field(default_factory=set)
     ranked_targets: set[tuple[str | None, str | None]] = field(default_factory=set)
+    # The targets that sent fleet_agent_info, and those that sent the chips' healthy count (a rollup).
+    agent_targets: set[tuple[str | None, str | None]] = field(default_factory=set)
+    rollup_targets: set[tuple[str | None, str | None]] = field(default_factory=set)
+    # Only its chips that are not healthy (or have a problem) were read: the rest are its rollups.
+    faults_only: bool = False
 
 
 def _ups(samples: Iterable[Sample], wanted: set[str]) -> dict[str, list[Up]]:
@@ -538,6 +554,14 @@ class _Gathered:
         name = promql.split(" ", 1)[0].split("{", 1)[0]
         if name == "up":  # read by _ups
             return
+        if not name:  # one selector of several metrics (`{__name__=~...}`): each series names its own
+            by_name: dict[str, list[Sample]] = defaultdict(list)
+            for sample in samples:
+                if metric := getattr(sample[0], "name", None):
+                    by_name[metric].append(sample)
+            for each, some in by_name.items():
+                self.add(each, some)
+            return
         data, agent_jobs, wanted = self.data, self.agent_jobs, self.wanted
         info, ranked = name == "fleet_agent_info", name == RANK
         status_series, stale = ranked or name == "fleet_chip_status", name == "fleet_chip_stale"
@@ -552,8 +576,11 @@ class _Gathered:
                 d.status = _worst(d.status, _status(labels.status))
             elif info:
                 d.version = labels.version or d.version
-            elif name in _NODE_GAUGES:
+                d.agent_targets.add((labels.job, labels.instance))
+            elif name in _NODE_LINE:
                 d.gauges[name] = value
+                if name == _CHIPS_HEALTHY:
+                    d.rollup_targets.add((labels.job, labels.instance))
             else:
                 idx = _chip_index(labels)
                 if name == "fleet_health_check_failing":
@@ -728,15 +755,35 @@ def _regex_value(name: str) -> str:
     return escaped.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def detail_queries(names: Iterable[str], metrics: Sequence[tuple[str, str]] = _DETAIL) -> list[str]:
-    """The per-chip queries (``metrics``) restricted to ``names`` (sorted, in chunks): a set of literal
-    names in one regex, which Prometheus resolves from its index without scanning other hosts' series."""
+def _host_matchers(names: Iterable[str]) -> Iterator[str]:
+    """``names`` (sorted, in chunks) as ``host=~"..."`` matchers: a set of literal names in one regex,
+    which Prometheus resolves from its index without scanning other hosts' series."""
     ordered = sorted(set(names))
-    out: list[str] = []
     for i in range(0, len(ordered), _DETAIL_CHUNK):
-        matcher = "|".join(_regex_value(n) for n in ordered[i:i + _DETAIL_CHUNK])
-        out.extend(f'{name}{{host=~"{matcher}"}}{tail}' for name, tail in metrics)
-    return out
+        yield 'host=~"{}"'.format("|".join(_regex_value(n) for n in ordered[i:i + _DETAIL_CHUNK]))
+
+
+def detail_queries(names: Iterable[str], metrics: Sequence[tuple[str, str]] = _DETAIL) -> list[str]:
+    """The per-chip queries (``metrics``) restricted to ``names``: every chip of those hosts."""
+    return [f"{name}{{{matcher}}}{tail}" for matcher in _host_matchers(names) for name, tail in metrics]
+
+
+def fault_queries(names: Iterable[str]) -> list[str]:
+    """The first of a faults-only read of ``names`` (see :func:`_read_faults`): their node status,
+    failing checks, agent info, per-host gauges and rollups (one selector: each series says its
+    ``__name__``), and their chips that are not healthy (rank above healthy's 0)."""
+    node = f'__name__=~"{"|".join(_NODE_LINE)}"'
+    return [q for matcher in _host_matchers(names) for q in (
+        f"fleet_node_status{{{matcher}}} == 1", f"fleet_health_check_failing{{{matcher}}} == 1",
+        f"fleet_agent_info{{{matcher}}}", f"{{{node},{matcher}}}", f"{RANK}{{{matcher}}} > 0")]
+
+
+def chip_queries(chips: Mapping[int, Iterable[str]]) -> list[str]:
+    """The per-chip gauges of chip ``i`` of each host in ``chips[i]``: one selector per chip index (a
+    host matcher and ``chip``), whose series say their ``__name__``."""
+    gauges = f'__name__=~"{"|".join(_CHIP_GAUGES)}"'
+    return [f'{{{gauges},chip="{i}",{matcher}}}'
+            for i in sorted(chips) for matcher in _host_matchers(chips[i])]
 
 
 # A host's summaries as one tuple in SUMMARY_KEYS order, NaN where a summary is missing or unusable.
@@ -748,6 +795,16 @@ _HEALTHY, _SAMPLED, _EXPECTED, _PRESENT, _OK, _DRAINED = (
 _TEMP, _UTIL, _USED, _TOTAL, _POWER = (
     _AT[k] for k in ("max_temperature_celsius", "mean_utilization_ratio", "memory_used_bytes",
                      "memory_total_bytes", "power_watts"))
+# What a faults-only read of a host (see _read_faults) takes from its own per-host series: the Line
+# index each fills (node_healthy comes from its status).
+_CHIPS_HEALTHY, _PRESENT_GAUGE = "fleet_node_chips_healthy", "fleet_node_chips_present"
+_NODE_LINE: dict[str, int] = {
+    "fleet_sample_timestamp_seconds": _SAMPLED, "fleet_node_chips_expected": _EXPECTED,
+    "fleet_node_drained": _DRAINED, _PRESENT_GAUGE: _PRESENT, _CHIPS_HEALTHY: _OK,
+    "fleet_node_chip_temperature_max_celsius": _TEMP, "fleet_node_chip_utilization_mean_ratio": _UTIL,
+    "fleet_node_chip_memory_used_bytes": _USED, "fleet_node_chip_memory_total_bytes": _TOTAL,
+    "fleet_node_chip_power_watts": _POWER,
+}
 # The line index each version-4 reading record fills; the versions 1-3 summary queries.
 _READING_AT = {query: _AT[key] for key, query in READINGS.items()}
 _SUMMARY_QUERY_SET = frozenset(SUMMARY_QUERIES)
@@ -1135,6 +1192,9 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         elif not table.take(query, answer):
             answers[query] = answer
 
+    def left() -> float:
+        return deadline_s - (time.monotonic() - started)
+
     def take_every(query: str, answer: Any) -> None:
         # Without them: every host's series.
         if query == "up":
@@ -1147,14 +1207,14 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         rules = bool(answers[RULES_INFO])
         version = rules_version(answers)
         if rules and version < RULES_VERSION_CLEAN:  # older rules: their summaries, a second round
-            _query_each(client, SUMMARY_QUERIES, deadline_s - (time.monotonic() - started), take,
+            _query_each(client, SUMMARY_QUERIES, left(), take,
                         columns=SUMMARY_QUERIES)
-        group = first.group(deadline_s - (time.monotonic() - started))
+        group = first.group(left())
         if not rules:
             (notice or _stderr)(NO_RULES)
     summary_rows = rules
     if not rules:
-        _query_each(client, QUERIES, deadline_s - (time.monotonic() - started), take_every)
+        _query_each(client, QUERIES, left(), take_every)
         detail = wanted
     else:
         table.finish(version)
@@ -1173,13 +1233,13 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                                 "chip by chip; upgrade their fleet-agent")
         # The agent jobs come from the rules: the detail's fleet_agent_info covers the detail hosts only.
         gathered.add("fleet_agent_info", [(labels, 1.0) for labels, _ in answers[AGENT_JOBS]])
-        if detail:
-            _query_each(client, detail_queries(detail), deadline_s - (time.monotonic() - started),
-                        gathered.add)
+        # Past a small selection, a host's chips that are not healthy only: its rollups count the rest.
+        every_chip = detail if detail_all or not detail else _read_faults(client, detail, gathered, left)
+        if every_chip:
+            _query_each(client, detail_queries(every_chip), left(), gathered.add)
             # Hosts whose agents export no rank (older ones; a fleet mid-upgrade): one-hot, them only.
-            if unranked := gathered.unranked(detail):
-                _query_each(client, detail_queries(unranked, (ONE_HOT,)),
-                            deadline_s - (time.monotonic() - started), gathered.add)
+            if unranked := gathered.unranked(every_chip):
+                _query_each(client, detail_queries(unranked, (ONE_HOT,)), left(), gathered.add)
     now = time.time() if now is None else now
     data, agent_jobs = gathered.data, gathered.agent_jobs
     rows: list[HostRow] = []
@@ -1203,12 +1263,65 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         else:
             row = host_row_from_node(h.name, h.address, h.agent_port, h.groups, _node(h, d, now), now,
                                      expected_chips=h.expected_chips, host_vars=h.vars,
-                                     sample_time_known="fleet_sample_timestamp_seconds" in d.gauges)
+                                     sample_time_known="fleet_sample_timestamp_seconds" in d.gauges,
+                                     chips_present=int(d.gauges[_PRESENT_GAUGE]) if d.faults_only else None)
             # What the metrics did not say stays unsaid: no made-up agent version.
             row.agent_version = d.version
+            if d.faults_only:  # its figures are its rollups; its chips listed, those not healthy
+                row = SummaryRow.of(_rollup_line(d), table.models.get(h.name, []),
+                                    **{f.name: getattr(row, f.name) for f in dataclasses.fields(HostRow)})
             rows.append(row)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
                        pattern=pattern, duration_s=time.monotonic() - started)
+
+
+def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered,
+                 left: Callable[[], float]) -> set[str]:
+    """Read the hosts ``names`` faults only, into ``gathered``: their node-level series, per-host gauges
+    and rollups, and of their chips only those not healthy or with a failing check (a faulty host has
+    one bad chip of eight, typically: an eighth of the per-chip series to select, encode and decode).
+    Returns the hosts to read chip by chip instead (their data so far dropped): an agent without the
+    rollups or the rank, more than one target, or chips not healthy by its count that the rank does
+    not name."""
+    _query_each(client, fault_queries(names), left(), gathered.add)
+    data = gathered.data
+    every_chip: set[str] = set()
+    chips: dict[int, list[str]] = defaultdict(list)
+    for name in names:
+        d = data.get(name)
+        if d is None or d.status is None:
+            continue  # no node status: a row without metrics, as reading every chip would give
+        if not _names_every_fault(d):
+            every_chip.add(name)
+            del data[name]
+            continue
+        d.faults_only = True
+        for i, chip in d.chips.items():
+            chip.setdefault("status", Status.HEALTHY)  # a failing check only (info): its rank is not above 0
+            chips[i].append(name)
+    if chips:
+        _query_each(client, chip_queries(chips), left(), gathered.add)
+    return every_chip
+
+
+def _names_every_fault(d: _HostData) -> bool:
+    """Whether the chips read by their rank are all the host's chips not healthy by its own count (its
+    agent's one target sent both)."""
+    present, healthy = d.gauges.get(_PRESENT_GAUGE), d.gauges.get(_CHIPS_HEALTHY)
+    if present is None or healthy is None or len(d.rollup_targets) != 1:
+        return False
+    if d.agent_targets != d.rollup_targets:
+        return False
+    return sum(1 for chip in d.chips.values() if "status" in chip) == present - healthy
+
+
+def _rollup_line(d: _HostData) -> Line:
+    """A faults-only host's figures as a :data:`Line`: its own gauges and rollups."""
+    line = [math.nan] * len(SUMMARY_KEYS)
+    for name, i in _NODE_LINE.items():
+        line[i] = d.gauges.get(name, math.nan)
+    line[_HEALTHY] = 1.0 if d.status is Status.HEALTHY else 0.0
+    return tuple(line)
 
 
 def _detail_max() -> int:

@@ -140,7 +140,7 @@ _CHIPS = (0.0, 1024.0)
 
 def host_verdict(node: NodeReport, now: float, *, expected_chips: int | None = None,
                  sample_time_known: bool = True, uncertainty_s: float = 0.0,
-                 also: Sequence[Problem] = ()) -> HostVerdict:
+                 also: Sequence[Problem] = (), chips_present: int | None = None) -> HostVerdict:
     """The agent's own verdict, plus what only the controller can see: the inventory's expected chip
     count against the chips present (when the agent does not check it itself), readings no chip can
     have, the sample's age (an agent whose sampling loop is stuck keeps serving an old sample), the
@@ -151,7 +151,10 @@ def host_verdict(node: NodeReport, now: float, *, expected_chips: int | None = N
     ``now`` is the controller's wall clock when the answer was read, give or take ``uncertainty_s``
     (a fan-out reads its clock once for every host). The age comes from the agent's monotonic clock
     when the report carries it (``sample_age_s``), and the wall-clock difference then measures skew;
-    without it, a sample stamped in the future is skew and one that looks old may be either."""
+    without it, a sample stamped in the future is skew and one that looks old may be either.
+
+    ``chips_present``: how many chips the host has when ``node`` lists only some of them (a source that
+    reads the chips that are not healthy, and counts the rest); default, the chips listed."""
     # Here, not at the top: the health package imports this module.
     from fleet_agent.health.checks import readings
 
@@ -177,16 +180,17 @@ def host_verdict(node: NodeReport, now: float, *, expected_chips: int | None = N
         added += found
         health = worse(health, HostHealth.DEGRADED)
     expected = expected_chips if expected_chips is not None else node_expected
+    present = len(node.chips) if chips_present is None else chips_present
     # Not when the agent named why it sees no chips (the driver): that problem says it already.
-    if (expected is not None and len(node.chips) < expected
+    if (expected is not None and present < expected
             and not _has_check(node, "chip_count") and not _has_check(node, "driver")):
         added.append(Problem("chip_count", Severity.CRITICAL,
-                             f"{len(node.chips)} of {expected} chips present (inventory)", Action.REBOOT))
+                             f"{present} of {expected} chips present (inventory)", Action.REBOOT))
         health = worse(health, HostHealth.UNHEALTHY)
-    elif expected is not None and len(node.chips) > expected and not _has_check(node, "chip_count"):
+    elif expected is not None and present > expected and not _has_check(node, "chip_count"):
         # More chips than the inventory says is its own mistake, not a fault of the host.
         added.append(Problem("chip_count", Severity.INFO,
-                             f"{len(node.chips)} chips present, {expected} expected (inventory): update "
+                             f"{present} chips present, {expected} expected (inventory): update "
                              "fleet_agent_expected_chips", Action.CHECK_CONFIGURATION))
     age: float | None = None
     if not sample_time_known:

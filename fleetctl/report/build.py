@@ -25,12 +25,13 @@ def host_row_from_node(name: str, address: str, port: int, groups: tuple[str, ..
                        now: float, *, expected_chips: int | None = None,
                        host_vars: Mapping[str, Any] | None = None,
                        sample_time_known: bool = True, uncertainty_s: float = 0.0,
-                       also: Sequence[Problem] = ()) -> HostRow:
+                       also: Sequence[Problem] = (), chips_present: int | None = None) -> HostRow:
     """A reachable host: its state is :func:`fleet_agent.verdict.host_verdict`'s (the agent's own
     judgement plus what only the controller sees); its problems are the agent's and those the
-    verdict added, its chips as the verdict judged them (impossible readings blanked)."""
+    verdict added, its chips as the verdict judged them (impossible readings blanked).
+    ``chips_present``: the host's chip count when ``node`` lists only some (host_verdict's)."""
     verdict = host_verdict(node, now, expected_chips=expected_chips, sample_time_known=sample_time_known,
-                           uncertainty_s=uncertainty_s, also=also)
+                           uncertainty_s=uncertainty_s, also=also, chips_present=chips_present)
     chips = list(verdict.chips)
     problems = [problem_row(p, None) for p in node.problems]
     problems += [problem_row(p, c.index) for c in chips if c.problems for p in c.problems]

@@ -98,6 +98,11 @@ class HostRow:
         total = [c.memory_total_bytes for c in self.chips if c.memory_total_bytes is not None]
         return sum(total) if total else None
 
+    @property
+    def power_w(self) -> float | None:
+        powers = [c.power_w for c in self.chips if c.power_w is not None]
+        return sum(powers) if powers else None
+
     def chip_figures(self) -> ChipFigures:
         """The chip figures the report prints, at once (a JSON row reads them all)."""
         return (self.chips_present, self.chips_ok, self.max_temperature_c, self.mean_utilization_pct,
@@ -266,12 +271,8 @@ def _desc(value: float | None) -> float:
 
 
 def host_power_w(h: HostRow) -> float | None:
-    """The chips' power summed; a row without chips listed (a Prometheus summary) may carry its own."""
-    if not h.chips:
-        power: float | None = getattr(h, "power_w", None)
-        return power
-    powers = [c.power_w for c in h.chips if c.power_w is not None]
-    return sum(powers) if powers else None
+    """The host's power draw (:attr:`HostRow.power_w`)."""
+    return h.power_w
 
 
 def xid_count(problems: Iterable[ProblemRow | Problem]) -> int:
@@ -386,10 +387,13 @@ def summarize(hosts: Iterable[HostRow]) -> Summary:
     chip_counts = dict.fromkeys(CHIP_STATES, 0)
     for h in hosts:
         host_counts[h.status.value] += 1
-        if not h.chips:  # a Prometheus summary row counts its (healthy) chips without listing them
-            chip_counts["healthy"] += h.chips_ok
+        # A Prometheus row from the host's rollups counts healthy chips it does not list (all of them,
+        # or all but those not healthy): chips_ok less the healthy ones listed.
+        listed_ok = 0
         for c in h.chips:
             chip_counts[c.status.value] += 1
+            listed_ok += c.status is Status.HEALTHY
+        chip_counts["healthy"] += h.chips_ok - listed_ok
     return Summary(hosts=host_counts, chips=chip_counts)
 
 

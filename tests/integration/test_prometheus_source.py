@@ -166,8 +166,17 @@ def test_summary_rows_from_the_recording_rules_agree_with_direct_fan_out(
             assert rules_temp is not None and abs(rules_temp - h["max_temperature_c"]) <= 3.0, h["name"]
     healthy = [h for h in via_rules["hosts"] if h["status"] == "healthy"]
     assert healthy and all(h["chips"] == [] for h in healthy)  # summary rows: no per-chip detail
-    hot = next(h for h in via_rules["hosts"] if h["name"] == "h100-0001")
-    assert ("temperature", 5) in {(p["check"], p["chip"]) for p in hot["problems"]} and hot["chips"]
+    # A host that is not clean: its problems as the agent says them, and only its chips not healthy.
+    listed = {h["name"]: [c["index"] for c in h["chips"]] for h in via_rules["hosts"]}
+    for h in direct["hosts"]:
+        if h["status"] not in ("healthy", "unreachable"):
+            # (A set: a check failing twice on one chip with two messages is one series in Prometheus.)
+            problems = {(p["check"], p["chip"], p["severity"]) for p in h["problems"]}
+            rules_row = next(r for r in via_rules["hosts"] if r["name"] == h["name"])
+            assert {(p["check"], p["chip"], p["severity"]) for p in rules_row["problems"]} == problems
+            not_healthy = [c["index"] for c in h["chips"] if c["status"] != "healthy"]
+            assert listed[h["name"]] == not_healthy, h["name"]
+    assert listed["h100-0001"] == [5]
 
 
 def test_without_the_rules_one_line_says_so_and_the_report_is_the_same(

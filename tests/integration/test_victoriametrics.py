@@ -168,6 +168,9 @@ def test_summary_rows_from_vmalert_agree_with_direct_fan_out(setup: Setup) -> No
     assert len(healthy) == 3 and all(h["chips"] == [] for h in healthy)  # summary rows, not chip detail
     assert all(h["age_s"] >= 25 for h in healthy)  # the rules' data is VictoriaMetrics's latency offset old
     assert faults(via_rules)["h100-0001"] >= {("temperature", 5), ("throttle", 5)}
+    # Past a small selection, a host that is not clean lists only its chips that are not healthy.
+    hot = next(h for h in via_rules["hosts"] if h["name"] == "h100-0001")
+    assert [c["index"] for c in hot["chips"]] == [5] and (hot["chips_present"], hot["chips_ok"]) == (8, 7)
 
 
 def test_victoriametrics_without_the_rules_falls_back_in_one_line(setup: Setup) -> None:

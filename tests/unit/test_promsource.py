@@ -8,6 +8,7 @@ import http.server
 import itertools
 import json
 import math
+import re
 import socketserver
 import threading
 import time
@@ -36,11 +37,14 @@ from fleetctl.promsource import (
     Column,
     HttpPrometheus,
     Labels,
+    NamedLabels,
     PrometheusError,
     RuleGroup,
     Sample,
     SummaryRow,
+    chip_queries,
     detail_queries,
+    fault_queries,
     file_sd_targets,
     parse_vector,
     prometheus_report,
@@ -110,7 +114,23 @@ class FakePrometheus:
 
 
 def typed(series: list[tuple[dict[str, str], float]]) -> list[Sample]:
-    return [(Labels(**labels), value) for labels, value in series]
+    """Samples as the client decodes them (a series with its metric's name: NamedLabels)."""
+    return [(NamedLabels(**{"name" if k == "__name__" else k: v for k, v in labels.items()})
+             if "__name__" in labels else Labels(**labels), value) for labels, value in series]
+
+
+_MATCHER = re.compile(r'(\w+)(=~|=)"((?:[^"\\]|\\.)*)"')
+
+
+def selector(promql: str) -> tuple[str, dict[str, str], str]:
+    """(metric, {label: value}, what follows the braces) of a selector as fleetctl writes them: the
+    ``host`` and ``__name__`` regexes are alternations of plain names here."""
+    head, brace, rest = promql.partition("{")
+    if not brace:
+        name, _, tail = promql.partition(" ")
+        return name, {}, f" {tail}" if tail else ""
+    inside, _, tail = rest.partition("}")
+    return head, {k: v for k, _op, v in _MATCHER.findall(inside)}, tail
 
 
 def test_report_from_prometheus() -> None:
@@ -157,6 +177,8 @@ def test_parse_vector_errors_name_the_query() -> None:
         {"metric": {"host": "a", "pci_bus_id": "0000:01:00.0", "__name__": "x"}, "value": [1, "NaN"]}]}}
     [(labels, value)] = parse_vector(raw(big), "q")
     assert labels == Labels(host="a") and value != value
+    # A selector of several metrics: each series's name too.
+    assert parse_vector(raw(big), "q", named=True)[0][0] == NamedLabels(host="a", name="x")
 
 
 def raw(doc: object) -> bytes:
@@ -482,7 +504,8 @@ class RulesPrometheus(SeriesPrometheus):
     of version 4 (the info's version label, "4" unless set) answer with their records made from them
     as the shipped rules would (deploy/prometheus/tests/ checks the real rules on the same cases)."""
 
-    def __init__(self, version: str | None = "4", unranked: tuple[str, ...] = (), **hot: float) -> None:
+    def __init__(self, version: str | None = "4", unranked: tuple[str, ...] = (), rollups: bool = True,
+                 **hot: float) -> None:
         self.unranked = set(unranked)  # hosts whose agents predate fleet_chip_status_rank
         names = [f"c{i}" for i in range(10)]
         hot_series = healthy_series("hot", **{
@@ -490,8 +513,16 @@ class RulesPrometheus(SeriesPrometheus):
                                        (chip_labels("hot", 1, status="unhealthy"), 1.0)],
             "fleet_node_status == 1": [({"host": "hot", "status": "unhealthy"}, 1.0)],
             "fleet_health_check_failing == 1": [
-                (chip_labels("hot", 1, check="xid", severity="critical"), 1.0)],
+                (chip_labels("hot", 1, check="xid", severity="critical", job="fleet-agent"), 1.0)],
+            "fleet_chip_temperature_celsius": [(chip_labels("hot", 0), 40.0), (chip_labels("hot", 1), 90.0)],
+            "fleet_chip_power_watts": [(chip_labels("hot", 0), 300.0), (chip_labels("hot", 1), 100.0)],
         })
+        if rollups:  # the agent's own counts and folds of its chips, as it exports them
+            agent = {"host": "hot", "job": "fleet-agent"}
+            hot_series |= {"fleet_node_chips_present": [(agent, 2.0)],
+                           "fleet_node_chips_healthy": [(agent, 1.0)],
+                           "fleet_node_chip_temperature_max_celsius": [(agent, 90.0)],
+                           "fleet_node_chip_power_watts": [(agent, 400.0)]}
         self.hot = {k: v for k, v in hot_series.items() if k != "up"}
         summaries = [s for n in names for s in summary(n, **(hot if n == "c0" else {}))]
         present = {labels["host"]: v for labels, v in summaries if labels["summary"] == "chips_present"}
@@ -518,16 +549,26 @@ class RulesPrometheus(SeriesPrometheus):
             return typed([(lab, v) for lab, v in self.series.get(name, []) if lab["summary"] == key])
         if name in (CLEAN, WITHOUT_ROLLUPS, *READINGS.values()):
             return typed(self.records(name) if self.version() >= 4 else [])
-        if rest.startswith('host=~"'):
-            hosts = rest[len('host=~"'):].split('"', 1)[0].split("|")
-            tail = rest.split("}", 1)[1]
-            if name == RANK:  # the one-hot series' status as its rank, one series per chip
-                return typed([({k: x for k, x in lab.items() if k != "status"},
-                               float(Status(lab["status"]).rank))
-                              for lab, v in self.hot.get("fleet_chip_status == 1", [])
-                              if v == 1 and lab["host"] in hosts and lab["host"] not in self.unranked])
-            return typed([(lab, v) for lab, v in self.hot.get(name + tail, []) if lab["host"] in hosts])
-        return super().query(promql)
+        name, matchers, tail = selector(promql)
+        if "host" not in matchers:
+            return super().query(promql)
+        hosts = matchers["host"].split("|")
+        out = []
+        for metric in matchers["__name__"].split("|") if not name else [name]:
+            for lab, v in self.detail(metric, tail):
+                if lab["host"] in hosts and matchers.get("chip", lab.get("chip")) == lab.get("chip"):
+                    out.append(({**lab, "__name__": metric} if not name else lab, v))
+        return typed(out)
+
+    def detail(self, metric: str, tail: str) -> list[tuple[dict[str, str], float]]:
+        """The hot host's series of ``metric``, filtered as ``tail`` says."""
+        if metric != RANK:
+            return self.hot.get(metric + tail, [])
+        # The one-hot series' status as its rank, one series per chip (`> 0`: those not healthy).
+        ranks = [({k: x for k, x in lab.items() if k != "status"}, float(Status(lab["status"]).rank))
+                 for lab, v in self.hot.get("fleet_chip_status == 1", [])
+                 if v == 1 and lab["host"] not in self.unranked]
+        return [(lab, v) for lab, v in ranks if tail != " > 0" or v > 0]
 
     def records(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Version 4's record ``name`` from the summaries."""
@@ -557,14 +598,19 @@ def rules_report(fake: RulesPrometheus, **kw: Any) -> dict[str, HostRow]:
     return {r.name: r for r in report.hosts}
 
 
-def test_with_the_rules_only_hosts_with_a_doubtful_summary_are_read_chip_by_chip() -> None:
+def test_with_the_rules_only_hosts_with_a_doubtful_summary_are_read_and_only_their_faults() -> None:
     fake = RulesPrometheus()
     rows = rules_report(fake)
     detail = [q for q in fake.queries if q not in RULE_QUERIES]
-    assert detail and all('{host=~"hot"}' in q for q in detail)  # the clean hosts' chips are never asked
-    assert len(detail) == len(QUERIES) - 1  # every per-chip query once, `up` came with the rules
+    # The clean hosts are never asked; the hot one's node, then its one chip not healthy (chip 1).
+    assert detail == fault_queries(["hot"]) + chip_queries({1: ["hot"]})
     hot, c1 = rows["hot"], rows["c1"]
     assert hot.status is HostHealth.UNHEALTHY and [(p.check, p.chip) for p in hot.problems] == [("xid", 1)]
+    # Its figures are its own rollups; its chips listed, the one not healthy, with its readings.
+    assert isinstance(hot, SummaryRow) and [(c.index, c.status, c.temperature_c) for c in hot.chips] == [
+        (1, Status.UNHEALTHY, 90.0)]
+    assert (hot.chips_ok, hot.chips_present, hot.chips_total, hot.max_temperature_c, hot.power_w) == (
+        1, 2, 2, 90.0, 400.0)
     assert c1.status is HostHealth.HEALTHY and c1.agent_version == "0.2.0" and c1.age_s == 3.0
     assert (c1.chips_ok, c1.chips_total, c1.max_temperature_c) == (2, 2, 44.0)
     assert c1.mean_utilization_pct == pytest.approx(25.0) and c1.memory_used_bytes == 3 * 2**30
@@ -590,7 +636,7 @@ def test_rules_of_version_4_are_read_in_one_round_one_query_per_record() -> None
     fake = RulesPrometheus("4")
     rows = rules_report(fake)
     assert not any(q.startswith("fleetctl:host_summary") for q in fake.queries)  # no second round
-    assert sorted(q for q in fake.queries if not q.startswith("fleet_")) == sorted(RULE_QUERIES)
+    assert sorted(q for q in fake.queries if "host=~" not in q) == sorted(RULE_QUERIES)
     c2 = rows["c2"]
     assert isinstance(c2, SummaryRow) and c2.status is HostHealth.HEALTHY and c2.age_s == 3.0
     # The same figures as the summaries of version 3 give, none made up (no power reading here).
@@ -709,16 +755,18 @@ def test_a_host_whose_agent_exports_no_rank_is_read_one_hot_and_only_it() -> Non
     fake = RulesPrometheus(unranked=("hot",), node_healthy=0.0)  # c0's node not healthy: detail too
     rows = rules_report(fake)
     detail = [q for q in fake.queries if q not in RULE_QUERIES]
-    assert sorted(detail[:-1]) == sorted(detail_queries(["c0", "hot"]))  # the rank first, for both
+    # Its chip not healthy by its count, and no rank naming it: every chip read (c0 has no series).
+    first = fault_queries(["c0", "hot"])
+    assert detail[:len(first)] == first and sorted(detail[len(first):-1]) == sorted(detail_queries(["hot"]))
     assert detail[-1] == 'fleet_chip_status{host=~"hot"} == 1'  # then one-hot for the one without it
     hot = rows["hot"]
     assert hot.status is HostHealth.UNHEALTHY and (hot.chips_ok, hot.chips_total) == (1, 2)
-    # From the rank, the same row, and no one-hot query at all.
+    # From the rank, the same row (its chip not healthy listed), and no one-hot query at all.
     ranked = RulesPrometheus()
     again = rules_report(ranked)["hot"]
     assert not any(q.startswith("fleet_chip_status{") for q in ranked.queries)
     assert (again.status, again.chips_ok, again.chips_total) == (HostHealth.UNHEALTHY, 1, 2)
-    assert [c.status for c in again.chips] == [c.status for c in hot.chips]
+    assert [(c.index, c.status) for c in again.chips] == [(1, Status.UNHEALTHY)]
     assert [c.status for c in hot.chips] == [Status.HEALTHY, Status.UNHEALTHY]
 
 

@@ -1,0 +1,99 @@
+"""A host that is not clean, past a small selection: its node and only its chips that are not healthy
+are read, its figures are its agent's rollups (issue 20: the detail the size of the faults)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fleet_agent.schema import Status
+from test_promsource import NOW, RulesPrometheus, host
+
+from fleetctl.promsource import SummaryRow, chip_queries, detail_queries, fault_queries, prometheus_report
+from fleetctl.report import FleetReport, HostHealth, HostRow
+
+HOSTS = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
+
+
+def hot_row(fake: RulesPrometheus, *hosts: Any) -> tuple[HostRow, FleetReport]:
+    report = prometheus_report(list(hosts) or HOSTS, fake, now=NOW, detail_all=False, notice=print)
+    return next(r for r in report.hosts if r.name == "hot"), report
+
+
+def seen(row: HostRow) -> tuple[Any, ...]:
+    """What on-call reads of a row: its state, problems and chip figures."""
+    return (row.status, [(p.check, p.severity, p.chip) for p in row.problems], row.chips_ok,
+            row.chips_present, row.chips_total, row.chips_expected)
+
+
+def test_a_faults_only_row_says_what_reading_every_chip_says() -> None:
+    faults, faults_report = hot_row(RulesPrometheus())
+    every, every_report = hot_row(RulesPrometheus(rollups=False))  # no rollups: every chip read
+    assert isinstance(faults, SummaryRow) and not isinstance(every, SummaryRow)
+    assert seen(faults) == seen(every) == (HostHealth.UNHEALTHY, [("xid", "critical", 1)], 1, 2, 2, 2)
+    assert [c.index for c in every.chips] == [0, 1] and [c.index for c in faults.chips] == [1]
+    assert faults.chips[0] == every.chips[1]  # the chip not healthy, as read with all the others
+    # The fleet's chip counts are the same: the healthy chip counted from the rollups.
+    assert faults_report.summary().chips == every_report.summary().chips
+    assert faults_report.summary().chips == {"healthy": 21, "degraded": 0, "unknown": 0, "unhealthy": 1}
+    # In the JSON report: the host's figures, and the one chip listed.
+    doc = json.loads(faults_report.to_json())
+    out = next(h for h in doc["hosts"] if h["name"] == "hot")
+    assert (out["chips_present"], out["chips_ok"], out["max_temperature_c"]) == (2, 1, 90.0)
+    assert [c["index"] for c in out["chips"]] == [1] and out["chips"][0]["status"] == "unhealthy"
+
+
+@pytest.mark.parametrize("change", ["no rollups", "count disagrees", "second target"])
+def test_a_host_whose_count_the_rank_does_not_explain_has_every_chip_read(change: str) -> None:
+    fake = RulesPrometheus(rollups=change != "no rollups")
+    agent = {"host": "hot", "job": "fleet-agent"}
+    if change == "count disagrees":  # two chips not healthy by its count; the rank names one
+        fake.hot["fleet_node_chips_healthy"] = [(agent, 0.0)]
+    elif change == "second target":  # the rank may come from either: none is trusted to name them all
+        fake.hot["fleet_node_chips_healthy"] = [(agent, 1.0), ({**agent, "job": "other"}, 1.0)]
+    row, _ = hot_row(fake)
+    detail = [q for q in fake.queries if "host=~" in q]
+    assert detail[:5] == fault_queries(["hot"]) and sorted(detail[5:]) == sorted(detail_queries(["hot"]))
+    assert not isinstance(row, SummaryRow) and [c.index for c in row.chips] == [0, 1]
+    assert row.status is HostHealth.UNHEALTHY
+
+
+def test_a_healthy_chip_with_a_failing_check_is_listed_as_healthy_with_its_readings() -> None:
+    fake = RulesPrometheus()
+    fake.hot["fleet_health_check_failing == 1"].append(
+        ({"host": "hot", "chip": "0", "check": "thermal_margin", "severity": "info", "job": "fleet-agent"},
+         1.0))
+    row, report = hot_row(fake)
+    assert chip_queries({0: ["hot"], 1: ["hot"]}) == [q for q in fake.queries if "chip=" in q]
+    assert [(c.index, c.status, c.temperature_c, c.power_w) for c in row.chips] == [
+        (0, Status.HEALTHY, 40.0, 300.0), (1, Status.UNHEALTHY, 90.0, 100.0)]
+    assert [(p.check, p.chip) for p in row.problems] == [("xid", 1), ("thermal_margin", 0)]
+    # Counted once: listed, and among the rollup's healthy chips (beside the ten clean hosts' 20).
+    assert report.summary().chips == {"healthy": 21, "degraded": 0, "unknown": 0, "unhealthy": 1}
+
+
+def test_the_inventory_holds_a_faults_only_host_to_its_chip_count_not_to_the_chips_listed() -> None:
+    # One chip listed of the two it has: the inventory's 2 are all there, no chip_count problem.
+    row, _ = hot_row(RulesPrometheus(), host("hot", 1, expected=2), *HOSTS[:10])
+    assert isinstance(row, SummaryRow) and not any(p.check == "chip_count" for p in row.problems)
+    # Four expected, two present: said as reading every chip would.
+    four, _ = hot_row(RulesPrometheus(), host("hot", 1, expected=4), *HOSTS[:10])
+    every, _ = hot_row(RulesPrometheus(rollups=False), host("hot", 1, expected=4), *HOSTS[:10])
+    missing = [p for p in four.problems if p.check == "chip_count"]
+    assert [p.message for p in missing] == ["2 of 4 chips present (inventory)"] and seen(four) == seen(every)
+
+
+def test_chips_are_asked_one_selector_per_chip_index_with_their_hosts() -> None:
+    gauges = ('__name__=~"fleet_chip_temperature_celsius|fleet_chip_utilization_ratio|fleet_chip_memory_used_'
+              'bytes|fleet_chip_memory_total_bytes|fleet_chip_power_watts|fleet_chip_stale"')
+    assert chip_queries({3: ["b", "a.x"], 1: ["c"]}) == [
+        f'{{{gauges},chip="1",host=~"c"}}', f'{{{gauges},chip="3",host=~"a\\\\.x|b"}}']
+
+
+def test_a_small_selection_still_reads_every_chip() -> None:
+    fake = RulesPrometheus()
+    report = prometheus_report(HOSTS, fake, now=NOW, detail_all=True)
+    hot = next(r for r in report.hosts if r.name == "hot")
+    assert not isinstance(hot, SummaryRow) and [c.index for c in hot.chips] == [0, 1]
+    assert not any("chip=" in q or "__name__" in q for q in fake.queries)
