@@ -1226,7 +1226,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             (notice or _stderr)(clock.why)
             detail_all = True
         detail = wanted if detail_all else {h.name for h in hosts if not table.clean(h, now_s, clock.seen_at)}
-        if version >= RULES_VERSION_ROLLUPS and (old := table.without_rollups(hosts)):
+        old = table.without_rollups(hosts) if version >= RULES_VERSION_ROLLUPS else []
+        if old:
             # Correct either way (they are read chip by chip), but slow at scale: say why, once.
             (notice or _stderr)(f"{len(old)} host(s) ({old[0]}{', ...' if len(old) > 1 else ''}) export no "
                                 "fleet_node_chips_healthy: agents from before the per-host rollups, read "
@@ -1234,9 +1235,15 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # The agent jobs come from the rules: the detail's fleet_agent_info covers the detail hosts only.
         gathered.add("fleet_agent_info", [(labels, 1.0) for labels, _ in answers[AGENT_JOBS]])
         # Past a small selection, a host's chips that are not healthy only: its rollups count the rest.
-        every_chip = detail if detail_all or not detail else _read_faults(client, detail, gathered, left)
-        if every_chip:
-            _query_each(client, detail_queries(every_chip), left(), gathered.add)
+        chips: Mapping[int, list[str]] = {}
+        every_chip = detail
+        if detail and not detail_all:
+            without = detail.intersection(old)
+            chips, every_chip = _read_faults(client, detail - without, gathered, left)
+            every_chip |= without
+        # Those chips' readings, and every chip of the hosts their count sends there, in one round.
+        if more := chip_queries(chips) + detail_queries(every_chip):
+            _query_each(client, more, left(), gathered.add)
             # Hosts whose agents export no rank (older ones; a fleet mid-upgrade): one-hot, them only.
             if unranked := gathered.unranked(every_chip):
                 _query_each(client, detail_queries(unranked, (ONE_HOT,)), left(), gathered.add)
@@ -1268,7 +1275,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             # What the metrics did not say stays unsaid: no made-up agent version.
             row.agent_version = d.version
             if d.faults_only:  # its figures are its rollups; its chips listed, those not healthy
-                row = SummaryRow.of(_rollup_line(d), table.models.get(h.name, []),
+                row = SummaryRow.of(_rollup_line(d, row.chips), table.models.get(h.name, []),
                                     **{f.name: getattr(row, f.name) for f in dataclasses.fields(HostRow)})
             rows.append(row)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
@@ -1276,13 +1283,17 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
 
 
 def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered,
-                 left: Callable[[], float]) -> set[str]:
+                 left: Callable[[], float]) -> tuple[dict[int, list[str]], set[str]]:
     """Read the hosts ``names`` faults only, into ``gathered``: their node-level series, per-host gauges
-    and rollups, and of their chips only those not healthy or with a failing check (a faulty host has
-    one bad chip of eight, typically: an eighth of the per-chip series to select, encode and decode).
-    Returns the hosts to read chip by chip instead (their data so far dropped): an agent without the
-    rollups or the rank, more than one target, or chips not healthy by its count that the rank does
-    not name."""
+    and rollups, and which of their chips are not healthy (a faulty host has one bad chip of eight,
+    typically: an eighth of the per-chip series to select, encode and decode). Returns the hosts whose
+    chips' readings to read, by chip index (those not healthy, or with a failing check), and the hosts
+    to read chip by chip instead (their data so far dropped): an agent without the rollups or the
+    rank, more than one target, an impossible reading in the rollups, or chips not healthy by its
+    count that the rank does not name."""
+    # Here, not at the top: the health checks' import is paid only where there are faults.
+    from fleet_agent.health.checks.readings import NAME as invalid_reading
+
     _query_each(client, fault_queries(names), left(), gathered.add)
     data = gathered.data
     every_chip: set[str] = set()
@@ -1291,7 +1302,7 @@ def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered,
         d = data.get(name)
         if d is None or d.status is None:
             continue  # no node status: a row without metrics, as reading every chip would give
-        if not _names_every_fault(d):
+        if not _names_every_fault(d, invalid_reading):
             every_chip.add(name)
             del data[name]
             continue
@@ -1299,28 +1310,34 @@ def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered,
         for i, chip in d.chips.items():
             chip.setdefault("status", Status.HEALTHY)  # a failing check only (info): its rank is not above 0
             chips[i].append(name)
-    if chips:
-        _query_each(client, chip_queries(chips), left(), gathered.add)
-    return every_chip
+    return chips, every_chip
 
 
-def _names_every_fault(d: _HostData) -> bool:
+def _names_every_fault(d: _HostData, invalid_reading: str) -> bool:
     """Whether the chips read by their rank are all the host's chips not healthy by its own count (its
-    agent's one target sent both)."""
+    agent's one target sent both), and its rollups fold no impossible reading (the agent's check
+    says so; reading every chip lets the controller leave that one value out, as it does for direct
+    fan-out)."""
     present, healthy = d.gauges.get(_PRESENT_GAUGE), d.gauges.get(_CHIPS_HEALTHY)
     if present is None or healthy is None or len(d.rollup_targets) != 1:
         return False
     if d.agent_targets != d.rollup_targets:
         return False
+    if any(p.check == invalid_reading for chip in d.chips.values() for p in chip.get("problems", ())):
+        return False
     return sum(1 for chip in d.chips.values() if "status" in chip) == present - healthy
 
 
-def _rollup_line(d: _HostData) -> Line:
-    """A faults-only host's figures as a :data:`Line`: its own gauges and rollups."""
+def _rollup_line(d: _HostData, judged: Sequence[ChipReport]) -> Line:
+    """A faults-only host's figures as a :data:`Line`: its own gauges and rollups. A chip listed for a
+    failing check, healthy by its rank, that the controller judged otherwise (``judged``: an impossible
+    reading the agent let through) is not counted healthy: the fleet's counts take it where listed."""
     line = [math.nan] * len(SUMMARY_KEYS)
     for name, i in _NODE_LINE.items():
         line[i] = d.gauges.get(name, math.nan)
     line[_HEALTHY] = 1.0 if d.status is Status.HEALTHY else 0.0
+    line[_OK] -= sum(1 for c in judged if c.status is not Status.HEALTHY
+                     and d.chips.get(c.index, {}).get("status") is Status.HEALTHY)
     return tuple(line)
 
 

@@ -174,7 +174,7 @@ def test_summary_rows_from_the_recording_rules_agree_with_direct_fan_out(
             problems = {(p["check"], p["chip"], p["severity"]) for p in h["problems"]}
             rules_row = next(r for r in via_rules["hosts"] if r["name"] == h["name"])
             assert {(p["check"], p["chip"], p["severity"]) for p in rules_row["problems"]} == problems
-            not_healthy = [c["index"] for c in h["chips"] if c["status"] != "healthy"]
+            not_healthy = [c["index"] for c in h["chips"] if c["status"] != "healthy" or c["problems"]]
             assert listed[h["name"]] == not_healthy, h["name"]
     assert listed["h100-0001"] == [5]
 

@@ -44,14 +44,22 @@ def test_a_faults_only_row_says_what_reading_every_chip_says() -> None:
     assert [c["index"] for c in out["chips"]] == [1] and out["chips"][0]["status"] == "unhealthy"
 
 
-@pytest.mark.parametrize("change", ["no rollups", "count disagrees", "second target"])
+@pytest.mark.parametrize("change", ["no rollups", "count disagrees", "no usable count", "second target",
+                                    "info from another target", "impossible reading"])
 def test_a_host_whose_count_the_rank_does_not_explain_has_every_chip_read(change: str) -> None:
     fake = RulesPrometheus(rollups=change != "no rollups")
     agent = {"host": "hot", "job": "fleet-agent"}
     if change == "count disagrees":  # two chips not healthy by its count; the rank names one
         fake.hot["fleet_node_chips_healthy"] = [(agent, 0.0)]
+    elif change == "no usable count":
+        fake.hot["fleet_node_chips_healthy"] = [(agent, float("nan"))]
     elif change == "second target":  # the rank may come from either: none is trusted to name them all
         fake.hot["fleet_node_chips_healthy"] = [(agent, 1.0), ({**agent, "job": "other"}, 1.0)]
+    elif change == "info from another target":
+        fake.hot["fleet_agent_info"] = [({**agent, "job": "other", "version": "0.1.0"}, 1.0)]
+    elif change == "impossible reading":  # the rollups fold it; reading every chip leaves it out
+        fake.hot["fleet_health_check_failing == 1"].append(
+            ({"host": "hot", "chip": "1", "check": "invalid_reading", "severity": "warning", **agent}, 1.0))
     row, _ = hot_row(fake)
     detail = [q for q in fake.queries if "host=~" in q]
     assert detail[:5] == fault_queries(["hot"]) and sorted(detail[5:]) == sorted(detail_queries(["hot"]))
@@ -82,6 +90,32 @@ def test_the_inventory_holds_a_faults_only_host_to_its_chip_count_not_to_the_chi
     every, _ = hot_row(RulesPrometheus(rollups=False), host("hot", 1, expected=4), *HOSTS[:10])
     missing = [p for p in four.problems if p.check == "chip_count"]
     assert [p.message for p in missing] == ["2 of 4 chips present (inventory)"] and seen(four) == seen(every)
+
+
+def test_a_listed_chip_the_controller_judges_not_healthy_is_not_counted_twice() -> None:
+    # Listed for an info check, healthy by its rank and in the rollup's count; its reading impossible
+    # (the agent's own check off): the verdict makes it degraded, and the fleet's counts say so once.
+    fake = RulesPrometheus()
+    fake.hot["fleet_health_check_failing == 1"].append(
+        ({"host": "hot", "chip": "0", "check": "thermal_margin", "severity": "info", "job": "fleet-agent"},
+         1.0))
+    fake.hot["fleet_chip_temperature_celsius"][0] = ({"host": "hot", "chip": "0"}, 500.0)
+    row, report = hot_row(fake)
+    assert [(c.index, c.status) for c in row.chips] == [(0, Status.DEGRADED), (1, Status.UNHEALTHY)]
+    assert row.chips_ok == 0 and row.chips_present == 2
+    assert report.summary().chips == {"healthy": 20, "degraded": 1, "unknown": 0, "unhealthy": 1}
+
+
+def test_hosts_the_rules_name_as_without_rollups_are_read_chip_by_chip_at_once() -> None:
+    fake = RulesPrometheus(rollups=False)
+    summaries = fake.series["fleetctl:host_summary"]
+    fake.series["fleetctl:host_summary"] = [
+        (lab, v) for lab, v in summaries if not (lab["host"] == "hot" and lab["summary"] == "chips_healthy")]
+    row, _ = hot_row(fake)
+    # No faults round first (its rollups selector, its rank above 0): every chip at once.
+    assert not any("__name__" in q or q.endswith(" > 0") for q in fake.queries)
+    assert sorted(q for q in fake.queries if "host=~" in q) == sorted(detail_queries(["hot"]))
+    assert [c.index for c in row.chips] == [0, 1] and row.status is HostHealth.UNHEALTHY
 
 
 def test_chips_are_asked_one_selector_per_chip_index_with_their_hosts() -> None:
