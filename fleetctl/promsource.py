@@ -1235,12 +1235,12 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # The agent jobs come from the rules: the detail's fleet_agent_info covers the detail hosts only.
         gathered.add("fleet_agent_info", [(labels, 1.0) for labels, _ in answers[AGENT_JOBS]])
         # Past a small selection, a host's chips that are not healthy only: its rollups count the rest.
+        # (Hosts whose agents export no rollups, as the rules say, go straight to every chip.)
         chips: Mapping[int, list[str]] = {}
         every_chip = detail
-        if detail and not detail_all:
-            without = detail.intersection(old)
-            chips, every_chip = _read_faults(client, detail - without, gathered, left)
-            every_chip |= without
+        if not detail_all and (faults := detail.difference(old)):
+            chips, every_chip = _read_faults(client, faults, gathered, left)
+            every_chip |= detail - faults
         # Those chips' readings, and every chip of the hosts their count sends there, in one round.
         if more := chip_queries(chips) + detail_queries(every_chip):
             _query_each(client, more, left(), gathered.add)
