@@ -820,8 +820,10 @@ def summary_line(values: Mapping[str, float]) -> Line:
 
 
 class SummaryRow(HostRow):
-    """A host whose summary is clean (healthy, every chip healthy and present, a fresh sample):
-    its figures come from the recording rules, without per-chip detail. Built with :meth:`of`."""
+    """A host whose figures are per-host summaries, not folded from its chips: a clean host (healthy,
+    every chip healthy and present, a fresh sample) from the recording rules, no chip listed; or a host
+    read faults only (see :func:`_read_faults`) from its agent's rollups, its chips not healthy listed.
+    Built with :meth:`of`."""
 
     line: Line
     models: list[tuple[str, str, str, int]]  # (kind, vendor, model, count) per chip model
