@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -148,12 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_chunks < 1:
         p.error("--max-chunks must be 1 or more")
     traffic = Traffic()
-    try:
-        asyncio.run(relay_stdio(args.host, args.port, args.delay_ms / 1000, args.max_chunks, traffic))
-    except OSError as exc:
-        print(f"latency_relay.py: {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    if args.stats is not None:
+
+    def report() -> None:
+        if args.stats is None:
+            return
         line = json.dumps({"host": args.host, "port": args.port, "delay_ms": args.delay_ms,
                            "bytes_up": traffic.bytes_up, "bytes_down": traffic.bytes_down,
                            "round_trips": traffic.round_trips}) + "\n"
@@ -163,6 +162,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+
+    def hung_up(signum: int, _frame: object) -> None:
+        # ssh ends its ProxyCommand with SIGHUP when the connection closes (a control master told
+        # to exit does so), often before the relay has read EOF: the count is complete by then.
+        report()
+        os._exit(0)
+
+    signal.signal(signal.SIGHUP, hung_up)
+    signal.signal(signal.SIGTERM, hung_up)
+    try:
+        asyncio.run(relay_stdio(args.host, args.port, args.delay_ms / 1000, args.max_chunks, traffic))
+    except OSError as exc:
+        print(f"latency_relay.py: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report()
     return 0
 
 

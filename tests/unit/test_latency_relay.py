@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -244,6 +245,27 @@ def test_stats_count_bytes_and_the_clients_turns_to_speak(tmp_path: Path) -> Non
     record = json.loads(lines[0])
     assert record == {"host": "127.0.0.1", "port": record["port"], "delay_ms": 1.0,
                       "bytes_up": 60, "bytes_down": 60, "round_trips": 3}
+
+
+def test_stats_are_written_when_ssh_hangs_up_on_the_relay(tmp_path: Path) -> None:
+    """ssh sends its ProxyCommand SIGHUP when a control master exits, before EOF reaches it."""
+    stats = tmp_path / "stats.jsonl"
+
+    async def scenario() -> None:
+        server, port = await _server(_echo)
+        proc = await _spawn(port, 0, "--stats", str(stats))
+        assert proc.stdin is not None and proc.stdout is not None
+        for ping in (b"a" * 10, b"b" * 20):
+            proc.stdin.write(ping)
+            await proc.stdin.drain()
+            assert await asyncio.wait_for(proc.stdout.readexactly(len(ping)), 10) == ping
+        proc.send_signal(signal.SIGHUP)
+        assert await _exit_code(proc) == 0
+        server.close()
+
+    asyncio.run(scenario())
+    (line,) = stats.read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["round_trips"] == 2 and json.loads(line)["bytes_up"] == 30
 
 
 def test_bench_sends_every_lab_host_through_the_relay_with_known_hosts_kept(tmp_path: Path) -> None:
