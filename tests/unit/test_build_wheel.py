@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -64,6 +65,8 @@ def test_same_source_reuses_the_wheel_and_a_change_builds_anew(source: Path, tmp
     cache = tmp_path / "cache"
     first = build(source, cache)
     assert first["built"] is True and Path(str(first["wheel"])).is_file()
+    # The role compares this with the hosts' copy (its skip of an unchanged copy).
+    assert first["sha1"] == hashlib.sha1(Path(str(first["wheel"])).read_bytes()).hexdigest()
     again = build(source, cache)
     assert again == {**first, "built": False}
     (source / "fleet_agent" / "__init__.py").write_text("VERSION = 2\n")

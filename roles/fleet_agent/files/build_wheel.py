@@ -112,7 +112,9 @@ def main(argv: list[str]) -> int:
             return 1
     else:
         os.utime(entry)  # most recently used: kept by the next prune
-    print(json.dumps({"wheel": str(wheel), "key": key, "built": built}))
+    # The wheel's SHA-1 is what the hosts' copy holds: the role skips the copy when they match.
+    sha1 = hashlib.sha1(wheel.read_bytes(), usedforsecurity=False).hexdigest()
+    print(json.dumps({"wheel": str(wheel), "key": key, "built": built, "sha1": sha1}))
     return 0
 
 
