@@ -96,7 +96,7 @@ def test_a_skip_condition_is_the_tasks_own_dest_content_owner_and_mode(role: str
                                                                        task: dict[str, Any]) -> None:
     module = next(k for k in ("ansible.builtin.template", "ansible.builtin.copy") if k in task)
     args = task[module]
-    assert re.fullmatch(r"0[0-7]{3}", str(args["mode"])), f"{name}: mode must be four octal digits, as find gives it"
+    assert re.fullmatch(r"0[0-7]{3}", str(args["mode"])), f"{name}: mode: four octal digits, as find gives it"
     condition = _flat(task["when"])
     wanted = _flat(expected_when(role, module, args))
     assert condition == wanted or condition.endswith(" and " + wanted), f"{name}:\n{condition}\n!=\n{wanted}"
@@ -106,6 +106,6 @@ def test_the_derivation_itself() -> None:
     args = {"src": "{{ x_wheel }}", "dest": "{{ d }}/dist/{{ x_wheel | basename }}", "owner": "root",
             "group": "{{ g }}", "mode": "0644"}
     assert expected_when("x", "ansible.builtin.copy", {**args, "src": "a.yaml"}) == (
-        "[d ~ '/dist/' ~ x_wheel | basename, lookup('ansible.builtin.file', 'a.yaml', rstrip=false) | hash('sha1'), "
-        "'root', g, '0644'] not in x_files_now")
+        "[d ~ '/dist/' ~ x_wheel | basename, lookup('ansible.builtin.file', 'a.yaml', rstrip=false) "
+        "| hash('sha1'), 'root', g, '0644'] not in x_files_now")
     assert content_sha1("ansible.builtin.copy", {"content": "{{ t }}\n"}) == "(t ~ '\\n') | hash('sha1')"
