@@ -163,10 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             os.close(fd)
 
+    def quiet() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     def hung_up(signum: int, _frame: object) -> None:
         # ssh ends its ProxyCommand with SIGHUP when the connection closes (a control master told
         # to exit does so), often before the relay has read EOF: the count is complete by then.
-        report()
+        quiet()  # one report, even when the other signal follows
+        try:
+            report()
+        except OSError as exc:
+            print(f"latency_relay.py: {args.stats}: {exc}", file=sys.stderr)
+            os._exit(1)
         os._exit(0)
 
     signal.signal(signal.SIGHUP, hung_up)
@@ -174,10 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(relay_stdio(args.host, args.port, args.delay_ms / 1000, args.max_chunks, traffic))
     except OSError as exc:
+        quiet()
         print(f"latency_relay.py: {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    quiet()
     report()
     return 0
 
