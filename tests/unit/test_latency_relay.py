@@ -223,17 +223,23 @@ def test_unreachable_port_is_a_one_line_error() -> None:
     assert proc.stderr.count("\n") == 1
 
 
+async def _ping_pong(proc: asyncio.subprocess.Process, *pings: bytes) -> None:
+    """Each ping through the relay to the echo server and back, one turn to speak each."""
+    assert proc.stdin is not None and proc.stdout is not None
+    for ping in pings:
+        proc.stdin.write(ping)
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.stdout.readexactly(len(ping)), 10) == ping
+
+
 def test_stats_count_bytes_and_the_clients_turns_to_speak(tmp_path: Path) -> None:
     stats = tmp_path / "stats.jsonl"
 
     async def scenario() -> None:
         server, port = await _server(_echo)
         proc = await _spawn(port, 1, "--stats", str(stats))
+        await _ping_pong(proc, b"a" * 10, b"b" * 20, b"c" * 30)
         assert proc.stdin is not None and proc.stdout is not None
-        for ping in (b"a" * 10, b"b" * 20, b"c" * 30):
-            proc.stdin.write(ping)
-            await proc.stdin.drain()
-            assert await asyncio.wait_for(proc.stdout.readexactly(len(ping)), 10) == ping
         proc.stdin.close()
         assert await asyncio.wait_for(proc.stdout.read(), 10) == b""
         assert await _exit_code(proc) == 0
@@ -254,11 +260,7 @@ def test_stats_are_written_when_ssh_hangs_up_on_the_relay(tmp_path: Path) -> Non
     async def scenario() -> None:
         server, port = await _server(_echo)
         proc = await _spawn(port, 0, "--stats", str(stats))
-        assert proc.stdin is not None and proc.stdout is not None
-        for ping in (b"a" * 10, b"b" * 20):
-            proc.stdin.write(ping)
-            await proc.stdin.drain()
-            assert await asyncio.wait_for(proc.stdout.readexactly(len(ping)), 10) == ping
+        await _ping_pong(proc, b"a" * 10, b"b" * 20)
         proc.send_signal(signal.SIGHUP)
         assert await _exit_code(proc) == 0
         server.close()
