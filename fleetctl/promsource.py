@@ -122,12 +122,16 @@ READINGS: dict[str, str] = {
     "power_watts": "fleetctl:host_chip_power_watts",
 }
 WITHOUT_ROLLUPS = "fleetctl:hosts_without_rollups"
+# Agents since it copy what fleetctl reads about a host that is not clean under this one name
+# (fleet_agent.metrics.FAULT_DETAIL): selected by name, the answer is the size of the faults, and it
+# comes in the first round, so such a host needs no round of its own (see _read_faults).
+FAULT_DETAIL = "fleet_fault_detail"
 # The first round: the info and the current version's series, one query each (one answer per record lets
 # Prometheus answer them side by side on its cores, and fleetctl decode each while the next are on their
 # way). Rules of an older version answer the version-4 queries with nothing (cheap) and get a second
 # round: their summaries (below).
 RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", CLEAN, *READINGS.values(), MODELS,
-                                 AGENT_JOBS, WITHOUT_ROLLUPS)
+                                 AGENT_JOBS, WITHOUT_ROLLUPS, FAULT_DETAIL)
 # Versions 1-3: every summary one series per host and `summary` label.
 SUMMARY = "fleetctl:host_summary"
 SUMMARY_QUERIES: tuple[str, ...] = tuple(f'{SUMMARY}{{summary="{key}"}}' for key in SUMMARY_KEYS)
@@ -163,6 +167,7 @@ class Labels(msgspec.Struct, frozen=True):
     version: str | None = None
     summary: str | None = None
     chips_expected: str | None = None
+    metric: str | None = None  # fleet_fault_detail: the name of the series it copies
 
 
 class NamedLabels(Labels, frozen=True):
@@ -554,10 +559,12 @@ class _Gathered:
         name = promql.split(" ", 1)[0].split("{", 1)[0]
         if name == "up":  # read by _ups
             return
-        if not name:  # one selector of several metrics (`{__name__=~...}`): each series names its own
+        copies = name == FAULT_DETAIL  # each series names the one it copies
+        if not name or copies:  # or one selector of several metrics (`{__name__=~...}`): each names its own
             by_name: dict[str, list[Sample]] = defaultdict(list)
             for sample in samples:
-                if metric := getattr(sample[0], "name", None):
+                metric = sample[0].metric if copies else getattr(sample[0], "name", None)
+                if metric and metric != FAULT_DETAIL:
                     by_name[metric].append(sample)
             for each, some in by_name.items():
                 self.add(each, some)
@@ -1179,6 +1186,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
     version = 0
     group: RuleGroup | None = None
     gathered = _Gathered(wanted)
+    copied = _Gathered(wanted)  # the agents' copies of what is read about a host that is not clean
     table = _SummaryTable(wanted)
     answers: dict[str, Any] = {}  # the rules' few small answers (info, its time, agent jobs)
     up_of: dict[str, list[Up]] = {}
@@ -1191,6 +1199,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # With the rules: each answer folded in as it arrives, while Prometheus works on the rest.
         if query == "up":
             take_up(answer)
+        elif query == FAULT_DETAIL:
+            copied.add(query, answer)
         elif not table.take(query, answer):
             answers[query] = answer
 
@@ -1241,7 +1251,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         chips: Mapping[int, list[str]] = {}
         every_chip = detail
         if not detail_all and (faults := detail.difference(old)):
-            chips, every_chip = _read_faults(client, faults, gathered, left)
+            chips, every_chip = _read_faults(client, faults, gathered, left, copied)
             every_chip |= detail - faults
         # Those chips' readings, and every chip of the hosts their count sends there, in one round.
         if more := chip_queries(chips) + detail_queries(every_chip):
@@ -1284,22 +1294,37 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                        pattern=pattern, duration_s=time.monotonic() - started)
 
 
-def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered,
-                 left: Callable[[], float]) -> tuple[dict[int, list[str]], set[str]]:
+def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: Callable[[], float],
+                 copied: _Gathered | None = None) -> tuple[dict[int, list[str]], set[str]]:
     """Read the hosts ``names`` faults only, into ``gathered``: their node-level series, per-host gauges
     and rollups, and which of their chips are not healthy (a faulty host has one bad chip of eight,
     typically: an eighth of the per-chip series to select, encode and decode). Returns the hosts whose
     chips' readings to read, by chip index (those not healthy, or with a failing check), and the hosts
     to read chip by chip instead (their data so far dropped): an agent without the rollups or the
     rank, more than one target, an impossible reading in the rollups, or chips not healthy by its
-    count that the rank does not name."""
+    count that the rank does not name.
+
+    A host whose agent's copies (``copied``: its ``fleet_fault_detail``, the same series with the
+    listed chips' readings) pass the same test is taken from them and asked nothing more; only the
+    others are asked, in a round of their own."""
     # Here, not at the top: the health checks' import is paid only where there are faults.
     from fleet_agent.health.checks.readings import NAME as invalid_reading
 
-    _query_each(client, fault_queries(names), left(), gathered.add)
     data = gathered.data
+    if copied is not None:
+        taken = set()
+        for name in names:
+            d = copied.data.get(name)
+            if d is not None and d.status is not None and _names_every_fault(d, invalid_reading):
+                _faults_only(d)
+                data[name] = d
+                taken.add(name)
+        names = names - taken
     every_chip: set[str] = set()
     chips: dict[int, list[str]] = defaultdict(list)
+    if not names:
+        return chips, every_chip
+    _query_each(client, fault_queries(names), left(), gathered.add)
     for name in names:
         d = data.get(name)
         if d is None or d.status is None:
@@ -1308,11 +1333,17 @@ def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered,
             every_chip.add(name)
             del data[name]
             continue
-        d.faults_only = True
-        for i, chip in d.chips.items():
-            chip.setdefault("status", Status.HEALTHY)  # a failing check only (info): its rank is not above 0
+        for i in _faults_only(d):
             chips[i].append(name)
     return chips, every_chip
+
+
+def _faults_only(d: _HostData) -> list[int]:
+    """Mark ``d`` read faults only; the indexes of its chips listed."""
+    d.faults_only = True
+    for chip in d.chips.values():
+        chip.setdefault("status", Status.HEALTHY)  # a failing check only (info): its rank is not above 0
+    return list(d.chips)
 
 
 def _names_every_fault(d: _HostData, invalid_reading: str) -> bool:

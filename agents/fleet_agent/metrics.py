@@ -139,10 +139,12 @@ class ReportCollector(Collector):
         report = self.report
         if report is None:
             return
-        for families in (_node_families(report), _rollup_families(report), _chip_families(report),
-                         _health_families(report)):
-            # A family without samples (no chip supports it) is left out entirely.
-            yield from (fam for fam in families if fam.samples)
+        # A family without samples (no chip supports it) is left out entirely.
+        families = [fam for each in (_node_families(report), _rollup_families(report), _chip_families(report),
+                                     _health_families(report)) for fam in each if fam.samples]
+        yield from families
+        if not node_clean(report):
+            yield _fault_family(report, families)
 
 
 def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -432,6 +434,50 @@ def _health_families(r: NodeReport) -> Iterator[Metric]:
             seen.add(key)
             fam.add_metric(labels, 1)
     yield fam
+
+
+# The series about a host that is not clean, again under one name (issue 20): `fleetctl health
+# --source prometheus` needs them for the hosts whose summary is not clean and selects them by this name
+# alone, so the query costs what the faults are, not the fleet (Prometheus pays per series selected;
+# naming hosts in a regex makes it resolve and merge each host's every series). `metric` is the name of
+# the series copied; its own labels follow.
+FAULT_DETAIL = "fleet_fault_detail"
+_FAULT_LABELS = ["metric", "status", "version", *CHIP_LABELS, "check", "severity", "action"]
+# Copied whole: the node's own series (its status where 1), its failing checks.
+_FAULT_NODE = frozenset({"fleet_agent_info", "fleet_node_drained", "fleet_node_chips_expected",
+                         "fleet_node_chips_present", "fleet_sample_timestamp_seconds",
+                         "fleet_node_chips_healthy", *(name for name, *_ in _ROLLUPS),
+                         "fleet_health_check_failing"})
+# Copied for the chips listed (not healthy, or with a failing check) only.
+_FAULT_CHIP = frozenset({"fleet_chip_temperature_celsius", "fleet_chip_utilization_ratio",
+                         "fleet_chip_memory_used_bytes", "fleet_chip_memory_total_bytes",
+                         "fleet_chip_power_watts", "fleet_chip_stale"})
+
+
+def node_clean(r: NodeReport) -> bool:
+    """What fleetctl-report.rules.yml's clean record says of this one agent: healthy, every chip
+    healthy with a fresh reading, as many chips as expected (if a count is set), not drained."""
+    chips = len(r.chips)
+    return (r.status is Status.HEALTHY and not r.drained
+            and (r.chips_expected is None or r.chips_expected == chips)
+            and all(c.status is Status.HEALTHY and not c.stale for c in r.chips))
+
+
+def _fault_family(r: NodeReport, families: list[Metric]) -> Metric:
+    """The series fleetctl reads of a host that is not clean, copied from ``families`` (so the values
+    are the exported ones): its node status, agent info, node gauges and rollups, failing checks, its
+    chips' rank above healthy, and the readings of the chips that are not healthy or fail a check."""
+    listed = {str(c.index) for c in r.chips if c.status is not Status.HEALTHY or c.problems}
+    fam = _gauge(FAULT_DETAIL, "For a host that is not clean only: the series fleetctl reads about its "
+                 "faults, each under its own name in `metric` (docs/metrics.md).", _FAULT_LABELS)
+    for each in families:
+        for s in each.samples:
+            name, value = s.name, s.value
+            if (name in _FAULT_NODE or (name == "fleet_node_status" and value == 1)
+                    or (name == "fleet_chip_status_rank" and value > 0)
+                    or (name in _FAULT_CHIP and s.labels.get("chip") in listed)):
+                fam.add_metric([name, *(s.labels.get(label, "") for label in _FAULT_LABELS[1:])], value)
+    return fam
 
 
 class MetricsRenderer:

@@ -338,3 +338,61 @@ def test_no_readings_no_rollup_series_but_a_healthy_count() -> None:
     empty = _samples(render_metrics(_report([])))
     assert _one(empty, "fleet_node_chips_healthy") == 0
     assert "fleet_node_chip_models" not in empty and "fleet_node_chip_utilization_mean_ratio" not in empty
+
+
+def _healthy_gpu(index: int) -> ChipReport:
+    return _gpu(index, status=Status.HEALTHY, problems=[])
+
+
+def _clean_report(**over: object) -> NodeReport:
+    r = _report([_healthy_gpu(0), _healthy_gpu(1)])
+    r.status, r.drained, r.chips_expected, r.problems = Status.HEALTHY, False, 2, []
+    for k, v in over.items():
+        setattr(r, k, v)
+    return r
+
+
+def test_a_clean_host_exports_no_fault_detail_and_any_doubt_does() -> None:
+    assert "fleet_fault_detail" not in _samples(render_metrics(_clean_report()))
+    assert "fleet_fault_detail" not in _samples(render_metrics(_clean_report(chips_expected=None)))
+    stale = _healthy_gpu(1)
+    stale.stale = True
+    for doubt in ({"status": Status.DEGRADED}, {"drained": True}, {"chips_expected": 3},
+                  {"chips": [_healthy_gpu(0), _gpu(1)]}, {"chips": [_healthy_gpu(0), stale]}):
+        assert "fleet_fault_detail" in _samples(render_metrics(_clean_report(**doubt))), doubt
+
+
+def test_the_fault_detail_copies_exactly_the_series_fleetctl_reads_of_a_faulty_host() -> None:
+    # Chip 1 not healthy (and failing a check), chip 2 healthy but failing a check, chip 0 healthy.
+    checked = _healthy_gpu(2)
+    checked.problems = [Problem("thermal_margin", Severity.INFO, "warm", Action.NONE)]
+    s = _samples(render_metrics(_report([_healthy_gpu(0), _gpu(1), checked])))
+    copied = [(x.labels.pop("metric"), {k: v for k, v in x.labels.items() if v}, x.value)
+              for x in s["fleet_fault_detail"]]
+    # (fleet_agent_info's hostname is not copied: the scrape's host label names the host.)
+    originals = {(name, tuple(sorted((k, v) for k, v in x.labels.items() if v and k != "hostname")), x.value)
+                 for name, xs in s.items() for x in xs}
+    # Each copy is an exported series with the same labels (an empty label is none) and value ...
+    assert all((name, tuple(sorted(labels.items())), v) in originals for name, labels, v in copied)
+    by_name: dict[str, list[dict[str, str]]] = {}
+    for name, labels, _v in copied:
+        by_name.setdefault(name, []).append(labels)
+    # ... and these are the ones: the node's status that is 1, its chips' rank above 0, the
+    # readings of the chips listed (1 and 2), every failing check, the node's gauges and rollups.
+    assert [x["status"] for x in by_name["fleet_node_status"]] == ["degraded"]
+    assert [x["chip"] for x in by_name["fleet_chip_status_rank"]] == ["1"]
+    for reading in ("fleet_chip_temperature_celsius", "fleet_chip_power_watts", "fleet_chip_stale",
+                    "fleet_chip_memory_used_bytes", "fleet_chip_memory_total_bytes",
+                    "fleet_chip_utilization_ratio"):
+        assert sorted(x["chip"] for x in by_name[reading]) == ["1", "2"], reading
+    assert sorted((x["chip"], x["check"]) for x in by_name["fleet_health_check_failing"]) == [
+        ("1", "row_remap"), ("2", "thermal_margin"), ("node", "chip_count")]
+    assert set(by_name) == {
+        "fleet_node_status", "fleet_chip_status_rank", "fleet_health_check_failing", "fleet_agent_info",
+        "fleet_node_drained", "fleet_node_chips_expected", "fleet_node_chips_present",
+        "fleet_sample_timestamp_seconds", "fleet_node_chips_healthy",
+        "fleet_node_chip_temperature_max_celsius",
+        "fleet_node_chip_utilization_mean_ratio", "fleet_node_chip_memory_used_bytes",
+        "fleet_node_chip_memory_total_bytes", "fleet_node_chip_power_watts",
+        "fleet_chip_temperature_celsius", "fleet_chip_power_watts", "fleet_chip_stale",
+        "fleet_chip_memory_used_bytes", "fleet_chip_memory_total_bytes", "fleet_chip_utilization_ratio"}

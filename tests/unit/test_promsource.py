@@ -23,6 +23,7 @@ from fleet_agent.schema import Status
 from fleetctl.inventory import Host
 from fleetctl.promsource import (
     CLEAN,
+    FAULT_DETAIL,
     MODELS,
     NO_RULES,
     QUERIES,
@@ -505,8 +506,9 @@ class RulesPrometheus(SeriesPrometheus):
     as the shipped rules would (deploy/prometheus/tests/ checks the real rules on the same cases)."""
 
     def __init__(self, version: str | None = "4", unranked: tuple[str, ...] = (), rollups: bool = True,
-                 **hot: float) -> None:
+                 copies: bool = False, **hot: float) -> None:
         self.unranked = set(unranked)  # hosts whose agents predate fleet_chip_status_rank
+        self.copies = copies  # the hot host's agent copies its faults (fleet_fault_detail)
         names = [f"c{i}" for i in range(10)]
         hot_series = healthy_series("hot", **{
             "fleet_chip_status == 1": [(chip_labels("hot", 0, status="healthy"), 1.0),
@@ -549,6 +551,8 @@ class RulesPrometheus(SeriesPrometheus):
             return typed([(lab, v) for lab, v in self.series.get(name, []) if lab["summary"] == key])
         if name in (CLEAN, WITHOUT_ROLLUPS, *READINGS.values()):
             return typed(self.records(name) if self.version() >= 4 else [])
+        if promql == FAULT_DETAIL:
+            return typed(self.fault_detail() if self.copies else [])
         name, matchers, tail = selector(promql)
         if "host" not in matchers:
             return super().query(promql)
@@ -569,6 +573,21 @@ class RulesPrometheus(SeriesPrometheus):
                  for lab, v in self.hot.get("fleet_chip_status == 1", [])
                  if v == 1 and lab["host"] not in self.unranked]
         return [(lab, v) for lab, v in ranks if tail != " > 0" or v > 0]
+
+    def fault_detail(self) -> list[tuple[dict[str, str], float]]:
+        """The hot host's series as its agent copies them (fleet_agent.metrics; tests/unit/test_metrics.py
+        checks the agent): node status and gauges, failing checks, chips' rank above 0, and the
+        readings of the chips listed (not healthy, or failing a check)."""
+        rank = self.detail(RANK, " > 0")
+        checks = self.hot.get("fleet_health_check_failing == 1", [])
+        listed = {lab["chip"] for lab, _ in rank} | {lab.get("chip") for lab, _ in checks}
+        out = [({**lab, "metric": RANK}, v) for lab, v in rank]
+        for key, series in self.hot.items():
+            metric = key.split(" ")[0]
+            if metric != "fleet_chip_status":  # the one-hot is not copied (the rank is)
+                out += [({**lab, "metric": metric}, v) for lab, v in series
+                        if not metric.startswith("fleet_chip_") or lab.get("chip") in listed]
+        return out
 
     def records(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Version 4's record ``name`` from the summaries."""
@@ -667,7 +686,8 @@ def test_the_report_is_built_without_cyclic_collection_and_restores_it() -> None
 def test_every_record_of_the_shipped_rules_is_one_fleetctl_reads() -> None:
     rules = yaml.safe_load((REPO / "deploy/prometheus/rules/fleetctl-report.rules.yml").read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"]}
-    assert recorded == set(RULE_QUERIES) - {"up", f"timestamp({RULES_INFO})"}  # one added must be read
+    # One added must be read; the rest of the round is raw series.
+    assert recorded == set(RULE_QUERIES) - {"up", f"timestamp({RULES_INFO})", FAULT_DETAIL}
     info = [r for g in rules["groups"] for r in g["rules"] if r["record"] == RULES_INFO]
     assert info[0]["labels"]["version"] == str(RULES_VERSION_CLEAN)
 

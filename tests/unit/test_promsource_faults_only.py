@@ -131,3 +131,46 @@ def test_a_small_selection_still_reads_every_chip() -> None:
     hot = next(r for r in report.hosts if r.name == "hot")
     assert not isinstance(hot, SummaryRow) and [c.index for c in hot.chips] == [0, 1]
     assert not any("chip=" in q or "__name__" in q for q in fake.queries)
+
+
+def test_a_host_whose_agent_copies_its_faults_is_read_in_the_first_round_alone() -> None:
+    fake = RulesPrometheus(copies=True)
+    copied, copied_report = hot_row(fake)
+    asked, asked_report = hot_row(RulesPrometheus())  # an agent without the copies: its own round
+    assert not [q for q in fake.queries if "host=~" in q or "chip=" in q]  # nothing after the first round
+    assert isinstance(copied, SummaryRow) and seen(copied) == seen(asked)
+    assert copied.chips == asked.chips and [c.index for c in copied.chips] == [1]
+    assert (copied.agent_version, copied.max_temperature_c, copied.power_w) == ("0.1.0", 90.0, 400.0)
+    assert copied_report.summary() == asked_report.summary()
+
+
+@pytest.mark.parametrize("change", ["count disagrees", "second target", "impossible reading"])
+def test_copies_that_do_not_name_every_fault_are_asked_as_before(change: str) -> None:
+    fake, plain = RulesPrometheus(copies=True), RulesPrometheus()
+    agent = {"host": "hot", "job": "fleet-agent"}
+    for f in (fake, plain):
+        if change == "count disagrees":
+            f.hot["fleet_node_chips_healthy"] = [(agent, 0.0)]
+        elif change == "second target":
+            f.hot["fleet_node_chips_healthy"] = [(agent, 1.0), ({**agent, "job": "other"}, 1.0)]
+        else:
+            invalid = {"host": "hot", "chip": "1", "check": "invalid_reading", "severity": "warning"}
+            f.hot["fleet_health_check_failing == 1"].append(({**invalid, **agent}, 1.0))
+    row, report = hot_row(fake)
+    before, before_report = hot_row(plain)
+    # The copies are no shortcut: the faults round, then every chip, as for an agent without them.
+    assert [q for q in fake.queries if "host=~" in q] == [q for q in plain.queries if "host=~" in q]
+    assert [q for q in fake.queries if "host=~" in q][:5] == fault_queries(["hot"])
+    assert seen(row) == seen(before) and row.chips == before.chips and [c.index for c in row.chips] == [0, 1]
+    assert report.summary() == before_report.summary()
+
+
+def test_only_the_hosts_without_copies_are_asked() -> None:
+    fake = RulesPrometheus(copies=True)
+    fake.hot["fleet_node_status == 1"] = [({"host": "hot", "status": "unhealthy"}, 1.0)]
+    c0 = host("c0", 1)  # not clean (drained) and its agent copies nothing: asked alone
+    fake.series["fleetctl:host_summary"] = [
+        (lab, 1.0 if lab["host"] == "c0" and lab["summary"] == "drained" else v)
+        for lab, v in fake.series["fleetctl:host_summary"]]
+    prometheus_report([c0, *HOSTS[1:]], fake, now=NOW, detail_all=False, notice=print)
+    assert [q for q in fake.queries if "host=~" in q] == fault_queries(["c0"])
