@@ -1250,9 +1250,13 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # (Hosts whose agents export no rollups, as the rules say, go straight to every chip.)
         chips: Mapping[int, list[str]] = {}
         every_chip = detail
-        if not detail_all and (faults := detail.difference(old)):
-            chips, every_chip = _read_faults(client, faults, gathered, left, copied)
-            every_chip |= detail - faults
+        if not detail_all:
+            # A host whose agent Prometheus does not scrape is a row from its `up` alone: never asked.
+            every_chip = scraped = {h.name for h in hosts if h.name in detail
+                                    and (agent_up(up_of.get(h.name), gathered.agent_jobs, h) or 0.0) >= 1}
+            if faults := scraped.difference(old):
+                chips, every_chip = _read_faults(client, faults, gathered, left, copied)
+                every_chip |= scraped.intersection(old)
         # Those chips' readings, and every chip of the hosts their count sends there, in one round.
         if more := chip_queries(chips) + detail_queries(every_chip):
             _query_each(client, more, left(), gathered.add)

@@ -4,15 +4,18 @@ then agree with the direct fan-out, and ``fleetctl remediate --source prometheus
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -179,21 +182,17 @@ def test_summary_rows_from_the_recording_rules_agree_with_direct_fan_out(
     assert listed["h100-0001"] == [5]
 
 
-def test_without_the_rules_one_line_says_so_and_the_report_is_the_same(
-        setup: tuple[Path, str, Path]) -> None:
-    inv, _, cache = setup
-    # A second Prometheus without rules would take a minute to fill; a proxy that hides the rules'
-    # series is the same to fleetctl: ask for a metric that does not exist.
-    import http.server
-    import threading
+@contextlib.contextmanager
+def proxied(url: str, edit: Callable[[bytes], bytes] = lambda form: form) -> Iterator[tuple[str, list[str]]]:
+    """A proxy in front of Prometheus's query API: each query's form through ``edit`` on its way, and
+    every query asked (decoded) listed. Yields its URL and that list."""
+    asked: list[str] = []
 
-    _, url, _ = setup
-
-    class NoRules(http.server.BaseHTTPRequestHandler):
+    class Proxy(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            form = self.rfile.read(int(self.headers["Content-Length"]))
-            form = form.replace(b"fleetctl%3A", b"absent%3A")
-            req = urllib.request.Request(f"{url}/api/v1/query", data=form,
+            form = edit(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.extend(urllib.parse.parse_qs(form.decode()).get("query", []))
+            req = urllib.request.Request(f"{url}{self.path}", data=form,
                                          headers={"Content-Type": "application/x-www-form-urlencoded"})
             with urllib.request.urlopen(req, timeout=10) as r:
                 body = r.read()
@@ -205,16 +204,49 @@ def test_without_the_rules_one_line_says_so_and_the_report_is_the_same(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoRules)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        out = subprocess.run(
-            [FLEETCTL, "health", "--json", "-i", str(inv), "--source", "prometheus", "--prometheus-url",
-             f"http://127.0.0.1:{server.server_address[1]}"],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_agents_copies_of_their_faults_are_the_only_detail_read(setup: tuple[Path, str, Path]) -> None:
+    inv, url, cache = setup
+    # The agents copy a host's faults only while it is not clean (the dead host is scraped by no one).
+    copied = {s["metric"]["host"] for s in query(url, "fleet_fault_detail")}
+    assert copied == {name for name, status in EXPECTED.items() if status != "healthy"}
+    _, direct = health("-i", str(inv), "--timeout", "2", cache=cache)
+    with proxied(url) as (proxy, asked):
+        rc, via_copies = health("-i", str(inv), "--source", "prometheus", "--prometheus-url", proxy,
+                                cache=cache, env={"FLEETCTL_PROMETHEUS_DETAIL_HOSTS": "0"})
+    # One round: no query names a host, none asks for a chip.
+    assert "fleet_fault_detail" in asked and not [q for q in asked if "host=~" in q or "chip=" in q]
+    assert rc == 1
+    key = ("status", "chips_present", "chips_ok", "agent_version")
+    assert {h["name"]: [h[k] for k in key] for h in via_copies["hosts"]} == {
+        h["name"]: [h[k] for k in key] for h in direct["hosts"]}
+    for h in direct["hosts"]:
+        if h["status"] not in ("healthy", "unreachable"):
+            row = next(r for r in via_copies["hosts"] if r["name"] == h["name"])
+            assert {(p["check"], p["chip"]) for p in row["problems"]} == {
+                (p["check"], p["chip"]) for p in h["problems"]}, h["name"]
+            assert [c["index"] for c in row["chips"]] == [
+                c["index"] for c in h["chips"] if c["status"] != "healthy" or c["problems"]], h["name"]
+
+
+def test_without_the_rules_one_line_says_so_and_the_report_is_the_same(
+        setup: tuple[Path, str, Path]) -> None:
+    inv, url, cache = setup
+    # A second Prometheus without rules would take a minute to fill; a proxy that hides the rules'
+    # series is the same to fleetctl: ask for a metric that does not exist.
+    with proxied(url, lambda form: form.replace(b"fleetctl%3A", b"absent%3A")) as (proxy, _):
+        out = subprocess.run(
+            [FLEETCTL, "health", "--json", "-i", str(inv), "--source", "prometheus",
+             "--prometheus-url", proxy],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
     assert out.returncode == 1, out.stderr
     assert out.stderr.count("\n") == 1 and "no fleetctl-report recording rules" in out.stderr
     statuses = {h["name"]: h["status"] for h in json.loads(out.stdout)["hosts"]}

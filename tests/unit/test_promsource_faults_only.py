@@ -174,3 +174,11 @@ def test_only_the_hosts_without_copies_are_asked() -> None:
         for lab, v in fake.series["fleetctl:host_summary"]]
     prometheus_report([c0, *HOSTS[1:]], fake, now=NOW, detail_all=False, notice=print)
     assert [q for q in fake.queries if "host=~" in q] == fault_queries(["c0"])
+
+
+def test_a_host_prometheus_cannot_scrape_is_never_asked_for_its_faults() -> None:
+    fake = RulesPrometheus()
+    fake.series["up"] = [(lab, 0.0 if lab["host"] == "hot" else v) for lab, v in fake.series["up"]]
+    row, _ = hot_row(fake)
+    assert not [q for q in fake.queries if "host=~" in q or "chip=" in q]
+    assert row.status is HostHealth.UNREACHABLE and row.reason_kind == "scrape_failed"
