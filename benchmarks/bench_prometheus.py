@@ -61,6 +61,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -136,13 +137,24 @@ def _fetch(endpoint: str) -> str:
         conn.close()
 
 
+# The agent's copy of its sample time in fleet_fault_detail (a host that is not clean): served live by
+# the Feeder beside the original, so it is left out of the backfill.
+LIVE_COPY = 'metric="fleet_sample_timestamp_seconds"'
+_EMPTY_LABEL = re.compile(r'(?<=[{,])[A-Za-z_][A-Za-z0-9_]*="",?')
+
+
 def _labelled(line: str, extra: str, ts: str) -> str:
-    """``name{labels} value`` with the scrape's labels first and a timestamp; '' for other lines."""
-    if not line.startswith("fleet_"):
+    """``name{labels} value`` with the scrape's labels first and a timestamp, labels with an empty value
+    dropped as a scrape drops them; '' for other lines."""
+    if not line.startswith("fleet_") or LIVE_COPY in line:
         return ""
     head, _, value = line.rpartition(" ")
     if head.endswith("}"):
         name, _, labels = head.partition("{")
+        if '=""' in labels:
+            labels = _EMPTY_LABEL.sub("", "{" + labels)[1:].replace(",}", "}")
+        if labels == "}":
+            return f"{name}{{{extra}}} {value} {ts}\n"
         return f"{name}{{{extra},{labels} {value} {ts}\n"
     return f"{head}{{{extra}}} {value} {ts}\n"
 
@@ -159,12 +171,15 @@ BLOCK_S = 7200
 
 
 def write_openmetrics(targets: list[tuple[str, str, str]], prefix: Path, ts: float,
-                      copies: dict[str, list[tuple[str, str, str]]] | None = None) -> tuple[int, list[Path]]:
+                      copies: dict[str, list[tuple[str, str, str]]] | None = None
+                      ) -> tuple[int, list[Path], set[str]]:
     """Every agent's fleet_* series plus ``up`` as of ``ts``, and the same again under the labels of
     each of its copies (``copies``: real host -> its copies' targets), in files of BACKFILL_HOSTS
-    hosts; returns the number of series and the files."""
+    hosts; returns the number of series, the files, and the hosts whose agent copies its sample time
+    (:data:`LIVE_COPY`)."""
     series, hosts = 0, 0
     files: list[Path] = []
+    live: set[str] = set()
     out = None
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         for (host, group, endpoint), text in zip(targets, pool.map(_fetch, [t[2] for t in targets]),
@@ -179,6 +194,8 @@ def write_openmetrics(targets: list[tuple[str, str, str]], prefix: Path, ts: flo
                     out = files[-1].open("w")
                 hosts += 1
                 extra = f'group="{g}",host="{h}",instance="{e}",job="{JOB}"'
+                if LIVE_COPY in text:
+                    live.add(h)
                 lines = [_labelled(line, extra, stamp) for line in text.splitlines()]
                 lines = [line for line in lines if line]
                 lines.append(f"up{{{extra}}} 1 {stamp}\n")
@@ -187,7 +204,7 @@ def write_openmetrics(targets: list[tuple[str, str, str]], prefix: Path, ts: flo
     if out is not None:
         out.write("# EOF\n")
         out.close()
-    return series, files
+    return series, files, live
 
 
 def add_copies(inv: Path, targets: list[tuple[str, str, str]], hosts: int
@@ -210,17 +227,20 @@ def add_copies(inv: Path, targets: list[tuple[str, str, str]], hosts: int
 
 
 class Feeder:
-    """Serves ``fleet_sample_timestamp_seconds`` of every host, valued at the time of the scrape."""
+    """Serves ``fleet_sample_timestamp_seconds`` of every host, valued at the time of the scrape, and
+    its copy in ``fleet_fault_detail`` for the hosts in ``live`` (those whose agent copies it)."""
 
-    def __init__(self, targets: list[tuple[str, str, str]], port: int) -> None:
+    def __init__(self, targets: list[tuple[str, str, str]], port: int, live: set[str] = frozenset()) -> None:
         self.labels = [f'group="{g}",host="{h}",instance="{e}",job="{JOB}"' for h, g, e in targets]
+        self.copies = [f'{LIVE_COPY},group="{g}",host="{h}",instance="{e}",job="{JOB}"'
+                       for h, g, e in targets if h in live]
         feeder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 now = f"{time.time():.3f}"
-                body = "".join(f"fleet_sample_timestamp_seconds{{{lb}}} {now}\n"
-                               for lb in feeder.labels).encode()
+                body = ("".join(f"fleet_sample_timestamp_seconds{{{lb}}} {now}\n" for lb in feeder.labels)
+                        + "".join(f"fleet_fault_detail{{{lb}}} {now}\n" for lb in feeder.copies)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(body)))
@@ -431,11 +451,11 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
             inv, copies, source = add_copies(inv, targets, hosts)
             want = {**want, **{name: want[src] for name, src in source.items()}}
         started = time.perf_counter()
-        series, parts = write_openmetrics(targets, d / "fleet", time.time(), copies)
+        series, parts, live = write_openmetrics(targets, d / "fleet", time.time(), copies)
         size = sum(part.stat().st_size for part in parts)
         log(f"{hosts} hosts: {series} series ({size / 1e6:.0f} MB OpenMetrics in {len(parts)} parts) in "
             f"{time.perf_counter() - started:.1f}s; building blocks")
-        feeder = Feeder(targets + [c for cs in copies.values() for c in cs], prom_port + 1)
+        feeder = Feeder(targets + [c for cs in copies.values() for c in cs], prom_port + 1, live)
         prom, url, setup = start_prometheus(d, parts, prom_port, prom_port + 1, hosts, evaluation_s, rules)
         # Its background work (rules, the feeder's scrape) over one evaluation interval, no query:
         # the part of each run's Prometheus CPU that is not the queries'.

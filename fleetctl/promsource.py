@@ -523,6 +523,14 @@ def agent_up(ups: list[Up] | None, agent_jobs: set[str], host: Host) -> float | 
     return max(own or [v for _job, _instance, v in ups])
 
 
+def agent_targets(ups: list[Up] | None, agent_jobs: set[str], host: Host) -> int:
+    """How many targets scrape the host's agent, by the rule of :func:`agent_up`."""
+    if not ups:
+        return 0
+    endpoint = host.agent_endpoint
+    return sum(1 for job, instance, _v in ups if instance == endpoint or job in agent_jobs) or len(ups)
+
+
 def _chip_index(labels: Labels) -> int | None:
     try:
         return int(labels.chip or "")
@@ -1255,6 +1263,10 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             every_chip = scraped = {h.name for h in hosts if h.name in detail
                                     and (agent_up(up_of.get(h.name), gathered.agent_jobs, h) or 0.0) >= 1}
             if faults := scraped.difference(old):
+                # An agent's copies speak for its one target only: a host scraped twice is asked.
+                copied.data = {h.name: copied.data[h.name] for h in hosts if h.name in faults
+                               and h.name in copied.data
+                               and agent_targets(up_of.get(h.name), gathered.agent_jobs, h) == 1}
                 chips, every_chip = _read_faults(client, faults, gathered, left, copied)
                 every_chip |= scraped.intersection(old)
         # Those chips' readings, and every chip of the hosts their count sends there, in one round.

@@ -182,3 +182,15 @@ def test_a_host_prometheus_cannot_scrape_is_never_asked_for_its_faults() -> None
     row, _ = hot_row(fake)
     assert not [q for q in fake.queries if "host=~" in q or "chip=" in q]
     assert row.status is HostHealth.UNREACHABLE and row.reason_kind == "scrape_failed"
+
+
+def test_copies_from_one_of_two_agent_targets_are_no_shortcut() -> None:
+    # Two targets scrape the hot host's agent; only one copies its faults (the other's agent sees it
+    # clean): the copies cannot speak for both, so it is asked as any host with two targets is.
+    fake, plain = RulesPrometheus(copies=True), RulesPrometheus()
+    for f in (fake, plain):
+        f.series["up"].append(({"host": "hot", "job": "fleet-agent", "instance": "second:9400"}, 1.0))
+    row, _ = hot_row(fake)
+    before, _ = hot_row(plain)
+    assert [q for q in fake.queries if "host=~" in q][:5] == fault_queries(["hot"])
+    assert seen(row) == seen(before)
