@@ -124,14 +124,22 @@ READINGS: dict[str, str] = {
 WITHOUT_ROLLUPS = "fleetctl:hosts_without_rollups"
 # Agents since it copy what fleetctl reads about a host that is not clean under this one name
 # (fleet_agent.metrics.FAULT_DETAIL): selected by name, the answer is the size of the faults, and it
-# comes in the first round, so such a host needs no round of its own (see _read_faults).
+# comes in the first round, so such a host needs no round of its own (see _read_faults). One query per
+# series copied (its `metric` label): each answer is decoded and folded in while the next is on its way,
+# never all at once (at 100,000 hosts with 14 % faulty, 280,000 series: 180 MB held decoded).
 FAULT_DETAIL = "fleet_fault_detail"
+FAULT_METRICS: tuple[str, ...] = (
+    "fleet_node_status", "fleet_agent_info", "fleet_health_check_failing", RANK, *_NODE_GAUGES,
+    "fleet_node_chips_present", "fleet_node_chips_healthy", "fleet_node_chip_temperature_max_celsius",
+    "fleet_node_chip_utilization_mean_ratio", "fleet_node_chip_memory_used_bytes",
+    "fleet_node_chip_memory_total_bytes", "fleet_node_chip_power_watts", *_CHIP_GAUGES)
+FAULT_QUERIES: tuple[str, ...] = tuple(f'{FAULT_DETAIL}{{metric="{m}"}}' for m in FAULT_METRICS)
 # The first round: the info and the current version's series, one query each (one answer per record lets
 # Prometheus answer them side by side on its cores, and fleetctl decode each while the next are on their
 # way). Rules of an older version answer the version-4 queries with nothing (cheap) and get a second
 # round: their summaries (below).
 RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", CLEAN, *READINGS.values(), MODELS,
-                                 AGENT_JOBS, WITHOUT_ROLLUPS, FAULT_DETAIL)
+                                 AGENT_JOBS, WITHOUT_ROLLUPS, *FAULT_QUERIES)
 # Versions 1-3: every summary one series per host and `summary` label.
 SUMMARY = "fleetctl:host_summary"
 SUMMARY_QUERIES: tuple[str, ...] = tuple(f'{SUMMARY}{{summary="{key}"}}' for key in SUMMARY_KEYS)
@@ -823,6 +831,7 @@ _NODE_LINE: dict[str, int] = {
 # The line index each version-4 reading record fills; the versions 1-3 summary queries.
 _READING_AT = {query: _AT[key] for key, query in READINGS.items()}
 _SUMMARY_QUERY_SET = frozenset(SUMMARY_QUERIES)
+_FAULT_QUERY_SET = frozenset(FAULT_QUERIES)
 
 
 def _known(value: float) -> float | None:
@@ -1207,7 +1216,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # With the rules: each answer folded in as it arrives, while Prometheus works on the rest.
         if query == "up":
             take_up(answer)
-        elif query == FAULT_DETAIL:
+        elif query in _FAULT_QUERY_SET:
             copied.add(query, answer)
         elif not table.take(query, answer):
             answers[query] = answer

@@ -194,3 +194,12 @@ def test_copies_from_one_of_two_agent_targets_are_no_shortcut() -> None:
     before, _ = hot_row(plain)
     assert [q for q in fake.queries if "host=~" in q][:5] == fault_queries(["hot"])
     assert seen(row) == seen(before)
+
+
+def test_fleetctl_asks_for_every_series_the_agent_copies_and_only_those() -> None:
+    from fleet_agent import metrics
+
+    from fleetctl.promsource import FAULT_METRICS
+
+    copied = metrics._FAULT_NODE | metrics._FAULT_CHIP | {"fleet_node_status", "fleet_chip_status_rank"}
+    assert set(FAULT_METRICS) == copied and len(FAULT_METRICS) == len(copied)
