@@ -501,6 +501,8 @@ class _HostData:
     rollup_targets: set[tuple[str | None, str | None]] = field(default_factory=set)
     # Only its chips that are not healthy (or have a problem) were read: the rest are its rollups.
     faults_only: bool = False
+    # Its node status series (`== 1`) read: more than one from one target is a leftover series.
+    statuses: int = 0
 
 
 def _ups(samples: Iterable[Sample], wanted: set[str]) -> dict[str, list[Up]]:
@@ -575,16 +577,23 @@ class _Gathered:
         name = promql.split(" ", 1)[0].split("{", 1)[0]
         if name == "up":  # read by _ups
             return
-        copies = name == FAULT_DETAIL  # each series names the one it copies
-        if not name or copies:  # or one selector of several metrics (`{__name__=~...}`): each names its own
+        if name == FAULT_DETAIL:  # an agent's copies of one series: the one its query names
+            copied = _FAULT_METRIC_OF.get(promql)
+            if copied is not None:
+                self._add(copied, [sample for sample in samples if sample[0].metric == copied])
+            return
+        if not name:  # one selector of several metrics (`{__name__=~...}`): each series names its own
             by_name: dict[str, list[Sample]] = defaultdict(list)
             for sample in samples:
-                metric = sample[0].metric if copies else getattr(sample[0], "name", None)
-                if metric and metric != FAULT_DETAIL:
+                if metric := getattr(sample[0], "name", None):
                     by_name[metric].append(sample)
             for each, some in by_name.items():
-                self.add(each, some)
+                self._add(each, some)  # a name as the answer says it, never parsed again as a query
             return
+        self._add(name, samples)
+
+    def _add(self, name: str, samples: list[Sample]) -> None:
+        """The series of metric ``name``."""
         data, agent_jobs, wanted = self.data, self.agent_jobs, self.wanted
         info, ranked = name == "fleet_agent_info", name == RANK
         status_series, stale = ranked or name == "fleet_chip_status", name == "fleet_chip_stale"
@@ -597,6 +606,7 @@ class _Gathered:
             d = data[host]
             if name == "fleet_node_status":
                 d.status = _worst(d.status, _status(labels.status))
+                d.statuses += 1
             elif info:
                 d.version = labels.version or d.version
                 d.agent_targets.add((labels.job, labels.instance))
@@ -832,6 +842,7 @@ _NODE_LINE: dict[str, int] = {
 _READING_AT = {query: _AT[key] for key, query in READINGS.items()}
 _SUMMARY_QUERY_SET = frozenset(SUMMARY_QUERIES)
 _FAULT_QUERY_SET = frozenset(FAULT_QUERIES)
+_FAULT_METRIC_OF = dict(zip(FAULT_QUERIES, FAULT_METRICS, strict=True))
 
 
 def _known(value: float) -> float | None:
@@ -1340,7 +1351,9 @@ def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: 
         taken = set()
         for name in names:
             d = copied.data.get(name)
-            if d is not None and d.status is not None and _names_every_fault(d, invalid_reading):
+            # One status copy: two at once are one scrape's and an older one's that no staleness
+            # marker ended (a federating Prometheus keeps a vanished series for its lookback).
+            if d is not None and d.statuses == 1 and _names_every_fault(d, invalid_reading):
                 _faults_only(d)
                 data[name] = d
                 taken.add(name)

@@ -203,3 +203,32 @@ def test_fleetctl_asks_for_every_series_the_agent_copies_and_only_those() -> Non
 
     copied = metrics._FAULT_NODE | metrics._FAULT_CHIP | {"fleet_node_status", "fleet_chip_status_rank"}
     assert set(FAULT_METRICS) == copied and len(FAULT_METRICS) == len(copied)
+
+
+def test_a_leftover_status_copy_beside_the_current_one_sends_the_host_to_the_faults_round() -> None:
+    # A federating Prometheus keeps a vanished series for its lookback: unhealthy then, degraded now.
+    fake = RulesPrometheus(copies=True)
+    fake.hot["fleet_node_status == 1"] = [({"host": "hot", "status": "degraded"}, 1.0)]
+    real_detail = fake.fault_detail
+    fake.fault_detail = lambda: [*real_detail(),  # type: ignore[method-assign]
+                                 ({"host": "hot", "status": "unhealthy", "metric": "fleet_node_status"}, 1.0)]
+    plain = RulesPrometheus()
+    plain.hot["fleet_node_status == 1"] = [({"host": "hot", "status": "degraded"}, 1.0)]
+    row, _ = hot_row(fake)
+    assert [q for q in fake.queries if "host=~" in q][:5] == fault_queries(["hot"])
+    # What the faults round reads now (degraded), not the leftover copy's unhealthy.
+    assert row.status is HostHealth.DEGRADED and seen(row) == seen(hot_row(plain)[0])
+
+
+def test_names_in_an_answer_are_never_parsed_again_as_queries() -> None:
+    from test_promsource import typed
+
+    from fleetctl.promsource import FAULT_QUERIES, _Gathered
+
+    g = _Gathered({"h"})
+    # A hostile or broken server: a copy that claims another series, a name that looks like a query.
+    g.add(FAULT_QUERIES[0], typed([({"host": "h", "metric": "fleet_fault_detail{x}"}, 1.0),
+                                   ({"host": "h", "metric": "fleet_chip_status_rank junk"}, 1.0)]))
+    g.add('{__name__=~"a|b",host=~"h"}', typed([({"__name__": "{x}", "host": "h"}, 1.0),
+                                                ({"__name__": "fleet_fault_detail", "host": "h"}, 1.0)]))
+    assert all(d.status is None and not d.chips for d in g.data.values())
