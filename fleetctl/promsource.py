@@ -122,7 +122,7 @@ READINGS: dict[str, str] = {
     "power_watts": "fleetctl:host_chip_power_watts",
 }
 WITHOUT_ROLLUPS = "fleetctl:hosts_without_rollups"
-# Agents since it copy what fleetctl reads about a host that is not clean under this one name
+# The agent copies what fleetctl reads about a host that is not clean under this one name
 # (fleet_agent.metrics.FAULT_DETAIL): selected by name, the answer is the size of the faults, and it
 # comes in the first round, so such a host needs no round of its own (see _read_faults). One query per
 # series copied (its `metric` label): each answer is decoded and folded in while the next is on its way,
