@@ -528,17 +528,14 @@ def agent_up(ups: list[Up] | None, agent_jobs: set[str], host: Host) -> float | 
         return None
     if len(ups) == 1:  # its own or, with nothing else to go by, the one there is: the same value
         return ups[0][2]
+    return max(_agent_ups(ups, agent_jobs, host))
+
+
+def _agent_ups(ups: list[Up], agent_jobs: set[str], host: Host) -> list[float]:
+    """The ``up`` of each target that scrapes the host's agent (see :func:`agent_up`)."""
     endpoint = host.agent_endpoint
     own = [v for job, instance, v in ups if instance == endpoint or job in agent_jobs]
-    return max(own or [v for _job, _instance, v in ups])
-
-
-def agent_targets(ups: list[Up] | None, agent_jobs: set[str], host: Host) -> int:
-    """How many targets scrape the host's agent, by the rule of :func:`agent_up`."""
-    if not ups:
-        return 0
-    endpoint = host.agent_endpoint
-    return sum(1 for job, instance, _v in ups if instance == endpoint or job in agent_jobs) or len(ups)
+    return own or [v for _job, _instance, v in ups]
 
 
 def _chip_index(labels: Labels) -> int | None:
@@ -841,7 +838,6 @@ _NODE_LINE: dict[str, int] = {
 # The line index each version-4 reading record fills; the versions 1-3 summary queries.
 _READING_AT = {query: _AT[key] for key, query in READINGS.items()}
 _SUMMARY_QUERY_SET = frozenset(SUMMARY_QUERIES)
-_FAULT_QUERY_SET = frozenset(FAULT_QUERIES)
 _FAULT_METRIC_OF = dict(zip(FAULT_QUERIES, FAULT_METRICS, strict=True))
 
 
@@ -1227,7 +1223,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # With the rules: each answer folded in as it arrives, while Prometheus works on the rest.
         if query == "up":
             take_up(answer)
-        elif query in _FAULT_QUERY_SET:
+        elif query in _FAULT_METRIC_OF:
             copied.add(query, answer)
         elif not table.take(query, answer):
             answers[query] = answer
@@ -1283,11 +1279,9 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             every_chip = scraped = {h.name for h in hosts if h.name in detail
                                     and (agent_up(up_of.get(h.name), gathered.agent_jobs, h) or 0.0) >= 1}
             if faults := scraped.difference(old):
-                # An agent's copies speak for its one target only: a host scraped twice is asked.
-                copied.data = {h.name: copied.data[h.name] for h in hosts if h.name in faults
-                               and h.name in copied.data
-                               and agent_targets(up_of.get(h.name), gathered.agent_jobs, h) == 1}
-                chips, every_chip = _read_faults(client, faults, gathered, left, copied)
+                copies = _trusted_copies([h for h in hosts if h.name in faults], copied, up_of,
+                                         gathered.agent_jobs)
+                chips, every_chip = _read_faults(client, faults, gathered, left, copies)
                 every_chip |= scraped.intersection(old)
         # Those chips' readings, and every chip of the hosts their count sends there, in one round.
         if more := chip_queries(chips) + detail_queries(every_chip):
@@ -1330,8 +1324,22 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                        pattern=pattern, duration_s=time.monotonic() - started)
 
 
+def _trusted_copies(hosts: Iterable[Host], copied: _Gathered, up_of: Mapping[str, list[Up]],
+                    agent_jobs: set[str]) -> dict[str, _HostData]:
+    """The agents' copies (``copied``) of those of ``hosts`` that they can speak for: a host whose agent
+    one target scrapes (a second may see it otherwise), with one status copy (two at once are one
+    scrape's and an older one's that no staleness marker ended: a federating Prometheus keeps a
+    vanished series for its lookback)."""
+    out = {}
+    for h in hosts:
+        d = copied.data.get(h.name)
+        if d is not None and d.statuses == 1 and len(_agent_ups(up_of.get(h.name, []), agent_jobs, h)) == 1:
+            out[h.name] = d
+    return out
+
+
 def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: Callable[[], float],
-                 copied: _Gathered | None = None) -> tuple[dict[int, list[str]], set[str]]:
+                 copies: Mapping[str, _HostData] | None = None) -> tuple[dict[int, list[str]], set[str]]:
     """Read the hosts ``names`` faults only, into ``gathered``: their node-level series, per-host gauges
     and rollups, and which of their chips are not healthy (a faulty host has one bad chip of eight,
     typically: an eighth of the per-chip series to select, encode and decode). Returns the hosts whose
@@ -1340,24 +1348,20 @@ def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: 
     rank, more than one target, an impossible reading in the rollups, or chips not healthy by its
     count that the rank does not name.
 
-    A host whose agent's copies (``copied``: its ``fleet_fault_detail``, the same series with the
-    listed chips' readings) pass the same test is taken from them and asked nothing more; only the
-    others are asked, in a round of their own."""
+    A host whose agent's copies (``copies``: its ``fleet_fault_detail``, the same series with the
+    listed chips' readings; see :func:`_trusted_copies`) pass the same test is taken from them and
+    asked nothing more; only the others are asked, in a round of their own."""
     # Here, not at the top: the health checks' import is paid only where there are faults.
     from fleet_agent.health.checks.readings import NAME as invalid_reading
 
     data = gathered.data
-    if copied is not None:
-        taken = set()
-        for name in names:
-            d = copied.data.get(name)
-            # One status copy: two at once are one scrape's and an older one's that no staleness
-            # marker ended (a federating Prometheus keeps a vanished series for its lookback).
-            if d is not None and d.statuses == 1 and _names_every_fault(d, invalid_reading):
-                _faults_only(d)
-                data[name] = d
-                taken.add(name)
-        names = names - taken
+    taken = set()
+    for name, copy in (copies or {}).items():
+        if name in names and _names_every_fault(copy, invalid_reading):
+            _faults_only(copy)
+            data[name] = copy
+            taken.add(name)
+    names = names - taken
     every_chip: set[str] = set()
     chips: dict[int, list[str]] = defaultdict(list)
     if not names:

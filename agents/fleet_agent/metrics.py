@@ -143,7 +143,7 @@ class ReportCollector(Collector):
         families = [fam for each in (_node_families(report), _rollup_families(report), _chip_families(report),
                                      _health_families(report)) for fam in each if fam.samples]
         yield from families
-        if not node_clean(report):
+        if not _node_clean(report):
             yield _fault_family(report, families)
 
 
@@ -211,7 +211,7 @@ def _rollup_families(r: NodeReport) -> Iterator[Metric]:
     a reading that is not a number (NaN, an infinity) leaves the rollup out, as it would have made
     the folded figure NaN.
     """
-    healthy = sum(1 for chip in r.chips if chip.status is Status.HEALTHY and not chip.stale)
+    healthy = sum(1 for chip in r.chips if _chip_ok(chip))
     yield GaugeMetricFamily("fleet_node_chips_healthy", "Chips whose status is healthy and reading fresh.",
                             value=healthy)
     for name, doc, attr, scale, how in _ROLLUPS:
@@ -454,13 +454,17 @@ _FAULT_CHIP = frozenset({"fleet_chip_temperature_celsius", "fleet_chip_utilizati
                          "fleet_chip_power_watts", "fleet_chip_stale"})
 
 
-def node_clean(r: NodeReport) -> bool:
+def _chip_ok(chip: ChipReport) -> bool:
+    """Counted in fleet_node_chips_healthy: healthy, its reading fresh."""
+    return chip.status is Status.HEALTHY and not chip.stale
+
+
+def _node_clean(r: NodeReport) -> bool:
     """What fleetctl-report.rules.yml's clean record says of this one agent: healthy, every chip
     healthy with a fresh reading, as many chips as expected (if a count is set), not drained."""
-    chips = len(r.chips)
     return (r.status is Status.HEALTHY and not r.drained
-            and (r.chips_expected is None or r.chips_expected == chips)
-            and all(c.status is Status.HEALTHY and not c.stale for c in r.chips))
+            and (r.chips_expected is None or r.chips_expected == len(r.chips))
+            and all(map(_chip_ok, r.chips)))
 
 
 def _fault_family(r: NodeReport, families: list[Metric]) -> Metric:
