@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import copy
 import dataclasses
 import datetime
+import email.utils
 import http.client
 import math
 import os
@@ -145,6 +147,9 @@ SUMMARY = "fleetctl:host_summary"
 SUMMARY_QUERIES: tuple[str, ...] = tuple(f'{SUMMARY}{{summary="{key}"}}' for key in SUMMARY_KEYS)
 NO_RULES = ("Prometheus has no fleetctl-report recording rules (deploy/prometheus/rules/"
             "fleetctl-report.rules.yml): reading every chip's series instead (slow past ~10,000 hosts)")
+# Past this, the server's clock (its HTTP Date) is said to differ from this machine's, in one line: the
+# Date header's whole seconds and a slow answer's time stay well below it.
+CLOCK_SKEW_MAX_S = 30.0
 # A selection this small is read chip by chip even when every summary is clean.
 DETAIL_ALL_MAX_HOSTS = 1000
 # Hosts per detail query: the names travel in a POST body, in one regex matcher.
@@ -267,6 +272,39 @@ class PromColumns(Protocol):
         ...
 
 
+@runtime_checkable
+class PromInstant(Protocol):
+    """Optional: a client that can evaluate every query at one instant instead of at each one's arrival,
+    and tells how far the server's clock is from this machine's."""
+
+    clock_skew_s: float | None  # server minus this machine, from its last answer (None: not known)
+
+    def at(self, when: float) -> PromQuery:
+        """The same server, every query evaluated at ``when`` (epoch seconds)."""
+        ...
+
+
+def clock_skew_line(skew_s: float | None) -> str:
+    """The one line saying the server's clock is off this machine's by more than CLOCK_SKEW_MAX_S
+    (empty when it is not, or not known): every age, and the report's instant, are this machine's."""
+    if skew_s is None or abs(skew_s) <= CLOCK_SKEW_MAX_S:
+        return ""
+    way = "ahead of" if skew_s > 0 else "behind"
+    return (f"Prometheus's clock is {abs(skew_s):.0f}s {way} this machine's (its HTTP Date): samples are "
+            "read and aged by this machine's clock, so hosts may show as stale or not scraped; sync the "
+            "clocks (NTP)")
+
+
+def at_one_instant(client: PromQuery) -> PromQuery:
+    """``client`` pinned to now, where it can be: every round of one report then reads the same instant.
+
+    Unpinned, each query is evaluated as it arrives; a scrape that lands between two of them (a host's
+    copies gone in one answer and not yet in the next, its faults round reading a newer state than the
+    first round judged) mixes two states in one report. Pinned, only a scrape still being written at
+    that instant can. The instant is fleetctl's clock, against which freshness is judged anyway."""
+    return client.at(time.time()) if isinstance(client, PromInstant) else client
+
+
 @dataclass(frozen=True)
 class RuleGroup:
     """A rule group as ``/api/v1/rules`` describes it: its interval, when it last ran (epoch s) and
@@ -355,12 +393,19 @@ class HttpPrometheus:
             raise PrometheusError(f"--prometheus-url {shown!r}: expected http(s)://host[:port][/prefix]")
         self.url = shown.rstrip("/")
         self.timeout_s = timeout_s
+        self.when: float | None = None  # evaluation time of every query (epoch s); None: each at arrival
+        self.clock_skew_s: float | None = None
         self._headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
         if parsed.username is not None:
             user = urllib.parse.unquote(parsed.username)
             password = urllib.parse.unquote(parsed.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
+
+    def at(self, when: float) -> HttpPrometheus:
+        pinned = copy.copy(self)
+        pinned.when = when
+        return pinned
 
     def query(self, promql: str) -> list[Sample]:
         # A selector without a metric name (`{__name__=~"a|b",...}`): each series's name is read too.
@@ -375,8 +420,10 @@ class HttpPrometheus:
         shown = _shown(promql)
         # nocache=1: VictoriaMetrics otherwise answers an instant query "now" as of its latency offset
         # (30 s by default), every sample that much older; Prometheus and Thanos ignore the parameter.
-        body = urllib.parse.urlencode({"query": promql, "timeout": f"{self.timeout_s:g}s",
-                                       "nocache": "1"}).encode()
+        form = {"query": promql, "timeout": f"{self.timeout_s:g}s", "nocache": "1"}
+        if self.when is not None:
+            form["time"] = f"{self.when:.3f}"
+        body = urllib.parse.urlencode(form).encode()
         request = urllib.request.Request(f"{self.url}/api/v1/query", data=body, headers=self._headers)  # noqa: S310
         slow = (f"{self.url}: query {shown} took longer than the {self.timeout_s:g}s query timeout "
                 f"(--query-timeout)")
@@ -386,6 +433,7 @@ class HttpPrometheus:
             with urllib.request.urlopen(request, timeout=self.timeout_s + 2.0) as resp:  # noqa: S310
                 raw: bytes = resp.read(MAX_ANSWER_BYTES + 1)
                 missing = resp.length  # what Content-Length promised and the connection did not bring
+                self._note_clock(resp.headers.get("Date"), time.time())
         except urllib.error.HTTPError as exc:
             text = _error_text(exc)
             if (exc.code == 503 and "timeout" in text.lower()) or "timed out" in text.lower():
@@ -408,6 +456,14 @@ class HttpPrometheus:
             raise PrometheusError(f"{self.url}: query {shown}: answer over {MAX_ANSWER_BYTES} bytes")
         return raw
 
+    def _note_clock(self, date: str | None, now: float) -> None:
+        # The HTTP Date header: whole seconds, so a skew under a second or two is not seen.
+        try:
+            server = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+        except (TypeError, ValueError, IndexError, OverflowError):
+            server = None
+        if server is not None:
+            self.clock_skew_s = server - now
 
     def rule_group(self, name: str) -> RuleGroup | None:
         """``GET {url}/api/v1/rules?type=record``: the group's interval and last evaluation. Optional
@@ -1146,7 +1202,8 @@ class FirstRound:
     def __init__(self, client: PromQuery) -> None:
         from fleet_agent.sampler import DaemonThreadPool
 
-        self.asking = _Asking(client, RULE_QUERIES, columns=tuple(READINGS.values()))
+        self.client = at_one_instant(client)  # the report's later rounds ask this one too: one instant
+        self.asking = _Asking(self.client, RULE_QUERIES, columns=tuple(READINGS.values()))
         self._side = DaemonThreadPool(1, "prometheus-rules")
         # Optional, so it never fails the command (rule_group catches its own errors).
         self._group = (self._side.submit(client.rule_group, RULES_GROUP) if isinstance(client, PromRules)
@@ -1193,6 +1250,7 @@ def prometheus_report(hosts: Sequence[Host], client: PromQuery, *, inventory: st
     with gc_paused():
         if use_rules and first is None:
             first = FirstRound(client)
+        client = first.client if first is not None else at_one_instant(client)
         try:
             return _report(hosts, client, inventory, pattern, now, deadline_s, detail_all, first, notice)
         finally:
@@ -1289,6 +1347,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             # Hosts whose agents export no rank (older ones; a fleet mid-upgrade): one-hot, them only.
             if unranked := gathered.unranked(every_chip):
                 _query_each(client, detail_queries(unranked, (ONE_HOT,)), left(), gathered.add)
+    if isinstance(client, PromInstant) and (skew := clock_skew_line(client.clock_skew_s)):
+        (notice or _stderr)(skew)
     now = time.time() if now is None else now
     data, agent_jobs = gathered.data, gathered.agent_jobs
     rows: list[HostRow] = []
@@ -1356,10 +1416,10 @@ def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: 
 
     data = gathered.data
     taken = set()
-    for name, copy in (copies or {}).items():
-        if name in names and _names_every_fault(copy, invalid_reading):
-            _faults_only(copy)
-            data[name] = copy
+    for name, copied in (copies or {}).items():
+        if name in names and _names_every_fault(copied, invalid_reading):
+            _faults_only(copied)
+            data[name] = copied
             taken.add(name)
     names = names - taken
     every_chip: set[str] = set()

@@ -183,15 +183,20 @@ def test_summary_rows_from_the_recording_rules_agree_with_direct_fan_out(
 
 
 @contextlib.contextmanager
-def proxied(url: str, edit: Callable[[bytes], bytes] = lambda form: form) -> Iterator[tuple[str, list[str]]]:
+def proxied(url: str, edit: Callable[[bytes], bytes] = lambda form: form
+            ) -> Iterator[tuple[str, list[str], list[str]]]:
     """A proxy in front of Prometheus's query API: each query's form through ``edit`` on its way, and
-    every query asked (decoded) listed. Yields its URL and that list."""
+    every query asked (decoded) listed, with the evaluation time each named ("" for none). Yields its
+    URL and those two lists."""
     asked: list[str] = []
+    instants: list[str] = []
 
     class Proxy(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             form = edit(self.rfile.read(int(self.headers["Content-Length"])))
-            asked.extend(urllib.parse.parse_qs(form.decode()).get("query", []))
+            fields = urllib.parse.parse_qs(form.decode())
+            asked.extend(fields.get("query", []))
+            instants.append(fields.get("time", [""])[0])
             req = urllib.request.Request(f"{url}{self.path}", data=form,
                                          headers={"Content-Type": "application/x-www-form-urlencoded"})
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -207,7 +212,7 @@ def proxied(url: str, edit: Callable[[bytes], bytes] = lambda form: form) -> Ite
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked, instants
     finally:
         server.shutdown()
         server.server_close()
@@ -219,7 +224,7 @@ def test_the_agents_copies_of_their_faults_are_the_only_detail_read(setup: tuple
     copied = {s["metric"]["host"] for s in query(url, "fleet_fault_detail")}
     assert copied == {name for name, status in EXPECTED.items() if status != "healthy"}
     _, direct = health("-i", str(inv), "--timeout", "2", cache=cache)
-    with proxied(url) as (proxy, asked):
+    with proxied(url) as (proxy, asked, _):
         rc, via_copies = health("-i", str(inv), "--source", "prometheus", "--prometheus-url", proxy,
                                 cache=cache, env={"FLEETCTL_PROMETHEUS_DETAIL_HOSTS": "0"})
     # One round: no query names a host, none asks for a chip.
@@ -238,12 +243,29 @@ def test_the_agents_copies_of_their_faults_are_the_only_detail_read(setup: tuple
                 c["index"] for c in h["chips"] if c["status"] != "healthy" or c["problems"]], h["name"]
 
 
+def test_every_round_of_one_report_reads_one_instant(setup: tuple[Path, str, Path]) -> None:
+    inv, url, cache = setup
+    _, direct = health("-i", str(inv), "--timeout", "2", cache=cache)
+    for env in ({}, {"FLEETCTL_PROMETHEUS_DETAIL_HOSTS": "0"}):  # every host chip by chip; faults only
+        with proxied(url) as (proxy, asked, instants):
+            started = time.time()
+            rc, report = health("-i", str(inv), "--source", "prometheus", "--prometheus-url", proxy,
+                                cache=cache, env=env)
+        assert rc == 1
+        if not env:  # a small selection: a round after the first, chip by chip
+            assert any("host=~" in q for q in asked)
+        (when,) = set(instants)  # one instant, named in every query
+        assert started <= float(when) <= time.time()
+        assert {h["name"]: h["status"] for h in report["hosts"]} == {
+            h["name"]: h["status"] for h in direct["hosts"]}
+
+
 def test_without_the_rules_one_line_says_so_and_the_report_is_the_same(
         setup: tuple[Path, str, Path]) -> None:
     inv, url, cache = setup
     # A second Prometheus without rules would take a minute to fill; a proxy that hides the rules'
     # series is the same to fleetctl: ask for a metric that does not exist.
-    with proxied(url, lambda form: form.replace(b"fleetctl%3A", b"absent%3A")) as (proxy, _):
+    with proxied(url, lambda form: form.replace(b"fleetctl%3A", b"absent%3A")) as (proxy, _, _):
         out = subprocess.run(
             [FLEETCTL, "health", "--json", "-i", str(inv), "--source", "prometheus",
              "--prometheus-url", proxy],

@@ -4,8 +4,10 @@ that fails is still the error and leaves nothing running, and later reports (--w
 
 from __future__ import annotations
 
+import email.utils
 import http.server
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from test_promsource import EMPTY, NOW, Responder, RulesPrometheus, host, reply, rules_report
 from test_promsource import serve as serve  # the fixture, by its name (re-exported: no F811)
@@ -151,3 +154,66 @@ def test_a_bad_group_by_drops_the_early_round_too(serve: Callable[[Responder], s
         _collector("all", str(LAB), "prometheus", url, 1.0, 5.0, 8, ask_early=True,
                    check=lambda hosts: _check_group_by("no_such_variable_anywhere", hosts))
     assert _threads_back_to(before)
+
+
+def _over_http(fake: RulesPrometheus, forms: list[dict[str, list[str]]]) -> Responder:
+    """``fake``'s answers as Prometheus's query API gives them; every query's form kept in ``forms``."""
+    def answer(h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.path.startswith("/api/v1/rules"):
+            return reply(h, {"status": "error"}, 404)  # no rules API: the rules' own series say enough
+        form = urllib.parse.parse_qs(h.rfile.read(int(h.headers.get("Content-Length", "0"))).decode())
+        forms.append(form)
+        result = [{"metric": {k: v for k, v in msgspec.to_builtins(labels).items() if v is not None},
+                   "value": [NOW, repr(value)]} for labels, value in fake.query(form["query"][0])]
+        reply(h, {"status": "success", "data": {"resultType": "vector", "result": result}})
+    return answer
+
+
+def test_every_round_of_one_report_reads_one_instant(serve: Callable[[Responder], str]) -> None:
+    # Evaluated as each query arrives, a scrape landing between two of them would mix two states in
+    # one report (a host's copies half gone, its faults round newer than the round that judged it).
+    forms: list[dict[str, list[str]]] = []
+    client = HttpPrometheus(serve(_over_http(RulesPrometheus("4"), forms)), timeout_s=10)
+    times = []
+    for _ in range(2):  # --watch: each report its own instant
+        before = time.time()
+        rows = rules_report(client)
+        assert rows["hot"].status.value == "unhealthy"  # read through all three rounds
+        assert any('host=~"hot"' in f["query"][0] for f in forms)
+        assert any("chip=" in f["query"][0] for f in forms)
+        assert len({len(f.get("time", [])) for f in forms}) == 1  # every query pinned
+        (when,) = {f["time"][0] for f in forms}
+        assert before - 0.001 <= float(when) <= time.time()
+        times.append(when)
+        forms.clear()
+    assert times[0] != times[1]
+
+
+def test_without_the_rules_every_query_reads_one_instant_too(serve: Callable[[Responder], str]) -> None:
+    forms: list[dict[str, list[str]]] = []
+    client = HttpPrometheus(serve(_over_http(RulesPrometheus("4"), forms)), timeout_s=10)
+    prometheus_report([host("c1", 1), host("hot", 1)], client, now=NOW, use_rules=False)
+    assert len(forms) > 1 and len({f["time"][0] for f in forms}) == 1
+
+
+@pytest.mark.parametrize(("skew", "said"),
+                         [(600.0, r"(599|600)s ahead of"), (-120.0, r"12[01]s behind"), (3.0, None)])
+def test_a_server_clock_off_this_machines_is_said_in_one_line(
+        serve: Callable[[Responder], str], skew: float, said: str | None) -> None:
+    # Ages and the report's instant are this machine's: a server clock minutes off makes hosts look
+    # stale or unscraped, so the line names the cause.
+    fake = RulesPrometheus("4")
+    answer = _over_http(fake, [])
+
+    def skewed(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.date_time_string = lambda timestamp=None: email.utils.formatdate(time.time() + skew, usegmt=True)
+        answer(h)
+
+    notes: list[str] = []
+    prometheus_report([host("c1", 1)], HttpPrometheus(serve(skewed), timeout_s=10), now=NOW,
+                      notice=notes.append)
+    lines = [n for n in notes if "clock" in n]
+    if said is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and re.search(said, lines[0]) and "NTP" in lines[0]  # Date: whole seconds
