@@ -27,6 +27,7 @@ import http.client
 import math
 import os
 import queue
+import re
 import sys
 import time
 import urllib.error
@@ -35,6 +36,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -379,10 +381,13 @@ class HttpPrometheus:
     and the query.
 
     The limit goes to Prometheus too (its ``timeout`` parameter), so a query past it is stopped there
-    rather than left running. ``user:password@`` in the URL is sent as HTTP basic auth.
+    rather than left running. ``user:password@`` in the URL is sent as HTTP basic auth, the token in
+    ``token_file`` as a bearer token, ``tenant`` as ``X-Scope-OrgID`` (Mimir, Cortex); a redirect is
+    an error, never followed with them.
     """
 
-    def __init__(self, url: str, timeout_s: float = DEFAULT_QUERY_TIMEOUT_S) -> None:
+    def __init__(self, url: str, timeout_s: float = DEFAULT_QUERY_TIMEOUT_S, *,
+                 token_file: Path | None = None, tenant: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         shown = _without_credentials(parsed)
         try:
@@ -401,6 +406,16 @@ class HttpPrometheus:
             password = urllib.parse.unquote(parsed.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
+        if token_file is not None:
+            if parsed.username is not None:
+                raise PrometheusError(f"--prometheus-url {shown!r} has a user and --prometheus-token-file "
+                                      "is given: use one")
+            self._headers["Authorization"] = f"Bearer {bearer_token(token_file)}"
+        if tenant is not None:
+            if not _HEADER_VALUE.fullmatch(tenant):
+                raise PrometheusError(f"--prometheus-tenant {tenant[:40]!r}: expected printable ASCII "
+                                      f"without spaces, 1 to {_HEADER_MAX} characters")
+            self._headers["X-Scope-OrgID"] = tenant
 
     def at(self, when: float) -> HttpPrometheus:
         pinned = copy.copy(self)
@@ -430,11 +445,16 @@ class HttpPrometheus:
         try:
             # The scheme was checked in __init__ (http/https only). Prometheus stops the query at
             # timeout_s; the socket waits a little longer for that answer.
-            with urllib.request.urlopen(request, timeout=self.timeout_s + 2.0) as resp:  # noqa: S310
+            with _OPENER.open(request, timeout=self.timeout_s + 2.0) as resp:
                 raw: bytes = resp.read(MAX_ANSWER_BYTES + 1)
                 missing = resp.length  # what Content-Length promised and the connection did not bring
                 self._note_clock(resp.headers.get("Date"), time.time())
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                to = _without_credentials(urllib.parse.urlsplit(exc.headers.get("Location") or ""))
+                raise PrometheusError(f"{self.url}: HTTP {exc.code} redirect to {to!r}, not followed (it "
+                                      "would take the credentials along): give --prometheus-url as the "
+                                      "server's own URL") from None
             text = _error_text(exc)
             if (exc.code == 503 and "timeout" in text.lower()) or "timed out" in text.lower():
                 raise PrometheusError(slow) from None
@@ -471,11 +491,47 @@ class HttpPrometheus:
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         request = urllib.request.Request(f"{self.url}/api/v1/rules?type=record", headers=headers)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:  # noqa: S310
+            with _OPENER.open(request, timeout=self.timeout_s) as resp:
                 raw = resp.read(MAX_RULES_BYTES + 1)
         except (OSError, http.client.HTTPException, ValueError):
             return None
         return None if len(raw) > MAX_RULES_BYTES else rule_group_from(raw, name)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would send the Authorization header to wherever one points
+    (and turn a query's POST into a GET without it). The 3xx reaches the caller as an HTTPError."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None
+
+
+# The scheme is checked in HttpPrometheus.__init__ (http/https only).
+_OPENER = urllib.request.build_opener(_NoRedirect)
+# A token or tenant: one HTTP header value, nothing that could end the header or start another.
+_HEADER_MAX = 4096
+_HEADER_VALUE = re.compile(rf"[\x21-\x7e]{{1,{_HEADER_MAX}}}")
+
+
+def bearer_token(path: Path) -> str:
+    """The token in ``path``: its one line, the line break stripped. Errors name the file, never the
+    token (an error message may land in a log)."""
+    where = f"--prometheus-token-file {path}"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PrometheusError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise PrometheusError(f"{where}: not an ASCII token") from None
+    if not token:
+        raise PrometheusError(f"{where}: empty")
+    if not _HEADER_VALUE.fullmatch(token):
+        raise PrometheusError(f"{where}: expected one token (printable ASCII, no spaces or line breaks, at "
+                              f"most {_HEADER_MAX} characters)")
+    return token
 
 
 def _shown(promql: str) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
@@ -13,11 +14,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fleetctl.commands import add
-from fleetctl.commands.params import InventoryOpt, OutputOpt, PatternsArg
+from fleetctl.commands.params import (
+    InventoryOpt,
+    OutputOpt,
+    PatternsArg,
+    PrometheusTenantOpt,
+    PrometheusTokenFileOpt,
+    PrometheusUrlOpt,
+)
 from fleetctl.errors import UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from rich.console import RenderableType
 
@@ -114,9 +123,9 @@ def health(
         "--concurrency", help="Requests being answered at once (hung hosts wait aside)", min=1)] = 512,
     source: Annotated[Source, typer.Option(
         "--source", case_sensitive=False, help="agents (direct) or prometheus")] = Source.agents,
-    prometheus_url: Annotated[str | None, typer.Option(
-        "--prometheus-url", envvar="FLEETCTL_PROMETHEUS_URL", show_envvar=True,
-        help="Prometheus base URL")] = None,
+    prometheus_url: PrometheusUrlOpt = None,
+    prometheus_token_file: PrometheusTokenFileOpt = None,
+    prometheus_tenant: PrometheusTenantOpt = None,
     query_timeout: Annotated[float, typer.Option(
         "--query-timeout", help="With --source prometheus: time limit of each query, seconds",
         min=0.01)] = 25.0,
@@ -143,7 +152,8 @@ def health(
     pattern = join_patterns(patterns)
     view = HealthView(chips=chips, unhealthy=unhealthy, statuses=parse_states(status), group_by=group_by,
                       sort=sort.value, reverse=reverse, wide=fmt is OutputFormat.wide)
-    collect, _hosts = _collector(pattern, inventory, source.value, prometheus_url, timeout, deadline,
+    access = PrometheusAccess(prometheus_url, prometheus_token_file, prometheus_tenant)
+    collect, _hosts = _collector(pattern, inventory, source.value, access, timeout, deadline,
                                  concurrency, query_timeout, ask_early=True,
                                  check=None if group_by is None else partial(_check_group_by, group_by))
     if watch is None:
@@ -162,7 +172,16 @@ def _check_group_by(key: str, hosts: list[Host]) -> None:
     check_group_by(key, rows)
 
 
-def _collector(pattern: str, inventory: str | None, source: str, prometheus_url: str | None,
+@dataclass(frozen=True)
+class PrometheusAccess:
+    """--prometheus-url, --prometheus-token-file, --prometheus-tenant."""
+
+    url: str | None = None
+    token_file: Path | None = None
+    tenant: str | None = None
+
+
+def _collector(pattern: str, inventory: str | None, source: str, prometheus: PrometheusAccess,
                timeout: float, deadline: float, concurrency: int, query_timeout: float = 25.0, *,
                ask_early: bool = False, check: Callable[[list[Host]], None] | None = None,
                ) -> tuple[Callable[[], FleetReport], list[Host]]:
@@ -184,10 +203,11 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus_url:
 
     from fleetctl.promsource import ENV_URL, FirstRound, HttpPrometheus, prometheus_report
 
-    url = prometheus_url or os.environ.get(ENV_URL)
+    url = prometheus.url or os.environ.get(ENV_URL)
     if not url:
         raise UsageError(f"--source prometheus needs --prometheus-url (or ${ENV_URL})")
-    client = HttpPrometheus(url, timeout_s=query_timeout)
+    client = HttpPrometheus(url, timeout_s=query_timeout, token_file=prometheus.token_file,
+                            tenant=prometheus.tenant)
     early = [FirstRound(client)] if ask_early else []
     try:
         inv = load_inventory(inventory)

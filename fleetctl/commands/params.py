@@ -36,3 +36,13 @@ ScopeOpt = Annotated[str | None, typer.Option(
 OutputOpt = Annotated[OutputFormat | None, typer.Option(
     "-o", "--output", case_sensitive=False, metavar="FORMAT",
     help="table, wide (more columns), json, yaml or name (one per line)")]
+PrometheusUrlOpt = Annotated[str | None, typer.Option(
+    "--prometheus-url", envvar="FLEETCTL_PROMETHEUS_URL", show_envvar=True,
+    help="Prometheus base URL (user:password@ for basic auth)")]
+# A file, not the token itself: a command line is seen by every user of the machine (ps).
+PrometheusTokenFileOpt = Annotated[Path | None, typer.Option(
+    "--prometheus-token-file", envvar="FLEETCTL_PROMETHEUS_TOKEN_FILE", show_envvar=True, dir_okay=False,
+    metavar="FILE", help="Bearer token sent to Prometheus (an authenticating proxy, Thanos, Mimir)")]
+PrometheusTenantOpt = Annotated[str | None, typer.Option(
+    "--prometheus-tenant", envvar="FLEETCTL_PROMETHEUS_TENANT", show_envvar=True, metavar="ID",
+    help="Tenant sent as X-Scope-OrgID (Mimir, Cortex; several joined with '|')")]

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fleetctl.commands import add
-from fleetctl.commands.params import DbOpt, InventoryOpt, JsonOpt, OutputOpt, PatternsArg
+from fleetctl.commands.params import (
+    DbOpt,
+    InventoryOpt,
+    JsonOpt,
+    OutputOpt,
+    PatternsArg,
+    PrometheusTenantOpt,
+    PrometheusTokenFileOpt,
+    PrometheusUrlOpt,
+)
 
 if TYPE_CHECKING:
     from fleetctl.remediate.loop import RoundResult
@@ -107,9 +116,9 @@ def remediate(
     source: Annotated[str, typer.Option(
         "--source", help="agents (direct fan-out) or prometheus (the action label of "
         "fleet_health_check_failing; an agent without it reads none: reported only)")] = "agents",
-    prometheus_url: Annotated[str | None, typer.Option(
-        "--prometheus-url", envvar="FLEETCTL_PROMETHEUS_URL", show_envvar=True,
-        help="Prometheus base URL")] = None,
+    prometheus_url: PrometheusUrlOpt = None,
+    prometheus_token_file: PrometheusTokenFileOpt = None,
+    prometheus_tenant: PrometheusTenantOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.01, help="Per-agent timeout, seconds")] = 5.0,
     deadline: Annotated[float, typer.Option("--deadline", min=0.01,
                                             help="Overall deadline of one observation, seconds")] = 30.0,
@@ -145,7 +154,7 @@ def remediate(
     """
     from fleetctl import assets
     from fleetctl.burnin.gate import MAY_BE_MISSING
-    from fleetctl.commands.health import _collector
+    from fleetctl.commands.health import PrometheusAccess, _collector
     from fleetctl.drain import current_user
     from fleetctl.errors import UsageError
     from fleetctl.inventory import join_patterns, load_inventory
@@ -171,7 +180,9 @@ def remediate(
     parse_extra_vars(extra, Path.cwd())  # bad -e: exit 2 before anything is observed
     reprovision = str(resolve_playbook(reprovision_playbook, Path.cwd())) if acting else reprovision_playbook
     pattern = join_patterns(patterns)
-    collect, _ = _collector(pattern, inventory, source, prometheus_url, timeout, deadline, 512)
+    collect, _ = _collector(pattern, inventory, source,
+                            PrometheusAccess(prometheus_url, prometheus_token_file, prometheus_tenant),
+                            timeout, deadline, 512)
     inv = load_inventory(inventory)
     actor = current_user()
     with _database(db) as (conn, db_path), _Stop() as stop:

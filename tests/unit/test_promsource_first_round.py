@@ -20,6 +20,7 @@ import pytest
 from test_promsource import EMPTY, NOW, Responder, RulesPrometheus, host, reply, rules_report
 from test_promsource import serve as serve  # the fixture, by its name (re-exported: no F811)
 
+from fleetctl.commands.health import PrometheusAccess
 from fleetctl.errors import UsageError
 from fleetctl.promsource import (
     RULE_QUERIES,
@@ -107,7 +108,8 @@ def test_health_asks_prometheus_while_the_inventory_is_read_and_watch_asks_afres
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(fleetctl.inventory, "load_inventory", slow_load)
-    collect, hosts = _collector("all", str(LAB), "prometheus", url, 1.0, 10.0, 8, ask_early=True)
+    collect, hosts = _collector("all", str(LAB), "prometheus", PrometheusAccess(url), 1.0, 10.0, 8,
+                                ask_early=True)
     assert seen_while_loading == [True] and prom.info_asked == 1
     for asked in (1, 2):  # the early round, then a fresh one (--watch's next report)
         report = collect()
@@ -122,7 +124,7 @@ def test_without_ask_early_nothing_is_asked_before_the_first_report(
 
     monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path))
     prom = _Counting()
-    collect, _ = _collector("all", str(LAB), "prometheus", serve(prom), 1.0, 10.0, 8)
+    collect, _ = _collector("all", str(LAB), "prometheus", PrometheusAccess(serve(prom)), 1.0, 10.0, 8)
     assert not prom.asked.wait(0.5)
     collect()
     assert prom.info_asked == 1
@@ -139,7 +141,8 @@ def test_an_inventory_that_fails_is_the_error_and_the_early_round_is_dropped(
     url = serve(slow)  # the server's own threads are started before the count
     before = threading.active_count()
     with pytest.raises(UsageError, match=r"nowhere\.yml: inventory not found"):
-        _collector("all", str(tmp_path / "nowhere.yml"), "prometheus", url, 1.0, 5.0, 8, ask_early=True)
+        _collector("all", str(tmp_path / "nowhere.yml"), "prometheus", PrometheusAccess(url), 1.0, 5.0, 8,
+                   ask_early=True)
     assert _threads_back_to(before)  # the round's threads end: closed, not left waiting for work
 
 
@@ -151,7 +154,7 @@ def test_a_bad_group_by_drops_the_early_round_too(serve: Callable[[Responder], s
     url = serve(_Counting())
     before = threading.active_count()
     with pytest.raises(UsageError):
-        _collector("all", str(LAB), "prometheus", url, 1.0, 5.0, 8, ask_early=True,
+        _collector("all", str(LAB), "prometheus", PrometheusAccess(url), 1.0, 5.0, 8, ask_early=True,
                    check=lambda hosts: _check_group_by("no_such_variable_anywhere", hosts))
     assert _threads_back_to(before)
 
