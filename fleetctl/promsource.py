@@ -149,9 +149,11 @@ SUMMARY = "fleetctl:host_summary"
 SUMMARY_QUERIES: tuple[str, ...] = tuple(f'{SUMMARY}{{summary="{key}"}}' for key in SUMMARY_KEYS)
 NO_RULES = ("Prometheus has no fleetctl-report recording rules (deploy/prometheus/rules/"
             "fleetctl-report.rules.yml): reading every chip's series instead (slow past ~10,000 hosts)")
-# Past this, the server's clock (its HTTP Date) is said to differ from this machine's, in one line: the
-# Date header's whole seconds and a slow answer's time stay well below it.
-CLOCK_SKEW_MAX_S = 30.0
+# Past this, the server's clock (its HTTP Date) is said to differ from this machine's, in one line. The
+# queries are evaluated at this machine's "now": a server that far ahead has not yet stored the last
+# seconds of scrapes at that instant, and every age grows by as much. The Date header's whole seconds
+# and an answer's delay stay below it.
+CLOCK_SKEW_MAX_S = 5.0
 # A selection this small is read chip by chip even when every summary is clean.
 DETAIL_ALL_MAX_HOSTS = 1000
 # Hosts per detail query: the names travel in a POST body, in one regex matcher.
@@ -279,7 +281,8 @@ class PromInstant(Protocol):
     """Optional: a client that can evaluate every query at one instant instead of at each one's arrival,
     and tells how far the server's clock is from this machine's."""
 
-    clock_skew_s: float | None  # server minus this machine, from its last answer (None: not known)
+    when: float | None  # the instant every query is evaluated at (None: each at its arrival)
+    clock_skew_s: float | None  # server minus this machine, from its answers (None: not known)
 
     def at(self, when: float) -> PromQuery:
         """The same server, every query evaluated at ``when`` (epoch seconds)."""
@@ -406,6 +409,7 @@ class HttpPrometheus:
             password = urllib.parse.unquote(parsed.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {token}"
+        self.token_file = token_file
         if token_file is not None:
             if parsed.username is not None:
                 raise PrometheusError(f"--prometheus-url {shown!r} has a user and --prometheus-token-file "
@@ -420,6 +424,9 @@ class HttpPrometheus:
     def at(self, when: float) -> HttpPrometheus:
         pinned = copy.copy(self)
         pinned.when = when
+        pinned.clock_skew_s = None
+        if self.token_file is not None:  # read again for each report: a rotated token (--watch) is used
+            pinned._headers = {**self._headers, "Authorization": f"Bearer {bearer_token(self.token_file)}"}
         return pinned
 
     def query(self, promql: str) -> list[Sample]:
@@ -446,9 +453,9 @@ class HttpPrometheus:
             # The scheme was checked in __init__ (http/https only). Prometheus stops the query at
             # timeout_s; the socket waits a little longer for that answer.
             with _OPENER.open(request, timeout=self.timeout_s + 2.0) as resp:
+                self._note_clock(resp.headers.get("Date"), time.time())  # as the headers arrive
                 raw: bytes = resp.read(MAX_ANSWER_BYTES + 1)
                 missing = resp.length  # what Content-Length promised and the connection did not bring
-                self._note_clock(resp.headers.get("Date"), time.time())
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:
                 to = _without_credentials(urllib.parse.urlsplit(exc.headers.get("Location") or ""))
@@ -477,13 +484,20 @@ class HttpPrometheus:
         return raw
 
     def _note_clock(self, date: str | None, now: float) -> None:
-        # The HTTP Date header: whole seconds, so a skew under a second or two is not seen.
+        # The Date header is stamped when the answer starts, in whole seconds: each answer's delay and
+        # the truncation only make the server look behind, so the largest skew of a report's answers
+        # is the closest to the truth (a quick one: the rules' info).
         try:
-            server = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+            stamped = email.utils.parsedate_to_datetime(date) if date else None
         except (TypeError, ValueError, IndexError, OverflowError):
-            server = None
-        if server is not None:
-            self.clock_skew_s = server - now
+            stamped = None
+        if stamped is None:
+            return
+        if stamped.tzinfo is None:  # asctime and "-0000" dates: HTTP dates are UTC, never local time
+            stamped = stamped.replace(tzinfo=datetime.UTC)
+        skew = stamped.timestamp() - now
+        if self.clock_skew_s is None or skew > self.clock_skew_s:  # assigned whole: threads share it
+            self.clock_skew_s = skew
 
     def rule_group(self, name: str) -> RuleGroup | None:
         """``GET {url}/api/v1/rules?type=record``: the group's interval and last evaluation. Optional
@@ -1262,8 +1276,8 @@ class FirstRound:
         self.asking = _Asking(self.client, RULE_QUERIES, columns=tuple(READINGS.values()))
         self._side = DaemonThreadPool(1, "prometheus-rules")
         # Optional, so it never fails the command (rule_group catches its own errors).
-        self._group = (self._side.submit(client.rule_group, RULES_GROUP) if isinstance(client, PromRules)
-                       else None)
+        self._group = (self._side.submit(self.client.rule_group, RULES_GROUP)
+                       if isinstance(self.client, PromRules) else None)
 
     @property
     def started(self) -> float:
@@ -1319,6 +1333,9 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             notice: Callable[[str], None] | None) -> FleetReport:
     """The report; ``first`` is the rules' first round, None to read every host's series without them."""
     started = time.monotonic()
+    if now is None:  # every sample read is as of the queries' instant: aged against it, not a later now
+        pinned = client.when if isinstance(client, PromInstant) else None
+        now = time.time() if pinned is None else pinned
     wanted = {h.name for h in hosts}
     rules = False
     version = 0
@@ -1368,14 +1385,13 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         detail = wanted
     else:
         table.finish(version)
-        now_s = time.time() if now is None else now
         if detail_all is None:
             detail_all = len(hosts) <= _detail_max()
-        clock = rules_clock(answers, group, now_s)
+        clock = rules_clock(answers, group, now)
         if not detail_all and not clock.current:
             (notice or _stderr)(clock.why)
             detail_all = True
-        detail = wanted if detail_all else {h.name for h in hosts if not table.clean(h, now_s, clock.seen_at)}
+        detail = wanted if detail_all else {h.name for h in hosts if not table.clean(h, now, clock.seen_at)}
         old = table.without_rollups(hosts) if version >= RULES_VERSION_ROLLUPS else []
         if old:
             # Correct either way (they are read chip by chip), but slow at scale: say why, once.
@@ -1405,7 +1421,6 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                 _query_each(client, detail_queries(unranked, (ONE_HOT,)), left(), gathered.add)
     if isinstance(client, PromInstant) and (skew := clock_skew_line(client.clock_skew_s)):
         (notice or _stderr)(skew)
-    now = time.time() if now is None else now
     data, agent_jobs = gathered.data, gathered.agent_jobs
     rows: list[HostRow] = []
     for h in hosts:

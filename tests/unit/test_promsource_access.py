@@ -123,3 +123,32 @@ def test_the_options_reach_the_client_from_the_command_line_and_the_environment(
                          capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 2 and seen == set()
     assert run.stderr.count("\n") == 1 and "--prometheus-token-file" in run.stderr and "nowhere" in run.stderr
+
+
+def test_a_token_rotated_on_disk_is_read_again_for_the_next_report(
+        serve: Callable[[Responder], str], tmp_path: Path) -> None:
+    # --watch runs for days; a projected service-account or Vault agent token is replaced meanwhile.
+    seen: list[str | None] = []
+
+    def record(h: http.server.BaseHTTPRequestHandler) -> None:
+        seen.append(h.headers.get("Authorization"))
+        h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        reply(h, EMPTY) if h.path.startswith("/api/v1/query") else reply(h, {"status": "error"}, 404)
+
+    path = _token_file(tmp_path, "first-token\n")
+    client = HttpPrometheus(serve(record), timeout_s=5, token_file=path)
+    prometheus_report([host("a", 1)], client, notice=lambda line: None)
+    assert set(seen) == {"Bearer first-token"}
+    path.write_text("second-token\r\n")  # CRLF too: one token
+    seen.clear()
+    prometheus_report([host("a", 1)], client, notice=lambda line: None)
+    assert set(seen) == {"Bearer second-token"}
+
+
+def test_remediate_takes_the_same_options() -> None:
+    fleetctl = str(Path(sys.executable).parent / "fleetctl")
+    run = subprocess.run([fleetctl, "remediate", "-i", str(LAB), "--source", "prometheus", "--prometheus-url",
+                          "http://127.0.0.1:9", "--prometheus-token-file", "/nonexistent/token"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "--prometheus-token-file /nonexistent/token" in run.stderr

@@ -20,6 +20,7 @@ import pytest
 from test_promsource import EMPTY, NOW, Responder, RulesPrometheus, host, reply, rules_report
 from test_promsource import serve as serve  # the fixture, by its name (re-exported: no F811)
 
+import fleetctl.promsource as promsource
 from fleetctl.commands.health import PrometheusAccess
 from fleetctl.errors import UsageError
 from fleetctl.promsource import (
@@ -220,3 +221,63 @@ def test_a_server_clock_off_this_machines_is_said_in_one_line(
         assert lines == []
     else:
         assert len(lines) == 1 and re.search(said, lines[0]) and "NTP" in lines[0]  # Date: whole seconds
+
+
+class _AskedLongAgo(RulesPrometheus):
+    """A client pinned, whatever it is asked, to NOW: the instant its first round was asked, a long time
+    before the report is built (a slow inventory script, a loaded machine)."""
+
+    when: float | None = None
+    clock_skew_s: float | None = None
+
+    def at(self, when: float) -> _AskedLongAgo:
+        self.when = NOW
+        return self
+
+
+def test_samples_are_aged_against_the_instant_they_were_read_at() -> None:
+    # Every round reads the fleet as of the pinned instant: aged against a later "now", every sample
+    # would look as old as the time the report took to build (here years: all unknown).
+    pinned = prometheus_report([host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)], _AskedLongAgo("4"),
+                               detail_all=False, notice=print)
+    assert pinned.generated_at == NOW
+    rows = {r.name: r for r in pinned.hosts}
+    assert _rows_as_dicts(rows) == _rows_as_dicts(rules_report(RulesPrometheus("4")))
+
+
+def test_a_slow_answer_is_not_taken_for_a_clock_behind(
+        serve: Callable[[Responder], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Date header is stamped as the answer starts; a body that takes long to arrive says nothing
+    # about the server's clock.
+    monkeypatch.setattr(promsource, "CLOCK_SKEW_MAX_S", 2.0)
+
+    def slow_body(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        body = json.dumps(EMPTY).encode()
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.flush()
+        time.sleep(3.0)
+        h.wfile.write(body)
+
+    client = HttpPrometheus(serve(slow_body), timeout_s=10).at(time.time())
+    assert client.query("up") == []
+    assert client.clock_skew_s is not None and promsource.clock_skew_line(client.clock_skew_s) == ""
+
+
+def test_an_http_date_without_a_zone_is_utc_whatever_the_local_zone(
+        serve: Callable[[Responder], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def asctime_date(h: http.server.BaseHTTPRequestHandler) -> None:  # RFC 9110 recipients accept it
+        h.date_time_string = lambda timestamp=None: time.asctime(time.gmtime())
+        reply(h, EMPTY)
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        client = HttpPrometheus(serve(asctime_date), timeout_s=10).at(time.time())
+        client.query("up")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert client.clock_skew_s is not None and abs(client.clock_skew_s) < 2.0
