@@ -306,7 +306,7 @@ def at_one_instant(client: PromQuery) -> PromQuery:
     Unpinned, each query is evaluated as it arrives; a scrape that lands between two of them (a host's
     copies gone in one answer and not yet in the next, its faults round reading a newer state than the
     first round judged) mixes two states in one report. Pinned, only a scrape still being written at
-    that instant can. The instant is fleetctl's clock, against which freshness is judged anyway."""
+    that instant can. The instant is fleetctl's clock; the report ages every sample against it too."""
     return client.at(time.time()) if isinstance(client, PromInstant) else client
 
 
