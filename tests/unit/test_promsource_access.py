@@ -27,16 +27,23 @@ def _token_file(tmp_path: Path, text: str = TOKEN + "\n") -> Path:
     return path
 
 
-def test_the_token_and_tenant_go_with_every_query_and_the_rules_api(
-        serve: Callable[[Responder], str], tmp_path: Path) -> None:
-    seen: list[tuple[str, str | None, str | None]] = []
+Seen = list[tuple[str, str | None, str | None]]  # path, Authorization, X-Scope-OrgID of each request
 
+
+def _recording(seen: Seen) -> Responder:
+    """A Prometheus with no series and no rules API that keeps each request's path and headers."""
     def record(h: http.server.BaseHTTPRequestHandler) -> None:
         seen.append((h.path.split("?")[0], h.headers.get("Authorization"), h.headers.get("X-Scope-OrgID")))
         h.rfile.read(int(h.headers.get("Content-Length") or 0))
-        reply(h, EMPTY if h.path.startswith("/api/v1/query") else {"status": "success", "data": {}})
+        reply(h, EMPTY) if h.path.startswith("/api/v1/query") else reply(h, {"status": "error"}, 404)
+    return record
 
-    client = HttpPrometheus(serve(record), timeout_s=5, token_file=_token_file(tmp_path), tenant="team-a|ops")
+
+def test_the_token_and_tenant_go_with_every_query_and_the_rules_api(
+        serve: Callable[[Responder], str], tmp_path: Path) -> None:
+    seen: Seen = []
+    client = HttpPrometheus(serve(_recording(seen)), timeout_s=5, token_file=_token_file(tmp_path),
+                            tenant="team-a|ops")
     prometheus_report([host("a", 1)], client, notice=lambda line: None)
     assert {path for path, *_ in seen} == {"/api/v1/query", "/api/v1/rules"}
     assert {(auth, tenant) for _, auth, tenant in seen} == {(f"Bearer {TOKEN}", "team-a|ops")}
@@ -101,48 +108,36 @@ def test_a_redirect_is_not_followed_with_the_credentials(
 
 def test_the_options_reach_the_client_from_the_command_line_and_the_environment(
         serve: Callable[[Responder], str], tmp_path: Path) -> None:
-    seen: set[tuple[str | None, str | None]] = set()
-
-    def record(h: http.server.BaseHTTPRequestHandler) -> None:
-        seen.add((h.headers.get("Authorization"), h.headers.get("X-Scope-OrgID")))
-        h.rfile.read(int(h.headers.get("Content-Length") or 0))
-        reply(h, EMPTY) if h.path.startswith("/api/v1/query") else reply(h, {"status": "error"}, 404)
-
-    url = serve(record)
+    seen: Seen = []
+    url = serve(_recording(seen))
     token = _token_file(tmp_path)
     fleetctl = str(Path(sys.executable).parent / "fleetctl")
     args = ["--prometheus-url", url, "--prometheus-token-file", str(token), "--prometheus-tenant", "t1"]
     run = subprocess.run([fleetctl, "health", "-i", str(LAB), "--source", "prometheus", *args, "-o", "json"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1, run.stderr  # no series at all: every host unscraped, not an error
-    assert seen == {(f"Bearer {TOKEN}", "t1")}
+    assert {(auth, tenant) for _, auth, tenant in seen} == {(f"Bearer {TOKEN}", "t1")}
     seen.clear()
     env = {"FLEETCTL_PROMETHEUS_URL": url, "FLEETCTL_PROMETHEUS_TOKEN_FILE": str(tmp_path / "nowhere"),
            "PATH": "/usr/bin:/bin"}
     run = subprocess.run([fleetctl, "health", "-i", str(LAB), "--source", "prometheus", "-o", "json"],
                          capture_output=True, text=True, timeout=60, env=env)
-    assert run.returncode == 2 and seen == set()
+    assert run.returncode == 2 and seen == []
     assert run.stderr.count("\n") == 1 and "--prometheus-token-file" in run.stderr and "nowhere" in run.stderr
 
 
 def test_a_token_rotated_on_disk_is_read_again_for_the_next_report(
         serve: Callable[[Responder], str], tmp_path: Path) -> None:
     # --watch runs for days; a projected service-account or Vault agent token is replaced meanwhile.
-    seen: list[str | None] = []
-
-    def record(h: http.server.BaseHTTPRequestHandler) -> None:
-        seen.append(h.headers.get("Authorization"))
-        h.rfile.read(int(h.headers.get("Content-Length") or 0))
-        reply(h, EMPTY) if h.path.startswith("/api/v1/query") else reply(h, {"status": "error"}, 404)
-
+    seen: Seen = []
     path = _token_file(tmp_path, "first-token\n")
-    client = HttpPrometheus(serve(record), timeout_s=5, token_file=path)
+    client = HttpPrometheus(serve(_recording(seen)), timeout_s=5, token_file=path)
     prometheus_report([host("a", 1)], client, notice=lambda line: None)
-    assert set(seen) == {"Bearer first-token"}
+    assert {auth for _, auth, _ in seen} == {"Bearer first-token"}
     path.write_text("second-token\r\n")  # CRLF too: one token
     seen.clear()
     prometheus_report([host("a", 1)], client, notice=lambda line: None)
-    assert set(seen) == {"Bearer second-token"}
+    assert {auth for _, auth, _ in seen} == {"Bearer second-token"}
 
 
 def test_remediate_takes_the_same_options() -> None:
