@@ -206,6 +206,7 @@ class _Series(msgspec.Struct, Generic[_L]):
 class _Data(msgspec.Struct, Generic[_L]):
     resultType: str
     result: list[_Series[_L]] = []
+    warnings: list[str] | None = None  # older Thanos: see _LaxAnswer
 
 
 class _Answer(msgspec.Struct, Generic[_L]):
@@ -213,6 +214,8 @@ class _Answer(msgspec.Struct, Generic[_L]):
     data: _Data[_L] | None = None
     error: str | None = None
     errorType: str | None = None
+    warnings: list[str] | None = None
+    isPartial: bool | None = None
 
 
 class _LaxSeries(msgspec.Struct, Generic[_L]):
@@ -223,11 +226,19 @@ class _LaxSeries(msgspec.Struct, Generic[_L]):
 class _LaxData(msgspec.Struct, Generic[_L]):
     resultType: str
     result: list[_LaxSeries[_L]] = []
+    warnings: list[str] | None = None  # older Thanos put them here
 
 
 class _LaxAnswer(msgspec.Struct, Generic[_L]):
+    """An answer as the fast decoder reads it. Beside its series, what a server says of an answer it
+    could only give in part: ``warnings`` (Prometheus, Thanos: a remote read or a store that did not
+    answer) and VictoriaMetrics cluster's ``isPartial`` (a vmstorage node that did not); read in the
+    same pass as the series."""
+
     status: str
     data: _LaxData[_L] | None = None
+    warnings: list[str] | None = None
+    isPartial: bool | None = None
 
 
 class _HostLabel(msgspec.Struct):
@@ -244,15 +255,30 @@ _DECODER_NAMED = msgspec.json.Decoder(_Answer[NamedLabels])
 _HOST_VALUES = msgspec.json.Decoder(_LaxAnswer[_HostLabel], strict=False)
 
 
-def _lax_vector(decoder: msgspec.json.Decoder[_LaxAnswer[_L]], raw: bytes) -> list[_LaxSeries[_L]] | None:
-    """The answer's series by the fast decoder, or None: not a successful vector it can read."""
+def _lax_vector(decoder: msgspec.json.Decoder[_LaxAnswer[_L]], raw: bytes, notes: list[str] | None = None
+                ) -> list[_LaxSeries[_L]] | None:
+    """The answer's series by the fast decoder, or None: not a successful vector it can read. Its
+    warnings go to ``notes``."""
     try:
         answer = decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     if answer.status != "success" or answer.data is None or answer.data.resultType != "vector":
         return None
+    if notes is not None:
+        notes.extend(_notes(answer.warnings, answer.data.warnings, answer.isPartial))
     return answer.data.result
+
+
+PARTIAL_NOTE = "a partial answer (isPartial): a storage node did not answer"
+
+
+def _notes(warnings: list[str] | None, inner: list[str] | None, partial: bool | None) -> list[str]:
+    out = [*(warnings or ()), *(inner or ())]
+    if partial and not out:
+        out.append(PARTIAL_NOTE)
+    return out
+
 
 
 class PromQuery(Protocol):
@@ -287,6 +313,13 @@ class PromInstant(Protocol):
     def at(self, when: float) -> PromQuery:
         """The same server, every query evaluated at ``when`` (epoch seconds)."""
         ...
+
+
+@runtime_checkable
+class PromWarned(Protocol):
+    """Optional: a client that keeps what the server warned of in its answers (a partial answer)."""
+
+    warnings: list[tuple[str, str]]  # (query, warning), in the order the answers came
 
 
 def clock_skew_line(skew_s: float | None) -> str:
@@ -403,6 +436,7 @@ class HttpPrometheus:
         self.timeout_s = timeout_s
         self.when: float | None = None  # evaluation time of every query (epoch s); None: each at arrival
         self.clock_skew_s: float | None = None
+        self.warnings: list[tuple[str, str]] = []  # (query, warning) of the answers (PromWarned)
         self._headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
         if parsed.username is not None:
             user = urllib.parse.unquote(parsed.username)
@@ -425,17 +459,24 @@ class HttpPrometheus:
         pinned = copy.copy(self)
         pinned.when = when
         pinned.clock_skew_s = None
+        pinned.warnings = []  # each report its own
         if self.token_file is not None:  # read again for each report: a rotated token (--watch) is used
             pinned._headers = {**self._headers, "Authorization": f"Bearer {bearer_token(self.token_file)}"}
         return pinned
 
     def query(self, promql: str) -> list[Sample]:
+        notes: list[str] = []
         # A selector without a metric name (`{__name__=~"a|b",...}`): each series's name is read too.
-        return parse_vector(self._answer(promql), f"{self.url}: query {_shown(promql)}",
-                            named=promql.startswith("{"))
+        samples = parse_vector(self._answer(promql), f"{self.url}: query {_shown(promql)}",
+                               named=promql.startswith("{"), notes=notes)
+        self.warnings.extend([(promql, note) for note in notes])  # atomic: the round's threads share it
+        return samples
 
     def query_values(self, promql: str) -> Column:
-        return parse_values(self._answer(promql), f"{self.url}: query {_shown(promql)}")
+        notes: list[str] = []
+        column = parse_values(self._answer(promql), f"{self.url}: query {_shown(promql)}", notes=notes)
+        self.warnings.extend([(promql, note) for note in notes])
+        return column
 
     def _answer(self, promql: str) -> bytes:
         """The raw answer to ``promql``; a PrometheusError naming the query when there is none."""
@@ -568,24 +609,26 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
     return f": {answer.error[:200]}" if answer.error else ""
 
 
-def parse_values(raw: bytes, where: str) -> Column:
+def parse_values(raw: bytes, where: str, *, notes: list[str] | None = None) -> Column:
     """An answer's host labels and values alone (every other label skipped while decoding); what
-    the fast decoder refuses goes through :func:`parse_vector`, which reads it or says what is wrong."""
-    result = _lax_vector(_HOST_VALUES, raw)
+    the fast decoder refuses goes through :func:`parse_vector`, which reads it or says what is wrong.
+    The answer's warnings go to ``notes``."""
+    result = _lax_vector(_HOST_VALUES, raw, notes)
     if result is not None:
         return [series.metric.host for series in result], [series.value[1] for series in result]
-    return columns_of(parse_vector(raw, where))
+    return columns_of(parse_vector(raw, where, notes=notes))
 
 
 def columns_of(samples: list[Sample]) -> Column:
     return [labels.host for labels, _ in samples], [value for _, value in samples]
 
 
-def parse_vector(raw: bytes, where: str, *, named: bool = False) -> list[Sample]:
+def parse_vector(raw: bytes, where: str, *, named: bool = False,
+                 notes: list[str] | None = None) -> list[Sample]:
     """An instant query's JSON answer, decoded straight into typed samples (``named``: their labels
-    as :class:`NamedLabels`)."""
+    as :class:`NamedLabels`). The answer's warnings (a partial answer) go to ``notes``."""
     quick: list[_LaxSeries[Labels]] | list[_LaxSeries[NamedLabels]] | None = (
-        _lax_vector(_NUMERIC_NAMED, raw) if named else _lax_vector(_NUMERIC, raw))
+        _lax_vector(_NUMERIC_NAMED, raw, notes) if named else _lax_vector(_NUMERIC, raw, notes))
     if quick is not None:
         return [(series.metric, series.value[1]) for series in quick]
     try:  # the strict path: says what is wrong, or reads what lax mode cannot
@@ -599,6 +642,8 @@ def parse_vector(raw: bytes, where: str, *, named: bool = False) -> list[Sample]
     if answer.data is None or answer.data.resultType != "vector":
         got = None if answer.data is None else answer.data.resultType
         raise PrometheusError(f"{where}: expected a vector, got {got!r}")
+    if notes is not None:
+        notes.extend(_notes(answer.warnings, answer.data.warnings, answer.isPartial))
     out: list[Sample] = []
     for series in answer.data.result:
         try:
@@ -1421,12 +1466,22 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                 _query_each(client, detail_queries(unranked, (ONE_HOT,)), left(), gathered.add)
     if isinstance(client, PromInstant) and (skew := clock_skew_line(client.clock_skew_s)):
         (notice or _stderr)(skew)
+    warned = list(client.warnings) if isinstance(client, PromWarned) else []
+    if warned:
+        (notice or _stderr)(warnings_line(warned))
+    # A host missing from a partial `up` is the store's silence, not the host's: not judged either way
+    # (an error, which remediation does not act on by default), where `not_scraped` would say unreachable.
+    up_partial = any(query == "up" for query, _ in warned)
     data, agent_jobs = gathered.data, gathered.agent_jobs
     rows: list[HostRow] = []
     for h in hosts:
         d = data.get(h.name)
         up = agent_up(up_of.get(h.name), agent_jobs, h)
-        if up is None:
+        if up is None and up_partial:
+            rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=True,
+                                        kind="prometheus_partial", reason=PARTIAL_UP_REASON,
+                                        expected_chips=h.expected_chips, host_vars=h.vars))
+        elif up is None:
             rows.append(host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=False,
                                         kind="not_scraped", reason="Prometheus has no target for this host",
                                         expected_chips=h.expected_chips, host_vars=h.vars))
@@ -1452,7 +1507,35 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                                     **{f.name: getattr(row, f.name) for f in dataclasses.fields(HostRow)})
             rows.append(row)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
-                       pattern=pattern, duration_s=time.monotonic() - started)
+                       pattern=pattern, duration_s=time.monotonic() - started,
+                       warnings=report_warnings(warned))
+
+
+PARTIAL_UP_REASON = "not in a partial answer to `up` (a store behind Prometheus did not answer): not judged"
+# A report lists this many (query, warning) pairs at most: each chunk of a detail query may warn alike.
+WARNINGS_MAX = 50
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(text.split())  # a server's text: no line break may reach a one-line message
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def report_warnings(warned: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """The report's ``warnings``: each (query, warning) once, the query clipped as in messages."""
+    pairs = dict.fromkeys((_one_line(q if len(q) <= 120 else q[:100] + "...", 200), _one_line(w, 300))
+                          for q, w in warned)
+    return [{"query": q, "warning": w} for q, w in list(pairs)[:WARNINGS_MAX]]
+
+
+def warnings_line(warned: Sequence[tuple[str, str]]) -> str:
+    """The one line saying some answers came with warnings: their series may be incomplete."""
+    queries = len(dict.fromkeys(q for q, _ in warned))
+    query, warning = warned[0]
+    more = f"; {queries - 1} more such quer{'y' if queries == 2 else 'ies'}" if queries > 1 else ""
+    return (f"Prometheus answered {queries} quer{'y' if queries == 1 else 'ies'} with warnings, so series "
+            "may be missing (a store, remote read or storage node behind it did not answer): query "
+            f"{_shown(query)}: {_one_line(warning, 200)}{more}; see \"warnings\" in --json")
 
 
 def _trusted_copies(hosts: Iterable[Host], copied: _Gathered, up_of: Mapping[str, list[Up]],

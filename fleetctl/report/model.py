@@ -191,6 +191,9 @@ class FleetReport:
     inventory: str = ""
     pattern: str = "all"
     duration_s: float | None = None
+    # What the source warned of while answering (through Prometheus: a partial answer), as
+    # {"query", "warning"} objects; none from the agents.
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     def sort(self, key: str = "status") -> FleetReport:
         """Order hosts in place: ``status`` (worst first), ``name``, ``temp``, ``util``, ``age``."""
@@ -220,6 +223,7 @@ class FleetReport:
             "inventory": self.inventory,
             "pattern": self.pattern,
             "duration_s": None if self.duration_s is None else round(self.duration_s, 3),
+            "warnings": self.warnings,
             "exit_code": self.exit_code,
             "summary": {"hosts": {"total": s.total_hosts, **s.hosts},
                         "chips": {"total": s.total_chips, **s.chips}},

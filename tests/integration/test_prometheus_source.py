@@ -323,3 +323,64 @@ def test_remediate_through_prometheus_plans_as_direct_fan_out(
     assert want["h100-0001"] == ("skip", "report") and "dead-0000" in want
     hot = next(s for s in via_prom["skipped"] if s["host"] == "h100-0001")
     assert "check_cooling" in hot["why"]
+
+
+@contextlib.contextmanager
+def reading_through(work: Path, remotes: list[str]) -> Iterator[str]:
+    """A Prometheus that scrapes nothing and answers from ``remotes`` (remote read, as a query layer
+    answers from its stores): one that does not answer makes its answers partial, with warnings."""
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "reader.yml"
+    config.write_text("global: {evaluation_interval: 1s}\nremote_read:\n" + "".join(
+        f"  - {{url: '{remote}/api/v1/read', read_recent: true, remote_timeout: 2s}}\n"
+        for remote in remotes))
+    port = port_block(1, 39150, 39199)
+    url = f"http://127.0.0.1:{port}"
+    log = work / "reader.log"
+    prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={work / 'reader'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert prom.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+        yield url
+    finally:
+        prom.terminate()
+        prom.wait(20)
+
+
+def test_a_store_that_does_not_answer_is_said_in_one_line_and_its_hosts_are_not_judged(
+        setup: tuple[Path, str, Path], tmp_path: Path) -> None:
+    inv, url, cache = setup
+    _, direct = health("-i", str(inv), "--timeout", "2", cache=cache)
+    dead = f"http://127.0.0.1:{port_block(1, 39100, 39149)}"  # a store that is down: nothing listens
+    with reading_through(tmp_path, [url, dead]) as reader:
+        rc, report = health("-i", str(inv), "--source", "prometheus", "--prometheus-url", reader, cache=cache)
+        out = subprocess.run([FLEETCTL, "health", "-i", str(inv), "--source", "prometheus",
+                              "--prometheus-url", reader], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache), "COLUMNS": "200"})
+    # The store that answered holds every series: the same statuses as the agents give, and said.
+    assert rc == 1
+    assert {h["name"]: h["status"] for h in report["hosts"]} == {
+        h["name"]: h["status"] for h in direct["hosts"]}
+    assert report["warnings"] and all("remote_read" in w["warning"] and dead.split("//")[1] in w["warning"]
+                                      for w in report["warnings"])
+    assert "up" in {w["query"] for w in report["warnings"]}
+    said = [line for line in out.stderr.splitlines() if "with warnings" in line]
+    assert len(said) == 1 and "remote_read" in said[0], out.stderr
+    # Only the store that is down: no host is in `up`, none is called unreachable for it.
+    with reading_through(tmp_path / "alone", [dead]) as reader:
+        alone = subprocess.run([FLEETCTL, "health", "--json", "-i", str(inv), "--source", "prometheus",
+                                "--prometheus-url", reader], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
+    assert alone.returncode == 1, alone.stderr
+    rows = json.loads(alone.stdout)["hosts"]
+    assert len(rows) == 7
+    assert {(h["status"], h["reason"]["kind"]) for h in rows} == {("error", "prometheus_partial")}
