@@ -5,7 +5,8 @@ configuration error, 130 a run canceled by Ctrl-C/SIGTERM (provision records it 
 
     FleetctlError (1)                 a failure the operator can act on
     ├── UsageError (2)                bad arguments or configuration
-    │   └── StateDatabaseError (2)    the state database cannot be opened, read or written
+    │   ├── StateDatabaseError (2)    the state database cannot be opened, read or written
+    │   └── SourceUnavailable (2)     the health source (Prometheus) could not be asked
     └── StateConflict (1)             a host's recorded state changed under us (another fleetctl)
 
 Core modules raise these, or subclasses of them next to the code that raises them (inventory,
@@ -53,6 +54,11 @@ class UsageError(FleetctlError):
 
 class StateDatabaseError(UsageError):
     """The state database cannot be opened, read or written (exit 2)."""
+
+
+class SourceUnavailable(UsageError):
+    """The fleet's health source (Prometheus) could not be asked, or its answer not read (exit 2). A
+    loop (``--watch``) that has had one good round skips a round that fails so and tries again."""
 
 
 class StateConflict(FleetctlError):

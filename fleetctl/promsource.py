@@ -52,7 +52,7 @@ from fleet_agent.schema import (
 )
 from fleet_agent.verdict import STALE_MIN_S
 
-from fleetctl.errors import UsageError
+from fleetctl.errors import SourceUnavailable
 from fleetctl.inventory import Host
 from fleetctl.report import FleetReport, HostHealth, HostRow
 from fleetctl.report.build import host_row_failed, host_row_from_node
@@ -162,8 +162,8 @@ _DETAIL_CHUNK = 2000
 DEFAULT_QUERY_TIMEOUT_S = 25.0
 
 
-class PrometheusError(UsageError):
-    """Prometheus could not be queried (exit 2: the URL or the server is misconfigured)."""
+class PrometheusError(SourceUnavailable):
+    """Prometheus could not be queried (exit 2: the URL or the server is misconfigured, or it is down)."""
 
 
 class Labels(msgspec.Struct, frozen=True):
@@ -1640,7 +1640,9 @@ def _detail_max() -> int:
 
 
 def _stderr(line: str) -> None:
-    print(f"fleetctl health: {line}", file=sys.stderr, flush=True)
+    from fleetctl.views.text import visible  # a server's text may be in it: controls escaped
+
+    print(f"fleetctl health: {visible(line)}", file=sys.stderr, flush=True)
 
 
 def file_sd_targets(hosts: Sequence[Host]) -> list[dict[str, Any]]:

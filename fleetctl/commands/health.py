@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from fleetctl.inventory import Host
     from fleetctl.report import FleetReport, HealthView, HostRow
+    from fleetctl.views.health import Drawer
     from fleetctl.views.output import OutputFormat
 
 class Source(str, Enum):
@@ -300,15 +301,32 @@ def _print_view(report: FleetReport, view: HealthView, mode: str) -> None:
 
 def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *, fmt: OutputFormat,
            mode: str) -> int:
-    """Redraw in place until Ctrl-C; the exit code is the last completed round's."""
+    """Redraw in place until Ctrl-C; the exit code is the last completed round's.
+
+    A round after a good one that cannot ask its source (Prometheus restarting, a query past its time,
+    a token file mid-rotation) is said and the last report stays up; the next round tries again: a
+    wall display outlives its Prometheus's restart. The first round's failure is the command's (a wrong
+    URL or token: exit 2)."""
+    from fleetctl.errors import SourceUnavailable
     from fleetctl.speedups import release_frozen
 
     code = 0
+    last: FleetReport | None = None
     with _CtrlC() as ctrl_c, contextlib.ExitStack() as stack:
         draw = _watch_drawer(stack, view, fmt=fmt, mode=mode, every=every)
         try:
             while not ctrl_c.pressed:
-                report = collect()
+                try:
+                    report = collect()
+                except SourceUnavailable as exc:
+                    if last is None:
+                        raise
+                    shown = time.strftime("%H:%M:%S", time.localtime(last.generated_at))
+                    draw(last, failed=f"{time.strftime('%H:%M:%S')} round failed, showing the {shown} one "
+                                      f"(next try in {every:g}s): {exc.one_line()}")
+                    ctrl_c.sleep(every)
+                    continue
+                last = report
                 code = report.exit_code
                 draw(report)
                 release_frozen()  # last round's cyclic garbage, while we wait anyway
@@ -319,19 +337,24 @@ def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *
 
 
 def _watch_drawer(stack: contextlib.ExitStack, view: HealthView, *, fmt: OutputFormat, mode: str,
-                  every: float) -> Callable[[FleetReport], None]:
+                  every: float) -> Drawer:
     """How one round is shown: a JSON document per line (YAML: one document each), the table redrawn
-    in place on a terminal, or each round after a time-stamped line in a pipe."""
+    in place on a terminal, or each round after a time-stamped line in a pipe. A failed round
+    (``failed``: what to say) is a line on stderr beside documents, in the view beside a table."""
     from fleetctl.views.output import OutputFormat
 
-    if fmt is OutputFormat.yaml:
-        def yaml_round(report: FleetReport) -> None:
-            print("---", flush=True)
+    if fmt in (OutputFormat.yaml, OutputFormat.json):
+        def document_round(report: FleetReport, failed: str | None = None) -> None:
+            if failed is not None:  # stdout stays one document per round
+                from fleetctl.views.text import echo
+
+                echo(f"fleetctl health: {failed}", err=True)
+                return
+            if fmt is OutputFormat.yaml:
+                print("---", flush=True)
             _show(report, view, fmt, mode)
 
-        return yaml_round
-    if fmt is OutputFormat.json:
-        return lambda report: _show(report, view, fmt, mode)
+        return document_round
     from fleetctl.views.health import live_drawer
 
     return live_drawer(stack, view, every=every,

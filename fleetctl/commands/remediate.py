@@ -156,7 +156,7 @@ def remediate(
     from fleetctl.burnin.gate import MAY_BE_MISSING
     from fleetctl.commands.health import PrometheusAccess, _collector
     from fleetctl.drain import current_user
-    from fleetctl.errors import UsageError
+    from fleetctl.errors import SourceUnavailable, UsageError
     from fleetctl.inventory import join_patterns, load_inventory
     from fleetctl.provision import parse_extra_vars, resolve_playbook
     from fleetctl.remediate import actions
@@ -218,9 +218,21 @@ def remediate(
             record = (acting or (lease := rstate.current_lease(conn)) is None
                       or not lease.live(rstate.db_now(conn)))
             code = 0
+            result: RoundResult | None = None
             while True:
                 began = time.monotonic()
-                report = collect()
+                try:
+                    report = collect()
+                except SourceUnavailable as exc:
+                    if result is None or watch is None:  # the first round's failure is the command's
+                        raise
+                    # No observation this round: nothing is decided on what was not seen (a host
+                    # missing from a failed round must not count as unreachable); the next round asks.
+                    _err(f"fleetctl remediate: round skipped, no observation: {exc.one_line()}")
+                    if stop.pressed:
+                        break
+                    stop.sleep(max(0.0, watch - (time.monotonic() - began)))
+                    continue
                 result = engine.round(report.hosts, time.time(), apply=acting, record=record)
                 _show(result, fmt, apply=acting, watching=watch is not None)
                 code = max(code, _code(result))
@@ -231,7 +243,7 @@ def remediate(
                 if watch is None or result.interrupted or stop.pressed:
                     break
                 stop.sleep(max(0.0, watch - (time.monotonic() - began)))  # one round every SECONDS
-            if result.interrupted:
+            if result is not None and result.interrupted:
                 return 130  # a remediation stopped between two steps: the next run resumes it
             return code if watch is None else 0  # a loop stopped between rounds: a clean stop
         finally:

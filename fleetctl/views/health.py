@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, Protocol
 
 from rich.cells import cell_len
 from rich.console import Console, Group, JustifyMethod, RenderableType
@@ -439,11 +439,20 @@ def names(report: FleetReport, view: HealthView) -> list[str]:
 Body = Callable[[FleetReport, "int | None"], RenderableType]
 
 
+class Drawer(Protocol):
+    """Shows one ``--watch`` round: ``report``, or (``failed``: what to say) a round that failed, the
+    last good ``report`` kept in view."""
+
+    def __call__(self, report: FleetReport, failed: str | None = None) -> None: ...
+
+
 def live_drawer(stack: contextlib.ExitStack, view: HealthView | None = None, *, every: float,
-                body: Body | None = None, **options: Any) -> Callable[[FleetReport], None]:
+                body: Body | None = None, **options: Any) -> Drawer:
     """``--watch``: on a terminal the tables redrawn in place each round under a time stamp, with a
     last line that says how many rows the screen hides; in a pipe each round printed in full after a
-    time-stamped line (a log of rounds). ``body(report, width)``: another view than the tables."""
+    time-stamped line (a log of rounds). ``body(report, width)``: another view than the tables. A
+    failed round: its line, in red, under the stamp over the last good tables (in a pipe, the line
+    alone: the tables are above)."""
     view = view or HealthView(**options)
     console = stdout_console()
 
@@ -453,18 +462,19 @@ def live_drawer(stack: contextlib.ExitStack, view: HealthView | None = None, *, 
         return render_report(report, view, width=width, terminal=width is not None)
 
     if not console.is_terminal:
-        def log(report: FleetReport) -> None:
+        def log(report: FleetReport, failed: str | None = None) -> None:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             show(Text(f"--- {stamp} every {every:g}s"), console)
-            show(render(report, None), console)
+            show(outside(failed, style="red") if failed is not None else render(report, None), console)
 
         return log
     live = stack.enter_context(Live(Text("asking the fleet..."), console=console, auto_refresh=False,
                                     redirect_stdout=False, redirect_stderr=False))
 
-    def draw(report: FleetReport) -> None:
+    def draw(report: FleetReport, failed: str | None = None) -> None:
         stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
-        shown = Group(stamp, render(report, console.width))
+        head = [stamp] if failed is None else [stamp, outside(failed, style="bold red")]
+        shown = Group(*head, render(report, console.width))
         live.update(fit_screen(console, shown, console.height), refresh=True)
 
     return draw

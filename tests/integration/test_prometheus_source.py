@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -384,3 +385,82 @@ def test_a_store_that_does_not_answer_is_said_in_one_line_and_its_hosts_are_not_
     rows = json.loads(alone.stdout)["hosts"]
     assert len(rows) == 7
     assert {(h["status"], h["reason"]["kind"]) for h in rows} == {("error", "prometheus_partial")}
+
+
+@contextlib.contextmanager
+def switchable(url: str) -> Iterator[tuple[str, threading.Event]]:
+    """A proxy in front of Prometheus's query API that answers 503, as a restarting server behind a load
+    balancer does, while the event it yields is set."""
+    down = threading.Event()
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = self.rfile.read(int(self.headers["Content-Length"]))
+            code, body = 503, b'{"status":"error","errorType":"unavailable","error":"restarting"}'
+            if not down.is_set():
+                req = urllib.request.Request(f"{url}{self.path}", data=form,
+                                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    code, body = 200, r.read()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", down
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", ["health", "remediate"])
+def test_a_watch_outlives_prometheus_going_away_and_coming_back(
+        setup: tuple[Path, str, Path], tmp_path: Path, command: str) -> None:
+    import queue
+
+    inv, url, cache = setup
+    extra = (["--json"] if command == "health" else
+             ["-o", "json", "--db", str(tmp_path / "state.db"), "--policy", str(DEFAULT_POLICY)])
+    err = tmp_path / "err"
+    with switchable(url) as (proxy, down):
+        loop = subprocess.Popen(
+            [FLEETCTL, command, "-i", str(inv), "--source", "prometheus", "--prometheus-url", proxy,
+             "--watch", "0.3" if command == "health" else "1", *extra],  # remediate: at least 1 s
+            stdout=subprocess.PIPE, stderr=err.open("w"), text=True,
+            env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
+        rounds: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=lambda: [rounds.put(line) for line in loop.stdout or ()], daemon=True).start()
+
+        def said(what: str) -> int:
+            return err.read_text().count(what)
+
+        def next_round() -> str:
+            try:
+                return rounds.get(timeout=60)
+            except queue.Empty:
+                raise AssertionError(f"no round in 60 s ({loop.poll()}): {err.read_text()[-2000:]}") from None
+
+        try:
+            assert next_round().startswith("{")  # a good round
+            down.set()
+            deadline = time.monotonic() + 30
+            skipped = "round failed" if command == "health" else "round skipped, no observation"
+            while said(skipped) < 2:
+                assert loop.poll() is None, err.read_text()  # still watching
+                assert time.monotonic() < deadline, err.read_text()
+                time.sleep(0.1)
+            assert "HTTP 503" in err.read_text()
+            while not rounds.empty():  # what came before the server went away
+                rounds.get()
+            down.clear()
+            assert next_round().startswith("{")  # back: a good round again
+        finally:
+            loop.send_signal(signal.SIGINT)
+            loop.wait(60)
+    assert loop.returncode in (0, 1), err.read_text()  # health: its last round's; remediate: a clean stop

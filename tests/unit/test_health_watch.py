@@ -1,15 +1,17 @@
-"""``fleetctl health --watch`` ends on Ctrl-C even when Python loses the KeyboardInterrupt."""
+"""``fleetctl health --watch`` ends on Ctrl-C even when Python loses the KeyboardInterrupt, and
+outlives a source (Prometheus) that fails a round after a good one."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from fleetctl.commands.health import _watch
+from fleetctl.promsource import PrometheusError
 from fleetctl.report import FleetReport, HealthView
 from fleetctl.views.output import OutputFormat
 
@@ -87,3 +89,44 @@ def test_a_watch_started_with_ctrl_c_ignored_leaves_it_ignored() -> None:
 
     _watch(collect, 0.01, HealthView(), fmt=OutputFormat.json, mode="table")
     assert rounds == 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def _rounds(*outcomes: str) -> tuple[list[str], Callable[[], FleetReport]]:
+    """A collect that, round by round, returns a report ("ok"), fails as a Prometheus that is down does
+    ("down"), or is stopped by Ctrl-C ("stop")."""
+    done: list[str] = []
+
+    def collect() -> FleetReport:
+        outcome = outcomes[len(done)]
+        done.append(outcome)
+        if outcome == "down":
+            raise PrometheusError("http://127.0.0.1:9: cannot query Prometheus: Connection refused")
+        if outcome == "stop":
+            raise KeyboardInterrupt
+        return FleetReport(generated_at=time.time(), source="prometheus", hosts=[])
+
+    return done, collect
+
+
+@pytest.mark.parametrize("fmt", [OutputFormat.json, OutputFormat.yaml, OutputFormat.table])
+def test_a_round_that_cannot_ask_prometheus_is_said_and_the_watch_goes_on(
+        fmt: OutputFormat, capsys: pytest.CaptureFixture[str]) -> None:
+    done, collect = _rounds("ok", "down", "down", "ok", "stop")
+    assert _watch(collect, 0.01, HealthView(), fmt=fmt, mode="table") == 0
+    assert done == ["ok", "down", "down", "ok", "stop"]
+    out, err = capsys.readouterr()
+    said = (err if fmt is not OutputFormat.table else out).splitlines()
+    failed = [line for line in said if "round failed" in line]
+    assert len(failed) == 2 and all("Connection refused" in line and "next try in 0.01s" in line
+                                    for line in failed)
+    if fmt is OutputFormat.json:  # stdout: one document per good round, nothing else
+        assert [line[:10] for line in out.splitlines()] == ['{"schema":'] * 2
+    if fmt is OutputFormat.yaml:
+        assert out.count("---") == 2 and "round failed" not in out
+
+
+def test_the_first_round_failing_is_the_commands_failure() -> None:
+    done, collect = _rounds("down", "ok")
+    with pytest.raises(PrometheusError, match="Connection refused"):
+        _watch(collect, 0.01, HealthView(), fmt=OutputFormat.json, mode="table")
+    assert done == ["down"]
