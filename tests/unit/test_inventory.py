@@ -560,3 +560,49 @@ def test_an_infinite_or_nan_variable_is_still_read_from_the_cache(tmp_path: Path
     cached = load_inventory(str(f), cache_dir=cache)
     assert not parsed.from_cache and cached.from_cache
     assert cached.hosts["n1"].vars["max_temp"] == float("inf") and cached.hosts["n1"].vars["floor"] != 0
+
+
+@pytest.mark.parametrize(("text", "plugin"), [
+    ("plugin: ansible.builtin.generator\n", True),
+    ("---\n# a generator\nplugin: ansible.builtin.generator\n", True),
+    ("---\r\nplugin: ansible.builtin.generator\r\n", True),
+    ("---\rplugin: ansible.builtin.generator\r", True),  # old Mac line breaks: text mode reads them too
+    ("all:\n  plugin: not-a-top-level-key\n", False),
+    ("# plugin: commented out\nall:\n  hosts: {}\n", False),
+])
+def test_an_inventory_plugin_config_is_told_by_a_line_that_starts_with_plugin(
+        tmp_path: Path, text: str, plugin: bool) -> None:
+    from fleetctl.inventory import _cacheable, _is_plugin_config
+
+    f = tmp_path / "inv.yml"
+    f.write_bytes(text.encode())
+    assert _is_plugin_config(str(f)) is plugin
+    assert _cacheable(str(f)) is not plugin
+
+
+def test_a_plugin_config_is_read_by_ansible_every_time(tmp_path: Path, cache: Path) -> None:
+    f = tmp_path / "gen.yml"
+    f.write_bytes(b"---\r\n# hosts from layers\r\nplugin: ansible.builtin.generator\r\n"
+                  b"hosts:\r\n  name: \"gpu-{{ rack }}\"\r\nlayers:\r\n  rack: [r1, r2]\r\n")
+    first = load_inventory(str(f), cache_dir=cache)
+    second = load_inventory(str(f), cache_dir=cache)
+    assert sorted(first.hosts) == sorted(second.hosts) == ["gpu-r1", "gpu-r2"]
+    assert not first.from_cache and not second.from_cache
+
+
+def test_a_host_from_the_cache_is_the_host_as_parsed(inv: Path, cache: Path) -> None:
+    import dataclasses
+
+    from fleetctl.inventory import Host
+
+    parsed = load_inventory(str(inv), cache_dir=cache)
+    cached = load_inventory(str(inv), cache_dir=cache)
+    assert cached.from_cache and list(cached.hosts) == list(parsed.hosts)
+    every_field = {f.name for f in dataclasses.fields(Host)}
+    for name, host in parsed.hosts.items():
+        again = cached.hosts[name]
+        assert type(again) is Host and set(vars(again)) == every_field  # built without __init__: all set
+        assert again == host and dict(again.vars) == dict(host.vars)
+        assert (again.agent_token, again.expected_chips) == (host.agent_token, host.expected_chips)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            again.address = "elsewhere"  # type: ignore[misc]
