@@ -1535,7 +1535,7 @@ def warnings_line(warned: Sequence[tuple[str, str]]) -> str:
     more = f"; {queries - 1} more such quer{'y' if queries == 2 else 'ies'}" if queries > 1 else ""
     return (f"Prometheus answered {queries} quer{'y' if queries == 1 else 'ies'} with warnings, so series "
             "may be missing (a store, remote read or storage node behind it did not answer): query "
-            f"{_shown(query)}: {_one_line(warning, 200)}{more}; see \"warnings\" in --json")
+            f"{_shown(query)}: {_one_line(warning, 200)}{more}; see \"warnings\" in health --json")
 
 
 def _trusted_copies(hosts: Iterable[Host], copied: _Gathered, up_of: Mapping[str, list[Up]],

@@ -322,8 +322,8 @@ def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *
                     if last is None:
                         raise
                     shown = time.strftime("%H:%M:%S", time.localtime(last.generated_at))
-                    draw(last, failed=f"{time.strftime('%H:%M:%S')} round failed, showing the {shown} one "
-                                      f"(next try in {every:g}s): {exc.one_line()}")
+                    draw(last, failed=f"{time.strftime('%H:%M:%S')} round failed (last good round {shown}, "
+                                      f"next try in {every:g}s): {exc.one_line()}")
                     ctrl_c.sleep(every)
                     continue
                 last = report

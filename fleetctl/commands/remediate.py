@@ -34,6 +34,7 @@ from fleetctl.commands.params import (
 
 if TYPE_CHECKING:
     from fleetctl.remediate.loop import RoundResult
+    from fleetctl.report import FleetReport
     from fleetctl.views.output import OutputFormat
 
 # A test hook, off unless set: as this step (drain, reset_gpu, ...) starts the loop says so on stderr
@@ -212,7 +213,7 @@ def remediate(
             engine = Engine(pol, rstate.SqlStore(conn, holder=holder.id if acting else None), steps,
                             actor=actor, interval_s=watch or 30.0, echo=_err, stop=stopped,
                             on_step=_pause_hook(pause_at) if pause_at else None,
-                            rows_now=(lambda: collect().hosts) if acting else None)
+                            rows_now=(lambda: _whole(collect()).hosts) if acting else None)
             # Planning only while a loop runs: its observations are its own (ours would hasten them).
             # (the lease's expiry is the database's clock, as the loop that holds it wrote it)
             record = (acting or (lease := rstate.current_lease(conn)) is None
@@ -222,13 +223,16 @@ def remediate(
             while True:
                 began = time.monotonic()
                 try:
-                    report = collect()
+                    report = _whole(collect())
                 except SourceUnavailable as exc:
                     if result is None or watch is None:  # the first round's failure is the command's
                         raise
                     # No observation this round: nothing is decided on what was not seen (a host
                     # missing from a failed round must not count as unreachable); the next round asks.
                     _err(f"fleetctl remediate: round skipped, no observation: {exc.one_line()}")
+                    if lost := (keeper.lost if keeper is not None else None) or engine.lease_lost:
+                        _err(f"fleetctl remediate: lease lost: {lost}; stopped")
+                        return 1
                     if stop.pressed:
                         break
                     stop.sleep(max(0.0, watch - (time.monotonic() - began)))
@@ -249,6 +253,19 @@ def remediate(
         finally:
             if keeper is not None:
                 keeper.release(conn)
+
+
+def _whole(report: FleetReport) -> FleetReport:
+    """``report``, if remediation may decide on it: not one built from answers that came with warnings
+    (a Thanos store or a vmstorage node down): a chip whose series were on it reads as missing, and
+    the policy would reboot a host for it."""
+    from fleetctl.errors import SourceUnavailable
+
+    if report.warnings:
+        first = report.warnings[0]
+        raise SourceUnavailable(f"Prometheus answered with warnings ({first['query']}: {first['warning']}): "
+                                "a partial view of the fleet, nothing is decided on it")
+    return report
 
 
 def _err(line: str) -> None:

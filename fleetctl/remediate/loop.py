@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fleetctl.errors import SourceUnavailable
 from fleetctl.remediate import budget
 from fleetctl.remediate.flap import Started
 from fleetctl.remediate.hysteresis import Observation, missing, observe
@@ -186,11 +187,18 @@ class Engine:
         self._rows, self._plan = rows, plan(self.policy, hosts, history, out, now)
         return self._plan
 
-    def _replan(self) -> Plan:
-        """Plan again on a fresh observation (``rows_now``), or on the round's rows when there is none."""
+    def _replan(self) -> Plan | None:
+        """Plan again on a fresh observation (``rows_now``), or on the round's rows when there is none.
+        None when the fleet cannot be observed now (its source, Prometheus, is down or answered in
+        part): nothing may then be decided, said once."""
         if self.rows_now is None:
             return self.plan(self._rows, self.clock())
-        rows, now = self.rows_now(), self.clock()
+        try:
+            rows = self.rows_now()
+        except SourceUnavailable as exc:
+            self.echo(f"no fresh observation of the fleet: {exc.one_line()}")
+            return None
+        now = self.clock()
         self.observe(rows, now)
         return self.plan(rows, now)
 
@@ -222,7 +230,10 @@ class Engine:
                 return result
             result.finished.append(self.execute(rec, resumed=True))
         if result.finished:  # resumed work changed who is out of service: plan again
-            result.plan = self._replan()
+            fresh = self._replan()
+            if fresh is None:  # no fresh look: nothing new starts this round
+                return result
+            result.plan = fresh
         # New starts, one at a time, each on a fresh plan: a remediation takes minutes (a reboot, a
         # drain waiting for jobs), and what the round saw before it (a rack going hot meanwhile, a
         # host that recovered) must not decide the next one.
@@ -254,7 +265,10 @@ class Engine:
             result.finished.append(done)
             if done.state == INTERRUPTED:
                 break
-            result.plan = self._replan()
+            fresh = self._replan()
+            if fresh is None:
+                break
+            result.plan = fresh
         if started:  # the round's plan as shown: what it started, then the latest plan's word on the rest
             names = {a.host for a in started}
             latest = result.plan
@@ -332,8 +346,13 @@ class Engine:
             return Finished(rec.id, rec.host, rec.kind, INTERRUPTED, why, resumed)
         if first and not resumed:
             return None  # just planned: the plan had no stop over this host
-        if not first:
-            self._replan()
+        if not first and self._replan() is None:
+            # Between steps without a fresh look (the source is down): left where it is, resumed once
+            # the fleet can be seen again, rather than carried on blind.
+            why = f"held before {step}: no fresh observation of the fleet"
+            self.store.finish(rec, INTERRUPTED, why)
+            self.echo(f"{rec.host}: remediation {rec.id} {why}")
+            return Finished(rec.id, rec.host, rec.kind, HELD, why, resumed)
         message = self._stop_for(rec.host)
         if message is None:
             return None

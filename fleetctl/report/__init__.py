@@ -1,6 +1,6 @@
 """The fleet report: :mod:`~fleetctl.report.model` (rows, summary, JSON; re-exported here) and
 :mod:`~fleetctl.report.build` (rows from node reports, from the fan-out or from Prometheus; import it
-from there: it brings the fan-out client with it)."""
+from there: it brings the verdict with it, and the fan-out client when a fan-out runs)."""
 
 from fleet_agent.verdict import HOST_HEALTH_ORDER, HostHealth
 

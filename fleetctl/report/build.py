@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet_agent.schema import NodeReport, Problem
 from fleet_agent.verdict import host_verdict, no_report
 
-from fleetctl.fanout import FanoutOptions, agent_tokens, fetch_all
 from fleetctl.inventory import Host
 from fleetctl.report.identity import identity_findings
 from fleetctl.report.model import FleetReport, HostRow, ProblemRow, problem_row, sort_problem_rows
 from fleetctl.speedups import gc_paused
+
+if TYPE_CHECKING:
+    from fleetctl.fanout import FanoutOptions
 
 # The reason kind of a host whose answer came from another host's agent (see report.identity).
 WRONG_AGENT = "wrong_agent"
@@ -63,6 +65,10 @@ def agents_report(hosts: Sequence[Host], options: FanoutOptions | None = None, *
                   inventory: str = "", pattern: str = "all") -> FleetReport:
     """Fan out to ``hosts`` and build the fleet report from their answers."""
     started = time.monotonic()
+    # Here, not at the top: the rows through Prometheus are built here too, without the fan-out client
+    # (asyncio and its event loop: a fifth of `health --source prometheus`'s imports).
+    from fleetctl.fanout import FanoutOptions, agent_tokens, fetch_all
+
     options = options or FanoutOptions()
     tokens = agent_tokens(hosts)
     with gc_paused():  # the reports and rows all stay alive: collection passes would free nothing

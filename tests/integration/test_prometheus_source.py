@@ -367,6 +367,12 @@ def test_a_store_that_does_not_answer_is_said_in_one_line_and_its_hosts_are_not_
         out = subprocess.run([FLEETCTL, "health", "-i", str(inv), "--source", "prometheus",
                               "--prometheus-url", reader], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache), "COLUMNS": "200"})
+        # Remediation decides nothing on a partial view (a chip on the silent store reads as missing).
+        plan = subprocess.run([FLEETCTL, "remediate", "-o", "json", "-i", str(inv), "--db",
+                               str(tmp_path / "r.db"), "--policy", str(DEFAULT_POLICY), "--source",
+                               "prometheus", "--prometheus-url", reader],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
     # The store that answered holds every series: the same statuses as the agents give, and said.
     assert rc == 1
     assert {h["name"]: h["status"] for h in report["hosts"]} == {
@@ -376,6 +382,8 @@ def test_a_store_that_does_not_answer_is_said_in_one_line_and_its_hosts_are_not_
     assert "up" in {w["query"] for w in report["warnings"]}
     said = [line for line in out.stderr.splitlines() if "with warnings" in line]
     assert len(said) == 1 and "remote_read" in said[0], out.stderr
+    assert plan.returncode == 2 and plan.stdout == "", plan.stderr
+    assert "partial view of the fleet, nothing is decided on it" in plan.stderr
     # Only the store that is down: no host is in `up`, none is called unreachable for it.
     with reading_through(tmp_path / "alone", [dead]) as reader:
         alone = subprocess.run([FLEETCTL, "health", "--json", "-i", str(inv), "--source", "prometheus",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -135,3 +136,25 @@ def test_the_decoders_read_an_answers_warnings_beside_its_series(raw: bytes, sai
         notes: list[str] = []
         assert read(notes)  # the series too
         assert notes == said
+
+
+def test_a_warning_on_a_reading_decoded_to_columns_is_kept_too(serve: Callable[[Responder], str]) -> None:
+    # The per-host readings are decoded to columns (query_values), not samples: their warnings count.
+    from fleetctl.promsource import READINGS
+
+    reading = next(iter(READINGS.values()))
+
+    def answer(h: http.server.BaseHTTPRequestHandler) -> None:
+        form = h.rfile.read(int(h.headers.get("Content-Length") or 0)).decode()
+        if not h.path.startswith("/api/v1/query"):
+            reply(h, {"status": "error"}, 404)
+            return
+        warned = urllib.parse.parse_qs(form)["query"] == [reading]
+        reply(h, {**(_up("a", "b") if "query=up&" in form else EMPTY),
+                  **({"warnings": ["store 3 timed out"]} if warned else {})})
+
+    client = HttpPrometheus(serve(answer), timeout_s=5)
+    values = client.query_values(reading)
+    assert values == ([], []) and client.warnings == [(reading, "store 3 timed out")]
+    report, lines = _report(serve(answer))
+    assert report.warnings == [{"query": reading, "warning": "store 3 timed out"}] and len(lines) == 1

@@ -498,3 +498,44 @@ def test_a_stop_that_begins_between_steps_holds_the_remediation_after_its_step(s
     result = e.round(fleet(["h2"]), 1060.0, apply=True)
     assert [s for s, _ in steps.calls] == ["drain", "reset_gpu"]
     assert [f.state for f in result.finished] == ["held"]
+
+
+def test_a_source_that_goes_away_between_steps_holds_the_remediation_and_starts_nothing(
+        store: SqlStore) -> None:
+    """Prometheus restarts while h2 is worked on: the step in progress ends, the next is not run
+    blind (held, resumed once the fleet can be seen again) and h3 is not started on the old plan."""
+    from fleetctl.promsource import PrometheusError
+
+    steps = FakeSteps()
+    up = [True]
+
+    def rows_now() -> list[HostRow]:
+        if not up[-1]:
+            raise PrometheusError("http://127.0.0.1:9: cannot query Prometheus: Connection refused")
+        return fleet(["h2", "h3"])
+
+    said: list[str] = []
+    e = engine(store, steps, rows_now=rows_now, echo=said.append)
+    for t in (0.0, 30.0):
+        e.round(fleet(["h2", "h3"]), 1000.0 + t, apply=True)
+    real_run = steps.run
+
+    def run(step: str, rec: RemediationRecord) -> str | None:
+        if step == "drain":
+            up.append(False)
+        return real_run(step, rec)
+
+    steps.run = run  # type: ignore[method-assign]
+    result = e.round(fleet(["h2", "h3"]), 1060.0, apply=True)
+    assert steps.calls == [("drain", "h2")] and steps.out == {"h2": "drained"}
+    [f] = result.finished
+    assert (f.host, f.state) == ("h2", "held") and not result.interrupted
+    rec = store.get(f.id)
+    assert rec.state == "interrupted" and rec.next_step == 1
+    assert any("no fresh observation of the fleet" in line and "Connection refused" in line for line in said)
+    # Back: the next round resumes h2 where it was, then plans h3 afresh.
+    up.append(True)
+    steps.run = real_run  # type: ignore[method-assign]
+    e.round(fleet(["h2", "h3"]), 1090.0, apply=True)
+    assert steps.calls[1:4] == [("reset_gpu", "h2"), ("burn_in", "h2"), ("undrain", "h2")]
+    assert store.get(f.id).state == "done"
