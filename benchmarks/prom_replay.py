@@ -24,7 +24,9 @@ import msgspec
 # Queries whose values are times (epoch seconds): moved with the capture's timestamps.
 TIME_VALUED = ("fleetctl:clean_host_sample_timestamp_seconds",
                'fleetctl:host_summary{summary="sample_timestamp_seconds"}', "fleetctl:report_rules:info",
-               "timestamp(fleetctl:report_rules:info)")
+               "timestamp(fleetctl:report_rules:info)",
+               # the agents' copies of a faulty host's sample time: unmoved, every faulty host read as stale
+               'fleet_fault_detail{metric="fleet_sample_timestamp_seconds"}')
 Copies = dict[str, list[tuple[str, str, str]]]  # real host -> its copies' (name, group, endpoint)
 
 

@@ -275,7 +275,11 @@ def _err(line: str) -> None:
 
 
 def _code(result: RoundResult) -> int:
+    from fleetctl.errors import EXIT_USAGE
     from fleetctl.remediate.loop import HELD, WAITING_LOCK
+
+    if result.blind is not None:  # it could not see the fleet to go on: its source is down or partial
+        return EXIT_USAGE
 
     left_open = ("interrupted", HELD, WAITING_LOCK)
     if result.plan.fleet_stopped or any(not f.ok and f.state not in left_open for f in result.finished):

@@ -37,7 +37,7 @@ from fleetctl.errors import SourceUnavailable
 from fleetctl.remediate import budget
 from fleetctl.remediate.flap import Started
 from fleetctl.remediate.hysteresis import Observation, missing, observe
-from fleetctl.remediate.plan import HostHistory, Plan, PlannedAction, plan
+from fleetctl.remediate.plan import NO_OBSERVATION, HostHistory, Plan, PlannedAction, Skipped, plan
 from fleetctl.remediate.policy import Policy
 from fleetctl.report.model import HostRow
 from fleetctl.state.remediation import (
@@ -136,10 +136,13 @@ class RoundResult:
     plan: Plan
     finished: list[Finished] = field(default_factory=list)
     interrupted: bool = False
+    # Why the round stopped short: the fresh look it needed failed (its source down or partial); what
+    # it had not started is left for a round that can see the fleet. None: it could look each time.
+    blind: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.plan.to_dict(), "finished": [f.to_dict() for f in self.finished],
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted, "blind": self.blind}
 
 
 def keep_window_s(policy: Policy, interval_s: float) -> float:
@@ -163,6 +166,7 @@ class Engine:
         self.lease_lost: str | None = None
         self._rows: Sequence[HostRow] = ()
         self._plan: Plan | None = None
+        self._blind: str | None = None  # this round's fresh look failed: why (see RoundResult.blind)
         self._scopes: dict[str, dict[str, str]] = {}
 
     # --- observe and plan ---------------------------------------------------------------------
@@ -193,10 +197,13 @@ class Engine:
         part): nothing may then be decided, said once."""
         if self.rows_now is None:
             return self.plan(self._rows, self.clock())
+        if self._blind is not None:  # asked once a round: the rest of it waits for the next
+            return None
         try:
             rows = self.rows_now()
         except SourceUnavailable as exc:
-            self.echo(f"no fresh observation of the fleet: {exc.one_line()}")
+            self._blind = exc.one_line()
+            self.echo(f"no fresh observation of the fleet: {self._blind}; the rest waits for the next round")
             return None
         now = self.clock()
         self.observe(rows, now)
@@ -215,6 +222,7 @@ class Engine:
 
         ``record`` False (a plan-only look while another loop runs): this round's observations are
         planned with but not stored, so that they never hasten that loop's hysteresis."""
+        self._blind = None
         if record or apply:
             self.observe(rows, now)
             result = RoundResult(self.plan(rows, now))
@@ -227,12 +235,14 @@ class Engine:
         for rec in self.store.open():
             if self.stop():
                 result.interrupted = True
-                return result
+                return self._ended(result, [], now)
+            if self._blind is not None:  # left open, as it is, for a round that can see the fleet
+                break
             result.finished.append(self.execute(rec, resumed=True))
         if result.finished:  # resumed work changed who is out of service: plan again
             fresh = self._replan()
             if fresh is None:  # no fresh look: nothing new starts this round
-                return result
+                return self._ended(result, [], now)
             result.plan = fresh
         # New starts, one at a time, each on a fresh plan: a remediation takes minutes (a reboot, a
         # drain waiting for jobs), and what the round saw before it (a rack going hot meanwhile, a
@@ -269,12 +279,24 @@ class Engine:
             if fresh is None:
                 break
             result.plan = fresh
-        if started:  # the round's plan as shown: what it started, then the latest plan's word on the rest
-            names = {a.host for a in started}
-            latest = result.plan
-            result.plan = Plan(now, started + [a for a in latest.actions if a.host not in names],
-                               [s for s in latest.skipped if s.host not in names], latest.stops)
+        return self._ended(result, started, now)
+
+    def _ended(self, result: RoundResult, started: list[PlannedAction], now: float) -> RoundResult:
+        """The round's result as shown: what it started, then the latest plan's word on the rest (a
+        round without a fresh look: the rest not started, and why)."""
+        latest, names = result.plan, {a.host for a in started}
+        if started or self._blind is not None:
+            rest = [a for a in latest.actions if a.host not in names]
+            if self._blind is not None:  # planned on the round's first look, not started: shown so
+                held = [Skipped(a.host, NO_OBSERVATION, f"{a.action}: not started: no fresh observation "
+                                f"of the fleet ({self._blind})") for a in rest]
+                rest = []
+            else:
+                held = []
+            result.plan = Plan(now, started + rest, held + [s for s in latest.skipped if s.host not in names],
+                               latest.stops)
         result.interrupted = result.interrupted or any(f.state == INTERRUPTED for f in result.finished)
+        result.blind = self._blind
         return result
 
     def execute(self, rec: RemediationRecord, *, resumed: bool = False) -> Finished:

@@ -53,14 +53,15 @@ class PlannedAction:
                 "steps": list(self.steps), "reason": self.reason, "since": self.since}
 
 
-# Why a host starts nothing this round.
+# Why a host starts nothing this round (NO_OBSERVATION: the loop's fresh look before it failed).
 WAITING, REPORTED, UNAVAILABLE, STOPPED, BUDGET = "hysteresis", "report", "unavailable", "stopped", "budget"
+NO_OBSERVATION = "no_observation"
 
 
 @dataclass(frozen=True)
 class Skipped:
     host: str
-    kind: str  # one of WAITING, REPORTED, UNAVAILABLE, STOPPED, BUDGET
+    kind: str  # one of WAITING, REPORTED, UNAVAILABLE, STOPPED, BUDGET, NO_OBSERVATION
     why: str
 
     def to_dict(self) -> dict[str, Any]:

@@ -119,6 +119,7 @@ def summary_doc(report: FleetReport, hosts: list[HostRow], key: str = DEFAULT_KE
         "inventory": report.inventory,
         "pattern": report.pattern,
         "group_by": key,
+        "warnings": report.warnings,  # as in the report: a partial answer through Prometheus
         "exit_code": report.exit_code,
         "groups": [
             {"key": r.key, "hosts": len(r.hosts), "chips": r.chips, "chips_ok": r.chips_ok,

@@ -532,10 +532,71 @@ def test_a_source_that_goes_away_between_steps_holds_the_remediation_and_starts_
     assert (f.host, f.state) == ("h2", "held") and not result.interrupted
     rec = store.get(f.id)
     assert rec.state == "interrupted" and rec.next_step == 1
-    assert any("no fresh observation of the fleet" in line and "Connection refused" in line for line in said)
+    # Asked once, said once; h3, planned on the round's first look, is shown as not started and why.
+    assert [line for line in said if line.startswith("no fresh observation of the fleet")] == [
+        "no fresh observation of the fleet: http://127.0.0.1:9: cannot query Prometheus: Connection refused; "
+        "the rest waits for the next round"]
+    assert result.blind is not None and "Connection refused" in result.blind
+    assert [a.host for a in result.plan.actions] == ["h2"]
+    assert [(k.host, k.kind) for k in result.plan.skipped if k.host == "h3"] == [("h3", "no_observation")]
+    assert result.to_dict()["blind"] == result.blind
     # Back: the next round resumes h2 where it was, then plans h3 afresh.
     up.append(True)
     steps.run = real_run  # type: ignore[method-assign]
     e.round(fleet(["h2", "h3"]), 1090.0, apply=True)
     assert steps.calls[1:4] == [("reset_gpu", "h2"), ("burn_in", "h2"), ("undrain", "h2")]
     assert store.get(f.id).state == "done"
+
+
+def test_without_a_fresh_look_the_other_open_remediations_wait_as_they_are(store: SqlStore) -> None:
+    """Two remediations left open (a loop that stopped between steps); the source is down when the
+    first's next step needs a fresh look: the second is not resumed blind (not even its next step)."""
+    from fleetctl.promsource import PrometheusError
+
+    for host in ("h2", "h3"):  # each drained, its reset not yet begun
+        rec = store.start(host, "reset_chip", "repair", ("drain", "reset_gpu", "burn_in", "undrain"), (1,),
+                          reason="XID 95", actor="sre1", at=1000.0)
+        store.step_started(rec, 0)
+        store.step_ended(store.get(rec.id), 0, ok=True)
+    assert sorted(r.host for r in store.open()) == ["h2", "h3"]
+
+    def down() -> list[HostRow]:
+        raise PrometheusError("http://127.0.0.1:9: cannot query Prometheus: Connection refused")
+
+    steps = FakeSteps(out={"h2": "drained", "h3": "drained"})
+    result = engine(store, steps, rows_now=down).round(fleet(["h2", "h3"]), 1200.0, apply=True)
+    [first] = result.finished  # the first resumed: its next step, then held before the one after
+    assert steps.calls == [("reset_gpu", first.host)] and first.state == "held"
+    assert result.blind is not None and not result.interrupted
+    assert sorted(r.host for r in store.open()) == ["h2", "h3"]  # both left to be resumed
+
+
+def test_ctrl_c_during_a_resumed_step_with_the_source_down_is_still_an_interruption(store: SqlStore) -> None:
+    from fleetctl.promsource import PrometheusError
+
+    with pytest.raises(Killed):
+        for t in (0.0, 30.0, 60.0):
+            engine(store, FakeSteps(kill_at="reset_gpu")).round(fleet(["h2"]), 1000.0 + t, apply=True)
+    pressed = {"now": False}
+    steps = FakeSteps(out={"h2": "drained"})
+    real_run = steps.run
+
+    def run(step: str, rec: RemediationRecord) -> str | None:
+        pressed["now"] = True  # Ctrl-C while the resumed step runs
+        return real_run(step, rec)
+
+    def down() -> list[HostRow]:
+        raise PrometheusError("http://127.0.0.1:9: cannot query Prometheus: Connection refused")
+
+    steps.run = run  # type: ignore[method-assign]
+    result = engine(store, steps, rows_now=down, stop=lambda: pressed["now"]).round(
+        fleet(["h2"]), 1200.0, apply=True)
+    assert [f.state for f in result.finished] == ["interrupted"] and result.interrupted
+
+
+def test_a_one_shot_run_that_could_not_look_again_exits_2() -> None:
+    from fleetctl.commands.remediate import _code
+    from fleetctl.remediate.plan import Plan
+
+    assert _code(RoundResult(Plan(0.0, [], [], []))) == 0
+    assert _code(RoundResult(Plan(0.0, [], [], []), blind="http://127.0.0.1:9: connection refused")) == 2

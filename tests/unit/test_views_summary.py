@@ -74,6 +74,10 @@ def test_document_for_json_and_yaml() -> None:
     report = FleetReport(generated_at=NOW, source="agents", hosts=fleet(), pattern="gpu_nodes")
     doc = json.loads(json.dumps(summary_doc(report, report.hosts, "rack")))
     assert doc["schema"] == "fleet.summary/v1" and doc["group_by"] == "rack" and doc["exit_code"] == 1
+    assert doc["warnings"] == []
+    partial = FleetReport(generated_at=NOW, source="prometheus", hosts=fleet(),
+                          warnings=[{"query": "up", "warning": "store 2 did not answer"}])
+    assert summary_doc(partial, partial.hosts, "rack")["warnings"] == partial.warnings
     rack1 = doc["groups"][0]
     assert rack1["key"] == "rack1" and rack1["hostlist"] == "h100-[0001-0002]"
     assert rack1["counts"]["unhealthy"] == 1 and rack1["by_status"] == {"healthy": "h100-0001",
