@@ -184,11 +184,12 @@ def test_summary_rows_from_the_recording_rules_agree_with_direct_fan_out(
 
 
 @contextlib.contextmanager
-def proxied(url: str, edit: Callable[[bytes], bytes] = lambda form: form
+def proxied(url: str, edit: Callable[[bytes], bytes] = lambda form: form, down: threading.Event | None = None
             ) -> Iterator[tuple[str, list[str], list[str]]]:
     """A proxy in front of Prometheus's query API: each query's form through ``edit`` on its way, and
     every query asked (decoded) listed, with the evaluation time each named ("" for none). Yields its
-    URL and those two lists."""
+    URL and those two lists. While ``down`` is set it answers 503, as a restarting server behind a load
+    balancer does."""
     asked: list[str] = []
     instants: list[str] = []
 
@@ -198,11 +199,13 @@ def proxied(url: str, edit: Callable[[bytes], bytes] = lambda form: form
             fields = urllib.parse.parse_qs(form.decode())
             asked.extend(fields.get("query", []))
             instants.append(fields.get("time", [""])[0])
-            req = urllib.request.Request(f"{url}{self.path}", data=form,
-                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
-            with urllib.request.urlopen(req, timeout=10) as r:
-                body = r.read()
-            self.send_response(200)
+            code, body = 503, b'{"status":"error","errorType":"unavailable","error":"restarting"}'
+            if down is None or not down.is_set():
+                req = urllib.request.Request(f"{url}{self.path}", data=form,
+                                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    code, body = 200, r.read()
+            self.send_response(code)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -395,38 +398,6 @@ def test_a_store_that_does_not_answer_is_said_in_one_line_and_its_hosts_are_not_
     assert {(h["status"], h["reason"]["kind"]) for h in rows} == {("error", "prometheus_partial")}
 
 
-@contextlib.contextmanager
-def switchable(url: str) -> Iterator[tuple[str, threading.Event]]:
-    """A proxy in front of Prometheus's query API that answers 503, as a restarting server behind a load
-    balancer does, while the event it yields is set."""
-    down = threading.Event()
-
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            form = self.rfile.read(int(self.headers["Content-Length"]))
-            code, body = 503, b'{"status":"error","errorType":"unavailable","error":"restarting"}'
-            if not down.is_set():
-                req = urllib.request.Request(f"{url}{self.path}", data=form,
-                                             headers={"Content-Type": "application/x-www-form-urlencoded"})
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    code, body = 200, r.read()
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", down
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.parametrize("command", ["health", "remediate"])
 def test_a_watch_outlives_prometheus_going_away_and_coming_back(
         setup: tuple[Path, str, Path], tmp_path: Path, command: str) -> None:
@@ -436,7 +407,8 @@ def test_a_watch_outlives_prometheus_going_away_and_coming_back(
     extra = (["--json"] if command == "health" else
              ["-o", "json", "--db", str(tmp_path / "state.db"), "--policy", str(DEFAULT_POLICY)])
     err = tmp_path / "err"
-    with switchable(url) as (proxy, down):
+    down = threading.Event()
+    with proxied(url, down=down) as (proxy, _, _):
         loop = subprocess.Popen(
             [FLEETCTL, command, "-i", str(inv), "--source", "prometheus", "--prometheus-url", proxy,
              "--watch", "0.3" if command == "health" else "1", *extra],  # remediate: at least 1 s
