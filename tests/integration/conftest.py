@@ -142,7 +142,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
         try:
             if predicate():
                 return
-        except OSError:
+        # HTTPException too: before the agent listens, a connection to a port in the ephemeral range
+        # can connect to itself (Linux gave it that port as its source) and read its own request back
+        # ("BadStatusLine: GET /v1/node HTTP/1.1", seen in CI): not an answer, poll again.
+        except (OSError, http.client.HTTPException):
             pass
         time.sleep(0.05)
     detail = f"\nstderr:\n{proc.stderr()}" if proc is not None else ""
