@@ -280,7 +280,6 @@ def _notes(warnings: list[str] | None, inner: list[str] | None, partial: bool | 
     return out
 
 
-
 class PromQuery(Protocol):
     """The one call this module needs; a fake in unit tests, HTTP in real use."""
 
