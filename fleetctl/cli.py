@@ -25,6 +25,8 @@ import typer
 from typer import _click
 from typer.core import TyperGroup
 
+from fleetctl import quick_exit
+
 COMPLETE_VAR = "_FLEETCTL_COMPLETE"
 
 
@@ -212,4 +214,9 @@ def main() -> None:
     if args == ["--version"]:  # nothing to parse: no command tree to build
         typer.echo(version_text())
         return
-    app_for(args)()
+    quick_exit.arm()
+    try:
+        app_for(args)()
+    except SystemExit as exc:
+        quick_exit.end(exc.code)  # returns unless the command held what it built (see quick_exit)
+        raise
