@@ -1103,14 +1103,13 @@ class _SummaryTable:
 
     def __init__(self, wanted: set[str]) -> None:
         self.wanted = wanted
-        # A model once per host (the largest count): replicas passed on undeduplicated must not double
-        # the chips, which a version-4 clean host is counted by.
-        self._counts: dict[str, dict[tuple[str, str, str], int]] = defaultdict(dict)
         self.versions: dict[str, str] = {}
         self._clean: dict[str, tuple[float, str | None]] = {}  # version 4: sample time, chips_expected
         self._readings: dict[int, dict[str | None, float]] = {}  # version 4: line index -> host -> value
         self._old: set[str | None] = set()
         self._summaries: dict[str, Column] = {}  # versions 1-3
+        # (kind, vendor, model, count) per host, a model once (the largest count): replicas passed on
+        # undeduplicated must not double the chips, which a version-4 clean host is counted by.
         self.models: dict[str, list[tuple[str, str, str, int]]] = {}
         self.lines: dict[str, Line] = {}
         self.clean_records = False
@@ -1132,13 +1131,17 @@ class _SummaryTable:
         return True
 
     def _take_models(self, samples: list[Sample]) -> None:
-        counts, versions, wanted, isfinite = self._counts, self.versions, self.wanted, math.isfinite
+        models, versions, wanted, isfinite = self.models, self.versions, self.wanted, math.isfinite
         for labels, value in samples:
             host = labels.host
             if host in wanted and isfinite(value):
-                model = (labels.kind or "?", labels.vendor or "", labels.model or "?")
-                per_host = counts[host]
-                per_host[model] = max(per_host.get(model, 0), int(value))
+                count = int(value) if value > 0 else 0
+                kind, vendor, model = labels.kind or "?", labels.vendor or "", labels.model or "?"
+                per_host = models.get(host)
+                if per_host is None:  # nearly every host: one model, in one series
+                    models[host] = [(kind, vendor, model, count)]
+                else:
+                    _add_model(per_host, kind, vendor, model, count)
                 if labels.version:
                     versions[host] = labels.version
 
@@ -1161,12 +1164,9 @@ class _SummaryTable:
 
     def finish(self, version: int) -> None:
         """The lines and models, once every answer is in (rules of ``version``)."""
-        self.models = {host: [(*model, n) for model, n in per_host.items()]
-                       for host, per_host in self._counts.items()}
         self.clean_records = version >= RULES_VERSION_CLEAN
         self.lines = self._clean_lines() if self.clean_records else self._summary_lines(self._summaries)
         # What the lines were made from is not needed again (every host's, at 100,000 hosts).
-        self._counts.clear()
         self._clean.clear()
         self._readings.clear()
         self._summaries.clear()
@@ -1239,16 +1239,36 @@ class _SummaryTable:
         return out
 
     def row(self, h: Host, now: float) -> SummaryRow:
-        """A clean host's row (see :meth:`clean`)."""
-        line = self.lines[h.name]
+        """A clean host's row (see :meth:`clean`): :meth:`SummaryRow.of`'s, its fields set in one dict
+        rather than through the dataclass's keyword arguments (100,000 rows: 0.1 s less)."""
+        name = h.name
+        line = self.lines[name]
         ts = line[_SAMPLED]
         expected = h.expected_chips
         if expected is None and math.isfinite(line[_EXPECTED]):
             expected = int(line[_EXPECTED])
-        return SummaryRow.of(line, self.models.get(h.name, []), name=h.name, address=h.address,
-                             port=h.agent_port, groups=h.groups, status=HostHealth.HEALTHY,
-                             agent_version=self.versions.get(h.name), sampled_at=ts, age_s=max(0.0, now - ts),
-                             chips_expected=expected, vars=h.vars)
+        row = _new(SummaryRow)
+        row.__dict__ = {"name": name, "address": h.address, "port": h.agent_port, "groups": h.groups,
+                        "status": HostHealth.HEALTHY, "reason_kind": None, "reason": None,
+                        "agent_version": self.versions.get(name), "sampled_at": ts,
+                        "age_s": now - ts if now > ts else 0.0, "drained": False, "chips_expected": expected,
+                        "chips": [], "problems": [], "vars": h.vars, "line": line,
+                        "models": self.models.get(name, [])}
+        return row
+
+
+_new = object.__new__
+
+
+def _add_model(models: list[tuple[str, str, str, int]], kind: str, vendor: str, model: str,
+               count: int) -> None:
+    """``model`` into a host's ``models``: a model listed already keeps the larger count."""
+    for i, (k, v, m, n) in enumerate(models):
+        if (k, v, m) == (kind, vendor, model):
+            if count > n:
+                models[i] = (kind, vendor, model, count)
+            return
+    models.append((kind, vendor, model, count))
 
 
 @dataclass(frozen=True)
