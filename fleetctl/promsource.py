@@ -1007,6 +1007,10 @@ _NODE_LINE: dict[str, int] = {
 }
 # The line index each version-4 reading record fills; the versions 1-3 summary queries.
 _READING_AT = {query: _AT[key] for key, query in READINGS.items()}
+# A clean host's line is written out in SUMMARY_KEYS order (_SummaryTable._clean_lines): these last.
+_READINGS_AT = (_TEMP, _UTIL, _USED, _TOTAL, _POWER)
+if (_HEALTHY, _SAMPLED, _EXPECTED, _PRESENT, _OK, _DRAINED, *_READINGS_AT) != tuple(range(len(SUMMARY_KEYS))):
+    raise AssertionError("SUMMARY_KEYS reordered: _SummaryTable._clean_lines writes the old order")
 _SUMMARY_QUERY_SET = frozenset(SUMMARY_QUERIES)
 _FAULT_METRIC_OF = dict(zip(FAULT_QUERIES, FAULT_METRICS, strict=True))
 
@@ -1153,14 +1157,13 @@ class _SummaryTable:
                 clean[host] = (ts, labels.chips_expected)
 
     def _take_reading(self, i: int, column: Column) -> None:
+        # Usable values only: a host twice (replicas passed on) keeps its usable one, a NaN never hides it.
         names, values = column
-        by_host = dict(zip(names, values, strict=True))
-        if len(by_host) < len(names):  # a host twice (replicas passed on): its usable value wins
-            by_host = {}
-            for name, value in zip(names, values, strict=True):
-                if math.isfinite(value) or name not in by_host:
-                    by_host[name] = value
-        self._readings[i] = by_host
+        if all(map(math.isfinite, values)):
+            self._readings[i] = dict(zip(names, values, strict=True))
+        else:
+            isfinite = math.isfinite
+            self._readings[i] = {name: v for name, v in zip(names, values, strict=True) if isfinite(v)}
 
     def finish(self, version: int) -> None:
         """The lines and models, once every answer is in (rules of ``version``)."""
@@ -1191,23 +1194,18 @@ class _SummaryTable:
         """Version 4 on: the clean hosts' lines, as the summaries would have been (healthy, every chip
         present counted by model and healthy, not drained). Without models, no count: no line."""
         out: dict[str, Line] = {}
-        models, readings, isfinite = self.models, self._readings.items(), math.isfinite
-        width = len(SUMMARY_KEYS)
+        models, nan = self.models, math.nan
+        empty: dict[str | None, float] = {}
+        temp, util, used, total, power = (self._readings.get(i, empty) for i in _READINGS_AT)
         for host, (ts, chips_expected) in self._clean.items():
             per_model = models.get(host)
             if not per_model:
                 continue
-            present = float(sum(n for *_model, n in per_model))
-            line = [math.nan] * width
-            for i, by_host in readings:
-                value = by_host.get(host)
-                if value is not None and isfinite(value):
-                    line[i] = value
-            line[_HEALTHY], line[_SAMPLED], line[_DRAINED] = 1.0, ts, 0.0
-            line[_PRESENT] = line[_OK] = present
-            if chips_expected == "agent":
-                line[_EXPECTED] = present
-            out[host] = tuple(line)
+            present = float(per_model[0][3] if len(per_model) == 1 else sum(m[3] for m in per_model))
+            # In SUMMARY_KEYS order, the readings last (_READINGS_AT); their values are usable ones.
+            out[host] = (1.0, ts, present if chips_expected == "agent" else nan, present, present, 0.0,
+                         temp.get(host, nan), util.get(host, nan), used.get(host, nan), total.get(host, nan),
+                         power.get(host, nan))
         return out
 
     def clean(self, h: Host, now: float, seen_at: float | None = None) -> bool:

@@ -1018,6 +1018,23 @@ def test_a_host_twice_in_a_reading_record_keeps_its_usable_value_in_either_order
     assert math.isnan(only_nan.lines["a"][at]) and set(only_nan.lines) == {"a"}  # b: not wanted
 
 
+def test_a_version_4_line_has_each_reading_at_its_summary_key_and_no_unusable_value() -> None:
+    clean = typed([({"host": "a", "chips_expected": "agent"}, NOW - 3), ({"host": "b"}, NOW - 4)])
+    models = typed([({"host": h, "kind": "gpu", "vendor": "nvidia", "model": m}, n)
+                    for h, m, n in (("a", "H100", 6.0), ("a", "H200", 2.0), ("b", "H100", 8.0))])
+    answers: dict[str, Any] = {CLEAN: clean, MODELS: models}
+    for i, record in enumerate(READINGS.values()):  # a's value 10 + i; b's unusable in each but the first
+        answers[record] = (["a", "b"], [10.0 + i, 1.0 if i == 0 else (math.inf, -math.inf, math.nan)[i % 3]])
+    table = _table(answers, {"a", "b"}, 4)
+    a = dict(zip(SUMMARY_KEYS, table.lines["a"], strict=True))
+    assert a == {"node_healthy": 1.0, "sample_timestamp_seconds": NOW - 3, "chips_expected": 8.0,
+                 "chips_present": 8.0, "chips_healthy": 8.0, "drained": 0.0,
+                 **{key: 10.0 + i for i, key in enumerate(READINGS)}}
+    b = dict(zip(SUMMARY_KEYS, table.lines["b"], strict=True))
+    assert {k for k, v in b.items() if not math.isfinite(v)} == {"chips_expected", *list(READINGS)[1:]}
+    assert all(math.isnan(b[k]) for k in list(READINGS)[1:]) and b["max_temperature_celsius"] == 1.0
+
+
 def test_version_4_answers_give_the_same_table_in_whatever_order_they_arrive() -> None:
     # Folded in as each arrives: the readings and the models may come before the clean record.
     clean = typed([({"host": "a", "chips_expected": "agent"}, NOW - 3), ({"host": "b"}, NOW - 5),
