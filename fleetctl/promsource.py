@@ -1237,25 +1237,16 @@ class _SummaryTable:
         return out
 
     def row(self, h: Host, now: float) -> SummaryRow:
-        """A clean host's row (see :meth:`clean`): :meth:`SummaryRow.of`'s, its fields set in one dict
-        rather than through the dataclass's keyword arguments (100,000 rows: 0.1 s less)."""
-        name = h.name
-        line = self.lines[name]
+        """A clean host's row (see :meth:`clean`)."""
+        line = self.lines[h.name]
         ts = line[_SAMPLED]
         expected = h.expected_chips
         if expected is None and math.isfinite(line[_EXPECTED]):
             expected = int(line[_EXPECTED])
-        row = _new(SummaryRow)
-        row.__dict__ = {"name": name, "address": h.address, "port": h.agent_port, "groups": h.groups,
-                        "status": HostHealth.HEALTHY, "reason_kind": None, "reason": None,
-                        "agent_version": self.versions.get(name), "sampled_at": ts,
-                        "age_s": now - ts if now > ts else 0.0, "drained": False, "chips_expected": expected,
-                        "chips": [], "problems": [], "vars": h.vars, "line": line,
-                        "models": self.models.get(name, [])}
-        return row
-
-
-_new = object.__new__
+        return SummaryRow.of(line, self.models.get(h.name, []), name=h.name, address=h.address,
+                             port=h.agent_port, groups=h.groups, status=HostHealth.HEALTHY,
+                             agent_version=self.versions.get(h.name), sampled_at=ts, age_s=max(0.0, now - ts),
+                             chips_expected=expected, vars=h.vars)
 
 
 def _add_model(models: list[tuple[str, str, str, int]], kind: str, vendor: str, model: str,

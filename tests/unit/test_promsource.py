@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import gc
 import http.server
 import itertools
@@ -930,30 +929,6 @@ def test_summaries_in_any_order_and_with_gaps_give_the_same_lines() -> None:
         assert table.clean(host("a", 1, expected=8), NOW) and not again.clean(host("a", 1, expected=8), NOW)
         row = again.row(host("b", 1, expected=None), NOW)
         assert row.chips_expected == 9 and row.summary_values == line(again, "b")
-
-
-@pytest.mark.parametrize("sampled_ago", [3.0, -2.0])
-def test_a_clean_hosts_row_is_the_row_summary_row_of_builds(sampled_ago: float) -> None:
-    # _SummaryTable.row sets the fields in one dict: every HostRow field, each as SummaryRow.of sets it
-    # (a field added to HostRow and not there fails here), an age never negative.
-    from fleetctl.promsource import SummaryRow, _SummaryTable, columns_of
-
-    answers = {q: columns_of(samples) for q, samples in _summary_answers(["a"]).items()}
-    table = _table(answers, {"a"}, 3)
-    line = table.lines["a"] = (*table.lines["a"][:1], NOW - sampled_ago, *table.lines["a"][2:])
-    table.models["a"] = [("gpu", "nvidia", "H100", 8)]
-    table.versions["a"] = "0.3.0"
-    h = Host(name="a", address="10.0.0.1", groups=("gpu_nodes",), vars={"rack": "r1"}, agent_port=10400,
-             expected_chips=None)
-    fast = table.row(h, NOW)
-    slow = SummaryRow.of(line, [("gpu", "nvidia", "H100", 8)], name="a", address="10.0.0.1", port=10400,
-                         groups=("gpu_nodes",), status=HostHealth.HEALTHY, agent_version="0.3.0",
-                         sampled_at=NOW - sampled_ago, age_s=max(0.0, sampled_ago), chips_expected=8,
-                         vars={"rack": "r1"})
-    assert isinstance(fast, SummaryRow) and isinstance(table, _SummaryTable)
-    assert vars(fast) == vars(slow) and fast == slow
-    assert set(vars(fast)) == {f.name for f in dataclasses.fields(SummaryRow)} | {"line", "models"}
-    assert fast.chips is not table.row(h, NOW).chips  # each row its own lists
 
 
 def test_a_summary_answer_decodes_to_hosts_and_values_as_the_full_decoder_reads_it() -> None:
