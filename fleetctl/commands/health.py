@@ -26,7 +26,7 @@ from fleetctl.commands.params import (
 from fleetctl.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from rich.console import RenderableType
@@ -155,15 +155,19 @@ def health(
     view = HealthView(chips=chips, unhealthy=unhealthy, statuses=parse_states(status), group_by=group_by,
                       sort=sort.value, reverse=reverse, wide=fmt is OutputFormat.wide)
     access = PrometheusAccess(prometheus_url, prometheus_token_file, prometheus_tenant)
+    # A watch drawn as a view shows what the source says of each round in it; documents keep stderr.
+    documents = fmt in (OutputFormat.json, OutputFormat.yaml)
+    notes: list[str] | None = [] if watch is not None and not documents else None
     collect, _hosts = _collector(pattern, inventory, source.value, access, timeout, deadline,
                                  concurrency, query_timeout, ask_early=True,
-                                 check=None if group_by is None else partial(_check_group_by, group_by))
+                                 check=None if group_by is None else partial(_check_group_by, group_by),
+                                 notice=None if notes is None else notes.append)
     if watch is None:
         report = collect()
         _show(report, view, fmt, mode)
         quick_exit.hold(report, _hosts)  # freed by the process's end, not object by object (0.3 s at 100k)
         return report.exit_code
-    return _watch(collect, watch, view, fmt=fmt, mode=mode)
+    return _watch(collect, watch, view, fmt=fmt, mode=mode, notes=notes)
 
 
 def _check_group_by(key: str, hosts: list[Host]) -> None:
@@ -187,9 +191,10 @@ class PrometheusAccess:
 def _collector(pattern: str, inventory: str | None, source: str, prometheus: PrometheusAccess,
                timeout: float, deadline: float, concurrency: int, query_timeout: float = 25.0, *,
                ask_early: bool = False, check: Callable[[list[Host]], None] | None = None,
-               ) -> tuple[Callable[[], FleetReport], list[Host]]:
+               notice: Callable[[str], None] | None = None) -> tuple[Callable[[], FleetReport], list[Host]]:
     """Load the inventory once (``check`` sees its selection); return a function that takes one fresh
-    fleet report, and the hosts.
+    fleet report, and the hosts. ``notice`` hears what Prometheus's reports say in one line (default:
+    stderr).
 
     ``ask_early``: for a report taken at once, Prometheus is asked its first round before the inventory
     is read (those queries need none), so it answers while fleetctl reads; a bad --prometheus-url is
@@ -225,7 +230,7 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus: Pro
     def from_prometheus() -> FleetReport:
         first = early.pop() if early else None  # the first report only: later ones (--watch) ask afresh
         return prometheus_report(hosts, client, inventory=inv.label, pattern=pattern, deadline_s=deadline,
-                                 first=first)
+                                 first=first, notice=notice)
 
     return from_prometheus, hosts
 
@@ -302,8 +307,9 @@ def _print_view(report: FleetReport, view: HealthView, mode: str) -> None:
 
 
 def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *, fmt: OutputFormat,
-           mode: str) -> int:
-    """Redraw in place until Ctrl-C; the exit code is the last completed round's.
+           mode: str, notes: list[str] | None = None) -> int:
+    """Redraw in place until Ctrl-C; the exit code is the last completed round's. ``notes``: where
+    ``collect`` puts what the source says of a round, shown with that round.
 
     A round after a good one that cannot ask its source (Prometheus restarting, a query past its time,
     a token file mid-rotation) is said and the last report stays up; the next round tries again: a
@@ -318,6 +324,8 @@ def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *
         draw = _watch_drawer(stack, view, fmt=fmt, mode=mode, every=every)
         try:
             while not ctrl_c.pressed:
+                if notes is not None:
+                    notes.clear()  # each round its own
                 try:
                     report = collect()
                 except SourceUnavailable as exc:
@@ -325,12 +333,12 @@ def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *
                         raise
                     shown = time.strftime("%H:%M:%S", time.localtime(last.generated_at))
                     draw(last, failed=f"{time.strftime('%H:%M:%S')} round failed (last good round {shown}, "
-                                      f"next try in {every:g}s): {exc.one_line()}")
+                                      f"next try in {every:g}s): {exc.one_line()}", notes=tuple(notes or ()))
                     ctrl_c.sleep(every)
                     continue
                 last = report
                 code = report.exit_code
-                draw(report)
+                draw(report, notes=tuple(notes or ()))
                 release_frozen()  # last round's cyclic garbage, while we wait anyway
                 ctrl_c.sleep(every)
         except KeyboardInterrupt:
@@ -346,7 +354,8 @@ def _watch_drawer(stack: contextlib.ExitStack, view: HealthView, *, fmt: OutputF
     from fleetctl.views.output import OutputFormat
 
     if fmt in (OutputFormat.yaml, OutputFormat.json):
-        def document_round(report: FleetReport, failed: str | None = None) -> None:
+        def document_round(report: FleetReport, failed: str | None = None,
+                           notes: Sequence[str] = ()) -> None:  # notes: on stderr as they came
             if failed is not None:  # stdout stays one document per round
                 from fleetctl.views.text import echo
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Protocol
@@ -441,9 +441,11 @@ Body = Callable[[FleetReport, "int | None"], RenderableType]
 
 class Drawer(Protocol):
     """Shows one ``--watch`` round: ``report``, or (``failed``: what to say) a round that failed, the
-    last good ``report`` kept in view."""
+    last good ``report`` kept in view; ``notes``: what the source said of the round (rules missing,
+    a clock ahead, a partial answer), shown with it."""
 
-    def __call__(self, report: FleetReport, failed: str | None = None) -> None: ...
+    def __call__(self, report: FleetReport, failed: str | None = None,
+                 notes: Sequence[str] = ()) -> None: ...
 
 
 def live_drawer(stack: contextlib.ExitStack, view: HealthView | None = None, *, every: float,
@@ -452,7 +454,8 @@ def live_drawer(stack: contextlib.ExitStack, view: HealthView | None = None, *, 
     last line that says how many rows the screen hides; in a pipe each round printed in full after a
     time-stamped line (a log of rounds). ``body(report, width)``: another view than the tables. A
     failed round: its line, in red, under the stamp over the last good tables (in a pipe, the line
-    alone: the tables are above)."""
+    alone: the tables are above). The round's notes: in yellow under the stamp (on stderr they would
+    be drawn over by the next redraw)."""
     view = view or HealthView(**options)
     console = stdout_console()
 
@@ -462,18 +465,22 @@ def live_drawer(stack: contextlib.ExitStack, view: HealthView | None = None, *, 
         return render_report(report, view, width=width, terminal=width is not None)
 
     if not console.is_terminal:
-        def log(report: FleetReport, failed: str | None = None) -> None:
+        def log(report: FleetReport, failed: str | None = None, notes: Sequence[str] = ()) -> None:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             show(Text(f"--- {stamp} every {every:g}s"), console)
+            for note in notes:
+                show(outside(note, style="yellow"), console)
             show(outside(failed, style="red") if failed is not None else render(report, None), console)
 
         return log
     live = stack.enter_context(Live(Text("asking the fleet..."), console=console, auto_refresh=False,
                                     redirect_stdout=False, redirect_stderr=False))
 
-    def draw(report: FleetReport, failed: str | None = None) -> None:
+    def draw(report: FleetReport, failed: str | None = None, notes: Sequence[str] = ()) -> None:
         stamp = Text(time.strftime("%H:%M:%S") + f"  every {every:g}s, Ctrl-C to stop", style="dim")
-        head = [stamp] if failed is None else [stamp, outside(failed, style="bold red")]
+        head = [stamp, *(outside(note, style="yellow") for note in notes)]
+        if failed is not None:
+            head.append(outside(failed, style="bold red"))
         shown = Group(*head, render(report, console.width))
         live.update(fit_screen(console, shown, console.height), refresh=True)
 

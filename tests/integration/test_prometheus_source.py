@@ -280,6 +280,35 @@ def test_without_the_rules_one_line_says_so_and_the_report_is_the_same(
     assert statuses == {**EXPECTED, "dead-0000": "unreachable"}
 
 
+def test_a_watched_table_shows_the_rules_line_with_each_round_not_on_stderr(
+        setup: tuple[Path, str, Path], tmp_path: Path) -> None:
+    # On a terminal a line on stderr would be drawn over by the next redraw: each round's notes are
+    # shown with it (here a pipe, where each round is logged after its time stamp).
+    inv, url, cache = setup
+    err = tmp_path / "err"
+    with proxied(url, lambda form: form.replace(b"fleetctl%3A", b"absent%3A")) as (proxy, _, _):
+        loop = subprocess.Popen(
+            [FLEETCTL, "health", "-i", str(inv), "--source", "prometheus", "--prometheus-url", proxy,
+             "--watch", "0.3"], stdout=subprocess.PIPE, stderr=err.open("w"), text=True,
+            env={**os.environ, "FLEETCTL_CACHE_DIR": str(cache)})
+        lines: list[str] = []
+        try:
+            for line in loop.stdout or ():
+                lines.append(line)
+                if sum(x.startswith("--- ") for x in lines) == 3:  # two rounds whole
+                    break
+        finally:
+            loop.send_signal(signal.SIGINT)
+            loop.wait(60)
+    rounds = "".join(lines).split("--- ")[1:3]
+    assert len(rounds) == 2, "".join(lines)[-2000:]
+    for text in rounds:
+        below_stamp = text.splitlines()[1]
+        assert "no fleetctl-report recording rules" in below_stamp, text[:500]
+        assert text.count("recording rules") == 1 and "dead-0000" in text
+    assert "recording rules" not in err.read_text()
+
+
 def remediate_plan(*args: str, cache: Path, db: Path, policy: Path) -> dict:  # type: ignore[type-arg]
     out = subprocess.run(
         [FLEETCTL, "remediate", "-o", "json", "--db", str(db), "--policy", str(policy), *args],

@@ -130,3 +130,23 @@ def test_the_first_round_failing_is_the_commands_failure() -> None:
     with pytest.raises(PrometheusError, match="Connection refused"):
         _watch(collect, 0.01, HealthView(), fmt=OutputFormat.json, mode="table")
     assert done == ["down"]
+
+
+def test_a_viewed_watch_shows_each_rounds_notes_with_that_round(capsys: pytest.CaptureFixture[str]) -> None:
+    # What the source says of a round (rules missing, a clock ahead, a partial answer) is shown with the
+    # round it was said of, and not again with the next; a failed round shows its own.
+    notes: list[str] = []
+    said = {0: ["rules missing"], 2: ["clock ahead"]}
+    done, collect_or_fail = _rounds("ok", "ok", "down", "ok", "stop")
+
+    def collect() -> FleetReport:
+        notes.extend(said.get(len(done), []))
+        return collect_or_fail()
+
+    assert _watch(collect, 0.01, HealthView(), fmt=OutputFormat.table, mode="table", notes=notes) == 0
+    out, err = capsys.readouterr()
+    rounds = out.split("--- ")[1:]
+    assert len(rounds) == 4 and err == ""
+    assert ["rules missing" in r for r in rounds] == [True, False, False, False]
+    assert ["clock ahead" in r for r in rounds] == [False, False, True, False]
+    assert "round failed" in rounds[2]

@@ -140,6 +140,18 @@ def test_a_failed_watch_round_shows_the_servers_text_safely(monkeypatch: pytest.
     assert_safe(text)
 
 
+def test_a_watch_rounds_notes_show_the_servers_text_safely(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A partial answer's warning is the server's text: shown with the round, markup and controls escaped.
+    with stdout_terminal(monkeypatch) as c, contextlib.ExitStack() as stack:
+        draw = live_drawer(stack, chips=False, unhealthy=False, group_by=None, sort="status", every=2.0)
+        draw(hostile_fleet(), notes=[f"Prometheus answered with warnings: {MARKUP} {CONTROLS}"])
+    text = out(c)
+    for own in ("\x1b[?25l", "\x1b[?25h", "\x1b[2K", "\x1b[1A", "\r"):
+        text = text.replace(own, "")
+    assert f"Prometheus answered with warnings: {MARKUP} {CONTROLS_SHOWN}" in text
+    assert_safe(text)
+
+
 def test_absurd_lengths_stay_in_their_cells() -> None:
     long_name = "h100-" + "x" * 300 + "-0007"
     report = FleetReport(generated_at=NOW, source="agents", duration_s=0.1, hosts=[
