@@ -150,3 +150,50 @@ def test_a_viewed_watch_shows_each_rounds_notes_with_that_round(capsys: pytest.C
     assert ["rules missing" in r for r in rounds] == [True, False, False, False]
     assert ["clock ahead" in r for r in rounds] == [False, False, True, False]
     assert "round failed" in rounds[2]
+
+
+def test_a_first_round_that_fails_after_saying_something_says_it_on_stderr(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The rules missing, then the slow fallback past its deadline: the line that explains the failure
+    # is not lost with the round that was never drawn.
+    notes: list[str] = []
+
+    def collect() -> FleetReport:
+        notes.append("no fleetctl-report recording rules")
+        raise PrometheusError("no answer within the 25s deadline")
+
+    with pytest.raises(PrometheusError):
+        _watch(collect, 0.01, HealthView(), fmt=OutputFormat.table, mode="table", notes=notes)
+    assert capsys.readouterr().err == "fleetctl health: no fleetctl-report recording rules\n"
+
+
+@pytest.mark.parametrize("output", [[], ["--json"], ["-o", "yaml"]])
+def test_health_watch_routes_the_sources_notes_by_how_rounds_are_shown(
+        output: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a view: in the round's view, stderr quiet. As documents: on stderr, stdout documents only.
+    from typer.testing import CliRunner
+
+    from fleetctl.cli import app
+    from fleetctl.commands import health
+    from fleetctl.promsource import _stderr
+
+    def collector(*_args: object, notice: Callable[[str], None] | None = None,
+                  **_kwargs: object) -> tuple[Callable[[], FleetReport], list[object]]:
+        rounds: list[int] = []
+
+        def collect() -> FleetReport:
+            rounds.append(1)
+            if len(rounds) > 1:
+                raise KeyboardInterrupt
+            (notice or _stderr)("the server's clock is 9 s ahead")
+            return FleetReport(generated_at=time.time(), source="prometheus", hosts=[])
+
+        return collect, []
+
+    monkeypatch.setattr(health, "_collector", collector)
+    result = CliRunner().invoke(app, ["health", "--source", "prometheus", "--prometheus-url",
+                                      "http://127.0.0.1:9", "--watch", "0.1", *output])
+    assert result.exit_code == 0, result.output
+    documents = bool(output)
+    assert ("clock is 9 s ahead" in result.stdout) is not documents
+    assert ("clock is 9 s ahead" in result.stderr) is documents

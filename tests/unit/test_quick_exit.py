@@ -46,6 +46,44 @@ def test_a_held_process_ends_with_its_code_output_flushed_and_atexit_run() -> No
     assert out.stderr == "atexit ran\n"
 
 
+def test_what_an_atexit_handler_writes_is_flushed_too() -> None:
+    out = _run("""
+        atexit.register(lambda: sys.stdout.write(" and the handler's line"))
+        quick_exit.arm()
+        quick_exit.hold(Loud())
+        sys.stdout.write("the report")
+        quick_exit.end(0)
+    """)
+    assert (out.returncode, out.stdout) == (0, "the report and the handler's line")
+
+
+def test_a_running_thread_that_is_not_a_daemon_leaves_the_usual_exit() -> None:
+    # the usual exit joins it: its work is not cut short
+    out = _run("""
+        import threading, time
+        quick_exit.arm()
+        quick_exit.hold(Loud())
+        worker = threading.Thread(target=lambda: (time.sleep(0.3), print("thread done")))
+        worker.start()
+        quick_exit.end(3)
+        print("went on")
+        sys.exit(4)
+    """)
+    assert out.returncode == 4
+    assert out.stdout.splitlines() == ["went on", "thread done"]
+
+
+def test_no_stdout_at_all_still_ends_with_the_commands_code() -> None:
+    # `fleetctl health >&-`: Python sets sys.stdout to None (rich then writes nowhere)
+    out = _run("""
+        quick_exit.arm()
+        quick_exit.hold(Loud())
+        sys.stdout = None
+        quick_exit.end(2)
+    """)
+    assert (out.returncode, out.stderr) == (2, "atexit ran\n")
+
+
 def test_exit_code_none_is_zero() -> None:
     out = _run("""
         quick_exit.arm()
@@ -94,9 +132,20 @@ def test_the_console_script_holds_a_one_shot_health_report(tmp_path: Path) -> No
     # the JSON document come out whole (an unreachable host: exit 1).
     inv = tmp_path / "hosts.yml"
     inv.write_text("all:\n  hosts:\n    gone: {ansible_host: 127.0.0.1, fleet_agent_port: 9}\n")
-    out = subprocess.run([sys.executable, "-c", "from fleetctl.cli import main; main()", "health", "-i",
-                          str(inv), "--json", "--timeout", "2"], capture_output=True, text=True, timeout=120,
+    prog = textwrap.dedent("""
+        import os, sys
+        real = os._exit
+        def said(code):
+            print("ended by quick_exit", file=sys.stderr, flush=True)
+            real(code)
+        os._exit = said
+        from fleetctl.cli import main
+        main()
+    """)
+    out = subprocess.run([sys.executable, "-c", prog, "health", "-i", str(inv), "--json", "--timeout", "2"],
+                         capture_output=True, text=True, timeout=120,
                          env={**_BUFFERED, "FLEETCTL_CACHE_DIR": str(tmp_path / "cache")})
     doc = json.loads(out.stdout)
     assert out.returncode == doc["exit_code"] != 0
     assert [h["status"] for h in doc["hosts"]] == ["unreachable"]
+    assert "ended by quick_exit" in out.stderr
