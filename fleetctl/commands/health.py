@@ -155,9 +155,8 @@ def health(
     view = HealthView(chips=chips, unhealthy=unhealthy, statuses=parse_states(status), group_by=group_by,
                       sort=sort.value, reverse=reverse, wide=fmt is OutputFormat.wide)
     access = PrometheusAccess(prometheus_url, prometheus_token_file, prometheus_tenant)
-    # A watch drawn as a view shows what the source says of each round in it; documents keep stderr.
-    documents = fmt in (OutputFormat.json, OutputFormat.yaml)
-    notes: list[str] | None = [] if watch is not None and not documents else None
+    # What the source says of a watch's round is shown with that round (see _watch_drawer).
+    notes: list[str] | None = [] if watch is not None else None
     collect, _hosts = _collector(pattern, inventory, source.value, access, timeout, deadline,
                                  concurrency, query_timeout, ask_early=True,
                                  check=None if group_by is None else partial(_check_group_by, group_by),
@@ -350,31 +349,28 @@ def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *
     return code
 
 
-def _say_on_stderr(notes: list[str] | None) -> None:
-    """A round's notes that no view will show, on stderr as a one-shot report says them."""
+def _say_on_stderr(lines: Sequence[str] | None) -> None:
+    """Lines of a round that no view shows, on stderr as a one-shot report says them."""
     from fleetctl.views.text import echo
 
-    for note in notes or ():
-        echo(f"fleetctl health: {note}", err=True)
-    if notes:
-        notes.clear()
+    for line in lines or ():
+        echo(f"fleetctl health: {line}", err=True)
 
 
 def _watch_drawer(stack: contextlib.ExitStack, view: HealthView, *, fmt: OutputFormat, mode: str,
                   every: float) -> Drawer:
     """How one round is shown: a JSON document per line (YAML: one document each), the table redrawn
     in place on a terminal, or each round after a time-stamped line in a pipe. A failed round
-    (``failed``: what to say) is a line on stderr beside documents, in the view beside a table."""
+    (``failed``: what to say) and the round's notes are lines on stderr beside documents, in the view
+    beside a table."""
     from fleetctl.views.output import OutputFormat
 
     if fmt in (OutputFormat.yaml, OutputFormat.json):
-        def document_round(report: FleetReport, failed: str | None = None,
-                           notes: Sequence[str] = ()) -> None:  # notes: on stderr as they came
+        def document_round(report: FleetReport, failed: str | None = None, notes: Sequence[str] = ()) -> None:
             if failed is not None:  # stdout stays one document per round
-                from fleetctl.views.text import echo
-
-                echo(f"fleetctl health: {failed}", err=True)
+                _say_on_stderr([*notes, failed])
                 return
+            _say_on_stderr(notes)
             if fmt is OutputFormat.yaml:
                 print("---", flush=True)
             _show(report, view, fmt, mode)
