@@ -423,14 +423,7 @@ class HttpPrometheus:
 
     def __init__(self, url: str, timeout_s: float = DEFAULT_QUERY_TIMEOUT_S, *,
                  token_file: Path | None = None, tenant: str | None = None) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        shown = _without_credentials(parsed)
-        try:
-            port_ok = parsed.hostname is not None and (parsed.port is None or parsed.port > 0)
-        except ValueError:  # a port that is not a number, or out of range
-            port_ok = False
-        if parsed.scheme not in ("http", "https") or not port_ok:
-            raise PrometheusError(f"--prometheus-url {shown!r}: expected http(s)://host[:port][/prefix]")
+        parsed, shown = _checked_url(url)
         self.url = shown.rstrip("/")
         self.timeout_s = timeout_s
         self.when: float | None = None  # evaluation time of every query (epoch s); None: each at arrival
@@ -482,7 +475,7 @@ class HttpPrometheus:
         shown = _shown(promql)
         # nocache=1: VictoriaMetrics otherwise answers an instant query "now" as of its latency offset
         # (30 s by default), every sample that much older; Prometheus and Thanos ignore the parameter.
-        form = {"query": promql, "timeout": f"{self.timeout_s:g}s", "nocache": "1"}
+        form = {"query": promql, "timeout": query_timeout_param(self.timeout_s), "nocache": "1"}
         if self.when is not None:
             form["time"] = f"{self.when:.3f}"
         body = urllib.parse.urlencode(form).encode()
@@ -591,6 +584,37 @@ def bearer_token(path: Path) -> str:
 def _shown(promql: str) -> str:
     """A query as named in messages: a detail query's long host list is clipped."""
     return repr(promql if len(promql) <= 120 else promql[:100] + "...")
+
+
+def query_timeout_param(seconds: float) -> str:
+    """The ``timeout`` a query asks of the server, in whole milliseconds: a duration Prometheus, Thanos
+    and VictoriaMetrics all read (``2.5s`` is not one: Prometheus refuses every query that sends it)."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _checked_url(url: str) -> tuple[urllib.parse.SplitResult, str]:
+    """``--prometheus-url`` parsed, and as messages may show it; a PrometheusError unless it is
+    http(s)://host[:port][/prefix] in ASCII with any ``@`` in its user:password part only."""
+    usage = "expected http(s)://[user:password@]host[:port][/prefix]"
+    if not url.isascii() or not url.isprintable():
+        raise PrometheusError(f"--prometheus-url: {usage}, in ASCII (percent-encode anything else)")
+    parsed: urllib.parse.SplitResult | None = None
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port_ok = parsed.hostname is not None and (parsed.port is None or parsed.port > 0)
+    except ValueError:  # a port that is not a number or out of range, a bracket left open
+        port_ok = False
+    if parsed is None:  # not shown either: what cut it short may be in a password
+        raise PrometheusError(f"--prometheus-url (not shown: it may hold a password): not a URL; {usage}")
+    if "@" in url.partition("://")[2].replace(parsed.netloc, "", 1):
+        # Not shown: a password with an unencoded '/', '?' or '#' ends the host part early, and
+        # what follows (the rest of the password) would be printed as the path.
+        raise PrometheusError(f"--prometheus-url (not shown: it may hold a password): {usage}; "
+                              "percent-encode '/', '?', '#' and '@' in a user or password")
+    shown = _without_credentials(parsed)
+    if parsed.scheme not in ("http", "https") or not port_ok:
+        raise PrometheusError(f"--prometheus-url {shown!r}: {usage}")
+    return parsed, shown
 
 
 def _without_credentials(parsed: urllib.parse.SplitResult) -> str:
@@ -876,10 +900,11 @@ def _node(host: Host, d: _HostData, now: float) -> NodeReport:
 
 
 def _query_each(client: PromQuery, queries: Sequence[str], deadline_s: float,
-                take: Callable[[str, Any], None], columns: Sequence[str] = ()) -> None:
+                take: Callable[[str, Any], None], columns: Sequence[str] = (), *,
+                whole_s: float | None = None) -> None:
     """Every query, all within ``deadline_s``, each answer handed to ``take`` as it arrives (see
     :class:`_Asking`)."""
-    _Asking(client, queries, columns).each(deadline_s, take)
+    _Asking(client, queries, columns).each(deadline_s, take, whole_s=whole_s)
 
 
 class _Asking:
@@ -915,10 +940,12 @@ class _Asking:
 
         self._futures = [self._pool.submit(ask, i) for i in range(len(self.queries))]
 
-    def each(self, deadline_s: float, take: Callable[[str, Any], None], since: float | None = None) -> None:
+    def each(self, deadline_s: float, take: Callable[[str, Any], None], since: float | None = None, *,
+             whole_s: float | None = None) -> None:
         """Every answer to ``take``, all within ``deadline_s`` of ``since`` (default: the asking; a round
         asked early has its head start free). The first failure is raised as it failed; past the
-        deadline, the message names the queries still unanswered."""
+        deadline, the message names the queries still unanswered and the whole ``--deadline``
+        (``whole_s``, where ``deadline_s`` is what a later round had left of it)."""
         queries = self.queries
         pending = set(range(len(queries)))
         end = (self.started if since is None else since) + max(deadline_s, 0.0)
@@ -930,7 +957,8 @@ class _Asking:
                     where = getattr(self.client, "url", "Prometheus")
                     slow = [_shown(queries[i]) for i in sorted(pending)]
                     more = f" and {len(slow) - 2} more" if len(slow) > 2 else ""
-                    raise PrometheusError(f"{where}: no answer within the {deadline_s:g}s deadline "
+                    whole = deadline_s if whole_s is None else whole_s
+                    raise PrometheusError(f"{where}: no answer within the {whole:g}s deadline "
                                           f"(--deadline) to query {', '.join(slow[:2])}{more}") from None
                 if exc is not None:
                     raise exc
@@ -1317,6 +1345,11 @@ def _version(raw: str | None) -> int:
         return 0
 
 
+# How long a report waits for the rules API once the first round's answers are in (it is asked beside
+# them, so it has had that long already).
+RULES_API_WAIT_S = 1.0
+
+
 class FirstRound:
     """The first round: the rules' series (one query each) and, beside them in a thread of its own, the
     rules API. It asks from the moment it is made and needs no inventory, so a command can start it
@@ -1427,14 +1460,15 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         rules = bool(answers[RULES_INFO])
         version = rules_version(answers)
         if rules and version < RULES_VERSION_CLEAN:  # older rules: their summaries, a second round
-            _query_each(client, SUMMARY_QUERIES, left(), take,
+            _query_each(client, SUMMARY_QUERIES, left(), take, whole_s=deadline_s,
                         columns=SUMMARY_QUERIES)
-        group = first.group(left())
+        # The rules API is optional: a slow one (a ruler behind a proxy) costs a moment, not the deadline.
+        group = first.group(min(left(), RULES_API_WAIT_S))
         if not rules:
             (notice or _stderr)(NO_RULES)
     summary_rows = rules
     if not rules:
-        _query_each(client, QUERIES, left(), take_every)
+        _query_each(client, QUERIES, left(), take_every, whole_s=deadline_s)
         detail = wanted
     else:
         table.finish(version)
@@ -1445,6 +1479,10 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             (notice or _stderr)(clock.why)
             detail_all = True
         detail = wanted if detail_all else {h.name for h in hosts if not table.clean(h, now, clock.seen_at)}
+        if not detail_all:
+            # An agent that says now that its host is not clean (its fault copies, scraped since the rules
+            # last ran) outranks the clean record the rules made before: a host that just failed is read.
+            detail.update(name for name, d in copied.data.items() if d.statuses)
         old = table.without_rollups(hosts) if version >= RULES_VERSION_ROLLUPS else []
         if old:
             # Correct either way (they are read chip by chip), but slow at scale: say why, once.
@@ -1464,14 +1502,15 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             if faults := scraped.difference(old):
                 copies = _trusted_copies([h for h in hosts if h.name in faults], copied, up_of,
                                          gathered.agent_jobs)
-                chips, every_chip = _read_faults(client, faults, gathered, left, copies)
+                chips, every_chip = _read_faults(client, faults, gathered, left, copies, whole_s=deadline_s)
                 every_chip |= scraped.intersection(old)
         # Those chips' readings, and every chip of the hosts their count sends there, in one round.
         if more := chip_queries(chips) + detail_queries(every_chip):
-            _query_each(client, more, left(), gathered.add)
+            _query_each(client, more, left(), gathered.add, whole_s=deadline_s)
             # Hosts whose agents export no rank (older ones; a fleet mid-upgrade): one-hot, them only.
             if unranked := gathered.unranked(every_chip):
-                _query_each(client, detail_queries(unranked, (ONE_HOT,)), left(), gathered.add)
+                _query_each(client, detail_queries(unranked, (ONE_HOT,)), left(), gathered.add,
+                            whole_s=deadline_s)
     if isinstance(client, PromInstant) and (skew := clock_skew_line(client.clock_skew_s)):
         (notice or _stderr)(skew)
     warned = list(client.warnings) if isinstance(client, PromWarned) else []
@@ -1561,7 +1600,8 @@ def _trusted_copies(hosts: Iterable[Host], copied: _Gathered, up_of: Mapping[str
 
 
 def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: Callable[[], float],
-                 copies: Mapping[str, _HostData] | None = None) -> tuple[dict[int, list[str]], set[str]]:
+                 copies: Mapping[str, _HostData] | None = None, *,
+                 whole_s: float | None = None) -> tuple[dict[int, list[str]], set[str]]:
     """Read the hosts ``names`` faults only, into ``gathered``: their node-level series, per-host gauges
     and rollups, and which of their chips are not healthy (a faulty host has one bad chip of eight,
     typically: an eighth of the per-chip series to select, encode and decode). Returns the hosts whose
@@ -1588,7 +1628,7 @@ def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: 
     chips: dict[int, list[str]] = defaultdict(list)
     if not names:
         return chips, every_chip
-    _query_each(client, fault_queries(names), left(), gathered.add)
+    _query_each(client, fault_queries(names), left(), gathered.add, whole_s=whole_s)
     for name in names:
         d = data.get(name)
         if d is None or d.status is None:

@@ -50,6 +50,7 @@ from fleetctl.promsource import (
     file_sd_targets,
     parse_vector,
     prometheus_report,
+    query_timeout_param,
 )
 from fleetctl.report import FleetReport, HostHealth, HostRow
 
@@ -431,6 +432,31 @@ def test_a_broken_answer_is_a_one_line_error_naming_the_server(serve: Callable[[
 def test_a_port_that_is_not_a_number_is_a_bad_url() -> None:
     with pytest.raises(PrometheusError, match="expected http"):
         HttpPrometheus("http://127.0.0.1:abc")
+
+
+@pytest.mark.parametrize("url", ["http://admin:s3cr/t@prom:9090", "http://admin:123/456@prom:9090",
+                                 "http://admin:a?b@prom:9090", "http://admin:a#b@prom:9090",
+                                 "http://[::1", "http://u:p[w@prom:9090"])
+def test_a_url_whose_password_would_leak_into_a_message_is_refused_unshown(url: str) -> None:
+    # An unencoded '/', '?' or '#' in a password ends the host part early: the rest of it would be
+    # printed as the path, or (digits after a colon) the URL taken for another host and port.
+    with pytest.raises(PrometheusError) as err:
+        HttpPrometheus(url)
+    assert "not shown" in str(err.value) and "expected http" in str(err.value)
+    assert all(part not in str(err.value) for part in ("admin", "s3cr", "456", "a?b", "a#b", "p[w", "::1"))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/pr\u00e4fix", "http://h\n:9", "http://h:9/\x1b[2J"])
+def test_a_url_that_is_not_printable_ascii_is_a_one_line_error(url: str) -> None:
+    with pytest.raises(PrometheusError, match="in ASCII") as err:
+        HttpPrometheus(url)
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+
+
+def test_the_query_timeout_is_sent_as_a_duration_every_engine_reads() -> None:
+    # Prometheus refuses "2.5s" (bad_data); whole milliseconds are a duration to it, Thanos and VM.
+    assert [query_timeout_param(t) for t in (2.5, 25.0, 0.0001, 1e6)] == [
+        "2500ms", "25000ms", "1ms", "1000000000ms"]
 
 
 def test_the_deadline_bounds_a_server_that_trickles_its_answers(serve: Callable[[Responder], str]) -> None:
@@ -860,7 +886,7 @@ def test_a_slow_query_is_named_with_the_query_timeout(serve: Callable[[Responder
 def test_prometheus_stopping_a_query_at_its_timeout_is_named_too(serve: Callable[[Responder], str]) -> None:
     def timed_out(h: http.server.BaseHTTPRequestHandler) -> None:
         form = h.rfile.read(int(h.headers["Content-Length"])).decode()
-        assert "timeout=7s" in form  # the limit travels to Prometheus
+        assert "timeout=7000ms" in form  # the limit travels to Prometheus
         reply(h, {"status": "error", "errorType": "timeout", "error": "query timed out in expression "
                   "evaluation"}, 503)
 

@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 from fleet_agent.schema import Status
-from test_promsource import NOW, RulesPrometheus, host
+from test_promsource import NOW, RulesPrometheus, host, summary
 
-from fleetctl.promsource import SummaryRow, chip_queries, detail_queries, fault_queries, prometheus_report
+from fleetctl.promsource import (
+    CLEAN,
+    SummaryRow,
+    chip_queries,
+    detail_queries,
+    fault_queries,
+    prometheus_report,
+)
 from fleetctl.report import FleetReport, HostHealth, HostRow
 
 HOSTS = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
@@ -232,3 +239,20 @@ def test_names_in_an_answer_are_never_parsed_again_as_queries() -> None:
     g.add('{__name__=~"a|b",host=~"h"}', typed([({"__name__": "{x}", "host": "h"}, 1.0),
                                                 ({"__name__": "fleet_fault_detail", "host": "h"}, 1.0)]))
     assert all(d.status is None and not d.chips for d in g.data.values())
+
+
+def test_a_host_its_agent_says_is_not_clean_is_read_though_the_rules_last_saw_it_clean() -> None:
+    # The rules ran before the host failed: their record says clean, its agent's copies (scraped
+    # since) say unhealthy. The copies win: the host is read, not shown healthy until the next rules.
+    fake = RulesPrometheus(copies=True)
+    fake.series["fleetctl:host_summary"] = [
+        s for s in fake.series["fleetctl:host_summary"] if s[0]["host"] != "hot"] + summary("hot")
+    fake.series["fleetctl:host_chip_models"].append(
+        ({"host": "hot", "kind": "gpu", "vendor": "nvidia", "model": "H100", "version": "0.2.0"}, 2.0))
+    assert "hot" in {labels["host"] for labels, _ in fake.records(CLEAN)}
+    fresh = RulesPrometheus(copies=False)  # the same rules' records, no copies: the clean row it was
+    fresh.series = fake.series
+    assert isinstance(stale := hot_row(fresh)[0], SummaryRow) and stale.status is HostHealth.HEALTHY
+    row, _ = hot_row(fake)
+    assert row.status is HostHealth.UNHEALTHY and [(p.check, p.chip) for p in row.problems] == [("xid", 1)]
+    assert [c.index for c in row.chips] == [1]

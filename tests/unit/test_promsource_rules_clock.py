@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import http.server
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from test_promsource import NOW, Responder, RulesPrometheus, host, reply
 from test_promsource import serve as serve  # the fixture, by its name (re-exported: no F811)
 
@@ -17,7 +19,9 @@ from fleetctl.promsource import (
     RULES_INFO,
     HttpPrometheus,
     Labels,
+    PrometheusError,
     RuleGroup,
+    Sample,
     SummaryRow,
     prometheus_report,
     rule_group_from,
@@ -176,3 +180,36 @@ def test_http_client_without_a_rules_api_says_nothing(serve: Callable[[Responder
 
     assert HttpPrometheus(serve(not_found), timeout_s=2).rule_group(RULES_GROUP) is None
     assert HttpPrometheus("http://127.0.0.1:1", timeout_s=1).rule_group(RULES_GROUP) is None
+
+
+class SlowRulesApi(ClockedRules):
+    def rule_group(self, name: str) -> RuleGroup | None:
+        time.sleep(5.0)  # a ruler behind a proxy that does not answer
+        return RuleGroup(60.0, NOW)
+
+
+def test_a_slow_rules_api_costs_a_moment_not_the_deadline() -> None:
+    fake = SlowRulesApi(3, seen_at=NOW)
+    started = time.monotonic()
+    hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
+    out = prometheus_report(hosts, fake, now=NOW, detail_all=False, deadline_s=3.0, notice=print)
+    # The rules API is optional: waited for a moment, then the report goes on without it.
+    assert time.monotonic() - started < 2.5
+    rows = {r.name: r for r in out.hosts}
+    assert rows["hot"].status is HostHealth.UNHEALTHY and isinstance(rows["c1"], SummaryRow)
+
+
+class SlowFaults(ClockedRules):
+    def query(self, promql: str) -> list[Sample]:
+        if "host=~" in promql:
+            time.sleep(1.5)
+        return super().query(promql)
+
+
+def test_a_later_round_past_the_deadline_names_the_whole_deadline() -> None:
+    hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
+    with pytest.raises(PrometheusError) as err:
+        prometheus_report(hosts, SlowFaults(3, seen_at=NOW), now=NOW, detail_all=False, deadline_s=1.0,
+                          notice=print)
+    message = str(err.value)
+    assert "no answer within the 1s deadline (--deadline) to query 'fleet_node_status{host=~" in message
