@@ -215,6 +215,12 @@ def main() -> None:
         typer.echo(version_text())
         return
     quick_exit.arm()
+    # A stream closed at start (`>&-`) is None in Python: every view writes nowhere, as rich's table
+    # does, and the command ends with its own code rather than an AttributeError.
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # the process's stdout to its end
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
     try:
         app_for(args)()
     except SystemExit as exc:

@@ -13,15 +13,32 @@ imported inside the command functions, so that ``fleetctl --help`` starts fast.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import ParamSpec
 
 import typer
 
-from fleetctl.errors import FleetctlError
+from fleetctl.errors import EXIT_USAGE, FleetctlError
 
 P = ParamSpec("P")
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for a tool its reader left
+# A full disk or quota, a file past its size limit, an I/O error: stdout cannot take the output.
+_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _nothing_more_on_stdout() -> None:
+    """Standard output to /dev/null: what is left in its buffer is dropped at exit, not raised again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):  # no stdout at all, or not a file: nothing to flush
+        pass
 
 
 def run_command(name: str, fn: Callable[P, int | None]) -> Callable[P, None]:
@@ -36,6 +53,19 @@ def run_command(name: str, fn: Callable[P, int | None]) -> Callable[P, None]:
 
             echo(f"fleetctl {name}: {exc.one_line()}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            # The reader left (`| head`): nothing more can be shown. The exit a tool killed by SIGPIPE
+            # gives, not 1 ("problems"), and stdout pointed at /dev/null so the exit's flush is quiet.
+            _nothing_more_on_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRORS:
+                raise
+            from fleetctl.views.text import echo
+
+            echo(f"fleetctl {name}: cannot write the output: {exc.strerror}", err=True)
+            _nothing_more_on_stdout()
+            raise typer.Exit(EXIT_USAGE) from None
         if code:
             raise typer.Exit(code)
 

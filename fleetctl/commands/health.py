@@ -26,7 +26,7 @@ from fleetctl.commands.params import (
 from fleetctl.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
     from rich.console import RenderableType
@@ -266,7 +266,9 @@ def _document(report: FleetReport, view: HealthView, mode: str) -> Any:
     return report.to_dict(_selected(report, view))
 
 
-def _show(report: FleetReport, view: HealthView, fmt: OutputFormat, mode: str) -> None:
+def _show(report: FleetReport, view: HealthView, fmt: OutputFormat, mode: str, *,
+          one_line: bool = False) -> None:
+    """``one_line``: a JSON document on one line (a watch writes one per line and round)."""
     from fleetctl.views.output import OutputFormat
 
     if fmt is OutputFormat.json and mode != "summary":
@@ -275,6 +277,13 @@ def _show(report: FleetReport, view: HealthView, fmt: OutputFormat, mode: str) -
 
         with gc_paused():  # the encoder's objects are short-lived and acyclic: nothing to collect
             print_json_pieces(report.json_chunks(_selected(report, view)))
+        return
+    if fmt is OutputFormat.json and one_line:
+        import json
+
+        from fleetctl.views.console import print_json
+
+        print_json(json.dumps(_document(report, view, mode), separators=(",", ":")).encode())
         return
     if fmt in (OutputFormat.json, OutputFormat.yaml):
         from fleetctl.views.output import emit
@@ -319,33 +328,41 @@ def _watch(collect: Callable[[], FleetReport], every: float, view: HealthView, *
 
     code = 0
     last: FleetReport | None = None
-    with _CtrlC() as ctrl_c, contextlib.ExitStack() as stack:
-        draw = _watch_drawer(stack, view, fmt=fmt, mode=mode, every=every)
-        try:
-            while not ctrl_c.pressed:
-                if notes is not None:
-                    notes.clear()  # each round its own
-                try:
-                    report = collect()
-                except SourceUnavailable as exc:
-                    if last is None:
-                        _say_on_stderr(notes)  # the failure that ends the command may be why
+    ending: tuple[str, ...] = ()  # the notes of a round that ends the watch: said once the view is gone
+    try:
+        with _CtrlC() as ctrl_c, contextlib.ExitStack() as stack:
+            draw = _watch_drawer(stack, view, fmt=fmt, mode=mode, every=every)
+            try:
+                while not ctrl_c.pressed:
+                    if notes is not None:
+                        notes.clear()  # each round its own
+                    try:
+                        report = collect()
+                    except SourceUnavailable as exc:
+                        if last is None:
+                            ending = tuple(notes or ())  # the failure that ends the command may be why
+                            raise
+                        shown = time.strftime("%H:%M:%S", time.localtime(last.generated_at))
+                        draw(last, failed=f"{time.strftime('%H:%M:%S')} round failed (last good round "
+                                          f"{shown}, next try in {every:g}s): {exc.one_line()}",
+                             notes=tuple(notes or ()))
+                        ctrl_c.sleep(every)
+                        continue
+                    except BaseException:
+                        ending = tuple(notes or ())  # a round that ends the watch (Ctrl-C, an error)
                         raise
-                    shown = time.strftime("%H:%M:%S", time.localtime(last.generated_at))
-                    draw(last, failed=f"{time.strftime('%H:%M:%S')} round failed (last good round {shown}, "
-                                      f"next try in {every:g}s): {exc.one_line()}", notes=tuple(notes or ()))
+                    with ctrl_c.held():  # a round is shown whole (a document never cut): Ctrl-C after it
+                        draw(report, notes=tuple(notes or ()))
+                        last, code = report, report.exit_code
+                    release_frozen()  # last round's cyclic garbage, while we wait anyway
                     ctrl_c.sleep(every)
-                    continue
-                except BaseException:
-                    _say_on_stderr(notes)  # a round that ends the watch (Ctrl-C, an error): not lost
-                    raise
-                last = report
-                code = report.exit_code
-                draw(report, notes=tuple(notes or ()))
-                release_frozen()  # last round's cyclic garbage, while we wait anyway
-                ctrl_c.sleep(every)
-        except KeyboardInterrupt:
-            pass  # Live restores the cursor on its way out; the last table stays on screen
+            except KeyboardInterrupt:
+                if last is None:
+                    raise  # no round shown: canceled, as a one-shot report is (130), never "all healthy"
+                # Live restores the cursor on its way out; the last table stays on screen
+    finally:
+        # Here, after Live has stopped: written while it runs, its last redraw would erase them.
+        _say_on_stderr(ending)
     return code
 
 
@@ -373,7 +390,7 @@ def _watch_drawer(stack: contextlib.ExitStack, view: HealthView, *, fmt: OutputF
             _say_on_stderr(notes)
             if fmt is OutputFormat.yaml:
                 print("---", flush=True)
-            _show(report, view, fmt, mode)
+            _show(report, view, fmt, mode, one_line=True)
 
         return document_round
     from fleetctl.views.health import live_drawer
@@ -410,6 +427,8 @@ class _CtrlC:
 
     def __init__(self) -> None:
         self.pressed = False
+        self._holding = False
+        self._deferred = False
         self._previous: Any = None
 
     def __enter__(self) -> _CtrlC:
@@ -424,7 +443,23 @@ class _CtrlC:
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         self.pressed = True
+        if self._holding and not self._deferred:
+            self._deferred = True  # raised when the block ends (see held); a second Ctrl-C does not wait
+            return
         raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A first Ctrl-C in the block takes effect when it ends: a document written whole (a
+        100,000-host one takes seconds), never cut where a log appending rounds would keep half."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._deferred:
+            self._deferred = False
+            raise KeyboardInterrupt
 
     def sleep(self, seconds: float) -> None:
         if not self.pressed:

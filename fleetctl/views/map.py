@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from itertools import groupby
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from fleetctl.report import HOST_HEALTH_ORDER, FleetReport, HostRow, summarize
@@ -57,7 +58,8 @@ def render_map(hosts: list[HostRow], group_by: str, *, width: int | None) -> Tex
                     key=lambda kv: natural_key(kv[0]))
     labels = [visible(k, limit=LABEL_MAX, middle=True) for k, _ in groups]
     counts = [f"{sum(h.status.value != 'healthy' for h in g)}/{len(g)}" for _, g in groups]
-    label_w = max((len(x) for x in labels), default=0)
+    # Display widths, not characters: a wide (CJK) rack name takes two columns per character.
+    label_w = max((cell_len(x) for x in labels), default=0)
     count_w = max((len(x) for x in counts), default=0)
     spaced = True
     per_line: int | None = None
@@ -68,10 +70,10 @@ def render_map(hosts: list[HostRow], group_by: str, *, width: int | None) -> Tex
     text = Text()
     for (_, members), label, count in zip(groups, labels, counts, strict=True):
         bad = count.split("/", 1)[0] != "0"
-        prefix = Text(label.ljust(label_w) + " ", style="bold" if bad else "")
+        prefix = Text(label + " " * (label_w - cell_len(label) + 1), style="bold" if bad else "")
         if count_w:
             prefix.append(count.rjust(count_w) + " ", style="bold red" if bad else "dim")
-        indent = " " * len(prefix)
+        indent = " " * prefix.cell_len
         step = per_line or len(members)
         for start in range(0, len(members), step):
             text.append_text(prefix if start == 0 else Text(indent))

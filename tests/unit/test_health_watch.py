@@ -3,6 +3,8 @@ outlives a source (Prometheus) that fails a round after a good one."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import time
@@ -12,7 +14,7 @@ import pytest
 
 from fleetctl.commands.health import _watch
 from fleetctl.promsource import PrometheusError
-from fleetctl.report import FleetReport, HealthView
+from fleetctl.report import FleetReport, HealthView, HostHealth
 from fleetctl.views.output import OutputFormat
 
 
@@ -197,3 +199,72 @@ def test_health_watch_routes_the_sources_notes_by_how_rounds_are_shown(
     documents = bool(output)
     assert ("clock is 9 s ahead" in result.stdout) is not documents
     assert ("clock is 9 s ahead" in result.stderr) is documents
+
+
+def test_ctrl_c_before_any_round_is_shown_cancels_rather_than_says_all_healthy() -> None:
+    done, collect = _rounds("stop")
+    with pytest.raises(KeyboardInterrupt):  # the one-shot report's way out: 130, never exit 0
+        _watch(collect, 0.01, HealthView(), fmt=OutputFormat.json, mode="table")
+    assert done == ["stop"]
+
+
+class _CtrlCMidDocument(FleetReport):
+    """A report whose JSON is interrupted by Ctrl-C between two of its pieces, as a 100,000-host
+    document written over seconds would be."""
+
+    def json_chunks(self, *args: object, **kwargs: object) -> Iterator[bytes]:  # type: ignore[override]
+        for i, piece in enumerate(super().json_chunks(*args, per_chunk=1)):  # type: ignore[arg-type]
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield piece
+
+
+def test_ctrl_c_while_a_document_is_written_ends_the_watch_after_it_whole(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fleetctl.report import HostRow
+
+    hosts = [HostRow(f"h{i}", "127.0.0.1", 9400, (), HostHealth.UNHEALTHY) for i in range(5)]
+    rounds: list[int] = []
+
+    def collect() -> FleetReport:
+        rounds.append(1)
+        return _CtrlCMidDocument(generated_at=time.time(), source="agents", hosts=list(hosts))
+
+    code = _watch(collect, 0.01, HealthView(), fmt=OutputFormat.json, mode="table")
+    out = capsys.readouterr().out
+    assert rounds == [1] and code == 1  # the round written is the one whose code is returned
+    lines = out.splitlines()
+    assert len(lines) == 1
+    assert [h["name"] for h in json.loads(lines[0])["hosts"]] == [f"h{i}" for i in range(5)]
+
+
+def test_a_watched_summary_as_json_is_one_document_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    _, collect = _rounds("ok", "ok", "stop")
+    assert _watch(collect, 0.01, HealthView(), fmt=OutputFormat.json, mode="summary") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["schema"] for line in lines)
+
+
+def test_the_notes_of_a_round_that_ends_the_watch_are_said_after_the_view_is_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a terminal, a line written while Live runs is erased by its last redraw.
+    from fleetctl.commands import health
+
+    events: list[str] = []
+
+    def drawer(stack: contextlib.ExitStack, *_args: object, **_kwargs: object) -> Callable[..., None]:
+        stack.callback(events.append, "view closed")
+        return lambda *_a, **_k: events.append("drawn")
+
+    monkeypatch.setattr(health, "_watch_drawer", drawer)
+    monkeypatch.setattr(health, "_say_on_stderr", lambda lines: events.append(f"said {list(lines or ())}"))
+    notes: list[str] = []
+    done, collect_or_stop = _rounds("ok", "stop")
+
+    def collect() -> FleetReport:
+        if len(done) == 1:
+            notes.append("clock ahead")
+        return collect_or_stop()
+
+    assert _watch(collect, 0.01, HealthView(), fmt=OutputFormat.table, mode="table", notes=notes) == 0
+    assert events == ["drawn", "view closed", "said ['clock ahead']"]

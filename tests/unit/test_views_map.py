@@ -81,3 +81,17 @@ def test_at_40_columns_the_legend_keeps_each_item_whole() -> None:
     start = next(i for i, line in enumerate(lines) if line.startswith("· healthy"))
     legend = lines[start:]
     assert legend == ["· healthy 985  o degraded 1", "! unreachable 1  X unhealthy 13"]
+
+
+def test_a_wide_character_label_lines_up_by_display_width() -> None:
+    # 机架一号 is four characters and eight columns: padded by characters, its cells would start three
+    # columns late and its lines run past the screen's width, where rich wraps them.
+    from rich.cells import cell_len
+
+    hosts = [row(f"a{i}", "rack机架一号") for i in range(60)] + [row(f"b{i}", "rack2") for i in range(60)]
+    lines = render_map(hosts, "rack", width=40).plain.splitlines()
+    cells = [line for line in lines if line.startswith(("rack", " "))]
+    assert cells and max(cell_len(line) for line in cells) <= 40
+    # Each group's cells start at the same column.
+    starts = {cell_len(line[:line.index("·")]) for line in cells if "·" in line}
+    assert len(starts) == 1, lines
