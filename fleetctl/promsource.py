@@ -55,7 +55,7 @@ from fleet_agent.verdict import STALE_MIN_S
 from fleetctl.errors import SourceUnavailable
 from fleetctl.inventory import Host
 from fleetctl.report import FleetReport, HostHealth, HostRow
-from fleetctl.report.build import host_row_failed, host_row_from_node
+from fleetctl.report.build import WRONG_AGENT, host_row_failed, host_row_from_node
 from fleetctl.report.model import ChipFigures
 from fleetctl.speedups import gc_paused
 
@@ -138,12 +138,18 @@ FAULT_METRICS: tuple[str, ...] = (
     "fleet_node_chip_utilization_mean_ratio", "fleet_node_chip_memory_used_bytes",
     "fleet_node_chip_memory_total_bytes", "fleet_node_chip_power_watts", *_CHIP_GAUGES)
 FAULT_QUERIES: tuple[str, ...] = tuple(f'{FAULT_DETAIL}{{metric="{m}"}}' for m in FAULT_METRICS)
+# The agents that name another host than their target's `host` label (the inventory's): a copied
+# address makes one target scrape another machine's agent, whose health must not pass for this host's
+# (undrain and remediate would act on it). It selects one series per host and answers the mismatches
+# only. An agent from before the hostname label sends none: never a mismatch.
+IDENTITY = ('fleet_agent_info{hostname!=""} unless on (host, hostname) '
+            'label_replace(fleet_agent_info, "hostname", "$1", "host", "(.*)")')
 # The first round: the info and the current version's series, one query each (one answer per record lets
 # Prometheus answer them side by side on its cores, and fleetctl decode each while the next are on their
 # way). Rules of an older version answer the version-4 queries with nothing (cheap) and get a second
 # round: their summaries (below).
 RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", CLEAN, *READINGS.values(), MODELS,
-                                 AGENT_JOBS, WITHOUT_ROLLUPS, *FAULT_QUERIES)
+                                 AGENT_JOBS, WITHOUT_ROLLUPS, *FAULT_QUERIES, IDENTITY)
 # Versions 1-3: every summary one series per host and `summary` label.
 SUMMARY = "fleetctl:host_summary"
 SUMMARY_QUERIES: tuple[str, ...] = tuple(f'{SUMMARY}{{summary="{key}"}}' for key in SUMMARY_KEYS)
@@ -185,6 +191,7 @@ class Labels(msgspec.Struct, frozen=True):
     summary: str | None = None
     chips_expected: str | None = None
     metric: str | None = None  # fleet_fault_detail: the name of the series it copies
+    hostname: str | None = None  # fleet_agent_info: the host its agent says it runs on (IDENTITY)
 
 
 class NamedLabels(Labels, frozen=True):
@@ -1440,6 +1447,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # With the rules: each answer folded in as it arrives, while Prometheus works on the rest.
         if query == "up":
             take_up(answer)
+        elif query == IDENTITY:
+            answers[query] = answer
         elif query in _FAULT_METRIC_OF:
             copied.add(query, answer)
         elif not table.take(query, answer):
@@ -1452,6 +1461,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # Without them: every host's series.
         if query == "up":
             take_up(answer)
+        elif query == IDENTITY:
+            answers[query] = answer
         else:
             gathered.add(query, answer)
 
@@ -1468,7 +1479,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             (notice or _stderr)(NO_RULES)
     summary_rows = rules
     if not rules:
-        _query_each(client, QUERIES, left(), take_every, whole_s=deadline_s)
+        _query_each(client, (*QUERIES, IDENTITY), left(), take_every, whole_s=deadline_s)
         detail = wanted
     else:
         table.finish(version)
@@ -1553,9 +1564,41 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                 row = SummaryRow.of(_rollup_line(d, row.chips), table.models.get(h.name, []),
                                     **{f.name: getattr(row, f.name) for f in dataclasses.fields(HostRow)})
             rows.append(row)
+    if mismatched := answers.get(IDENTITY):
+        _judge_identity(rows, hosts, mismatched)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
                        pattern=pattern, duration_s=time.monotonic() - started,
                        warnings=report_warnings(warned))
+
+
+def _judge_identity(rows: list[HostRow], hosts: Sequence[Host], mismatched: list[Sample]) -> None:
+    """As direct fan-out judges whose agent answered (fleetctl.report.identity), for the hosts whose
+    agents name another host (:data:`IDENTITY`): another inventory host's agent is an error row that
+    shows nothing of it (``wrong_agent``); a name the inventory does not have makes the host unknown."""
+    from fleet_agent.verdict import worse
+
+    from fleetctl.report.identity import identity_findings
+    from fleetctl.report.model import problem_row
+
+    reported: dict[str, str] = {}
+    for labels, _ in mismatched:
+        if labels.host is not None and labels.hostname:
+            reported.setdefault(labels.host, labels.hostname)
+    found = identity_findings(hosts, {h.name: reported[h.name] for h in hosts if h.name in reported})
+    if not found:
+        return
+    for i, (h, row) in enumerate(zip(hosts, rows, strict=True)):
+        this = found.get(h.name)
+        if this is None or row.reason_kind is not None:  # not scraped, no metrics: nothing shown to doubt
+            continue
+        problem = problem_row(this.problem, None)
+        if this.foreign:
+            rows[i] = host_row_failed(h.name, h.address, h.agent_port, h.groups, reachable=True,
+                                      kind=WRONG_AGENT, reason=this.problem.message,
+                                      expected_chips=h.expected_chips, host_vars=h.vars, problems=[problem])
+        else:
+            row.problems.append(problem)
+            row.status = worse(row.status, HostHealth.UNKNOWN)
 
 
 PARTIAL_UP_REASON = "not in a partial answer to `up` (a store behind Prometheus did not answer): not judged"

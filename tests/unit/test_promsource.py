@@ -25,6 +25,7 @@ from fleetctl.promsource import (
     CLEAN,
     FAULT_DETAIL,
     FAULT_QUERIES,
+    IDENTITY,
     MODELS,
     NO_RULES,
     QUERIES,
@@ -140,7 +141,8 @@ def test_report_from_prometheus() -> None:
     fake = FakePrometheus()
     hosts = [host("good", 1), host("hot", 2), host("down", 3), host("unknown", 4)]
     report = prometheus_report(hosts, fake, now=NOW)
-    assert sorted(fake.queries) == sorted(RULE_QUERIES + QUERIES)  # no rules: the per-chip queries
+    # No rules: the per-chip queries, and whose agents the targets scrape.
+    assert sorted(fake.queries) == sorted(RULE_QUERIES + QUERIES + (IDENTITY,))
     rows = {h.name: h for h in report.hosts}
     assert set(rows) == {"good", "hot", "down", "unknown"}  # the stranger is not in the selection
     good, hot = rows["good"], rows["hot"]
@@ -715,7 +717,7 @@ def test_every_record_of_the_shipped_rules_is_one_fleetctl_reads() -> None:
     rules = yaml.safe_load((REPO / "deploy/prometheus/rules/fleetctl-report.rules.yml").read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"]}
     # One added must be read; the rest of the round is raw series.
-    assert recorded == set(RULE_QUERIES) - {"up", f"timestamp({RULES_INFO})", *FAULT_QUERIES}
+    assert recorded == set(RULE_QUERIES) - {"up", f"timestamp({RULES_INFO})", *FAULT_QUERIES, IDENTITY}
     info = [r for g in rules["groups"] for r in g["rules"] if r["record"] == RULES_INFO]
     assert info[0]["labels"]["version"] == str(RULES_VERSION_CLEAN)
 
