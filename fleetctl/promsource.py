@@ -106,6 +106,11 @@ ASSUMED_INTERVAL_S = 30.0
 EVALUATION_SLACK_S = 5.0
 # From this version on the clean hosts are one record (and the readings one record each): see below.
 RULES_VERSION_CLEAN = 4
+# From this version on the agents that name another host are a record (IDENTITY_RECORD), read in the
+# first round; older rules' servers are asked IDENTITY itself, in a round after it.
+RULES_VERSION_IDENTITY = 5
+# The rules' version this fleetctl ships (deploy/prometheus/rules/fleetctl-report.rules.yml).
+RULES_VERSION = RULES_VERSION_IDENTITY
 MODELS = "fleetctl:host_chip_models"
 AGENT_JOBS = "fleetctl:agent_jobs"
 # What a host's summary holds, in this order (a :data:`Line`); rules of every version give the same.
@@ -140,16 +145,18 @@ FAULT_METRICS: tuple[str, ...] = (
 FAULT_QUERIES: tuple[str, ...] = tuple(f'{FAULT_DETAIL}{{metric="{m}"}}' for m in FAULT_METRICS)
 # The agents that name another host than their target's `host` label (the inventory's): a copied
 # address makes one target scrape another machine's agent, whose health must not pass for this host's
-# (undrain and remediate would act on it). It selects one series per host and answers the mismatches
-# only. An agent from before the hostname label sends none: never a mismatch.
+# (undrain and remediate would act on it). It answers the mismatches only, but selects one series per
+# host, twice: the rules (version 5) record it once per evaluation, and fleetctl reads the record. An
+# agent from before the hostname label sends none: never a mismatch.
 IDENTITY = ('fleet_agent_info{hostname!=""} unless on (host, hostname) '
             'label_replace(fleet_agent_info, "hostname", "$1", "host", "(.*)")')
+IDENTITY_RECORD = "fleetctl:agent_hostname_mismatch"
 # The first round: the info and the current version's series, one query each (one answer per record lets
 # Prometheus answer them side by side on its cores, and fleetctl decode each while the next are on their
 # way). Rules of an older version answer the version-4 queries with nothing (cheap) and get a second
 # round: their summaries (below).
 RULE_QUERIES: tuple[str, ...] = (RULES_INFO, RULES_EVALUATED, "up", CLEAN, *READINGS.values(), MODELS,
-                                 AGENT_JOBS, WITHOUT_ROLLUPS, *FAULT_QUERIES, IDENTITY)
+                                 AGENT_JOBS, WITHOUT_ROLLUPS, *FAULT_QUERIES, IDENTITY_RECORD)
 # Versions 1-3: every summary one series per host and `summary` label.
 SUMMARY = "fleetctl:host_summary"
 SUMMARY_QUERIES: tuple[str, ...] = tuple(f'{SUMMARY}{{summary="{key}"}}' for key in SUMMARY_KEYS)
@@ -1447,7 +1454,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # With the rules: each answer folded in as it arrives, while Prometheus works on the rest.
         if query == "up":
             take_up(answer)
-        elif query == IDENTITY:
+        elif query in (IDENTITY, IDENTITY_RECORD):
             answers[query] = answer
         elif query in _FAULT_METRIC_OF:
             copied.add(query, answer)
@@ -1473,6 +1480,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         if rules and version < RULES_VERSION_CLEAN:  # older rules: their summaries, a second round
             _query_each(client, SUMMARY_QUERIES, left(), take, whole_s=deadline_s,
                         columns=SUMMARY_QUERIES)
+        if rules and version < RULES_VERSION_IDENTITY:  # rules without the record: the query itself
+            _query_each(client, (IDENTITY,), left(), take, whole_s=deadline_s)
         # The rules API is optional: a slow one (a ruler behind a proxy) costs a moment, not the deadline.
         group = first.group(min(left(), RULES_API_WAIT_S))
         if not rules:
@@ -1564,7 +1573,7 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                 row = SummaryRow.of(_rollup_line(d, row.chips), table.models.get(h.name, []),
                                     **{f.name: getattr(row, f.name) for f in dataclasses.fields(HostRow)})
             rows.append(row)
-    if mismatched := answers.get(IDENTITY):
+    if mismatched := answers.get(IDENTITY) or answers.get(IDENTITY_RECORD):
         _judge_identity(rows, hosts, mismatched)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
                        pattern=pattern, duration_s=time.monotonic() - started,

@@ -33,7 +33,7 @@ from fleetctl.promsource import (
     READINGS,
     RULE_QUERIES,
     RULES_INFO,
-    RULES_VERSION_CLEAN,
+    RULES_VERSION,
     SUMMARY_KEYS,
     SUMMARY_QUERIES,
     WITHOUT_ROLLUPS,
@@ -531,10 +531,10 @@ def summary(h: str, **values: float) -> list[tuple[dict[str, str], float]]:
 class RulesPrometheus(SeriesPrometheus):
     """The rules' series for clean hosts c0..c9 and one hot host; per-chip series for the hot one only
     when asked with its name. The summaries are written as rules up to version 3 record them; rules
-    of version 4 (the info's version label, "4" unless set) answer with their records made from them
+    of version 4 on (the info's version label, "5" unless set) answer with their records made from them
     as the shipped rules would (deploy/prometheus/tests/ checks the real rules on the same cases)."""
 
-    def __init__(self, version: str | None = "4", unranked: tuple[str, ...] = (), rollups: bool = True,
+    def __init__(self, version: str | None = "5", unranked: tuple[str, ...] = (), rollups: bool = True,
                  copies: bool = False, **hot: float) -> None:
         self.unranked = set(unranked)  # hosts whose agents predate fleet_chip_status_rank
         self.copies = copies  # the hot host's agent copies its faults (fleet_fault_detail)
@@ -680,12 +680,15 @@ def test_the_summaries_are_read_one_query_per_summary_never_all_at_once() -> Non
     assert c2.memory_total_bytes == 160 * 2**30 and c2.power_w is None
 
 
-def test_rules_of_version_4_are_read_in_one_round_one_query_per_record() -> None:
+@pytest.mark.parametrize("version", ["4", "5"])
+def test_rules_of_version_4_on_are_read_in_one_round_one_query_per_record(version: str) -> None:
     # 8 series per host instead of 13 (issue 20): the clean hosts in one record, the readings one each.
-    fake = RulesPrometheus("4")
+    fake = RulesPrometheus(version)
     rows = rules_report(fake)
     assert not any(q.startswith("fleetctl:host_summary") for q in fake.queries)  # no second round
-    assert sorted(q for q in fake.queries if "host=~" not in q) == sorted(RULE_QUERIES)
+    # Version 4 records no agents naming another host: that query itself, after the round.
+    assert sorted(q for q in fake.queries if "host=~" not in q) == sorted(
+        RULE_QUERIES + ((IDENTITY,) if version == "4" else ()))
     c2 = rows["c2"]
     assert isinstance(c2, SummaryRow) and c2.status is HostHealth.HEALTHY and c2.age_s == 3.0
     # The same figures as the summaries of version 3 give, none made up (no power reading here).
@@ -717,9 +720,9 @@ def test_every_record_of_the_shipped_rules_is_one_fleetctl_reads() -> None:
     rules = yaml.safe_load((REPO / "deploy/prometheus/rules/fleetctl-report.rules.yml").read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"]}
     # One added must be read; the rest of the round is raw series.
-    assert recorded == set(RULE_QUERIES) - {"up", f"timestamp({RULES_INFO})", *FAULT_QUERIES, IDENTITY}
+    assert recorded == set(RULE_QUERIES) - {"up", f"timestamp({RULES_INFO})", *FAULT_QUERIES}
     info = [r for g in rules["groups"] for r in g["rules"] if r["record"] == RULES_INFO]
-    assert info[0]["labels"]["version"] == str(RULES_VERSION_CLEAN)
+    assert info[0]["labels"]["version"] == str(RULES_VERSION)
 
 
 @pytest.mark.parametrize("version", ["3", "4"])

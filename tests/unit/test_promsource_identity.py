@@ -8,27 +8,34 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from test_promsource import NOW, RulesPrometheus, host
 
-from fleetctl.promsource import IDENTITY, SummaryRow, prometheus_report
+from fleetctl.promsource import IDENTITY, IDENTITY_RECORD, SummaryRow, prometheus_report
 from fleetctl.report import HostHealth, HostRow
 
 # Each its own agent endpoint (the fakes' hosts share one: a case of its own, see the direct path's tests).
 HOSTS = [host(f"c{i}", 19000 + i) for i in range(10)] + [host("hot", 19010)]
 
 
-def rows_with(*mismatched: tuple[str, str]) -> dict[str, HostRow]:
-    fake = RulesPrometheus()
-    fake.series[IDENTITY] = [({"host": h, "hostname": said, "job": "fleet-agent", "version": "0.2.0"}, 1.0)
-                             for h, said in mismatched]
+def rows_with(*mismatched: tuple[str, str], version: str = "5") -> dict[str, HostRow]:
+    """The report when the agents of ``mismatched`` hosts name the host given with each: from the rules'
+    record (version 5), or from the query itself, asked after the first round (older rules)."""
+    fake = RulesPrometheus(version=version)
+    series = [({"host": h, "hostname": said, "job": "fleet-agent", "version": "0.2.0"}, 1.0)
+              for h, said in mismatched]
+    fake.series[IDENTITY_RECORD if version == "5" else IDENTITY] = series
     report = prometheus_report(HOSTS, fake, now=NOW, detail_all=False, notice=print)
-    assert IDENTITY in fake.queries  # asked in the first round
+    assert IDENTITY_RECORD in fake.queries
+    assert (IDENTITY in fake.queries) is (version != "5")  # the query's cost only without the record
     return {r.name: r for r in report.hosts}
 
 
-def test_a_target_that_scrapes_another_inventory_hosts_agent_is_an_error_showing_nothing_of_it() -> None:
-    rows = rows_with(("c1", "c2"))
+@pytest.mark.parametrize("version", ["5", "4"])
+def test_a_target_that_scrapes_another_inventory_hosts_agent_is_an_error_showing_nothing_of_it(
+        version: str) -> None:
+    rows = rows_with(("c1", "c2"), version=version)
     c1 = rows["c1"]
     assert c1.status is HostHealth.ERROR and c1.reason_kind == "wrong_agent" and c1.chips_present == 0
     assert c1.reason is not None and "inventory host c2, not c1" in c1.reason
