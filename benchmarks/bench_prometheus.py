@@ -196,7 +196,10 @@ def write_openmetrics(targets: list[tuple[str, str, str]], prefix: Path, ts: flo
                 extra = f'group="{g}",host="{h}",instance="{e}",job="{JOB}"'
                 if LIVE_COPY in text:
                     live.add(h)
-                lines = [_labelled(line, extra, stamp) for line in text.splitlines()]
+                # A copy's agent names the copy (fleet_agent_info's hostname), as a real one names its
+                # own host: otherwise fleetctl rightly sees another host's agent behind the copy's target.
+                own = text if h == host else text.replace(f'hostname="{host}"', f'hostname="{h}"')
+                lines = [_labelled(line, extra, stamp) for line in own.splitlines()]
                 lines = [line for line in lines if line]
                 lines.append(f"up{{{extra}}} 1 {stamp}\n")
                 out.writelines(lines)  # type: ignore[union-attr]  # opened at the first host
