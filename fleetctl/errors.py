@@ -1,7 +1,7 @@
 """The errors that end a ``fleetctl`` command: one tree, each class carrying its exit code.
 
 Exit codes: 0 all good, 1 the fleet has problems or the request was refused, 2 usage or
-configuration error (an output that cannot be written too), 130 a run canceled by Ctrl-C/SIGTERM
+configuration error (a full disk under the output too), 130 a run canceled by Ctrl-C/SIGTERM
 (provision records it as a result), 141 the output's reader gone (a closed pipe, as for SIGPIPE).
 
     FleetctlError (1)                 a failure the operator can act on

@@ -438,6 +438,8 @@ class HttpPrometheus:
     def __init__(self, url: str, timeout_s: float = DEFAULT_QUERY_TIMEOUT_S, *,
                  token_file: Path | None = None, tenant: str | None = None) -> None:
         parsed, shown = _checked_url(url)
+        if not math.isfinite(timeout_s) or timeout_s <= 0:
+            raise PrometheusError(f"--query-timeout {timeout_s}: expected a number of seconds above 0")
         self.url = shown.rstrip("/")
         self.timeout_s = timeout_s
         self.when: float | None = None  # evaluation time of every query (epoch s); None: each at arrival
@@ -610,8 +612,9 @@ def _checked_url(url: str) -> tuple[urllib.parse.SplitResult, str]:
     """``--prometheus-url`` parsed, and as messages may show it; a PrometheusError unless it is
     http(s)://host[:port][/prefix] in ASCII with any ``@`` in its user:password part only."""
     usage = "expected http(s)://[user:password@]host[:port][/prefix]"
+    url = url.strip()  # a URL read from a file or a secret often ends in a line break
     if not url.isascii() or not url.isprintable():
-        raise PrometheusError(f"--prometheus-url: {usage}, in ASCII (percent-encode anything else)")
+        raise PrometheusError(f"--prometheus-url: {usage}, in printable ASCII (percent-encode anything else)")
     parsed: urllib.parse.SplitResult | None = None
     try:
         parsed = urllib.parse.urlsplit(url)
@@ -1361,7 +1364,7 @@ def _version(raw: str | None) -> int:
 
 # How long a report waits for the rules API once the first round's answers are in (it is asked beside
 # them, so it has had that long already).
-RULES_API_WAIT_S = 1.0
+RULES_API_WAIT_S = 3.0
 
 
 class FirstRound:
@@ -1495,9 +1498,12 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         if detail_all is None:
             detail_all = len(hosts) <= _detail_max()
         clock = rules_clock(answers, group, now)
-        if not detail_all and not clock.current:
-            (notice or _stderr)(clock.why)
-            detail_all = True
+        if not clock.current:
+            if not detail_all:
+                (notice or _stderr)(clock.why)
+                detail_all = True
+            if version >= RULES_VERSION_IDENTITY:  # the record is as old as the rest: asked afresh
+                _query_each(client, (IDENTITY,), left(), take, whole_s=deadline_s)
         detail = wanted if detail_all else {h.name for h in hosts if not table.clean(h, now, clock.seen_at)}
         if not detail_all:
             # An agent that says now that its host is not clean (its fault copies, scraped since the rules
@@ -1573,7 +1579,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
                 row = SummaryRow.of(_rollup_line(d, row.chips), table.models.get(h.name, []),
                                     **{f.name: getattr(row, f.name) for f in dataclasses.fields(HostRow)})
             rows.append(row)
-    if mismatched := answers.get(IDENTITY) or answers.get(IDENTITY_RECORD):
+    # The query's own answer where it was asked (rules without the record, or stopped), else the record.
+    if mismatched := answers[IDENTITY] if IDENTITY in answers else answers.get(IDENTITY_RECORD):
         _judge_identity(rows, hosts, mismatched)
     return FleetReport(generated_at=now, source="prometheus", hosts=rows, inventory=inventory,
                        pattern=pattern, duration_s=time.monotonic() - started,

@@ -27,7 +27,8 @@ from fleetctl.errors import EXIT_USAGE, FleetctlError
 P = ParamSpec("P")
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for a tool its reader left
-# A full disk or quota, a file past its size limit, an I/O error: stdout cannot take the output.
+# A full disk or quota, a file past its size limit, an I/O error: the output (or a file) cannot be
+# written; said in one line, not as a traceback.
 _WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
@@ -63,8 +64,12 @@ def run_command(name: str, fn: Callable[P, int | None]) -> Callable[P, None]:
                 raise
             from fleetctl.views.text import echo
 
-            echo(f"fleetctl {name}: cannot write the output: {exc.strerror}", err=True)
-            _nothing_more_on_stdout()
+            # The file it names, if any: a full disk under a state file is not the output's. Without
+            # one it is a stream: the output, whose buffered rest is dropped rather than raised again.
+            where = f": {exc.filename}" if exc.filename else ""
+            echo(f"fleetctl {name}: {exc.strerror}{where}", err=True)
+            if not exc.filename:
+                _nothing_more_on_stdout()
             raise typer.Exit(EXIT_USAGE) from None
         if code:
             raise typer.Exit(code)

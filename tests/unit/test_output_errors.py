@@ -47,7 +47,7 @@ def test_a_full_disk_is_one_line_and_exit_2(tmp_path: Path, output: list[str]) -
                              env=_env(tmp_path), timeout=120, check=False)
     assert run.returncode == 2
     said = run.stderr.strip().splitlines()
-    assert said == ["fleetctl health: cannot write the output: No space left on device"]
+    assert said == ["fleetctl health: No space left on device"]
 
 
 @pytest.mark.parametrize("output", [["--json"], ["-o", "yaml"], ["-o", "name"], []])
@@ -57,3 +57,36 @@ def test_no_stdout_at_all_is_the_commands_own_exit_in_every_view(tmp_path: Path,
                          text=True, env=_env(tmp_path), timeout=120, check=False,
                          preexec_fn=lambda: os.close(1))
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_full_disk_under_a_file_names_the_file_and_keeps_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    # A state or extra-vars file that cannot be written is not the output: said with its path; what
+    # the command printed so far still reaches stdout.
+    import errno
+
+    import typer
+
+    from fleetctl.commands import run_command
+
+    def provision() -> int:
+        print("host1 ok")
+        raise OSError(errno.ENOSPC, "No space left on device", "/var/lib/fleetctl/runs/x.json")
+
+    with pytest.raises(typer.Exit) as ended:
+        run_command("provision", provision)()
+    assert ended.value.exit_code == 2
+    out, err = capsys.readouterr()
+    assert out == "host1 ok\n"
+    assert err == "fleetctl provision: No space left on device: /var/lib/fleetctl/runs/x.json\n"
+
+
+def test_other_os_errors_are_not_taken_for_the_outputs() -> None:
+    import typer  # noqa: F401
+
+    from fleetctl.commands import run_command
+
+    def refused() -> int:
+        raise ConnectionRefusedError("not an output error")
+
+    with pytest.raises(ConnectionRefusedError):
+        run_command("health", refused)()

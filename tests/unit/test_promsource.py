@@ -450,9 +450,19 @@ def test_a_url_whose_password_would_leak_into_a_message_is_refused_unshown(url: 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/pr\u00e4fix", "http://h\n:9", "http://h:9/\x1b[2J"])
 def test_a_url_that_is_not_printable_ascii_is_a_one_line_error(url: str) -> None:
-    with pytest.raises(PrometheusError, match="in ASCII") as err:
+    with pytest.raises(PrometheusError, match="in printable ASCII") as err:
         HttpPrometheus(url)
     assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+
+
+def test_a_url_read_from_a_file_may_end_in_a_line_break() -> None:
+    assert HttpPrometheus("  http://prom:9090/prefix/\n").url == "http://prom:9090/prefix"
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 0.0])
+def test_a_query_timeout_that_is_no_number_of_seconds_is_a_one_line_error(seconds: float) -> None:
+    with pytest.raises(PrometheusError, match=r"--query-timeout .*: expected a number of seconds above 0"):
+        HttpPrometheus("http://prom:9090", timeout_s=seconds)
 
 
 def test_the_query_timeout_is_sent_as_a_duration_every_engine_reads() -> None:
