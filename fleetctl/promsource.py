@@ -1457,8 +1457,6 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         # With the rules: each answer folded in as it arrives, while Prometheus works on the rest.
         if query == "up":
             take_up(answer)
-        elif query in (IDENTITY, IDENTITY_RECORD):
-            answers[query] = answer
         elif query in _FAULT_METRIC_OF:
             copied.add(query, answer)
         elif not table.take(query, answer):
@@ -1466,6 +1464,11 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
 
     def left() -> float:
         return deadline_s - (time.monotonic() - started)
+
+    def ask(queries: Sequence[str], take_each: Callable[[str, Any], None],
+            columns: Sequence[str] = ()) -> None:
+        # A round after the first: within what is left of the deadline, a late one naming the whole.
+        _query_each(client, queries, left(), take_each, columns, whole_s=deadline_s)
 
     def take_every(query: str, answer: Any) -> None:
         # Without them: every host's series.
@@ -1481,29 +1484,26 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
         rules = bool(answers[RULES_INFO])
         version = rules_version(answers)
         if rules and version < RULES_VERSION_CLEAN:  # older rules: their summaries, a second round
-            _query_each(client, SUMMARY_QUERIES, left(), take, whole_s=deadline_s,
-                        columns=SUMMARY_QUERIES)
-        if rules and version < RULES_VERSION_IDENTITY:  # rules without the record: the query itself
-            _query_each(client, (IDENTITY,), left(), take, whole_s=deadline_s)
+            ask(SUMMARY_QUERIES, take, columns=SUMMARY_QUERIES)
         # The rules API is optional: a slow one (a ruler behind a proxy) costs a moment, not the deadline.
         group = first.group(min(left(), RULES_API_WAIT_S))
         if not rules:
             (notice or _stderr)(NO_RULES)
     summary_rows = rules
     if not rules:
-        _query_each(client, (*QUERIES, IDENTITY), left(), take_every, whole_s=deadline_s)
+        ask((*QUERIES, IDENTITY), take_every)
         detail = wanted
     else:
         table.finish(version)
         if detail_all is None:
             detail_all = len(hosts) <= _detail_max()
         clock = rules_clock(answers, group, now)
-        if not clock.current:
-            if not detail_all:
-                (notice or _stderr)(clock.why)
-                detail_all = True
-            if version >= RULES_VERSION_IDENTITY:  # the record is as old as the rest: asked afresh
-                _query_each(client, (IDENTITY,), left(), take, whole_s=deadline_s)
+        if not detail_all and not clock.current:
+            (notice or _stderr)(clock.why)
+            detail_all = True
+        if version < RULES_VERSION_IDENTITY or not clock.current:
+            # Rules without the record, or a record as old as the rest (the rules stopped): the query itself.
+            ask((IDENTITY,), take)
         detail = wanted if detail_all else {h.name for h in hosts if not table.clean(h, now, clock.seen_at)}
         if not detail_all:
             # An agent that says now that its host is not clean (its fault copies, scraped since the rules
@@ -1528,15 +1528,14 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             if faults := scraped.difference(old):
                 copies = _trusted_copies([h for h in hosts if h.name in faults], copied, up_of,
                                          gathered.agent_jobs)
-                chips, every_chip = _read_faults(client, faults, gathered, left, copies, whole_s=deadline_s)
+                chips, every_chip = _read_faults(ask, faults, gathered, copies)
                 every_chip |= scraped.intersection(old)
         # Those chips' readings, and every chip of the hosts their count sends there, in one round.
         if more := chip_queries(chips) + detail_queries(every_chip):
-            _query_each(client, more, left(), gathered.add, whole_s=deadline_s)
+            ask(more, gathered.add)
             # Hosts whose agents export no rank (older ones; a fleet mid-upgrade): one-hot, them only.
             if unranked := gathered.unranked(every_chip):
-                _query_each(client, detail_queries(unranked, (ONE_HOT,)), left(), gathered.add,
-                            whole_s=deadline_s)
+                ask(detail_queries(unranked, (ONE_HOT,)), gathered.add)
     if isinstance(client, PromInstant) and (skew := clock_skew_line(client.clock_skew_s)):
         (notice or _stderr)(skew)
     warned = list(client.warnings) if isinstance(client, PromWarned) else []
@@ -1658,9 +1657,9 @@ def _trusted_copies(hosts: Iterable[Host], copied: _Gathered, up_of: Mapping[str
     return out
 
 
-def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: Callable[[], float],
-                 copies: Mapping[str, _HostData] | None = None, *,
-                 whole_s: float | None = None) -> tuple[dict[int, list[str]], set[str]]:
+def _read_faults(ask: Callable[[Sequence[str], Callable[[str, Any], None]], None], names: set[str],
+                 gathered: _Gathered, copies: Mapping[str, _HostData] | None = None
+                 ) -> tuple[dict[int, list[str]], set[str]]:
     """Read the hosts ``names`` faults only, into ``gathered``: their node-level series, per-host gauges
     and rollups, and which of their chips are not healthy (a faulty host has one bad chip of eight,
     typically: an eighth of the per-chip series to select, encode and decode). Returns the hosts whose
@@ -1687,7 +1686,7 @@ def _read_faults(client: PromQuery, names: set[str], gathered: _Gathered, left: 
     chips: dict[int, list[str]] = defaultdict(list)
     if not names:
         return chips, every_chip
-    _query_each(client, fault_queries(names), left(), gathered.add, whole_s=whole_s)
+    ask(fault_queries(names), gathered.add)
     for name in names:
         d = data.get(name)
         if d is None or d.status is None:
