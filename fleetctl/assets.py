@@ -17,8 +17,9 @@ gets the user's path first, so a role of one's own with the same name wins there
 from __future__ import annotations
 
 import configparser
+import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -61,13 +62,18 @@ def _ansible_cfg(environ: Mapping[str, str], cwd: Path) -> Path | None:
     return None
 
 
-def _configured_roles_path(cfg: Path) -> list[str] | None:
+def _configured(cfg: Path, key: str) -> str | None:
+    """``[defaults] key`` of ``cfg``; None when unset or unreadable."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
     try:
         parser.read(cfg, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError):
         return None  # Ansible reports a broken ansible.cfg itself, with a better message
-    value = parser.get("defaults", "roles_path", fallback=None)
+    return parser.get("defaults", key, fallback=None)
+
+
+def _configured_roles_path(cfg: Path) -> list[str] | None:
+    value = _configured(cfg, "roles_path")
     if value is None:
         return None
     # Relative entries are relative to the configuration file, as Ansible resolves them.
@@ -105,3 +111,26 @@ def ansible_roles_path(
     if playbook is not None and is_own_playbook(playbook):
         return os.pathsep.join([ours, *entries])
     return os.pathsep.join([*entries, ours])
+
+
+def fact_cache_prefix(
+    inventory: Sequence[str], environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> str:
+    """The value for ``ANSIBLE_CACHE_PLUGIN_PREFIX`` when fleetctl runs a playbook on ``inventory``:
+    the prefix configured (the environment's, else ansible.cfg's ``fact_caching_prefix``) then one
+    naming the fleet. Ansible keys cached facts by host name alone, so without it two fleets run from
+    one checkout whose hosts share names (staging's gpu-001, production's gpu-001) would each be
+    handed the other's facts (OS release, kernel) for as long as the cache keeps them."""
+    env = os.environ if environ is None else environ
+    here = cwd or Path.cwd()
+    configured = env.get("ANSIBLE_CACHE_PLUGIN_PREFIX")
+    if configured is None:
+        cfg = _ansible_cfg(env, here)
+        configured = _configured(cfg, "fact_caching_prefix") if cfg is not None else None
+    sources = []
+    for source in inventory:
+        path = (here / Path(source).expanduser()) if source else here
+        # A path names the fleet by where it is; Ansible's "host1,host2," list by itself.
+        sources.append(str(path.resolve()) if path.exists() else source)
+    fleet = hashlib.sha256("\0".join(sources).encode()).hexdigest()[:12]
+    return f"{configured or ''}fleet-{fleet}-"

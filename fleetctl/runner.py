@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleetctl import async_jobs
-from fleetctl.assets import ansible_roles_path
+from fleetctl.assets import ansible_roles_path, fact_cache_prefix
 from fleetctl.orphan_guard import OrphanGuard
 from fleetctl.state.location import child_env
 
@@ -149,6 +149,7 @@ class AnsibleRunner:
                             then=[sys.executable, "-P", "-m", "fleetctl.async_jobs", str(spec_path)])
         envvars = {"PATH": _runner_path(), "ANSIBLE_ASYNC_DIR": jobs.async_dir,
                    "ANSIBLE_ROLES_PATH": ansible_roles_path(cwd=request.cwd, playbook=request.playbook),
+                   "ANSIBLE_CACHE_PLUGIN_PREFIX": fact_cache_prefix(request.inventory, cwd=request.cwd),
                    **spec.install_callback(), **request.envvars, **guard.envvars, **child_env()}
         stopped = False
 

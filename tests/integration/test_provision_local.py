@@ -409,3 +409,31 @@ def test_extra_vars_apply_in_command_line_order(tmp_path: Path) -> None:
                        "-e", "marker_text=literal-before", "-e", f"@{vars_file}")
     assert earlier.returncode == 0, earlier.stdout + earlier.stderr
     assert (tmp_path / "markers" / "a.txt").read_text() == "a from-file\n"  # as ansible-playbook does
+
+
+def test_two_fleets_with_the_same_host_names_never_share_cached_facts(tmp_path: Path) -> None:
+    # Ansible keys cached facts by host name: staging's gpu-001 must not be handed production's.
+    (tmp_path / "ansible.cfg").write_text(
+        "[defaults]\ngathering = smart\nfact_caching = jsonfile\nfact_caching_connection = facts\n"
+    )
+    inventories = {}
+    for fleet in ("staging", "production"):
+        (tmp_path / fleet).mkdir()
+        inventories[fleet] = write_inventory(tmp_path / fleet, {"gpu-001": f"{LOCAL} fleet={fleet}"})
+        # Both fleets' markers in one place: write_inventory points marker_dir at its own directory.
+        own, shared = str(tmp_path / fleet / "markers"), str(tmp_path / "markers")
+        inventories[fleet].write_text(inventories[fleet].read_text().replace(own, shared))
+    (tmp_path / "markers").mkdir()
+    playbook = HERE / "provision_local" / "fact_cache.yml"
+
+    def run(fleet: str) -> str:
+        proc = fleetctl(tmp_path, "provision", "-i", str(inventories[fleet]), "-p", str(playbook))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return (tmp_path / "markers" / f"gpu-001-{fleet}.txt").read_text().strip()
+
+    assert run("staging") == "none"
+    assert run("production") == "none"  # not staging's
+    assert run("staging") == "staging"  # the cache still works, within a fleet
+    assert run("production") == "production"
+    cached = sorted(p.name for p in (tmp_path / "facts").iterdir())
+    assert len(cached) == 2 and all(name.startswith("fleet-") and name.endswith("gpu-001") for name in cached)
