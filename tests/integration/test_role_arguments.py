@@ -229,3 +229,13 @@ def test_fleet_agent_refuses_an_unknown_extra(tmp_path: Path) -> None:
     assert ran[-1][0] == "fleet_agent : Check values the argument spec cannot express", ran
     assert "fleet_agent_extras 'auto' or a list of nvml, tpu (got ['cuda'])" in ran[-1][1]["msg"]
     assert not any(r.get("changed") for _, r in ran), ran
+
+
+def test_fleet_agent_refuses_an_agent_python_that_is_no_absolute_path(tmp_path: Path) -> None:
+    # A name looked up on PATH never equals the venv's recorded interpreter: the venv would be made
+    # anew on every run.
+    result, ran = _apply_fleet_agent(tmp_path, True, ansible_host="127.0.0.1",
+                                     fleet_agent_python="python3.12")
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr
+    assert ran[-1][0] == "fleet_agent : Check values the argument spec cannot express", ran
+    assert "fleet_agent_python empty or an absolute path (got python3.12)" in ran[-1][1]["msg"]
