@@ -62,14 +62,14 @@ def _ansible_cfg(environ: Mapping[str, str], cwd: Path) -> Path | None:
     return None
 
 
-def _configured(cfg: Path, key: str) -> str | None:
-    """``[defaults] key`` of ``cfg``; None when unset or unreadable."""
+def _configured(cfg: Path, key: str, section: str = "defaults") -> str | None:
+    """``[section] key`` of ``cfg``; None when unset or unreadable."""
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
     try:
         parser.read(cfg, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError):
         return None  # Ansible reports a broken ansible.cfg itself, with a better message
-    return parser.get("defaults", key, fallback=None)
+    return parser.get(section, key, fallback=None)
 
 
 def _configured_roles_path(cfg: Path) -> list[str] | None:
@@ -113,24 +113,43 @@ def ansible_roles_path(
     return os.pathsep.join([*entries, ours])
 
 
-def fact_cache_prefix(
+
+def cache_prefixes(
     inventory: Sequence[str], environ: Mapping[str, str] | None = None, cwd: Path | None = None
-) -> str:
-    """The value for ``ANSIBLE_CACHE_PLUGIN_PREFIX`` when fleetctl runs a playbook on ``inventory``:
-    the prefix configured (the environment's, else ansible.cfg's ``fact_caching_prefix``) then one
-    naming the fleet. Ansible keys cached facts by host name alone, so without it two fleets run from
-    one checkout whose hosts share names (staging's gpu-001, production's gpu-001) would each be
-    handed the other's facts (OS release, kernel) for as long as the cache keeps them."""
+) -> dict[str, str]:
+    """The cache prefixes for a run on ``inventory``, as environment variables.
+
+    ``ANSIBLE_CACHE_PLUGIN_PREFIX``: the prefix configured (the environment's, else ansible.cfg's
+    ``fact_caching_prefix``) then one naming the fleet. Ansible keys cached facts by host name alone,
+    so without it two fleets run from one checkout whose hosts share names (staging's gpu-001,
+    production's gpu-001) would each be handed the other's facts (OS release, kernel, interpreter)
+    for as long as the cache keeps them.
+
+    ``ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX``: what an inventory plugin's cache would use without
+    the first (it reads that variable too), so a cached dynamic inventory stays the one fleetctl's
+    own inventory reads use.
+    """
     env = os.environ if environ is None else environ
     here = cwd or Path.cwd()
-    configured = env.get("ANSIBLE_CACHE_PLUGIN_PREFIX")
-    if configured is None:
-        cfg = _ansible_cfg(env, here)
-        configured = _configured(cfg, "fact_caching_prefix") if cfg is not None else None
+    cfg = _ansible_cfg(env, here)
+
+    def configured(key: str, section: str = "defaults") -> str | None:
+        return _configured(cfg, key, section) if cfg is not None else None
+
+    fact = env.get("ANSIBLE_CACHE_PLUGIN_PREFIX")
+    fact = fact if fact is not None else configured("fact_caching_prefix")
+    # Ansible's order for the inventory cache's cache_prefix: the last of its sources that is set wins,
+    # and the environment's over ansible.cfg's.
+    inventory_prefix = next((v for v in (env.get("ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX"),
+                                         env.get("ANSIBLE_CACHE_PLUGIN_PREFIX"),
+                                         configured("cache_prefix", "inventory"),
+                                         configured("fact_caching_prefix")) if v is not None),
+                            "ansible_inventory_")
     sources = []
     for source in inventory:
-        path = (here / Path(source).expanduser()) if source else here
+        path = here / Path(source).expanduser()
         # A path names the fleet by where it is; Ansible's "host1,host2," list by itself.
-        sources.append(str(path.resolve()) if path.exists() else source)
+        sources.append(str(path.resolve()) if source and path.exists() else source)
     fleet = hashlib.sha256("\0".join(sources).encode()).hexdigest()[:12]
-    return f"{configured or ''}fleet-{fleet}-"
+    return {"ANSIBLE_CACHE_PLUGIN_PREFIX": f"{fact or ''}fleet-{fleet}-",
+            "ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX": inventory_prefix}

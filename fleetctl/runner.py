@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleetctl import async_jobs
-from fleetctl.assets import ansible_roles_path, fact_cache_prefix
+from fleetctl.assets import ansible_roles_path, cache_prefixes
 from fleetctl.orphan_guard import OrphanGuard
 from fleetctl.state.location import child_env
 
@@ -128,11 +128,14 @@ class AnsibleRunner:
         # Async jobs run on their hosts beyond any local signal: mark, record and, on a cancel (or
         # through the guard, if this process dies), stop them there (see fleetctl.async_jobs).
         token = async_jobs.new_token()
+        # Each fleet its own cached facts, for the run and the stop of its async jobs alike.
+        prefixes = cache_prefixes(request.inventory, cwd=request.cwd)
         # ansible-runner copies this process's environment into Ansible's and into its `command`
         # artifact, and adds to it only: a secret there (FLEETCTL_DB's password) is masked.
         spec = async_jobs.CleanupSpec(
             inventory=list(request.inventory), cmdline=list(request.cmdline),
-            envvars={"PATH": _runner_path(), **request.envvars, **child_env()}, cwd=str(request.cwd),
+            envvars={"PATH": _runner_path(), **prefixes, **request.envvars, **child_env()},
+            cwd=str(request.cwd),
             directory=str(request.private_data_dir / async_jobs.DIR_NAME / request.ident),
             timeout_s=self.cleanup_timeout, forks=request.forks,
         )
@@ -149,7 +152,7 @@ class AnsibleRunner:
                             then=[sys.executable, "-P", "-m", "fleetctl.async_jobs", str(spec_path)])
         envvars = {"PATH": _runner_path(), "ANSIBLE_ASYNC_DIR": jobs.async_dir,
                    "ANSIBLE_ROLES_PATH": ansible_roles_path(cwd=request.cwd, playbook=request.playbook),
-                   "ANSIBLE_CACHE_PLUGIN_PREFIX": fact_cache_prefix(request.inventory, cwd=request.cwd),
+                   **prefixes,
                    **spec.install_callback(), **request.envvars, **guard.envvars, **child_env()}
         stopped = False
 

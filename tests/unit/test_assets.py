@@ -31,24 +31,50 @@ def test_fleetctls_roles_are_listed_once(tmp_path: Path) -> None:
     assert path.split(os.pathsep) == [ours, "/mine"]
 
 
+
+def _no_cfg(tmp_path: Path) -> dict[str, str]:
+    # An empty ansible.cfg of the test's own: never the developer's ~/.ansible.cfg or /etc/ansible's.
+    (tmp_path / "empty.cfg").write_text("[defaults]\n")
+    return {"ANSIBLE_CONFIG": str(tmp_path / "empty.cfg")}
+
+
 def test_the_fact_cache_prefix_names_the_fleet_by_its_inventory(tmp_path: Path) -> None:
+    env = _no_cfg(tmp_path)
     for name in ("staging", "production"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "hosts.ini").write_text("gpu-001\n")
-    staging = assets.fact_cache_prefix(["staging/hosts.ini"], {}, cwd=tmp_path)
+
+    def fact(sources: list[str], cwd: Path = tmp_path) -> str:
+        return assets.cache_prefixes(sources, env, cwd=cwd)["ANSIBLE_CACHE_PLUGIN_PREFIX"]
+
+    staging = fact(["staging/hosts.ini"])
     assert staging.startswith("fleet-") and staging.endswith("-")
     # The same file named relative or absolute is the same fleet; another file is another.
-    assert assets.fact_cache_prefix([str(tmp_path / "staging" / "hosts.ini")], {}, cwd=tmp_path) == staging
-    assert assets.fact_cache_prefix(["production/hosts.ini"], {}, cwd=tmp_path) != staging
+    assert fact([str(tmp_path / "staging" / "hosts.ini")]) == staging
+    assert fact(["production/hosts.ini"]) != staging
     # Ansible's "host1,host2," lists are fleets by their text.
-    listed = assets.fact_cache_prefix(["gpu-001,"], {}, cwd=tmp_path)
+    listed = fact(["gpu-001,"])
     assert listed != staging
-    assert listed == assets.fact_cache_prefix(["gpu-001,"], {}, cwd=tmp_path / "staging")
+    assert listed == fact(["gpu-001,"], cwd=tmp_path / "staging")
 
 
-def test_the_fact_cache_prefix_keeps_the_configured_one_in_front(tmp_path: Path) -> None:
-    (tmp_path / "ansible.cfg").write_text("[defaults]\nfact_caching_prefix = site1_\n")
-    fleet = assets.fact_cache_prefix(["a,"], {}, cwd=tmp_path / "elsewhere").removeprefix("fleet-")
-    assert assets.fact_cache_prefix(["a,"], {}, cwd=tmp_path) == f"site1_fleet-{fleet}"
-    env = {"ANSIBLE_CACHE_PLUGIN_PREFIX": "env_"}  # the environment wins over ansible.cfg, as in Ansible
-    assert assets.fact_cache_prefix(["a,"], env, cwd=tmp_path) == f"env_fleet-{fleet}"
+def test_the_cache_prefixes_keep_the_configured_ones(tmp_path: Path) -> None:
+    empty = _no_cfg(tmp_path)
+    fleet = assets.cache_prefixes(["a,"], empty, cwd=tmp_path)["ANSIBLE_CACHE_PLUGIN_PREFIX"]
+    assert assets.cache_prefixes(["a,"], empty, cwd=tmp_path) == {
+        "ANSIBLE_CACHE_PLUGIN_PREFIX": fleet, "ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX": "ansible_inventory_"}
+    fleet = fleet.removeprefix("fleet-")
+    cfg = tmp_path / "ansible.cfg"
+    cfg.write_text("[defaults]\nfact_caching_prefix = site1_\n")
+    configured = {"ANSIBLE_CONFIG": str(cfg)}
+    # The inventory cache reads fact_caching_prefix too, and keeps it: only the facts move.
+    assert assets.cache_prefixes(["a,"], configured, cwd=tmp_path) == {
+        "ANSIBLE_CACHE_PLUGIN_PREFIX": f"site1_fleet-{fleet}",
+        "ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX": "site1_"}
+    cfg.write_text("[defaults]\nfact_caching_prefix = site1_\n[inventory]\ncache_prefix = inv_\n")
+    got = assets.cache_prefixes(["a,"], configured, cwd=tmp_path)
+    assert got["ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX"] == "inv_"
+    # The environment wins over ansible.cfg, as in Ansible.
+    got = assets.cache_prefixes(["a,"], {**configured, "ANSIBLE_CACHE_PLUGIN_PREFIX": "env_"}, cwd=tmp_path)
+    assert got == {"ANSIBLE_CACHE_PLUGIN_PREFIX": f"env_fleet-{fleet}",
+                   "ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX": "env_"}
