@@ -87,6 +87,7 @@ import ipaddress
 import os
 import socket
 import subprocess
+import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -138,6 +139,9 @@ def _listen(address: str) -> dict[str, object]:
 def _python(path: str) -> dict[str, object]:
     found: dict[str, object] = {"python": None, "python_installed": True, "python_error": "",
                                 "python_executable": None}
+    real = os.path.realpath(path)
+    if os.path.isabs(path) and real == os.path.realpath(sys.executable):  # this one (Debian's python3)
+        return {**found, "python": list(sys.version_info[:3]), "python_executable": real}
     try:
         ran = subprocess.run([path, "-c", _ASK], capture_output=True, text=True, timeout=60, check=False)
     except FileNotFoundError:
