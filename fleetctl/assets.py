@@ -69,7 +69,11 @@ def _configured(cfg: Path, key: str, section: str = "defaults") -> str | None:
         parser.read(cfg, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError):
         return None  # Ansible reports a broken ansible.cfg itself, with a better message
-    return parser.get(section, key, fallback=None)
+    value = parser.get(section, key, fallback=None)
+    # Ansible unquotes ini values: `fact_caching_prefix = "site1_"` is site1_.
+    if value is not None and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
 
 
 def _configured_roles_path(cfg: Path) -> list[str] | None:

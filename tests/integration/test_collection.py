@@ -143,3 +143,50 @@ def test_the_argument_specs_refuse_a_wrong_value(collections: Path, tmp_path: Pa
     assert out.returncode != 0
     assert "nvidia_driver_source" in out.stdout and "cuda_repo" in out.stdout, out.stdout
     assert not (tmp_path / "result.json").exists()
+
+
+def test_the_collections_roles_find_their_own_modules(collections: Path, tmp_path: Path) -> None:
+    # Ansible adds a role's library/ to the module path only outside a collection: the collection
+    # carries the roles' modules in plugins/modules/. Both roles that call one load whole (an action
+    # that resolves to nothing fails the syntax check), and the agent's host detection runs through
+    # the collection's module on this machine.
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "hosts.ini").write_text(LOCAL)
+    env = _ansible_env(tmp_path, collections)
+    load = work / "load.yml"
+    load.write_text("""---
+- name: The roles that call modules of their own
+  hosts: all
+  gather_facts: false
+  roles:
+    - role: fleetctl.fleet.container_runtime
+    - role: fleetctl.fleet.fleet_agent
+""")
+    out = _run([str(BIN / "ansible-playbook"), "-i", "hosts.ini", str(load), "--syntax-check"],
+               cwd=work, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = tmp_path / "detected.json"
+    detect = work / "detect.yml"
+    detect.write_text(f"""---
+- name: The collection's fleet_agent detection
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Detect
+      ansible.builtin.include_role:
+        name: fleetctl.fleet.fleet_agent
+        tasks_from: detect
+      vars:
+        fleet_agent_python: {sys.executable}
+    - name: Record it
+      ansible.builtin.copy:
+        content: "{{{{ fleet_agent_detect | to_json }}}}"
+        dest: {result}
+        mode: "0644"
+""")
+    out = _run([str(BIN / "ansible-playbook"), "-i", "hosts.ini", str(detect)], cwd=work, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    detected = json.loads(result.read_text())
+    assert detected["python"] == list(sys.version_info[:3]), detected
+    assert detected["python_executable"] == os.path.realpath(sys.executable), detected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -60,12 +61,12 @@ def test_the_fact_cache_prefix_names_the_fleet_by_its_inventory(tmp_path: Path) 
 
 def test_the_cache_prefixes_keep_the_configured_ones(tmp_path: Path) -> None:
     empty = _no_cfg(tmp_path)
-    fleet = assets.cache_prefixes(["a,"], empty, cwd=tmp_path)["ANSIBLE_CACHE_PLUGIN_PREFIX"]
+    fleet = hashlib.sha256(b"a,").hexdigest()[:12] + "-"  # the inventory's text: a host list
     assert assets.cache_prefixes(["a,"], empty, cwd=tmp_path) == {
-        "ANSIBLE_CACHE_PLUGIN_PREFIX": fleet, "ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX": "ansible_inventory_"}
-    fleet = fleet.removeprefix("fleet-")
+        "ANSIBLE_CACHE_PLUGIN_PREFIX": f"fleet-{fleet}",
+        "ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX": "ansible_inventory_"}
     cfg = tmp_path / "ansible.cfg"
-    cfg.write_text("[defaults]\nfact_caching_prefix = site1_\n")
+    cfg.write_text('[defaults]\nfact_caching_prefix = "site1_"\n')  # quoted, as Ansible allows
     configured = {"ANSIBLE_CONFIG": str(cfg)}
     # The inventory cache reads fact_caching_prefix too, and keeps it: only the facts move.
     assert assets.cache_prefixes(["a,"], configured, cwd=tmp_path) == {

@@ -46,6 +46,7 @@ tpu:
 addresses:
   description: What O(listen_address) resolves to on the host.
   type: list
+  elements: str
   returned: always
 listen_error:
   description: Why the agent could not listen there; empty when it can.
@@ -58,6 +59,7 @@ loopback_only:
 python:
   description: O(python)'s version as [major, minor, micro]; null when it cannot run.
   type: list
+  elements: int
   returned: always
 python_installed:
   description: O(python) exists.
@@ -70,6 +72,10 @@ python_error:
 python_executable:
   description: The real path of the binary O(python) runs; null when it cannot run.
   type: str
+  returned: always
+venv_exists:
+  description: The venv's C(bin/python) exists (a dangling link counts).
+  type: bool
   returned: always
 venv_executable:
   description: The real path the venv was made from; null without a venv (or its record).
@@ -97,6 +103,8 @@ _TPU_IDS = {"0x0027", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"}
 # Asked of the agent's interpreter: its version, then the binary it really is (a shim or wrapper
 # script execs the real one, which is what a venv made from it records).
 _ASK = "import os, sys; print(*sys.version_info[:3]); print(os.path.realpath(sys.executable))"
+# Isolated (-I): no PYTHONPATH, PYTHONHOME or user site from the task's environment; and the last two
+# lines are the answer, whatever a sitecustomize printed first.
 
 
 def _read(path: str) -> str:
@@ -143,12 +151,13 @@ def _python(path: str) -> dict[str, object]:
     if os.path.isabs(path) and real == os.path.realpath(sys.executable):  # this one (Debian's python3)
         return {**found, "python": list(sys.version_info[:3]), "python_executable": real}
     try:
-        ran = subprocess.run([path, "-c", _ASK], capture_output=True, text=True, timeout=60, check=False)
+        ran = subprocess.run([path, "-I", "-c", _ASK], capture_output=True, text=True, timeout=60,
+                             check=False)
     except FileNotFoundError:
         return {**found, "python_installed": False, "python_error": "is not installed"}
     except (OSError, subprocess.SubprocessError) as exc:
         return {**found, "python_error": f"cannot be run ({exc})"}
-    lines = ran.stdout.splitlines()
+    lines = ran.stdout.splitlines()[-2:]
     try:
         if ran.returncode != 0 or len(lines) != 2:
             raise ValueError
@@ -158,7 +167,9 @@ def _python(path: str) -> dict[str, object]:
 
 
 def _venv(path: str) -> dict[str, object]:
-    made: dict[str, object] = {"venv_executable": None, "venv_version": None}
+    # A venv made by Python 3.10 or older records no executable; one without pyvenv.cfg, nothing.
+    made: dict[str, object] = {"venv_exists": os.path.lexists(os.path.join(path, "bin", "python")),
+                               "venv_executable": None, "venv_version": None}
     try:
         with open(os.path.join(path, "pyvenv.cfg")) as f:
             for line in f:

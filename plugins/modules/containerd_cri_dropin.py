@@ -1,0 +1,1 @@
+../../roles/container_runtime/library/containerd_cri_dropin.py

@@ -1,0 +1,1 @@
+../../roles/fleet_agent/library/fleet_agent_host.py
