@@ -117,7 +117,6 @@ def ansible_roles_path(
     return os.pathsep.join([*entries, ours])
 
 
-
 def cache_prefixes(
     inventory: Sequence[str], environ: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> dict[str, str]:
