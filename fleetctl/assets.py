@@ -62,14 +62,21 @@ def _ansible_cfg(environ: Mapping[str, str], cwd: Path) -> Path | None:
     return None
 
 
-def _configured(cfg: Path, key: str, section: str = "defaults") -> str | None:
-    """``[section] key`` of ``cfg``; None when unset or unreadable."""
+def _read_cfg(cfg: Path | None) -> configparser.ConfigParser | None:
+    """``cfg`` parsed as Ansible reads it; None when absent or unreadable."""
+    if cfg is None:
+        return None
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
     try:
         parser.read(cfg, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError):
         return None  # Ansible reports a broken ansible.cfg itself, with a better message
-    value = parser.get(section, key, fallback=None)
+    return parser
+
+
+def _configured(parser: configparser.ConfigParser | None, key: str, section: str = "defaults") -> str | None:
+    """``[section] key``; None when unset."""
+    value = parser.get(section, key, fallback=None) if parser is not None else None
     # Ansible unquotes ini values: `fact_caching_prefix = "site1_"` is site1_.
     if value is not None and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         return value[1:-1]
@@ -77,7 +84,7 @@ def _configured(cfg: Path, key: str, section: str = "defaults") -> str | None:
 
 
 def _configured_roles_path(cfg: Path) -> list[str] | None:
-    value = _configured(cfg, "roles_path")
+    value = _configured(_read_cfg(cfg), "roles_path")
     if value is None:
         return None
     # Relative entries are relative to the configuration file, as Ansible resolves them.
@@ -134,19 +141,16 @@ def cache_prefixes(
     """
     env = os.environ if environ is None else environ
     here = cwd or Path.cwd()
-    cfg = _ansible_cfg(env, here)
-
-    def configured(key: str, section: str = "defaults") -> str | None:
-        return _configured(cfg, key, section) if cfg is not None else None
-
+    parser = _read_cfg(_ansible_cfg(env, here))
+    configured = _configured(parser, "fact_caching_prefix")
     fact = env.get("ANSIBLE_CACHE_PLUGIN_PREFIX")
-    fact = fact if fact is not None else configured("fact_caching_prefix")
+    fact = fact if fact is not None else configured
     # Ansible's order for the inventory cache's cache_prefix: the last of its sources that is set wins,
     # and the environment's over ansible.cfg's.
     inventory_prefix = next((v for v in (env.get("ANSIBLE_INVENTORY_CACHE_PLUGIN_PREFIX"),
                                          env.get("ANSIBLE_CACHE_PLUGIN_PREFIX"),
-                                         configured("cache_prefix", "inventory"),
-                                         configured("fact_caching_prefix")) if v is not None),
+                                         _configured(parser, "cache_prefix", "inventory"),
+                                         configured) if v is not None),
                             "ansible_inventory_")
     sources = []
     for source in inventory:

@@ -73,8 +73,10 @@ python_executable:
   description: The real path of the binary O(python) runs; null when it cannot run.
   type: str
   returned: always
-venv_exists:
-  description: The venv's C(bin/python) exists (a dangling link counts).
+venv_stale:
+  description:
+    - The venv (its C(bin/python), a dangling link included) exists and was made from another
+      interpreter or major.minor than O(python)'s, or has no record of it; false when O(python) cannot run.
   type: bool
   returned: always
 venv_executable:
@@ -166,10 +168,12 @@ def _python(path: str) -> dict[str, object]:
         return {**found, "python_error": f"exits {ran.returncode}: {ran.stderr.strip()[-200:]}"}
 
 
-def _venv(path: str) -> dict[str, object]:
-    # A venv made by Python 3.10 or older records no executable; one without pyvenv.cfg, nothing.
-    made: dict[str, object] = {"venv_exists": os.path.lexists(os.path.join(path, "bin", "python")),
-                               "venv_executable": None, "venv_version": None}
+def _venv(path: str, python: dict[str, object]) -> dict[str, object]:
+    """What the venv at ``path`` was made from, and whether that is no longer ``python`` (another
+    binary or major.minor; a symlink, a shim or a patch release is no change). A venv made by Python
+    3.10 or older records no executable, its version says enough; one without pyvenv.cfg, nothing:
+    stale too."""
+    made: dict[str, object] = {"venv_executable": None, "venv_version": None}
     try:
         with open(os.path.join(path, "pyvenv.cfg")) as f:
             for line in f:
@@ -178,6 +182,11 @@ def _venv(path: str) -> dict[str, object]:
                     made[f"venv_{key.strip()}"] = value.strip()
     except OSError:
         pass
+    version, executable, wanted = made["venv_version"], made["venv_executable"], python["python"]
+    made["venv_stale"] = (
+        os.path.lexists(os.path.join(path, "bin", "python")) and isinstance(wanted, list)
+        and (version is None or str(version).split(".")[:2] != [str(part) for part in wanted[:2]]
+             or (executable is not None and executable != python["python_executable"])))
     return made
 
 
@@ -189,8 +198,9 @@ def main() -> None:
         supports_check_mode=True,
     )
     nvidia, tpu = _chips()
+    python = _python(module.params["python"])
     module.exit_json(changed=False, nvidia=nvidia, tpu=tpu, **_listen(module.params["listen_address"]),
-                     **_python(module.params["python"]), **_venv(module.params["venv"]))
+                     **python, **_venv(module.params["venv"], python))
 
 
 if __name__ == "__main__":
