@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import functools
 import os
 import resource
 import signal
@@ -38,6 +39,7 @@ from fleet_agent.server import (
     ConnectionLimiter,
     bound_port,
     render_json,
+    render_summary_json,
     start_server,
 )
 
@@ -115,7 +117,8 @@ class AgentRuntime:
             print(f"fleet-agent: {self.name}: sample failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         else:
             self.last_report = report
-            self.state.publish(body, metrics)
+            # The summary view on first use only: most samples are never asked for it.
+            self.state.publish(body, metrics, functools.partial(render_summary_json, report))
 
 
 # --- building an agent ---------------------------------------------------------------------------

@@ -60,15 +60,28 @@ class AgentState:
         self.json_body: bytes | None = None
         self._metrics_body: bytes | None = None
         self._metrics_render: Callable[[], bytes] | None = None
+        self._summary_body: bytes | None = None
+        self._summary_render: Callable[[], bytes] | None = None
 
-    def publish(self, json_body: bytes, metrics: bytes | Callable[[], bytes]) -> None:
-        """Install a new sample's bodies; ``metrics`` may be a callable rendered on first use."""
+    def publish(self, json_body: bytes, metrics: bytes | Callable[[], bytes],
+                summary: Callable[[], bytes] | None = None) -> None:
+        """Install a new sample's bodies; ``metrics`` may be a callable rendered on first use, and so
+        is ``summary`` (the report without the chips' vendor detail; None: the whole report)."""
         self.json_body = json_body
         if isinstance(metrics, bytes):
             self._metrics_body, self._metrics_render = metrics, None
         else:
             self._metrics_body, self._metrics_render = None, metrics
+        self._summary_body, self._summary_render = None, summary
         self.last_sample = self.clock()
+
+    def summary_body(self) -> bytes | None:
+        """The ``?view=summary`` body: rendered on first use, once per sample."""
+        if self._summary_body is None:
+            if self._summary_render is None:
+                return self.json_body
+            self._summary_body, self._summary_render = self._summary_render(), None
+        return self._summary_body
 
     def metrics_body(self) -> bytes | None:
         if self._metrics_body is None and self._metrics_render is not None:
@@ -179,6 +192,21 @@ class Response:
 
 
 _UNAUTHORIZED = Response(401, headers=[("WWW-Authenticate", "Bearer")])
+# /v1/node's views: the whole report, or without each chip's vendor detail (`gpu`, `tpu`: ECC, NVLink,
+# XID counts...), which a fleet report neither shows nor judges: fleetctl health reads less than half
+# the bytes. Other query parameters are ignored, as they always were.
+NODE_VIEWS = (b"full", b"summary")
+_BAD_VIEW = b"unknown view: /v1/node?view= takes full or summary\n"
+
+
+def node_view(query: bytes) -> bytes | None:
+    """The view a ``/v1/node`` query string asks for (``full`` without one); None for an unknown one."""
+    view = b"full"
+    for pair in query.split(b"&") if query else ():
+        key, _, value = pair.partition(b"=")
+        if key == b"view":
+            view = value
+    return view if view in NODE_VIEWS else None
 
 
 class AgentHttp:
@@ -200,7 +228,7 @@ class AgentHttp:
     # --- routing -------------------------------------------------------------------------------
 
     def route(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Response:
-        path = target.split(b"?", 1)[0]
+        path, _, query = target.partition(b"?")
         if method not in (b"GET", b"HEAD"):
             return Response(405, b"method not allowed\n", _TEXT, [("Allow", "GET, HEAD")])
         if path == b"/healthz":
@@ -211,7 +239,10 @@ class AgentHttp:
         if self._token is not None and not self._authorized(headers):
             return _UNAUTHORIZED
         if path == b"/v1/node":
-            body = self.state.json_body
+            view = node_view(query)
+            if view is None:
+                return Response(400, _BAD_VIEW, _TEXT)
+            body = self.state.json_body if view == b"full" else self.state.summary_body()
             if body is None:
                 return Response(503, b'{"error": "no sample yet"}\n', _JSON)
             published = self.state.last_sample
@@ -444,6 +475,13 @@ def _has_body(request: h11.Request) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True
     return False
+
+
+def render_summary_json(report: NodeReport) -> bytes:
+    """The body of ``/v1/node?view=summary``: the report with every chip's ``gpu`` and ``tpu`` null."""
+    chips = [dataclasses.replace(c, gpu=None, tpu=None) if c.gpu is not None or c.tpu is not None else c
+             for c in report.chips]
+    return render_json(dataclasses.replace(report, chips=chips))
 
 
 def render_json(report: NodeReport) -> bytes:

@@ -201,11 +201,12 @@ def _remediations(conn: Connection, host: str, limit: int) -> list[dict[str, Any
 
 
 def _ask_agent(host: Host, timeout: float) -> FetchResult:
-    from fleetctl.fanout import FanoutOptions, agent_tokens, fetch_all
+    from fleetctl.fanout import NODE_PATH, FanoutOptions, agent_tokens, fetch_all
 
     tokens = agent_tokens([host])
     # A little past the host's own timeout: its outcome (refused, timeout) is named, not the deadline's.
-    options = FanoutOptions(timeout_s=timeout, deadline_s=timeout + 1.0)
+    # The whole report: the page shows each chip's XIDs (vendor detail, not in the summary view).
+    options = FanoutOptions(timeout_s=timeout, deadline_s=timeout + 1.0, path=NODE_PATH)
     return fetch_all([host], lambda h: tokens[h.name], options)[0]
 
 

@@ -18,11 +18,12 @@ The fleet report is built from the results in :mod:`fleetctl.report.build`.
 """
 
 from fleetctl.fanout.classify import FetchKind, FetchResult
-from fleetctl.fanout.client import NODE_PATH, fetch_one
+from fleetctl.fanout.client import NODE_PATH, SUMMARY_PATH, fetch_one
 from fleetctl.fanout.pool import FanoutOptions, agent_tokens, fan_out, fetch_all, raise_fd_limit
 
 __all__ = [
     "NODE_PATH",
+    "SUMMARY_PATH",
     "FanoutOptions",
     "FetchKind",
     "FetchResult",

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fleetctl.fanout.classify import NO_ANSWER, Answer, FetchKind, FetchResult, classify_answer
-from fleetctl.fanout.client import NODE_PATH, Progress, fetch_body
+from fleetctl.fanout.client import SUMMARY_PATH, Progress, fetch_body
 from fleetctl.inventory import Host
 
 
@@ -21,7 +21,7 @@ class FanoutOptions:
     deadline_s: float = 30.0  # the whole fan-out
     concurrency: int = 512  # requests being answered at once (hung ones step aside: see fan_out)
     max_open: int = 8192  # sockets open at once, parked requests included
-    path: str = NODE_PATH
+    path: str = SUMMARY_PATH  # NODE_PATH for a chip's vendor detail (`fleetctl hosts show`)
     # per host, for a name: its lookup, counted from when a resolver thread takes it (None: timeout_s)
     resolve_timeout_s: float | None = None
 

@@ -79,6 +79,43 @@ def test_healthz_node_and_metrics(start_agent: Callable[..., AgentProcess], scen
     assert int(head.headers["content-length"]) == len(metrics.body)
 
 
+
+def test_summary_view_over_http_and_what_fleetctl_asks_for(start_agent: Callable[..., AgentProcess],
+                                                           scenario: str) -> None:
+    """/v1/node?view=summary is the same sample without the chips' vendor detail; fleetctl's fan-out
+    asks for it by default and builds the same row from it as from the whole report, `hosts show`
+    asks for the whole report (it shows each chip's XIDs)."""
+    from fleetctl.fanout import NODE_PATH, FanoutOptions, fetch_all
+    from fleetctl.inventory import Host
+    from fleetctl.report.build import host_row_from_node
+
+    agent = start_agent(_sim(scenario, interval_s=60))  # one sample for the whole test
+    full, summary = agent.get("/v1/node").json(), agent.get("/v1/node?view=summary").json()
+    assert all(c["gpu"] is not None for c in full["chips"]) and len(full["chips"]) == 8
+    assert len(agent.get("/v1/node?view=summary").body) * 2 < len(agent.get("/v1/node").body)
+    for doc in (full, summary):
+        doc.pop("sample_age_s")
+    for chip in full["chips"]:
+        chip["gpu"] = None
+    assert summary == full
+    bad = agent.get("/v1/node?view=all")
+    assert bad.status == 400 and bad.body == b"unknown view: /v1/node?view= takes full or summary\n"
+
+    host = Host("h100-0000", "127.0.0.1", ("h100",), {}, agent_port=agent.port, expected_chips=8)
+    [brief] = fetch_all([host], lambda h: None, FanoutOptions(timeout_s=5.0, deadline_s=10.0))
+    [whole] = fetch_all([host], lambda h: None, FanoutOptions(timeout_s=5.0, deadline_s=10.0, path=NODE_PATH))
+    assert brief.report is not None and whole.report is not None
+    assert all(c.gpu is None for c in brief.report.chips)
+    assert whole.report.chips[5].gpu is not None and whole.report.chips[5].gpu.row_remap_pending
+    now = time.time()
+    rows = [host_row_from_node(host.name, host.address, host.agent_port, host.groups, r.report, now,
+                               expected_chips=8) for r in (brief, whole)]
+    assert rows[0].status == rows[1].status and rows[0].status.value == "degraded"
+    assert rows[0].problems == rows[1].problems and [p.check for p in rows[0].problems] == ["row_remap"]
+    assert [(c.index, c.status, c.temperature_c, c.power_w) for c in rows[0].chips] == \
+        [(c.index, c.status, c.temperature_c, c.power_w) for c in rows[1].chips]
+
+
 def test_tpu_host(start_agent: Callable[..., AgentProcess], scenario: str) -> None:
     agent = start_agent(_sim(scenario, host_index=1))
     report = parse_node_report(agent.get("/v1/node").json())

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from http import HTTPStatus
 
 import pytest
-from fleet_agent.schema import ChipReport, GpuDetails, HostMetrics, NodeReport, Status
+from fleet_agent.schema import ChipReport, GpuDetails, HostMetrics, NodeReport, Status, TpuDetails
 from fleet_agent.server import (
     Admitted,
     AgentHttp,
@@ -21,6 +21,7 @@ from fleet_agent.server import (
     ConnectionLimiter,
     bound_port,
     render_json,
+    render_summary_json,
     start_server,
 )
 
@@ -129,6 +130,66 @@ def test_render_json_matches_to_dict() -> None:
     chip.power_w = float("nan")  # not JSON: null, as to_dict makes it
     doc = json.loads(render_json(report))
     assert doc == report.to_dict() and doc["chips"][0]["power_w"] is None
+
+
+
+def _mixed_report() -> NodeReport:
+    gpu = ChipReport(index=0, kind="gpu", vendor="nvidia", model="m", uuid="u0", pci_bus_id="p0",
+                     status=Status.DEGRADED, temperature_c=50.5, power_w=300.0,
+                     gpu=GpuDetails(xid_counts={"79": 1}, ecc_volatile_uncorrected=2))
+    tpu = ChipReport(index=1, kind="tpu", vendor="google", model="v5e", uuid="u1", pci_bus_id="p1",
+                     status=Status.HEALTHY, tpu=TpuDetails())
+    return NodeReport(host="h", agent_version="0", sampled_at=1.0, interval_s=5.0, status=Status.DEGRADED,
+                      chips_expected=2, chips=[gpu, tpu], host_metrics=HostMetrics(load1=0.5))
+
+
+def test_summary_json_is_the_report_without_the_chips_vendor_detail() -> None:
+    report = _mixed_report()
+    full, summary = json.loads(render_json(report)), json.loads(render_summary_json(report))
+    assert full["chips"][0]["gpu"]["xid_counts"] == {"79": 1} and full["chips"][1]["tpu"] is not None
+    for chip in full["chips"]:
+        chip["gpu"] = chip["tpu"] = None
+    assert summary == full
+    # The report itself is left whole (the agent serves both views of one sample).
+    assert report.chips[0].gpu is not None and report.chips[1].tpu is not None
+    # sample_age_s stays the last field: each answer stamps it in.
+    assert render_summary_json(report).endswith(b'"sample_age_s":null}\n')
+
+
+def test_node_views_and_the_summary_rendered_once_per_sample() -> None:
+    clock = Clock()
+    state = AgentState(5.0, clock=clock)
+    report = _mixed_report()
+    calls = []
+
+    def summary() -> bytes:
+        calls.append(1)
+        return render_summary_json(report)
+
+    state.publish(render_json(report), b"", summary)
+    http = AgentHttp(state)
+    full = json.loads(http.route(b"GET", b"/v1/node", []).body)
+    assert full["chips"][0]["gpu"] is not None
+    assert json.loads(http.route(b"GET", b"/v1/node?view=full&pretty=1", []).body) == full
+    clock.t += 2.5
+    for target in (b"/v1/node?view=summary", b"/v1/node?x=1&view=summary"):
+        doc = json.loads(http.route(b"GET", target, []).body)
+        assert doc["chips"][0]["gpu"] is None and doc["chips"][1]["tpu"] is None
+        assert doc["sample_age_s"] == 2.5 and doc["host"] == "h"
+    assert calls == [1]
+    state.publish(render_json(report), b"", summary)  # a new sample: rendered again on first use
+    http.route(b"GET", b"/v1/node?view=summary", [])
+    assert calls == [1, 1]
+    # Without a summary renderer (a caller that publishes one body): the whole report.
+    state.publish(render_json(report), b"")
+    assert json.loads(http.route(b"GET", b"/v1/node?view=summary", []).body)["chips"][0]["gpu"] is not None
+
+
+@pytest.mark.parametrize("target", [b"/v1/node?view=", b"/v1/node?view=Summary",
+                                    b"/v1/node?view=full&view=x"])
+def test_an_unknown_view_is_a_400_naming_the_views(target: bytes) -> None:
+    r = AgentHttp(_state()).route(b"GET", target, [])
+    assert r.status == 400 and r.body == b"unknown view: /v1/node?view= takes full or summary\n"
 
 
 # --- the connection limiter ------------------------------------------------------------------------
