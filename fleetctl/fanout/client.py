@@ -39,7 +39,8 @@ class Progress:
         self.why = ""
 
 
-async def fetch_one(host: Host, token: str | None, timeout_s: float, path: str = NODE_PATH) -> FetchResult:
+async def fetch_one(host: Host, token: str | None, timeout_s: float, path: str = SUMMARY_PATH
+                    ) -> FetchResult:
     """One host, classified. Never raises (except cancellation)."""
     got = await fetch_body(host, token, timeout_s, path)
     return got if isinstance(got, FetchResult) else classify_answer(host, got)

@@ -132,7 +132,6 @@ def test_render_json_matches_to_dict() -> None:
     assert doc == report.to_dict() and doc["chips"][0]["power_w"] is None
 
 
-
 def _mixed_report() -> NodeReport:
     gpu = ChipReport(index=0, kind="gpu", vendor="nvidia", model="m", uuid="u0", pci_bus_id="p0",
                      status=Status.DEGRADED, temperature_c=50.5, power_w=300.0,
@@ -185,11 +184,25 @@ def test_node_views_and_the_summary_rendered_once_per_sample() -> None:
     assert json.loads(http.route(b"GET", b"/v1/node?view=summary", []).body)["chips"][0]["gpu"] is not None
 
 
-@pytest.mark.parametrize("target", [b"/v1/node?view=", b"/v1/node?view=Summary",
-                                    b"/v1/node?view=full&view=x"])
+@pytest.mark.parametrize("target", [b"/v1/node?view=", b"/v1/node?view=Summary", b"/v1/node?view",
+                                    b"/v1/node?view=full&view=x", b"/v1/node?view=summary&view=x"])
 def test_an_unknown_view_is_a_400_naming_the_views(target: bytes) -> None:
     r = AgentHttp(_state()).route(b"GET", target, [])
     assert r.status == 400 and r.body == b"unknown view: /v1/node?view= takes full or summary\n"
+    # Behind a token, a client without it learns nothing more than 401.
+    assert AgentHttp(_state(), token="secret").route(b"GET", target, []).status == 401
+
+
+@pytest.mark.parametrize(("target", "gpu"), [
+    (b"/v1/node?view=%73ummary", None), (b"/v1/node?view=summary&view=summary", None),
+    (b"/v1/node?VIEW=summary", "detail"), (b"/v1/node?", "detail"), (b"/v1/node?view=full", "detail"),
+])
+def test_views_as_any_http_client_may_spell_them(target: bytes, gpu: str | None) -> None:
+    state = AgentState(5.0, clock=Clock())
+    report = _mixed_report()
+    state.publish(render_json(report), b"", lambda: render_summary_json(report))
+    doc = json.loads(AgentHttp(state).route(b"GET", target, []).body)
+    assert (doc["chips"][0]["gpu"] and "detail") == gpu
 
 
 # --- the connection limiter ------------------------------------------------------------------------
