@@ -87,6 +87,10 @@ venv_version:
   description: The Python version the venv was made with; null without a venv.
   type: str
   returned: always
+venv_previous:
+  description: C(<venv>.previous) exists, the venv the agent ran from before the venv was last made anew.
+  type: bool
+  returned: always
 """
 
 import errno
@@ -173,7 +177,8 @@ def _venv(path: str, python: dict[str, object]) -> dict[str, object]:
     binary or major.minor; a symlink, a shim or a patch release is no change). A venv made by Python
     3.10 or older records no executable, its version says enough; one without pyvenv.cfg, nothing:
     stale too."""
-    made: dict[str, object] = {"venv_executable": None, "venv_version": None}
+    made: dict[str, object] = {"venv_executable": None, "venv_version": None,
+                               "venv_previous": os.path.lexists(path.rstrip("/") + ".previous")}
     try:
         with open(os.path.join(path, "pyvenv.cfg")) as f:
             for line in f:
