@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
-import functools
 import os
 import resource
 import signal
@@ -44,6 +43,8 @@ from fleet_agent.server import (
 )
 
 CLOSE_TIMEOUT_S = 3.0
+# A body rendered now, or a callable that renders it on first use.
+Lazy = bytes | Callable[[], bytes]
 # Open files kept out of the connection cap: the agent's own (listening socket, event loop,
 # collectors, kernel log, state files) and the accepted connections asyncio holds before the limiter
 # has made room for them. Under a flood that is several turns' worth: a turn accepts up to BACKLOG,
@@ -97,28 +98,29 @@ class AgentRuntime:
     chips: ChipSource | None = None
     last_report: NodeReport | None = field(default=None, repr=False)
 
-    def sample_and_render(self) -> tuple[NodeReport, bytes, bytes | Callable[[], bytes]]:
-        """Runs in a worker thread: one sample, rendered to the bytes the server answers with."""
+    def sample_and_render(self) -> tuple[NodeReport, bytes, Lazy, Lazy]:
+        """Runs in a worker thread: one sample, rendered to the bytes the server answers with (the
+        whole report, the metrics, the summary view); under sim-fleet (``lazy_metrics``: most of its
+        hosts are never asked) the last two on first use instead."""
         report = self.sampler.sample_once()
         body = render_json(report)
         if self.renderer is None:
             self.renderer = MetricsRenderer()
         renderer = self.renderer
-        metrics: bytes | Callable[[], bytes]
-        metrics = (lambda: renderer.render(report)) if self.lazy_metrics else renderer.render(report)
-        return report, body, metrics
+        if self.lazy_metrics:
+            return report, body, lambda: renderer.render(report), lambda: render_summary_json(report)
+        return report, body, renderer.render(report), render_summary_json(report)
 
     async def sample(self, pool: cf.Executor) -> None:
         """One sample on ``pool``, published to the server; a failure is logged, never raised."""
         loop = asyncio.get_running_loop()
         try:
-            report, body, metrics = await loop.run_in_executor(pool, self.sample_and_render)
+            report, body, metrics, summary = await loop.run_in_executor(pool, self.sample_and_render)
         except Exception as exc:  # noqa: BLE001 - a bug in one sample must not stop the loop
             print(f"fleet-agent: {self.name}: sample failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         else:
             self.last_report = report
-            # The summary view on first use only: most samples are never asked for it.
-            self.state.publish(body, metrics, functools.partial(render_summary_json, report))
+            self.state.publish(body, metrics, summary)
 
 
 # --- building an agent ---------------------------------------------------------------------------

@@ -65,19 +65,23 @@ class AgentState:
         self._summary_render: Callable[[], bytes] | None = None
 
     def publish(self, json_body: bytes, metrics: bytes | Callable[[], bytes],
-                summary: Callable[[], bytes] | None = None) -> None:
-        """Install a new sample's bodies; ``metrics`` may be a callable rendered on first use, and so
-        is ``summary`` (the report without the chips' vendor detail; None: the whole report)."""
+                summary: bytes | Callable[[], bytes] | None = None) -> None:
+        """Install a new sample's bodies; ``metrics`` and ``summary`` (the report without the chips'
+        vendor detail; None: the whole report) may be callables rendered on first use."""
         self.json_body = json_body
         if isinstance(metrics, bytes):
             self._metrics_body, self._metrics_render = metrics, None
         else:
             self._metrics_body, self._metrics_render = None, metrics
-        self._summary_body, self._summary_render = None, summary
+        if isinstance(summary, bytes):
+            self._summary_body, self._summary_render = summary, None
+        else:
+            self._summary_body, self._summary_render = None, summary
         self.last_sample = self.clock()
 
     def summary_body(self) -> bytes | None:
-        """The ``?view=summary`` body: rendered on first use, once per sample."""
+        """The ``?view=summary`` body (rendered on first use where it was given as a callable, once per
+        sample)."""
         if self._summary_body is None:
             if self._summary_render is None:
                 return self.json_body

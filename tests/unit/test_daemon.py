@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures as cf
+import json
 import resource
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from fleet_agent.daemon import (
     fit_connection_cap,
 )
 from fleet_agent.schema import ChipReport, HostMetrics, Status
+from fleet_agent.server import render_summary_json
 
 PACKAGE = Path(fleet_agent.__file__).parent
 
@@ -126,11 +128,16 @@ def test_an_agent_over_a_chip_source(pool: cf.ThreadPoolExecutor) -> None:
     source: ChipSource = StubSource()
     rt = build_agent(AgentConfig(), executor=pool, chips=source, host_source=FixedHost(), xid_events="poll")
     assert (rt.name, rt.group, rt.kind, rt.chips) == ("stub-0001", "stubs", "gpu", source)
-    report, body, metrics = rt.sample_and_render()
+    report, body, metrics, summary = rt.sample_and_render()
     assert report.host == "stub-0001" and report.chips_expected == 1
     assert report.status is Status.HEALTHY and [c.temperature_c for c in report.chips] == [40.0]
     assert body.startswith(b"{") and isinstance(metrics, bytes)
     assert b"fleet_chip_temperature_celsius" in metrics
+    # A real agent renders the summary view with the sample, in this (worker) thread, as it does the rest.
+    assert isinstance(summary, bytes) and summary == render_summary_json(report)
+    rt.lazy_metrics = True  # sim-fleet: both on first use
+    _, _, metrics, summary = rt.sample_and_render()
+    assert callable(metrics) and callable(summary) and json.loads(summary())["host"] == "stub-0001"
 
 
 def test_the_config_can_leave_a_chip_source_out(pool: cf.ThreadPoolExecutor) -> None:
