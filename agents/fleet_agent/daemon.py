@@ -36,6 +36,7 @@ from fleet_agent.server import (
     AgentHttp,
     AgentState,
     ConnectionLimiter,
+    Lazy,
     bound_port,
     render_json,
     render_summary_json,
@@ -43,8 +44,6 @@ from fleet_agent.server import (
 )
 
 CLOSE_TIMEOUT_S = 3.0
-# A body rendered now, or a callable that renders it on first use.
-Lazy = bytes | Callable[[], bytes]
 # Open files kept out of the connection cap: the agent's own (listening socket, event loop,
 # collectors, kernel log, state files) and the accepted connections asyncio holds before the limiter
 # has made room for them. Under a flood that is several turns' worth: a turn accepts up to BACKLOG,

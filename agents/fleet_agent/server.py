@@ -50,6 +50,25 @@ _TEXT = "text/plain; charset=utf-8"
 ALIVE_INTERVALS = 3
 
 
+# A body rendered now, or a callable that renders it on first use.
+Lazy = bytes | Callable[[], bytes]
+
+
+class _Once:
+    """A body given as bytes, or rendered on its first use and kept (once per sample)."""
+
+    __slots__ = ("_body", "_render")
+
+    def __init__(self, body: Lazy | None = None) -> None:
+        self._body: bytes | None = body if isinstance(body, bytes) else None
+        self._render: Callable[[], bytes] | None = None if isinstance(body, bytes) else body
+
+    def get(self) -> bytes | None:
+        if self._body is None and self._render is not None:
+            self._body, self._render = self._render(), None
+        return self._body
+
+
 class AgentState:
     """What one agent serves: the latest rendered report, and when it was sampled."""
 
@@ -59,40 +78,24 @@ class AgentState:
         self.started = clock()
         self.last_sample: float | None = None
         self.json_body: bytes | None = None
-        self._metrics_body: bytes | None = None
-        self._metrics_render: Callable[[], bytes] | None = None
-        self._summary_body: bytes | None = None
-        self._summary_render: Callable[[], bytes] | None = None
+        self._metrics = _Once()
+        self._summary = _Once()
 
-    def publish(self, json_body: bytes, metrics: bytes | Callable[[], bytes],
-                summary: bytes | Callable[[], bytes] | None = None) -> None:
+    def publish(self, json_body: bytes, metrics: Lazy, summary: Lazy | None = None) -> None:
         """Install a new sample's bodies; ``metrics`` and ``summary`` (the report without the chips'
         vendor detail; None: the whole report) may be callables rendered on first use."""
         self.json_body = json_body
-        if isinstance(metrics, bytes):
-            self._metrics_body, self._metrics_render = metrics, None
-        else:
-            self._metrics_body, self._metrics_render = None, metrics
-        if isinstance(summary, bytes):
-            self._summary_body, self._summary_render = summary, None
-        else:
-            self._summary_body, self._summary_render = None, summary
+        self._metrics, self._summary = _Once(metrics), _Once(summary)
         self.last_sample = self.clock()
 
     def summary_body(self) -> bytes | None:
-        """The ``?view=summary`` body (rendered on first use where it was given as a callable, once per
-        sample)."""
-        if self._summary_body is None:
-            if self._summary_render is None:
-                return self.json_body
-            self._summary_body, self._summary_render = self._summary_render(), None
-        return self._summary_body
+        """The ``?view=summary`` body; the whole report where the sample came without one."""
+        summary = self._summary.get()
+        return self.json_body if summary is None else summary
 
     def metrics_body(self) -> bytes | None:
-        if self._metrics_body is None and self._metrics_render is not None:
-            # Lazy rendering (sim-fleet: most hosts are never scraped); still once per sample.
-            self._metrics_body, self._metrics_render = self._metrics_render(), None
-        return self._metrics_body
+        # Lazy rendering (sim-fleet: most hosts are never scraped); still once per sample.
+        return self._metrics.get()
 
     def alive(self) -> tuple[bool, float]:
         """(alive, seconds since the last completed sample or since start)."""

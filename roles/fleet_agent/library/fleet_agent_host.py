@@ -88,7 +88,9 @@ venv_version:
   type: str
   returned: always
 venv_previous:
-  description: C(<venv>.previous) exists, the venv the agent ran from before the venv was last made anew.
+  description:
+    - C(<venv>.previous) exists, the venv the agent ran from before a run that did not finish began making
+      the venv anew; the role puts it back, so the other C(venv_*) values describe it.
   type: bool
   returned: always
 """
@@ -176,9 +178,13 @@ def _venv(path: str, python: dict[str, object]) -> dict[str, object]:
     """What the venv at ``path`` was made from, and whether that is no longer ``python`` (another
     binary or major.minor; a symlink, a shim or a patch release is no change). A venv made by Python
     3.10 or older records no executable, its version says enough; one without pyvenv.cfg, nothing:
-    stale too."""
+    stale too. Where a cut-off run left ``<path>.previous``, the role puts that one back first: it is
+    the one judged."""
+    previous = path.rstrip("/") + ".previous"
     made: dict[str, object] = {"venv_executable": None, "venv_version": None,
-                               "venv_previous": os.path.lexists(path.rstrip("/") + ".previous")}
+                               "venv_previous": os.path.lexists(previous)}
+    if made["venv_previous"]:
+        path = previous
     try:
         with open(os.path.join(path, "pyvenv.cfg")) as f:
             for line in f:
