@@ -132,6 +132,19 @@ def _spawn(argv: list[str], workdir: Path, name: str) -> tuple[subprocess.Popen[
     return proc, out, err
 
 
+def interrupt(proc: subprocess.Popen[Any], timeout: float) -> tuple[Any, Any]:
+    """Ctrl-C to ``proc`` (SIGINT), then its remaining output. A process still running ``timeout``
+    seconds later is killed, so a failing test leaves nothing behind, and the test fails saying so."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"{' '.join(map(str, proc.args))[:200]} still ran {timeout:g} s after "
+                             f"Ctrl-C: killed") from None
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
                proc: AgentProcess | None = None) -> None:
     deadline = time.monotonic() + timeout

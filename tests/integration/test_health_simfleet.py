@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import interrupt
 
 pytestmark = pytest.mark.integration
 
@@ -274,8 +275,7 @@ def test_watch_in_a_pipe_prints_rounds_with_time_stamps(fleet: SimFleet, tmp_pat
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "FLEETCTL_CACHE_DIR": str(tmp_path)})
     time.sleep(2.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+    out, err = interrupt(proc, 20)
     stamps = [line for line in out.splitlines() if line.startswith("--- ")]
     assert len(stamps) >= 2, out + err
     assert out.count("h100-0001  unhealthy") == len(stamps)

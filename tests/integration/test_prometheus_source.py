@@ -9,7 +9,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import interrupt
 from test_health_simfleet import EXPECTED, SCENARIO, port_block, start_sim_fleet, stop
 
 pytestmark = pytest.mark.integration
@@ -298,8 +298,7 @@ def test_a_watched_table_shows_the_rules_line_with_each_round_not_on_stderr(
                 if sum(x.startswith("--- ") for x in lines) == 3:  # two rounds whole
                     break
         finally:
-            loop.send_signal(signal.SIGINT)
-            loop.wait(60)
+            interrupt(loop, 60)
     rounds = "".join(lines).split("--- ")[1:3]
     assert len(rounds) == 2, "".join(lines)[-2000:]
     for text in rounds:
@@ -470,6 +469,5 @@ def test_a_watch_outlives_prometheus_going_away_and_coming_back(
             down.clear()
             assert next_round().startswith("{")  # back: a good round again
         finally:
-            loop.send_signal(signal.SIGINT)
-            loop.wait(60)
+            interrupt(loop, 60)
     assert loop.returncode in (0, 1), err.read_text()  # health: its last round's; remediate: a clean stop

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import interrupt
 from remediate_records import Records
 
 pytestmark = pytest.mark.integration
@@ -170,8 +170,7 @@ class Run(Records):
                                 stderr=self.err.open("w"), text=True)
 
     def stop(self, loop: subprocess.Popen[str]) -> list[dict[str, Any]]:
-        loop.send_signal(signal.SIGINT)
-        out, _ = loop.communicate(timeout=120)
+        out, _ = interrupt(loop, 120)
         assert loop.returncode == 0, self.err.read_text()[-3000:]
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 

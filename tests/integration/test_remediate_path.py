@@ -17,7 +17,6 @@ remediation and burn-in plays at this machine (``remediate_connection``, ``burn_
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port_block
+from conftest import free_port_block, interrupt
 from fleet_agent.sim.inventory import burn_in_vars, remediate_vars
 from remediate_records import Records, sandbox_env, sim_agents
 from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
@@ -126,8 +125,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float, loop: subproc
 
 
 def stop(loop: subprocess.Popen[str]) -> list[dict[str, Any]]:
-    loop.send_signal(signal.SIGINT)  # Ctrl-C: stops cleanly between rounds
-    out, _ = loop.communicate(timeout=90)
+    out, _ = interrupt(loop, 90)  # Ctrl-C: stops cleanly between rounds
     assert loop.returncode == 0
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 

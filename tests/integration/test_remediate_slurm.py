@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port_block
+from conftest import free_port_block, interrupt
 from remediate_records import Records, sandbox_env, sim_agents
 from slurm_cluster import NODES, ClusterOptions, SlurmCluster, slurm, slurm_cluster  # noqa: F401 - fixtures
 from test_slurm_drain import wait_for
@@ -150,8 +150,7 @@ def test_a_chip_fails_the_loop_drains_after_the_hysteresis_resets_it_and_quarant
         # while the first keeps watching, a healthy fleet: nothing else starts
         time.sleep(3 * INTERVAL)
     finally:
-        loop.send_signal(signal.SIGINT)  # Ctrl-C: stops cleanly between rounds
-        out, _ = loop.communicate(timeout=60)
+        out, _ = interrupt(loop, 60)  # Ctrl-C: stops cleanly between rounds
     assert loop.returncode == 0, lab.last_err.read_text()
     rounds = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
