@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs `molecule test` for every scenario of every role (roles/<role>/molecule/<scenario>), then
-# the fleet-level scenario (tests/molecule/fleet). Runs them all, prints each one's duration, and
-# fails at the end listing the scenarios that failed. ROLES="base fleet_agent" limits the roles
-# run; FLEET=0 skips the fleet scenario.
+# Runs `molecule test` for every scenario of every role (roles/<role>/molecule/<scenario>) and
+# the fleet-level scenario (tests/molecule/fleet). Runs them all, MOLECULE_JOBS at a time (default 2:
+# a scenario spends much of its time waiting on containers, and every scenario has its own container
+# names and ports on the shared host network, so two can run side by side), prints each one's output
+# whole when it ends and its duration, and fails at the end listing the scenarios that failed.
+# ROLES="base fleet_agent" limits the roles run; FLEET=0 skips the fleet scenario.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,24 +40,65 @@ else
 fi
 [[ ${FLEET:-1} == 1 ]] && scenarios+=("tests:fleet")
 
+parallel=${MOLECULE_JOBS:-2}
+[[ $parallel =~ ^[1-9][0-9]*$ ]] || die "MOLECULE_JOBS must be a positive whole number, got '$parallel'"
+# The longest scenarios start first, so that the last to end is a short one.
+slow_first=(roles/fleet_agent:default roles/nvidia_driver:cuda_repo tests:fleet)
+ordered=()
+for entry in "${slow_first[@]}"; do
+    [[ " ${scenarios[*]} " == *" $entry "* ]] && ordered+=("$entry")
+done
+for entry in "${scenarios[@]}"; do
+    [[ " ${slow_first[*]} " == *" $entry "* ]] || ordered+=("$entry")
+done
+
+logs=$(mktemp -d "${TMPDIR:-/tmp}/molecule-all.XXXXXX") || die "cannot create a log directory"
+declare -A project_of=() started_at=() log_of=()
+trap 'kill -- $(jobs -p) 2>/dev/null; echo "molecule-all: interrupted; logs in $logs" >&2; exit 130' INT TERM
+
 failed=()
 summary=()
-for entry in "${scenarios[@]}"; do
-    # The fleet scenario lives outside a role: Molecule finds it under molecule/fleet of the
-    # tests/ project directory.
-    project="${entry%%:*}/molecule/${entry##*:}"
-    echo "==> molecule test: $project"
-    start=$SECONDS
-    (cd "${entry%%:*}" && molecule test -s "${entry##*:}")
-    rc=$?
-    took=$((SECONDS - start))
+finish() {  # $1: a finished job's pid, $2: its exit status
+    local pid=$1 rc=$2 project took
+    project=${project_of[$pid]}
+    took=$((SECONDS - started_at[$pid]))
+    echo "==> molecule test: $project (exit $rc, ${took}s)"
+    cat "${log_of[$pid]}"
     if [[ $rc == 0 ]]; then
         summary+=("ok      ${took}s  $project")
     else
         summary+=("FAILED  ${took}s  $project (exit $rc)")
         failed+=("$project")
     fi
+    unset "project_of[$pid]"
+}
+
+running=0
+for entry in "${ordered[@]}"; do
+    if (( running >= parallel )); then
+        wait -n -p done_pid; rc=$?
+        finish "$done_pid" "$rc"; running=$((running - 1))
+    fi
+    # The fleet scenario lives outside a role: Molecule finds it under molecule/fleet of the
+    # tests/ project directory.
+    project="${entry%%:*}/molecule/${entry##*:}"
+    log="$logs/${project//\//_}.log"
+    echo "==> molecule test: $project started (output in $log, shown when it ends)"
+    # Its own ANSIBLE_HOME: Molecule's prerun installs this repository's collection there with
+    # --force, which two scenarios starting together must not do into one directory.
+    (cd "${entry%%:*}" && ANSIBLE_HOME="${log%.log}.ansible" exec molecule test -s "${entry##*:}") \
+        > "$log" 2>&1 &
+    pid=$!
+    project_of[$pid]=$project
+    log_of[$pid]=$log
+    started_at[$pid]=$SECONDS
+    running=$((running + 1))
 done
+while (( running > 0 )); do
+    wait -n -p done_pid; rc=$?
+    finish "$done_pid" "$rc"; running=$((running - 1))
+done
+rm -rf "$logs"
 
 echo "==> molecule summary"
 printf '  %s\n' "${summary[@]}"
