@@ -712,7 +712,9 @@ def _forget_vars_files_seen() -> None:
             remembered.clear()
 
 
-def _parse_with_ansible(sources: Sequence[str]) -> dict[str, Any]:
+def _parse_with_ansible(sources: Sequence[str], libyaml: bool = True) -> dict[str, Any]:
+    """``libyaml``: as :func:`fleetctl.speedups.inventory_loader`; a source it read that Ansible then
+    rejects is parsed again by Ansible's own loader, whose values say on which line the fault is."""
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
 
@@ -720,13 +722,15 @@ def _parse_with_ansible(sources: Sequence[str]) -> dict[str, Any]:
     _forget_vars_files_seen()
 
     label = ",".join(sources)
-    loader = inventory_loader()
+    loader = inventory_loader(libyaml=libyaml)
     # Any source Ansible cannot parse is an error (by default it warns and goes on without it).
     with _ansible_setting("INVENTORY_ANY_UNPARSED_IS_FAILED", True):
         with _captured_ansible_warnings() as got:
             try:
                 manager = InventoryManager(loader=loader, sources=list(sources))
             except AnsibleError as exc:
+                if getattr(loader, "read_by_libyaml", None):
+                    return _parse_with_ansible(sources, libyaml=False)
                 failed = re.search(r"inventory source (.+)$", _first_line(str(exc)))
                 raise InventoryError(_failure_message(failed.group(1) if failed else label, got)) from None
             host_vars = host_vars_reader(loader, manager)

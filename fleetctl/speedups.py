@@ -35,6 +35,7 @@ TRICKS: dict[str, str] = {
     "gc_pause": "no cyclic garbage collection while the inventory or the fleet report is built (gc_paused)",
     "gc_freeze": "what those builds leave is frozen (gc.freeze) at the end of the block (gc_paused)",
     "parse_once": "each inventory source file parsed once per load, not once per inventory plugin",
+    "libyaml": "a YAML inventory file read by libyaml's safe loader, without Ansible's tag on every value",
     "group_vars_once": "host variables: vars plugins asked once per distinct group set, not per host",
     "compile_once": "a template shared by many hosts (a group_vars value) compiled once, not per host",
 }
@@ -104,34 +105,47 @@ def release_frozen() -> None:
 # --- the inventory parse: each source file parsed once --------------------------------------------------
 
 
-def inventory_loader() -> Any:
-    """The ``DataLoader`` an inventory parse uses: :func:`parse_once_loader_class`'s, or Ansible's."""
-    if enabled("parse_once"):
-        return parse_once_loader_class()()
+def inventory_loader(libyaml: bool = True) -> Any:
+    """The ``DataLoader`` an inventory parse uses: :func:`inventory_loader_class`'s, or Ansible's.
+    ``libyaml=False``: Ansible's YAML loader whatever the switches say (for its wording of an error)."""
+    libyaml = libyaml and enabled("libyaml")
+    if enabled("parse_once") or libyaml:
+        return inventory_loader_class()(parse_once=enabled("parse_once"), libyaml=libyaml)
     from ansible.parsing.dataloader import DataLoader
 
     return DataLoader()
 
 
-def parse_once_loader_class() -> type[Any]:
-    """A ``DataLoader`` subclass that parses each uncached file (an inventory source) once per load.
+def inventory_loader_class() -> type[Any]:
+    """A ``DataLoader`` subclass for the uncached loads of an inventory parse (its source files).
 
     Relies on: ``DataLoader.load_from_file(file_name, cache, unsafe, json_only, trusted_as_template)``
-    of ansible-core 2.19 (``cache`` one of ``"all"``, ``"include"``, ``"none"``), and on the ``auto``
-    and ``yaml`` inventory plugins asking for their source with ``cache="none"``.
+    and ``DataLoader.path_dwim`` of ansible-core 2.19 (``cache`` one of ``"all"``, ``"include"``,
+    ``"none"``), on the ``auto`` and ``yaml`` inventory plugins asking for their source with
+    ``cache="none"``, and (``libyaml``) on ``TrustedAsTemplate`` and the ``DUPLICATE_YAML_DICT_KEY``
+    setting.
 
-    Both plugins load a YAML source uncached, and the loader hands each a deep copy of its fresh
-    parse: for a large file, two parses and two copies. Here each such file is parsed once, as the
-    ``yaml`` plugin and plugin configs ask (trusted as template: it is the user's own file), and
+    ``parse_once``: both plugins load a YAML source uncached, and the loader hands each a deep copy of
+    its fresh parse: for a large file, two parses and two copies. Here each such file is parsed once,
+    as the ``yaml`` plugin and plugin configs ask (trusted as template: it is the user's own file), and
     every plugin gets that parse. ``auto``, which alone asks without trust, only reads the top-level
     ``plugin`` key; ``yaml`` rejects a file that has one before changing anything.
+
+    ``libyaml``: Ansible's YAML loader tags every scalar with where it came from (file, line, column)
+    and, asked to trust the file, with trust; at 10,000 hosts that is half the parse. A file of plain
+    YAML is read by :func:`plain_yaml` instead. Anything else (JSON, Ansible's own ``!vault`` and
+    ``!unsafe`` tags, a vault-encrypted file, a syntax error, an inventory plugin's config) is
+    Ansible's to read, as is every file while duplicate keys are configured to be errors.
     """
     from ansible.parsing.dataloader import DataLoader
 
-    class ParseOnceLoader(DataLoader):  # type: ignore[misc]
-        def __init__(self) -> None:
+    class InventoryLoader(DataLoader):  # type: ignore[misc]
+        def __init__(self, parse_once: bool = True, libyaml: bool = True) -> None:
             super().__init__()
             self._parsed: dict[tuple[str, bool], Any] = {}
+            self._parse_once = parse_once
+            self._libyaml = libyaml
+            self.read_by_libyaml: list[str] = []  # the files plain_yaml read
 
         def load_from_file(self, file_name: str, cache: Any = "all", unsafe: bool = False,
                            json_only: bool = False, **kwargs: Any) -> Any:
@@ -139,13 +153,98 @@ def parse_once_loader_class() -> type[Any]:
                 return super().load_from_file(file_name, cache=cache, unsafe=unsafe, json_only=json_only,
                                               **kwargs)
             key = (self.path_dwim(file_name), json_only)
-            if key not in self._parsed:
-                # unsafe: no defensive deep copy of a parse nobody else holds.
-                self._parsed[key] = super().load_from_file(file_name, cache="none", unsafe=True,
-                                                           json_only=json_only, trusted_as_template=True)
-            return self._parsed[key]
+            if self._parse_once:
+                if key not in self._parsed:
+                    # unsafe: no defensive deep copy of a parse nobody else holds.
+                    self._parsed[key] = self._load(key[0], json_only, {**kwargs, "trusted_as_template": True},
+                                                   unsafe=True)
+                return self._parsed[key]
+            return self._load(key[0], json_only, kwargs, unsafe)
 
-    return ParseOnceLoader
+        def _load(self, path: str, json_only: bool, kwargs: dict[str, Any], unsafe: bool) -> Any:
+            if self._libyaml and not json_only:
+                parsed = plain_yaml(path, trusted=bool(kwargs.get("trusted_as_template")))
+                if parsed is not NOT_PLAIN:
+                    self.read_by_libyaml.append(path)
+                    return parsed
+            return super().load_from_file(path, cache="none", unsafe=unsafe, json_only=json_only, **kwargs)
+
+    return InventoryLoader
+
+
+#: What :func:`plain_yaml` answers for a file it leaves to Ansible's loader.
+NOT_PLAIN: Any = object()
+
+
+def plain_yaml(path: str, trusted: bool) -> Any:
+    """``path`` parsed by libyaml's safe loader, as Ansible's loader would parse it but for the tag
+    telling each value's file, line and column; or :data:`NOT_PLAIN` for a file Ansible must read.
+
+    Values are those of Ansible's loader: it is PyYAML's safe constructor with the same resolver,
+    plus tags. ``trusted``: each string that could be a template (has a ``{`` or starts with Jinja's
+    override header) is marked trusted, which is all that trusting the file changes for templating.
+    A duplicate key keeps its last value either way (Ansible also warns, which fleetctl does not show).
+    """
+    import json
+
+    import yaml
+    from ansible import constants as C
+
+    constructor = getattr(yaml, "CSafeLoader", None)
+    if constructor is None or C.config.get_config_value("DUPLICATE_YAML_DICT_KEY") == "error":
+        return NOT_PLAIN
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+        if text.lstrip().startswith(b"$ANSIBLE_VAULT"):
+            return NOT_PLAIN
+        json.loads(text)
+    except ValueError:  # not JSON: Ansible would read it as YAML too
+        pass
+    except OSError:
+        return NOT_PLAIN
+    else:  # JSON: Ansible's decoder (its own markers for unsafe and vaulted values)
+        return NOT_PLAIN
+    try:
+        parsed = yaml.load(text, Loader=constructor)  # noqa: S506 - CSafeLoader: the safe constructor
+    except Exception:  # noqa: BLE001 - Ansible's tags, syntax errors: Ansible's loader and its wording
+        return NOT_PLAIN
+    if isinstance(parsed, dict) and "plugin" in parsed:
+        # An inventory plugin's config: its strings include Jinja expressions without braces
+        # (`compose`, `keyed_groups`), which need the trust only Ansible's loader gives all of them.
+        return NOT_PLAIN
+    return _trusted_templates(parsed) if trusted else parsed
+
+
+def _trusted_templates(value: Any) -> Any:
+    """``value`` with each string that could be a template (keys too, as Ansible templates those)
+    tagged ``TrustedAsTemplate``; lists and mappings are changed in place."""
+    from ansible._internal._datatag._tags import TrustedAsTemplate
+
+    trust = TrustedAsTemplate()
+
+    def template_like(v: Any) -> bool:
+        return isinstance(v, str) and ("{" in v or v.startswith("#jinja2:"))
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return trust.tag(v) if template_like(v) else v
+        if isinstance(v, dict):
+            if any(template_like(k) for k in v):
+                items = [(walk(k), walk(x)) for k, x in v.items()]
+                v.clear()
+                v.update(items)
+            else:
+                for k, x in v.items():
+                    if isinstance(x, (str, dict, list)) and (y := walk(x)) is not x:
+                        v[k] = y  # an existing key: the dict's size does not change
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                if isinstance(x, (str, dict, list)) and (y := walk(x)) is not x:
+                    v[i] = y
+        return v
+
+    return walk(value)
 
 
 # --- host variables: the group part once per distinct set of groups ------------------------------------

@@ -51,6 +51,7 @@ SIGNATURES: list[tuple[str, str, list[str]]] = [
     ("ansible.parsing.dataloader:DataLoader.load_from_file", "parse_once",
      ["self", "file_name", "cache", "unsafe", "json_only", "trusted_as_template"]),
     ("ansible.parsing.dataloader:DataLoader.path_dwim", "parse_once", ["self", "given"]),
+    ("ansible._internal._datatag._tags:TrustedAsTemplate.tag", "libyaml", ["self", "value"]),
     ("ansible.vars.manager:VariableManager._get_magic_variables", "group_vars_once",
      ["self", "play", "host", "task", "include_hostvars"]),
     ("ansible.vars.manager:VariableManager.get_vars", "group_vars_once",
@@ -195,7 +196,8 @@ def test_a_trick_switched_off_gives_the_same_inventory(trick: str, tmp_path: Pat
     (source / "hosts.yml").write_text(
         "gpu_nodes:\n  vars: {fleet_agent_port: 19100}\n  hosts:\n"
         + "".join(f"    g{i}: {{ansible_host: '10.0.0.{i}'}}\n" for i in range(20))
-        + "tpu_nodes:\n  hosts:\n    t1: {fleet_agent_expected_chips: 4}\n")
+        + "tpu_nodes:\n  hosts:\n"
+        + "    t1: {fleet_agent_expected_chips: 4, ansible_host: \"{{ 'tpu' ~ '-1' }}.lab\"}\n")
     (source / "group_vars" / "gpu_nodes.yml").write_text(
         "fleet_agent_expected_chips: 8\nfleet_agent_token: \"{{ tok | default('') }}\"\n"
         "ansible_user: '{{ ops | default(\"ops\") }}'\n")
@@ -205,6 +207,7 @@ def test_a_trick_switched_off_gives_the_same_inventory(trick: str, tmp_path: Pat
     monkeypatch.setenv(ENV_OFF, trick)
     assert _hosts(str(source)) == expected
     assert expected["g3"][4].reveal() == "s3cret" and expected["g3"][5]["ansible_user"] == "ops"
+    assert expected["t1"][0] == "tpu-1.lab"  # a template in the inventory file itself is rendered
 
 
 # --- the cyclic garbage collector (moved from test_gc_paused.py) ----------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 from fleetctl.errors import EXIT_USAGE, UsageError
 from fleetctl.inventory import _ansible_setting, _init_plugin_loader, load_inventory
-from fleetctl.speedups import HostTemplar, InventoryVars, parse_once_loader_class
+from fleetctl.speedups import HostTemplar, InventoryVars, inventory_loader_class
 
 HOSTS_YML = """\
 all:
@@ -164,7 +164,7 @@ def fast_answer(sources: list[str]) -> tuple[Any, dict[str, dict[str, Any]]]:
     from ansible.vars.manager import VariableManager
 
     _init_plugin_loader()
-    loader = parse_once_loader_class()()
+    loader = inventory_loader_class()()
     manager = InventoryManager(loader=loader, sources=sources)
     fast = InventoryVars(loader, manager, VariableManager(loader=loader, inventory=manager))
     return loader, {h.name: fast.get(h) for h in manager.get_hosts("all")}
@@ -245,7 +245,7 @@ def test_parse_once_loader_returns_ansibles_parse_once(tmp_path: Path) -> None:
 
     f = tmp_path / "hosts.yml"
     f.write_text(HOSTS_YML)
-    loader = parse_once_loader_class()()
+    loader = inventory_loader_class()()
     first = loader.load_from_file(str(f), cache="none")
     assert loader.load_from_file(str(f), cache="none", trusted_as_template=True) is first
     assert first == DataLoader().load_from_file(str(f), cache="none", trusted_as_template=True)
