@@ -713,8 +713,9 @@ def _forget_vars_files_seen() -> None:
 
 
 def _parse_with_ansible(sources: Sequence[str], libyaml: bool = True) -> dict[str, Any]:
-    """``libyaml``: as :func:`fleetctl.speedups.inventory_loader`; a source it read that Ansible then
-    rejects is parsed again by Ansible's own loader, whose values say on which line the fault is."""
+    """``libyaml``: as :func:`fleetctl.speedups.inventory_loader`; when the source Ansible rejects is
+    a file libyaml read, the inventory is parsed again by Ansible's own loader, whose values say on
+    which line the fault is."""
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
 
@@ -729,9 +730,10 @@ def _parse_with_ansible(sources: Sequence[str], libyaml: bool = True) -> dict[st
             try:
                 manager = InventoryManager(loader=loader, sources=list(sources))
             except AnsibleError as exc:
-                if getattr(loader, "read_by_libyaml", None):
-                    return _parse_with_ansible(sources, libyaml=False)
                 failed = re.search(r"inventory source (.+)$", _first_line(str(exc)))
+                if failed and os.path.abspath(failed.group(1)) in getattr(loader, "read_by_libyaml", ()):
+                    # Only that file again: a failing script or cloud plugin source is not run twice.
+                    return _parse_with_ansible(sources, libyaml=False)
                 raise InventoryError(_failure_message(failed.group(1) if failed else label, got)) from None
             host_vars = host_vars_reader(loader, manager)
             templar = HostTemplar(loader)

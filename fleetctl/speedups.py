@@ -134,8 +134,9 @@ def inventory_loader_class() -> type[Any]:
     ``libyaml``: Ansible's YAML loader tags every scalar with where it came from (file, line, column)
     and, asked to trust the file, with trust; at 10,000 hosts that is half the parse. A file of plain
     YAML is read by :func:`plain_yaml` instead. Anything else (JSON, Ansible's own ``!vault`` and
-    ``!unsafe`` tags, a vault-encrypted file, a syntax error, an inventory plugin's config) is
-    Ansible's to read, as is every file while duplicate keys are configured to be errors.
+    ``!unsafe`` tags, a vault-encrypted file, a file that is not UTF-8, a syntax error, an inventory
+    plugin's config, sets and ordered maps) is Ansible's to read, as is every file while duplicate
+    keys are configured to be errors.
     """
     from ansible.parsing.dataloader import DataLoader
 
@@ -196,29 +197,37 @@ def plain_yaml(path: str, trusted: bool) -> Any:
     try:
         with open(path, "rb") as f:
             text = f.read()
+        # Ansible reads the file as UTF-8 (libyaml would also take UTF-16, which Ansible rejects).
+        text.decode("utf-8")
         if text.lstrip().startswith(b"$ANSIBLE_VAULT"):
             return NOT_PLAIN
+    except (OSError, UnicodeDecodeError):
+        return NOT_PLAIN
+    try:
         json.loads(text)
     except ValueError:  # not JSON: Ansible would read it as YAML too
         pass
-    except OSError:
-        return NOT_PLAIN
     else:  # JSON: Ansible's decoder (its own markers for unsafe and vaulted values)
         return NOT_PLAIN
     try:
         parsed = yaml.load(text, Loader=constructor)  # noqa: S506 - CSafeLoader: the safe constructor
-    except Exception:  # noqa: BLE001 - Ansible's tags, syntax errors: Ansible's loader and its wording
-        return NOT_PLAIN
-    if isinstance(parsed, dict) and "plugin" in parsed:
-        # An inventory plugin's config: its strings include Jinja expressions without braces
-        # (`compose`, `keyed_groups`), which need the trust only Ansible's loader gives all of them.
-        return NOT_PLAIN
-    return _trusted_templates(parsed) if trusted else parsed
+        if isinstance(parsed, dict) and "plugin" in parsed:
+            # An inventory plugin's config: its strings include Jinja expressions without braces
+            # (`compose`, `keyed_groups`), which need the trust only Ansible's loader gives all of them.
+            return NOT_PLAIN
+        return _trusted_templates(parsed) if trusted else parsed
+    except Exception:  # noqa: BLE001 - Ansible's tags, syntax errors, a set or ordered map to trust,
+        return NOT_PLAIN  # an anchor that holds itself: Ansible's loader and its wording
+
+
+class _NeedsAnsible(Exception):
+    """A value :func:`_trusted_templates` leaves to Ansible's loader to trust."""
 
 
 def _trusted_templates(value: Any) -> Any:
     """``value`` with each string that could be a template (keys too, as Ansible templates those)
-    tagged ``TrustedAsTemplate``; lists and mappings are changed in place."""
+    tagged ``TrustedAsTemplate``; lists and mappings are changed in place. A set or an ordered map
+    (``!!set``, ``!!omap``, ``!!pairs``: tuples) raises :class:`_NeedsAnsible`."""
     from ansible._internal._datatag._tags import TrustedAsTemplate
 
     trust = TrustedAsTemplate()
@@ -229,6 +238,8 @@ def _trusted_templates(value: Any) -> Any:
     def walk(v: Any) -> Any:
         if isinstance(v, str):
             return trust.tag(v) if template_like(v) else v
+        if isinstance(v, (tuple, set)):
+            raise _NeedsAnsible(type(v).__name__)
         if isinstance(v, dict):
             if any(template_like(k) for k in v):
                 items = [(walk(k), walk(x)) for k, x in v.items()]
@@ -236,11 +247,11 @@ def _trusted_templates(value: Any) -> Any:
                 v.update(items)
             else:
                 for k, x in v.items():
-                    if isinstance(x, (str, dict, list)) and (y := walk(x)) is not x:
+                    if isinstance(x, (str, dict, list, tuple, set)) and (y := walk(x)) is not x:
                         v[k] = y  # an existing key: the dict's size does not change
         elif isinstance(v, list):
             for i, x in enumerate(v):
-                if isinstance(x, (str, dict, list)) and (y := walk(x)) is not x:
+                if isinstance(x, (str, dict, list, tuple, set)) and (y := walk(x)) is not x:
                     v[i] = y
         return v
 

@@ -40,6 +40,9 @@ else
 fi
 [[ ${FLEET:-1} == 1 ]] && scenarios+=("tests:fleet")
 
+# `wait -n -p` (which job ended) is bash 5.1's.
+(( BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1) )) \
+    || die "bash 5.1 or newer is required (this is $BASH_VERSION)"
 parallel=${MOLECULE_JOBS:-2}
 [[ $parallel =~ ^[1-9][0-9]*$ ]] || die "MOLECULE_JOBS must be a positive whole number, got '$parallel'"
 # The longest scenarios start first, so that the last to end is a short one.
@@ -54,7 +57,15 @@ done
 
 logs=$(mktemp -d "${TMPDIR:-/tmp}/molecule-all.XXXXXX") || die "cannot create a log directory"
 declare -A project_of=() started_at=() log_of=()
-trap 'kill -- $(jobs -p) 2>/dev/null; echo "molecule-all: interrupted; logs in $logs" >&2; exit 130' INT TERM
+# Each scenario runs in a session of its own (setsid), so that stopping one stops Molecule and the
+# ansible-playbook processes under it; interrupted, every running scenario is stopped that way.
+stop_all() {
+    local pid
+    for pid in "${!project_of[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done
+    echo "molecule-all: interrupted; logs in $logs" >&2
+    exit 130
+}
+trap stop_all INT TERM HUP
 
 failed=()
 summary=()
@@ -86,7 +97,7 @@ for entry in "${ordered[@]}"; do
     echo "==> molecule test: $project started (output in $log, shown when it ends)"
     # Its own ANSIBLE_HOME: Molecule's prerun installs this repository's collection there with
     # --force, which two scenarios starting together must not do into one directory.
-    (cd "${entry%%:*}" && ANSIBLE_HOME="${log%.log}.ansible" exec molecule test -s "${entry##*:}") \
+    (cd "${entry%%:*}" && ANSIBLE_HOME="${log%.log}.ansible" exec setsid --wait molecule test -s "${entry##*:}") \
         > "$log" 2>&1 &
     pid=$!
     project_of[$pid]=$project

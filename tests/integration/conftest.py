@@ -8,6 +8,7 @@ then SIGKILL) at the end of the test and show the process's stderr when it fails
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -140,7 +141,8 @@ def interrupt(proc: subprocess.Popen[Any], timeout: float) -> tuple[Any, Any]:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a child of its own may hold the pipes
+            proc.communicate(timeout=10)
         raise AssertionError(f"{' '.join(map(str, proc.args))[:200]} still ran {timeout:g} s after "
                              f"Ctrl-C: killed") from None
 

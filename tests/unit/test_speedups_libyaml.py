@@ -32,12 +32,11 @@ all:
     merged:
       <<: *base
       port: 10401
-    set: !!set {a, b}
-    pairs: !!omap [{x: 1}, {y: 2}]
   hosts:
     h1:
     h2: {ansible_host: "{{ inventory_hostname }}.lab", note: "{% if true %}x{% endif %}"}
     h3: {"{{ key }}": "#jinja2:variable_start_string:'[%'\\n[% x %]", plain: 'curly { brace'}
+    h4: {extra: ["{{ a }}", {k: "{{ b }}"}, plain]}
 """
 
 
@@ -71,6 +70,13 @@ def test_plain_yaml_gives_the_values_and_types_ansibles_loader_gives(tmp_path: P
     assert got["all"]["vars"]["words"][0] == "1e3"  # YAML 1.1: a string, as Ansible reads it
 
 
+def test_sets_and_ordered_maps_are_read_alike_and_left_to_ansible_to_trust(tmp_path: Path) -> None:
+    f = tmp_path / "hosts.yml"
+    f.write_text("all:\n  vars:\n    set: !!set {a, b}\n    pairs: !!omap [{x: 1}, {y: 2}]\n")
+    assert _typed(plain_yaml(str(f), trusted=False)) == _typed(_ansible(f))
+    assert plain_yaml(str(f), trusted=True) is NOT_PLAIN  # tuples and sets: not walked for trust
+
+
 def test_strings_that_could_be_templates_are_trusted_and_no_others(tmp_path: Path) -> None:
     f = tmp_path / "hosts.yml"
     f.write_text(MIXED)
@@ -82,11 +88,13 @@ def test_strings_that_could_be_templates_are_trusted_and_no_others(tmp_path: Pat
     assert trusted(hosts["h3"]["plain"])  # any brace: Ansible's own test would look further
     assert not any(trusted(k) for k in hosts) and not trusted(plain_yaml(str(f), trusted=True)["all"]
                                                                 ["vars"]["words"][5])
+    listed = hosts["h4"]["extra"]
+    assert trusted(listed[0]) and trusted(listed[1]["k"]) and not trusted(listed[2])
     untrusted = plain_yaml(str(f), trusted=False)["all"]["hosts"]["h2"]["ansible_host"]
     assert not trusted(untrusted)  # the file was not asked for with trust
 
 
-@pytest.mark.parametrize(("name", "text"), [
+LEFT_TO_ANSIBLE: list[tuple[str, str | bytes | None]] = [
     ("vault-tag", "all:\n  vars:\n    tok: !vault |\n      $ANSIBLE_VAULT;1.1;AES256\n      3031\n"),
     ("unsafe-tag", "all:\n  vars:\n    raw: !unsafe '{{ not a template }}'\n"),
     ("json", '{"all": {"hosts": {"h1": {"n": 1e3}}}}'),
@@ -94,10 +102,21 @@ def test_strings_that_could_be_templates_are_trusted_and_no_others(tmp_path: Pat
     ("syntax-error", "all:\n  hosts:\n    h1: {a: 1\n"),
     ("plugin-config", "plugin: ansible.builtin.constructed\ncompose:\n  x: inventory_hostname ~ '-a'\n"),
     ("missing", None),
-])
-def test_anything_but_plain_yaml_is_left_to_ansible(tmp_path: Path, name: str, text: str | None) -> None:
+    ("utf-16", "all:\n  hosts:\n    h1:\n".encode("utf-16")),
+    ("not-utf-8", b"all:\n  hosts:\n    h\xe9:\n"),
+    ("template-in-omap", "all:\n  vars:\n    om: !!omap [{a: '{{ base }}.5'}]\n"),
+    ("template-in-set", "all:\n  vars:\n    s: !!set {'{{ x }}'}\n"),
+    ("anchor-holding-itself", "all:\n  vars:\n    x: &a [*a]\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "text"), LEFT_TO_ANSIBLE, ids=[c[0] for c in LEFT_TO_ANSIBLE])
+def test_anything_but_plain_yaml_is_left_to_ansible(tmp_path: Path, name: str,
+                                                    text: str | bytes | None) -> None:
     f = tmp_path / f"{name}.yml"
-    if text is not None:
+    if isinstance(text, bytes):
+        f.write_bytes(text)
+    elif text is not None:
         f.write_text(text)
     assert plain_yaml(str(f), trusted=True) is NOT_PLAIN
 
@@ -142,3 +161,17 @@ def test_a_file_ansible_rejects_is_worded_by_ansibles_loader(tmp_path: Path,
         load_inventory(str(f), use_cache=False)
     assert str(fast.value) == str(plain.value)
     assert str(f) in str(fast.value) and "\n" not in str(fast.value)
+
+
+def test_a_failing_source_libyaml_did_not_read_is_not_run_again(tmp_path: Path) -> None:
+    """The second parse is for a file libyaml read; a script (or a cloud plugin) runs once."""
+    inv = tmp_path / "inv"
+    inv.mkdir()
+    (inv / "hosts.yml").write_text("all:\n  hosts:\n    h1:\n")
+    runs = tmp_path / "runs"
+    script = inv / "zz.sh"
+    script.write_text(f"#!/bin/sh\necho run >> {runs}\nexit 3\n")
+    script.chmod(0o755)
+    with pytest.raises(InventoryError):
+        load_inventory(str(inv), use_cache=False)
+    assert runs.read_text().split() == ["run"]
