@@ -231,6 +231,7 @@ def _trusted_templates(value: Any) -> Any:
     from ansible._internal._datatag._tags import TrustedAsTemplate
 
     trust = TrustedAsTemplate()
+    walked = (str, dict, list, tuple, set)  # what may hold or be a template; the rest is left as is
 
     def template_like(v: Any) -> bool:
         return isinstance(v, str) and ("{" in v or v.startswith("#jinja2:"))
@@ -247,11 +248,11 @@ def _trusted_templates(value: Any) -> Any:
                 v.update(items)
             else:
                 for k, x in v.items():
-                    if isinstance(x, (str, dict, list, tuple, set)) and (y := walk(x)) is not x:
+                    if isinstance(x, walked) and (y := walk(x)) is not x:
                         v[k] = y  # an existing key: the dict's size does not change
         elif isinstance(v, list):
             for i, x in enumerate(v):
-                if isinstance(x, (str, dict, list, tuple, set)) and (y := walk(x)) is not x:
+                if isinstance(x, walked) and (y := walk(x)) is not x:
                     v[i] = y
         return v
 

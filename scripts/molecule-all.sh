@@ -85,11 +85,13 @@ finish() {  # $1: a finished job's pid, $2: its exit status
 }
 
 running=0
+reap() {  # waits for the next scenario to end and reports it
+    local done_pid rc
+    wait -n -p done_pid; rc=$?
+    finish "$done_pid" "$rc"; running=$((running - 1))
+}
 for entry in "${ordered[@]}"; do
-    if (( running >= parallel )); then
-        wait -n -p done_pid; rc=$?
-        finish "$done_pid" "$rc"; running=$((running - 1))
-    fi
+    (( running >= parallel )) && reap
     # The fleet scenario lives outside a role: Molecule finds it under molecule/fleet of the
     # tests/ project directory.
     project="${entry%%:*}/molecule/${entry##*:}"
@@ -105,10 +107,7 @@ for entry in "${ordered[@]}"; do
     started_at[$pid]=$SECONDS
     running=$((running + 1))
 done
-while (( running > 0 )); do
-    wait -n -p done_pid; rc=$?
-    finish "$done_pid" "$rc"; running=$((running - 1))
-done
+while (( running > 0 )); do reap; done
 rm -rf "$logs"
 
 echo "==> molecule summary"

@@ -248,6 +248,7 @@ def test_parse_once_loader_returns_ansibles_parse_once(tmp_path: Path) -> None:
     loader = inventory_loader_class()()
     first = loader.load_from_file(str(f), cache="none")
     assert loader.load_from_file(str(f), cache="none", trusted_as_template=True) is first
+    assert loader.read_by_libyaml == [str(f)]  # a plain file: one libyaml parse for both plugins
     assert first == DataLoader().load_from_file(str(f), cache="none", trusted_as_template=True)
     cached = loader.load_from_file(str(f))  # the ordinary cached path is Ansible's own
     assert cached == first and cached is not first
