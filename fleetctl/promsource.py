@@ -109,8 +109,11 @@ RULES_VERSION_CLEAN = 4
 # From this version on the agents that name another host are a record (IDENTITY_RECORD), read in the
 # first round; older rules' servers are asked IDENTITY itself, in a round after it.
 RULES_VERSION_IDENTITY = 5
+# From this version on the clean record is the agents' own verdict (fleet_node_clean): the hosts the rules
+# name as without rollups are those whose agents export none (older than the rules).
+RULES_VERSION_AGENT_VERDICT = 6
 # The rules' version this fleetctl ships (deploy/prometheus/rules/fleetctl-report.rules.yml).
-RULES_VERSION = RULES_VERSION_IDENTITY
+RULES_VERSION = RULES_VERSION_AGENT_VERDICT
 MODELS = "fleetctl:host_chip_models"
 AGENT_JOBS = "fleetctl:agent_jobs"
 # What a host's summary holds, in this order (a :data:`Line`); rules of every version give the same.
@@ -1270,8 +1273,9 @@ class _SummaryTable:
                 and 0.0 <= now - ts and seen_at - ts < STALE_MIN_S)
 
     def without_rollups(self, hosts: Iterable[Host]) -> list[str]:
-        """The hosts whose agents predate the per-host rollups: the rules' record of them (version 4),
-        or (version 3) a summary with chips and no chips_healthy."""
+        """The hosts whose agents are older than the rules: the rules' record of them (version 4 on:
+        no rollups; version 6 on: no fleet_node_clean), or (version 3) a summary with chips and no
+        chips_healthy."""
         if self.clean_records:
             return [h.name for h in hosts if h.name in self._old]
         out = []
@@ -1505,16 +1509,20 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             # Rules without the record, or a record as old as the rest (the rules stopped): the query itself.
             ask((IDENTITY,), take)
         detail = wanted if detail_all else {h.name for h in hosts if not table.clean(h, now, clock.seen_at)}
+        old = table.without_rollups(hosts) if version >= RULES_VERSION_ROLLUPS else []
         if not detail_all:
             # An agent that says now that its host is not clean (its fault copies, scraped since the rules
             # last ran) outranks the clean record the rules made before: a host that just failed is read.
             detail.update(name for name, d in copied.data.items() if d.statuses)
-        old = table.without_rollups(hosts) if version >= RULES_VERSION_ROLLUPS else []
+            # So does an agent older than the rules behind a second target of a host another calls clean.
+            detail.update(old)
         if old:
             # Correct either way (they are read chip by chip), but slow at scale: say why, once.
             (notice or _stderr)(f"{len(old)} host(s) ({old[0]}{', ...' if len(old) > 1 else ''}) export no "
-                                "fleet_node_chips_healthy: agents from before the per-host rollups, read "
-                                "chip by chip; upgrade their fleet-agent")
+                                + ("fleet_node_clean: agents older than the fleetctl-report rules (version "
+                                   f"{version})" if version >= RULES_VERSION_AGENT_VERDICT else
+                                   "fleet_node_chips_healthy: agents from before the per-host rollups")
+                                + ", read chip by chip; upgrade their fleet-agent")
         # The agent jobs come from the rules: the detail's fleet_agent_info covers the detail hosts only.
         gathered.add("fleet_agent_info", [(labels, 1.0) for labels, _ in answers[AGENT_JOBS]])
         # Past a small selection, a host's chips that are not healthy only: its rollups count the rest.

@@ -353,13 +353,19 @@ def _clean_report(**over: object) -> NodeReport:
 
 
 def test_a_clean_host_exports_no_fault_detail_and_any_doubt_does() -> None:
-    assert "fleet_fault_detail" not in _samples(render_metrics(_clean_report()))
-    assert "fleet_fault_detail" not in _samples(render_metrics(_clean_report(chips_expected=None)))
+    # ... and its verdict in fleet_node_clean, which the fleetctl-report rules (version 6) read.
+    for expected, label in ((2, "agent"), (None, "unset")):
+        s = _samples(render_metrics(_clean_report(chips_expected=expected)))
+        assert "fleet_fault_detail" not in s
+        assert [(x.labels, x.value) for x in s["fleet_node_clean"]] == [({"chips_expected": label}, 1.0)]
     stale = _healthy_gpu(1)
     stale.stale = True
     for doubt in ({"status": Status.DEGRADED}, {"drained": True}, {"chips_expected": 3},
-                  {"chips": [_healthy_gpu(0), _gpu(1)]}, {"chips": [_healthy_gpu(0), stale]}):
-        assert "fleet_fault_detail" in _samples(render_metrics(_clean_report(**doubt))), doubt
+                  {"chips_expected": 1}, {"chips": [_healthy_gpu(0), _gpu(1)]},
+                  {"chips": [_healthy_gpu(0), stale]}):
+        s = _samples(render_metrics(_clean_report(**doubt)))
+        assert "fleet_fault_detail" in s, doubt
+        assert [x.value for x in s["fleet_node_clean"]] == [0.0], doubt
 
 
 def test_the_fault_detail_copies_exactly_the_series_fleetctl_reads_of_a_faulty_host() -> None:

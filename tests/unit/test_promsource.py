@@ -780,7 +780,7 @@ def test_a_clean_record_without_chip_models_is_no_summary_row() -> None:
     assert not isinstance(rows["c3"], SummaryRow) and isinstance(rows["c4"], SummaryRow)
 
 
-@pytest.mark.parametrize("version", ["3", "4"])
+@pytest.mark.parametrize("version", ["3", "4", "6"])
 def test_a_host_whose_agent_predates_the_rollups_is_read_chip_by_chip(version: str) -> None:
     # From rules version 3 on the summaries are the agents' per-host rollups: an older agent's host
     # gets node_healthy, chips_present and its sample time, nothing folded from its chips. Never a
@@ -799,9 +799,33 @@ def test_a_host_whose_agent_predates_the_rollups_is_read_chip_by_chip(version: s
     notes: list[str] = []
     hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
     report = prometheus_report(hosts, fake, now=NOW, detail_all=False, notice=notes.append)
-    assert notes == ["1 host(s) (c0) export no fleet_node_chips_healthy: agents from before the per-host "
-                     "rollups, read chip by chip; upgrade their fleet-agent"]
+    # (From version 6 on the record names the agents without fleet_node_clean, these among them.)
+    said = ("fleet_node_clean: agents older than the fleetctl-report rules (version 6)" if version == "6"
+            else "fleet_node_chips_healthy: agents from before the per-host rollups")
+    assert notes == [f"1 host(s) (c0) export no {said}, read chip by chip; upgrade their fleet-agent"]
     assert not isinstance(next(r for r in report.hosts if r.name == "c0"), SummaryRow)
+
+
+def test_a_clean_host_with_an_older_agent_behind_another_target_is_read_chip_by_chip() -> None:
+    # Rules version 6: the clean record takes the verdict of the targets whose agents give one; a
+    # second target whose agent is older gives none, and the rules name its host as without rollups.
+    fake = RulesPrometheus("6")
+    fake.series[WITHOUT_ROLLUPS] = [({"host": "c3"}, 2.0)]
+    real = fake.records
+
+    def records(name: str) -> list[tuple[dict[str, str], float]]:
+        return fake.series[WITHOUT_ROLLUPS] if name == WITHOUT_ROLLUPS else real(name)
+
+    fake.records = records  # type: ignore[method-assign]
+    notes: list[str] = []
+    hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
+    report = prometheus_report(hosts, fake, now=NOW, detail_all=False, notice=notes.append)
+    rows = {r.name: r for r in report.hosts}
+    assert len(notes) == 1 and notes[0].startswith("1 host(s) (c3) export no fleet_node_clean")
+    # Its chips asked for (this fake has none of c3's), never its clean summary shown.
+    assert any(re.search(r'host=~"[^"]*\bc3\b', q) for q in fake.queries)
+    assert not isinstance(rows["c3"], SummaryRow)
+    assert all(isinstance(rows[f"c{i}"], SummaryRow) for i in range(10) if i != 3)
 
 
 def test_a_small_selection_is_read_chip_by_chip_and_missing_rules_are_said_once() -> None:
