@@ -1198,11 +1198,15 @@ class _SummaryTable:
                     versions[host] = labels.version
 
     def _take_clean(self, samples: list[Sample]) -> None:
+        # A host twice (replicas, or rules version 6 while its agent's count was configured a moment
+        # ago): the record that says the agent has a count wins, whatever order the server lists them in.
         clean, wanted, isfinite = self._clean, self.wanted, math.isfinite
         for labels, ts in samples:
             host = labels.host
-            if host in wanted and isfinite(ts) and host not in clean:
-                clean[host] = (ts, labels.chips_expected)
+            if host in wanted and isfinite(ts):
+                had = clean.get(host)
+                if had is None or (had[1] != "agent" and labels.chips_expected == "agent"):
+                    clean[host] = (ts, labels.chips_expected)
 
     def _take_reading(self, i: int, column: Column) -> None:
         # Usable values only: a host twice (replicas passed on) keeps its usable one, a NaN never hides it.

@@ -771,6 +771,29 @@ def test_the_agents_expected_count_shows_on_a_clean_row_only_when_it_has_one() -
         assert not isinstance(rows["c0"], SummaryRow) and isinstance(rows["c1"], SummaryRow)
 
 
+def test_a_host_with_two_clean_records_shows_the_agents_count_in_either_order() -> None:
+    # Rules version 6 give a target two clean records while its agent's count is newly configured
+    # (the old verdict series not yet stale): the one saying the agent has a count wins.
+    fake = RulesPrometheus("6", chips_expected=2.0)  # c0's agent expects its 2 chips
+    real = fake.records
+    flipped = [False]
+
+    def records(name: str) -> list[tuple[dict[str, str], float]]:
+        out = real(name)
+        if name == CLEAN:
+            out += [({**lab, "chips_expected": "unset"}, ts) for lab, ts in out if lab["host"] == "c0"]
+            if flipped[0]:
+                out.reverse()
+        return out
+
+    fake.records = records  # type: ignore[method-assign]
+    for flip in (False, True):
+        flipped[0] = flip
+        rows = {r.name: r for r in prometheus_report([host("c0", 1, expected=None)], fake, now=NOW,
+                                                     detail_all=False).hosts}
+        assert isinstance(rows["c0"], SummaryRow) and rows["c0"].chips_expected == 2, flip
+
+
 def test_a_clean_record_without_chip_models_is_no_summary_row() -> None:
     # The chips are counted from the models record: without it the count would be made up.
     fake = RulesPrometheus("4")
