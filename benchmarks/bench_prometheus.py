@@ -57,9 +57,11 @@ from __future__ import annotations
 import argparse
 import compileall
 import concurrent.futures
+import datetime
 import http.client
 import http.server
 import json
+import math
 import os
 import re
 import shutil
@@ -288,6 +290,35 @@ def rule_times(url: str) -> dict[str, float]:
     return out | dict(sorted(rules.items(), key=lambda kv: -kv[1])[:7])
 
 
+def rules_quiet_s(groups: list[dict[str, Any]], now: float) -> float:
+    """Seconds left before the fleetctl-report group evaluates again, from ``/api/v1/rules``'s groups
+    (0: one is running or due). At 100,000 hosts an evaluation takes tens of seconds of a core: a timed
+    run that meets one measures the rules as much as fleetctl's queries."""
+    for g in groups:
+        if g["name"] == "fleetctl-report":
+            # RFC 3339 with up to nanoseconds; fromisoformat takes microseconds.
+            stamp = re.sub(r"(\.\d{6})\d+", r"\1", g["lastEvaluation"]).replace("Z", "+00:00")
+            left = datetime.datetime.fromisoformat(stamp).timestamp() + g["interval"] - now
+            return max(left, 0.0)
+    return math.inf
+
+
+def wait_for_quiet(url: str, need_s: float) -> bool:
+    """Wait (10 minutes at most) until the next rules evaluation is ``need_s`` seconds away or more;
+    False when the group leaves no such window (evaluations nearly as long as the interval)."""
+    give_up = time.monotonic() + 600.0
+    while time.monotonic() < give_up:
+        with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=60) as r:
+            groups = json.loads(r.read())["data"]["groups"]
+        if rules_quiet_s(groups, time.time()) >= need_s:
+            return True
+        g = next((g for g in groups if g["name"] == "fleetctl-report"), None)
+        if g is not None and g["interval"] - g["evaluationTime"] < need_s:
+            return False  # no window that long: measured as it comes
+        time.sleep(0.5)
+    return False
+
+
 def compactions(url: str) -> int:
     """Block compactions Prometheus has run and is running (its own /metrics): a merge during the timed
     runs would be the benchmark's backfill, not fleetctl's queries, competing for the cores."""
@@ -404,14 +435,20 @@ class Run:
         self.statuses = {h["name"]: h["status"] for h in self.doc["hosts"]}
 
 
-def measure(name: str, args: list[str], env: dict[str, str], runs: int, prom_pid: int | None
-            ) -> tuple[dict[str, Any], dict[str, str]]:
+def measure(name: str, args: list[str], env: dict[str, str], runs: int, prom_pid: int | None,
+            url: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Figures of ``runs`` warm runs (0: the warm-up's statuses only); a failed command fails the
-    benchmark."""
+    benchmark. With Prometheus's ``url``, each timed run starts between two rules evaluations, with
+    half as long again as the run before it left before the next."""
     warm = Run(args, env, prom_pid)  # warm: the inventory cache, the page cache
     if runs == 0:
         return {}, warm.statuses
-    rs = [Run(args, env, prom_pid) for _ in range(runs)]
+    rs: list[Run] = []
+    quiet = 0
+    for _ in range(runs):
+        if url is not None:
+            quiet += wait_for_quiet(url, 1.5 * (rs[-1] if rs else warm).wall + 1.0)
+        rs.append(Run(args, env, prom_pid))
     for i, r in enumerate(rs):
         log(f"  {name} run {i + 1}: {r.wall:.2f}s, RSS {r.rss_mb:.0f} MB, fleetctl CPU {r.cpu:.2f}s"
             + (f", Prometheus CPU {r.prom_cpu:.2f}s" if prom_pid else ""))
@@ -423,6 +460,8 @@ def measure(name: str, args: list[str], env: dict[str, str], runs: int, prom_pid
     }
     if prom_pid:
         fig["prometheus_cpu_s"] = median([r.prom_cpu for r in rs])
+    if url is not None:
+        fig["runs_between_evaluations"] = quiet
     if notes:
         fig["stderr"] = notes[0][:300]
     return fig, rs[-1].statuses
@@ -470,7 +509,7 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
         via = ["health", "-i", str(inv), "--json", "--source", "prometheus", "--prometheus-url", url]
         merges = compactions(url)
         try:
-            after, got = measure("prometheus", via, env, runs, prom.pid)
+            after, got = measure("prometheus", via, env, runs, prom.pid, url)
         except CommandFailed as exc:
             raise SystemExit(f"bench_prometheus: {hosts} hosts: {exc}") from None
         # Compactions run or running, at the first run and after the last: 0 and 0 when none competed.
@@ -489,7 +528,8 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
                                                            <= direct["whole_command_s"])
         if hosts <= DETAIL_ALL_MAX_HOSTS:
             # A selection this small is read chip by chip; the summary rows are what larger ones get.
-            rows, rows_got = measure("prometheus summary rows", via, {**env, ENV_DETAIL: "0"}, runs, prom.pid)
+            rows, rows_got = measure("prometheus summary rows", via, {**env, ENV_DETAIL: "0"}, runs, prom.pid,
+                                     url)
             rows["statuses_agree"] = rows_got == want
             result["prometheus_summary_rows"] = rows
         if hosts == 10000:
@@ -502,7 +542,7 @@ def bench_size(work: Path, hosts: int, runs: int, base_port: int, prom_port: int
             # broken benchmark; then it is timed again with a long --timeout, as the issue did.
             for key, extra in (("prometheus_before", []), ("prometheus_before_timeout_300", LONG_TIMEOUT)):
                 try:
-                    old, old_got = measure(key.replace("_", " "), via + extra, old_env, runs, prom.pid)
+                    old, old_got = measure(key.replace("_", " "), via + extra, old_env, runs, prom.pid, url)
                 except CommandFailed as exc:
                     log(f"  {key}: {exc}")
                     result[key] = {"failed": str(exc)}
