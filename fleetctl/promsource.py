@@ -1520,28 +1520,34 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             detail.update(name for name, d in copied.data.items() if d.statuses)
             # So does an agent older than the rules behind a second target of a host another calls clean.
             detail.update(old)
+        # Version 6 on, the record names agents without the verdict, most of which have the rollups (a fleet
+        # whose rules were upgraded first): read faults first, as any host that is not clean, where
+        # _read_faults sends those without the rollups to every chip. Before, none has rollups.
+        verdictless = version >= RULES_VERSION_AGENT_VERDICT
         if old:
-            # Correct either way (they are read chip by chip), but slow at scale: say why, once.
+            # Correct either way, but slow at scale: say why, once.
             (notice or _stderr)(f"{len(old)} host(s) ({old[0]}{', ...' if len(old) > 1 else ''}) export no "
                                 + ("fleet_node_clean: agents older than the fleetctl-report rules (version "
-                                   f"{version})" if version >= RULES_VERSION_AGENT_VERDICT else
-                                   "fleet_node_chips_healthy: agents from before the per-host rollups")
-                                + ", read chip by chip; upgrade their fleet-agent")
+                                   f"{version}), read without a clean summary" if verdictless else
+                                   "fleet_node_chips_healthy: agents from before the per-host rollups, read "
+                                   "chip by chip")
+                                + "; upgrade their fleet-agent")
         # The agent jobs come from the rules: the detail's fleet_agent_info covers the detail hosts only.
         gathered.add("fleet_agent_info", [(labels, 1.0) for labels, _ in answers[AGENT_JOBS]])
         # Past a small selection, a host's chips that are not healthy only: its rollups count the rest.
-        # (Hosts whose agents export no rollups, as the rules say, go straight to every chip.)
+        # (Hosts whose agents export no rollups, as rules before version 6 say, go straight to every chip.)
         chips: Mapping[int, list[str]] = {}
         every_chip = detail
         if not detail_all:
             # A host whose agent Prometheus does not scrape is a row from its `up` alone: never asked.
             every_chip = scraped = {h.name for h in hosts if h.name in detail
                                     and (agent_up(up_of.get(h.name), gathered.agent_jobs, h) or 0.0) >= 1}
-            if faults := scraped.difference(old):
+            straight = set() if verdictless else scraped.intersection(old)
+            if faults := scraped - straight:
                 copies = _trusted_copies([h for h in hosts if h.name in faults], copied, up_of,
                                          gathered.agent_jobs)
                 chips, every_chip = _read_faults(ask, faults, gathered, copies)
-                every_chip |= scraped.intersection(old)
+                every_chip |= straight
         # Those chips' readings, and every chip of the hosts their count sends there, in one round.
         if more := chip_queries(chips) + detail_queries(every_chip):
             ask(more, gathered.add)

@@ -771,6 +771,30 @@ def test_the_agents_expected_count_shows_on_a_clean_row_only_when_it_has_one() -
         assert not isinstance(rows["c0"], SummaryRow) and isinstance(rows["c1"], SummaryRow)
 
 
+@pytest.mark.parametrize("version", ["5", "6"])
+def test_an_agent_with_rollups_named_by_the_rules_is_read_faults_first_from_version_6(version: str) -> None:
+    # Version 6 names the agents without the verdict, most with the rollups (rules upgraded before the
+    # agents): read as any host that is not clean, faults first. Before, the record meant no rollups.
+    fake = RulesPrometheus(version)
+    real = fake.records
+
+    def records(name: str) -> list[tuple[dict[str, str], float]]:
+        return [({"host": "hot"}, 2.0)] if name == WITHOUT_ROLLUPS else real(name)
+
+    fake.records = records  # type: ignore[method-assign]
+    report = prometheus_report([host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)], fake, now=NOW,
+                               detail_all=False, notice=lambda line: None)
+    hot = next(r for r in report.hosts if r.name == "hot")
+    asked = [q for q in fake.queries if "host=~" in q]
+    assert hot.status is HostHealth.UNHEALTHY and [(p.check, p.chip) for p in hot.problems] == [("xid", 1)]
+    if version == "6":
+        assert asked == fault_queries(["hot"]) + chip_queries({1: ["hot"]})
+        assert isinstance(hot, SummaryRow) and [c.index for c in hot.chips] == [1]
+    else:
+        assert asked[: len(detail_queries(["hot"]))] == detail_queries(["hot"])
+        assert sorted(c.index for c in hot.chips) == [0, 1]
+
+
 def test_a_host_with_two_clean_records_shows_the_agents_count_in_either_order() -> None:
     # Rules version 6 give a target two clean records while its agent's count is newly configured
     # (the old verdict series not yet stale): the one saying the agent has a count wins.
@@ -823,9 +847,10 @@ def test_a_host_whose_agent_predates_the_rollups_is_read_chip_by_chip(version: s
     hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
     report = prometheus_report(hosts, fake, now=NOW, detail_all=False, notice=notes.append)
     # (From version 6 on the record names the agents without fleet_node_clean, these among them.)
-    said = ("fleet_node_clean: agents older than the fleetctl-report rules (version 6)" if version == "6"
-            else "fleet_node_chips_healthy: agents from before the per-host rollups")
-    assert notes == [f"1 host(s) (c0) export no {said}, read chip by chip; upgrade their fleet-agent"]
+    said = ("fleet_node_clean: agents older than the fleetctl-report rules (version 6), read without a "
+            "clean summary" if version == "6"
+            else "fleet_node_chips_healthy: agents from before the per-host rollups, read chip by chip")
+    assert notes == [f"1 host(s) (c0) export no {said}; upgrade their fleet-agent"]
     assert not isinstance(next(r for r in report.hosts if r.name == "c0"), SummaryRow)
 
 
