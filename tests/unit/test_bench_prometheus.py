@@ -1,13 +1,21 @@
-"""benchmarks/bench_prometheus.py: timed runs start between two rules evaluations."""
+"""benchmarks/bench_prometheus.py (timed runs between two rules evaluations) and bench_rules.py."""
 
 from __future__ import annotations
 
 import datetime
+import http.server
 import importlib.util
+import json
+import os
+import subprocess
 import sys
+import threading
+import urllib.parse
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import yaml
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -42,3 +50,41 @@ def test_the_quiet_left_is_the_time_to_the_groups_next_evaluation() -> None:
     # Another group's evaluations are not the report's; no report group: nothing to wait for.
     assert bench.rules_quiet_s([_group(last, 120.0, name="alerts")], last + 130.0) == float("inf")
     assert bench.rules_quiet_s([_group(last, 120.0, name="alerts"), _group(last, 10.0)], last + 4.0) > 5.9
+
+
+def test_bench_rules_compares_each_record_of_two_files_series_by_series(tmp_path: Path) -> None:
+    # A stand-in Prometheus answering each expression; this process's own /proc stands in for its CPU.
+    two = [({"host": "h1"}, "1"), ({"host": "h2"}, "2")]
+    # a: the same series in another order (equal); b: another value (not equal)
+    answers = {"a": two, "a_v2": two[::-1], "b": [({"host": "h1"}, "5")], "b_v2": [({"host": "h1"}, "6")]}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            result = [{"metric": m, "value": [0, v]} for m, v in answers[form["query"][0]]]
+            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}})
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hold = tmp_path / "hold.json"
+        url = f"http://127.0.0.1:{server.server_port}"
+        hold.write_text(json.dumps({"url": url, "prometheus_pid": os.getpid()}))
+        for name, suffix in (("old", ""), ("new", "_v2")):
+            rules = [{"record": "r:a", "expr": f"a{suffix}"}, {"record": "r:b", "expr": f"b{suffix}"}]
+            (tmp_path / f"{name}.yml").write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": rules}]}))
+        out = subprocess.run([sys.executable, str(BENCH_DIR / "bench_rules.py"), "--hold", str(hold),
+                              "--rounds", "2", str(tmp_path / "old.yml"), str(tmp_path / "new.yml")],
+                             capture_output=True, text=True, check=True, timeout=60)
+    finally:
+        server.shutdown()
+    doc = json.loads(out.stdout)
+    assert doc["rules"]["r:a"]["equal"] is True and doc["rules"]["r:b"]["equal"] is False
+    assert (doc["rules"]["r:a"]["old"]["series"], doc["rules"]["r:b"]["new"]["series"]) == (2, 1)
+    assert set(doc["group"]) == {"old", "new"} and doc["group"]["old"]["wall_s"] > 0

@@ -1,0 +1,82 @@
+"""What each recording rule costs Prometheus, for two rules files side by side.
+
+Every rule's expression of each file is asked as an instant query at one instant, against a server
+held by ``bench_prometheus.py --hold FILE`` (its JSON names the URL and Prometheus's pid), the two
+files alternating, ``--rounds`` times. Per rule and per file: the median wall time, the median
+Prometheus CPU (from /proc: the server must run on this machine) and the series answered; and
+whether the two files' records of the same name are equal series by series. A group's evaluation
+runs these same queries one after another, so the sums are what one evaluation costs.
+
+    python benchmarks/bench_rules.py --hold F OLD.rules.yml deploy/prometheus/rules/fleetctl-report.rules.yml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def records(path: Path) -> dict[str, str]:
+    """Record name -> expression, for every recording rule in the file."""
+    doc = yaml.safe_load(path.read_text())
+    return {r["record"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "record" in r}
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ask(url: str, expr: str, when: float) -> list[dict[str, Any]]:
+    body = urllib.parse.urlencode({"query": expr, "time": f"{when:.3f}"}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/api/v1/query", data=body), timeout=600) as r:
+        return json.loads(r.read())["data"]["result"]  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hold", type=Path, required=True, help="the JSON bench_prometheus.py --hold writes")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("old", type=Path)
+    p.add_argument("new", type=Path)
+    args = p.parse_args()
+    held = json.loads(args.hold.read_text())
+    url, pid = held["url"], held["prometheus_pid"]
+    files = {"old": records(args.old), "new": records(args.new)}
+    when = time.time()
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    answers: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for _ in range(args.rounds):
+        for which, rules in files.items():
+            for name, expr in rules.items():
+                c0, t0 = cpu_s(pid), time.perf_counter()
+                result = ask(url, expr, when)
+                times.setdefault((which, name), []).append((time.perf_counter() - t0, cpu_s(pid) - c0))
+                answers[(which, name)] = sorted((tuple(sorted(s["metric"].items())), s["value"][1])
+                                                for s in result)
+    out: dict[str, Any] = {"rounds": args.rounds, "rules": {}, "group": {}}
+    for (which, name), runs in times.items():
+        wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        row = out["rules"].setdefault(name, {})
+        row[which] = {"wall_s": round(wall, 3), "prometheus_cpu_s": round(cpu, 2),
+                      "series": len(answers[(which, name)])}
+        group = out["group"].setdefault(which, {"wall_s": 0.0, "prometheus_cpu_s": 0.0})
+        group["wall_s"] = round(group["wall_s"] + wall, 3)
+        group["prometheus_cpu_s"] = round(group["prometheus_cpu_s"] + cpu, 2)
+    for name, row in out["rules"].items():
+        if "old" in row and "new" in row:
+            row["equal"] = answers[("old", name)] == answers[("new", name)]
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
