@@ -2,8 +2,9 @@
 
 Every rule's expression of each file is asked as an instant query at one instant, against a server
 held by ``bench_prometheus.py --hold FILE`` (its JSON names the URL and Prometheus's pid), the two
-files alternating, ``--rounds`` times. Per rule and per file: the median wall time, the median
-Prometheus CPU (from /proc: the server must run on this machine) and the series answered; and
+files alternating, ``--rounds`` times, each file's pass between two of the server's own rules
+evaluations where it fits. Per rule and per file: the median wall time, the median Prometheus CPU
+(from /proc: the server must run on this machine) and the series answered; and
 whether the two files' records of the same name are equal series by series. A group's evaluation
 runs these same queries one after another, so the sums are what one evaluation costs.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from bench_prometheus import wait_for_quiet
 
 
 def records(path: Path) -> dict[str, str]:
@@ -55,15 +57,22 @@ def main() -> None:
     when = time.time()
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     answers: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    took = dict.fromkeys(files, 5.0)  # one file's pass, the last time (a guess before the first)
+    quiet = 0
     for _ in range(args.rounds):
         for which, rules in files.items():
+            # Between two of the server's own evaluations, whose CPU would count as the queries'.
+            quiet += wait_for_quiet(url, 1.5 * took[which] + 1.0)
+            started = time.perf_counter()
             for name, expr in rules.items():
                 c0, t0 = cpu_s(pid), time.perf_counter()
                 result = ask(url, expr, when)
                 times.setdefault((which, name), []).append((time.perf_counter() - t0, cpu_s(pid) - c0))
                 answers[(which, name)] = sorted((tuple(sorted(s["metric"].items())), s["value"][1])
                                                 for s in result)
-    out: dict[str, Any] = {"rounds": args.rounds, "rules": {}, "group": {}}
+            took[which] = time.perf_counter() - started
+    out: dict[str, Any] = {"rounds": args.rounds, "passes_between_evaluations": quiet, "rules": {},
+                           "group": {}}
     for (which, name), runs in times.items():
         wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         row = out["rules"].setdefault(name, {})

@@ -1518,7 +1518,8 @@ def _report(hosts: Sequence[Host], client: PromQuery, inventory: str, pattern: s
             # An agent that says now that its host is not clean (its fault copies, scraped since the rules
             # last ran) outranks the clean record the rules made before: a host that just failed is read.
             detail.update(name for name, d in copied.data.items() if d.statuses)
-            # So does an agent older than the rules behind a second target of a host another calls clean.
+            # So does an agent older than the rules behind a second target of a host another calls clean
+            # (version 6 leaves it out of the record too, but vmalert's rules see the record a round late).
             detail.update(old)
         # Version 6 on, the record names agents without the verdict, most of which have the rollups (a fleet
         # whose rules were upgraded first): read faults first, as any host that is not clean, where

@@ -59,6 +59,12 @@ def test_bench_rules_compares_each_record_of_two_files_series_by_series(tmp_path
     answers = {"a": two, "a_v2": two[::-1], "b": [({"host": "h1"}, "5")], "b_v2": [({"host": "h1"}, "6")]}
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the rules API: no group, so no evaluation to wait out
+            body = json.dumps({"status": "success", "data": {"groups": []}})
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
         def do_POST(self) -> None:
             form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
             result = [{"metric": m, "value": [0, v]} for m, v in answers[form["query"][0]]]
@@ -88,3 +94,4 @@ def test_bench_rules_compares_each_record_of_two_files_series_by_series(tmp_path
     assert doc["rules"]["r:a"]["equal"] is True and doc["rules"]["r:b"]["equal"] is False
     assert (doc["rules"]["r:a"]["old"]["series"], doc["rules"]["r:b"]["new"]["series"]) == (2, 1)
     assert set(doc["group"]) == {"old", "new"} and doc["group"]["old"]["wall_s"] > 0
+    assert doc["passes_between_evaluations"] == 4  # 2 rounds x 2 files
