@@ -1,4 +1,4 @@
-"""benchmarks/bench_prometheus.py (timed runs between two rules evaluations) and bench_rules.py."""
+"""benchmarks/bench_prometheus.py (timed runs between two rules evaluations) and rules_cost.py."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_the_quiet_left_is_the_time_to_the_groups_next_evaluation() -> None:
     assert bench.rules_quiet_s([_group(last, 120.0, name="alerts"), _group(last, 10.0)], last + 4.0) > 5.9
 
 
-def test_bench_rules_compares_each_record_of_two_files_series_by_series(tmp_path: Path) -> None:
+def test_rules_cost_compares_each_record_of_two_files_series_by_series(tmp_path: Path) -> None:
     # A stand-in Prometheus answering each expression; this process's own /proc stands in for its CPU.
     two = [({"host": "h1"}, "1"), ({"host": "h2"}, "2")]
     # a: the same series in another order (equal); b: another value (not equal)
@@ -85,7 +85,7 @@ def test_bench_rules_compares_each_record_of_two_files_series_by_series(tmp_path
         for name, suffix in (("old", ""), ("new", "_v2")):
             rules = [{"record": "r:a", "expr": f"a{suffix}"}, {"record": "r:b", "expr": f"b{suffix}"}]
             (tmp_path / f"{name}.yml").write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": rules}]}))
-        out = subprocess.run([sys.executable, str(BENCH_DIR / "bench_rules.py"), "--hold", str(hold),
+        out = subprocess.run([sys.executable, str(BENCH_DIR / "rules_cost.py"), "--hold", str(hold),
                               "--rounds", "2", str(tmp_path / "old.yml"), str(tmp_path / "new.yml")],
                              capture_output=True, text=True, check=True, timeout=60)
     finally:

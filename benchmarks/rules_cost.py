@@ -1,4 +1,5 @@
-"""What each recording rule costs Prometheus, for two rules files side by side.
+"""What each recording rule costs Prometheus, for two rules files side by side (a tool beside
+``bench_prometheus.py --hold``, not a benchmark of its own: scripts/bench-all.sh runs ``bench_*.py``).
 
 Every rule's expression of each file is asked as an instant query at one instant, against a server
 held by ``bench_prometheus.py --hold FILE`` (its JSON names the URL and Prometheus's pid), the two
@@ -8,7 +9,7 @@ evaluations where it fits. Per rule and per file: the median wall time, the medi
 whether the two files' records of the same name are equal series by series. A group's evaluation
 runs these same queries one after another, so the sums are what one evaluation costs.
 
-    python benchmarks/bench_rules.py --hold F OLD.rules.yml deploy/prometheus/rules/fleetctl-report.rules.yml
+    python benchmarks/rules_cost.py --hold F OLD.rules.yml deploy/prometheus/rules/fleetctl-report.rules.yml
 """
 
 from __future__ import annotations
