@@ -268,17 +268,28 @@ class Feeder:
 # --- Prometheus ------------------------------------------------------------------------------------------
 
 
-def query(url: str, promql: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}),
-                                timeout=60) as r:
+def query(url: str, promql: str, when: float | None = None, timeout_s: float = 60) -> list[dict[str, Any]]:
+    """An instant query's result, evaluated now or at ``when`` (epoch seconds)."""
+    form = {"query": promql} if when is None else {"query": promql, "time": f"{when:.3f}"}
+    address = f"{url}/api/v1/query?" + urllib.parse.urlencode(form)
+    with urllib.request.urlopen(address, timeout=timeout_s) as r:
         return json.loads(r.read())["data"]["result"]  # type: ignore[no-any-return]
+
+
+def rule_groups(url: str) -> list[dict[str, Any]]:
+    """The recording rule groups as ``/api/v1/rules`` reports them."""
+    with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=60) as r:
+        return json.loads(r.read())["data"]["groups"]  # type: ignore[no-any-return]
+
+
+def report_group(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((g for g in groups if g["name"] == "fleetctl-report"), None)
 
 
 def rule_times(url: str) -> dict[str, float]:
     """The fleetctl-report group's last evaluation time ("group"), its costliest rules', and any other
     group's loaded beside it ("group NAME"), in seconds."""
-    with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=60) as r:
-        groups = json.loads(r.read())["data"]["groups"]
+    groups = rule_groups(url)
     rules: dict[str, float] = {}
     out: dict[str, float] = {}
     for g in groups:
@@ -296,13 +307,12 @@ def rules_quiet_s(groups: list[dict[str, Any]], now: float) -> float:
     """Seconds left before the fleetctl-report group evaluates again, from ``/api/v1/rules``'s groups
     (0: one is running or due). At 100,000 hosts an evaluation takes tens of seconds of a core: a timed
     run that meets one measures the rules as much as fleetctl's queries."""
-    for g in groups:
-        if g["name"] == "fleetctl-report":
-            # RFC 3339 with up to nanoseconds; fromisoformat takes microseconds.
-            stamp = re.sub(r"(\.\d{6})\d+", r"\1", g["lastEvaluation"]).replace("Z", "+00:00")
-            left = datetime.datetime.fromisoformat(stamp).timestamp() + g["interval"] - now
-            return max(left, 0.0)
-    return math.inf
+    g = report_group(groups)
+    if g is None:
+        return math.inf
+    # RFC 3339 with up to nanoseconds; fromisoformat takes microseconds.
+    stamp = re.sub(r"(\.\d{6})\d+", r"\1", g["lastEvaluation"]).replace("Z", "+00:00")
+    return max(datetime.datetime.fromisoformat(stamp).timestamp() + g["interval"] - now, 0.0)
 
 
 def wait_for_quiet(url: str, need_s: float) -> bool:
@@ -310,11 +320,10 @@ def wait_for_quiet(url: str, need_s: float) -> bool:
     False when the group leaves no such window (evaluations nearly as long as the interval)."""
     give_up = time.monotonic() + 600.0
     while time.monotonic() < give_up:
-        with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=60) as r:
-            groups = json.loads(r.read())["data"]["groups"]
+        groups = rule_groups(url)
         if rules_quiet_s(groups, time.time()) >= need_s:
             return True
-        g = next((g for g in groups if g["name"] == "fleetctl-report"), None)
+        g = report_group(groups)
         if g is not None and g["interval"] - g["evaluationTime"] < need_s:
             return False  # no window that long: measured as it comes
         time.sleep(0.5)

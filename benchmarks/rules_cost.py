@@ -16,33 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_prometheus import wait_for_quiet
+from bench_prometheus import cpu_s, query, wait_for_quiet
 
 
 def records(path: Path) -> dict[str, str]:
     """Record name -> expression, for every recording rule in the file."""
     doc = yaml.safe_load(path.read_text())
     return {r["record"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "record" in r}
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def ask(url: str, expr: str, when: float) -> list[dict[str, Any]]:
-    body = urllib.parse.urlencode({"query": expr, "time": f"{when:.3f}"}).encode()
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/api/v1/query", data=body), timeout=600) as r:
-        return json.loads(r.read())["data"]["result"]  # type: ignore[no-any-return]
 
 
 def main() -> None:
@@ -67,7 +53,7 @@ def main() -> None:
             started = time.perf_counter()
             for name, expr in rules.items():
                 c0, t0 = cpu_s(pid), time.perf_counter()
-                result = ask(url, expr, when)
+                result = query(url, expr, when, timeout_s=600)
                 times.setdefault((which, name), []).append((time.perf_counter() - t0, cpu_s(pid) - c0))
                 answers[(which, name)] = sorted((tuple(sorted(s["metric"].items())), s["value"][1])
                                                 for s in result)

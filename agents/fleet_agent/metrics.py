@@ -139,11 +139,13 @@ class ReportCollector(Collector):
         report = self.report
         if report is None:
             return
+        clean = _node_clean(report)
         # A family without samples (no chip supports it) is left out entirely.
-        families = [fam for each in (_node_families(report), _rollup_families(report), _chip_families(report),
-                                     _health_families(report)) for fam in each if fam.samples]
+        families = [fam for each in (_node_families(report), _rollup_families(report, clean),
+                                     _chip_families(report), _health_families(report))
+                    for fam in each if fam.samples]
         yield from families
-        if not _node_clean(report):
+        if not clean:
             yield _fault_family(report, families)
 
 
@@ -201,8 +203,9 @@ _ROLLUPS: list[tuple[str, str, str, float, str]] = [
 ]
 
 
-def _rollup_families(r: NodeReport) -> Iterator[Metric]:
-    """Per-host rollups of the per-chip series this same exposition carries (docs/metrics.md).
+def _rollup_families(r: NodeReport, clean: bool) -> Iterator[Metric]:
+    """Per-host rollups of the per-chip series this same exposition carries (docs/metrics.md), and the
+    agent's verdict ``clean`` (:func:`_node_clean`).
 
     Prometheus pays per series a query selects: a recording rule that folds eight chips' series into
     one per host selects all of them every evaluation (most of the fleetctl-report rules' cost at
@@ -216,10 +219,10 @@ def _rollup_families(r: NodeReport) -> Iterator[Metric]:
                             value=healthy)
     # The verdict the clean record needs, in one series: the rules (version 6) select it instead of
     # the five gauges it is made of, a third of the series per host for the group's costliest rule.
-    clean = _gauge("fleet_node_clean", "1 when nothing on this host needs a look (docs/metrics.md).",
-                   ["chips_expected"])
-    clean.add_metric(["unset" if r.chips_expected is None else "agent"], 1.0 if _node_clean(r) else 0.0)
-    yield clean
+    verdict = _gauge("fleet_node_clean", "1 when nothing on this host needs a look (docs/metrics.md).",
+                     ["chips_expected"])
+    verdict.add_metric(["unset" if r.chips_expected is None else "agent"], 1.0 if clean else 0.0)
+    yield verdict
     for name, doc, attr, scale, how in _ROLLUPS:
         values = [v * scale for v in (_num(getattr(chip, attr)) for chip in r.chips) if v is not None]
         if values and all(math.isfinite(v) for v in values):

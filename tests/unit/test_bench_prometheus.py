@@ -59,19 +59,17 @@ def test_rules_cost_compares_each_record_of_two_files_series_by_series(tmp_path:
     answers = {"a": two, "a_v2": two[::-1], "b": [({"host": "h1"}, "5")], "b_v2": [({"host": "h1"}, "6")]}
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # the rules API: no group, so no evaluation to wait out
-            body = json.dumps({"status": "success", "data": {"groups": []}})
+        def do_GET(self) -> None:
+            path, _, form = self.path.partition("?")
+            if path == "/api/v1/rules":  # no group, so no evaluation to wait out
+                data: dict[str, Any] = {"groups": []}
+            else:
+                expr = urllib.parse.parse_qs(form)["query"][0]
+                data = {"resultType": "vector",
+                        "result": [{"metric": m, "value": [0, v]} for m, v in answers[expr]]}
             self.send_response(200)
             self.end_headers()
-            self.wfile.write(body.encode())
-
-        def do_POST(self) -> None:
-            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-            result = [{"metric": m, "value": [0, v]} for m, v in answers[form["query"][0]]]
-            body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}})
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(body.encode())
+            self.wfile.write(json.dumps({"status": "success", "data": data}).encode())
 
         def log_message(self, *args: object) -> None:
             pass

@@ -299,7 +299,6 @@ def test_a_check_of_a_severity_fleetctl_does_not_know_is_shown_not_dropped() -> 
     assert "fatal" in row.problems[0].message
 
 
-
 def test_the_action_label_becomes_the_problems_action() -> None:
     # One check on one chip with two actions (as the agent writes a pending and a failed row remap):
     # two problems, each with its own action, so remediation plans as it does from the agents.
@@ -576,6 +575,9 @@ class RulesPrometheus(SeriesPrometheus):
             "fleetctl:host_summary": summaries + summary("hot", node_healthy=0.0, chips_healthy=1.0),
         })
         self.queries: list[str] = []
+        # Records answered as given here instead of made from the summaries (cases the summaries cannot
+        # say: an agent without the verdict behind a second target, one host twice).
+        self.recorded: dict[str, list[tuple[dict[str, str], float]]] = {}
 
     def version(self) -> int:
         return max(int(labels.get("version", "0")) for labels, _ in self.series[RULES_INFO])
@@ -631,6 +633,8 @@ class RulesPrometheus(SeriesPrometheus):
 
     def records(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Version 4's record ``name`` from the summaries."""
+        if name in self.recorded:
+            return list(self.recorded[name])
         by_host: dict[str, dict[str, float]] = {}
         for labels, v in self.series["fleetctl:host_summary"]:
             by_host.setdefault(labels["host"], {})[labels["summary"]] = v
@@ -776,12 +780,7 @@ def test_an_agent_with_rollups_named_by_the_rules_is_read_faults_first_from_vers
     # Version 6 names the agents without the verdict, most with the rollups (rules upgraded before the
     # agents): read as any host that is not clean, faults first. Before, the record meant no rollups.
     fake = RulesPrometheus(version)
-    real = fake.records
-
-    def records(name: str) -> list[tuple[dict[str, str], float]]:
-        return [({"host": "hot"}, 2.0)] if name == WITHOUT_ROLLUPS else real(name)
-
-    fake.records = records  # type: ignore[method-assign]
+    fake.recorded[WITHOUT_ROLLUPS] = [({"host": "hot"}, 2.0)]
     report = prometheus_report([host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)], fake, now=NOW,
                                detail_all=False, notice=lambda line: None)
     hot = next(r for r in report.hosts if r.name == "hot")
@@ -799,20 +798,10 @@ def test_a_host_with_two_clean_records_shows_the_agents_count_in_either_order() 
     # Rules version 6 give a target two clean records while its agent's count is newly configured
     # (the old verdict series not yet stale): the one saying the agent has a count wins.
     fake = RulesPrometheus("6", chips_expected=2.0)  # c0's agent expects its 2 chips
-    real = fake.records
-    flipped = [False]
-
-    def records(name: str) -> list[tuple[dict[str, str], float]]:
-        out = real(name)
-        if name == CLEAN:
-            out += [({**lab, "chips_expected": "unset"}, ts) for lab, ts in out if lab["host"] == "c0"]
-            if flipped[0]:
-                out.reverse()
-        return out
-
-    fake.records = records  # type: ignore[method-assign]
+    clean = fake.records(CLEAN)
+    twice = clean + [({**lab, "chips_expected": "unset"}, ts) for lab, ts in clean if lab["host"] == "c0"]
     for flip in (False, True):
-        flipped[0] = flip
+        fake.recorded[CLEAN] = twice[::-1] if flip else twice
         rows = {r.name: r for r in prometheus_report([host("c0", 1, expected=None)], fake, now=NOW,
                                                      detail_all=False).hosts}
         assert isinstance(rows["c0"], SummaryRow) and rows["c0"].chips_expected == 2, flip
@@ -858,13 +847,7 @@ def test_a_clean_host_with_an_older_agent_behind_another_target_is_read_chip_by_
     # Rules version 6: the clean record takes the verdict of the targets whose agents give one; a
     # second target whose agent is older gives none, and the rules name its host as without rollups.
     fake = RulesPrometheus("6")
-    fake.series[WITHOUT_ROLLUPS] = [({"host": "c3"}, 2.0)]
-    real = fake.records
-
-    def records(name: str) -> list[tuple[dict[str, str], float]]:
-        return fake.series[WITHOUT_ROLLUPS] if name == WITHOUT_ROLLUPS else real(name)
-
-    fake.records = records  # type: ignore[method-assign]
+    fake.recorded[WITHOUT_ROLLUPS] = [({"host": "c3"}, 2.0)]
     notes: list[str] = []
     hosts = [host(f"c{i}", 1) for i in range(10)] + [host("hot", 1)]
     report = prometheus_report(hosts, fake, now=NOW, detail_all=False, notice=notes.append)
