@@ -26,13 +26,16 @@ subscripts) goes through Ansible's own pattern code over the cached groups. Slur
 
 from __future__ import annotations
 
+import atexit
 import configparser
 import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import stat
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +46,7 @@ from fleet_agent.config import DEFAULT_PORT
 
 from fleetctl.cachefile import write_cache_file
 from fleetctl.errors import UsageError
-from fleetctl.speedups import HostTemplar, gc_paused, host_vars_reader, inventory_loader
+from fleetctl.speedups import HostTemplar, enabled, gc_paused, host_vars_reader, inventory_loader
 
 ENV_INVENTORY = "FLEETCTL_INVENTORY"
 ENV_CACHE_DIR = "FLEETCTL_CACHE_DIR"
@@ -361,17 +364,65 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
 
     A cached parse is used when every file it came from is unchanged.
     """
-    if source is None or isinstance(source, str):
-        sources = resolve_sources(source)
-    else:
-        sources = list(source)
-    sources = [s if _is_host_list(s) else os.path.abspath(os.path.expanduser(s)) for s in sources]
-    for s in sources:
-        if not _is_host_list(s) and not os.path.exists(s):
-            raise InventoryError(f"{s}: inventory not found")
-    cacheable = use_cache and all(_cacheable(s) for s in sources)
-    cache_file = _cache_file(sources, cache_dir) if cacheable else None
-    fingerprint = _fingerprint(sources) if cacheable else ""
+    return start_loading(source, use_cache=use_cache, cache_dir=cache_dir).result()
+
+
+def start_loading(source: str | Sequence[str] | None = None, *, use_cache: bool = True,
+                  cache_dir: Path | None = None) -> PendingInventory:
+    """Begin :func:`load_inventory`; its answer, or its error, comes from :meth:`PendingInventory.result`.
+
+    A parse the cache cannot spare starts here, in a child process (``parse_apart``, see
+    :class:`_ParseChild`): the threads a caller starts next (``health``'s first Prometheus queries)
+    run beside it, and a fork must come before them.
+    """
+    try:
+        if source is None or isinstance(source, str):
+            sources = resolve_sources(source)
+        else:
+            sources = list(source)
+        sources = [s if _is_host_list(s) else os.path.abspath(os.path.expanduser(s)) for s in sources]
+        for s in sources:
+            if not _is_host_list(s) and not os.path.exists(s):
+                raise InventoryError(f"{s}: inventory not found")
+        cacheable = use_cache and all(_cacheable(s) for s in sources)
+        cache_file = _cache_file(sources, cache_dir) if cacheable else None
+        fingerprint = _fingerprint(sources) if cacheable else ""
+    except UsageError as exc:
+        return PendingInventory([], None, "", error=exc)
+    child = None
+    if cache_file is None or _cached_fingerprint(cache_file) != fingerprint:
+        child = _ParseChild.start(sources, cache_file, fingerprint)
+    return PendingInventory(sources, cache_file, fingerprint, child=child)
+
+
+class PendingInventory:
+    """An inventory being loaded (:func:`start_loading`)."""
+
+    def __init__(self, sources: list[str], cache_file: Path | None, fingerprint: str, *,
+                 child: _ParseChild | None = None, error: UsageError | None = None) -> None:
+        self._sources, self._cache_file, self._fingerprint = sources, cache_file, fingerprint
+        self._child, self._error = child, error
+
+    def result(self) -> Inventory:
+        """The inventory; an :class:`InventoryError` (or other usage error) when it cannot be read."""
+        if self._error is not None:
+            raise self._error
+        child, self._child = self._child, None
+        if child is not None:
+            parsed = child.collect(self._sources, self._fingerprint)
+            if parsed is not None:
+                return parsed
+            return _parse_here(self._sources, self._cache_file, self._fingerprint)
+        return _load(self._sources, self._cache_file, self._fingerprint)
+
+    def cancel(self) -> None:
+        """The caller will not ask for the result (it failed first): a parse under way is stopped."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
+
+
+def _load(sources: list[str], cache_file: Path | None, fingerprint: str) -> Inventory:
     if cache_file is not None:
         with gc_paused():  # a large fleet's cached parse is millions of objects, all kept
             cached = _read_cache(cache_file, fingerprint)
@@ -382,13 +433,130 @@ def load_inventory(source: str | Sequence[str] | None = None, *, use_cache: bool
                     return _from_doc(sources, cached, from_cache=True)
                 except (KeyError, TypeError, ValueError, AttributeError):
                     pass  # a damaged entry with the right key: parse again (and overwrite it)
+    child = _ParseChild.start(sources, cache_file, fingerprint)
+    parsed = child.collect(sources, fingerprint) if child is not None else None
+    return parsed if parsed is not None else _parse_here(sources, cache_file, fingerprint)
+
+
+def _parse_here(sources: list[str], cache_file: Path | None, fingerprint: str) -> Inventory:
     with gc_paused():
         doc = _parse_with_ansible(sources)
-    if cache_file is not None:
-        # Files that changed while Ansible read them would be cached under the old key: re-check.
-        if _fingerprint(sources) == fingerprint:
-            _write_cache(cache_file, fingerprint, doc)
+    _cache_parse(sources, cache_file, fingerprint, doc)
     return _from_doc(sources, doc)
+
+
+def _cache_parse(sources: Sequence[str], cache_file: Path | None, fingerprint: str,
+                 doc: dict[str, Any]) -> str | None:
+    """Write a fresh parse to the cache; the text written (None: not cacheable, or changed meanwhile)."""
+    # Files that changed while Ansible read them would be cached under the old key: re-check.
+    if cache_file is None or _fingerprint(sources) != fingerprint:
+        return None
+    text = _cache_text(doc, fingerprint)
+    write_cache_file(cache_file, text)
+    return text
+
+
+_FINGERPRINT_AT_END = re.compile(rb'"fingerprint":"([0-9a-f]+)"\}\s*$')
+
+
+def _cached_fingerprint(cache_file: Path) -> str | None:
+    """The key the cache entry was written under, from its last bytes (the whole entry is read only
+    when it is used): enough to know that a parse is needed."""
+    try:
+        with open(cache_file, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 200))
+            tail = fh.read()
+    except OSError:
+        return None
+    found = _FINGERPRINT_AT_END.search(tail)
+    return found.group(1).decode() if found else None
+
+
+# --- the cold parse in a child process -------------------------------------------------------------
+
+
+class _ParseChild:
+    """A parse in a forked child, which writes the cache and sends the parse back as the cache's JSON.
+
+    Why: Ansible's inventory objects are cyclic, so only a full collection frees them, and fleetctl
+    freezes the collector after big builds (``gc_freeze``); at 100,000 hosts they are ~400 MB that
+    would stay for the whole command, under the fleet report built next (cold ``health --source
+    prometheus`` peaked at 1,049 MB against ~500 MB warm). In a child they end with it.
+    """
+
+    def __init__(self, pid: int, answer_fd: int) -> None:
+        self.pid, self.answer_fd = pid, answer_fd
+
+    @classmethod
+    def start(cls, sources: Sequence[str], cache_file: Path | None, fingerprint: str) -> _ParseChild | None:
+        """None: parse in this process instead: switched off, no ``fork``, or other threads running
+        (a fork copies none of them, and a lock one of them holds would stay locked in the child)."""
+        if not enabled("parse_apart") or not hasattr(os, "fork") or threading.active_count() > 1:
+            return None
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            _parse_as_child(sources, cache_file, fingerprint, write_end)  # never returns
+        os.close(write_end)
+        return cls(pid, read_end)
+
+    def collect(self, sources: Sequence[str], fingerprint: str) -> Inventory | None:
+        """The inventory; an :class:`InventoryError` the child met, raised here with its message;
+        None when the child died without an answer (the in-process parse then gives the real error)."""
+        try:
+            with os.fdopen(self.answer_fd, "rb") as answer_in:
+                answer = answer_in.read()
+        except BaseException:  # Ctrl-C, most likely: the child goes too
+            self._kill()
+            raise
+        try:
+            if answer[:1] == b"E":
+                raise InventoryError(answer[1:].decode(errors="replace"))
+            if answer[:1] != b"D":
+                return None
+            with gc_paused():
+                doc = _decode_cache(answer[1:], fingerprint)
+                if isinstance(doc, _CachedInventory):
+                    return _from_cache(sources, doc, from_cache=False)
+                return None if doc is None else _from_doc(sources, doc)
+        finally:
+            os.waitpid(self.pid, 0)  # after the decoding: the child's memory is torn down meanwhile
+
+    def stop(self) -> None:
+        os.close(self.answer_fd)
+        self._kill()
+
+    def _kill(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+
+def _parse_as_child(sources: Sequence[str], cache_file: Path | None, fingerprint: str,
+                    answer_fd: int) -> None:
+    """The forked child's whole life: it never returns, never flushes the parent's buffers."""
+    # Its own exit handlers it runs (Ansible's remove the temporary directory it makes), not the
+    # parent's; nor the parent's signal handlers (one may record a run as interrupted).
+    atexit._clear()  # private, but in every CPython 3: no public way to drop inherited handlers
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code = 1
+    try:
+        try:
+            with gc_paused():
+                doc = _parse_with_ansible(sources)
+            text = _cache_parse(sources, cache_file, fingerprint, doc) or _cache_text(doc, fingerprint)
+            answer = b"D" + text.encode()
+        except InventoryError as exc:
+            answer = b"E" + str(exc).encode()
+        with os.fdopen(answer_fd, "wb") as out:
+            out.write(answer)
+        code = 0
+    finally:
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
+        os._exit(code)
 
 
 def _is_host_list(source: str) -> bool:
@@ -548,6 +716,10 @@ def _read_cache(path: Path, fingerprint: str) -> _CachedInventory | dict[str, An
             raw = fh.read()
     except OSError:
         return None
+    return _decode_cache(raw, fingerprint)
+
+
+def _decode_cache(raw: bytes, fingerprint: str) -> _CachedInventory | dict[str, Any] | None:
     try:
         doc = msgspec.json.decode(raw, type=_CachedInventory)
     except msgspec.ValidationError:
@@ -568,7 +740,7 @@ def _read_cache(path: Path, fingerprint: str) -> _CachedInventory | dict[str, An
 _OPEN_BRACE = ord("{")
 
 
-def _from_cache(sources: Sequence[str], doc: _CachedInventory) -> Inventory:
+def _from_cache(sources: Sequence[str], doc: _CachedInventory, *, from_cache: bool = True) -> Inventory:
     label = ",".join(sources)
     hosts: dict[str, Host] = {}
     new = object.__new__
@@ -583,12 +755,12 @@ def _from_cache(sources: Sequence[str], doc: _CachedInventory) -> Inventory:
         hosts[h.name] = host
     groups = {name: _GroupData(tuple(g.hosts), tuple(g.children), tuple(g.all_hosts))
               for name, g in doc.groups.items()}
-    return Inventory(sources=tuple(sources), hosts=hosts, groups=groups, from_cache=True)
+    return Inventory(sources=tuple(sources), hosts=hosts, groups=groups, from_cache=from_cache)
 
 
-def _write_cache(path: Path, fingerprint: str, doc: dict[str, Any]) -> None:
+def _cache_text(doc: dict[str, Any], fingerprint: str) -> str:
     # dumps, not dump: json.dump encodes in pure Python, dumps in C.
-    write_cache_file(path, json.dumps({**doc, "fingerprint": fingerprint}, separators=(",", ":")))
+    return json.dumps({**doc, "fingerprint": fingerprint}, separators=(",", ":"))
 
 
 def _from_doc(sources: Sequence[str], doc: dict[str, Any], *, from_cache: bool = False) -> Inventory:

@@ -1,7 +1,8 @@
 """fleetctl's speed tricks, all in one place: each is a rule a maintainer must know.
 
 Each trick here buys a measured, material share of a benchmark target (``fleetctl health`` over
-1,000 and 10,000 hosts, warm and cold inventory cache); the figures with and without each one, the
+1,000 and 10,000 hosts, warm and cold inventory cache; ``parse_apart``: the memory of a cold
+100,000-host command); the figures with and without each one, the
 threshold that decided, and how to measure again are in docs/performance.md
 (benchmarks/bench_speedups.py prints them). Tricks that did not pay their way were removed; that
 page names them too, with their figures.
@@ -38,6 +39,7 @@ TRICKS: dict[str, str] = {
     "libyaml": "a YAML inventory file read by libyaml's safe loader, without Ansible's tag on every value",
     "group_vars_once": "host variables: vars plugins asked once per distinct group set, not per host",
     "compile_once": "a template shared by many hosts (a group_vars value) compiled once, not per host",
+    "parse_apart": "a cold inventory parse runs in a forked child: Ansible's objects end with it (memory)",
 }
 
 

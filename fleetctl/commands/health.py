@@ -199,7 +199,7 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus: Pro
     is read (those queries need none), so it answers while fleetctl reads; a bad --prometheus-url is
     then said before a bad inventory. A caller that does more before its first report leaves it off.
     """
-    from fleetctl.inventory import load_inventory
+    from fleetctl.inventory import load_inventory, start_loading
 
     if source != "prometheus":
         inv = load_inventory(inventory)
@@ -215,13 +215,17 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus: Pro
         raise UsageError(f"--source prometheus needs --prometheus-url (or ${ENV_URL})")
     client = HttpPrometheus(url, timeout_s=query_timeout, token_file=prometheus.token_file,
                             tenant=prometheus.tenant)
-    early = [FirstRound(client)] if ask_early else []
+    pending = start_loading(inventory)  # before the first round's threads: a cold parse forks
+    early: list[FirstRound] = []
     try:
-        inv = load_inventory(inventory)
+        if ask_early:
+            early.append(FirstRound(client))
+        inv = pending.result()
         hosts = inv.select(pattern)
         if check is not None:
             check(hosts)
     except BaseException:
+        pending.cancel()
         for first in early:
             first.close()
         raise

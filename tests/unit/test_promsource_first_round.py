@@ -101,14 +101,14 @@ def test_health_asks_prometheus_while_the_inventory_is_read_and_watch_asks_afres
     monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path))
     prom = _Counting()
     url = serve(prom)
-    real_load = fleetctl.inventory.load_inventory
+    real_result = fleetctl.inventory.PendingInventory.result
     seen_while_loading: list[bool] = []
 
-    def slow_load(*args: Any, **kwargs: Any) -> Any:
+    def slow_result(*args: Any, **kwargs: Any) -> Any:
         seen_while_loading.append(prom.asked.wait(5.0))
-        return real_load(*args, **kwargs)
+        return real_result(*args, **kwargs)
 
-    monkeypatch.setattr(fleetctl.inventory, "load_inventory", slow_load)
+    monkeypatch.setattr(fleetctl.inventory.PendingInventory, "result", slow_result)
     collect, hosts = _collector("all", str(LAB), "prometheus", PrometheusAccess(url), 1.0, 10.0, 8,
                                 ask_early=True)
     assert seen_while_loading == [True] and prom.info_asked == 1
@@ -281,3 +281,46 @@ def test_an_http_date_without_a_zone_is_utc_whatever_the_local_zone(
         monkeypatch.undo()
         time.tzset()
     assert client.clock_skew_s is not None and abs(client.clock_skew_s) < 2.0
+
+
+SITECUSTOMIZE = """
+import os
+import fleetctl.inventory as inventory
+
+_parse = inventory._parse_with_ansible
+
+
+def _recorded(*args, **kwargs):
+    with open(os.environ["PARSED_BY"], "a") as fh:
+        fh.write(f"{os.getpid()}\\n")
+    return _parse(*args, **kwargs)
+
+
+inventory._parse_with_ansible = _recorded
+"""
+
+
+def test_a_cold_inventory_is_parsed_in_a_child_while_the_first_round_is_asked(
+        serve: Callable[[Responder], str], tmp_path: Path) -> None:
+    # The fork comes before the first round's threads (after them, fleetctl would parse in-process).
+    import os
+    import subprocess
+    import sys
+
+    prom = _Counting()
+    url = serve(prom)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    parsed_by = tmp_path / "parsed-by"
+    env = {**os.environ, "FLEETCTL_CACHE_DIR": str(tmp_path / "cache"), "PARSED_BY": str(parsed_by),
+           "PYTHONPATH": os.pathsep.join([str(hooks), *sys.path])}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "fleetctl"), "health", "-i", str(LAB),
+                             "--source", "prometheus", "--prometheus-url", url, "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert prom.info_asked >= 1, err
+    assert "Traceback" not in err and len(json.loads(out)["hosts"]) == 3, err
+    pids = [int(p) for p in parsed_by.read_text().split()]
+    assert len(pids) == 1 and pids[0] != proc.pid, "parsed in the command's own process"
+    assert list((tmp_path / "cache").glob("inventory-*.json"))  # the child wrote the cache
