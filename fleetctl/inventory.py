@@ -35,6 +35,7 @@ import os
 import re
 import signal
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -389,19 +390,21 @@ def start_loading(source: str | Sequence[str] | None = None, *, use_cache: bool 
         fingerprint = _fingerprint(sources) if cacheable else ""
     except UsageError as exc:
         return PendingInventory([], None, "", error=exc)
-    child = None
-    if cache_file is None or _cached_fingerprint(cache_file) != fingerprint:
-        child = _ParseChild.start(sources, cache_file, fingerprint)
-    return PendingInventory(sources, cache_file, fingerprint, child=child)
+    parse = cache_file is None or _cached_fingerprint(cache_file) != fingerprint
+    child = _ParseChild.start(sources, cache_file, fingerprint) if parse else None
+    return PendingInventory(sources, cache_file, fingerprint, child=child, parse=parse)
 
 
 class PendingInventory:
-    """An inventory being loaded (:func:`start_loading`)."""
+    """An inventory being loaded (:func:`start_loading`). ``parse``: the cache cannot spare Ansible's
+    parse (seconds for a large fleet)."""
 
     def __init__(self, sources: list[str], cache_file: Path | None, fingerprint: str, *,
-                 child: _ParseChild | None = None, error: UsageError | None = None) -> None:
+                 child: _ParseChild | None = None, error: UsageError | None = None,
+                 parse: bool = False) -> None:
         self._sources, self._cache_file, self._fingerprint = sources, cache_file, fingerprint
         self._child, self._error = child, error
+        self.parse = parse
 
     def result(self) -> Inventory:
         """The inventory; an :class:`InventoryError` (or other usage error) when it cannot be read."""
@@ -409,7 +412,7 @@ class PendingInventory:
             raise self._error
         child, self._child = self._child, None
         if child is not None:
-            parsed = child.collect(self._sources, self._fingerprint)
+            parsed = child.collect(self._sources, self._cache_file, self._fingerprint)
             if parsed is not None:
                 return parsed
             return _parse_here(self._sources, self._cache_file, self._fingerprint)
@@ -434,7 +437,7 @@ def _load(sources: list[str], cache_file: Path | None, fingerprint: str) -> Inve
                 except (KeyError, TypeError, ValueError, AttributeError):
                     pass  # a damaged entry with the right key: parse again (and overwrite it)
     child = _ParseChild.start(sources, cache_file, fingerprint)
-    parsed = child.collect(sources, fingerprint) if child is not None else None
+    parsed = child.collect(sources, cache_file, fingerprint) if child is not None else None
     return parsed if parsed is not None else _parse_here(sources, cache_file, fingerprint)
 
 
@@ -475,6 +478,11 @@ def _cached_fingerprint(cache_file: Path) -> str | None:
 # --- the cold parse in a child process -------------------------------------------------------------
 
 
+# The child's answer: a kind (C: read the cache entry written, D: the parse follows as the cache's JSON,
+# E: an InventoryError's message follows) and the length of what follows.
+_HEAD = struct.Struct("=cQ")
+
+
 class _ParseChild:
     """A parse in a forked child, which writes the cache and sends the parse back as the cache's JSON.
 
@@ -501,22 +509,34 @@ class _ParseChild:
         os.close(write_end)
         return cls(pid, read_end)
 
-    def collect(self, sources: Sequence[str], fingerprint: str) -> Inventory | None:
+    def collect(self, sources: Sequence[str], cache_file: Path | None, fingerprint: str) -> Inventory | None:
         """The inventory; an :class:`InventoryError` the child met, raised here with its message;
-        None when the child died without an answer (the in-process parse then gives the real error)."""
+        None when the child died without an answer (the in-process parse then gives the real error)
+        or the cache entry it wrote is gone or replaced."""
         try:
             with os.fdopen(self.answer_fd, "rb") as answer_in:
-                answer = answer_in.read()
+                head = answer_in.read(_HEAD.size)
+                kind, size = _HEAD.unpack(head) if len(head) == _HEAD.size else (b"", 0)
+                body = bytearray(size)  # read into one buffer of the size sent: no growing, no copy
+                view, got = memoryview(body), 0
+                while got < size and (n := answer_in.readinto(view[got:])):
+                    got += n
+                view.release()
         except BaseException:  # Ctrl-C, most likely: the child goes too
             self._kill()
             raise
         try:
-            if answer[:1] == b"E":
-                raise InventoryError(answer[1:].decode(errors="replace"))
-            if answer[:1] != b"D":
+            if got != size:
                 return None
+            if kind == b"E":
+                raise InventoryError(body.decode(errors="replace"))
             with gc_paused():
-                doc = _decode_cache(answer[1:], fingerprint)
+                if kind == b"C" and cache_file is not None:  # read as on a warm start: the same memory
+                    doc = _read_cache(cache_file, fingerprint)
+                elif kind == b"D":
+                    doc = _decode_cache(body, fingerprint)
+                else:
+                    return None
                 if isinstance(doc, _CachedInventory):
                     return _from_cache(sources, doc, from_cache=False)
                 return None if doc is None else _from_doc(sources, doc)
@@ -546,12 +566,15 @@ def _parse_as_child(sources: Sequence[str], cache_file: Path | None, fingerprint
         try:
             with gc_paused():
                 doc = _parse_with_ansible(sources)
-            text = _cache_parse(sources, cache_file, fingerprint, doc) or _cache_text(doc, fingerprint)
-            answer = b"D" + text.encode()
+            if _cache_parse(sources, cache_file, fingerprint, doc) is not None:
+                kind, body = b"C", b""  # the parent reads the cache entry just written
+            else:
+                kind, body = b"D", _cache_text(doc, fingerprint).encode()
         except InventoryError as exc:
-            answer = b"E" + str(exc).encode()
+            kind, body = b"E", str(exc).encode()
         with os.fdopen(answer_fd, "wb") as out:
-            out.write(answer)
+            out.write(_HEAD.pack(kind, len(body)))
+            out.write(body)
         code = 0
     finally:
         with contextlib.suppress(BaseException):

@@ -93,8 +93,8 @@ if mode == "started":  # the parse is under way before the result is asked for
     else:
         sys.exit("no parse started")
     inv = pending.result()
-else:
-    inv = inventory.load_inventory(source, cache_dir=Path(cache))
+else:  # "nocache": a source never cached (a script's, say): the parse comes back through the pipe
+    inv = inventory.load_inventory(source, cache_dir=Path(cache), use_cache=mode != "nocache")
 print(json.dumps({
     "parent": parent, "from_cache": inv.from_cache,
     "hosts": {h.name: [h.address, h.agent_port, h.expected_chips, list(h.groups), dict(h.vars)]
@@ -204,3 +204,10 @@ def test_a_stale_cache_entry_is_parsed_again_from_the_start(tmp_path: Path, inv:
     warm, pids, _ = run_script(tmp_path, inv, tag="x")
     assert warm["from_cache"] and warm["hosts"] == again["hosts"]
     assert len(pids) == 1  # the cache entry matched: no parse, no child
+
+
+def test_an_uncached_parse_comes_back_whole_from_the_child(tmp_path: Path, inv: Path) -> None:
+    out, pids, _ = run_script(tmp_path, inv, mode="nocache", tag="n")
+    here, _, _ = run_script(tmp_path, inv, off="parse_apart", tag="h")
+    assert len(pids) == 1 and pids[0] != out["parent"] and not (tmp_path / "cachen").exists()
+    assert out["hosts"] == here["hosts"]

@@ -99,6 +99,7 @@ def test_health_asks_prometheus_while_the_inventory_is_read_and_watch_asks_afres
     from fleetctl.commands.health import _collector
 
     monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path))
+    fleetctl.inventory.load_inventory(str(LAB))  # a cache entry: no parse
     prom = _Counting()
     url = serve(prom)
     real_result = fleetctl.inventory.PendingInventory.result
@@ -116,6 +117,30 @@ def test_health_asks_prometheus_while_the_inventory_is_read_and_watch_asks_afres
         report = collect()
         assert prom.info_asked == asked and hosts
         assert {r.name for r in report.hosts} == {h.name for h in hosts}
+
+
+def test_while_ansible_parses_the_inventory_the_first_round_waits(
+        serve: Callable[[Responder], str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Its answers would wait decoded for the whole parse: a quarter of a GB at 100,000 hosts.
+    import fleetctl.inventory
+    from fleetctl.commands.health import _collector
+
+    monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path))  # empty: the inventory must be parsed
+    prom = _Counting()
+    url = serve(prom)
+    real_result = fleetctl.inventory.PendingInventory.result
+    seen_while_loading: list[bool] = []
+
+    def slow_result(*args: Any, **kwargs: Any) -> Any:
+        seen_while_loading.append(prom.asked.wait(0.5))
+        return real_result(*args, **kwargs)
+
+    monkeypatch.setattr(fleetctl.inventory.PendingInventory, "result", slow_result)
+    collect, hosts = _collector("all", str(LAB), "prometheus", PrometheusAccess(url), 1.0, 10.0, 8,
+                                ask_early=True)
+    assert seen_while_loading == [False] and prom.info_asked == 0
+    report = collect()
+    assert prom.info_asked == 1 and {r.name for r in report.hosts} == {h.name for h in hosts}
 
 
 def test_without_ask_early_nothing_is_asked_before_the_first_report(
