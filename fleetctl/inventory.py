@@ -742,7 +742,7 @@ def _read_cache(path: Path, fingerprint: str) -> _CachedInventory | dict[str, An
     return _decode_cache(raw, fingerprint)
 
 
-def _decode_cache(raw: bytes, fingerprint: str) -> _CachedInventory | dict[str, Any] | None:
+def _decode_cache(raw: bytes | bytearray, fingerprint: str) -> _CachedInventory | dict[str, Any] | None:
     try:
         doc = msgspec.json.decode(raw, type=_CachedInventory)
     except msgspec.ValidationError:
