@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 
 
-def write_cache_file(path: Path, text: str) -> None:
+def write_cache_file(path: Path, text: str) -> bool:
     """Atomic (temp file + rename) and private (0600 in a 0700 directory: an inventory cache may
-    hold plain-text tokens). A read-only or missing cache directory costs speed, not correctness."""
+    hold plain-text tokens). A read-only or missing cache directory costs speed, not correctness:
+    False, and nothing written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", dir=path.parent)
@@ -23,4 +24,5 @@ def write_cache_file(path: Path, text: str) -> None:
                 os.unlink(tmp)
             raise
     except OSError:
-        pass
+        return False
+    return True

@@ -36,7 +36,9 @@ import re
 import signal
 import stat
 import struct
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -396,8 +398,9 @@ def start_loading(source: str | Sequence[str] | None = None, *, use_cache: bool 
 
 
 class PendingInventory:
-    """An inventory being loaded (:func:`start_loading`). ``parse``: the cache cannot spare Ansible's
-    parse (seconds for a large fleet)."""
+    """An inventory being loaded (:func:`start_loading`): ask for its :meth:`result` or :meth:`cancel`
+    it (else a parse child stays a zombie until the command ends). ``parse``: the cache cannot spare
+    Ansible's parse (seconds for a large fleet)."""
 
     def __init__(self, sources: list[str], cache_file: Path | None, fingerprint: str, *,
                  child: _ParseChild | None = None, error: UsageError | None = None,
@@ -450,13 +453,13 @@ def _parse_here(sources: list[str], cache_file: Path | None, fingerprint: str) -
 
 def _cache_parse(sources: Sequence[str], cache_file: Path | None, fingerprint: str,
                  doc: dict[str, Any]) -> str | None:
-    """Write a fresh parse to the cache; the text written (None: not cacheable, or changed meanwhile)."""
+    """Write a fresh parse to the cache; the text written (None: not cacheable, changed meanwhile, or
+    the cache directory not writable)."""
     # Files that changed while Ansible read them would be cached under the old key: re-check.
     if cache_file is None or _fingerprint(sources) != fingerprint:
         return None
     text = _cache_text(doc, fingerprint)
-    write_cache_file(cache_file, text)
-    return text
+    return text if write_cache_file(cache_file, text) else None
 
 
 _FINGERPRINT_AT_END = re.compile(rb'"fingerprint":"([0-9a-f]+)"\}\s*$')
@@ -502,10 +505,14 @@ class _ParseChild:
         if not enabled("parse_apart") or not hasattr(os, "fork") or threading.active_count() > 1:
             return None
         read_end, write_end = os.pipe()
+        for stream in (sys.stdout, sys.stderr):  # else the child would write what they hold again
+            with contextlib.suppress(Exception):
+                stream.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
-            _parse_as_child(sources, cache_file, fingerprint, write_end)  # never returns
+            _parse_as_child(sources, cache_file, fingerprint, write_end, parent)  # never returns
         os.close(write_end)
         return cls(pid, read_end)
 
@@ -523,7 +530,7 @@ class _ParseChild:
                     got += n
                 view.release()
         except BaseException:  # Ctrl-C, most likely: the child goes too
-            self._kill()
+            self._end()
             raise
         try:
             if got != size:
@@ -541,45 +548,85 @@ class _ParseChild:
                     return _from_cache(sources, doc, from_cache=False)
                 return None if doc is None else _from_doc(sources, doc)
         finally:
-            os.waitpid(self.pid, 0)  # after the decoding: the child's memory is torn down meanwhile
+            self._reap()  # after the decoding: the child's memory is torn down meanwhile
 
     def stop(self) -> None:
         os.close(self.answer_fd)
-        self._kill()
+        self._end()
 
-    def _kill(self) -> None:
+    def _end(self) -> None:
+        """SIGTERM, which the child turns into SystemExit: its exit handlers remove Ansible's
+        temporary directory and a half-written cache file. SIGKILL if it is not gone in 2 s."""
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGTERM)
+        for _ in range(200):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+                    time.sleep(0.01)
+                    continue
+            return
         with contextlib.suppress(OSError):
             os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
+        self._reap()
+
+    def _reap(self) -> None:
+        with contextlib.suppress(ChildProcessError):  # SIGCHLD ignored (inherited): the kernel reaped it
+            os.waitpid(self.pid, 0)
 
 
 def _parse_as_child(sources: Sequence[str], cache_file: Path | None, fingerprint: str,
-                    answer_fd: int) -> None:
-    """The forked child's whole life: it never returns, never flushes the parent's buffers."""
+                    answer_fd: int, parent: int) -> None:
+    """The forked child's whole life: it never returns, never runs the parent's exit handlers."""
     # Its own exit handlers it runs (Ansible's remove the temporary directory it makes), not the
-    # parent's; nor the parent's signal handlers (one may record a run as interrupted).
+    # parent's; nor the parent's signal handlers (one may record a run as interrupted). Ctrl-C is the
+    # parent's to judge (provision's handler only notes it): the parent ends the child with SIGTERM,
+    # here a SystemExit, so that the handlers run; and so does the parent's death, where Linux says.
     atexit._clear()  # private, but in every CPython 3: no public way to drop inherited handlers
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     code = 1
     try:
+        _end_with_parent(parent)
+        text = ""
         try:
             with gc_paused():
                 doc = _parse_with_ansible(sources)
             if _cache_parse(sources, cache_file, fingerprint, doc) is not None:
-                kind, body = b"C", b""  # the parent reads the cache entry just written
+                kind, size = b"C", 0  # the parent reads the cache entry just written
             else:
-                kind, body = b"D", _cache_text(doc, fingerprint).encode()
+                text = _cache_text(doc, fingerprint)
+                kind, size = b"D", len(text)  # json.dumps writes ASCII: as many bytes as characters
         except InventoryError as exc:
-            kind, body = b"E", str(exc).encode()
+            message = str(exc).encode()
+            kind, size = b"E", len(message)
         with os.fdopen(answer_fd, "wb") as out:
-            out.write(_HEAD.pack(kind, len(body)))
-            out.write(body)
+            out.write(_HEAD.pack(kind, size))
+            if kind == b"E":
+                out.write(message)
+            for start in range(0, len(text), 1 << 20):  # never a second whole copy, as bytes
+                out.write(text[start:start + (1 << 20)].encode())
         code = 0
     finally:
         with contextlib.suppress(BaseException):
             atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):  # what the child wrote itself (Ansible's debug output)
+            with contextlib.suppress(BaseException):
+                stream.flush()
         os._exit(code)
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _end_with_parent(parent: int) -> None:
+    """Linux: SIGTERM when the parent dies (killed, it cannot end the child itself)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the call above
+        raise SystemExit(1)
 
 
 def _is_host_list(source: str) -> bool:

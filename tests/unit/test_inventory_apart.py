@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,86 +35,128 @@ all:
 """
 
 # argv: inventory, cache dir, mode, pid file. Prints the parent's pid, whether the inventory came
-# from the cache, and each host as fleetctl sees it.
+# from the cache, how often the parent read the cache file, and each host as fleetctl sees it.
 SCRIPT = """
 import json, os, signal, sys, threading, time
 from pathlib import Path
 import fleetctl.inventory as inventory
 
 source, cache, mode, pids = sys.argv[1:5]
-parse = inventory._parse_with_ansible
+parse, read_cache = inventory._parse_with_ansible, inventory._read_cache
 parent = os.getpid()
+cache_reads = []
 
 def recorded(sources, *args, **kwargs):
     with open(pids, "a") as fh:
         fh.write(f"{os.getpid()}\\n")
-    if mode == "child-dies" and os.getpid() != parent:
-        os._exit(3)
-    if mode in ("interrupt", "cancel") and os.getpid() != parent:
-        time.sleep(600)  # only a kill ends it before the test times out
+    if os.getpid() != parent:
+        if mode == "child-dies":
+            os._exit(3)
+        if mode in ("interrupt", "cancel", "orphan"):
+            from ansible import constants  # Ansible's temporary directory, removed at exit
+            Path(pids + ".tmp").write_text(constants.DEFAULT_LOCAL_TMP)
+            time.sleep(600)  # only fleetctl ending it ends it before the test times out
+        if mode == "noted-sigint":
+            time.sleep(1.5)  # the parent is sent Ctrl-C meanwhile
     return parse(sources, *args, **kwargs)
 
-inventory._parse_with_ansible = recorded
+def counted(*args, **kwargs):
+    cache_reads.append(os.getpid())
+    return read_cache(*args, **kwargs)
+
+def child_state():
+    child = int(Path(pids).read_text().split()[0])
+    for _ in range(300):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return {"child": child, "alive": False}
+        time.sleep(0.01)
+    return {"child": child, "alive": True}
+
+def started():
+    for _ in range(1000):
+        waits = mode in ("interrupt", "cancel", "orphan")  # until Ansible made its temporary directory
+        if Path(pids).exists() and (not waits or Path(pids + ".tmp").exists()):
+            return
+        time.sleep(0.01)
+    sys.exit("no parse started")
+
+inventory._parse_with_ansible, inventory._read_cache = recorded, counted
 if mode == "thread":
     stop = threading.Event()
     threading.Thread(target=stop.wait, daemon=True).start()
+if mode == "sigchld-ignored":  # inherited so from a parent process: the kernel reaps children itself
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+if mode == "buffered":
+    print("HEADER")  # held in the buffer of a piped stdout at the fork
 if mode == "interrupt":
     def interrupt(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    pending = inventory.start_loading(source, cache_dir=Path(cache))
+    started()
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
     try:
-        inventory.load_inventory(source, cache_dir=Path(cache))
+        pending.result()
     except KeyboardInterrupt:
-        child = int(Path(pids).read_text().split()[0])
-        try:
-            os.kill(child, 0)
-            print(json.dumps({"child": child, "alive": True}))
-        except ProcessLookupError:
-            print(json.dumps({"child": child, "alive": False}))
+        print(json.dumps(child_state()))
     sys.exit(0)
+if mode == "orphan":
+    pending = inventory.start_loading(source, cache_dir=Path(cache))
+    started()
+    os.kill(os.getpid(), signal.SIGKILL)
 if mode == "cancel":
     pending = inventory.start_loading(source, cache_dir=Path(cache))
-    while not Path(pids).exists():
-        time.sleep(0.01)
+    started()
     pending.cancel()
-    child = int(Path(pids).read_text().split()[0])
-    try:
-        os.kill(child, 0)
-        print(json.dumps({"child": child, "alive": True}))
-    except ProcessLookupError:
-        print(json.dumps({"child": child, "alive": False}))
+    print(json.dumps(child_state()))
     sys.exit(0)
+if mode == "error":
+    try:
+        inventory.load_inventory(source, cache_dir=Path(cache))
+    except inventory.InventoryError as exc:
+        print(json.dumps({"parent": parent, "error": str(exc)}))
+    sys.exit(0)
+if mode == "noted-sigint":  # provision's handler: Ctrl-C noted, the command goes on to its own end
+    noted = []
+    signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    signal.signal(signal.SIGALRM, lambda signum, frame: os.killpg(0, signal.SIGINT))
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
 if mode == "started":  # the parse is under way before the result is asked for
     pending = inventory.start_loading(source, cache_dir=Path(cache))
-    for _ in range(1000):
-        if Path(pids).exists():
-            break
-        time.sleep(0.01)
-    else:
-        sys.exit("no parse started")
+    started()
     inv = pending.result()
 else:  # "nocache": a source never cached (a script's, say): the parse comes back through the pipe
     inv = inventory.load_inventory(source, cache_dir=Path(cache), use_cache=mode != "nocache")
 print(json.dumps({
-    "parent": parent, "from_cache": inv.from_cache,
+    "parent": parent, "from_cache": inv.from_cache, "cache_reads": cache_reads,
+    "noted": noted if mode == "noted-sigint" else None,
     "hosts": {h.name: [h.address, h.agent_port, h.expected_chips, list(h.groups), dict(h.vars)]
               for h in inv.hosts.values()},
 }))
 """
 
 
-def run_script(tmp_path: Path, inv: Path, mode: str = "plain", off: str = "",
-               tag: str = "") -> tuple[dict, list[int], Path]:
-    cache, pids, home = tmp_path / f"cache{tag}", tmp_path / f"pids{tag}", tmp_path / f"home{tag}"
+def run_raw(tmp_path: Path, inv: Path, mode: str = "plain", off: str = "", tag: str = "",
+            cache: Path | None = None) -> tuple[subprocess.CompletedProcess[str], list[int], Path]:
+    pids, home = tmp_path / f"pids{tag}", tmp_path / f"home{tag}"
     home.mkdir(exist_ok=True)
     env = {**os.environ, "HOME": str(home), "FLEETCTL_SPEEDUPS_OFF": off}
     env.pop("ANSIBLE_LOCAL_TEMP", None)
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(inv), str(cache), mode, str(pids)],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
+    env.pop("PYTHONUNBUFFERED", None)  # a piped stdout holds what is printed, as a user's would
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(inv), str(cache or tmp_path / f"cache{tag}"),
+                           mode, str(pids)], capture_output=True, text=True, env=env, timeout=120,
+                          check=False, start_new_session=True)  # its own group: it signals the group
     lines = pids.read_text().split() if pids.exists() else []
-    return json.loads(done.stdout), [int(p) for p in lines], home
+    return done, [int(p) for p in lines], home
+
+
+def run_script(tmp_path: Path, inv: Path, mode: str = "plain", off: str = "", tag: str = "",
+               cache: Path | None = None) -> tuple[dict, list[int], Path]:
+    done, pids, home = run_raw(tmp_path, inv, mode, off, tag, cache)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1]), pids, home
 
 
 def leftovers(home: Path) -> list[str]:
@@ -138,6 +181,8 @@ def test_a_cold_parse_in_a_child_reads_as_the_parse_in_process(tmp_path: Path, i
     assert apart["hosts"]["h100-0002"][4] == {"rack": "{{ row }}-2", "row": "b", "fleet_agent_port": 19001,
                                               "ansible_host": "10.0.0.2", "fleet_agent_expected_chips": 8}
     assert not apart["from_cache"] and not here["from_cache"]
+    # The child wrote the cache entry and the command read it from there (as a warm start does).
+    assert apart["cache_reads"] == [apart["parent"]]
     cached = list((tmp_path / "cachea").iterdir())
     assert len(cached) == 1 and json.loads(cached[0].read_text())["hosts"]
     # The child ran its own exit handlers: Ansible's temporary directory is gone with it.
@@ -146,13 +191,17 @@ def test_a_cold_parse_in_a_child_reads_as_the_parse_in_process(tmp_path: Path, i
 
 def test_the_child_writes_the_cache_the_next_command_reads(tmp_path: Path, inv: Path) -> None:
     cache, pids = tmp_path / "cache", tmp_path / "pids"
-    first = subprocess.run([sys.executable, "-c", SCRIPT, str(inv), str(cache), "plain", str(pids)],
-                           capture_output=True, text=True, timeout=120, check=True)
-    second = subprocess.run([sys.executable, "-c", SCRIPT, str(inv), str(cache), "plain", str(pids)],
-                            capture_output=True, text=True, timeout=120, check=True)
-    assert len(pids.read_text().split()) == 1  # parsed once, by the first command's child
-    assert json.loads(second.stdout)["from_cache"] and not json.loads(first.stdout)["from_cache"]
-    assert json.loads(second.stdout)["hosts"] == json.loads(first.stdout)["hosts"]
+    first, _, _ = run_script(tmp_path, inv, cache=cache)
+    second, pids, _ = run_script(tmp_path, inv, cache=cache)
+    assert len(pids) == 1  # parsed once, by the first command's child
+    assert second["from_cache"] and not first["from_cache"] and second["hosts"] == first["hosts"]
+
+
+def test_a_cache_that_cannot_be_written_still_means_one_parse(tmp_path: Path, inv: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    out, pids, _ = run_script(tmp_path, inv, cache=tmp_path / "a-file" / "cache")
+    assert len(pids) == 1 and pids[0] != out["parent"]  # the parse came back through the pipe
+    assert out["cache_reads"] == [] and len(out["hosts"]) == 3
 
 
 def test_with_other_threads_running_the_parse_stays_in_process(tmp_path: Path, inv: Path) -> None:
@@ -167,8 +216,51 @@ def test_a_child_that_dies_without_an_answer_means_a_parse_in_process(tmp_path: 
 
 
 def test_ctrl_c_during_the_parse_ends_the_child_too(tmp_path: Path, inv: Path) -> None:
-    out, pids, _ = run_script(tmp_path, inv, mode="interrupt")
+    out, pids, home = run_script(tmp_path, inv, mode="interrupt")
     assert out["child"] == pids[0] and out["alive"] is False
+    made = Path((tmp_path / "pids.tmp").read_text())
+    assert made.parent == home / ".ansible" / "tmp" and not made.exists()  # its exit handlers ran
+
+
+def test_a_ctrl_c_the_command_only_notes_does_not_stop_the_parse(tmp_path: Path, inv: Path) -> None:
+    # provision's handler: the run goes on to a clean end; the parse must not start over in the command.
+    out, pids, _ = run_script(tmp_path, inv, mode="noted-sigint")
+    assert out["noted"] and len(pids) == 1 and pids[0] != out["parent"] and len(out["hosts"]) == 3
+
+
+def test_a_killed_command_takes_its_parse_child_along(tmp_path: Path, inv: Path) -> None:
+    done, pids, _ = run_raw(tmp_path, inv, mode="orphan")
+    assert done.returncode == -9 and len(pids) == 1
+    for _ in range(500):
+        try:
+            os.kill(pids[0], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail(f"the parse child {pids[0]} outlived the command")
+    assert not Path((tmp_path / "pids.tmp").read_text()).exists()
+
+
+def test_with_sigchld_ignored_the_child_is_reaped_by_the_kernel(tmp_path: Path, inv: Path) -> None:
+    out, pids, _ = run_script(tmp_path, inv, mode="sigchld-ignored")
+    assert len(pids) == 1 and pids[0] != out["parent"] and len(out["hosts"]) == 3
+
+
+def test_what_the_command_printed_before_the_fork_is_printed_once(tmp_path: Path, inv: Path) -> None:
+    done, pids, _ = run_raw(tmp_path, inv, mode="buffered")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("HEADER") == 1 and len(pids) == 1
+
+
+def test_an_inventory_error_comes_from_the_child_as_from_the_command(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("all:\n  hosts:\n    h1: {fleet_expected_chips: 8}\n")
+    apart, apart_pids, _ = run_script(tmp_path, bad, mode="error", tag="a")
+    here, here_pids, _ = run_script(tmp_path, bad, mode="error", off="parse_apart", tag="b")
+    assert apart_pids != [] and apart_pids[0] != apart["parent"] and len(apart_pids) == 1  # no second parse
+    assert here_pids == [here["parent"]]
+    assert apart["error"] == here["error"] and "fleet_expected_chips" in apart["error"]
 
 
 @pytest.mark.parametrize("text", [

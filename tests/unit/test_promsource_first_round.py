@@ -325,9 +325,9 @@ inventory._parse_with_ansible = _recorded
 """
 
 
-def test_a_cold_inventory_is_parsed_in_a_child_while_the_first_round_is_asked(
+def test_a_cold_inventory_is_parsed_in_a_child_and_then_the_first_round_asked(
         serve: Callable[[Responder], str], tmp_path: Path) -> None:
-    # The fork comes before the first round's threads (after them, fleetctl would parse in-process).
+    # The fork comes before any thread of the command (after one, fleetctl would parse in-process).
     import os
     import subprocess
     import sys
