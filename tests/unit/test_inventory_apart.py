@@ -16,23 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_inventory import INVENTORY  # the same hosts as the in-process parse's tests
 
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 
-INVENTORY = """\
-all:
-  children:
-    gpu_nodes:
-      hosts:
-        h100-0001: {ansible_host: 10.0.0.1}
-        h100-0002: {ansible_host: 10.0.0.2, fleet_agent_port: 19001, rack: "{{ row }}-2"}
-      vars:
-        fleet_agent_expected_chips: 8
-        row: b
-    tpu_nodes:
-      hosts:
-        v5e-0001: {fleet_agent_expected_chips: 4}
-"""
 
 # argv: inventory, cache dir, mode, pid file. Prints the parent's pid, whether the inventory came
 # from the cache, how often the parent read the cache file, and each host as fleetctl sees it.
@@ -178,8 +165,8 @@ def test_a_cold_parse_in_a_child_reads_as_the_parse_in_process(tmp_path: Path, i
     assert here_pids == [here["parent"]]
     assert apart["hosts"] == here["hosts"]
     assert apart["hosts"]["h100-0002"][:3] == ["10.0.0.2", 19001, 8]
-    assert apart["hosts"]["h100-0002"][4] == {"rack": "{{ row }}-2", "row": "b", "fleet_agent_port": 19001,
-                                              "ansible_host": "10.0.0.2", "fleet_agent_expected_chips": 8}
+    assert apart["hosts"]["h100-0002"][4] == {"fleet_agent_port": 19001, "ansible_host": "10.0.0.2",
+                                              "fleet_agent_expected_chips": 8}
     assert not apart["from_cache"] and not here["from_cache"]
     # The child wrote the cache entry and the command read it from there (as a warm start does).
     assert apart["cache_reads"] == [apart["parent"]]
@@ -201,12 +188,12 @@ def test_a_cache_that_cannot_be_written_still_means_one_parse(tmp_path: Path, in
     (tmp_path / "a-file").write_text("")
     out, pids, _ = run_script(tmp_path, inv, cache=tmp_path / "a-file" / "cache")
     assert len(pids) == 1 and pids[0] != out["parent"]  # the parse came back through the pipe
-    assert out["cache_reads"] == [] and len(out["hosts"]) == 3
+    assert out["cache_reads"] == [] and len(out["hosts"]) == 4
 
 
 def test_with_other_threads_running_the_parse_stays_in_process(tmp_path: Path, inv: Path) -> None:
     out, pids, _ = run_script(tmp_path, inv, mode="thread")
-    assert pids == [out["parent"]] and len(out["hosts"]) == 3
+    assert pids == [out["parent"]] and len(out["hosts"]) == 4
 
 
 def test_a_child_that_dies_without_an_answer_means_a_parse_in_process(tmp_path: Path, inv: Path) -> None:
@@ -225,7 +212,7 @@ def test_ctrl_c_during_the_parse_ends_the_child_too(tmp_path: Path, inv: Path) -
 def test_a_ctrl_c_the_command_only_notes_does_not_stop_the_parse(tmp_path: Path, inv: Path) -> None:
     # provision's handler: the run goes on to a clean end; the parse must not start over in the command.
     out, pids, _ = run_script(tmp_path, inv, mode="noted-sigint")
-    assert out["noted"] and len(pids) == 1 and pids[0] != out["parent"] and len(out["hosts"]) == 3
+    assert out["noted"] and len(pids) == 1 and pids[0] != out["parent"] and len(out["hosts"]) == 4
 
 
 def test_a_killed_command_takes_its_parse_child_along(tmp_path: Path, inv: Path) -> None:
@@ -244,7 +231,7 @@ def test_a_killed_command_takes_its_parse_child_along(tmp_path: Path, inv: Path)
 
 def test_with_sigchld_ignored_the_child_is_reaped_by_the_kernel(tmp_path: Path, inv: Path) -> None:
     out, pids, _ = run_script(tmp_path, inv, mode="sigchld-ignored")
-    assert len(pids) == 1 and pids[0] != out["parent"] and len(out["hosts"]) == 3
+    assert len(pids) == 1 and pids[0] != out["parent"] and len(out["hosts"]) == 4
 
 
 def test_what_the_command_printed_before_the_fork_is_printed_once(tmp_path: Path, inv: Path) -> None:

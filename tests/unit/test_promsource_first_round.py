@@ -93,54 +93,43 @@ class _Counting:
         reply(h, EMPTY)
 
 
+def _asked_while_loading(monkeypatch: pytest.MonkeyPatch, prom: _Counting, wait_s: float) -> list[bool]:
+    """Whether Prometheus was asked while the inventory was read (waiting up to ``wait_s`` for it)."""
+    import fleetctl.inventory
+
+    real_result = fleetctl.inventory.PendingInventory.result
+    seen: list[bool] = []
+
+    def slow_result(*args: Any, **kwargs: Any) -> Any:
+        seen.append(prom.asked.wait(wait_s))
+        return real_result(*args, **kwargs)
+
+    monkeypatch.setattr(fleetctl.inventory.PendingInventory, "result", slow_result)
+    return seen
+
+
+@pytest.mark.parametrize("cached", [True, False])
 def test_health_asks_prometheus_while_the_inventory_is_read_and_watch_asks_afresh(
-        serve: Callable[[Responder], str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        serve: Callable[[Responder], str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        cached: bool) -> None:
+    # Not while Ansible parses it (not cached): the answers would wait decoded for the whole parse, a
+    # quarter of a GB at 100,000 hosts. The first report then asks.
     import fleetctl.inventory
     from fleetctl.commands.health import _collector
 
     monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path))
-    fleetctl.inventory.load_inventory(str(LAB))  # a cache entry: no parse
+    if cached:
+        fleetctl.inventory.load_inventory(str(LAB))
     prom = _Counting()
     url = serve(prom)
-    real_result = fleetctl.inventory.PendingInventory.result
-    seen_while_loading: list[bool] = []
-
-    def slow_result(*args: Any, **kwargs: Any) -> Any:
-        seen_while_loading.append(prom.asked.wait(5.0))
-        return real_result(*args, **kwargs)
-
-    monkeypatch.setattr(fleetctl.inventory.PendingInventory, "result", slow_result)
+    seen_while_loading = _asked_while_loading(monkeypatch, prom, 5.0 if cached else 0.5)
     collect, hosts = _collector("all", str(LAB), "prometheus", PrometheusAccess(url), 1.0, 10.0, 8,
                                 ask_early=True)
-    assert seen_while_loading == [True] and prom.info_asked == 1
-    for asked in (1, 2):  # the early round, then a fresh one (--watch's next report)
+    assert seen_while_loading == [cached] and prom.info_asked == int(cached)
+    for asked in (1, 2):  # the early round (or the first report's), then a fresh one (--watch's next)
         report = collect()
         assert prom.info_asked == asked and hosts
         assert {r.name for r in report.hosts} == {h.name for h in hosts}
-
-
-def test_while_ansible_parses_the_inventory_the_first_round_waits(
-        serve: Callable[[Responder], str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Its answers would wait decoded for the whole parse: a quarter of a GB at 100,000 hosts.
-    import fleetctl.inventory
-    from fleetctl.commands.health import _collector
-
-    monkeypatch.setenv("FLEETCTL_CACHE_DIR", str(tmp_path))  # empty: the inventory must be parsed
-    prom = _Counting()
-    url = serve(prom)
-    real_result = fleetctl.inventory.PendingInventory.result
-    seen_while_loading: list[bool] = []
-
-    def slow_result(*args: Any, **kwargs: Any) -> Any:
-        seen_while_loading.append(prom.asked.wait(0.5))
-        return real_result(*args, **kwargs)
-
-    monkeypatch.setattr(fleetctl.inventory.PendingInventory, "result", slow_result)
-    collect, hosts = _collector("all", str(LAB), "prometheus", PrometheusAccess(url), 1.0, 10.0, 8,
-                                ask_early=True)
-    assert seen_while_loading == [False] and prom.info_asked == 0
-    report = collect()
-    assert prom.info_asked == 1 and {r.name for r in report.hosts} == {h.name for h in hosts}
 
 
 def test_without_ask_early_nothing_is_asked_before_the_first_report(
