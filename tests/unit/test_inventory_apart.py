@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_inventory import INVENTORY  # the same hosts as the in-process parse's tests
@@ -140,7 +141,7 @@ def run_raw(tmp_path: Path, inv: Path, mode: str = "plain", off: str = "", tag: 
 
 
 def run_script(tmp_path: Path, inv: Path, mode: str = "plain", off: str = "", tag: str = "",
-               cache: Path | None = None) -> tuple[dict, list[int], Path]:
+               cache: Path | None = None) -> tuple[dict[str, Any], list[int], Path]:
     done, pids, home = run_raw(tmp_path, inv, mode, off, tag, cache)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1]), pids, home
@@ -177,7 +178,7 @@ def test_a_cold_parse_in_a_child_reads_as_the_parse_in_process(tmp_path: Path, i
 
 
 def test_the_child_writes_the_cache_the_next_command_reads(tmp_path: Path, inv: Path) -> None:
-    cache, pids = tmp_path / "cache", tmp_path / "pids"
+    cache = tmp_path / "cache"
     first, _, _ = run_script(tmp_path, inv, cache=cache)
     second, pids, _ = run_script(tmp_path, inv, cache=cache)
     assert len(pids) == 1  # parsed once, by the first command's child
