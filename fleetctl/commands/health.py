@@ -199,7 +199,7 @@ def _collector(pattern: str, inventory: str | None, source: str, prometheus: Pro
     is read (those queries need none), so it answers while fleetctl reads; a bad --prometheus-url is
     then said before a bad inventory. A caller that does more before its first report leaves it off.
     Not while Ansible parses the inventory (no cache entry yet): for the seconds that takes, the whole
-    round's answers would wait decoded (~2.5 KB a host), and the parse child (~6 KB a host) beside them.
+    round's answers would wait decoded (~2.5 KB a host) beside the parse (~8 KB a host).
     """
     from fleetctl.inventory import load_inventory, start_loading
 
