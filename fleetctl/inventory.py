@@ -415,10 +415,7 @@ class PendingInventory:
             raise self._error
         child, self._child = self._child, None
         if child is not None:
-            parsed = child.collect(self._sources, self._cache_file, self._fingerprint)
-            if parsed is not None:
-                return parsed
-            return _parse_here(self._sources, self._cache_file, self._fingerprint)
+            return _parse(self._sources, self._cache_file, self._fingerprint, child)
         return _load(self._sources, self._cache_file, self._fingerprint)
 
     def cancel(self) -> None:
@@ -439,12 +436,15 @@ def _load(sources: list[str], cache_file: Path | None, fingerprint: str) -> Inve
                     return _from_doc(sources, cached, from_cache=True)
                 except (KeyError, TypeError, ValueError, AttributeError):
                     pass  # a damaged entry with the right key: parse again (and overwrite it)
-    child = _ParseChild.start(sources, cache_file, fingerprint)
+    return _parse(sources, cache_file, fingerprint, _ParseChild.start(sources, cache_file, fingerprint))
+
+
+def _parse(sources: list[str], cache_file: Path | None, fingerprint: str,
+           child: _ParseChild | None) -> Inventory:
+    """The child's parse; Ansible's in this process without a child, or when it gave none."""
     parsed = child.collect(sources, cache_file, fingerprint) if child is not None else None
-    return parsed if parsed is not None else _parse_here(sources, cache_file, fingerprint)
-
-
-def _parse_here(sources: list[str], cache_file: Path | None, fingerprint: str) -> Inventory:
+    if parsed is not None:
+        return parsed
     with gc_paused():
         doc = _parse_with_ansible(sources)
     _cache_parse(sources, cache_file, fingerprint, doc)
