@@ -31,6 +31,14 @@ options:
     description: The agent's venv directory.
     type: path
     required: true
+  paths:
+    description:
+      - Paths whose type, owner, group and mode the role compares with what its tasks would leave, to
+        skip a task with nothing to change (a directory already right, a removal of nothing). Taken
+        as the role's tasks give them.
+    type: list
+    elements: str
+    default: []
 author: fleetctl
 """
 
@@ -87,6 +95,13 @@ venv_version:
   description: The Python version the venv was made with; null without a venv.
   type: str
   returned: always
+paths:
+  description:
+    - Each of O(paths) that exists, as given, to [type, owner, group, mode], type being C(directory),
+      C(file), C(link) or C(other), mode four octal digits; a link is not followed. One that does not
+      exist is not listed.
+  type: dict
+  returned: always
 venv_previous:
   description:
     - C(<venv>.previous) exists, the venv the agent ran from before a run that did not finish began making
@@ -97,9 +112,12 @@ venv_previous:
 
 import errno
 import glob
+import grp
 import ipaddress
 import os
+import pwd
 import socket
+import stat
 import subprocess
 import sys
 
@@ -201,17 +219,40 @@ def _venv(path: str, python: dict[str, object]) -> dict[str, object]:
     return made
 
 
+def _name(lookup, ident: int) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return str(lookup(ident)[0])
+    except KeyError:  # no name for that id: the number, which no task's owner or group equals
+        return str(ident)
+
+
+def _paths(paths: list[str]) -> dict[str, list[str]]:
+    """[type, owner, group, mode] of each path that exists (expanded as a task's path argument is)."""
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        try:
+            st = os.lstat(os.path.expanduser(os.path.expandvars(path)))
+        except OSError:
+            continue
+        kind = ("directory" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode)
+                else "link" if stat.S_ISLNK(st.st_mode) else "other")
+        found[path] = [kind, _name(pwd.getpwuid, st.st_uid), _name(grp.getgrgid, st.st_gid),
+                       format(stat.S_IMODE(st.st_mode), "04o")]
+    return found
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={"listen_address": {"type": "str", "required": True},
                        "python": {"type": "str", "required": True},
-                       "venv": {"type": "path", "required": True}},
+                       "venv": {"type": "path", "required": True},
+                       "paths": {"type": "list", "elements": "str", "default": []}},
         supports_check_mode=True,
     )
     nvidia, tpu = _chips()
     python = _python(module.params["python"])
     module.exit_json(changed=False, nvidia=nvidia, tpu=tpu, **_listen(module.params["listen_address"]),
-                     **python, **_venv(module.params["venv"], python))
+                     **python, **_venv(module.params["venv"], python), paths=_paths(module.params["paths"]))
 
 
 if __name__ == "__main__":
