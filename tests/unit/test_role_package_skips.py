@@ -30,7 +30,8 @@ def _package_skips() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         for task in tasks:
             when = str(task.get("when", ""))
             if "ansible.builtin.apt" in task and (m := re.search(r"([a-z_]+)\.stdout_lines", when)):
-                found.append((f"{path.parent.parent.name}/{path.name}: {task['name']}", queries[m.group(1)], task))
+                where = f"{path.parent.parent.name}/{path.name}: {task['name']}"
+                found.append((where, queries[m.group(1)], task))
     return found
 
 
@@ -47,7 +48,8 @@ def _skips_apt(query: dict[str, Any], apt: dict[str, Any], wanted: list[str], an
 
 
 def test_the_re_run_s_apt_tasks_are_among_them() -> None:
-    assert {where.split(":")[0] for where, _, _ in SKIPS} >= {"base/packages-Debian.yml", "fleet_agent/main.yml"}
+    files = {where.split(":")[0] for where, _, _ in SKIPS}
+    assert files >= {"base/packages-Debian.yml", "fleet_agent/main.yml"}
 
 
 @pytest.mark.parametrize(("where", "query", "apt"), SKIPS, ids=[w for w, _, _ in SKIPS])
