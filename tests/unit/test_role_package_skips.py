@@ -67,6 +67,10 @@ def test_apt_is_skipped_only_when_dpkg_lists_every_name_installed(where: str, qu
     # A pin or an architecture is apt's to judge: dpkg-query lists the package under its bare name.
     assert not _skips_apt(query, apt, ["jq", "curl=7.88.1-10"], ["jq installed", "curl installed"]), where
     assert not _skips_apt(query, apt, ["jq", "curl:arm64"], ["jq installed", "curl installed"]), where
+    # Installed for another architecture only: ${binary:Package} says so, and apt installs the native one.
+    assert "${binary:Package}" in str(query["ansible.builtin.command"]["argv"]), where
+    assert not _skips_apt(query, apt, ["jq"], ["jq:arm64 installed"]), where
+    assert _skips_apt(query, apt, ["jq:arm64"], ["jq:arm64 installed"]), where
 
 
 @pytest.mark.parametrize(("where", "query", "apt"), SKIPS, ids=[w for w, _, _ in SKIPS])
