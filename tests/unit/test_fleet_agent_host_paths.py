@@ -25,8 +25,11 @@ def _module() -> ModuleType:
     return module
 
 
+HOST = _module()  # loaded once: every test reads the same file
+
+
 def test_each_existing_path_as_given_with_its_type_owner_group_and_mode(tmp_path: Path) -> None:
-    paths = _module()._paths
+    paths = HOST._paths
     (tmp_path / "d").mkdir()
     (tmp_path / "d").chmod(0o2750)
     (tmp_path / "f").write_text("x")
@@ -50,13 +53,13 @@ def test_a_path_is_expanded_as_a_task_s_path_argument(tmp_path: Path, monkeypatc
     monkeypatch.setenv("FLEETTEST_DIR", str(tmp_path))
     (tmp_path / "x").mkdir(mode=0o755)
     (tmp_path / "x").chmod(0o755)
-    found = _module()._paths(["~/x", "$FLEETTEST_DIR/x"])
+    found = HOST._paths(["~/x", "$FLEETTEST_DIR/x"])
     assert [v[0] for v in found.values()] == ["directory", "directory"]
     assert set(found) == {"~/x", "$FLEETTEST_DIR/x"}
 
 
 def test_an_id_without_a_name_is_its_number(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    module = _module()
+    module = HOST
 
     def unknown(ident: int) -> object:
         raise KeyError(ident)

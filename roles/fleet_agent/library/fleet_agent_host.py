@@ -120,6 +120,7 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -219,7 +220,7 @@ def _venv(path: str, python: dict[str, object]) -> dict[str, object]:
     return made
 
 
-def _name(lookup, ident: int) -> str:  # type: ignore[no-untyped-def]
+def _name(lookup: Callable[[int], Sequence[str]], ident: int) -> str:
     try:
         return str(lookup(ident)[0])
     except KeyError:  # no name for that id: the number, which no task's owner or group equals
